@@ -1,0 +1,29 @@
+# The README's two commands, and the few around them. Each target is one command; the venv is made on
+# first use from pyproject.toml and constraints.txt (the exact versions the suite was run against).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test lint typecheck unit clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' && touch $(INSTALLED)
+
+run: $(INSTALLED)
+	$(BIN)/placement-actors demo $(ARGS)
+
+test: lint typecheck unit
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+unit: $(INSTALLED)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

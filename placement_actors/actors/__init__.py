@@ -1,0 +1,1 @@
+"""The pykka actors of the placement service and the messages they exchange."""

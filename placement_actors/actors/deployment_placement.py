@@ -1,0 +1,292 @@
+"""DeploymentPlacementActor: decides which nodes and GPUs each replica of a deployment gets.
+
+It owns a free-GPU ledger and an egress ledger, and answers `Place`, `Release` and
+`GetClusterView` (see `placement_actors.actors.messages`). Decisions are pure policy calls; this
+module only keeps the state and makes each `Place` all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.messages import (
+    ClusterView,
+    GetClusterView,
+    GpuHolding,
+    NodeView,
+    Place,
+    Release,
+    Released,
+)
+from placement_actors.domain.constraints import EgressKey, PlacementConstraints
+from placement_actors.domain.deployments import Deployment, ProviderKind, RemoteNetwork
+from placement_actors.domain.errors import (
+    InvalidSpecError,
+    NoEgressNodesError,
+    NoGpuNodesError,
+    NotEnoughGpusError,
+    UnknownMessageError,
+)
+from placement_actors.domain.results import NodeAssignment, PlacementResult, Rejection
+from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.egress_ledger import EgressLedger
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.node_choice import choose_gpu_node, gpu_rejections
+
+__all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Placed:
+    place: Place
+    result: PlacementResult
+    egress_key: EgressKey | None
+
+
+class DeploymentPlacementActor(KeepServingActor):
+    """Places deployments on nodes and GPUs from a ledger of free capacity.
+
+    Start it with the nodes it may use::
+
+        ref = DeploymentPlacementActor.start(
+            topology=[NodeTopology(node_id="gpu-a", num_gpus=8)], egress_nodes=["cpu-1"]
+        )
+        result = ref.ask(Place(Deployment(name="llama", model="meta-llama/Llama-3.1-8B")))
+
+    Args:
+        topology: the GPU nodes (and, with ``num_gpus=0``, any CPU nodes) the service knows.
+        egress_nodes: ids of nodes that can reach remote providers; they need not be GPU nodes.
+    """
+
+    def __init__(
+        self, *, topology: Iterable[NodeTopology], egress_nodes: Iterable[str] = ()
+    ) -> None:
+        """Build the ledgers; raises `InvalidSpecError` for a malformed topology."""
+        super().__init__()
+        nodes = list(topology)
+        for node in nodes:
+            if not isinstance(node, NodeTopology):
+                msg = f"topology must hold NodeTopology values, got {type(node).__name__}"
+                raise InvalidSpecError(msg, field="topology")
+        egress = [egress_nodes] if isinstance(egress_nodes, str) else list(egress_nodes)
+        if not all(isinstance(node_id, str) and node_id for node_id in egress):
+            msg = f"egress_nodes must be node-id strings, got {egress!r}"
+            raise InvalidSpecError(msg, field="egress_nodes")
+        self._gpus = GpuLedger(nodes)
+        self._heads = frozenset(n.node_id for n in nodes if n.is_head)
+        self._egress = EgressLedger(egress)
+        self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
+        self._placed: dict[str, _Placed] = {}
+        self._handlers: dict[type[Any], Callable[[Any], Any]] = {
+            Place: self.place,
+            Release: self.release,
+            GetClusterView: self.get_cluster_view,
+        }
+
+    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
+        """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise UnknownMessageError(type(self).__name__, message)
+        return handler(message)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def place(self, message: Place) -> PlacementResult:
+        """Place every replica of a deployment, or none; see `Place`."""
+        if not isinstance(message, Place):
+            msg = f"place() takes a Place message, got {type(message).__name__}"
+            raise InvalidSpecError(msg, field="message")
+        deployment, constraints = message.deployment, message.constraints
+        earlier = self._placed.get(deployment.name)
+        if earlier is not None:
+            if earlier.place == message:
+                return earlier.result
+            msg = (
+                f"deployment {deployment.name} is already placed with a different spec or "
+                "constraints; release it first"
+            )
+            raise InvalidSpecError(msg, field="name")
+        unknown = sorted(constraints.named_nodes() - self._known)
+        if unknown:
+            msg = f"constraints name nodes the service does not know: {', '.join(unknown)}"
+            raise InvalidSpecError(msg, field="constraints")
+        transport = deployment.transport_kind()
+        if isinstance(transport, RemoteNetwork):
+            key: EgressKey | None = (transport.provider, deployment.api_key)
+            result = self._place_remote(deployment, constraints, transport.provider)
+        else:
+            key = None
+            result = self._place_local(deployment, constraints)
+        self._placed[deployment.name] = _Placed(place=message, result=result, egress_key=key)
+        return result
+
+    def release(self, message: Release) -> Released:
+        """Free all that a deployment holds; releasing an unknown name is not an error."""
+        if not isinstance(message, Release):
+            msg = f"release() takes a Release message, got {type(message).__name__}"
+            raise InvalidSpecError(msg, field="message")
+        placed = self._placed.pop(message.deployment, None)
+        if placed is None:
+            return Released(
+                deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
+            )
+        assignments = placed.result.assignments
+        self._free(message.deployment, assignments, placed.egress_key)
+        return Released(
+            deployment=message.deployment,
+            was_placed=True,
+            gpus_freed=placed.result.total_gpus(),
+            replicas_freed=len({a.replica_index for a in assignments}),
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get_cluster_view(self, message: GetClusterView | None = None) -> ClusterView:
+        """Every node's capacity, free GPUs and holders."""
+        del message
+        views = []
+        for node_id in sorted(self._known):
+            in_ledger = node_id in self._gpus
+            holders = self._gpus.holders(node_id) if in_ledger else {}
+            views.append(
+                NodeView(
+                    node_id=node_id,
+                    capacity=self._gpus.capacity(node_id) if in_ledger else 0,
+                    free_gpus=self._gpus.free_ordinals(node_id) if in_ledger else (),
+                    held=tuple(GpuHolding(ordinal=o, deployment=d) for o, d in holders.items()),
+                    is_head=node_id in self._heads,
+                    egress=node_id in self._egress,
+                    remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,
+                )
+            )
+        return ClusterView(nodes=tuple(views), deployments=tuple(sorted(self._placed)))
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _place_local(
+        self, deployment: Deployment, constraints: PlacementConstraints
+    ) -> PlacementResult:
+        gpus = deployment.gpus_per_replica
+        allowed = (
+            None
+            if constraints.gpu_nodes is None
+            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus)
+        )
+        if self._gpus.max_capacity(allowed) == 0:
+            raise NoGpuNodesError(
+                f"deployment {deployment.name} needs GPUs, but no allowed node has any"
+                + (" (gpu_nodes is empty)" if constraints.gpu_nodes == () else ""),
+                deployment=deployment.name,
+                rejections=self._no_gpu_rejections(constraints.gpu_nodes, gpus),
+            )
+        assignments: list[NodeAssignment] = []
+        used: set[str] = set()
+        for replica in range(deployment.replicas):
+            node = choose_gpu_node(
+                self._gpus,
+                gpus,
+                strategy=constraints.strategy,
+                allowed=allowed,
+                used=frozenset(used),
+            )
+            if node is None:
+                error = self._not_enough_gpus(deployment, gpus, allowed, placed=replica)
+                self._free(deployment.name, assignments, None)
+                raise error
+            ordinals = self._gpus.reserve(node, gpus, deployment.name)
+            assignments.append(NodeAssignment(replica_index=replica, node=node, gpus=ordinals))
+            used.add(node)
+        return PlacementResult(deployment=deployment, assignments=tuple(assignments))
+
+    def _place_remote(
+        self, deployment: Deployment, constraints: PlacementConstraints, provider: ProviderKind
+    ) -> PlacementResult:
+        key: EgressKey = (provider, deployment.api_key)
+        allowed = (
+            self._egress.node_ids()
+            if constraints.egress_nodes is None
+            else [n for n in constraints.egress_nodes if n in self._egress]
+        )
+        if not allowed:
+            rejections = tuple(
+                Rejection(node_id=n, reason="has no egress", requested=1, available=0)
+                for n in sorted(constraints.egress_nodes or ())
+            )
+            msg = f"deployment {deployment.name} calls {provider.value}; no allowed node has egress"
+            raise NoEgressNodesError(
+                msg,
+                deployment=deployment.name,
+                provider=provider,
+                rejections=rejections,
+            )
+        told = frozenset(constraints.egress_preference.get(key, ()))
+        assignments = []
+        for replica in range(deployment.replicas):
+            node = self._egress.choose(allowed=allowed, preferred=told | self._egress.serving(key))
+            if node is None:  # pragma: no cover - `allowed` holds egress nodes only
+                msg = "an egress node vanished during placement"
+                raise AssertionError(msg)
+            self._egress.add(node, key)
+            assignments.append(NodeAssignment(replica_index=replica, node=node))
+        return PlacementResult(deployment=deployment, assignments=tuple(assignments))
+
+    def _free(
+        self, name: str, assignments: Iterable[NodeAssignment], key: EgressKey | None
+    ) -> None:
+        for assignment in assignments:
+            if assignment.gpus:
+                self._gpus.release(assignment.node, assignment.gpus, name)
+            if key is not None:
+                self._egress.remove(assignment.node, key)
+
+    def _not_enough_gpus(
+        self, deployment: Deployment, gpus: int, allowed: frozenset[str] | None, *, placed: int
+    ) -> NotEnoughGpusError:
+        available = self._gpus.max_free(allowed)
+        largest = self._gpus.max_capacity(allowed)
+        nodes = self._gpus.node_ids() if allowed is None else allowed
+        progress = f"; {placed} of {deployment.replicas} replicas fitted" if placed else ""
+        never = "" if gpus <= largest else f" (the largest allowed node has {largest})"
+        return NotEnoughGpusError(
+            f"deployment {deployment.name} needs {gpus} free GPUs on one node per replica, "
+            f"the most free on an allowed node is {available}{never}{progress}",
+            deployment=deployment.name,
+            requested=gpus,
+            available=available,
+            largest_node=largest,
+            rejections=gpu_rejections(self._gpus, gpus, nodes),
+        )
+
+    def _no_gpu_rejections(
+        self, gpu_nodes: tuple[str, ...] | None, gpus: int
+    ) -> tuple[Rejection, ...]:
+        nodes = self._known if gpu_nodes is None else frozenset(gpu_nodes)
+        return tuple(
+            Rejection(node_id=n, reason="has no GPUs", requested=gpus, available=0)
+            for n in sorted(nodes)
+        )
+
+
+class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlacementActor]):
+    """The static type of the actor's proxy; get one with `deployment_placement_proxy`.
+
+    Each method sends the message and returns a `pykka.Future` of the reply.
+    """
+
+    place = proxy_method(DeploymentPlacementActor.place)
+    release = proxy_method(DeploymentPlacementActor.release)
+    get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
+
+
+def deployment_placement_proxy(
+    ref: pykka.ActorRef[DeploymentPlacementActor],
+) -> DeploymentPlacementProxy:
+    """The typed proxy of a running `DeploymentPlacementActor`."""
+    return cast("DeploymentPlacementProxy", ref.proxy())

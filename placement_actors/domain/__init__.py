@@ -1,0 +1,1 @@
+"""Domain values: what is placed, where it can go and what came of it. Standard library only."""

@@ -1,0 +1,98 @@
+"""What a caller may say about where one deployment goes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from placement_actors.domain.deployments import ApiKey, ProviderKind
+from placement_actors.domain.errors import InvalidSpecError
+
+__all__ = ["EgressKey", "GpuStrategy", "PlacementConstraints"]
+
+EgressKey = tuple[ProviderKind, ApiKey | None]
+"""Deployments that share a provider and an API key can share a rate limiter on one node."""
+
+
+class GpuStrategy(enum.Enum):
+    """How a local deployment's replicas are spread over GPU nodes.
+
+    ``PACK`` (the default) puts each replica on the node that will be left with the fewest free GPUs
+    (best fit), keeping whole nodes free for large replicas. ``SPREAD`` puts one deployment's
+    replicas on distinct nodes where it can (the least-loaded node not yet used by the deployment)
+    and shares a node only when no unused node fits.
+    """
+
+    PACK = "pack"
+    SPREAD = "spread"
+
+
+def _no_preference() -> Mapping[EgressKey, tuple[str, ...]]:
+    return MappingProxyType({})
+
+
+def _node_ids(value: object, name: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        msg = f"{name} must be a list of node ids or None, got {value!r}"
+        raise InvalidSpecError(msg, field=name)
+    ids = tuple(value)
+    if not all(isinstance(node, str) and node for node in ids):
+        msg = f"{name} must hold non-empty node-id strings, got {ids!r}"
+        raise InvalidSpecError(msg, field=name)
+    return tuple(dict.fromkeys(ids))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementConstraints:
+    """Which nodes one `Place` may use, and what the caller knows about egress sharing.
+
+    Attributes:
+        gpu_nodes: GPU nodes a local deployment may use; ``None`` means every GPU node the service
+            knows, an empty sequence means none. Naming a node the service does not know is an
+            `InvalidSpecError`.
+        egress_nodes: egress nodes a remote deployment may use, with the same meaning.
+        egress_preference: ``(provider, api key) -> node ids`` already serving that pair, added to
+            what the service itself remembers.
+        strategy: how local replicas are spread (`GpuStrategy`).
+    """
+
+    gpu_nodes: tuple[str, ...] | None = None
+    egress_nodes: tuple[str, ...] | None = None
+    egress_preference: Mapping[EgressKey, tuple[str, ...]] = field(
+        default_factory=_no_preference, hash=False
+    )
+    strategy: GpuStrategy = GpuStrategy.PACK
+
+    def __post_init__(self) -> None:
+        """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
+        object.__setattr__(self, "gpu_nodes", _node_ids(self.gpu_nodes, "gpu_nodes"))
+        object.__setattr__(self, "egress_nodes", _node_ids(self.egress_nodes, "egress_nodes"))
+        if not isinstance(self.strategy, GpuStrategy):
+            msg = f"strategy must be a GpuStrategy, got {self.strategy!r}"
+            raise InvalidSpecError(msg, field="strategy")
+        if not isinstance(self.egress_preference, Mapping):
+            msg = "egress_preference must map (provider, api key) to node ids"
+            raise InvalidSpecError(msg, field="egress_preference")
+        frozen: dict[EgressKey, tuple[str, ...]] = {}
+        for key, nodes in self.egress_preference.items():
+            if not (
+                isinstance(key, tuple)
+                and len(key) == 2  # noqa: PLR2004 - a (provider, api key) pair
+                and isinstance(key[0], ProviderKind)
+                and (key[1] is None or isinstance(key[1], ApiKey))
+            ):
+                msg = f"egress_preference keys must be (ProviderKind, ApiKey | None), got {key!r}"
+                raise InvalidSpecError(msg, field="egress_preference")
+            frozen[key] = _node_ids(nodes, "egress_preference") or ()
+        object.__setattr__(self, "egress_preference", MappingProxyType(frozen))
+
+    def named_nodes(self) -> frozenset[str]:
+        """Every node id this value names, for checking them against the service's nodes."""
+        named = set(self.gpu_nodes or ()) | set(self.egress_nodes or ())
+        for nodes in self.egress_preference.values():
+            named.update(nodes)
+        return frozenset(named)

@@ -1,0 +1,247 @@
+"""What is being placed: a deployment, the runtime that serves it and how it reaches its model."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from dataclasses import dataclass
+
+from placement_actors.domain.errors import InvalidSpecError
+
+__all__ = [
+    "ApiKey",
+    "CustomRuntime",
+    "Deployment",
+    "LocalGpu",
+    "ProviderKind",
+    "RemoteNetwork",
+    "Runtime",
+    "RuntimeKind",
+    "TransportKind",
+    "infer_runtime",
+]
+
+# Names become parts of Ray placement-group names and CLI arguments: keep them to a safe alphabet.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class ProviderKind(enum.Enum):
+    """A remote model provider reached over the network."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    LITELLM = "litellm"
+    OTHER = "other"
+
+
+class RuntimeKind(enum.Enum):
+    """The engine that serves a deployment: a local GPU engine or a remote provider's API."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TENSORRT_LLM = "tensorrt_llm"
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    LITELLM = "litellm"
+
+    @property
+    def provider(self) -> ProviderKind | None:
+        """The remote provider this runtime calls, or ``None`` for a local GPU engine."""
+        return _RUNTIME_PROVIDERS.get(self)
+
+
+_RUNTIME_PROVIDERS = {
+    RuntimeKind.OPENAI: ProviderKind.OPENAI,
+    RuntimeKind.ANTHROPIC: ProviderKind.ANTHROPIC,
+    RuntimeKind.GEMINI: ProviderKind.GEMINI,
+    RuntimeKind.LITELLM: ProviderKind.LITELLM,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustomRuntime:
+    """A runtime this library has no name for.
+
+    Attributes:
+        name: what the runtime calls itself (for people; placement ignores it).
+        provider: the remote provider it calls, or ``None`` when it is a local GPU engine.
+    """
+
+    name: str
+    provider: ProviderKind | None = None
+
+    def __post_init__(self) -> None:
+        """Reject an empty name or a provider that is not a `ProviderKind`."""
+        if not isinstance(self.name, str) or not self.name.strip():
+            msg = "a custom runtime needs a non-empty name"
+            raise InvalidSpecError(msg, field="runtime")
+        if self.provider is not None and not isinstance(self.provider, ProviderKind):
+            msg = f"custom runtime provider must be a ProviderKind, got {self.provider!r}"
+            raise InvalidSpecError(msg, field="runtime")
+
+
+Runtime = RuntimeKind | CustomRuntime
+
+
+@dataclass(frozen=True, slots=True)
+class LocalGpu:
+    """The deployment runs an engine on this cluster's GPUs."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteNetwork:
+    """The deployment calls a remote provider's API and needs a node with egress to it."""
+
+    provider: ProviderKind
+
+
+TransportKind = LocalGpu | RemoteNetwork
+
+
+class ApiKey:
+    """A secret API key: equal and hashable by value, but never shown.
+
+    ``repr``/``str`` give a short fingerprint only (the first 8 hex digits of its SHA-256),
+    enough to tell two keys apart in a log without revealing either. `reveal` hands the secret to
+    the code that must send it.
+    """
+
+    __slots__ = ("_fingerprint", "_secret")
+
+    def __init__(self, secret: str) -> None:
+        """Wrap ``secret``; it must be a non-empty string."""
+        if not isinstance(secret, str) or not secret:
+            msg = "an API key must be a non-empty string"
+            raise InvalidSpecError(msg, field="api_key")
+        self._secret = secret
+        self._fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible tag that tells keys apart."""
+        return self._fingerprint
+
+    def reveal(self) -> str:
+        """The secret itself, for the code that authenticates with it. Never log it."""
+        return self._secret
+
+    def __repr__(self) -> str:
+        """Show the fingerprint only."""
+        return f"ApiKey(sha256:{self._fingerprint})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        """Keys are equal when their secrets are."""
+        if not isinstance(other, ApiKey):
+            return NotImplemented
+        return self._secret == other._secret
+
+    def __hash__(self) -> int:
+        """Hash by value, so keys can group deployments."""
+        return hash(("ApiKey", self._secret))
+
+    def __reduce__(self) -> tuple[type[ApiKey], tuple[str]]:
+        """Pickle by value (actors and Ray move keys between processes)."""
+        return (ApiKey, (self._secret,))
+
+
+def infer_runtime(model: str) -> RuntimeKind:
+    """Guess the runtime from a model name.
+
+    ``gpt-4*``, ``gpt-3.5*``, ``o1``/``o1-*``, ``o3``/``o3-*`` and ``chatgpt-*`` are OpenAI;
+    ``claude-*`` and ``anthropic/*`` are Anthropic; ``gemini-*`` and ``google/gemini*`` are Gemini;
+    ``litellm/*`` or a name containing ``via-litellm`` is LiteLLM (checked first, since a LiteLLM
+    name usually embeds another provider's); anything else is a local vLLM model. Case is ignored.
+    """
+    name = model.strip().lower()
+    if name.startswith("litellm/") or "via-litellm" in name:
+        return RuntimeKind.LITELLM
+    if name.startswith(("gpt-4", "gpt-3.5", "o1-", "o3-", "chatgpt-")) or name in {"o1", "o3"}:
+        return RuntimeKind.OPENAI
+    if name.startswith(("claude-", "anthropic/")):
+        return RuntimeKind.ANTHROPIC
+    if name.startswith(("gemini-", "google/gemini")):
+        return RuntimeKind.GEMINI
+    return RuntimeKind.VLLM
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deployment:
+    """A model to serve, as a number of identical replicas.
+
+    Attributes:
+        name: unique key of the deployment in the service (letters, digits, ``.``, ``_``, ``-``).
+        model: the model identifier (a Hugging Face id, a provider's model name, ...).
+        replicas: how many replicas to place, at least 1.
+        gpus: GPUs per replica (the tensor-parallel size) for a local deployment; ``None`` means 1.
+            Must stay ``None`` for a remote one.
+        runtime: the serving runtime; ``None`` infers it from the model name (`infer_runtime`).
+        api_key: the key a remote deployment authenticates with; deployments with the same provider
+            and key are kept together so they can share a rate limiter.
+    """
+
+    name: str
+    model: str
+    replicas: int = 1
+    gpus: int | None = None
+    runtime: Runtime | None = None
+    api_key: ApiKey | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field; a `Deployment` that exists is valid."""
+        if not isinstance(self.name, str) or not _NAME_PATTERN.fullmatch(self.name):
+            msg = (
+                f"deployment name {self.name!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+            raise InvalidSpecError(msg, field="name")
+        if not isinstance(self.model, str) or not self.model.strip():
+            msg = f"deployment {self.name}: model must be a non-empty string"
+            raise InvalidSpecError(msg, field="model")
+        if not _is_int(self.replicas) or self.replicas < 1:
+            msg = f"deployment {self.name}: replicas must be an integer >= 1, got {self.replicas!r}"
+            raise InvalidSpecError(msg, field="replicas")
+        if self.runtime is not None and not isinstance(self.runtime, RuntimeKind | CustomRuntime):
+            msg = f"deployment {self.name}: runtime must be a RuntimeKind or CustomRuntime"
+            raise InvalidSpecError(msg, field="runtime")
+        if self.api_key is not None and not isinstance(self.api_key, ApiKey):
+            msg = f"deployment {self.name}: api_key must be an ApiKey (wrap the secret in ApiKey)"
+            raise InvalidSpecError(msg, field="api_key")
+        self._check_gpus()
+
+    def _check_gpus(self) -> None:
+        transport = self.transport_kind()
+        if isinstance(transport, RemoteNetwork):
+            if self.gpus is not None:
+                msg = (
+                    f"deployment {self.name}: gpus is for local deployments, but {self.model!r} "
+                    f"is served remotely by {transport.provider.value}"
+                )
+                raise InvalidSpecError(msg, field="gpus")
+        elif self.gpus is not None and (not _is_int(self.gpus) or self.gpus < 1):
+            msg = f"deployment {self.name}: gpus must be an integer >= 1, got {self.gpus!r}"
+            raise InvalidSpecError(msg, field="gpus")
+
+    def effective_runtime(self) -> Runtime:
+        """The explicit runtime, else the one inferred from the model name."""
+        return self.runtime if self.runtime is not None else infer_runtime(self.model)
+
+    def transport_kind(self) -> TransportKind:
+        """`LocalGpu` for a GPU engine on this cluster, `RemoteNetwork` for a provider's API."""
+        provider = self.effective_runtime().provider
+        return LocalGpu() if provider is None else RemoteNetwork(provider)
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs each replica holds: ``gpus`` (default 1) when local, 0 when remote."""
+        if isinstance(self.transport_kind(), RemoteNetwork):
+            return 0
+        return 1 if self.gpus is None else self.gpus
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

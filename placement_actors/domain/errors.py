@@ -1,0 +1,177 @@
+"""The one error tree of placement-actors.
+
+Every error the library raises on purpose is a `PlacementError`; each also subclasses the builtin a
+caller would naturally catch, and carries structured fields, not only text::
+
+    PlacementError
+    ├── InvalidSpecError (ValueError)        a malformed deployment, message, constraint or file
+    │   └── ConfigFileError                  ... in a YAML file: names the file, line and field
+    ├── UnknownMessageError (TypeError)      an actor was sent a message type it does not handle
+    └── CapacityError                        the cluster cannot hold this deployment
+        ├── NoGpuNodesError                  no allowed node has any GPU
+        ├── NoEgressNodesError               no allowed node can reach the provider's network
+        └── NotEnoughGpusError               GPU nodes exist, but none has enough free GPUs
+
+`CapacityError.retryable` separates "no room now" (capacity is held by others; retry after a
+release) from "never fits" (no allowed node is big enough, whatever is released).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from placement_actors.domain.deployments import ProviderKind
+    from placement_actors.domain.results import Rejection
+
+__all__ = [
+    "CapacityError",
+    "ConfigFileError",
+    "ConfigProblem",
+    "InvalidSpecError",
+    "NoEgressNodesError",
+    "NoGpuNodesError",
+    "NotEnoughGpusError",
+    "PlacementError",
+    "UnknownMessageError",
+]
+
+
+class PlacementError(Exception):
+    """Root of every error placement-actors raises on purpose."""
+
+
+class InvalidSpecError(PlacementError, ValueError):
+    """A deployment, constraint, message or file is malformed or names something unknown.
+
+    Attributes:
+        field: the offending field, when one can be named (``"replicas"``, ``"gpu_nodes"``, ...).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        """Create the error; ``field`` names the offending field when there is one."""
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigProblem:
+    """One invalid value in a config file.
+
+    Attributes:
+        line: 1-based line of the value, or ``None`` when the file could not be read that far.
+        field: the offending field (``"replicas"``), or ``None`` for a problem with the whole file.
+        problem: what is wrong, e.g. ``"must be ≥ 1"``.
+    """
+
+    line: int | None
+    field: str | None
+    problem: str
+
+
+class ConfigFileError(InvalidSpecError):
+    """A YAML file holds invalid values; ``str()`` gives one ``file:line: field: problem`` each.
+
+    Attributes:
+        path: the file.
+        problems: every problem found, in file order.
+    """
+
+    def __init__(self, *, path: str, problems: tuple[ConfigProblem, ...]) -> None:
+        """Create the error for ``problems`` found in ``path``."""
+        lines = []
+        for found in problems:
+            where = path if found.line is None else f"{path}:{found.line}"
+            lines.append(
+                f"{where}: {found.field}: {found.problem}"
+                if found.field
+                else f"{where}: {found.problem}"
+            )
+        super().__init__("\n".join(lines), field=problems[0].field if problems else None)
+        self.path = path
+        self.problems = problems
+
+
+class UnknownMessageError(PlacementError, TypeError):
+    """An actor received a message type it does not handle.
+
+    Attributes:
+        message_type: the name of the type that was sent.
+    """
+
+    def __init__(self, actor: str, message: object) -> None:
+        """Create the error for ``message`` sent to ``actor``."""
+        self.message_type = type(message).__qualname__
+        super().__init__(f"{actor} does not handle messages of type {self.message_type}")
+
+
+class CapacityError(PlacementError):
+    """The cluster cannot hold the deployment.
+
+    Attributes:
+        deployment: the deployment's name.
+        rejections: each allowed node's reason for not taking it, in node-id order.
+        retryable: ``True`` when releasing other deployments could make room.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self, message: str, *, deployment: str, rejections: tuple[Rejection, ...] = ()
+    ) -> None:
+        """Create the error; ``rejections`` lists each allowed node's reason."""
+        super().__init__(message)
+        self.deployment = deployment
+        self.rejections = rejections
+
+
+class NoGpuNodesError(CapacityError):
+    """No allowed node has a GPU at all (or every GPU node was excluded)."""
+
+
+class NoEgressNodesError(CapacityError):
+    """No allowed node can reach the remote provider.
+
+    Attributes:
+        provider: the provider the deployment needs to reach.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment: str,
+        provider: ProviderKind,
+        rejections: tuple[Rejection, ...] = (),
+    ) -> None:
+        """Create the error for a deployment that needs ``provider``."""
+        super().__init__(message, deployment=deployment, rejections=rejections)
+        self.provider = provider
+
+
+class NotEnoughGpusError(CapacityError):
+    """GPU nodes exist, but none of those allowed has enough free GPUs for one replica.
+
+    Attributes:
+        requested: GPUs one replica needs.
+        available: the most free GPUs any allowed node had when the decision was made.
+        largest_node: the most GPUs any allowed node has in total.
+    """
+
+    def __init__(  # noqa: PLR0913 - every field is part of the error's structured report
+        self,
+        message: str,
+        *,
+        deployment: str,
+        requested: int,
+        available: int,
+        largest_node: int,
+        rejections: tuple[Rejection, ...] = (),
+    ) -> None:
+        """Create the error from what was asked and the best that was on offer."""
+        super().__init__(message, deployment=deployment, rejections=rejections)
+        self.requested = requested
+        self.available = available
+        self.largest_node = largest_node
+        self.retryable = requested <= largest_node

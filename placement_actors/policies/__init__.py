@@ -1,0 +1,1 @@
+"""Pure placement policies and the ledgers they read: deterministic, no I/O, no clock."""

@@ -1,0 +1,73 @@
+"""Egress nodes: how many remote replicas each runs, and which (provider, key) pairs each serves."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from placement_actors.domain.constraints import EgressKey
+from placement_actors.domain.errors import InvalidSpecError
+
+__all__ = ["EgressLedger"]
+
+
+class EgressLedger:
+    """Remote replicas per egress node, and the nodes already serving each (provider, api key)."""
+
+    def __init__(self, egress_nodes: Iterable[str]) -> None:
+        """Start with every egress node empty."""
+        self._load: dict[str, int] = dict.fromkeys(sorted(set(egress_nodes)), 0)
+        self._serving: dict[EgressKey, Counter[str]] = {}
+
+    def __contains__(self, node_id: object) -> bool:
+        """Whether ``node_id`` is an egress node."""
+        return node_id in self._load
+
+    def node_ids(self) -> list[str]:
+        """Every egress node id, sorted."""
+        return list(self._load)
+
+    def load(self, node_id: str) -> int:
+        """Remote replicas running on ``node_id``."""
+        return self._load[node_id]
+
+    def serving(self, key: EgressKey) -> frozenset[str]:
+        """Egress nodes that already run a replica for ``key``."""
+        return frozenset(self._serving.get(key, ()))
+
+    def keys_on(self, node_id: str) -> int:
+        """How many distinct (provider, api key) pairs ``node_id`` serves."""
+        return sum(1 for nodes in self._serving.values() if node_id in nodes)
+
+    def choose(self, *, allowed: Iterable[str], preferred: Iterable[str]) -> str | None:
+        """The least-loaded preferred node, else the least-loaded allowed node; ties by node id.
+
+        Args:
+            allowed: egress nodes this placement may use (non-egress ids are ignored).
+            preferred: nodes already serving the same (provider, api key).
+        """
+        candidates = [n for n in allowed if n in self._load]
+        favourites = set(preferred).intersection(candidates)
+        pool = [n for n in candidates if n in favourites] or candidates
+        return min(pool, key=lambda n: (self._load[n], n), default=None)
+
+    def add(self, node_id: str, key: EgressKey) -> None:
+        """Count one more replica for ``key`` on ``node_id``."""
+        if node_id not in self._load:
+            msg = f"{node_id!r} is not an egress node"
+            raise InvalidSpecError(msg, field="egress_nodes")
+        self._load[node_id] += 1
+        self._serving.setdefault(key, Counter())[node_id] += 1
+
+    def remove(self, node_id: str, key: EgressKey) -> None:
+        """Count one replica for ``key`` on ``node_id`` less."""
+        nodes = self._serving.get(key)
+        if nodes is None or nodes[node_id] < 1:
+            msg = f"{node_id!r} runs no replica for this provider and key"
+            raise InvalidSpecError(msg, field="egress_nodes")
+        self._load[node_id] -= 1
+        nodes[node_id] -= 1
+        if nodes[node_id] == 0:
+            del nodes[node_id]
+        if not nodes:
+            del self._serving[key]

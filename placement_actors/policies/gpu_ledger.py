@@ -1,0 +1,185 @@
+"""The free-GPU ledger: which GPU ordinals of which node are free, and who holds the rest.
+
+The ledger is indexed by free capacity: nodes sit in buckets keyed by their free-GPU count, each
+bucket sorted by node id. A best-fit or least-loaded query walks buckets (at most one per possible
+free count, a small number) instead of every node, so a decision costs about the same on 10 nodes
+and on 10,000. It is a plain, deterministic data structure: no clock, no I/O, no threads; the actor
+that owns it serialises access.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+
+from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.topology import NodeTopology
+
+__all__ = ["GpuLedger"]
+
+
+class GpuLedger:
+    """Free and held GPU ordinals per node, with best-fit and least-loaded look-ups."""
+
+    def __init__(self, topology: Iterable[NodeTopology]) -> None:
+        """Start with every GPU of every node free.
+
+        Raises:
+            InvalidSpecError: two nodes share an id.
+        """
+        self._nodes: dict[str, NodeTopology] = {}
+        for node in topology:
+            if node.node_id in self._nodes:
+                msg = f"node {node.node_id} appears twice in the topology"
+                raise InvalidSpecError(msg, field="node_id")
+            self._nodes[node.node_id] = node
+        self._max_capacity = max((n.num_gpus for n in self._nodes.values()), default=0)
+        self._free: dict[str, list[int]] = {
+            node_id: list(range(node.num_gpus)) for node_id, node in self._nodes.items()
+        }
+        self._held: dict[str, dict[int, str]] = {node_id: {} for node_id in self._nodes}
+        self._by_free: list[list[str]] = [[] for _ in range(self._max_capacity + 1)]
+        for node_id in sorted(self._nodes):
+            self._by_free[self._nodes[node_id].num_gpus].append(node_id)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def __contains__(self, node_id: object) -> bool:
+        """Whether the ledger knows ``node_id``."""
+        return node_id in self._nodes
+
+    def __len__(self) -> int:
+        """How many nodes the ledger knows."""
+        return len(self._nodes)
+
+    def node_ids(self) -> list[str]:
+        """Every node id, sorted."""
+        return sorted(self._nodes)
+
+    def topology(self, node_id: str) -> NodeTopology:
+        """The node as it was given to the ledger."""
+        return self._nodes[node_id]
+
+    def capacity(self, node_id: str) -> int:
+        """Total GPUs of ``node_id``."""
+        return self._nodes[node_id].num_gpus
+
+    def free_count(self, node_id: str) -> int:
+        """Free GPUs of ``node_id``."""
+        return len(self._free[node_id])
+
+    def free_ordinals(self, node_id: str) -> tuple[int, ...]:
+        """The free GPU ordinals of ``node_id``, ascending."""
+        return tuple(self._free[node_id])
+
+    def holders(self, node_id: str) -> dict[int, str]:
+        """Held ordinal -> holder on ``node_id`` (a copy)."""
+        return dict(sorted(self._held[node_id].items()))
+
+    def max_free(self, allowed: frozenset[str] | None = None) -> int:
+        """The most free GPUs any node (of ``allowed``, when given) has."""
+        if allowed is None:
+            return next((k for k in range(self._max_capacity, -1, -1) if self._by_free[k]), 0)
+        return max((self.free_count(n) for n in allowed), default=0)
+
+    def max_capacity(self, allowed: frozenset[str] | None = None) -> int:
+        """The most GPUs any node (of ``allowed``, when given) has in total."""
+        if allowed is None:
+            return self._max_capacity
+        return max((self.capacity(n) for n in allowed), default=0)
+
+    def best_fit(
+        self,
+        gpus: int,
+        *,
+        allowed: frozenset[str] | None = None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """The node left with the fewest free GPUs after taking ``gpus``; ties by node id.
+
+        Args:
+            gpus: GPUs needed on one node.
+            allowed: only these nodes, or every node when ``None``.
+            avoid: nodes to pass over.
+        """
+        if allowed is not None:
+            fits = [n for n in allowed if n not in avoid and self.free_count(n) >= gpus]
+            return min(fits, key=lambda n: (self.free_count(n), n), default=None)
+        return self._first_in_buckets(range(max(gpus, 0), self._max_capacity + 1), avoid)
+
+    def least_loaded(
+        self,
+        gpus: int,
+        *,
+        allowed: frozenset[str] | None = None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """The node with the most free GPUs that has at least ``gpus`` free; ties by node id."""
+        if allowed is not None:
+            fits = [n for n in allowed if n not in avoid and self.free_count(n) >= gpus]
+            return min(fits, key=lambda n: (-self.free_count(n), n), default=None)
+        return self._first_in_buckets(range(self._max_capacity, max(gpus, 0) - 1, -1), avoid)
+
+    def _first_in_buckets(self, free_counts: Iterable[int], avoid: frozenset[str]) -> str | None:
+        for free in free_counts:
+            for node_id in self._by_free[free]:
+                if node_id not in avoid:
+                    return node_id
+        return None
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def reserve(self, node_id: str, gpus: int, holder: str) -> tuple[int, ...]:
+        """Hand ``gpus`` of the lowest free ordinals of ``node_id`` to ``holder``.
+
+        Raises:
+            InvalidSpecError: the node is unknown, ``gpus`` < 1, or too few GPUs are free.
+        """
+        free = self._free_list(node_id)
+        if gpus < 1 or gpus > len(free):
+            msg = f"cannot reserve {gpus} GPUs on {node_id}: {len(free)} free"
+            raise InvalidSpecError(msg, field="gpus")
+        taken, rest = free[:gpus], free[gpus:]
+        self._move(node_id, len(free), len(rest))
+        self._free[node_id] = rest
+        held = self._held[node_id]
+        for ordinal in taken:
+            held[ordinal] = holder
+        return tuple(taken)
+
+    def release(self, node_id: str, ordinals: Iterable[int], holder: str) -> None:
+        """Give back ``ordinals`` of ``node_id`` that ``holder`` holds.
+
+        Raises:
+            InvalidSpecError: the node is unknown or an ordinal is not held by ``holder``.
+        """
+        free = self._free_list(node_id)
+        held = self._held[node_id]
+        wanted = list(ordinals)
+        strangers = [o for o in wanted if held.get(o) != holder]
+        if strangers:
+            msg = f"{holder} does not hold GPUs {strangers} on {node_id}"
+            raise InvalidSpecError(msg, field="gpus")
+        before = len(free)
+        for ordinal in wanted:
+            del held[ordinal]
+            bisect.insort(free, ordinal)
+        self._move(node_id, before, len(free))
+
+    def _free_list(self, node_id: str) -> list[int]:
+        try:
+            return self._free[node_id]
+        except KeyError:
+            msg = f"unknown node {node_id!r}"
+            raise InvalidSpecError(msg, field="node_id") from None
+
+    def _move(self, node_id: str, old_free: int, new_free: int) -> None:
+        if old_free == new_free:
+            return
+        old_bucket = self._by_free[old_free]
+        del old_bucket[bisect.bisect_left(old_bucket, node_id)]
+        bisect.insort(self._by_free[new_free], node_id)
+
+    def __iter__(self) -> Iterator[str]:
+        """Node ids, sorted."""
+        return iter(self.node_ids())

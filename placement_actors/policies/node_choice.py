@@ -1,0 +1,79 @@
+"""Choosing a node for one replica: filter (with reasons), then pick by strategy.
+
+The pick runs on the ledger's free-capacity index; the filter is only evaluated node by node when
+nothing fits, to tell the caller every node's reason (the Kubernetes scheduler's "0/N nodes are
+available: ..." report, as data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from placement_actors.domain.constraints import GpuStrategy
+from placement_actors.domain.results import Rejection
+from placement_actors.policies.gpu_ledger import GpuLedger
+
+__all__ = ["choose_gpu_node", "gpu_fit", "gpu_rejections"]
+
+
+def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection | None:
+    """Why a node of ``capacity`` GPUs, ``free`` of them free, cannot take ``gpus``; else None."""
+    if capacity == 0:
+        reason = "has no GPUs"
+    elif capacity < gpus:
+        reason = f"has {capacity} GPUs in all, {gpus} needed on one node"
+    elif free < gpus:
+        reason = f"{free} of {capacity} GPUs free, {gpus} needed"
+    else:
+        return None
+    return Rejection(node_id=node_id, reason=reason, requested=gpus, available=free)
+
+
+def gpu_rejections(ledger: GpuLedger, gpus: int, nodes: Iterable[str]) -> tuple[Rejection, ...]:
+    """Each of ``nodes``' reason for not taking ``gpus`` GPUs, in node-id order."""
+    found = (
+        gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
+        for n in sorted(nodes)
+    )
+    return tuple(r for r in found if r is not None)
+
+
+def _pack(
+    ledger: GpuLedger, gpus: int, allowed: frozenset[str] | None, _used: frozenset[str]
+) -> str | None:
+    return ledger.best_fit(gpus, allowed=allowed)
+
+
+def _spread(
+    ledger: GpuLedger, gpus: int, allowed: frozenset[str] | None, used: frozenset[str]
+) -> str | None:
+    fresh = ledger.least_loaded(gpus, allowed=allowed, avoid=used)
+    return fresh if fresh is not None else ledger.least_loaded(gpus, allowed=allowed)
+
+
+_STRATEGIES: dict[
+    GpuStrategy, Callable[[GpuLedger, int, frozenset[str] | None, frozenset[str]], str | None]
+] = {
+    GpuStrategy.PACK: _pack,
+    GpuStrategy.SPREAD: _spread,
+}
+
+
+def choose_gpu_node(
+    ledger: GpuLedger,
+    gpus: int,
+    *,
+    strategy: GpuStrategy = GpuStrategy.PACK,
+    allowed: frozenset[str] | None = None,
+    used: frozenset[str] = frozenset(),
+) -> str | None:
+    """The node one replica of ``gpus`` GPUs goes to, or ``None`` when no allowed node fits.
+
+    Args:
+        ledger: the free-GPU ledger.
+        gpus: GPUs the replica needs on one node.
+        strategy: `GpuStrategy.PACK` (best fit) or `GpuStrategy.SPREAD` (distinct nodes first).
+        allowed: the nodes this placement may use; ``None`` for every node of the ledger.
+        used: nodes the same deployment already uses (read by ``SPREAD``).
+    """
+    return _STRATEGIES[strategy](ledger, gpus, allowed, used)
