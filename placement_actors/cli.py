@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.command(args, console))
     except InvalidSpecError as exc:
-        Console(stderr=True).print(f"[bold red]invalid spec:[/] {exc}", highlight=False)
+        Console(stderr=True).print(
+            f"[bold red]invalid spec:[/] {exc}", highlight=False, soft_wrap=True, markup=True
+        )
         return EXIT_INVALID_SPEC
     except Exception:  # the top level: report anything else as a failure, with its traceback
         logger.exception("placement-actors failed")
@@ -150,9 +152,12 @@ def _print_outcomes(
             f"[bold red]{outcome.spec.deployment.name} did not fit[/] "
             f"({type(error).__name__}, {hint}): {error}",
             highlight=False,
+            soft_wrap=True,
         )
         for rejection in error.rejections:
-            console.print(f"  {rejection.node_id}: {rejection.reason}", highlight=False)
+            console.print(
+                f"  {rejection.node_id}: {rejection.reason}", highlight=False, soft_wrap=True
+            )
 
 
 def _print_cluster(console: Console, view: ClusterView) -> None:

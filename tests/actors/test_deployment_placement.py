@@ -1,0 +1,319 @@
+import logging
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ApiKey,
+    CapacityError,
+    ClusterView,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    GpuStrategy,
+    InvalidSpecError,
+    NodeAssignment,
+    NodeTopology,
+    NoEgressNodesError,
+    NoGpuNodesError,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    ProviderKind,
+    Release,
+    Released,
+    UnknownMessageError,
+    deployment_placement_proxy,
+)
+
+TIMEOUT = 5
+TOPOLOGY = (
+    NodeTopology(node_id="head", num_gpus=0, is_head=True),
+    NodeTopology(node_id="gpu-a", num_gpus=4),
+    NodeTopology(node_id="gpu-b", num_gpus=4),
+    NodeTopology(node_id="gpu-c", num_gpus=8),
+)
+EGRESS = ("head", "edge-1", "edge-2")
+
+Ref = pykka.ActorRef[DeploymentPlacementActor]
+
+
+@pytest.fixture
+def actor() -> Iterator[Ref]:
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, egress_nodes=EGRESS)
+    yield ref
+    ref.stop(timeout=TIMEOUT)
+
+
+def local(name: str, *, gpus: int = 1, replicas: int = 1) -> Deployment:
+    return Deployment(name=name, model="meta-llama/Llama-3.1-8B", gpus=gpus, replicas=replicas)
+
+
+def remote(name: str, *, key: str | None = "sk-a", replicas: int = 1) -> Deployment:
+    api_key = ApiKey(key) if key is not None else None
+    return Deployment(name=name, model="gpt-4o", replicas=replicas, api_key=api_key)
+
+
+def place(actor: Ref, deployment: Deployment, **constraints: object) -> PlacementResult:
+    message = Place(deployment, PlacementConstraints(**constraints))  # type: ignore[arg-type]
+    result = actor.ask(message, timeout=TIMEOUT)
+    assert isinstance(result, PlacementResult)
+    return result
+
+
+def cluster_view(actor: Ref) -> ClusterView:
+    view = actor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
+    return view
+
+
+def held_gpus(actor: Ref) -> dict[str, dict[int, str]]:
+    view = cluster_view(actor)
+    return {n.node_id: {h.ordinal: h.deployment for h in n.held} for n in view.nodes}
+
+
+# -- local GPU deployments ------------------------------------------------------------------------
+
+
+def test_place_packs_replicas_onto_the_tightest_node(actor: Ref) -> None:
+    result = place(actor, local("llama", gpus=2, replicas=3))
+    assert result.assignments == (
+        NodeAssignment(replica_index=0, node="gpu-a", gpus=(0, 1)),  # a, b tie at 4 free: id
+        NodeAssignment(replica_index=1, node="gpu-a", gpus=(2, 3)),  # a now has 2: tightest
+        NodeAssignment(replica_index=2, node="gpu-b", gpus=(0, 1)),
+    )
+
+
+def test_spread_puts_replicas_on_distinct_nodes(actor: Ref) -> None:
+    result = place(actor, local("llama", replicas=3), strategy=GpuStrategy.SPREAD)
+    assert [a.node for a in result.assignments] == ["gpu-c", "gpu-a", "gpu-b"]
+
+
+def test_spread_shares_a_node_only_when_no_unused_node_fits(actor: Ref) -> None:
+    result = place(actor, local("llama", gpus=4, replicas=3), strategy=GpuStrategy.SPREAD)
+    assert sorted(a.node for a in result.assignments) == ["gpu-a", "gpu-b", "gpu-c"]
+    result = place(actor, local("big", gpus=4), strategy=GpuStrategy.SPREAD)
+    assert result.assignments[0].node == "gpu-c"  # the only node with 4 left
+
+
+def test_no_gpu_ordinal_is_handed_out_twice(actor: Ref) -> None:
+    first = place(actor, local("one", gpus=3))
+    second = place(actor, local("two", gpus=3))
+    taken = [(a.node, g) for r in (first, second) for a in r.assignments for g in a.gpus]
+    assert len(taken) == len(set(taken)) == 6
+
+
+def test_place_raises_not_enough_gpus_when_all_reserved(actor: Ref) -> None:
+    place(actor, local("fill", gpus=4, replicas=2))
+    place(actor, local("fill-c", gpus=8))
+    with pytest.raises(NotEnoughGpusError) as caught:
+        actor.ask(Place(local("late")), timeout=TIMEOUT)
+    error = caught.value
+    assert (error.requested, error.available, error.largest_node) == (1, 0, 8)
+    assert error.retryable
+    assert {r.node_id for r in error.rejections} == {"head", "gpu-a", "gpu-b", "gpu-c"}
+
+
+def test_a_replica_larger_than_any_node_never_fits(actor: Ref) -> None:
+    with pytest.raises(NotEnoughGpusError) as caught:
+        actor.ask(Place(local("huge", gpus=16)), timeout=TIMEOUT)
+    assert caught.value.largest_node == 8
+    assert not caught.value.retryable
+    assert "largest allowed node has 8" in str(caught.value)
+
+
+def test_a_place_that_does_not_fit_reserves_nothing(actor: Ref) -> None:
+    before = held_gpus(actor)
+    # 4 + 4 + 8 GPUs hold four 4-GPU replicas; the fifth does not fit
+    with pytest.raises(NotEnoughGpusError, match="4 of 5 replicas fitted"):
+        actor.ask(Place(local("five-big", gpus=4, replicas=5)), timeout=TIMEOUT)
+    assert held_gpus(actor) == before
+
+
+def test_gpu_nodes_limit_where_replicas_go(actor: Ref) -> None:
+    result = place(actor, local("pinned", replicas=2), gpu_nodes=("gpu-c",))
+    assert {a.node for a in result.assignments} == {"gpu-c"}
+
+
+def test_an_empty_gpu_node_list_allows_no_node(actor: Ref) -> None:
+    with pytest.raises(NoGpuNodesError, match="gpu_nodes is empty"):
+        actor.ask(Place(local("nowhere"), PlacementConstraints(gpu_nodes=())), timeout=TIMEOUT)
+
+
+def test_only_cpu_nodes_allowed_is_no_gpu_nodes(actor: Ref) -> None:
+    with pytest.raises(NoGpuNodesError):
+        actor.ask(Place(local("cpu"), PlacementConstraints(gpu_nodes=("head",))), timeout=TIMEOUT)
+
+
+def test_a_cluster_without_gpus_answers_no_gpu_nodes() -> None:
+    ref = DeploymentPlacementActor.start(topology=[NodeTopology(node_id="cpu", num_gpus=0)])
+    with pytest.raises(NoGpuNodesError) as caught:
+        ref.ask(Place(local("any")), timeout=TIMEOUT)
+    assert isinstance(caught.value, CapacityError)
+
+
+def test_unknown_nodes_in_constraints_are_an_invalid_spec(actor: Ref) -> None:
+    with pytest.raises(InvalidSpecError, match="gpu-z"):
+        actor.ask(Place(local("x"), PlacementConstraints(gpu_nodes=("gpu-z",))), timeout=TIMEOUT)
+    assert held_gpus(actor)["gpu-a"] == {}
+
+
+# -- remote deployments -----------------------------------------------------------------------
+
+
+def test_remote_replicas_go_to_the_least_loaded_egress_node(actor: Ref) -> None:
+    first = place(actor, remote("gpt", key="sk-a"))
+    second = place(actor, remote("other", key="sk-b"))
+    assert first.assignments[0] == NodeAssignment(replica_index=0, node="edge-1")
+    assert second.assignments[0].node == "edge-2"
+
+
+def test_remote_replicas_join_nodes_serving_the_same_provider_and_key(actor: Ref) -> None:
+    place(actor, remote("gpt", key="sk-a"))  # edge-1
+    place(actor, remote("other", key="sk-b"))  # edge-2
+    same_key = place(actor, remote("gpt-mini", key="sk-a", replicas=2))
+    assert {a.node for a in same_key.assignments} == {"edge-1"}
+
+
+def test_egress_preference_from_the_caller_is_honoured(actor: Ref) -> None:
+    key = (ProviderKind.OPENAI, ApiKey("sk-a"))
+    result = place(actor, remote("gpt"), egress_preference={key: ("head",)})
+    assert result.assignments[0].node == "head"
+
+
+def test_egress_nodes_limit_where_remote_replicas_go(actor: Ref) -> None:
+    result = place(actor, remote("gpt", replicas=2), egress_nodes=("edge-2",))
+    assert {a.node for a in result.assignments} == {"edge-2"}
+
+
+def test_no_egress_node_is_a_typed_error_carrying_the_provider(actor: Ref) -> None:
+    with pytest.raises(NoEgressNodesError) as caught:
+        actor.ask(
+            Place(remote("gpt"), PlacementConstraints(egress_nodes=("gpu-a",))), timeout=TIMEOUT
+        )
+    assert caught.value.provider is ProviderKind.OPENAI
+    assert [r.node_id for r in caught.value.rejections] == ["gpu-a"]
+
+
+def test_a_service_without_egress_nodes_cannot_place_remote_deployments() -> None:
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY)
+    with pytest.raises(NoEgressNodesError):
+        ref.ask(Place(remote("claude")), timeout=TIMEOUT)
+
+
+# -- idempotency and release ------------------------------------------------------------------
+
+
+def test_resending_the_same_place_answers_the_same_result_and_reserves_nothing(actor: Ref) -> None:
+    first = place(actor, local("llama", gpus=2))
+    before = held_gpus(actor)
+    assert place(actor, local("llama", gpus=2)) == first
+    assert held_gpus(actor) == before
+
+
+def test_the_same_name_with_a_different_spec_is_invalid_until_released(actor: Ref) -> None:
+    place(actor, local("llama", gpus=2))
+    with pytest.raises(InvalidSpecError, match="release it first"):
+        actor.ask(Place(local("llama", gpus=4)), timeout=TIMEOUT)
+    actor.ask(Release("llama"), timeout=TIMEOUT)
+    assert place(actor, local("llama", gpus=4)).total_gpus() == 4
+
+
+def test_release_frees_everything_and_is_idempotent(actor: Ref) -> None:
+    place(actor, local("llama", gpus=2, replicas=2))
+    place(actor, remote("gpt", replicas=2))
+    assert actor.ask(Release("llama"), timeout=TIMEOUT) == Released(
+        deployment="llama", was_placed=True, gpus_freed=4, replicas_freed=2
+    )
+    assert actor.ask(Release("llama"), timeout=TIMEOUT) == Released(
+        deployment="llama", was_placed=False, gpus_freed=0, replicas_freed=0
+    )
+    actor.ask(Release("gpt"), timeout=TIMEOUT)
+    view = cluster_view(actor)
+    assert all(not n.held and n.remote_replicas == 0 for n in view.nodes)
+    assert view.deployments == ()
+
+
+def test_cluster_view_shows_capacity_free_gpus_and_holders(actor: Ref) -> None:
+    place(actor, local("llama", gpus=3))
+    view = cluster_view(actor)
+    node = view.node("gpu-a")
+    assert (node.capacity, node.free_gpus) == (4, (3,))
+    assert [(h.ordinal, h.deployment) for h in node.held] == [
+        (0, "llama"),
+        (1, "llama"),
+        (2, "llama"),
+    ]
+    assert view.node("head").is_head
+    assert view.node("edge-1").egress
+    assert [n.node_id for n in view.nodes] == sorted(n.node_id for n in view.nodes)
+    assert view.deployments == ("llama",)
+
+
+# -- the typed proxy and bad input ------------------------------------------------------------
+
+
+def test_the_typed_proxy_speaks_the_same_protocol(actor: Ref) -> None:
+    proxy = deployment_placement_proxy(actor)
+    result = proxy.place(Place(local("llama", gpus=2))).get(timeout=TIMEOUT)
+    assert result.total_gpus() == 2
+    assert proxy.release(Release("llama")).get(timeout=TIMEOUT).gpus_freed == 2
+    assert proxy.get_cluster_view(GetClusterView()).get(timeout=TIMEOUT).deployments == ()
+
+
+def test_proxy_errors_arrive_typed_in_the_future(actor: Ref) -> None:
+    proxy = deployment_placement_proxy(actor)
+    future = proxy.place(Place(local("huge", gpus=64)))
+    with pytest.raises(NotEnoughGpusError):
+        future.get(timeout=TIMEOUT)
+    with pytest.raises(InvalidSpecError):
+        proxy.place("not a message").get(timeout=TIMEOUT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [object(), "Place", {"deployment": "x"}, None, 42],
+    ids=["object", "string", "dict", "none", "int"],
+)
+def test_an_unknown_message_is_a_typed_error_and_the_actor_keeps_serving(
+    actor: Ref, message: object
+) -> None:
+    with pytest.raises(UnknownMessageError):
+        actor.ask(message, timeout=TIMEOUT)
+    assert place(actor, local("after")).total_gpus() == 1
+
+
+def test_malformed_messages_are_rejected_before_they_reach_the_actor() -> None:
+    with pytest.raises(InvalidSpecError):
+        Place("llama")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpecError):
+        Place(local("x"), {"gpu_nodes": []})  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpecError):
+        Release(7)  # type: ignore[arg-type]
+
+
+def test_a_told_bad_message_is_logged_and_the_actor_keeps_serving(
+    actor: Ref, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="placement_actors"):
+        actor.tell(object())
+        actor.tell(Place(local("huge", gpus=64)))
+        assert place(actor, local("after")).total_gpus() == 1
+    assert actor.is_alive()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("UnknownMessageError" in m for m in messages)
+    assert any("NotEnoughGpusError" in m for m in messages)
+
+
+def test_a_told_place_is_carried_out(actor: Ref) -> None:
+    actor.tell(Place(local("told", gpus=2)))
+    assert cluster_view(actor).deployments == ("told",)
+
+
+def test_a_malformed_topology_fails_at_start() -> None:
+    with pytest.raises(InvalidSpecError):
+        DeploymentPlacementActor.start(topology=[{"node_id": "a", "num_gpus": 1}])
+    with pytest.raises(InvalidSpecError):
+        DeploymentPlacementActor.start(topology=TOPOLOGY, egress_nodes=[3])

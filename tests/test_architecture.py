@@ -1,0 +1,104 @@
+"""The package's shape: imports point down the layers, and Ray is imported in one module only."""
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import placement_actors
+
+PACKAGE = Path(placement_actors.__file__).parent
+RAY_MODULE = "placement_actors.backends.ray_backend"
+
+# Which of our own layers each layer may import (domain <- policies <- actors -> backends).
+ALLOWED = {
+    "domain": {"domain"},
+    "policies": {"domain", "policies"},
+    "backends": {"domain", "backends"},
+    "actors": {"domain", "policies", "actors", "backends"},
+}
+# Third-party packages each layer may import; the standard library is always allowed.
+THIRD_PARTY = {
+    "domain": set(),
+    "policies": set(),
+    "actors": {"pykka"},
+    "backends": {"pykka"},
+}
+
+
+def modules() -> list[tuple[str, ast.Module]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(relative.parts).removesuffix(".__init__")
+        found.append((name, ast.parse(path.read_text(encoding="utf-8"))))
+    return found
+
+
+def imported(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ALLOWED else None
+
+
+def test_ray_is_imported_only_in_the_ray_backend() -> None:
+    offenders = [
+        name
+        for name, tree in modules()
+        if name != RAY_MODULE and any(i == "ray" or i.startswith("ray.") for i in imported(tree))
+    ]
+    assert offenders == []
+
+
+def test_the_walk_sees_every_module_and_would_catch_a_ray_import() -> None:
+    names = [name for name, _ in modules()]
+    assert "placement_actors.actors.deployment_placement" in names
+    assert imported(ast.parse("import ray.util\nfrom ray import get")) == {"ray.util", "ray"}
+
+
+@pytest.mark.parametrize(("name", "tree"), modules(), ids=[name for name, _ in modules()])
+def test_imports_point_down_the_layers(name: str, tree: ast.Module) -> None:
+    own = layer(name)
+    if own is None:
+        return  # the package root, cli and config files sit on top and may import anything
+    for target in imported(tree):
+        if target.startswith("placement_actors."):
+            assert layer(target) in ALLOWED[own], f"{name} imports {target}"
+        elif target != "placement_actors":
+            top = target.split(".")[0]
+            if top not in importlib.sys.stdlib_module_names:  # type: ignore[attr-defined]
+                assert top in THIRD_PARTY[own] or (name == RAY_MODULE and top == "ray"), (
+                    f"{name} imports {target}"
+                )
+
+
+def test_public_modules_declare_complete_all() -> None:
+    for info in pkgutil.walk_packages(placement_actors.__path__, "placement_actors."):
+        if info.name.endswith("__main__") or info.ispkg:
+            continue
+        module = importlib.import_module(info.name)
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and getattr(value, "__module__", None) == info.name
+            and callable(value)
+        }
+        declared = set(getattr(module, "__all__", ()))
+        assert public <= declared, f"{info.name}.__all__ misses {sorted(public - declared)}"
+
+
+def test_the_package_root_exports_its_whole_all() -> None:
+    assert all(hasattr(placement_actors, name) for name in placement_actors.__all__)
+    assert len(set(placement_actors.__all__)) == len(placement_actors.__all__)
