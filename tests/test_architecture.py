@@ -16,7 +16,7 @@ RAY_MODULE = "placement_actors.backends.ray_backend"
 ALLOWED = {
     "domain": {"domain"},
     "policies": {"domain", "policies"},
-    "backends": {"domain", "backends"},
+    "backends": {"domain", "policies", "backends"},
     "actors": {"domain", "policies", "actors", "backends"},
 }
 # Third-party packages each layer may import; the standard library is always allowed.

@@ -8,7 +8,7 @@ module only keeps the state and makes each `Place` all-or-nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import pykka
@@ -21,32 +21,50 @@ from placement_actors.actors.messages import (
     GpuHolding,
     NodeView,
     Place,
+    PlanReplica,
     Release,
     Released,
+    RemoveReplicaGroups,
+    ReplicaFailed,
 )
 from placement_actors.domain.constraints import EgressKey, PlacementConstraints
 from placement_actors.domain.deployments import Deployment, ProviderKind, RemoteNetwork
 from placement_actors.domain.errors import (
+    BackendError,
     InvalidSpecError,
     NoEgressNodesError,
     NoGpuNodesError,
     NotEnoughGpusError,
+    PlacementError,
     UnknownMessageError,
 )
-from placement_actors.domain.results import NodeAssignment, PlacementResult, Rejection
+from placement_actors.domain.results import (
+    NodeAssignment,
+    PlacementResult,
+    Rejection,
+    ReplicaPlacement,
+)
 from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.bundle_shapes import head_exclusion_from_env, plan_even_split
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
-from placement_actors.policies.node_choice import choose_gpu_node, gpu_rejections
+from placement_actors.policies.node_choice import choose_replica_nodes, gpu_rejections
 
 __all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class _Placed:
+    """A placed deployment (mutable: owned by the actor thread)."""
+
     place: Place
     result: PlacementResult
     egress_key: EgressKey | None
+
+    def missing_replicas(self) -> list[int]:
+        """Replica indexes that have lost their reservation (their group failed)."""
+        present = {a.replica_index for a in self.result.assignments}
+        return [i for i in range(self.place.deployment.replicas) if i not in present]
 
 
 class DeploymentPlacementActor(KeepServingActor):
@@ -59,13 +77,27 @@ class DeploymentPlacementActor(KeepServingActor):
         )
         result = ref.ask(Place(Deployment(name="llama", model="meta-llama/Llama-3.1-8B")))
 
+    With a ``planner`` (a `PlanningActor`), every local replica is also reserved on the cluster:
+    the `PlacementResult` then carries one `ReplicaPlacement` per replica, whose futures give each
+    bundle's node IP and a free port, and a replica whose group fails is released again.
+
     Args:
         topology: the GPU nodes (and, with ``num_gpus=0``, any CPU nodes) the service knows.
         egress_nodes: ids of nodes that can reach remote providers; they need not be GPU nodes.
+        planner: the PlanningActor that reserves local replicas on the cluster, if any.
+        ignore_head_node: keep local replicas off head nodes; ``None`` reads
+            ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
+        planner_timeout_s: how long to wait for the planner's (immediate) reply.
     """
 
     def __init__(
-        self, *, topology: Iterable[NodeTopology], egress_nodes: Iterable[str] = ()
+        self,
+        *,
+        topology: Iterable[NodeTopology],
+        egress_nodes: Iterable[str] = (),
+        planner: pykka.ActorRef[Any] | None = None,
+        ignore_head_node: bool | None = None,
+        planner_timeout_s: float = 30.0,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology."""
         super().__init__()
@@ -80,6 +112,10 @@ class DeploymentPlacementActor(KeepServingActor):
             raise InvalidSpecError(msg, field="egress_nodes")
         self._gpus = GpuLedger(nodes)
         self._heads = frozenset(n.node_id for n in nodes if n.is_head)
+        exclude_heads = head_exclusion_from_env() if ignore_head_node is None else ignore_head_node
+        self._avoid = self._heads if exclude_heads else frozenset()
+        self._planner = planner
+        self._planner_timeout_s = planner_timeout_s
         self._egress = EgressLedger(egress)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
         self._placed: dict[str, _Placed] = {}
@@ -87,6 +123,7 @@ class DeploymentPlacementActor(KeepServingActor):
             Place: self.place,
             Release: self.release,
             GetClusterView: self.get_cluster_view,
+            ReplicaFailed: self._on_replica_failed,
         }
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
@@ -106,13 +143,16 @@ class DeploymentPlacementActor(KeepServingActor):
         deployment, constraints = message.deployment, message.constraints
         earlier = self._placed.get(deployment.name)
         if earlier is not None:
-            if earlier.place == message:
-                return earlier.result
-            msg = (
-                f"deployment {deployment.name} is already placed with a different spec or "
-                "constraints; release it first"
-            )
-            raise InvalidSpecError(msg, field="name")
+            if earlier.place != message:
+                msg = (
+                    f"deployment {deployment.name} is already placed with a different spec or "
+                    "constraints; release it first"
+                )
+                raise InvalidSpecError(msg, field="name")
+            missing = earlier.missing_replicas()
+            if missing:  # some replicas' groups failed: place those again
+                earlier.result = self._merge(earlier.result, self._place_local(message, missing))
+            return earlier.result
         unknown = sorted(constraints.named_nodes() - self._known)
         if unknown:
             msg = f"constraints name nodes the service does not know: {', '.join(unknown)}"
@@ -123,12 +163,12 @@ class DeploymentPlacementActor(KeepServingActor):
             result = self._place_remote(deployment, constraints, transport.provider)
         else:
             key = None
-            result = self._place_local(deployment, constraints)
+            result = self._place_local(message, list(range(deployment.replicas)))
         self._placed[deployment.name] = _Placed(place=message, result=result, egress_key=key)
         return result
 
     def release(self, message: Release) -> Released:
-        """Free all that a deployment holds; releasing an unknown name is not an error."""
+        """Free all that a deployment holds, on the ledger and on the cluster; idempotent."""
         if not isinstance(message, Release):
             msg = f"release() takes a Release message, got {type(message).__name__}"
             raise InvalidSpecError(msg, field="message")
@@ -139,11 +179,34 @@ class DeploymentPlacementActor(KeepServingActor):
             )
         assignments = placed.result.assignments
         self._free(message.deployment, assignments, placed.egress_key)
+        if self._planner is not None and placed.egress_key is None:
+            self._ask_planner([RemoveReplicaGroups(message.deployment)])
         return Released(
             deployment=message.deployment,
             was_placed=True,
             gpus_freed=placed.result.total_gpus(),
             replicas_freed=len({a.replica_index for a in assignments}),
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_replica_failed(self, event: ReplicaFailed) -> None:
+        """A replica's group failed after it was planned: give its GPUs back to the ledger."""
+        placed = self._placed.get(event.deployment)
+        if placed is None:
+            return
+        lost = [a for a in placed.result.assignments if a.replica_index == event.replica_index]
+        if not lost:
+            return
+        self._free(event.deployment, lost, None)
+        placed.result = replace(
+            placed.result,
+            assignments=tuple(
+                a for a in placed.result.assignments if a.replica_index != event.replica_index
+            ),
+            replicas=tuple(
+                r for r in placed.result.replicas if r.replica_index != event.replica_index
+            ),
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -170,40 +233,105 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _place_local(
-        self, deployment: Deployment, constraints: PlacementConstraints
-    ) -> PlacementResult:
+    def _place_local(self, message: Place, indexes: list[int]) -> PlacementResult:
+        deployment, constraints = message.deployment, message.constraints
         gpus = deployment.gpus_per_replica
         allowed = (
             None
             if constraints.gpu_nodes is None
-            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus)
+            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus) - self._avoid
         )
-        if self._gpus.max_capacity(allowed) == 0:
+        if self._largest_allowed(allowed) == 0:
             raise NoGpuNodesError(
                 f"deployment {deployment.name} needs GPUs, but no allowed node has any"
-                + (" (gpu_nodes is empty)" if constraints.gpu_nodes == () else ""),
+                + (" (gpu_nodes is empty)" if constraints.gpu_nodes == () else "")
+                + (" (head exclusion is on)" if self._avoid else ""),
                 deployment=deployment.name,
                 rejections=self._no_gpu_rejections(constraints.gpu_nodes, gpus),
             )
         assignments: list[NodeAssignment] = []
-        used: set[str] = set()
-        for replica in range(deployment.replicas):
-            node = choose_gpu_node(
+        placed = self._placed.get(deployment.name)
+        used = {a.node for a in placed.result.assignments} if placed else set()
+        for count, replica in enumerate(indexes):
+            chosen = choose_replica_nodes(
                 self._gpus,
                 gpus,
                 strategy=constraints.strategy,
                 allowed=allowed,
+                avoid=self._avoid,
                 used=frozenset(used),
             )
-            if node is None:
-                error = self._not_enough_gpus(deployment, gpus, allowed, placed=replica)
+            if chosen is None:
+                error = self._not_enough_gpus(deployment, gpus, allowed, placed=count)
                 self._free(deployment.name, assignments, None)
                 raise error
-            ordinals = self._gpus.reserve(node, gpus, deployment.name)
-            assignments.append(NodeAssignment(replica_index=replica, node=node, gpus=ordinals))
-            used.add(node)
-        return PlacementResult(deployment=deployment, assignments=tuple(assignments))
+            for node, share in chosen:
+                ordinals = self._gpus.reserve(node, share, deployment.name)
+                assignments.append(NodeAssignment(replica_index=replica, node=node, gpus=ordinals))
+                used.add(node)
+        replicas: tuple[ReplicaPlacement, ...] = ()
+        if self._planner is not None:
+            try:
+                replicas = self._plan(deployment.name, assignments)
+            except PlacementError:
+                self._free(deployment.name, assignments, None)
+                raise
+        return PlacementResult(
+            deployment=deployment, assignments=tuple(assignments), replicas=replicas
+        )
+
+    def _plan(self, name: str, assignments: list[NodeAssignment]) -> tuple[ReplicaPlacement, ...]:
+        """Hand each replica to the planner, which answers at once (it never waits on Ray)."""
+        by_replica: dict[int, list[NodeAssignment]] = {}
+        for assignment in assignments:
+            by_replica.setdefault(assignment.replica_index, []).append(assignment)
+        messages = [
+            PlanReplica(
+                deployment=name,
+                replica_index=replica,
+                assignments=tuple(chosen),
+                notify=self.actor_ref,
+            )
+            for replica, chosen in sorted(by_replica.items())
+        ]
+        try:
+            return tuple(self._ask_planner(messages))
+        except PlacementError:
+            self._ask_planner([RemoveReplicaGroups(name)])
+            raise
+
+    def _ask_planner(self, messages: list[Any]) -> list[Any]:
+        if self._planner is None:  # pragma: no cover - callers check
+            return []
+        futures = [self._planner.ask(m, block=False) for m in messages]
+        try:
+            return [f.get(timeout=self._planner_timeout_s) for f in futures]
+        except pykka.Timeout as exc:
+            msg = f"the planner did not answer within {self._planner_timeout_s:g}s"
+            raise BackendError(msg, operation="plan") from exc
+        except pykka.ActorDeadError as exc:
+            msg = "the planner has stopped"
+            raise BackendError(msg, operation="plan") from exc
+
+    @staticmethod
+    def _merge(result: PlacementResult, more: PlacementResult) -> PlacementResult:
+        return replace(
+            result,
+            assignments=tuple(
+                sorted((*result.assignments, *more.assignments), key=lambda a: a.replica_index)
+            ),
+            replicas=tuple(
+                sorted((*result.replicas, *more.replicas), key=lambda r: r.replica_index)
+            ),
+        )
+
+    def _largest_allowed(self, allowed: frozenset[str] | None) -> int:
+        if allowed is not None or not self._avoid:
+            return self._gpus.max_capacity(allowed)
+        return max(
+            (self._gpus.capacity(n) for n in self._gpus.node_ids() if n not in self._avoid),
+            default=0,
+        )
 
     def _place_remote(
         self, deployment: Deployment, constraints: PlacementConstraints, provider: ProviderKind
@@ -249,19 +377,36 @@ class DeploymentPlacementActor(KeepServingActor):
     def _not_enough_gpus(
         self, deployment: Deployment, gpus: int, allowed: frozenset[str] | None, *, placed: int
     ) -> NotEnoughGpusError:
-        available = self._gpus.max_free(allowed)
-        largest = self._gpus.max_capacity(allowed)
-        nodes = self._gpus.node_ids() if allowed is None else allowed
+        nodes = [
+            n
+            for n in (self._gpus.node_ids() if allowed is None else sorted(allowed))
+            if n not in self._avoid
+        ]
+        available = max((self._gpus.free_count(n) for n in nodes), default=0)
+        largest = max((self._gpus.capacity(n) for n in nodes), default=0)
+        could_fit = plan_even_split(gpus, (self._gpus.capacity(n) for n in nodes)) is not None
         progress = f"; {placed} of {deployment.replicas} replicas fitted" if placed else ""
-        never = "" if gpus <= largest else f" (the largest allowed node has {largest})"
+        never = "" if could_fit else " (not even on an empty cluster)"
+        rejections = gpu_rejections(self._gpus, gpus, nodes) + tuple(
+            Rejection(
+                node_id=n,
+                reason="is a head node (head exclusion is on)",
+                requested=gpus,
+                available=self._gpus.free_count(n),
+            )
+            for n in sorted(self._avoid)
+            if allowed is None or n in allowed
+        )
         return NotEnoughGpusError(
-            f"deployment {deployment.name} needs {gpus} free GPUs on one node per replica, "
-            f"the most free on an allowed node is {available}{never}{progress}",
+            f"deployment {deployment.name} needs {gpus} free GPUs per replica, on one node or "
+            f"split evenly over nodes; the most free on an allowed node is {available}"
+            f"{never}{progress}",
             deployment=deployment.name,
             requested=gpus,
             available=available,
             largest_node=largest,
-            rejections=gpu_rejections(self._gpus, gpus, nodes),
+            retryable=could_fit,
+            rejections=rejections,
         )
 
     def _no_gpu_rejections(

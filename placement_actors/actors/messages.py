@@ -1,9 +1,14 @@
 """The protocol of the placement actors, on one page.
 
-Every command, query and reply is a frozen value; send them with ``actor_ref.ask(message)`` (any
-actor system or controller) or through the typed proxy (``proxy.place(message)``). Commands are
-imperative (`Place`, `Release`), queries start with ``Get`` (`GetClusterView`), replies are nouns
-(`PlacementResult`, `Released`, `ClusterView`).
+Every command, query, event and reply is a frozen value; send them with
+``actor_ref.ask(message)`` (any actor system or controller) or through the typed proxy
+(``proxy.place(message)``). Commands are imperative (`Place`, `Release`), queries start with
+``Get`` (`GetClusterView`), events are past tense (`PlacementGroupReady`, `ReplicaFailed`),
+replies are nouns (`PlacementResult`, `Released`).
+
+Two actors speak it: the `DeploymentPlacementActor` (`Place`, `Release`, `GetClusterView`, and the
+`ReplicaFailed` event) and the `PlanningActor` (`PlanReplica`, `RemoveReplicaGroups`,
+`GetReplicaGroups`, and the events its Ray callbacks and timers send it).
 
 Errors travel to the asker's future as the typed `placement_actors.domain.errors.PlacementError`
 subclasses; the actor keeps serving after each.
@@ -11,22 +16,40 @@ subclasses; the actor keeps serving after each.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
 
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
-from placement_actors.domain.errors import InvalidSpecError
-from placement_actors.domain.results import PlacementResult
+from placement_actors.domain.errors import InvalidSpecError, PlacementError
+from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
 
 __all__ = [
+    "BundleProbeFailed",
+    "BundleProbed",
     "ClusterView",
     "GetClusterView",
+    "GetReplicaGroups",
     "GpuHolding",
+    "GroupState",
     "NodeView",
     "Place",
+    "PlacementGroupFailed",
+    "PlacementGroupReady",
+    "PlacementGroupTimedOut",
     "PlacementResult",
+    "PlanReplica",
     "Release",
     "Released",
+    "RemoveReplicaGroups",
+    "ReplicaFailed",
+    "ReplicaGroupView",
+    "ReplicaGroupsRemoved",
+    "ReplicaGroupsView",
+    "ReplicaPlacement",
 ]
 
 
@@ -144,3 +167,148 @@ class ClusterView:
             if view.node_id == node_id:
                 return view
         raise KeyError(node_id)
+
+
+# -- PlanningActor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanReplica:
+    """Command to the PlanningActor: reserve one replica on Ray exactly where the ledger chose.
+
+    The reply comes at once, before Ray has scheduled anything: a `ReplicaPlacement` whose futures
+    resolve when the group is ready and each bundle's node IP and a free port are known, or fail
+    with `PlacementGroupTimeoutError` / `BackendError`.
+
+    Attributes:
+        deployment: the deployment's name.
+        replica_index: which replica.
+        assignments: the nodes and GPUs the ledger chose (one per node; equal GPU shares).
+        notify: an actor told `ReplicaFailed` if the group fails after the reply.
+        ready_timeout_s: how long Ray may take to make the group ready; ``None`` for the
+            planner's default.
+    """
+
+    deployment: str
+    replica_index: int
+    assignments: tuple[NodeAssignment, ...]
+    notify: pykka.ActorRef[Any] | None = None
+    ready_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check the fields' types and the timeout."""
+        if not isinstance(self.deployment, str) or not isinstance(self.replica_index, int):
+            msg = "PlanReplica needs a deployment name and an integer replica index"
+            raise InvalidSpecError(msg, field="deployment")
+        if not self.assignments or not all(isinstance(a, NodeAssignment) for a in self.assignments):
+            msg = "PlanReplica needs one or more NodeAssignment values"
+            raise InvalidSpecError(msg, field="assignments")
+        if self.ready_timeout_s is not None and not self.ready_timeout_s > 0:
+            msg = f"ready_timeout_s must be > 0, got {self.ready_timeout_s!r}"
+            raise InvalidSpecError(msg, field="ready_timeout_s")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveReplicaGroups:
+    """Command: remove every placement group of a deployment (also ones left by an earlier run).
+
+    Unresolved futures of those groups fail with `PlacementCancelledError`; their ports are
+    forgotten. Reply: `ReplicaGroupsRemoved`.
+    """
+
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaGroupsRemoved:
+    """Reply to `RemoveReplicaGroups`: how many groups Ray removed."""
+
+    deployment: str
+    removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetReplicaGroups:
+    """Query: every placement group the PlanningActor tracks. Reply: `ReplicaGroupsView`."""
+
+
+class GroupState(enum.Enum):
+    """Where a replica's placement group is in its life."""
+
+    PENDING = "pending"
+    """Created; Ray has not made it ready yet."""
+    PROBING = "probing"
+    """Ready; the bundles' IPs and ports are being found."""
+    READY = "ready"
+    """Ready, and every future has resolved."""
+    FAILED = "failed"
+    """Timed out or failed; the group was removed and the futures failed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaGroupView:
+    """One tracked placement group."""
+
+    group_name: str
+    deployment: str
+    replica_index: int
+    state: GroupState
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaGroupsView:
+    """Reply to `GetReplicaGroups`, in group-name order."""
+
+    groups: tuple[ReplicaGroupView, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaFailed:
+    """Event: a replica's group failed after it was planned; its reservation should be freed."""
+
+    deployment: str
+    replica_index: int
+    group_name: str
+    error: PlacementError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementGroupReady:
+    """Event (from a Ray callback): the group is ready."""
+
+    group_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementGroupFailed:
+    """Event (from a Ray callback): waiting for the group failed."""
+
+    group_name: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementGroupTimedOut:
+    """Event (from a timer): the group's ready timeout elapsed."""
+
+    group_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleProbed:
+    """Event (from a Ray callback): a bundle's probe found its node IP and a free port."""
+
+    group_name: str
+    bundle_index: int
+    node_ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleProbeFailed:
+    """Event (from a Ray callback): a bundle's probe failed."""
+
+    group_name: str
+    bundle_index: int
+    error: BaseException

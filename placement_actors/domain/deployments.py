@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from placement_actors.domain.errors import InvalidSpecError
 
 __all__ = [
+    "GROUP_NAME_ROOT",
     "ApiKey",
     "CustomRuntime",
     "Deployment",
@@ -19,8 +20,13 @@ __all__ = [
     "Runtime",
     "RuntimeKind",
     "TransportKind",
+    "group_name",
+    "group_prefix",
     "infer_runtime",
 ]
+
+GROUP_NAME_ROOT = "placement-actors:"
+"""Every placement group the service creates is named ``placement-actors:<deployment>:r<index>``."""
 
 # Names become parts of Ray placement-group names and CLI arguments: keep them to a safe alphabet.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -245,3 +251,20 @@ class Deployment:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def group_prefix(deployment: str) -> str:
+    """The name prefix of every placement group of ``deployment``.
+
+    Deployment names cannot contain ``:``, so the prefix of ``dep-1`` (``placement-actors:dep-1:``)
+    never matches a group of ``dep-10``.
+    """
+    if not _NAME_PATTERN.fullmatch(deployment):
+        msg = f"not a deployment name: {deployment!r}"
+        raise InvalidSpecError(msg, field="name")
+    return f"{GROUP_NAME_ROOT}{deployment}:"
+
+
+def group_name(deployment: str, replica_index: int) -> str:
+    """The placement-group name of one replica of ``deployment``."""
+    return f"{group_prefix(deployment)}r{replica_index}"

@@ -7,10 +7,13 @@ caller would naturally catch, and carries structured fields, not only text::
     ├── InvalidSpecError (ValueError)        a malformed deployment, message, constraint or file
     │   └── ConfigFileError                  ... in a YAML file: names the file, line and field
     ├── UnknownMessageError (TypeError)      an actor was sent a message type it does not handle
-    └── CapacityError                        the cluster cannot hold this deployment
-        ├── NoGpuNodesError                  no allowed node has any GPU
-        ├── NoEgressNodesError               no allowed node can reach the provider's network
-        └── NotEnoughGpusError               GPU nodes exist, but none has enough free GPUs
+    ├── CapacityError                        the cluster cannot hold this deployment
+    │   ├── NoGpuNodesError                  no allowed node has any GPU
+    │   ├── NoEgressNodesError               no allowed node can reach the provider's network
+    │   └── NotEnoughGpusError               GPU nodes exist, but none has enough free GPUs
+    ├── PlacementGroupTimeoutError (TimeoutError)  Ray did not make a group ready in time
+    ├── PlacementCancelledError              a replica was released before its group was ready
+    └── BackendError (RuntimeError)          the cluster backend (Ray) failed
 
 `CapacityError.retryable` separates "no room now" (capacity is held by others; retry after a
 release) from "never fits" (no allowed node is big enough, whatever is released).
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from placement_actors.domain.results import Rejection
 
 __all__ = [
+    "BackendError",
     "CapacityError",
     "ConfigFileError",
     "ConfigProblem",
@@ -33,7 +37,9 @@ __all__ = [
     "NoEgressNodesError",
     "NoGpuNodesError",
     "NotEnoughGpusError",
+    "PlacementCancelledError",
     "PlacementError",
+    "PlacementGroupTimeoutError",
     "UnknownMessageError",
 ]
 
@@ -151,7 +157,7 @@ class NoEgressNodesError(CapacityError):
 
 
 class NotEnoughGpusError(CapacityError):
-    """GPU nodes exist, but none of those allowed has enough free GPUs for one replica.
+    """GPU nodes exist, but no allowed node (nor an even split over several) can take a replica.
 
     Attributes:
         requested: GPUs one replica needs.
@@ -159,7 +165,7 @@ class NotEnoughGpusError(CapacityError):
         largest_node: the most GPUs any allowed node has in total.
     """
 
-    def __init__(  # noqa: PLR0913 - every field is part of the error's structured report
+    def __init__(
         self,
         message: str,
         *,
@@ -167,11 +173,68 @@ class NotEnoughGpusError(CapacityError):
         requested: int,
         available: int,
         largest_node: int,
+        retryable: bool | None = None,
         rejections: tuple[Rejection, ...] = (),
     ) -> None:
-        """Create the error from what was asked and the best that was on offer."""
+        """Create the error from what was asked and the best that was on offer.
+
+        ``retryable`` defaults to whether one node is large enough; pass it when an even split
+        over several nodes could hold the replica.
+        """
         super().__init__(message, deployment=deployment, rejections=rejections)
         self.requested = requested
         self.available = available
         self.largest_node = largest_node
-        self.retryable = requested <= largest_node
+        self.retryable = requested <= largest_node if retryable is None else retryable
+
+
+class PlacementGroupTimeoutError(PlacementError, TimeoutError):
+    """Ray did not make a placement group ready within the timeout; the group was removed.
+
+    Attributes:
+        group: the placement group's name.
+        timeout_s: how long was waited.
+        scheduling_state: Ray's last word on the group: ``"INFEASIBLE"`` (no node of the cluster can
+            ever hold it), ``"NO_RESOURCES"`` (it would fit, but the capacity is in use), or
+            another state name when Ray said something else.
+        retryable: ``False`` only when Ray called the group infeasible.
+    """
+
+    def __init__(self, *, group: str, timeout_s: float, scheduling_state: str) -> None:
+        """Create the error for ``group``, which was still pending after ``timeout_s``."""
+        self.group = group
+        self.timeout_s = timeout_s
+        self.scheduling_state = scheduling_state
+        self.retryable = scheduling_state != "INFEASIBLE"
+        why = (
+            "no node of the cluster can ever hold it (INFEASIBLE)"
+            if not self.retryable
+            else f"its capacity is in use ({scheduling_state}); retry after a release"
+        )
+        super().__init__(f"placement group {group} was not ready after {timeout_s:g}s: {why}")
+
+
+class BackendError(PlacementError, RuntimeError):
+    """The cluster backend failed; the original error is the ``__cause__``.
+
+    Attributes:
+        operation: what was being done, e.g. ``"create placement group"``.
+    """
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        """Create the error for a failed ``operation``."""
+        super().__init__(message)
+        self.operation = operation
+
+
+class PlacementCancelledError(PlacementError):
+    """The replica was released (or its group removed) before its futures resolved.
+
+    Attributes:
+        group: the placement group's name.
+    """
+
+    def __init__(self, *, group: str) -> None:
+        """Create the error for ``group``."""
+        super().__init__(f"placement group {group} was removed before it was ready")
+        self.group = group

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol, TypeVar
 
 from placement_actors.domain.deployments import Deployment
 
-__all__ = ["NodeAssignment", "PlacementResult", "Rejection"]
+__all__ = [
+    "BundleEndpoint",
+    "BundleStrategy",
+    "Eventual",
+    "NodeAssignment",
+    "PlacementResult",
+    "Rejection",
+    "ReplicaBundleSpec",
+    "ReplicaPlacement",
+]
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class Eventual(Protocol[_T_co]):
+    """A value that arrives later: a `pykka.Future` (what the actors hand out) satisfies it."""
+
+    def get(self, *, timeout: float | None = None) -> _T_co:
+        """Wait up to ``timeout`` seconds for the value; raise the error it failed with."""
+        ...
+
+
+class BundleStrategy(enum.Enum):
+    """How Ray places a replica's bundles: all on one node, or each on a different node."""
+
+    STRICT_PACK = "STRICT_PACK"
+    STRICT_SPREAD = "STRICT_SPREAD"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,11 +77,15 @@ class PlacementResult:
 
     Attributes:
         deployment: the deployment that was placed.
-        assignments: one entry per replica and node, ordered by replica index.
+        assignments: one entry per replica and node, ordered by replica index (a replica split
+            over several nodes has one entry per node).
+        replicas: for local replicas reserved on Ray, each replica's placement group and the
+            futures of its bundles' IPs and ports; empty when no planner is attached.
     """
 
     deployment: Deployment
     assignments: tuple[NodeAssignment, ...]
+    replicas: tuple[ReplicaPlacement, ...] = ()
 
     def nodes(self) -> tuple[str, ...]:
         """The distinct nodes used, in first-use order."""
@@ -60,3 +94,86 @@ class PlacementResult:
     def total_gpus(self) -> int:
         """GPUs reserved for the whole deployment."""
         return sum(len(a.gpus) for a in self.assignments)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaBundleSpec:
+    """The Ray placement-group shape of one replica.
+
+    Attributes:
+        bundles: one resource mapping per bundle (``{"CPU": 1, "GPU": n}``); each is its own
+            read-only copy, never shared with another bundle.
+        strategy: `BundleStrategy.STRICT_PACK` for one node, `BundleStrategy.STRICT_SPREAD` for a
+            replica split evenly over ``nnodes`` nodes.
+        nnodes: how many nodes the replica spans.
+        per_node_gpus: GPUs in each bundle.
+        bundle_label_selector: one node-label selector per bundle, or ``None`` for no selection.
+    """
+
+    bundles: tuple[Mapping[str, float], ...] = field(hash=False)
+    strategy: BundleStrategy
+    nnodes: int
+    per_node_gpus: int
+    bundle_label_selector: tuple[Mapping[str, str], ...] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        """Copy every bundle and selector into its own read-only mapping; check the arithmetic."""
+        object.__setattr__(self, "bundles", tuple(MappingProxyType(dict(b)) for b in self.bundles))
+        if self.bundle_label_selector is not None:
+            selectors = tuple(MappingProxyType(dict(s)) for s in self.bundle_label_selector)
+            object.__setattr__(self, "bundle_label_selector", selectors)
+            if len(selectors) != len(self.bundles):
+                msg = "bundle_label_selector needs one selector per bundle"
+                raise ValueError(msg)
+        if len(self.bundles) != self.nnodes or self.nnodes < 1 or self.per_node_gpus < 1:
+            msg = f"inconsistent bundle spec: {len(self.bundles)} bundles for {self.nnodes} nodes"
+            raise ValueError(msg)
+
+    @property
+    def is_multi_node(self) -> bool:
+        """Whether the replica spans more than one node."""
+        return self.nnodes > 1
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs over all bundles (the tensor-parallel size)."""
+        return self.nnodes * self.per_node_gpus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleEndpoint:
+    """Where one bundle of a replica landed, as it becomes known.
+
+    Attributes:
+        node: the node id the bundle is pinned to.
+        node_ip: resolves to the node's routable IP address once the group is ready.
+        port: resolves to a free port on that node, reserved for this replica.
+    """
+
+    node: str
+    node_ip: Eventual[str] = field(compare=False)
+    port: Eventual[int] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaPlacement:
+    """A replica's Ray placement group, answered before Ray has made it ready.
+
+    Attributes:
+        deployment: the deployment's name.
+        replica_index: which replica.
+        group_name: the detached, named placement group holding the replica.
+        spec: the group's bundle shape.
+        bundles: per bundle, its node and the futures of its IP and port; bundle 0 is rank 0.
+    """
+
+    deployment: str
+    replica_index: int
+    group_name: str
+    spec: ReplicaBundleSpec
+    bundles: tuple[BundleEndpoint, ...]
+
+    @property
+    def master(self) -> BundleEndpoint:
+        """Bundle 0: its IP and port are the master address and port (torch.distributed, vLLM)."""
+        return self.bundles[0]

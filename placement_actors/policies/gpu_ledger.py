@@ -102,10 +102,7 @@ class GpuLedger:
             allowed: only these nodes, or every node when ``None``.
             avoid: nodes to pass over.
         """
-        if allowed is not None:
-            fits = [n for n in allowed if n not in avoid and self.free_count(n) >= gpus]
-            return min(fits, key=lambda n: (self.free_count(n), n), default=None)
-        return self._first_in_buckets(range(max(gpus, 0), self._max_capacity + 1), avoid)
+        return next(self.candidates(gpus, allowed=allowed, avoid=avoid), None)
 
     def least_loaded(
         self,
@@ -115,17 +112,31 @@ class GpuLedger:
         avoid: frozenset[str] = frozenset(),
     ) -> str | None:
         """The node with the most free GPUs that has at least ``gpus`` free; ties by node id."""
+        return next(self.candidates(gpus, allowed=allowed, avoid=avoid, most_free=True), None)
+
+    def candidates(
+        self,
+        gpus: int,
+        *,
+        allowed: frozenset[str] | None = None,
+        avoid: frozenset[str] = frozenset(),
+        most_free: bool = False,
+    ) -> Iterator[str]:
+        """Nodes with ``gpus`` or more free: fewest free first (most free first with ``most_free``).
+
+        Ties are broken by node id. Without ``allowed`` the walk runs over the free-capacity index
+        and stops as soon as the caller has what it needs.
+        """
         if allowed is not None:
             fits = [n for n in allowed if n not in avoid and self.free_count(n) >= gpus]
-            return min(fits, key=lambda n: (-self.free_count(n), n), default=None)
-        return self._first_in_buckets(range(self._max_capacity, max(gpus, 0) - 1, -1), avoid)
-
-    def _first_in_buckets(self, free_counts: Iterable[int], avoid: frozenset[str]) -> str | None:
-        for free in free_counts:
+            sign = -1 if most_free else 1
+            yield from sorted(fits, key=lambda n: (sign * self.free_count(n), n))
+            return
+        counts = range(max(gpus, 0), self._max_capacity + 1)
+        for free in reversed(counts) if most_free else counts:
             for node_id in self._by_free[free]:
                 if node_id not in avoid:
-                    return node_id
-        return None
+                    yield node_id
 
     # -- changes ---------------------------------------------------------------------------------
 

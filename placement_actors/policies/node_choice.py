@@ -8,12 +8,13 @@ available: ..." report, as data).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import islice
 
 from placement_actors.domain.constraints import GpuStrategy
 from placement_actors.domain.results import Rejection
 from placement_actors.policies.gpu_ledger import GpuLedger
 
-__all__ = ["choose_gpu_node", "gpu_fit", "gpu_rejections"]
+__all__ = ["choose_gpu_node", "choose_replica_nodes", "gpu_fit", "gpu_rejections"]
 
 
 def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection | None:
@@ -38,22 +39,33 @@ def gpu_rejections(ledger: GpuLedger, gpus: int, nodes: Iterable[str]) -> tuple[
     return tuple(r for r in found if r is not None)
 
 
+_Pick = Callable[
+    [GpuLedger, int, frozenset[str] | None, frozenset[str], frozenset[str]], str | None
+]
+
+
 def _pack(
-    ledger: GpuLedger, gpus: int, allowed: frozenset[str] | None, _used: frozenset[str]
+    ledger: GpuLedger,
+    gpus: int,
+    allowed: frozenset[str] | None,
+    avoid: frozenset[str],
+    _used: frozenset[str],
 ) -> str | None:
-    return ledger.best_fit(gpus, allowed=allowed)
+    return ledger.best_fit(gpus, allowed=allowed, avoid=avoid)
 
 
 def _spread(
-    ledger: GpuLedger, gpus: int, allowed: frozenset[str] | None, used: frozenset[str]
+    ledger: GpuLedger,
+    gpus: int,
+    allowed: frozenset[str] | None,
+    avoid: frozenset[str],
+    used: frozenset[str],
 ) -> str | None:
-    fresh = ledger.least_loaded(gpus, allowed=allowed, avoid=used)
-    return fresh if fresh is not None else ledger.least_loaded(gpus, allowed=allowed)
+    fresh = ledger.least_loaded(gpus, allowed=allowed, avoid=avoid | used)
+    return fresh if fresh is not None else ledger.least_loaded(gpus, allowed=allowed, avoid=avoid)
 
 
-_STRATEGIES: dict[
-    GpuStrategy, Callable[[GpuLedger, int, frozenset[str] | None, frozenset[str]], str | None]
-] = {
+_STRATEGIES: dict[GpuStrategy, _Pick] = {
     GpuStrategy.PACK: _pack,
     GpuStrategy.SPREAD: _spread,
 }
@@ -65,6 +77,7 @@ def choose_gpu_node(
     *,
     strategy: GpuStrategy = GpuStrategy.PACK,
     allowed: frozenset[str] | None = None,
+    avoid: frozenset[str] = frozenset(),
     used: frozenset[str] = frozenset(),
 ) -> str | None:
     """The node one replica of ``gpus`` GPUs goes to, or ``None`` when no allowed node fits.
@@ -74,6 +87,38 @@ def choose_gpu_node(
         gpus: GPUs the replica needs on one node.
         strategy: `GpuStrategy.PACK` (best fit) or `GpuStrategy.SPREAD` (distinct nodes first).
         allowed: the nodes this placement may use; ``None`` for every node of the ledger.
+        avoid: nodes never to use (excluded head nodes).
         used: nodes the same deployment already uses (read by ``SPREAD``).
     """
-    return _STRATEGIES[strategy](ledger, gpus, allowed, used)
+    return _STRATEGIES[strategy](ledger, gpus, allowed, avoid, used)
+
+
+def choose_replica_nodes(
+    ledger: GpuLedger,
+    gpus: int,
+    *,
+    strategy: GpuStrategy = GpuStrategy.PACK,
+    allowed: frozenset[str] | None = None,
+    avoid: frozenset[str] = frozenset(),
+    used: frozenset[str] = frozenset(),
+) -> tuple[tuple[str, int], ...] | None:
+    """The nodes of one replica of ``gpus`` GPUs, with each node's share; ``None`` if none fits.
+
+    One node when one has ``gpus`` free (chosen by `choose_gpu_node`). Otherwise the smallest even
+    split over *free* capacity: the least ``nnodes >= 2`` dividing ``gpus`` for which ``nnodes``
+    distinct nodes each have ``gpus // nnodes`` free (best-fit nodes for ``PACK``, least-loaded
+    for ``SPREAD``). Never an uneven split.
+    """
+    node = choose_gpu_node(ledger, gpus, strategy=strategy, allowed=allowed, avoid=avoid, used=used)
+    if node is not None:
+        return ((node, gpus),)
+    most_free = strategy is GpuStrategy.SPREAD
+    for nnodes in range(2, gpus + 1):
+        if gpus % nnodes:
+            continue
+        share = gpus // nnodes
+        found = ledger.candidates(share, allowed=allowed, avoid=avoid, most_free=most_free)
+        nodes = list(islice(found, nnodes))
+        if len(nodes) == nnodes:
+            return tuple((n, share) for n in nodes)
+    return None

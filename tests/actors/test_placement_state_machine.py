@@ -83,7 +83,11 @@ class PlacementMachine(RuleBasedStateMachine):
         assert isinstance(result, PlacementResult)
         assert earlier is None or earlier == message
         assert len({a.replica_index for a in result.assignments}) == replicas
-        assert all(len(a.gpus) == deployment.gpus_per_replica for a in result.assignments)
+        for replica in range(replicas):
+            parts = [a for a in result.assignments if a.replica_index == replica]
+            assert sum(len(a.gpus) for a in parts) == deployment.gpus_per_replica
+            assert len({a.node for a in parts}) == len(parts)  # a split uses distinct nodes
+            assert len({len(a.gpus) for a in parts}) == 1  # ... in equal shares
         if earlier is not None:
             assert self.view() == before  # idempotent: nothing new reserved
         self.placed[name] = message

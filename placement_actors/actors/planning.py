@@ -1,0 +1,360 @@
+"""PlanningActor: makes the cluster reserve exactly what the ledger decided, without waiting on it.
+
+For each `PlanReplica` it builds a detached, named placement group with every bundle pinned to its
+chosen node and answers at once with a `ReplicaPlacement` of futures. Readiness, timeouts and the
+bundles' IP/port probes come back as messages (from backend callbacks and timers), so the mailbox
+never blocks on Ray: a hundred replicas planned together take about what Ray needs for a hundred
+groups, not a hundred sequential waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.messages import (
+    BundleProbed,
+    BundleProbeFailed,
+    GetReplicaGroups,
+    GroupState,
+    PlacementGroupFailed,
+    PlacementGroupReady,
+    PlacementGroupTimedOut,
+    PlanReplica,
+    RemoveReplicaGroups,
+    ReplicaFailed,
+    ReplicaGroupsRemoved,
+    ReplicaGroupsView,
+    ReplicaGroupView,
+)
+from placement_actors.backends.protocol import BundleProbe, ClusterBackend
+from placement_actors.domain.deployments import group_name, group_prefix
+from placement_actors.domain.errors import (
+    BackendError,
+    InvalidSpecError,
+    PlacementCancelledError,
+    PlacementError,
+    PlacementGroupTimeoutError,
+    UnknownMessageError,
+)
+from placement_actors.domain.results import BundleEndpoint, NodeAssignment, ReplicaPlacement
+from placement_actors.policies.bundle_shapes import pinned_bundle_spec
+from placement_actors.policies.port_book import PortBook
+
+__all__ = ["PlanningActor", "PlanningProxy", "planning_proxy"]
+
+logger = logging.getLogger(__name__)
+
+PROBE_ATTEMPTS = 5
+"""How often a bundle's port is probed again when the one found was already given on its host."""
+
+
+def _tell(ref: pykka.ActorRef[Any], message: object) -> None:
+    """Send from a callback thread; a stopped actor has nothing left to learn."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        logger.debug("dropped %s: the actor has stopped", type(message).__name__)
+
+
+def _fail_future(future: pykka.Future[Any], error: BaseException) -> None:
+    future.set_exception(exc_info=(type(error), error, error.__traceback__))
+
+
+@dataclass(slots=True, kw_only=True)
+class _Group:
+    """What the planner knows of one replica's group (mutable: owned by the actor thread)."""
+
+    placement: ReplicaPlacement
+    assignments: tuple[NodeAssignment, ...]
+    handle: object
+    ips: list[pykka.Future[str]]
+    ports: list[pykka.Future[int]]
+    notify: pykka.ActorRef[Any] | None
+    timeout_s: float
+    state: GroupState = GroupState.PENDING
+    timer: threading.Timer | None = None
+    resolved: set[int] = field(default_factory=set)
+    probes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.placement.group_name
+
+
+class PlanningActor(KeepServingActor):
+    """Builds each replica's placement group and hands out futures for its IPs and ports.
+
+    Args:
+        backend: the cluster (`placement_actors.backends.ray_backend.RayBackend` on Ray).
+        ready_timeout_s: default time Ray may take to make a group ready.
+    """
+
+    def __init__(self, *, backend: ClusterBackend, ready_timeout_s: float = 60.0) -> None:
+        """Keep the backend; nothing is sent to the cluster until the first `PlanReplica`."""
+        super().__init__()
+        if not ready_timeout_s > 0:
+            msg = f"ready_timeout_s must be > 0, got {ready_timeout_s!r}"
+            raise InvalidSpecError(msg, field="ready_timeout_s")
+        self._backend = backend
+        self._ready_timeout_s = ready_timeout_s
+        self._groups: dict[str, _Group] = {}
+        self._ports = PortBook()
+        self._handlers: dict[type[Any], Callable[[Any], Any]] = {
+            PlanReplica: self.plan_replica,
+            RemoveReplicaGroups: self.remove_replica_groups,
+            GetReplicaGroups: self.get_replica_groups,
+            PlacementGroupReady: self._on_ready,
+            PlacementGroupFailed: self._on_failed,
+            PlacementGroupTimedOut: self._on_timed_out,
+            BundleProbed: self._on_probed,
+            BundleProbeFailed: self._on_probe_failed,
+        }
+
+    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
+        """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise UnknownMessageError(type(self).__name__, message)
+        return handler(message)
+
+    def on_stop(self) -> None:
+        """Cancel the timers; detached groups outlive the actor on purpose."""
+        for group in self._groups.values():
+            if group.timer is not None:
+                group.timer.cancel()
+
+    # -- commands and queries ----------------------------------------------------------------
+
+    def plan_replica(self, message: PlanReplica) -> ReplicaPlacement:
+        """Create the replica's group and answer at once; see `PlanReplica`."""
+        if not isinstance(message, PlanReplica):
+            msg = f"plan_replica() takes a PlanReplica message, got {type(message).__name__}"
+            raise InvalidSpecError(msg, field="message")
+        name = group_name(message.deployment, message.replica_index)
+        known = self._groups.get(name)
+        if known is not None and known.state is not GroupState.FAILED:
+            if known.assignments == message.assignments:
+                return known.placement
+            msg = f"group {name} already holds a different reservation; remove it first"
+            raise InvalidSpecError(msg, field="assignments")
+        spec = pinned_bundle_spec(message.assignments)
+        handle = self._backend.create_group(spec, name=name)
+        ips: list[pykka.Future[str]] = [pykka.ThreadingFuture() for _ in message.assignments]
+        ports: list[pykka.Future[int]] = [pykka.ThreadingFuture() for _ in message.assignments]
+        placement = ReplicaPlacement(
+            deployment=message.deployment,
+            replica_index=message.replica_index,
+            group_name=name,
+            spec=spec,
+            bundles=tuple(
+                BundleEndpoint(node=a.node, node_ip=ip, port=port)
+                for a, ip, port in zip(message.assignments, ips, ports, strict=True)
+            ),
+        )
+        timeout_s = message.ready_timeout_s or self._ready_timeout_s
+        group = _Group(
+            placement=placement,
+            assignments=message.assignments,
+            handle=handle,
+            ips=ips,
+            ports=ports,
+            notify=message.notify,
+            timeout_s=timeout_s,
+        )
+        self._groups[name] = group
+        me = self.actor_ref
+        self._backend.when_ready(
+            handle,
+            lambda error: _tell(
+                me,
+                PlacementGroupReady(group_name=name)
+                if error is None
+                else PlacementGroupFailed(group_name=name, error=error),
+            ),
+        )
+        group.timer = threading.Timer(
+            timeout_s, _tell, (me, PlacementGroupTimedOut(group_name=name))
+        )
+        group.timer.daemon = True
+        group.timer.start()
+        return placement
+
+    def remove_replica_groups(self, message: RemoveReplicaGroups) -> ReplicaGroupsRemoved:
+        """Remove a deployment's groups, tracked or left over; see `RemoveReplicaGroups`."""
+        if not isinstance(message, RemoveReplicaGroups):
+            msg = "remove_replica_groups() takes a RemoveReplicaGroups message"
+            raise InvalidSpecError(msg, field="message")
+        prefix = group_prefix(message.deployment)
+        for name in [n for n in self._groups if n.startswith(prefix)]:
+            group = self._groups.pop(name)
+            if group.timer is not None:
+                group.timer.cancel()
+            self._ports.release(name)
+            self._settle_all(group, PlacementCancelledError(group=name))
+        removed = self._backend.remove_groups_with_prefix(prefix)
+        return ReplicaGroupsRemoved(deployment=message.deployment, removed=removed)
+
+    def get_replica_groups(self, message: GetReplicaGroups | None = None) -> ReplicaGroupsView:
+        """Every tracked group and its state."""
+        del message
+        return ReplicaGroupsView(
+            groups=tuple(
+                ReplicaGroupView(
+                    group_name=name,
+                    deployment=group.placement.deployment,
+                    replica_index=group.placement.replica_index,
+                    state=group.state,
+                    nodes=tuple(a.node for a in group.assignments),
+                )
+                for name, group in sorted(self._groups.items())
+            )
+        )
+
+    # -- events (told by backend callbacks and timers; must never raise) ---------------------
+
+    def _pending(self, name: str, *states: GroupState) -> _Group | None:
+        group = self._groups.get(name)
+        return group if group is not None and group.state in states else None
+
+    def _on_ready(self, event: PlacementGroupReady) -> None:
+        group = self._pending(event.group_name, GroupState.PENDING)
+        if group is None:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        group.state = GroupState.PROBING
+        for index in range(len(group.assignments)):
+            self._probe(group, index)
+
+    def _on_failed(self, event: PlacementGroupFailed) -> None:
+        group = self._pending(event.group_name, GroupState.PENDING)
+        if group is not None:
+            error = BackendError(
+                f"placement group {group.name} failed: {event.error}",
+                operation="wait for placement group",
+            )
+            error.__cause__ = event.error
+            self._fail(group, error)
+
+    def _on_timed_out(self, event: PlacementGroupTimedOut) -> None:
+        group = self._pending(event.group_name, GroupState.PENDING)
+        if group is None:
+            return
+        try:
+            state = self._backend.scheduling_state(group.handle)
+        except BackendError:
+            state = "UNKNOWN"
+        if state == "CREATED":
+            return  # ready at the wire: its PlacementGroupReady is on the way
+        self._fail(
+            group,
+            PlacementGroupTimeoutError(
+                group=group.name, timeout_s=group.timeout_s, scheduling_state=state
+            ),
+        )
+
+    def _on_probed(self, event: BundleProbed) -> None:
+        group = self._pending(event.group_name, GroupState.PROBING)
+        if group is None or event.bundle_index in group.resolved:
+            return
+        if not self._ports.claim(event.node_ip, event.port, group.name):
+            if group.probes.get(event.bundle_index, 0) < PROBE_ATTEMPTS:
+                self._probe(group, event.bundle_index)
+                return
+            error = BackendError(
+                f"no unclaimed port found on {event.node_ip} after {PROBE_ATTEMPTS} probes",
+                operation="probe bundle",
+            )
+            self._fail(group, error)
+            return
+        group.resolved.add(event.bundle_index)
+        group.ips[event.bundle_index].set(event.node_ip)
+        group.ports[event.bundle_index].set(event.port)
+        if len(group.resolved) == len(group.assignments):
+            group.state = GroupState.READY
+
+    def _on_probe_failed(self, event: BundleProbeFailed) -> None:
+        group = self._pending(event.group_name, GroupState.PROBING)
+        if group is not None:
+            error = (
+                event.error
+                if isinstance(event.error, PlacementError)
+                else BackendError(f"probe failed: {event.error}", operation="probe bundle")
+            )
+            self._fail(group, error)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _probe(self, group: _Group, index: int) -> None:
+        group.probes[index] = group.probes.get(index, 0) + 1
+        me, name = self.actor_ref, group.name
+
+        def report(outcome: BundleProbe | BaseException) -> None:
+            if isinstance(outcome, BundleProbe):
+                _tell(
+                    me,
+                    BundleProbed(
+                        group_name=name,
+                        bundle_index=index,
+                        node_ip=outcome.node_ip,
+                        port=outcome.port,
+                    ),
+                )
+            else:
+                _tell(me, BundleProbeFailed(group_name=name, bundle_index=index, error=outcome))
+
+        self._backend.probe_bundle(
+            group.handle, index, exclude_ports=self._ports.given(), callback=report
+        )
+
+    def _fail(self, group: _Group, error: PlacementError) -> None:
+        """Remove the group, fail its futures and tell whoever asked to be told."""
+        group.state = GroupState.FAILED
+        if group.timer is not None:
+            group.timer.cancel()
+        self._ports.release(group.name)
+        try:
+            self._backend.remove_group(group.handle)
+        except BackendError:
+            logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
+        self._settle_all(group, error)
+        if group.notify is not None:
+            _tell(
+                group.notify,
+                ReplicaFailed(
+                    deployment=group.placement.deployment,
+                    replica_index=group.placement.replica_index,
+                    group_name=group.name,
+                    error=error,
+                ),
+            )
+
+    @staticmethod
+    def _settle_all(group: _Group, error: PlacementError) -> None:
+        """Fail every future of ``group`` that has not resolved yet."""
+        for index in range(len(group.assignments)):
+            if index not in group.resolved:
+                group.resolved.add(index)
+                _fail_future(group.ips[index], error)
+                _fail_future(group.ports[index], error)
+
+
+class PlanningProxy(ActorMemberMixin, pykka.ActorProxy[PlanningActor]):
+    """The static type of the PlanningActor's proxy; get one with `planning_proxy`."""
+
+    plan_replica = proxy_method(PlanningActor.plan_replica)
+    remove_replica_groups = proxy_method(PlanningActor.remove_replica_groups)
+    get_replica_groups = proxy_method(PlanningActor.get_replica_groups)
+
+
+def planning_proxy(ref: pykka.ActorRef[PlanningActor]) -> PlanningProxy:
+    """The typed proxy of a running `PlanningActor`."""
+    return cast("PlanningProxy", ref.proxy())

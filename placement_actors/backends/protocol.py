@@ -1,0 +1,73 @@
+"""What the actors need from a cluster backend.
+
+Every method returns at once: readiness and probe results come back through callbacks, which the
+actors turn into messages to themselves, so no actor handler ever waits on the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from placement_actors.domain.results import ReplicaBundleSpec
+from placement_actors.domain.topology import NodeTopology
+
+__all__ = ["BundleProbe", "ClusterBackend", "ProbeCallback", "ReadyCallback"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleProbe:
+    """What a probe run inside a bundle found: the node's routable IP and a port free on it."""
+
+    node_ip: str
+    port: int
+
+
+ReadyCallback = Callable[[BaseException | None], None]
+"""Called once, from a backend thread: ``None`` when the group is ready, else the failure."""
+
+ProbeCallback = Callable[[BundleProbe | BaseException], None]
+"""Called once, from a backend thread, with the probe's result or its failure."""
+
+
+class ClusterBackend(Protocol):
+    """A cluster that reserves placement groups (Ray: `placement_actors.backends.ray_backend`).
+
+    Group handles are opaque to the actors: they only pass them back to the backend.
+    """
+
+    def topology(self) -> tuple[NodeTopology, ...]:
+        """The alive GPU nodes."""
+        ...
+
+    def create_group(self, spec: ReplicaBundleSpec, *, name: str) -> object:
+        """Ask for a detached, named group of ``spec``'s bundles; returns before it is ready."""
+        ...
+
+    def when_ready(self, group: object, callback: ReadyCallback) -> None:
+        """Arrange for ``callback`` to be called when ``group`` is ready or has failed."""
+        ...
+
+    def scheduling_state(self, group: object) -> str:
+        """The backend's word on a pending group: ``INFEASIBLE``, ``NO_RESOURCES``, ..."""
+        ...
+
+    def remove_group(self, group: object) -> None:
+        """Remove ``group`` and free what it holds; removing a removed group is no error."""
+        ...
+
+    def probe_bundle(
+        self,
+        group: object,
+        bundle_index: int,
+        *,
+        exclude_ports: frozenset[int],
+        callback: ProbeCallback,
+    ) -> None:
+        """Find the bundle's node IP and a free port (not in ``exclude_ports``) there."""
+        ...
+
+    def remove_groups_with_prefix(self, prefix: str) -> int:
+        """Remove every live group whose name starts with ``prefix``; returns how many."""
+        ...

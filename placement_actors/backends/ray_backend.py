@@ -1,0 +1,556 @@
+"""Ray, the distributed engine: the only module of placement-actors that imports ``ray``.
+
+It turns the service's decisions into Ray placement groups and maps Ray's failures to the
+`placement_actors.domain.errors` tree (always ``raise ... from exc``). Blocking helpers
+(`build_pg`, `run_in_bundle`, ...) are for drivers and the CLI; the actors use `RayBackend`, whose
+methods return at once and report back through callbacks.
+
+Facts this module relies on (Ray 2.60): placement groups never fail when infeasible, they stay
+``PENDING`` and ``placement_group_table(pg)["stats"]["scheduling_state"]`` says ``INFEASIBLE`` or
+``NO_RESOURCES``; ``pg.wait()`` truncates to whole seconds, so waits use ``ray.wait`` on
+``pg.ready()``; the only automatic node label is ``ray.io/node-id``; every raylet of a local
+cluster reports the same host address, so ports are tracked per host address, not per node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from placement_actors.backends.protocol import BundleProbe, ProbeCallback, ReadyCallback
+from placement_actors.domain.errors import (
+    BackendError,
+    InvalidSpecError,
+    PlacementGroupTimeoutError,
+)
+from placement_actors.domain.results import BundleStrategy, ReplicaBundleSpec
+from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.port_book import PortBook
+
+__all__ = [
+    "EGRESS_LABEL",
+    "HEAD_RESOURCE",
+    "NAMESPACE",
+    "NAME_LABEL",
+    "RAY_WORKER_PORTS",
+    "LocalCluster",
+    "RayBackend",
+    "build_pg",
+    "build_replica_pg",
+    "connect",
+    "get_bundle_node_ip",
+    "get_cluster_topology",
+    "get_egress_nodes",
+    "get_free_port_in_bundle",
+    "group_states",
+    "node_names",
+    "remove_named_pgs_with_prefix",
+    "run_in_bundle",
+    "submit_in_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "placement-actors"
+"""The Ray namespace the service's detached placement groups live in."""
+HEAD_RESOURCE = "node:__internal_head__"
+EGRESS_LABEL = "placement-actors.io/egress"
+"""A node labelled ``placement-actors.io/egress=true`` may run remote (API) deployments."""
+NAME_LABEL = "placement-actors.io/name"
+"""An optional friendly node name, shown next to the node id."""
+RAY_WORKER_PORTS = range(10002, 20000)
+"""Ray's default worker ports (``--min-worker-port``..``--max-worker-port``): never handed out."""
+
+_T = TypeVar("_T")
+_STRATEGY = {
+    BundleStrategy.STRICT_PACK: "STRICT_PACK",
+    BundleStrategy.STRICT_SPREAD: "STRICT_SPREAD",
+}
+
+
+# -- connecting ---------------------------------------------------------------------------------
+
+
+def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
+    """Connect this process to Ray (``None``: the cluster ``RAY_ADDRESS`` names, else a new one).
+
+    Raises:
+        BackendError: Ray could not be reached.
+    """
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    except (RayError, ConnectionError, RuntimeError, ValueError) as exc:
+        msg = f"cannot connect to Ray at {address or 'the default address'}: {exc}"
+        raise BackendError(msg, operation="connect") from exc
+
+
+@dataclass(kw_only=True)
+class LocalCluster:
+    """A Ray cluster of several raylets on this machine, with logical GPUs (no GPU needed).
+
+    Use as a context manager: it starts the head and one raylet per entry of ``worker_gpus``,
+    connects this process to it in the service's namespace, and on exit disconnects and stops
+    exactly this cluster (never ``ray stop``, which would kill every Ray process of the user).
+
+    Attributes:
+        head_gpus: logical GPUs of the head.
+        worker_gpus: logical GPUs of each worker raylet.
+        worker_names: friendly names, labelled ``placement-actors.io/name`` on the workers.
+        egress_workers: indexes of workers labelled as egress nodes (the head always is).
+        cpus_per_node: logical CPUs per raylet (each bundle asks for one).
+        temp_dir: Ray's temporary directory; a fresh one under the system's by default.
+    """
+
+    head_gpus: int = 0
+    worker_gpus: Sequence[int] = (4, 4, 8)
+    worker_names: Sequence[str] = ()
+    egress_workers: Sequence[int] = ()
+    cpus_per_node: int = 8
+    temp_dir: Path | None = None
+    _cluster: Any = field(default=None, init=False, repr=False)
+    _made_temp: bool = field(default=False, init=False, repr=False)
+
+    def __enter__(self) -> Self:
+        """Start the raylets and connect."""
+        from ray.cluster_utils import Cluster  # noqa: PLC0415 - test utility, loaded on use
+
+        if self.temp_dir is None:
+            # Ray's socket paths must stay short: a short directory under /tmp, not pytest's.
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="pa-ray-", dir="/tmp"))
+        os.environ["RAY_TMPDIR"] = str(self.temp_dir)
+        head_labels = {EGRESS_LABEL: "true", NAME_LABEL: "head"}
+        try:
+            self._cluster = Cluster(
+                initialize_head=True,
+                connect=False,
+                head_node_args={
+                    "num_cpus": self.cpus_per_node,
+                    "num_gpus": self.head_gpus,
+                    "labels": head_labels,
+                },
+            )
+            for index, gpus in enumerate(self.worker_gpus):
+                labels = {}
+                if index < len(self.worker_names):
+                    labels[NAME_LABEL] = self.worker_names[index]
+                if index in self.egress_workers:
+                    labels[EGRESS_LABEL] = "true"
+                self._cluster.add_node(num_cpus=self.cpus_per_node, num_gpus=gpus, labels=labels)
+            self._cluster.wait_for_nodes()
+            ray.init(address=self._cluster.address, namespace=NAMESPACE, log_to_driver=False)
+        except Exception as exc:
+            self.__exit__(None, None, None)
+            msg = f"cannot start a local Ray cluster: {exc}"
+            raise BackendError(msg, operation="start local cluster") from exc
+        return self
+
+    @property
+    def address(self) -> str:
+        """The cluster's GCS address, for other drivers."""
+        return str(self._cluster.address)
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Disconnect and stop this cluster's raylets."""
+        if ray.is_initialized():
+            ray.shutdown()
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = None
+
+
+# -- topology -----------------------------------------------------------------------------------
+
+
+def _alive_nodes(nodes: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    listed = list(ray.nodes()) if nodes is None else list(nodes)  # type: ignore[no-untyped-call]
+    return [n for n in listed if n.get("Alive", n.get("alive", False))]
+
+
+def get_cluster_topology(
+    head_node_id: str | None = None, nodes: Iterable[Mapping[str, Any]] | None = None
+) -> tuple[NodeTopology, ...]:
+    """The alive nodes with at least one whole GPU, from their total resources, by node id.
+
+    Args:
+        head_node_id: the head's node id; by default the node holding Ray's head resource, else
+            the node this driver runs on.
+        nodes: ``ray.nodes()``-shaped records to read instead of asking the cluster.
+    """
+    alive = _alive_nodes(nodes)
+    if head_node_id is None:
+        head_node_id = next(
+            (n["NodeID"] for n in alive if HEAD_RESOURCE in n.get("Resources", {})), None
+        )
+    if head_node_id is None:
+        head_node_id = ray.get_runtime_context().get_node_id()
+    topology = []
+    for node in alive:
+        gpus = int(node.get("Resources", {}).get("GPU", 0))
+        if gpus >= 1:
+            topology.append(
+                NodeTopology(
+                    node_id=node["NodeID"],
+                    num_gpus=gpus,
+                    is_head=node["NodeID"] == head_node_id,
+                    labels={str(k): str(v) for k, v in (node.get("Labels") or {}).items()},
+                )
+            )
+    return tuple(sorted(topology, key=lambda n: n.node_id))
+
+
+def get_egress_nodes(nodes: Iterable[Mapping[str, Any]] | None = None) -> tuple[str, ...]:
+    """Ids of alive nodes labelled ``placement-actors.io/egress=true``."""
+    return tuple(
+        sorted(
+            n["NodeID"]
+            for n in _alive_nodes(nodes)
+            if str((n.get("Labels") or {}).get(EGRESS_LABEL, "")).lower() == "true"
+        )
+    )
+
+
+def node_names(nodes: Iterable[Mapping[str, Any]] | None = None) -> dict[str, str]:
+    """Node id -> friendly name, for nodes labelled ``placement-actors.io/name``."""
+    return {
+        n["NodeID"]: str(n["Labels"][NAME_LABEL])
+        for n in _alive_nodes(nodes)
+        if NAME_LABEL in (n.get("Labels") or {})
+    }
+
+
+# -- placement groups ---------------------------------------------------------------------------
+
+
+def _create(
+    bundles: Sequence[Mapping[str, float]],
+    strategy: BundleStrategy,
+    *,
+    name: str,
+    bundle_label_selector: Sequence[Mapping[str, str]] | None,
+) -> PlacementGroup:
+    if not name:
+        msg = "a placement group needs a name"
+        raise InvalidSpecError(msg, field="name")
+    try:
+        pg: PlacementGroup = placement_group(
+            [dict(b) for b in bundles],
+            strategy=_STRATEGY[strategy],
+            name=name,
+            lifetime="detached",
+            bundle_label_selector=(
+                None if bundle_label_selector is None else [dict(s) for s in bundle_label_selector]
+            ),
+        )
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc), field="bundles") from exc
+    except Exception as exc:  # the Ray error-mapping boundary: any Ray failure is a backend error
+        msg = f"Ray refused placement group {name}: {exc}"
+        raise BackendError(msg, operation="create placement group") from exc
+    return pg
+
+
+def _state(pg: PlacementGroup) -> str:
+    table = placement_group_table(pg)
+    if table.get("state") == "CREATED":
+        return "CREATED"
+    return str(table.get("stats", {}).get("scheduling_state") or table.get("state") or "UNKNOWN")
+
+
+def _remove(pg: PlacementGroup) -> None:
+    try:
+        remove_placement_group(pg)
+    except Exception as exc:  # the Ray error-mapping boundary
+        if placement_group_table(pg).get("state") in {None, "REMOVED"}:
+            return
+        msg = f"cannot remove placement group {pg.id.hex()}: {exc}"
+        raise BackendError(msg, operation="remove placement group") from exc
+
+
+def build_pg(
+    bundles: Sequence[Mapping[str, float]],
+    strategy: BundleStrategy,
+    *,
+    name: str,
+    bundle_label_selector: Sequence[Mapping[str, str]] | None = None,
+    ready_timeout_s: float,
+) -> PlacementGroup:
+    """Create a detached, named placement group and wait until it is ready.
+
+    The group lives in the namespace this driver connected with (`NAMESPACE` through `connect`).
+
+    Raises:
+        PlacementGroupTimeoutError: not ready in time; the group was removed. Its
+            ``scheduling_state`` tells ``INFEASIBLE`` from ``NO_RESOURCES``.
+        InvalidSpecError: Ray rejected the bundles or selectors as malformed.
+        BackendError: any other Ray failure (a duplicate name, a lost connection...).
+    """
+    pg = _create(bundles, strategy, name=name, bundle_label_selector=bundle_label_selector)
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
+        if ready:
+            ray.get(ready[0])
+            return pg
+        state = _state(pg)
+    except Exception as exc:  # the Ray error-mapping boundary
+        _remove(pg)
+        msg = f"placement group {name} failed: {exc}"
+        raise BackendError(msg, operation="wait for placement group") from exc
+    _remove(pg)
+    raise PlacementGroupTimeoutError(group=name, timeout_s=ready_timeout_s, scheduling_state=state)
+
+
+def build_replica_pg(
+    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float = 60.0
+) -> PlacementGroup:
+    """`build_pg` for one replica's `ReplicaBundleSpec`."""
+    return build_pg(
+        spec.bundles,
+        spec.strategy,
+        name=name,
+        bundle_label_selector=spec.bundle_label_selector,
+        ready_timeout_s=ready_timeout_s,
+    )
+
+
+def group_states(prefix: str = "") -> dict[str, str]:
+    """Name -> state (``CREATED``, ``PENDING``, ``REMOVED``...) of the groups named ``prefix...``.
+
+    Reads ``placement_group_table()``, which lists the groups of every namespace.
+    """
+    return {
+        str(info["name"]): str(info["state"])
+        for info in placement_group_table().values()
+        if str(info.get("name", "")).startswith(prefix) and info.get("name")
+    }
+
+
+def remove_named_pgs_with_prefix(prefix: str) -> int:
+    """Remove every live placement group whose name starts with ``prefix``; returns how many.
+
+    Raises:
+        InvalidSpecError: ``prefix`` is empty (it would remove every named group of the cluster).
+    """
+    if not prefix:
+        msg = "refusing to remove placement groups with an empty prefix"
+        raise InvalidSpecError(msg, field="prefix")
+    removed = 0
+    for group_id, info in placement_group_table().items():
+        if str(info.get("name", "")).startswith(prefix) and info.get("state") != "REMOVED":
+            _remove(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
+            removed += 1
+    return removed
+
+
+# -- work inside bundles ------------------------------------------------------------------------
+
+
+def _in_bundle(pg: PlacementGroup, bundle_index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=bundle_index
+    )
+
+
+def submit_in_bundle(
+    pg: PlacementGroup, bundle_index: int, fn: Callable[..., _T], *args: object
+) -> ray.ObjectRef[_T]:
+    """Start ``fn(*args)`` as a Ray task inside bundle ``bundle_index``; returns its ObjectRef.
+
+    The task asks for no CPU or GPU of its own, so it fits any bundle.
+    """
+    remote = ray.remote(num_cpus=0, num_gpus=0, max_retries=0)(fn)
+    return remote.options(scheduling_strategy=_in_bundle(pg, bundle_index)).remote(*args)  # type: ignore[no-any-return]
+
+
+def run_in_bundle(
+    pg: PlacementGroup, bundle_index: int, fn: Callable[[], _T], *, timeout_s: float
+) -> _T:
+    """Run ``fn()`` on the node of bundle ``bundle_index`` and return its result.
+
+    Raises:
+        BackendError: the task failed or did not finish within ``timeout_s``.
+    """
+    ref = submit_in_bundle(pg, bundle_index, fn)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError as exc:
+        ray.cancel(ref, force=True)
+        msg = f"task in bundle {bundle_index} did not finish within {timeout_s:g}s"
+        raise BackendError(msg, operation="run in bundle") from exc
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"task in bundle {bundle_index} failed: {exc}"
+        raise BackendError(msg, operation="run in bundle") from exc
+
+
+def _node_ip() -> str:
+    import ray as ray_on_node  # noqa: PLC0415 - runs on the node, pickled by value
+
+    return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+
+def _probe_free_port(exclude: frozenset[int], avoid_low: int, avoid_high: int) -> tuple[str, int]:
+    """Runs on the bundle's node: its routable IP and a port free on every address there."""
+    import socket  # noqa: PLC0415 - runs on the node, pickled by value
+
+    import ray as ray_on_node  # noqa: PLC0415
+
+    ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def bindable(host: str, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+            return True
+
+    for _ in range(256):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, 0))  # the kernel's ephemeral range, away from Ray's fixed ports
+            port = int(sock.getsockname()[1])
+        if port in exclude or avoid_low <= port <= avoid_high:
+            continue
+        if bindable(ip, port) and bindable("0.0.0.0", port) and bindable("127.0.0.1", port):  # noqa: S104 - probing, not serving
+            return ip, port
+    msg = f"no free port found on {ip}"
+    raise OSError(msg)
+
+
+def get_bundle_node_ip(pg: PlacementGroup, bundle_index: int, *, timeout_s: float = 30.0) -> str:
+    """The routable IP address of the node bundle ``bundle_index`` landed on."""
+    return run_in_bundle(pg, bundle_index, _node_ip, timeout_s=timeout_s)
+
+
+def get_free_port_in_bundle(
+    pg: PlacementGroup,
+    bundle_index: int,
+    *,
+    holder: str,
+    book: PortBook,
+    timeout_s: float = 30.0,
+    attempts: int = 5,
+) -> int:
+    """A port free on bundle ``bundle_index``'s node, recorded in ``book`` for ``holder``.
+
+    The port is probed on the node's routable address, the wildcard and loopback, lies outside
+    Ray's worker-port range, and is never one ``book`` has already given out on that host.
+
+    Raises:
+        BackendError: no port could be found and claimed.
+    """
+    for _ in range(attempts):
+        probe = _bind_probe(book.given())
+        ip, port = run_in_bundle(pg, bundle_index, probe, timeout_s=timeout_s)
+        if book.claim(ip, port, holder):
+            return port
+    msg = f"no unclaimed free port found in bundle {bundle_index} after {attempts} probes"
+    raise BackendError(msg, operation="probe port")
+
+
+def _bind_probe(exclude: frozenset[int]) -> Callable[[], tuple[str, int]]:
+    low, high = RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1
+
+    def probe() -> tuple[str, int]:
+        return _probe_free_port(exclude, low, high)
+
+    return probe
+
+
+# -- the backend the actors use -----------------------------------------------------------------
+
+
+def _pg(group: object) -> PlacementGroup:
+    if not isinstance(group, PlacementGroup):
+        msg = f"not a Ray placement group: {group!r}"
+        raise InvalidSpecError(msg, field="group")
+    return group
+
+
+class RayBackend:
+    """`placement_actors.backends.protocol.ClusterBackend` on Ray; every method returns at once.
+
+    The process must be connected to Ray (`connect` or `LocalCluster`) before the first call.
+    """
+
+    def topology(self) -> tuple[NodeTopology, ...]:
+        """The alive GPU nodes (`get_cluster_topology`)."""
+        return get_cluster_topology()
+
+    def create_group(self, spec: ReplicaBundleSpec, *, name: str) -> object:
+        """Ask Ray for the group; Ray answers before scheduling it."""
+        return _create(
+            spec.bundles,
+            spec.strategy,
+            name=name,
+            bundle_label_selector=spec.bundle_label_selector,
+        )
+
+    def when_ready(self, group: object, callback: ReadyCallback) -> None:
+        """Call ``callback`` from Ray's thread when the group is ready (or its wait failed)."""
+        future = _pg(group).ready().future()
+
+        def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
+            error = settled.exception()
+            callback(None if error is None else error)
+
+        future.add_done_callback(done)
+
+    def scheduling_state(self, group: object) -> str:
+        """``CREATED``, or Ray's scheduling state of a pending group (``INFEASIBLE``...)."""
+        try:
+            return _state(_pg(group))
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot read placement group state: {exc}"
+            raise BackendError(msg, operation="read placement group") from exc
+
+    def remove_group(self, group: object) -> None:
+        """Remove the group (quietly if it is gone already)."""
+        _remove(_pg(group))
+
+    def probe_bundle(
+        self,
+        group: object,
+        bundle_index: int,
+        *,
+        exclude_ports: frozenset[int],
+        callback: ProbeCallback,
+    ) -> None:
+        """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or failure."""
+        try:
+            ref = submit_in_bundle(_pg(group), bundle_index, _bind_probe(exclude_ports))
+        except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
+            callback(BackendError(f"cannot start probe: {exc}", operation="probe bundle"))
+            return
+        future = ref.future()
+
+        def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
+            error = settled.exception()
+            if error is not None:
+                failure = BackendError(f"probe failed: {error}", operation="probe bundle")
+                failure.__cause__ = error
+                callback(failure)
+                return
+            ip, port = settled.result()
+            callback(BundleProbe(node_ip=ip, port=port))
+
+        future.add_done_callback(done)
+
+    def remove_groups_with_prefix(self, prefix: str) -> int:
+        """`remove_named_pgs_with_prefix`."""
+        return remove_named_pgs_with_prefix(prefix)
