@@ -1,10 +1,49 @@
+"""Fixtures shared by the suite: actor clean-up, and one local Ray cluster per test session."""
+
+import os
 from collections.abc import Iterator
 
 import pykka
 import pytest
+
+# One explicit auth mode for the test cluster and every driver the tests start.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+TEST_CLUSTER_WORKERS = {"gpu-a": 4, "gpu-b": 4, "gpu-c": 8, "gpu-bulk": 64}
+"""Worker raylets of the test cluster and their logical GPUs; the head has 2 GPUs."""
+HEAD_GPUS = 2
 
 
 @pytest.fixture(autouse=True)
 def _stop_all_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """A head and four worker raylets with logical GPUs, started once for the whole session."""
+    from placement_actors.backends.ray_backend import LocalCluster  # noqa: PLC0415 - Ray tests only
+
+    with LocalCluster(
+        head_gpus=HEAD_GPUS,
+        worker_gpus=tuple(TEST_CLUSTER_WORKERS.values()),
+        worker_names=tuple(TEST_CLUSTER_WORKERS),
+        egress_workers=(0,),
+        cpus_per_node=8,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def ray_nodes(ray_cluster: object) -> Iterator[dict[str, str]]:
+    """Friendly name -> Ray node id; after the test, no placement group may be left alive."""
+    from placement_actors.backends import ray_backend  # noqa: PLC0415 - Ray tests only
+
+    del ray_cluster
+    yield {name: node_id for node_id, name in ray_backend.node_names().items()}
+    pykka.ActorRegistry.stop_all(timeout=10)
+    alive = {n: s for n, s in ray_backend.group_states().items() if s != "REMOVED"}
+    for name in alive:
+        ray_backend.remove_named_pgs_with_prefix(name)
+    assert alive == {}, f"the test left placement groups alive: {alive}"

@@ -135,6 +135,9 @@ class LocalCluster:
             # Ray's socket paths must stay short: a short directory under /tmp, not pytest's.
             self.temp_dir = Path(tempfile.mkdtemp(prefix="pa-ray-", dir="/tmp"))
         os.environ["RAY_TMPDIR"] = str(self.temp_dir)
+        # A throw-away local cluster: token auth needs a token file set up beforehand, so it is
+        # off unless the caller chose a mode (the raylets inherit this environment).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         head_labels = {EGRESS_LABEL: "true", NAME_LABEL: "head"}
         try:
             self._cluster = Cluster(

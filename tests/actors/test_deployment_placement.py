@@ -317,3 +317,47 @@ def test_a_malformed_topology_fails_at_start() -> None:
         DeploymentPlacementActor.start(topology=[{"node_id": "a", "num_gpus": 1}])
     with pytest.raises(InvalidSpecError):
         DeploymentPlacementActor.start(topology=TOPOLOGY, egress_nodes=[3])
+
+
+# -- replicas larger than any node's free GPUs, and head exclusion ----------------------------
+
+
+def test_a_replica_with_no_single_node_free_is_split_evenly_over_free_capacity(actor: Ref) -> None:
+    place(actor, local("small", replicas=1), gpu_nodes=("gpu-c",))  # gpu-c: 7 of 8 free
+    result = place(actor, local("tp8", gpus=8))
+    parts = [(a.node, len(a.gpus)) for a in result.assignments]
+    assert parts == [("gpu-a", 4), ("gpu-b", 4)]  # 2 x 4 (gpu-c's 7 cannot hold 8)
+    assert {a.replica_index for a in result.assignments} == {0}
+    assert result.total_gpus() == 8
+
+
+def test_a_split_never_plans_against_total_gpus(actor: Ref) -> None:
+    place(actor, local("hog-a", gpus=3), gpu_nodes=("gpu-a",))
+    place(actor, local("hog-c", gpus=5), gpu_nodes=("gpu-c",))
+    # free: a 1, b 4, c 3 -> no two nodes have 4 free, no four nodes have 2 free
+    with pytest.raises(NotEnoughGpusError) as caught:
+        actor.ask(Place(local("tp8", gpus=8)), timeout=TIMEOUT)
+    assert caught.value.retryable  # it would fit an empty cluster (4 + 4 or 8)
+
+
+def test_head_exclusion_keeps_local_replicas_off_the_head() -> None:
+    topology = (
+        NodeTopology(node_id="head", num_gpus=8, is_head=True),
+        NodeTopology(node_id="w", num_gpus=2),
+    )
+    ref = DeploymentPlacementActor.start(topology=topology, ignore_head_node=True)
+    result = place(ref, local("one", gpus=2))
+    assert result.assignments[0].node == "w"
+    with pytest.raises(NotEnoughGpusError) as caught:
+        ref.ask(Place(local("two", gpus=2)), timeout=TIMEOUT)
+    reasons = {r.node_id: r.reason for r in caught.value.rejections}
+    assert reasons == {
+        "w": "0 of 2 GPUs free, 2 needed",
+        "head": "is a head node (head exclusion is on)",
+    }
+
+
+def test_without_head_exclusion_the_head_is_a_gpu_node_like_any_other() -> None:
+    topology = (NodeTopology(node_id="head", num_gpus=8, is_head=True),)
+    ref = DeploymentPlacementActor.start(topology=topology, ignore_head_node=False)
+    assert place(ref, local("one", gpus=2)).assignments[0].node == "head"
