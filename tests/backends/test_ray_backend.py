@@ -3,6 +3,8 @@
 import socket
 
 import pytest
+import ray
+from ray.util import placement_group_table, remove_placement_group
 
 from placement_actors import (
     BackendError,
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("ray_nodes")
 
 
 def bundle_nodes(name: str) -> dict[int, str]:
-    for info in ray_backend.placement_group_table().values():
+    for info in placement_group_table().values():
         if info["name"] == name and info["state"] == "CREATED":
             return dict(info["bundles_to_node_id"])
     raise AssertionError(name)
@@ -64,7 +66,7 @@ def test_single_node_replica_is_strict_pack_on_one_node_that_fits(
         (node,) = bundle_nodes("t-pack").values()
         assert node in {ray_nodes["gpu-c"], ray_nodes["gpu-bulk"]}
     finally:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_multi_node_replica_lands_on_exactly_the_chosen_nodes(ray_nodes: dict[str, str]) -> None:
@@ -78,7 +80,7 @@ def test_multi_node_replica_lands_on_exactly_the_chosen_nodes(ray_nodes: dict[st
     try:
         assert bundle_nodes("t-spread") == {0: ray_nodes["gpu-b"], 1: ray_nodes["gpu-a"]}
     finally:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_head_exclusion_works_on_a_head_with_gpus(ray_nodes: dict[str, str]) -> None:
@@ -105,10 +107,10 @@ def test_head_exclusion_works_on_a_head_with_gpus(ray_nodes: dict[str, str]) -> 
         plain = plan_replica_bundle_shape(2, topology=topology, ignore_head_node=False)
         pg = ray_backend.build_replica_pg(plain, name="t-head", ready_timeout_s=20)
         assert bundle_nodes("t-head") == {0: ray_nodes["head"]}
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
     finally:
         for pg in fillers:
-            ray_backend.remove_placement_group(pg)
+            remove_placement_group(pg)
     assert ray_backend.group_states("t-not-head") == {"t-not-head": "REMOVED"}
 
 
@@ -133,7 +135,7 @@ def test_a_duplicate_name_is_a_backend_error() -> None:
                 [{"CPU": 1}], BundleStrategy.STRICT_PACK, name="t-dup", ready_timeout_s=20
             )
     finally:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_a_malformed_selector_is_an_invalid_spec() -> None:
@@ -154,7 +156,8 @@ def test_bundle_ip_and_port_are_routable_free_and_outside_ray_ports(
     pg = ray_backend.build_replica_pg(spec, name="t-ip", ready_timeout_s=20)
     try:
         ip = ray_backend.get_bundle_node_ip(pg, 0)
-        assert ip == ray_backend.ray.nodes()[0]["NodeManagerAddress"]
+        records = {n["NodeID"]: n for n in ray.nodes()}  # type: ignore[no-untyped-call]
+        assert ip == records[ray_nodes["gpu-a"]]["NodeManagerAddress"]
         assert not ip.startswith("127.")
         book = PortBook()
         ports = {
@@ -167,7 +170,7 @@ def test_bundle_ip_and_port_are_routable_free_and_outside_ray_ports(
             with socket.socket() as sock:
                 sock.bind((ip, port))  # still free: nobody but the holder was told of it
     finally:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_run_in_bundle_runs_on_the_bundles_node(ray_nodes: dict[str, str]) -> None:
@@ -175,11 +178,11 @@ def test_run_in_bundle_runs_on_the_bundles_node(ray_nodes: dict[str, str]) -> No
     pg = ray_backend.build_replica_pg(spec, name="t-run", ready_timeout_s=20)
     try:
         node = ray_backend.run_in_bundle(
-            pg, 0, lambda: ray_backend.ray.get_runtime_context().get_node_id(), timeout_s=30
+            pg, 0, lambda: ray.get_runtime_context().get_node_id(), timeout_s=30
         )
         assert node == ray_nodes["gpu-b"]
     finally:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_prefix_reaping_removes_one_deployment_and_nothing_else() -> None:
@@ -202,7 +205,7 @@ def test_prefix_reaping_removes_one_deployment_and_nothing_else() -> None:
         "CREATED",
     ]
     for pg in groups[2:]:
-        ray_backend.remove_placement_group(pg)
+        remove_placement_group(pg)
 
 
 def test_reaping_refuses_an_empty_prefix() -> None:

@@ -41,7 +41,7 @@ def nodes(*gpus: int, head: int | None = None) -> list[NodeTopology]:
         (7, (4, 4), None),  # a prime larger than any node cannot be split evenly
         (16, (4, 4, 8), None),  # 2 x 8 needs two 8s; 4 x 4 needs four 4s
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_even_split_table(tp: int, gpus: tuple[int, ...], nnodes: int | None) -> None:
     assert plan_even_split(tp, gpus) == nnodes
