@@ -114,7 +114,8 @@ class LocalCluster:
         worker_gpus: logical GPUs of each worker raylet.
         worker_names: friendly names, labelled ``placement-actors.io/name`` on the workers.
         egress_workers: indexes of workers labelled as egress nodes (the head always is).
-        cpus_per_node: logical CPUs per raylet (each bundle asks for one).
+        cpus_per_node: logical CPUs per raylet (each bundle asks for one); a worker with more
+            GPUs than that gets one CPU per GPU, so every GPU can hold a bundle.
         temp_dir: Ray's temporary directory; a fresh one under the system's by default.
     """
 
@@ -155,7 +156,9 @@ class LocalCluster:
                     labels[NAME_LABEL] = self.worker_names[index]
                 if index in self.egress_workers:
                     labels[EGRESS_LABEL] = "true"
-                self._cluster.add_node(num_cpus=self.cpus_per_node, num_gpus=gpus, labels=labels)
+                self._cluster.add_node(
+                    num_cpus=max(self.cpus_per_node, gpus), num_gpus=gpus, labels=labels
+                )
             self._cluster.wait_for_nodes()
             ray.init(address=self._cluster.address, namespace=NAMESPACE, log_to_driver=False)
         except Exception as exc:

@@ -1,0 +1,313 @@
+"""The PlanningActor and the hand-off from the DeploymentPlacementActor, on a real Ray cluster."""
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+import pykka
+import pytest
+from ray.util import placement_group_table, remove_placement_group
+
+from placement_actors import (
+    BundleStrategy,
+    ClusterView,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    GetReplicaGroups,
+    GpuStrategy,
+    GroupState,
+    InvalidSpecError,
+    NodeAssignment,
+    NodeTopology,
+    Place,
+    PlacementCancelledError,
+    PlacementConstraints,
+    PlacementGroupTimeoutError,
+    PlacementResult,
+    PlanningActor,
+    PlanReplica,
+    Release,
+    RemoveReplicaGroups,
+    ReplicaGroupsView,
+    ReplicaPlacement,
+    group_name,
+)
+from placement_actors.backends import ray_backend
+from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
+
+TIMEOUT = 30
+
+pytestmark = pytest.mark.usefixtures("ray_nodes")
+
+
+@dataclasses.dataclass
+class Service:
+    placement: pykka.ActorRef[DeploymentPlacementActor]
+    planner: pykka.ActorRef[PlanningActor]
+
+    def place(self, deployment: Deployment, **constraints: object) -> PlacementResult:
+        message = Place(deployment, PlacementConstraints(**constraints))  # type: ignore[arg-type]
+        result = self.placement.ask(message, timeout=TIMEOUT)
+        assert isinstance(result, PlacementResult)
+        return result
+
+    def view(self) -> ClusterView:
+        view = self.placement.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        return view
+
+    def groups(self) -> ReplicaGroupsView:
+        groups = self.planner.ask(GetReplicaGroups(), timeout=TIMEOUT)
+        assert isinstance(groups, ReplicaGroupsView)
+        return groups
+
+
+def start_service(
+    topology: tuple[NodeTopology, ...] | None = None, ready_timeout_s: float = 30
+) -> Service:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=ready_timeout_s)
+    placement = DeploymentPlacementActor.start(
+        topology=topology if topology is not None else ray_backend.get_cluster_topology(),
+        egress_nodes=ray_backend.get_egress_nodes(),
+        planner=planner,
+        ignore_head_node=True,
+    )
+    return Service(placement=placement, planner=planner)
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    started = start_service()
+    yield started
+    for name in started.view().deployments:
+        started.placement.ask(Release(name), timeout=TIMEOUT)
+
+
+def llama(name: str = "llama", *, gpus: int = 1, replicas: int = 1) -> Deployment:
+    return Deployment(name=name, model="meta-llama/Llama-3.1-8B", gpus=gpus, replicas=replicas)
+
+
+def ray_groups(prefix: str) -> dict[str, dict[str, object]]:
+    return {
+        str(info["name"]): info
+        for info in placement_group_table().values()
+        if str(info["name"]).startswith(prefix)
+    }
+
+
+def test_place_answers_with_futures_that_resolve_to_master_ip_and_port(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama(gpus=2), gpu_nodes=(ray_nodes["gpu-a"],))
+    (replica,) = result.replicas
+    assert replica.group_name == group_name("llama", 0)
+    assert replica.spec.strategy is BundleStrategy.STRICT_PACK
+    ip = replica.master.node_ip.get(timeout=TIMEOUT)
+    port = replica.master.port.get(timeout=TIMEOUT)
+    assert ip
+    assert 0 < port < 65536
+    (info,) = ray_groups(replica.group_name).values()
+    assert info["state"] == "CREATED"
+    assert info["bundles_to_node_id"] == {0: ray_nodes["gpu-a"]}
+    assert service.groups().groups[0].state is GroupState.READY
+
+
+def test_release_removes_the_groups_and_frees_the_ledger(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama(replicas=2))
+    for replica in result.replicas:
+        replica.master.port.get(timeout=TIMEOUT)
+    released = service.placement.ask(Release("llama"), timeout=TIMEOUT)
+    assert released.gpus_freed == 2  # type: ignore[union-attr]
+    states = {name: info["state"] for name, info in ray_groups(group_name("llama", 0)[:-2]).items()}
+    assert states == {group_name("llama", 0): "REMOVED", group_name("llama", 1): "REMOVED"}
+    assert all(not node.held for node in service.view().nodes)
+    assert service.groups().groups == ()
+    del ray_nodes
+
+
+def test_a_multi_node_replica_spreads_over_the_nodes_the_ledger_chose(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    pair = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
+    result = service.place(llama("tp8", gpus=8), gpu_nodes=pair)  # no single node has 8
+    (replica,) = result.replicas
+    assert replica.spec.strategy is BundleStrategy.STRICT_SPREAD
+    assert replica.spec.is_multi_node
+    assert {a.node for a in result.assignments} == set(pair)
+    ports = [b.port.get(timeout=TIMEOUT) for b in replica.bundles]
+    assert len(set(ports)) == 2  # the two raylets share one host address
+    (info,) = ray_groups(replica.group_name).values()
+    assert set(info["bundles_to_node_id"].values()) == set(pair)  # type: ignore[attr-defined]
+    assert [b.node for b in replica.bundles] == [
+        info["bundles_to_node_id"][i]  # type: ignore[index]
+        for i in range(2)
+    ]
+
+
+def test_head_exclusion_keeps_replicas_off_a_head_with_gpus(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama(replicas=4), strategy=GpuStrategy.SPREAD)
+    assert ray_nodes["head"] not in {a.node for a in result.assignments}
+    for replica in result.replicas:
+        replica.master.port.get(timeout=TIMEOUT)
+        (info,) = ray_groups(replica.group_name).values()
+        assert ray_nodes["head"] not in info["bundles_to_node_id"].values()  # type: ignore[attr-defined]
+        assert replica.spec.bundle_label_selector is not None
+        assert dict(replica.spec.bundle_label_selector[0]) == {
+            NODE_ID_LABEL: replica.bundles[0].node
+        }
+
+
+def test_an_infeasible_group_fails_its_futures_is_removed_and_frees_the_ledger(
+    ray_nodes: dict[str, str],
+) -> None:
+    """The ledger believes gpu-a has 16 GPUs; Ray knows it has 4 and calls the group infeasible."""
+    topology = tuple(
+        dataclasses.replace(n, num_gpus=16) if n.node_id == ray_nodes["gpu-a"] else n
+        for n in ray_backend.get_cluster_topology()
+    )
+    svc = start_service(topology, ready_timeout_s=1.5)
+    result = svc.place(llama("wrong", gpus=16), gpu_nodes=(ray_nodes["gpu-a"],))
+    (replica,) = result.replicas
+    with pytest.raises(PlacementGroupTimeoutError) as caught:
+        replica.master.port.get(timeout=TIMEOUT)
+    assert caught.value.scheduling_state == "INFEASIBLE"
+    assert not caught.value.retryable
+    with pytest.raises(PlacementGroupTimeoutError):
+        replica.master.node_ip.get(timeout=TIMEOUT)
+    assert ray_groups(replica.group_name)[replica.group_name]["state"] == "REMOVED"
+    assert svc.groups().groups[0].state is GroupState.FAILED
+    assert _eventually(lambda: not svc.view().node(ray_nodes["gpu-a"]).held)
+    svc.placement.ask(Release("wrong"), timeout=TIMEOUT)
+
+
+def test_a_group_without_room_yet_times_out_as_retryable(ray_nodes: dict[str, str]) -> None:
+    holder = ray_backend.build_pg(
+        [{"GPU": 4}],
+        BundleStrategy.STRICT_PACK,
+        name="t-outside-holder",
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
+        ready_timeout_s=20,
+    )
+    try:
+        svc = start_service(ready_timeout_s=1.5)
+        result = svc.place(llama("late", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
+        with pytest.raises(PlacementGroupTimeoutError) as caught:
+            result.replicas[0].master.port.get(timeout=TIMEOUT)
+        assert caught.value.scheduling_state == "NO_RESOURCES"
+        assert caught.value.retryable
+        svc.placement.ask(Release("late"), timeout=TIMEOUT)
+    finally:
+        remove_placement_group(holder)
+
+
+def test_resending_place_after_a_replica_failed_places_it_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    holder = ray_backend.build_pg(
+        [{"GPU": 4}],
+        BundleStrategy.STRICT_PACK,
+        name="t-outside-holder-2",
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
+        ready_timeout_s=20,
+    )
+    svc = start_service(ready_timeout_s=1.5)
+    message_nodes = (ray_nodes["gpu-b"],)
+    first = svc.place(llama("retry", gpus=4), gpu_nodes=message_nodes)
+    with pytest.raises(PlacementGroupTimeoutError):
+        first.replicas[0].master.port.get(timeout=TIMEOUT)
+    assert _eventually(
+        lambda: (
+            svc.view().deployments == ("retry",) and not svc.view().node(ray_nodes["gpu-b"]).held
+        )
+    )
+    remove_placement_group(holder)
+    second = svc.place(llama("retry", gpus=4), gpu_nodes=message_nodes)
+    assert second.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+    svc.placement.ask(Release("retry"), timeout=TIMEOUT)
+
+
+def test_fifty_replicas_planned_together_all_resolve_with_distinct_ports(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama("fleet", replicas=60), gpu_nodes=(ray_nodes["gpu-bulk"],))
+    assert len(result.replicas) == 60
+    endpoints = {
+        (r.master.node_ip.get(timeout=TIMEOUT), r.master.port.get(timeout=TIMEOUT))
+        for r in result.replicas
+    }
+    assert len(endpoints) == 60  # one host address: every port distinct
+    assert {g.state for g in service.groups().groups} == {GroupState.READY}
+
+
+def test_the_planner_answers_while_a_group_is_still_pending(ray_nodes: dict[str, str]) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=60)
+    placement = planner.ask(
+        PlanReplica(
+            deployment="pending",
+            replica_index=0,
+            assignments=(
+                NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=tuple(range(64))),
+            ),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(placement, ReplicaPlacement)
+    # the group cannot be scheduled for a minute; the mailbox still answers at once
+    view = planner.ask(GetReplicaGroups(), timeout=5)
+    assert [g.state for g in view.groups] == [GroupState.PENDING]  # type: ignore[union-attr]
+    removed = planner.ask(RemoveReplicaGroups("pending"), timeout=TIMEOUT)
+    assert removed.removed == 1  # type: ignore[union-attr]
+    with pytest.raises(PlacementCancelledError):
+        placement.master.port.get(timeout=TIMEOUT)
+
+
+def test_planner_reaping_leaves_other_deployments_alone(ray_nodes: dict[str, str]) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    node = ray_nodes["gpu-bulk"]
+    placements = {
+        name: planner.ask(
+            PlanReplica(
+                deployment=name,
+                replica_index=0,
+                assignments=(NodeAssignment(replica_index=0, node=node, gpus=(0,)),),
+            ),
+            timeout=TIMEOUT,
+        )
+        for name in ("dep-1", "dep-10")
+    }
+    for placed in placements.values():
+        assert isinstance(placed, ReplicaPlacement)
+        placed.master.port.get(timeout=TIMEOUT)
+    planner.ask(RemoveReplicaGroups("dep-1"), timeout=TIMEOUT)
+    assert ray_groups(group_name("dep-10", 0))[group_name("dep-10", 0)]["state"] == "CREATED"
+    assert ray_groups(group_name("dep-1", 0))[group_name("dep-1", 0)]["state"] == "REMOVED"
+    planner.ask(RemoveReplicaGroups("dep-10"), timeout=TIMEOUT)
+
+
+def test_planning_the_same_replica_twice_answers_the_same_placement(
+    ray_nodes: dict[str, str],
+) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    chosen = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-bulk"], gpus=(0,)),)
+    message = PlanReplica(deployment="twice", replica_index=0, assignments=chosen)
+    first = planner.ask(message, timeout=TIMEOUT)
+    assert planner.ask(message, timeout=TIMEOUT) is first
+    other = dataclasses.replace(message, assignments=(dataclasses.replace(chosen[0], gpus=(0, 1)),))
+    with pytest.raises(InvalidSpecError):
+        planner.ask(other, timeout=TIMEOUT)
+    planner.ask(RemoveReplicaGroups("twice"), timeout=TIMEOUT)
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``check`` until it holds: events reach the ledger asynchronously, by design."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
