@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str, name: str = "deployments.yaml") -> Path:
 def test_the_example_files_load() -> None:
     specs = load_deployments(EXAMPLES / "deployments.yaml", environ={})
     cluster = load_cluster(EXAMPLES / "cluster.yaml")
-    assert len(specs) == 7
+    assert len(specs) == 8
     assert {n.node_id for n in cluster.topology} >= set(cluster.egress_nodes)
 
 

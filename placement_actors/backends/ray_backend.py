@@ -14,10 +14,12 @@ cluster reports the same host address, so ports are tracked per host address, no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -53,6 +55,7 @@ __all__ = [
     "build_pg",
     "build_replica_pg",
     "connect",
+    "connected",
     "get_bundle_node_ip",
     "get_cluster_topology",
     "get_egress_nodes",
@@ -86,19 +89,60 @@ _STRATEGY = {
 # -- connecting ---------------------------------------------------------------------------------
 
 
-def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
+def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> bool:
     """Connect this process to Ray (``None``: the cluster ``RAY_ADDRESS`` names, else a new one).
 
+    A ``host:port`` address is checked with a plain TCP connection first: ``ray.init`` waits for
+    minutes on an address where nothing listens.
+
+    Returns:
+        ``True`` if this call connected, ``False`` if the process was connected to it already.
+
     Raises:
-        BackendError: Ray could not be reached.
+        BackendError: Ray could not be reached, or this process is connected to another cluster.
     """
     if ray.is_initialized():
-        return
+        current = ray.get_runtime_context().gcs_address
+        if address not in {None, "auto", current}:
+            msg = f"this process is already connected to Ray at {current}, not {address}"
+            raise BackendError(msg, operation="connect")
+        return False
+    if address is not None:
+        _check_reachable(address)
     try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
+        ray.init(
+            address=address,
+            namespace=namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except (RayError, ConnectionError, RuntimeError, ValueError) as exc:
         msg = f"cannot connect to Ray at {address or 'the default address'}: {exc}"
         raise BackendError(msg, operation="connect") from exc
+    return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://..." and the like: Ray resolves them itself
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        msg = f"nothing answers at {address} ({exc.strerror or exc}); is the Ray head running?"
+        raise BackendError(msg, operation="connect") from exc
+
+
+@contextlib.contextmanager
+def connected(address: str, *, namespace: str = NAMESPACE) -> Iterator[None]:
+    """Connect to the cluster at ``address`` for the ``with`` block; disconnect only if it did."""
+    made = connect(address, namespace=namespace)
+    try:
+        yield
+    finally:
+        if made:
+            ray.shutdown()
 
 
 @dataclass(kw_only=True)
@@ -160,7 +204,12 @@ class LocalCluster:
                     num_cpus=max(self.cpus_per_node, gpus), num_gpus=gpus, labels=labels
                 )
             self._cluster.wait_for_nodes()
-            ray.init(address=self._cluster.address, namespace=NAMESPACE, log_to_driver=False)
+            ray.init(
+                address=self._cluster.address,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         except Exception as exc:
             self.__exit__(None, None, None)
             msg = f"cannot start a local Ray cluster: {exc}"
@@ -338,13 +387,15 @@ def build_replica_pg(
 def group_states(prefix: str = "") -> dict[str, str]:
     """Name -> state (``CREATED``, ``PENDING``, ``REMOVED``...) of the groups named ``prefix...``.
 
-    Reads ``placement_group_table()``, which lists the groups of every namespace.
+    Reads ``placement_group_table()``, which lists the groups of every namespace and keeps removed
+    ones: when a name was used again, the live group's state wins over the removed ones'.
     """
-    return {
-        str(info["name"]): str(info["state"])
-        for info in placement_group_table().values()
-        if str(info.get("name", "")).startswith(prefix) and info.get("name")
-    }
+    states: dict[str, str] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if name and name.startswith(prefix) and states.get(name, "REMOVED") == "REMOVED":
+            states[name] = str(info["state"])
+    return states
 
 
 def remove_named_pgs_with_prefix(prefix: str) -> int:

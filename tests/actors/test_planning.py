@@ -89,11 +89,13 @@ def llama(name: str = "llama", *, gpus: int = 1, replicas: int = 1) -> Deploymen
 
 
 def ray_groups(prefix: str) -> dict[str, dict[str, object]]:
-    return {
-        str(info["name"]): info
-        for info in placement_group_table().values()
-        if str(info["name"]).startswith(prefix)
-    }
+    """Ray's table entries by group name; a live group wins over removed ones of the same name."""
+    found: dict[str, dict[str, object]] = {}
+    for info in placement_group_table().values():
+        name = str(info["name"])
+        if name.startswith(prefix) and found.get(name, {}).get("state", "REMOVED") == "REMOVED":
+            found[name] = info
+    return found
 
 
 def test_place_answers_with_futures_that_resolve_to_master_ip_and_port(
