@@ -296,8 +296,8 @@ class DeploymentPlacementActor(KeepServingActor):
         ]
         try:
             return tuple(self._ask_planner(messages))
-        except PlacementError:
-            self._ask_planner([RemoveReplicaGroups(name)])
+        except PlacementError:  # undo this call's groups only: earlier replicas stay
+            self._ask_planner([RemoveReplicaGroups(name, tuple(sorted(by_replica)))])
             raise
 
     def _ask_planner(self, messages: list[Any]) -> list[Any]:

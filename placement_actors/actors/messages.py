@@ -210,13 +210,16 @@ class PlanReplica:
 
 @dataclass(frozen=True, slots=True)
 class RemoveReplicaGroups:
-    """Command: remove every placement group of a deployment (also ones left by an earlier run).
+    """Command: remove a deployment's placement groups.
 
-    Unresolved futures of those groups fail with `PlacementCancelledError`; their ports are
+    Without ``replica_indexes``: every group of the deployment, also ones an earlier run of the
+    service left behind (found by name prefix). With them: only those replicas' tracked groups.
+    Unresolved futures of removed groups fail with `PlacementCancelledError`; their ports are
     forgotten. Reply: `ReplicaGroupsRemoved`.
     """
 
     deployment: str
+    replica_indexes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

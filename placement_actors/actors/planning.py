@@ -193,13 +193,26 @@ class PlanningActor(KeepServingActor):
             msg = "remove_replica_groups() takes a RemoveReplicaGroups message"
             raise InvalidSpecError(msg, field="message")
         prefix = group_prefix(message.deployment)
-        for name in [n for n in self._groups if n.startswith(prefix)]:
-            group = self._groups.pop(name)
+        indexes = message.replica_indexes
+        names = (
+            [n for n in self._groups if n.startswith(prefix)]
+            if indexes is None
+            else [group_name(message.deployment, i) for i in indexes]
+        )
+        removed = 0
+        for name in names:
+            group = self._groups.pop(name, None)
+            if group is None:
+                continue
             if group.timer is not None:
                 group.timer.cancel()
             self._ports.release(name)
             self._settle_all(group, PlacementCancelledError(group=name))
-        removed = self._backend.remove_groups_with_prefix(prefix)
+            if indexes is not None and group.state is not GroupState.FAILED:
+                self._backend.remove_group(group.handle)
+                removed += 1
+        if indexes is None:
+            removed = self._backend.remove_groups_with_prefix(prefix)
         return ReplicaGroupsRemoved(deployment=message.deployment, removed=removed)
 
     def get_replica_groups(self, message: GetReplicaGroups | None = None) -> ReplicaGroupsView:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pykka
 import pytest
+import ray
 from ray.util import placement_group_table, remove_placement_group
 
 from placement_actors import (
@@ -313,3 +314,37 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return check()
+
+
+def test_removing_some_replicas_keeps_the_others(ray_nodes: dict[str, str]) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    node = ray_nodes["gpu-bulk"]
+    placements = [
+        planner.ask(
+            PlanReplica(
+                deployment="some",
+                replica_index=i,
+                assignments=(NodeAssignment(replica_index=i, node=node, gpus=(i,)),),
+            ),
+            timeout=TIMEOUT,
+        )
+        for i in (1, 10)
+    ]
+    for placed in placements:
+        assert isinstance(placed, ReplicaPlacement)
+        placed.master.port.get(timeout=TIMEOUT)
+    removed = planner.ask(RemoveReplicaGroups("some", (1,)), timeout=TIMEOUT)
+    assert removed.removed == 1  # type: ignore[union-attr]
+    assert ray_groups(group_name("some", 1))[group_name("some", 1)]["state"] == "REMOVED"
+    assert ray_groups(group_name("some", 10))[group_name("some", 10)]["state"] == "CREATED"
+    planner.ask(RemoveReplicaGroups("some"), timeout=TIMEOUT)
+
+
+def test_groups_live_in_the_service_namespace_and_are_found_by_name(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama("named"), gpu_nodes=(ray_nodes["gpu-a"],))
+    result.replicas[0].master.port.get(timeout=TIMEOUT)
+    assert ray.get_runtime_context().namespace == ray_backend.NAMESPACE
+    found = ray.util.get_placement_group(result.replicas[0].group_name)
+    assert found.bundle_specs == [{"CPU": 1.0, "GPU": 1.0}]
