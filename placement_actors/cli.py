@@ -294,7 +294,7 @@ def _print_failures(
             highlight=False,
             soft_wrap=True,
         )
-        for rejection in error.rejections:
+        for rejection in sorted(error.rejections, key=lambda r: _node(names, r.node_id)):
             console.print(
                 f"  {_node(names, rejection.node_id)}: {rejection.reason}",
                 highlight=False,
