@@ -276,11 +276,16 @@ class ReplicaFailed:
     error: PlacementError
 
 
+# The events below come from Ray callbacks and timers. ``attempt`` numbers the planner's groups, so
+# a late event about a removed group never touches a newer group of the same name.
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlacementGroupReady:
     """Event (from a Ray callback): the group is ready."""
 
     group_name: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,6 +293,7 @@ class PlacementGroupFailed:
     """Event (from a Ray callback): waiting for the group failed."""
 
     group_name: str
+    attempt: int
     error: BaseException
 
 
@@ -296,6 +302,7 @@ class PlacementGroupTimedOut:
     """Event (from a timer): the group's ready timeout elapsed."""
 
     group_name: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,6 +310,7 @@ class BundleProbed:
     """Event (from a Ray callback): a bundle's probe found its node IP and a free port."""
 
     group_name: str
+    attempt: int
     bundle_index: int
     node_ip: str
     port: int
@@ -313,5 +321,6 @@ class BundleProbeFailed:
     """Event (from a Ray callback): a bundle's probe failed."""
 
     group_name: str
+    attempt: int
     bundle_index: int
     error: BaseException

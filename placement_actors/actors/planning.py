@@ -9,6 +9,7 @@ groups, not a hundred sequential waits.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class _Group:
     ports: list[pykka.Future[int]]
     notify: pykka.ActorRef[Any] | None
     timeout_s: float
+    attempt: int
     state: GroupState = GroupState.PENDING
     timer: threading.Timer | None = None
     resolved: set[int] = field(default_factory=set)
@@ -107,6 +109,7 @@ class PlanningActor(KeepServingActor):
         self._ready_timeout_s = ready_timeout_s
         self._groups: dict[str, _Group] = {}
         self._ports = PortBook()
+        self._attempts = itertools.count(1)
         self._handlers: dict[type[Any], Callable[[Any], Any]] = {
             PlanReplica: self.plan_replica,
             RemoveReplicaGroups: self.remove_replica_groups,
@@ -168,20 +171,21 @@ class PlanningActor(KeepServingActor):
             ports=ports,
             notify=message.notify,
             timeout_s=timeout_s,
+            attempt=next(self._attempts),
         )
         self._groups[name] = group
-        me = self.actor_ref
+        me, attempt = self.actor_ref, group.attempt
         self._backend.when_ready(
             handle,
             lambda error: _tell(
                 me,
-                PlacementGroupReady(group_name=name)
+                PlacementGroupReady(group_name=name, attempt=attempt)
                 if error is None
-                else PlacementGroupFailed(group_name=name, error=error),
+                else PlacementGroupFailed(group_name=name, attempt=attempt, error=error),
             ),
         )
         group.timer = threading.Timer(
-            timeout_s, _tell, (me, PlacementGroupTimedOut(group_name=name))
+            timeout_s, _tell, (me, PlacementGroupTimedOut(group_name=name, attempt=attempt))
         )
         group.timer.daemon = True
         group.timer.start()
@@ -233,12 +237,15 @@ class PlanningActor(KeepServingActor):
 
     # -- events (told by backend callbacks and timers; must never raise) ---------------------
 
-    def _pending(self, name: str, *states: GroupState) -> _Group | None:
+    def _pending(self, name: str, attempt: int, *states: GroupState) -> _Group | None:
+        """The group an event is about, if it is still that attempt and in one of ``states``."""
         group = self._groups.get(name)
-        return group if group is not None and group.state in states else None
+        if group is None or group.attempt != attempt or group.state not in states:
+            return None
+        return group
 
     def _on_ready(self, event: PlacementGroupReady) -> None:
-        group = self._pending(event.group_name, GroupState.PENDING)
+        group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is None:
             return
         if group.timer is not None:
@@ -248,7 +255,7 @@ class PlanningActor(KeepServingActor):
             self._probe(group, index)
 
     def _on_failed(self, event: PlacementGroupFailed) -> None:
-        group = self._pending(event.group_name, GroupState.PENDING)
+        group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is not None:
             error = BackendError(
                 f"placement group {group.name} failed: {event.error}",
@@ -258,7 +265,7 @@ class PlanningActor(KeepServingActor):
             self._fail(group, error)
 
     def _on_timed_out(self, event: PlacementGroupTimedOut) -> None:
-        group = self._pending(event.group_name, GroupState.PENDING)
+        group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is None:
             return
         try:
@@ -275,7 +282,7 @@ class PlanningActor(KeepServingActor):
         )
 
     def _on_probed(self, event: BundleProbed) -> None:
-        group = self._pending(event.group_name, GroupState.PROBING)
+        group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
         if group is None or event.bundle_index in group.resolved:
             return
         if not self._ports.claim(event.node_ip, event.port, group.name):
@@ -295,7 +302,7 @@ class PlanningActor(KeepServingActor):
             group.state = GroupState.READY
 
     def _on_probe_failed(self, event: BundleProbeFailed) -> None:
-        group = self._pending(event.group_name, GroupState.PROBING)
+        group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
         if group is not None:
             error = (
                 event.error
@@ -308,7 +315,7 @@ class PlanningActor(KeepServingActor):
 
     def _probe(self, group: _Group, index: int) -> None:
         group.probes[index] = group.probes.get(index, 0) + 1
-        me, name = self.actor_ref, group.name
+        me, name, attempt = self.actor_ref, group.name, group.attempt
 
         def report(outcome: BundleProbe | BaseException) -> None:
             if isinstance(outcome, BundleProbe):
@@ -316,13 +323,19 @@ class PlanningActor(KeepServingActor):
                     me,
                     BundleProbed(
                         group_name=name,
+                        attempt=attempt,
                         bundle_index=index,
                         node_ip=outcome.node_ip,
                         port=outcome.port,
                     ),
                 )
             else:
-                _tell(me, BundleProbeFailed(group_name=name, bundle_index=index, error=outcome))
+                _tell(
+                    me,
+                    BundleProbeFailed(
+                        group_name=name, attempt=attempt, bundle_index=index, error=outcome
+                    ),
+                )
 
         self._backend.probe_bundle(
             group.handle, index, exclude_ports=self._ports.given(), callback=report

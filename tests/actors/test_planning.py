@@ -24,6 +24,8 @@ from placement_actors import (
     Place,
     PlacementCancelledError,
     PlacementConstraints,
+    PlacementGroupFailed,
+    PlacementGroupTimedOut,
     PlacementGroupTimeoutError,
     PlacementResult,
     PlanningActor,
@@ -348,3 +350,44 @@ def test_groups_live_in_the_service_namespace_and_are_found_by_name(
     assert ray.get_runtime_context().namespace == ray_backend.NAMESPACE
     found = ray.util.get_placement_group(result.replicas[0].group_name)
     assert found.bundle_specs == [{"CPU": 1.0, "GPU": 1.0}]
+
+
+def test_a_late_event_about_a_removed_group_leaves_its_successor_alone(
+    ray_nodes: dict[str, str],
+) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=1)
+    node = ray_nodes["gpu-bulk"]
+    too_big = PlanReplica(
+        deployment="again",
+        replica_index=0,
+        assignments=(NodeAssignment(replica_index=0, node=node, gpus=tuple(range(100))),),
+    )
+    first = planner.ask(too_big, timeout=TIMEOUT)
+    assert isinstance(first, ReplicaPlacement)
+    with pytest.raises(PlacementGroupTimeoutError):
+        first.master.port.get(timeout=TIMEOUT)
+    holder = ray_backend.build_pg(  # keeps the successor pending while the late events arrive
+        [{"GPU": 64}],
+        BundleStrategy.STRICT_PACK,
+        name="t-bulk-holder",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=20,
+    )
+    fits = dataclasses.replace(
+        too_big,
+        assignments=(NodeAssignment(replica_index=0, node=node, gpus=(0,)),),
+        ready_timeout_s=60,
+    )
+    second = planner.ask(fits, timeout=TIMEOUT)
+    assert isinstance(second, ReplicaPlacement)
+    assert second is not first
+    # what the first group's callbacks and timer could still deliver
+    planner.tell(
+        PlacementGroupFailed(group_name=first.group_name, attempt=1, error=OSError("late"))
+    )
+    planner.tell(PlacementGroupTimedOut(group_name=first.group_name, attempt=1))
+    view = planner.ask(GetReplicaGroups(), timeout=TIMEOUT)
+    assert [g.state for g in view.groups] == [GroupState.PENDING]  # type: ignore[union-attr]
+    remove_placement_group(holder)
+    assert second.master.port.get(timeout=TIMEOUT) > 0
+    planner.ask(RemoveReplicaGroups("again"), timeout=TIMEOUT)
