@@ -27,7 +27,7 @@ from placement_actors.actors.deployment_placement import (
 from placement_actors.actors.messages import ClusterView, GetClusterView, Place, Release
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.config_files import DeploymentSpec, load_cluster, load_deployments
-from placement_actors.domain.deployments import GROUP_NAME_ROOT, CustomRuntime
+from placement_actors.domain.deployments import GROUP_NAME_ROOT, CustomRuntime, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
@@ -90,8 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # the top level: report anything else as a failure, with its traceback
         logger.exception("placement-actors failed")
         return EXIT_UNEXPECTED
-    finally:
-        pykka.ActorRegistry.stop_all(timeout=_REPLY_TIMEOUT_S)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,21 +177,24 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         )
         outcomes: list[_Outcome] = []
         try:
-            outcomes = _place_specs(ref, specs)
+            _place_specs(ref, specs, outcomes)
             replicas = [r for o in outcomes if o.result for r in o.result.replicas]
             with console.status(f"Waiting for {len(replicas)} placement groups"):
                 endpoints = _endpoints(replicas, args.ready_timeout + _REPLY_TIMEOUT_S)
             _print_replicas(console, outcomes, endpoints, names)
             _print_failures(console, outcomes, names)
         finally:
-            for outcome in outcomes:
-                if outcome.result is not None:
-                    ref.ask(Release(outcome.spec.deployment.name), timeout=_REPLY_TIMEOUT_S)
-            placed = {o.spec.deployment.name for o in outcomes}
+            # Release every name of the file, placed or not: a release also reaps groups that a
+            # failed or earlier placement of that name left behind.
+            for spec in specs:
+                ref.ask(Release(spec.deployment.name), timeout=_REPLY_TIMEOUT_S)
+            ref.stop(timeout=_REPLY_TIMEOUT_S)
+            planner.stop(timeout=_REPLY_TIMEOUT_S)
+            ours = {group_prefix(s.deployment.name) for s in specs}
             alive = [
                 name
                 for name, state in ray_backend.group_states(GROUP_NAME_ROOT).items()
-                if state != "REMOVED" and name.split(":")[1] in placed
+                if state != "REMOVED" and any(name.startswith(p) for p in ours)
             ]
             console.print(
                 f"Released every deployment; placement groups left alive: {len(alive)}.",
@@ -203,10 +204,15 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _place_specs(
-    ref: pykka.ActorRef[DeploymentPlacementActor], specs: Sequence[DeploymentSpec]
+    ref: pykka.ActorRef[DeploymentPlacementActor],
+    specs: Sequence[DeploymentSpec],
+    outcomes: list[_Outcome],
 ) -> list[_Outcome]:
+    """Place each spec in turn, adding to ``outcomes`` as it goes.
+
+    A caller's clean-up therefore sees every placement made before an error.
+    """
     proxy = deployment_placement_proxy(ref)
-    outcomes = []
     for spec in specs:
         future = proxy.place(Place(spec.deployment, spec.constraints))
         try:
@@ -311,9 +317,11 @@ def _place(args: argparse.Namespace, console: Console) -> int:
     ref = DeploymentPlacementActor.start(
         topology=cluster.topology, egress_nodes=cluster.egress_nodes
     )
-    outcomes = _place_specs(ref, specs)
-    view = ref.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
-    ref.stop(timeout=_REPLY_TIMEOUT_S)
+    try:
+        outcomes = _place_specs(ref, specs, [])
+        view = ref.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+    finally:
+        ref.stop(timeout=_REPLY_TIMEOUT_S)
     _print_replicas(console, outcomes, None, {})
     _print_failures(console, outcomes, {})
     _print_cluster(console, view)

@@ -28,7 +28,12 @@ from placement_actors.actors.messages import (
     ReplicaFailed,
 )
 from placement_actors.domain.constraints import EgressKey, PlacementConstraints
-from placement_actors.domain.deployments import Deployment, ProviderKind, RemoteNetwork
+from placement_actors.domain.deployments import (
+    Deployment,
+    ProviderKind,
+    RemoteNetwork,
+    is_deployment_name,
+)
 from placement_actors.domain.errors import (
     BackendError,
     InvalidSpecError,
@@ -172,15 +177,19 @@ class DeploymentPlacementActor(KeepServingActor):
         if not isinstance(message, Release):
             msg = f"release() takes a Release message, got {type(message).__name__}"
             raise InvalidSpecError(msg, field="message")
-        placed = self._placed.pop(message.deployment, None)
+        placed = self._placed.get(message.deployment)
+        reap = placed is None and is_deployment_name(message.deployment)
+        if self._planner is not None and (reap or (placed and placed.egress_key is None)):
+            # Cluster first: if Ray fails, nothing is forgotten and the release can be retried.
+            # An unknown name is sent too, to reap groups an earlier run of the service left.
+            self._ask_planner([RemoveReplicaGroups(message.deployment)])
         if placed is None:
             return Released(
                 deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
             )
+        del self._placed[message.deployment]
         assignments = placed.result.assignments
         self._free(message.deployment, assignments, placed.egress_key)
-        if self._planner is not None and placed.egress_key is None:
-            self._ask_planner([RemoveReplicaGroups(message.deployment)])
         return Released(
             deployment=message.deployment,
             was_placed=True,
@@ -195,9 +204,14 @@ class DeploymentPlacementActor(KeepServingActor):
         placed = self._placed.get(event.deployment)
         if placed is None:
             return
+        current = [
+            r
+            for r in placed.result.replicas
+            if r.replica_index == event.replica_index and r.attempt == event.attempt
+        ]
+        if not current:
+            return  # about a group this record no longer holds (released, or planned again)
         lost = [a for a in placed.result.assignments if a.replica_index == event.replica_index]
-        if not lost:
-            return
         self._free(event.deployment, lost, None)
         placed.result = replace(
             placed.result,

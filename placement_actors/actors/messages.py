@@ -268,11 +268,16 @@ class ReplicaGroupsView:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaFailed:
-    """Event: a replica's group failed after it was planned; its reservation should be freed."""
+    """Event: a replica's group failed after it was planned; its reservation should be freed.
+
+    ``attempt`` is the failed group's `ReplicaPlacement.attempt`: a late event about an older
+    group of the same replica changes nothing.
+    """
 
     deployment: str
     replica_index: int
     group_name: str
+    attempt: int
     error: PlacementError
 
 

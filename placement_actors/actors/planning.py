@@ -9,6 +9,7 @@ groups, not a hundred sequential waits.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -129,10 +130,11 @@ class PlanningActor(KeepServingActor):
         return handler(message)
 
     def on_stop(self) -> None:
-        """Cancel the timers; detached groups outlive the actor on purpose."""
+        """Cancel the timers and fail unresolved futures; detached groups outlive the actor."""
         for group in self._groups.values():
             if group.timer is not None:
                 group.timer.cancel()
+            self._settle_all(group, BackendError("the planner stopped", operation="plan replica"))
 
     # -- commands and queries ----------------------------------------------------------------
 
@@ -163,6 +165,8 @@ class PlanningActor(KeepServingActor):
             ),
         )
         timeout_s = message.ready_timeout_s or self._ready_timeout_s
+        attempt = next(self._attempts)
+        placement = dataclasses.replace(placement, attempt=attempt)
         group = _Group(
             placement=placement,
             assignments=message.assignments,
@@ -171,24 +175,24 @@ class PlanningActor(KeepServingActor):
             ports=ports,
             notify=message.notify,
             timeout_s=timeout_s,
-            attempt=next(self._attempts),
+            attempt=attempt,
         )
+        me = self.actor_ref
+        try:
+            self._backend.when_ready(
+                handle,
+                lambda error: _tell(
+                    me,
+                    PlacementGroupReady(group_name=name, attempt=attempt)
+                    if error is None
+                    else PlacementGroupFailed(group_name=name, attempt=attempt, error=error),
+                ),
+            )
+        except BackendError:
+            self._backend.remove_group(handle)
+            raise
         self._groups[name] = group
-        me, attempt = self.actor_ref, group.attempt
-        self._backend.when_ready(
-            handle,
-            lambda error: _tell(
-                me,
-                PlacementGroupReady(group_name=name, attempt=attempt)
-                if error is None
-                else PlacementGroupFailed(group_name=name, attempt=attempt, error=error),
-            ),
-        )
-        group.timer = threading.Timer(
-            timeout_s, _tell, (me, PlacementGroupTimedOut(group_name=name, attempt=attempt))
-        )
-        group.timer.daemon = True
-        group.timer.start()
+        self._arm_timer(group)
         return placement
 
     def remove_replica_groups(self, message: RemoveReplicaGroups) -> ReplicaGroupsRemoved:
@@ -248,9 +252,8 @@ class PlanningActor(KeepServingActor):
         group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is None:
             return
-        if group.timer is not None:
-            group.timer.cancel()
         group.state = GroupState.PROBING
+        self._arm_timer(group)  # the probes get a deadline of their own
         for index in range(len(group.assignments)):
             self._probe(group, index)
 
@@ -265,8 +268,18 @@ class PlanningActor(KeepServingActor):
             self._fail(group, error)
 
     def _on_timed_out(self, event: PlacementGroupTimedOut) -> None:
-        group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
+        group = self._pending(
+            event.group_name, event.attempt, GroupState.PENDING, GroupState.PROBING
+        )
         if group is None:
+            return
+        if group.state is GroupState.PROBING:
+            error = BackendError(
+                f"placement group {group.name} was ready, but its bundles' probes did not "
+                f"finish within {group.timeout_s:g}s",
+                operation="probe bundle",
+            )
+            self._fail(group, error)
             return
         try:
             state = self._backend.scheduling_state(group.handle)
@@ -300,6 +313,8 @@ class PlanningActor(KeepServingActor):
         group.ports[event.bundle_index].set(event.port)
         if len(group.resolved) == len(group.assignments):
             group.state = GroupState.READY
+            if group.timer is not None:
+                group.timer.cancel()
 
     def _on_probe_failed(self, event: BundleProbeFailed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
@@ -341,8 +356,20 @@ class PlanningActor(KeepServingActor):
             group.handle, index, exclude_ports=self._ports.given(), callback=report
         )
 
+    def _arm_timer(self, group: _Group) -> None:
+        if group.timer is not None:
+            group.timer.cancel()
+        event = PlacementGroupTimedOut(group_name=group.name, attempt=group.attempt)
+        group.timer = threading.Timer(group.timeout_s, _tell, (self.actor_ref, event))
+        group.timer.daemon = True
+        group.timer.start()
+
     def _fail(self, group: _Group, error: PlacementError) -> None:
-        """Remove the group, fail its futures and tell whoever asked to be told."""
+        """Remove the group, tell whoever asked to be told, then fail the futures.
+
+        The notification goes first, so a caller that retries the moment its future fails finds
+        the reservation already released.
+        """
         group.state = GroupState.FAILED
         if group.timer is not None:
             group.timer.cancel()
@@ -351,17 +378,19 @@ class PlanningActor(KeepServingActor):
             self._backend.remove_group(group.handle)
         except BackendError:
             logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
-        self._settle_all(group, error)
-        if group.notify is not None:
-            _tell(
-                group.notify,
-                ReplicaFailed(
-                    deployment=group.placement.deployment,
-                    replica_index=group.placement.replica_index,
-                    group_name=group.name,
-                    error=error,
-                ),
-            )
+        finally:
+            if group.notify is not None:
+                _tell(
+                    group.notify,
+                    ReplicaFailed(
+                        deployment=group.placement.deployment,
+                        replica_index=group.placement.replica_index,
+                        group_name=group.name,
+                        attempt=group.attempt,
+                        error=error,
+                    ),
+                )
+            self._settle_all(group, error)
 
     @staticmethod
     def _settle_all(group: _Group, error: PlacementError) -> None:

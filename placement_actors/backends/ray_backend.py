@@ -15,8 +15,10 @@ cluster reports the same host address, so ports are tracked per host address, no
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,8 +28,10 @@ from typing import Any, Self, TypeVar
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
+from ray.remote_function import RemoteFunction
 from ray.util.placement_group import (
     PlacementGroup,
+    get_placement_group,
     placement_group,
     placement_group_table,
     remove_placement_group,
@@ -171,6 +175,7 @@ class LocalCluster:
     temp_dir: Path | None = None
     _cluster: Any = field(default=None, init=False, repr=False)
     _made_temp: bool = field(default=False, init=False, repr=False)
+    _saved_env: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
     def __enter__(self) -> Self:
         """Start the raylets and connect."""
@@ -179,6 +184,8 @@ class LocalCluster:
         if self.temp_dir is None:
             # Ray's socket paths must stay short: a short directory under /tmp, not pytest's.
             self.temp_dir = Path(tempfile.mkdtemp(prefix="pa-ray-", dir="/tmp"))
+            self._made_temp = True
+        self._saved_env = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
         os.environ["RAY_TMPDIR"] = str(self.temp_dir)
         # A throw-away local cluster: token auth needs a token file set up beforehand, so it is
         # off unless the caller chose a mode (the raylets inherit this environment).
@@ -222,12 +229,19 @@ class LocalCluster:
         return str(self._cluster.address)
 
     def __exit__(self, *exc_info: object) -> None:
-        """Disconnect and stop this cluster's raylets."""
+        """Disconnect, stop this cluster's raylets, restore the environment, delete temp files."""
         if ray.is_initialized():
             ray.shutdown()
         if self._cluster is not None:
             self._cluster.shutdown()
             self._cluster = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self._made_temp and self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 # -- topology -----------------------------------------------------------------------------------
@@ -332,7 +346,11 @@ def _remove(pg: PlacementGroup) -> None:
     try:
         remove_placement_group(pg)
     except Exception as exc:  # the Ray error-mapping boundary
-        if placement_group_table(pg).get("state") in {None, "REMOVED"}:
+        try:
+            gone = placement_group_table(pg).get("state") in {None, "REMOVED"}
+        except Exception:  # noqa: BLE001 - the lookup failing too is reported as the removal failing
+            gone = False
+        if gone:
             return
         msg = f"cannot remove placement group {pg.id.hex()}: {exc}"
         raise BackendError(msg, operation="remove placement group") from exc
@@ -399,19 +417,36 @@ def group_states(prefix: str = "") -> dict[str, str]:
 
 
 def remove_named_pgs_with_prefix(prefix: str) -> int:
-    """Remove every live placement group whose name starts with ``prefix``; returns how many.
+    """Remove every live placement group of this namespace named ``prefix...``; returns how many.
+
+    ``placement_group_table()`` lists the groups of every namespace, but only groups of the
+    namespace this driver connected with are removed: a name is looked up in that namespace
+    first, so another service's groups with the same names are left alone.
 
     Raises:
-        InvalidSpecError: ``prefix`` is empty (it would remove every named group of the cluster).
+        InvalidSpecError: ``prefix`` is empty (it would remove every named group).
+        BackendError: Ray failed to list or remove the groups.
     """
     if not prefix:
         msg = "refusing to remove placement groups with an empty prefix"
         raise InvalidSpecError(msg, field="prefix")
+    try:
+        names = {
+            str(info["name"])
+            for info in placement_group_table().values()
+            if str(info.get("name", "")).startswith(prefix) and info.get("state") != "REMOVED"
+        }
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot list placement groups: {exc}"
+        raise BackendError(msg, operation="list placement groups") from exc
     removed = 0
-    for group_id, info in placement_group_table().items():
-        if str(info.get("name", "")).startswith(prefix) and info.get("state") != "REMOVED":
-            _remove(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
-            removed += 1
+    for name in sorted(names):
+        try:
+            pg = get_placement_group(name)
+        except ValueError:
+            continue  # not in this namespace
+        _remove(pg)
+        removed += 1
     return removed
 
 
@@ -429,21 +464,24 @@ def submit_in_bundle(
 ) -> ray.ObjectRef[_T]:
     """Start ``fn(*args)`` as a Ray task inside bundle ``bundle_index``; returns its ObjectRef.
 
-    The task asks for no CPU or GPU of its own, so it fits any bundle.
+    The task asks for no CPU or GPU of its own, so it fits any bundle. ``fn`` may also be an
+    existing Ray remote function (it is then not wrapped again).
     """
-    remote = ray.remote(num_cpus=0, num_gpus=0, max_retries=0)(fn)
-    return remote.options(scheduling_strategy=_in_bundle(pg, bundle_index)).remote(*args)  # type: ignore[no-any-return]
+    remote = fn if isinstance(fn, RemoteFunction) else ray.remote(fn)
+    return remote.options(  # type: ignore[no-any-return]
+        num_cpus=0, num_gpus=0, max_retries=0, scheduling_strategy=_in_bundle(pg, bundle_index)
+    ).remote(*args)
 
 
 def run_in_bundle(
-    pg: PlacementGroup, bundle_index: int, fn: Callable[[], _T], *, timeout_s: float
+    pg: PlacementGroup, bundle_index: int, fn: Callable[..., _T], *args: object, timeout_s: float
 ) -> _T:
-    """Run ``fn()`` on the node of bundle ``bundle_index`` and return its result.
+    """Run ``fn(*args)`` on the node of bundle ``bundle_index`` and return its result.
 
     Raises:
         BackendError: the task failed or did not finish within ``timeout_s``.
     """
-    ref = submit_in_bundle(pg, bundle_index, fn)
+    ref = submit_in_bundle(pg, bundle_index, fn, *args)
     try:
         return ray.get(ref, timeout=timeout_s)
     except GetTimeoutError as exc:
@@ -455,43 +493,57 @@ def run_in_bundle(
         raise BackendError(msg, operation="run in bundle") from exc
 
 
-def _node_ip() -> str:
-    import ray as ray_on_node  # noqa: PLC0415 - runs on the node, pickled by value
+@functools.cache
+def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
+    """The two tasks run on a bundle's node, made once per process.
 
-    return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+    They are defined inside this function so that Ray ships them by value: a worker needs only
+    the standard library and Ray, not this package, to run them.
+    """
+
+    def node_ip() -> str:
+        import ray as ray_on_node  # noqa: PLC0415 - runs on the node
+
+        return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def free_port(exclude: frozenset[int], avoid_low: int, avoid_high: int) -> tuple[str, int]:
+        """The node's routable IP and a port free on it, its wildcard and its loopback."""
+        import socket  # noqa: PLC0415 - runs on the node
+
+        import ray as ray_on_node  # noqa: PLC0415
+
+        ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+        def bindable(host: str, port: int) -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    return False
+                return True
+
+        for _ in range(256):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((ip, 0))  # the kernel's ephemeral range, away from Ray's fixed ports
+                port = int(sock.getsockname()[1])
+            if port in exclude or avoid_low <= port <= avoid_high:
+                continue
+            if all(bindable(host, port) for host in (ip, "0.0.0.0", "127.0.0.1")):  # noqa: S104 - probing, not serving
+                return ip, port
+        msg = f"no free port found on {ip}"
+        raise OSError(msg)
+
+    return ray.remote(node_ip), ray.remote(free_port)
 
 
-def _probe_free_port(exclude: frozenset[int], avoid_low: int, avoid_high: int) -> tuple[str, int]:
-    """Runs on the bundle's node: its routable IP and a port free on every address there."""
-    import socket  # noqa: PLC0415 - runs on the node, pickled by value
-
-    import ray as ray_on_node  # noqa: PLC0415
-
-    ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-
-    def bindable(host: str, port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                return False
-            return True
-
-    for _ in range(256):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((ip, 0))  # the kernel's ephemeral range, away from Ray's fixed ports
-            port = int(sock.getsockname()[1])
-        if port in exclude or avoid_low <= port <= avoid_high:
-            continue
-        if bindable(ip, port) and bindable("0.0.0.0", port) and bindable("127.0.0.1", port):  # noqa: S104 - probing, not serving
-            return ip, port
-    msg = f"no free port found on {ip}"
-    raise OSError(msg)
+def _probe_args(exclude: frozenset[int]) -> tuple[frozenset[int], int, int]:
+    return exclude, RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1
 
 
 def get_bundle_node_ip(pg: PlacementGroup, bundle_index: int, *, timeout_s: float = 30.0) -> str:
     """The routable IP address of the node bundle ``bundle_index`` landed on."""
-    return run_in_bundle(pg, bundle_index, _node_ip, timeout_s=timeout_s)
+    node_ip, _ = _node_tasks()
+    return str(run_in_bundle(pg, bundle_index, node_ip, timeout_s=timeout_s))
 
 
 def get_free_port_in_bundle(
@@ -511,22 +563,15 @@ def get_free_port_in_bundle(
     Raises:
         BackendError: no port could be found and claimed.
     """
+    _, free_port = _node_tasks()
     for _ in range(attempts):
-        probe = _bind_probe(book.given())
-        ip, port = run_in_bundle(pg, bundle_index, probe, timeout_s=timeout_s)
-        if book.claim(ip, port, holder):
-            return port
+        ip, port = run_in_bundle(
+            pg, bundle_index, free_port, *_probe_args(book.given()), timeout_s=timeout_s
+        )
+        if book.claim(str(ip), int(port), holder):
+            return int(port)
     msg = f"no unclaimed free port found in bundle {bundle_index} after {attempts} probes"
     raise BackendError(msg, operation="probe port")
-
-
-def _bind_probe(exclude: frozenset[int]) -> Callable[[], tuple[str, int]]:
-    low, high = RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1
-
-    def probe() -> tuple[str, int]:
-        return _probe_free_port(exclude, low, high)
-
-    return probe
 
 
 # -- the backend the actors use -----------------------------------------------------------------
@@ -560,7 +605,11 @@ class RayBackend:
 
     def when_ready(self, group: object, callback: ReadyCallback) -> None:
         """Call ``callback`` from Ray's thread when the group is ready (or its wait failed)."""
-        future = _pg(group).ready().future()
+        try:
+            future = _pg(group).ready().future()
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot watch placement group: {exc}"
+            raise BackendError(msg, operation="watch placement group") from exc
 
         def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
             error = settled.exception()
@@ -590,7 +639,8 @@ class RayBackend:
     ) -> None:
         """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or failure."""
         try:
-            ref = submit_in_bundle(_pg(group), bundle_index, _bind_probe(exclude_ports))
+            _, free_port = _node_tasks()
+            ref = submit_in_bundle(_pg(group), bundle_index, free_port, *_probe_args(exclude_ports))
         except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
             callback(BackendError(f"cannot start probe: {exc}", operation="probe bundle"))
             return

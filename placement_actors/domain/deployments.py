@@ -23,6 +23,7 @@ __all__ = [
     "group_name",
     "group_prefix",
     "infer_runtime",
+    "is_deployment_name",
 ]
 
 GROUP_NAME_ROOT = "placement-actors:"
@@ -251,6 +252,11 @@ class Deployment:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_deployment_name(value: object) -> bool:
+    """Whether ``value`` could name a deployment (letters, digits, ``.``, ``_``, ``-``)."""
+    return isinstance(value, str) and _NAME_PATTERN.fullmatch(value) is not None
 
 
 def group_prefix(deployment: str) -> str:

@@ -165,6 +165,8 @@ class ReplicaPlacement:
         group_name: the detached, named placement group holding the replica.
         spec: the group's bundle shape.
         bundles: per bundle, its node and the futures of its IP and port; bundle 0 is rank 0.
+        attempt: which of the planner's groups this is (a replica planned again after a failure
+            gets a new group of the same name and a new attempt).
     """
 
     deployment: str
@@ -172,6 +174,7 @@ class ReplicaPlacement:
     group_name: str
     spec: ReplicaBundleSpec
     bundles: tuple[BundleEndpoint, ...]
+    attempt: int = 0
 
     @property
     def master(self) -> BundleEndpoint:

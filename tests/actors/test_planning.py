@@ -10,6 +10,7 @@ import ray
 from ray.util import placement_group_table, remove_placement_group
 
 from placement_actors import (
+    BackendError,
     BundleStrategy,
     ClusterView,
     Deployment,
@@ -32,6 +33,7 @@ from placement_actors import (
     PlanReplica,
     Release,
     RemoveReplicaGroups,
+    ReplicaFailed,
     ReplicaGroupsView,
     ReplicaPlacement,
     group_name,
@@ -236,7 +238,7 @@ def test_resending_place_after_a_replica_failed_places_it_again(
     svc.placement.ask(Release("retry"), timeout=TIMEOUT)
 
 
-def test_fifty_replicas_planned_together_all_resolve_with_distinct_ports(
+def test_sixty_replicas_planned_together_all_resolve_with_distinct_ports(
     service: Service, ray_nodes: dict[str, str]
 ) -> None:
     result = service.place(llama("fleet", replicas=60), gpu_nodes=(ray_nodes["gpu-bulk"],))
@@ -391,3 +393,59 @@ def test_a_late_event_about_a_removed_group_leaves_its_successor_alone(
     remove_placement_group(holder)
     assert second.master.port.get(timeout=TIMEOUT) > 0
     planner.ask(RemoveReplicaGroups("again"), timeout=TIMEOUT)
+
+
+def test_a_replica_failure_about_an_older_group_frees_nothing(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    result = service.place(llama("kept", gpus=2), gpu_nodes=(ray_nodes["gpu-a"],))
+    (replica,) = result.replicas
+    replica.master.port.get(timeout=TIMEOUT)
+    late = ReplicaFailed(
+        deployment="kept",
+        replica_index=0,
+        group_name=replica.group_name,
+        attempt=replica.attempt - 1,
+        error=PlacementCancelledError(group=replica.group_name),
+    )
+    service.placement.tell(late)
+    assert len(service.view().node(ray_nodes["gpu-a"]).held) == 2
+    current = dataclasses.replace(late, attempt=replica.attempt)
+    service.placement.tell(current)
+    assert service.view().node(ray_nodes["gpu-a"]).held == ()
+
+
+def test_releasing_an_unknown_name_reaps_groups_an_earlier_run_left(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    leftover = group_name("leftover", 0)
+    ray_backend.build_pg(
+        [{"CPU": 1, "GPU": 1}],
+        BundleStrategy.STRICT_PACK,
+        name=leftover,
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-bulk"]}],
+        ready_timeout_s=20,
+    )
+    released = service.placement.ask(Release("leftover"), timeout=TIMEOUT)
+    assert released.was_placed is False  # type: ignore[union-attr]
+    assert ray_groups(leftover)[leftover]["state"] == "REMOVED"
+
+
+def test_stopping_the_planner_fails_the_futures_it_still_owes(ray_nodes: dict[str, str]) -> None:
+    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=60)
+    placement = planner.ask(
+        PlanReplica(
+            deployment="owed",
+            replica_index=0,
+            assignments=(
+                NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=tuple(range(64))),
+            ),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(placement, ReplicaPlacement)
+    planner.stop(timeout=TIMEOUT)
+    with pytest.raises(BackendError, match="planner stopped"):
+        placement.master.port.get(timeout=TIMEOUT)
+    # the detached group outlives the planner, as it should; a later service reaps it
+    assert ray_backend.remove_named_pgs_with_prefix(group_name("owed", 0)) == 1

@@ -1,10 +1,14 @@
 """The Ray backend on a real local Ray cluster (head + four raylets with logical GPUs)."""
 
 import socket
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 import ray
 from ray.util import placement_group_table, remove_placement_group
+from ray.util.placement_group import PlacementGroup
 
 from placement_actors import (
     BackendError,
@@ -211,3 +215,36 @@ def test_prefix_reaping_removes_one_deployment_and_nothing_else() -> None:
 def test_reaping_refuses_an_empty_prefix() -> None:
     with pytest.raises(InvalidSpecError):
         ray_backend.remove_named_pgs_with_prefix("")
+
+
+OTHER_NAMESPACE_DRIVER = """
+import sys
+import ray
+from ray.util import placement_group
+ray.init(address=sys.argv[1], namespace="someone-else", log_to_driver=False)
+pg = placement_group([{"CPU": 1}], name=sys.argv[2], lifetime="detached")
+ray.get(pg.ready(), timeout=60)
+print(pg.id.hex())
+"""
+
+
+def test_prefix_reaping_leaves_other_namespaces_alone(ray_cluster: Any) -> None:
+    name = f"{GROUP_NAME_ROOT}shared-name:r0"
+    made = subprocess.run(  # noqa: S603 - this interpreter running the script above
+        [sys.executable, "-c", OTHER_NAMESPACE_DRIVER, ray_cluster.address, name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    foreign = made.stdout.strip().splitlines()[-1]
+    ours = ray_backend.build_pg(
+        [{"CPU": 1}], BundleStrategy.STRICT_PACK, name=name, ready_timeout_s=20
+    )
+    try:
+        assert ray_backend.remove_named_pgs_with_prefix(f"{GROUP_NAME_ROOT}shared-name:") == 1
+        table = placement_group_table()
+        assert table[ours.id.hex()]["state"] == "REMOVED"
+        assert table[foreign]["state"] == "CREATED"
+    finally:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(foreign)))
