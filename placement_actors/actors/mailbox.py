@@ -5,7 +5,10 @@ but an error raised while handling a ``tell`` (no one to deliver it to) stops th
 service must not die because some other actor told it a malformed message, so `KeepServingActor`
 gives every told message a stand-in reply future that logs the error and drops the reply.
 
-This leans on two pykka 4 internals (``_create_actor_inbox`` and the envelope's ``reply_to``);
+It also makes every reply a `CallbackFuture`, awaitable without blocking an event loop.
+
+This leans on pykka 4 internals (``_create_actor_inbox``, ``_create_future`` and the envelope's
+``reply_to``);
 pyproject pins ``pykka<5`` and ``tests/actors/test_mailbox.py`` fails if they change.
 """
 
@@ -18,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka._envelope import Envelope
+
+from placement_actors.actors.futures import CallbackFuture
 
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
@@ -61,8 +66,15 @@ class _KeepServingInbox(queue.Queue[Envelope[Any]]):
 
 
 class KeepServingActor(pykka.ThreadingActor):
-    """A `pykka.ThreadingActor` whose told messages fail like asked ones: the actor lives on."""
+    """A `pykka.ThreadingActor` whose told messages fail like asked ones: the actor lives on.
+
+    Its replies are `CallbackFuture` values, which can be awaited without blocking an event loop.
+    """
 
     @staticmethod
     def _create_actor_inbox() -> _KeepServingInbox:
         return _KeepServingInbox()
+
+    @staticmethod
+    def _create_future() -> CallbackFuture[Any]:
+        return CallbackFuture()

@@ -20,6 +20,7 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from placement_actors.actors.futures import CallbackFuture
 from placement_actors.actors.mailbox import KeepServingActor
 from placement_actors.actors.messages import (
     BundleProbed,
@@ -152,8 +153,8 @@ class PlanningActor(KeepServingActor):
             raise InvalidSpecError(msg, field="assignments")
         spec = pinned_bundle_spec(message.assignments)
         handle = self._backend.create_group(spec, name=name)
-        ips: list[pykka.Future[str]] = [pykka.ThreadingFuture() for _ in message.assignments]
-        ports: list[pykka.Future[int]] = [pykka.ThreadingFuture() for _ in message.assignments]
+        ips: list[pykka.Future[str]] = [CallbackFuture() for _ in message.assignments]
+        ports: list[pykka.Future[int]] = [CallbackFuture() for _ in message.assignments]
         placement = ReplicaPlacement(
             deployment=message.deployment,
             replica_index=message.replica_index,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from placement_actors.domain.deployments import Deployment
 
@@ -25,10 +25,18 @@ _T_co = TypeVar("_T_co", covariant=True)
 
 
 class Eventual(Protocol[_T_co]):
-    """A value that arrives later: a `pykka.Future` (what the actors hand out) satisfies it."""
+    """A value that arrives later: blocking ``get(timeout=...)`` for threads, ``await`` for asyncio.
+
+    The actors hand out `placement_actors.actors.futures.CallbackFuture` values, whose ``await``
+    never blocks the event loop.
+    """
 
     def get(self, *, timeout: float | None = None) -> _T_co:
         """Wait up to ``timeout`` seconds for the value; raise the error it failed with."""
+        ...
+
+    def __await__(self) -> Generator[Any, None, _T_co]:
+        """Wait in a coroutine."""
         ...
 
 

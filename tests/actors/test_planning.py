@@ -1,5 +1,6 @@
 """The PlanningActor and the hand-off from the DeploymentPlacementActor, on a real Ray cluster."""
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -449,3 +450,38 @@ def test_stopping_the_planner_fails_the_futures_it_still_owes(ray_nodes: dict[st
         placement.master.port.get(timeout=TIMEOUT)
     # the detached group outlives the planner, as it should; a later service reaps it
     assert ray_backend.remove_named_pgs_with_prefix(group_name("owed", 0)) == 1
+
+
+async def test_a_ticker_keeps_ticking_while_a_slow_placement_group_is_awaited(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    holder = ray_backend.build_pg(  # gpu-b is full until the holder goes
+        [{"GPU": 4}],
+        BundleStrategy.STRICT_PACK,
+        name="t-async-holder",
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
+        ready_timeout_s=20,
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    result = await service.placement.ask(
+        Place(llama("awaited", gpus=4), PlacementConstraints(gpu_nodes=(ray_nodes["gpu-b"],))),
+        block=False,
+    )
+    assert isinstance(result, PlacementResult)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.5, remove_placement_group, holder)
+    start = time.monotonic()
+    port = await asyncio.wait_for(result.replicas[0].master.port, TIMEOUT)
+    waited = time.monotonic() - start
+    task.cancel()
+    assert port > 0
+    assert waited >= 0.45  # Ray made the group ready only after the holder went
+    assert ticks >= 10  # a blocked loop would have ticked about once

@@ -1,0 +1,93 @@
+"""Futures that work for threads and for asyncio alike.
+
+Every reply of the placement actors, and every node-IP and port future of a `ReplicaPlacement`,
+is a `CallbackFuture`: a `pykka.ThreadingFuture` (so ``.get(timeout=...)`` works as pykka users
+expect) that also runs callbacks when it settles. That makes ``await future`` loop-aware: the
+awaiting task is resumed through ``loop.call_soon_threadsafe`` when the value arrives, instead of
+pykka's default ``__await__``, which calls the blocking ``get()`` on the event loop's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pykka
+
+if TYPE_CHECKING:
+    from pykka._types import OptExcInfo
+
+__all__ = ["CallbackFuture"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CallbackFuture(pykka.ThreadingFuture[T]):
+    """A `pykka.ThreadingFuture` with done-callbacks and an ``__await__`` that never blocks."""
+
+    def __init__(self) -> None:
+        """Create an unsettled future."""
+        super().__init__()
+        self._callback_lock = threading.Lock()
+        self._callbacks: list[Callable[[CallbackFuture[T]], object]] | None = []
+
+    def add_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
+        """Call ``callback(self)`` once the future settles (at once if it has)."""
+        with self._callback_lock:
+            if self._callbacks is not None:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def done(self) -> bool:
+        """Whether a value or an error has been set."""
+        with self._callback_lock:
+            return self._callbacks is None
+
+    def set(self, value: Any = None) -> None:  # noqa: ANN401 - pykka's signature
+        """Set the value and run the callbacks."""
+        super().set(value)
+        self._run_callbacks()
+
+    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
+        """Set the error (the one being handled when ``exc_info`` is None) and run the callbacks."""
+        super().set_exception(exc_info)
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        with self._callback_lock:
+            callbacks, self._callbacks = self._callbacks or [], None
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a callback's failure must not reach the code that set the value
+                logger.exception("a future callback failed")
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """Wait without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        if self._get_hook is not None:  # made by map()/filter()/join(): no set() will come
+            return loop.run_in_executor(None, self.get).__await__()
+        bridge: asyncio.Future[T] = loop.create_future()
+        self.add_done_callback(
+            lambda settled: loop.call_soon_threadsafe(_transfer, settled, bridge)
+        )
+        return bridge.__await__()
+
+    __iter__ = __await__
+
+
+def _transfer(source: CallbackFuture[T], target: asyncio.Future[T]) -> None:
+    if target.cancelled():
+        return
+    try:
+        value = source.get(timeout=0)
+    except BaseException as exc:  # noqa: BLE001 - every error belongs to the awaiting task
+        target.set_exception(exc)
+    else:
+        target.set_result(value)

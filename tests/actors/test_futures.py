@@ -1,0 +1,126 @@
+"""CallbackFuture: one future for threads (.get) and asyncio (await), never blocking a loop."""
+
+import asyncio
+import threading
+import time
+
+import pykka
+import pytest
+
+from placement_actors import (
+    Deployment,
+    DeploymentPlacementActor,
+    NodeTopology,
+    Place,
+    PlacementResult,
+    deployment_placement_proxy,
+)
+from placement_actors.actors.futures import CallbackFuture
+
+TIMEOUT = 5
+
+
+def set_later(future: CallbackFuture[int], value: int, delay_s: float) -> None:
+    threading.Timer(delay_s, future.set, (value,)).start()
+
+
+def test_callbacks_run_once_the_value_is_set() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    seen: list[int] = []
+    future.add_done_callback(lambda f: seen.append(f.get(timeout=0)))
+    assert not future.done()
+    future.set(7)
+    future.add_done_callback(lambda f: seen.append(f.get(timeout=0) + 1))  # already done: at once
+    assert seen == [7, 8]
+    assert future.done()
+
+
+def test_callbacks_run_when_an_error_is_set() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    errors: list[BaseException] = []
+
+    def record(settled: CallbackFuture[int]) -> None:
+        try:
+            settled.get(timeout=0)
+        except ValueError as exc:
+            errors.append(exc)
+
+    future.add_done_callback(record)
+    try:
+        message = "no"
+        raise ValueError(message)  # noqa: TRY301 - set_exception reads the error being handled
+    except ValueError:
+        future.set_exception()
+    assert [str(e) for e in errors] == ["no"]
+
+
+def test_a_failing_callback_does_not_reach_the_setter() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    future.add_done_callback(lambda _: 1 / 0)
+    future.set(1)
+    assert future.get(timeout=0) == 1
+
+
+def test_threads_still_block_on_get_with_a_timeout() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    with pytest.raises(pykka.Timeout):
+        future.get(timeout=0.01)
+    set_later(future, 3, 0.01)
+    assert future.get(timeout=TIMEOUT) == 3
+
+
+async def test_awaiting_gives_the_value_or_raises_the_error() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    set_later(future, 5, 0.01)
+    assert await future == 5
+    failing: CallbackFuture[int] = CallbackFuture()
+    threading.Timer(0.01, failing.set_exception, ((KeyError, KeyError("k"), None),)).start()
+    with pytest.raises(KeyError):
+        await failing
+
+
+async def test_a_ticker_keeps_ticking_while_a_future_is_awaited() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    future: CallbackFuture[int] = CallbackFuture()
+    set_later(future, 1, 0.5)
+    start = time.monotonic()
+    assert await future == 1
+    waited = time.monotonic() - start
+    task.cancel()
+    # a blocking await would let the ticker run once; a free loop runs it every 10 ms
+    assert waited >= 0.45
+    assert ticks >= 10
+
+
+async def test_asyncio_wait_for_bounds_an_await() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(future, 0.05)
+    future.set(1)  # the abandoned bridge is cancelled; setting later harms nothing
+
+
+async def test_actor_replies_are_awaitable_by_ask_and_by_proxy() -> None:
+    ref = DeploymentPlacementActor.start(topology=[NodeTopology(node_id="n", num_gpus=4)])
+    deployment = Deployment(name="d", model="m", gpus=2)
+    asked = ref.ask(Place(deployment), block=False)
+    assert isinstance(asked, CallbackFuture)
+    result = await asked
+    assert isinstance(result, PlacementResult)
+    proxy = deployment_placement_proxy(ref)
+    again = await proxy.place(Place(deployment))
+    assert again == result
+
+
+async def test_mapped_futures_are_awaited_too() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    doubled = future.map(lambda v: v * 2)
+    set_later(future, 21, 0.01)
+    assert await doubled == 42
