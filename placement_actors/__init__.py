@@ -10,6 +10,7 @@ from placement_actors.actors.deployment_placement import (
     DeploymentPlacementProxy,
     deployment_placement_proxy,
 )
+from placement_actors.actors.futures import CallbackFuture, pipe_to
 from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
@@ -78,6 +79,7 @@ __all__ = [
     "BackendError",
     "BundleEndpoint",
     "BundleStrategy",
+    "CallbackFuture",
     "CapacityError",
     "ClusterView",
     "ConfigFileError",
@@ -133,6 +135,7 @@ __all__ = [
     "group_name",
     "group_prefix",
     "infer_runtime",
+    "pipe_to",
     "plan_replica_bundle_shape",
     "planning_proxy",
 ]

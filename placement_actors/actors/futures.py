@@ -10,6 +10,7 @@ pykka's default ``__await__``, which calls the blocking ``get()`` on the event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 
+from placement_actors.domain.results import Eventual
+
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
 
-__all__ = ["CallbackFuture"]
+__all__ = ["CallbackFuture", "pipe_to"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +94,33 @@ def _transfer(source: CallbackFuture[T], target: asyncio.Future[T]) -> None:
         target.set_exception(exc)
     else:
         target.set_result(value)
+
+
+def pipe_to(
+    future: Eventual[T],
+    actor: pykka.ActorRef[Any],
+    message_from: Callable[[Eventual[T]], object],
+) -> None:
+    """When ``future`` settles, tell ``actor`` the message ``message_from(future)`` makes.
+
+    The actor way to wait: instead of blocking a handler on ``.get()``, turn the result into a
+    message (``message_from`` may call ``future.get(timeout=0)``, which then returns at once or
+    raises the future's error). A future of another kind is watched from a helper thread.
+    """
+
+    def deliver(settled: Eventual[T]) -> None:
+        try:
+            actor.tell(message_from(settled))
+        except pykka.ActorDeadError:
+            logger.debug("pipe_to: %s has stopped", actor)
+
+    if isinstance(future, CallbackFuture):
+        future.add_done_callback(deliver)
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(Exception):  # message_from reads the error from the future
+            future.get()
+        deliver(future)
+
+    threading.Thread(target=watch, name="pipe_to", daemon=True).start()
