@@ -15,7 +15,7 @@ from placement_actors import (
     PlacementResult,
     deployment_placement_proxy,
 )
-from placement_actors.actors.futures import CallbackFuture
+from placement_actors.actors.futures import CallbackFuture, pipe_to
 
 TIMEOUT = 5
 
@@ -124,3 +124,31 @@ async def test_mapped_futures_are_awaited_too() -> None:
     doubled = future.map(lambda v: v * 2)
     set_later(future, 21, 0.01)
     assert await doubled == 42
+
+
+class Inbox(pykka.ThreadingActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[object] = []
+
+    def on_receive(self, message: object) -> object:
+        if message == "read":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [CallbackFuture, pykka.ThreadingFuture],
+    ids=["callback-future", "plain-pykka-future"],
+)
+def test_pipe_to_turns_a_settled_future_into_a_message(make: type[CallbackFuture[int]]) -> None:
+    inbox = Inbox.start()
+    future = make()
+    pipe_to(future, inbox, lambda settled: ("got", settled.get(timeout=0)))
+    future.set(9)
+    deadline = time.monotonic() + TIMEOUT
+    while inbox.ask("read", timeout=TIMEOUT) != [("got", 9)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
