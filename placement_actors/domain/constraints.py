@@ -6,9 +6,11 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from placement_actors.domain.deployments import ApiKey, ProviderKind
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.frozen import reduce_frozen
 
 __all__ = ["EgressKey", "GpuStrategy", "PlacementConstraints"]
 
@@ -89,6 +91,10 @@ class PlacementConstraints:
                 raise InvalidSpecError(msg, field="egress_preference")
             frozen[key] = _node_ids(nodes, "egress_preference") or ()
         object.__setattr__(self, "egress_preference", MappingProxyType(frozen))
+
+    def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
+        """Pickle through plain copies of the read-only mappings."""
+        return reduce_frozen(self)
 
     def named_nodes(self) -> frozenset[str]:
         """Every node id this value names, for checking them against the service's nodes."""

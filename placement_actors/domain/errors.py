@@ -22,7 +22,7 @@ release) from "never fits" (no allowed node is big enough, whatever is released)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from placement_actors.domain.deployments import ProviderKind
@@ -45,7 +45,25 @@ __all__ = [
 
 
 class PlacementError(Exception):
-    """Root of every error placement-actors raises on purpose."""
+    """Root of every error placement-actors raises on purpose.
+
+    Errors pickle with all their fields (they cross processes to remote clients).
+    """
+
+    def __reduce__(
+        self,
+    ) -> tuple[Any, tuple[type[PlacementError], tuple[Any, ...], dict[str, Any]]]:
+        """Pickle the message and the structured fields, not the constructor's arguments."""
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(
+    cls: type[PlacementError], args: tuple[Any, ...], fields: dict[str, Any]
+) -> PlacementError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(fields)
+    return error
 
 
 class InvalidSpecError(PlacementError, ValueError):

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from placement_actors.domain.deployments import Deployment
+from placement_actors.domain.frozen import reduce_frozen
 
 __all__ = [
     "BundleEndpoint",
@@ -136,6 +137,10 @@ class ReplicaBundleSpec:
         if len(self.bundles) != self.nnodes or self.nnodes < 1 or self.per_node_gpus < 1:
             msg = f"inconsistent bundle spec: {len(self.bundles)} bundles for {self.nnodes} nodes"
             raise ValueError(msg)
+
+    def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
+        """Pickle through plain copies of the read-only mappings."""
+        return reduce_frozen(self)
 
     @property
     def is_multi_node(self) -> bool:

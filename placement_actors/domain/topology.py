@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.frozen import reduce_frozen
 
 __all__ = ["NodeTopology"]
 
@@ -48,3 +50,7 @@ class NodeTopology:
             msg = f"node {self.node_id}: labels must map strings to strings"
             raise InvalidSpecError(msg, field="labels")
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
+        """Pickle through plain copies of the read-only mappings."""
+        return reduce_frozen(self)
