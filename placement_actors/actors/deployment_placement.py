@@ -18,9 +18,11 @@ from placement_actors.actors.mailbox import KeepServingActor
 from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
+    GetPlacementFailure,
     GpuHolding,
     NodeView,
     Place,
+    PlacementFailure,
     PlanReplica,
     Release,
     Released,
@@ -36,6 +38,7 @@ from placement_actors.domain.deployments import (
 )
 from placement_actors.domain.errors import (
     BackendError,
+    CapacityError,
     InvalidSpecError,
     NoEgressNodesError,
     NoGpuNodesError,
@@ -124,10 +127,12 @@ class DeploymentPlacementActor(KeepServingActor):
         self._egress = EgressLedger(egress)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
         self._placed: dict[str, _Placed] = {}
+        self._failures: dict[str, CapacityError] = {}
         self._handlers: dict[type[Any], Callable[[Any], Any]] = {
             Place: self.place,
             Release: self.release,
             GetClusterView: self.get_cluster_view,
+            GetPlacementFailure: self.get_placement_failure,
             ReplicaFailed: self._on_replica_failed,
         }
 
@@ -145,6 +150,25 @@ class DeploymentPlacementActor(KeepServingActor):
         if not isinstance(message, Place):
             msg = f"place() takes a Place message, got {type(message).__name__}"
             raise InvalidSpecError(msg, field="message")
+        name = message.deployment.name
+        try:
+            result = self._place(message)
+        except CapacityError as exc:
+            self._failures[name] = exc
+            raise
+        self._failures.pop(name, None)
+        return result
+
+    def get_placement_failure(self, message: GetPlacementFailure) -> PlacementFailure:
+        """Why the last `Place` of a deployment did not fit, node by node."""
+        if not isinstance(message, GetPlacementFailure):
+            msg = "get_placement_failure() takes a GetPlacementFailure message"
+            raise InvalidSpecError(msg, field="message")
+        return PlacementFailure(
+            deployment=message.deployment, error=self._failures.get(message.deployment)
+        )
+
+    def _place(self, message: Place) -> PlacementResult:
         deployment, constraints = message.deployment, message.constraints
         earlier = self._placed.get(deployment.name)
         if earlier is not None:
@@ -183,6 +207,7 @@ class DeploymentPlacementActor(KeepServingActor):
             # Cluster first: if Ray fails, nothing is forgotten and the release can be retried.
             # An unknown name is sent too, to reap groups an earlier run of the service left.
             self._ask_planner([RemoveReplicaGroups(message.deployment)])
+        self._failures.pop(message.deployment, None)
         if placed is None:
             return Released(
                 deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
@@ -442,6 +467,7 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     place = proxy_method(DeploymentPlacementActor.place)
     release = proxy_method(DeploymentPlacementActor.release)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
+    get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)
 
 
 def deployment_placement_proxy(

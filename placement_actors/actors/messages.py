@@ -24,7 +24,7 @@ import pykka
 
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
-from placement_actors.domain.errors import InvalidSpecError, PlacementError
+from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
 from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
 
 __all__ = [
@@ -32,11 +32,13 @@ __all__ = [
     "BundleProbed",
     "ClusterView",
     "GetClusterView",
+    "GetPlacementFailure",
     "GetReplicaGroups",
     "GpuHolding",
     "GroupState",
     "NodeView",
     "Place",
+    "PlacementFailure",
     "PlacementGroupFailed",
     "PlacementGroupReady",
     "PlacementGroupTimedOut",
@@ -117,6 +119,27 @@ class Released:
 @dataclass(frozen=True, slots=True)
 class GetClusterView:
     """Query: every node's capacity, free GPUs and holders. Reply: `ClusterView`."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetPlacementFailure:
+    """Query: why the last `Place` of a deployment did not fit. Reply: `PlacementFailure`."""
+
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementFailure:
+    """Reply to `GetPlacementFailure`.
+
+    Attributes:
+        deployment: the name asked about.
+        error: the `CapacityError` of its last `Place`, with each node's rejection; ``None`` when
+            that `Place` succeeded, or the name was released or never placed.
+    """
+
+    deployment: str
+    error: CapacityError | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

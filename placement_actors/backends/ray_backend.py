@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
+import pykka
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 from ray.remote_function import RemoteFunction
@@ -56,10 +58,13 @@ __all__ = [
     "RAY_WORKER_PORTS",
     "LocalCluster",
     "RayBackend",
+    "RayEventual",
+    "RemoteHost",
     "build_pg",
     "build_replica_pg",
     "connect",
     "connected",
+    "find_host",
     "get_bundle_node_ip",
     "get_cluster_topology",
     "get_egress_nodes",
@@ -68,6 +73,7 @@ __all__ = [
     "node_names",
     "remove_named_pgs_with_prefix",
     "run_in_bundle",
+    "start_host",
     "submit_in_bundle",
 ]
 
@@ -661,3 +667,113 @@ class RayBackend:
     def remove_groups_with_prefix(self, prefix: str) -> int:
         """`remove_named_pgs_with_prefix`."""
         return remove_named_pgs_with_prefix(prefix)
+
+
+# -- hosting a service object in a named, detached Ray actor -------------------------------------
+
+
+@ray.remote(num_cpus=0)
+class _Host:
+    """A named, detached Ray actor that holds one service object and calls its methods.
+
+    Methods of the object may be coroutines: the actor is an asyncio actor, so a call that waits
+    (for a placement group, say) never holds up the others.
+    """
+
+    def __init__(self, factory: Callable[[], object]) -> None:
+        self._target = factory()
+
+    async def call(self, method: str, *args: object) -> object:
+        result = getattr(self._target, method)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class RayEventual(Generic[_T]):
+    """A hosted call's result as an `Eventual`: ``get(timeout=...)`` or ``await``."""
+
+    def __init__(self, ref: ray.ObjectRef[Any], transform: Callable[[Any], _T]) -> None:
+        """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises)."""
+        self._ref = ref
+        self._transform = transform
+
+    def get(self, *, timeout: float | None = None) -> _T:
+        """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
+        try:
+            raw = ray.get(self._ref, timeout=timeout)
+        except GetTimeoutError as exc:
+            msg = f"{timeout} seconds"
+            raise pykka.Timeout(msg) from exc
+        except RayError as exc:
+            msg = f"the service failed to answer: {exc}"
+            raise BackendError(msg, operation="call service") from exc
+        return self._transform(raw)
+
+    async def _resolve(self) -> _T:
+        try:
+            raw = await self._ref
+        except RayError as exc:
+            msg = f"the service failed to answer: {exc}"
+            raise BackendError(msg, operation="call service") from exc
+        return self._transform(raw)
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        """Wait in a coroutine without blocking the event loop."""
+        return self._resolve().__await__()
+
+
+class RemoteHost:
+    """A handle on a hosted service object, usable from any driver of the cluster."""
+
+    def __init__(self, handle: Any, name: str) -> None:  # noqa: ANN401 - a Ray ActorHandle
+        """Wrap the Ray actor handle of the host named ``name``."""
+        self._handle = handle
+        self.name = name
+
+    def later(self, method: str, *args: object, transform: Callable[[Any], _T]) -> RayEventual[_T]:
+        """Call ``method(*args)`` on the hosted object; the result arrives later."""
+        try:
+            ref = self._handle.call.remote(method, *args)
+        except RayError as exc:
+            msg = f"cannot reach the service {self.name}: {exc}"
+            raise BackendError(msg, operation="call service") from exc
+        return RayEventual(ref, transform)
+
+    def kill(self) -> None:
+        """Stop the hosted object's actor (its detached placement groups stay)."""
+        ray.kill(self._handle)
+
+
+def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 120.0) -> RemoteHost:
+    """Start (or find, if it runs already) the named, detached host actor of ``factory()``.
+
+    ``factory`` must be picklable (a class, or a ``functools.partial`` of one): it runs in the
+    host's own process. The host lives in `NAMESPACE` and outlives the driver that started it.
+    """
+    handle = _Host.options(  # type: ignore[attr-defined]
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(factory)
+    host = RemoteHost(handle, name)
+    try:
+        ray.get(handle.call.remote("__repr__"), timeout=timeout_s)
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"the service {name} did not start: {exc}"
+        raise BackendError(msg, operation="start service") from exc
+    return host
+
+
+def find_host(name: str) -> RemoteHost:
+    """The running host actor named ``name`` in `NAMESPACE`.
+
+    Raises:
+        BackendError: no such actor runs on the cluster.
+    """
+    try:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError as exc:
+        msg = (
+            f"no service named {name} runs on this cluster; start it with `placement-actors serve`"
+        )
+        raise BackendError(msg, operation="find service") from exc
+    return RemoteHost(handle, name)

@@ -11,6 +11,7 @@ from placement_actors import (
     Deployment,
     DeploymentPlacementActor,
     GetClusterView,
+    GetPlacementFailure,
     GpuStrategy,
     InvalidSpecError,
     NodeAssignment,
@@ -20,6 +21,7 @@ from placement_actors import (
     NotEnoughGpusError,
     Place,
     PlacementConstraints,
+    PlacementFailure,
     PlacementResult,
     ProviderKind,
     Release,
@@ -361,3 +363,18 @@ def test_without_head_exclusion_the_head_is_a_gpu_node_like_any_other() -> None:
     topology = (NodeTopology(node_id="head", num_gpus=8, is_head=True),)
     ref = DeploymentPlacementActor.start(topology=topology, ignore_head_node=False)
     assert place(ref, local("one", gpus=2)).assignments[0].node == "head"
+
+
+def test_the_last_failure_of_a_deployment_can_be_asked_for_and_is_forgotten_on_success(
+    actor: Ref,
+) -> None:
+    with pytest.raises(NotEnoughGpusError):
+        actor.ask(Place(local("big", gpus=16)), timeout=TIMEOUT)
+    failure = actor.ask(GetPlacementFailure("big"), timeout=TIMEOUT)
+    assert isinstance(failure, PlacementFailure)
+    assert isinstance(failure.error, NotEnoughGpusError)
+    assert {r.node_id for r in failure.error.rejections} >= {"gpu-a", "gpu-b", "gpu-c"}
+    place(actor, local("big", gpus=8))
+    assert actor.ask(GetPlacementFailure("big"), timeout=TIMEOUT) == PlacementFailure(
+        deployment="big", error=None
+    )
