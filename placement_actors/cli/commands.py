@@ -1,0 +1,388 @@
+"""The commands of ``placement-actors``; each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from placement_actors.actors.deployment_placement import DeploymentPlacementActor
+from placement_actors.actors.messages import (
+    ClusterView,
+    GetClusterView,
+    GetPlacementFailure,
+    Place,
+    PlacementFailure,
+    Release,
+    Released,
+)
+from placement_actors.actors.planning import PlanningActor
+from placement_actors.cli import render
+from placement_actors.config_files import DeploymentSpec, load_cluster, load_deployments
+from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
+from placement_actors.domain.errors import CapacityError, PlacementError
+from placement_actors.domain.results import PlacementResult, ReplicaPlacement
+from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
+
+__all__ = [
+    "DEMO_EGRESS",
+    "DEMO_WORKERS",
+    "EXIT_NO_CAPACITY",
+    "EXIT_OK",
+    "Output",
+    "UsageError",
+    "demo",
+    "place",
+    "plan",
+    "reap",
+    "release",
+    "serve",
+    "status",
+    "why",
+]
+
+EXIT_OK = 0
+EXIT_NO_CAPACITY = 4
+
+DEMO_WORKERS: Mapping[str, int] = {"gpu-a": 4, "gpu-b": 4, "gpu-c": 8, "edge-1": 0}
+"""The embedded demo cluster: a CPU-only head (with egress) and these raylets (name: GPUs)."""
+DEMO_EGRESS = ("edge-1",)
+
+_REPLY_TIMEOUT_S = 30.0
+
+
+class UsageError(Exception):
+    """The arguments do not make a runnable command (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Output:
+    """Where a command prints: tables on ``console``, spinners on ``progress``, or JSON."""
+
+    console: Console
+    progress: Console
+    json: bool
+
+    def emit(self, data: object) -> None:
+        """Print ``data`` as JSON (only in ``--json`` mode)."""
+        if self.json:
+            print(json.dumps(data, indent=2))  # noqa: T201 - the JSON document is the output
+
+    def waiting(self, what: str) -> contextlib.AbstractContextManager[Any]:
+        """A spinner on standard error while something is awaited."""
+        return self.progress.status(what)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Placed:
+    results: list[PlacementResult]
+    failures: list[CapacityError]
+
+
+# -- Ray plumbing -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
+    from placement_actors.backends import ray_backend  # noqa: PLC0415 - Ray loads only when used
+
+    if address is not None:
+        with out.waiting(f"Connecting to Ray at {address}"), ray_backend.connected(address):
+            yield
+        return
+    cluster = ray_backend.LocalCluster(
+        head_gpus=0,
+        worker_gpus=tuple(DEMO_WORKERS.values()),
+        worker_names=tuple(DEMO_WORKERS),
+        egress_workers=tuple(i for i, n in enumerate(DEMO_WORKERS) if n in DEMO_EGRESS),
+    )
+    layout = ", ".join(f"{name} ({gpus} GPUs)" for name, gpus in DEMO_WORKERS.items())
+    with out.waiting(f"Starting a local Ray cluster: head + {layout}"):
+        cluster.__enter__()
+    out.progress.print(f"Local Ray cluster at {cluster.address}: head + {layout}", highlight=False)
+    try:
+        yield
+    finally:
+        with out.waiting("Stopping the local Ray cluster"):
+            cluster.__exit__(None, None, None)
+        out.progress.print("Local Ray cluster stopped.")
+
+
+def _node_names() -> dict[str, str]:
+    from placement_actors.backends import ray_backend  # noqa: PLC0415
+
+    return ray_backend.node_names()
+
+
+def _place_all(
+    ask: Any,  # noqa: ANN401 - Callable[[Place], PlacementResult]: an actor ref's or a client's
+    specs: Sequence[DeploymentSpec],
+    placed: _Placed,
+) -> None:
+    """Place each spec in turn, recording as it goes (a caller's clean-up sees all of it)."""
+    for spec in specs:
+        try:
+            placed.results.append(ask(Place(spec.deployment, spec.constraints)))
+        except CapacityError as exc:
+            placed.failures.append(exc)
+
+
+def _endpoints(replicas: Sequence[ReplicaPlacement], timeout_s: float) -> dict[str, str]:
+    """Group name -> ``ip:port`` of bundle 0 (the master), or why it failed."""
+    found = {}
+    for replica in replicas:
+        try:
+            ip = replica.master.node_ip.get(timeout=timeout_s)
+            port = replica.master.port.get(timeout=timeout_s)
+            found[replica.group_name] = f"{ip}:{port}"
+        except PlacementError as exc:
+            found[replica.group_name] = f"failed: {type(exc).__name__}"
+    return found
+
+
+def _report_placements(
+    out: Output,
+    placed: _Placed,
+    names: Mapping[str, str],
+    endpoints: Mapping[str, str] | None,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    results = [render.result_data(r, names, endpoints) for r in placed.results]
+    failures = [render.failure_data(e, names) for e in placed.failures]
+    out.emit({"placed": results, "did_not_fit": failures, **(extra or {})})
+    if not out.json:
+        render.print_replicas(out.console, results, masters=endpoints is not None)
+        for failure in failures:
+            render.print_failure(out.console, failure)
+
+
+def _wait_for_masters(out: Output, placed: _Placed, timeout_s: float) -> dict[str, str]:
+    replicas = [r for result in placed.results for r in result.replicas]
+    with out.waiting(f"Waiting for {len(replicas)} placement groups"):
+        return _endpoints(replicas, timeout_s)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def demo(args: argparse.Namespace, out: Output) -> int:
+    """Place a deployments file end to end on Ray, print, then remove everything it made."""
+    specs = load_deployments(args.deployments)  # a bad file stops us before Ray starts
+    with _ray_cluster(args.address, out):
+        from placement_actors.backends import ray_backend  # noqa: PLC0415
+
+        planner = PlanningActor.start(
+            backend=ray_backend.RayBackend(), ready_timeout_s=args.ready_timeout
+        )
+        ref = DeploymentPlacementActor.start(
+            topology=ray_backend.get_cluster_topology(),
+            egress_nodes=ray_backend.get_egress_nodes(),
+            planner=planner,
+        )
+        placed = _Placed(results=[], failures=[])
+        alive: list[str] = []
+        try:
+            _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
+            endpoints = _wait_for_masters(out, placed, args.ready_timeout + _REPLY_TIMEOUT_S)
+            names = _node_names()
+        finally:
+            # Release every name of the file, placed or not: a release also reaps groups that a
+            # failed or earlier placement of that name left behind.
+            for spec in specs:
+                ref.ask(Release(spec.deployment.name), timeout=_REPLY_TIMEOUT_S)
+            ref.stop(timeout=_REPLY_TIMEOUT_S)
+            planner.stop(timeout=_REPLY_TIMEOUT_S)
+            ours = {group_prefix(s.deployment.name) for s in specs}
+            alive = [
+                name
+                for name, state in ray_backend.group_states(GROUP_NAME_ROOT).items()
+                if state != "REMOVED" and any(name.startswith(p) for p in ours)
+            ]
+        _report_placements(out, placed, names, endpoints, {"groups_left_alive": len(alive)})
+        if not out.json:
+            out.console.print(
+                f"Released every deployment; placement groups left alive: {len(alive)}.",
+                highlight=False,
+            )
+    return EXIT_OK
+
+
+def place(args: argparse.Namespace, out: Output) -> int:
+    """Place a deployments file through the running service, or decide on a cluster file."""
+    if args.cluster is not None:
+        return _place_on_file(args, out)
+    address = args.address or _ray_address_from_env()
+    if address is None:
+        msg = "place needs --cluster FILE (decide only) or --address ADDR (a running service)"
+        raise UsageError(msg)
+    specs = load_deployments(args.file)
+    client = _client(address)
+    placed = _Placed(results=[], failures=[])
+    _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
+    endpoints = _wait_for_masters(out, placed, args.ready_timeout + _REPLY_TIMEOUT_S)
+    _report_placements(out, placed, _node_names(), endpoints)
+    return EXIT_NO_CAPACITY if placed.failures else EXIT_OK
+
+
+def _place_on_file(args: argparse.Namespace, out: Output) -> int:
+    cluster = load_cluster(args.cluster)
+    specs = load_deployments(args.file)
+    ref = DeploymentPlacementActor.start(
+        topology=cluster.topology, egress_nodes=cluster.egress_nodes
+    )
+    placed = _Placed(results=[], failures=[])
+    try:
+        _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
+        view = ref.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+    finally:
+        ref.stop(timeout=_REPLY_TIMEOUT_S)
+    assert isinstance(view, ClusterView)  # noqa: S101 - the actor's reply type
+    nodes = render.view_data(view, {})
+    _report_placements(out, placed, {}, None, {"cluster": nodes})
+    if not out.json:
+        render.print_cluster(out.console, nodes)
+    return EXIT_NO_CAPACITY if placed.failures else EXIT_OK
+
+
+def plan(args: argparse.Namespace, out: Output) -> int:
+    """Plan one replica's bundle shape on a cluster file or on Ray's total GPUs."""
+    topology: Sequence[NodeTopology]
+    if args.cluster is not None:
+        topology = load_cluster(args.cluster).topology
+    else:
+        from placement_actors.backends import ray_backend  # noqa: PLC0415
+
+        with _ray_cluster(args.address or _ray_address_from_env() or None, out):
+            topology = ray_backend.get_cluster_topology()
+    spec = plan_replica_bundle_shape(
+        args.tp, topology=topology, ignore_head_node=args.ignore_head_node or None
+    )
+    data = render.spec_data(spec)
+    out.emit(data)
+    if not out.json:
+        render.print_spec(out.console, args.tp, data)
+    return EXIT_OK
+
+
+def serve(args: argparse.Namespace, out: Output) -> int:
+    """Start (or stop) the placement service on a Ray cluster."""
+    from placement_actors.service import SERVICE_NAME, PlacementClient  # noqa: PLC0415
+
+    if args.stop:
+        _client(args.address).stop_service()
+        out.emit({"service": SERVICE_NAME, "running": False})
+        if not out.json:
+            out.console.print(f"Stopped {SERVICE_NAME}; its placement groups stay.")
+        return EXIT_OK
+    with out.waiting(f"Starting {SERVICE_NAME} on {args.address}"):
+        client = PlacementClient.serve(
+            args.address,
+            ready_timeout_s=args.ready_timeout,
+            ignore_head_node=args.ignore_head_node or None,
+        )
+    out.emit({"service": client.name, "address": args.address, "running": True})
+    if not out.json:
+        out.console.print(
+            f"{client.name} runs on {args.address} (namespace placement-actors). "
+            "Drivers reach it with PlacementClient.connect(address).",
+            highlight=False,
+        )
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace, out: Output) -> int:
+    """Every node of the running service: a table and an occupancy picture."""
+    view = _client(args.address).ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+    data = render.view_data(view, _node_names())
+    out.emit(data)
+    if not out.json:
+        render.print_cluster(out.console, data)
+        render.print_occupancy(out.console, data)
+    if args.svg is not None:
+        picture = Console(record=True, width=100, file=io.StringIO())
+        render.print_cluster(picture, data)
+        render.print_occupancy(picture, data)
+        picture.save_svg(str(args.svg), title="placement-actors status")
+    return EXIT_OK
+
+
+def release(args: argparse.Namespace, out: Output) -> int:
+    """Release one deployment through the running service."""
+    released = _client(args.address).ask(Release(args.name), timeout=_REPLY_TIMEOUT_S)
+    assert isinstance(released, Released)  # noqa: S101 - the service's reply type
+    out.emit(
+        {
+            "deployment": released.deployment,
+            "was_placed": released.was_placed,
+            "gpus_freed": released.gpus_freed,
+            "replicas_freed": released.replicas_freed,
+        }
+    )
+    if not out.json:
+        what = (
+            f"freed {released.gpus_freed} GPUs of {released.replicas_freed} replicas"
+            if released.was_placed
+            else "was not placed (any leftover groups were removed)"
+        )
+        out.console.print(f"{released.deployment}: {what}.", highlight=False)
+    return EXIT_OK
+
+
+def reap(args: argparse.Namespace, out: Output) -> int:
+    """Release the service's deployments named PREFIX..., then remove leftover groups."""
+    from placement_actors.backends import ray_backend  # noqa: PLC0415
+
+    if not args.prefix:
+        msg = "reap needs a non-empty prefix"
+        raise UsageError(msg)
+    client = _client(args.address)
+    view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+    released = [d for d in view.deployments if d.startswith(args.prefix)]
+    for name in released:
+        client.ask(Release(name), timeout=_REPLY_TIMEOUT_S)
+    leftovers = ray_backend.remove_named_pgs_with_prefix(GROUP_NAME_ROOT + args.prefix)
+    out.emit({"released": released, "leftover_groups_removed": leftovers})
+    if not out.json:
+        out.console.print(
+            f"Released {len(released)} deployment(s): {', '.join(released) or '-'}; "
+            f"removed {leftovers} leftover placement group(s).",
+            highlight=False,
+        )
+    return EXIT_OK
+
+
+def why(args: argparse.Namespace, out: Output) -> int:
+    """Each node's reason for rejecting a deployment's last Place."""
+    failure = _client(args.address).ask(GetPlacementFailure(args.name), timeout=_REPLY_TIMEOUT_S)
+    assert isinstance(failure, PlacementFailure)  # noqa: S101 - the service's reply type
+    if failure.error is None:
+        out.emit({"deployment": args.name, "did_not_fit": None})
+        if not out.json:
+            out.console.print(
+                f"{args.name}: its last Place did not fail (or it was never placed).",
+                highlight=False,
+            )
+        return EXIT_OK
+    data = render.failure_data(failure.error, _node_names())
+    out.emit(data)
+    if not out.json:
+        render.print_failure(out.console, data)
+    return EXIT_NO_CAPACITY
+
+
+def _client(address: str) -> Any:  # noqa: ANN401 - a PlacementClient
+    from placement_actors.service import PlacementClient  # noqa: PLC0415
+
+    return PlacementClient.connect(address)
+
+
+def _ray_address_from_env() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None

@@ -1,0 +1,237 @@
+"""What the command line prints: JSON-ready dictionaries, and rich tables and pictures of them.
+
+Every command builds plain data first (so ``--json`` prints exactly what the tables show), then
+renders it for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from placement_actors.actors.messages import ClusterView
+from placement_actors.domain.deployments import CustomRuntime
+from placement_actors.domain.errors import CapacityError
+from placement_actors.domain.results import PlacementResult, ReplicaBundleSpec
+
+__all__ = [
+    "failure_data",
+    "print_cluster",
+    "print_failure",
+    "print_occupancy",
+    "print_replicas",
+    "print_spec",
+    "result_data",
+    "spec_data",
+    "view_data",
+]
+
+_PALETTE = (
+    "green",
+    "blue",
+    "magenta",
+    "cyan",
+    "yellow",
+    "bright_red",
+    "bright_green",
+    "bright_blue",
+    "bright_magenta",
+    "bright_cyan",
+    "orange3",
+    "purple",
+)
+
+
+def _name(names: Mapping[str, str], node_id: str) -> str:
+    return names.get(node_id, node_id if len(node_id) <= 16 else node_id[:12])  # noqa: PLR2004
+
+
+def _ordinals(gpus: Sequence[int]) -> str:
+    """``(0, 1, 2, 3)`` -> ``0-3``; ``(0, 2)`` -> ``0,2``."""
+    if len(gpus) > 2 and list(gpus) == list(range(gpus[0], gpus[-1] + 1)):  # noqa: PLR2004
+        return f"{gpus[0]}-{gpus[-1]}"
+    return ",".join(map(str, gpus))
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def result_data(
+    result: PlacementResult, names: Mapping[str, str], endpoints: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """A placed deployment: per replica its nodes, GPUs, group and master address."""
+    runtime = result.deployment.effective_runtime()
+    groups = {r.replica_index: r.group_name for r in result.replicas}
+    replicas = []
+    for index in range(result.deployment.replicas):
+        parts = [a for a in result.assignments if a.replica_index == index]
+        group = groups.get(index)
+        replicas.append(
+            {
+                "replica": index,
+                "nodes": [
+                    {"node": a.node, "name": _name(names, a.node), "gpus": list(a.gpus)}
+                    for a in parts
+                ],
+                "group": group,
+                "master": None if endpoints is None or group is None else endpoints.get(group),
+            }
+        )
+    return {
+        "deployment": result.deployment.name,
+        "model": result.deployment.model,
+        "runtime": runtime.name if isinstance(runtime, CustomRuntime) else runtime.value,
+        "remote": not result.deployment.gpus_per_replica,
+        "replicas": replicas,
+    }
+
+
+def failure_data(error: CapacityError, names: Mapping[str, str]) -> dict[str, Any]:
+    """A deployment that did not fit, with each node's reason."""
+    return {
+        "deployment": error.deployment,
+        "error": type(error).__name__,
+        "message": str(error),
+        "retryable": error.retryable,
+        "rejections": [
+            {
+                "node": r.node_id,
+                "name": _name(names, r.node_id),
+                "reason": r.reason,
+                "requested": r.requested,
+                "available": r.available,
+            }
+            for r in sorted(error.rejections, key=lambda r: _name(names, r.node_id))
+        ],
+    }
+
+
+def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
+    """Every node's capacity, free GPUs and holders."""
+    nodes = []
+    for node in view.nodes:
+        held: dict[str, list[int]] = {}
+        for holding in node.held:
+            held.setdefault(holding.deployment, []).append(holding.ordinal)
+        nodes.append(
+            {
+                "node": node.node_id,
+                "name": _name(names, node.node_id),
+                "head": node.is_head,
+                "capacity": node.capacity,
+                "free": list(node.free_gpus),
+                "held": held,
+                "egress": node.egress,
+                "remote_replicas": node.remote_replicas,
+            }
+        )
+    return {"nodes": nodes, "deployments": list(view.deployments)}
+
+
+def spec_data(spec: ReplicaBundleSpec) -> dict[str, Any]:
+    """A replica's bundle shape."""
+    return {
+        "strategy": spec.strategy.value,
+        "nnodes": spec.nnodes,
+        "per_node_gpus": spec.per_node_gpus,
+        "total_gpus": spec.total_gpus,
+        "bundles": [dict(b) for b in spec.bundles],
+        "bundle_label_selector": (
+            None
+            if spec.bundle_label_selector is None
+            else [dict(s) for s in spec.bundle_label_selector]
+        ),
+    }
+
+
+# -- pictures -----------------------------------------------------------------------------------
+
+
+def print_replicas(console: Console, results: Sequence[dict[str, Any]], *, masters: bool) -> None:
+    """One row per replica."""
+    table = Table(title="Replicas", title_justify="left")
+    columns = ["deployment", "replica", "runtime", "node(s)", "GPUs"]
+    if masters:
+        columns.append("master address")
+    for column in columns:
+        table.add_column(column)
+    for result in results:
+        for replica in result["replicas"]:
+            row = [
+                result["deployment"],
+                str(replica["replica"]),
+                result["runtime"],
+                " + ".join(n["name"] for n in replica["nodes"]),
+                " + ".join(_ordinals(n["gpus"]) for n in replica["nodes"] if n["gpus"]) or "-",
+            ]
+            if masters:
+                row.append(replica["master"] or ("- (remote API)" if result["remote"] else "?"))
+            table.add_row(*row)
+    console.print(table)
+
+
+def print_failure(console: Console, failure: dict[str, Any]) -> None:
+    """Why a deployment did not fit, node by node."""
+    hint = "retry after a release" if failure["retryable"] else "never fits this cluster"
+    console.print(
+        f"[bold red]{failure['deployment']} did not fit[/] ({failure['error']}, {hint}): "
+        f"{failure['message']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for rejection in failure["rejections"]:
+        console.print(f"  {rejection['name']}: {rejection['reason']}", highlight=False)
+
+
+def print_cluster(console: Console, view: dict[str, Any]) -> None:
+    """A row per node: free and total GPUs, holders, egress."""
+    table = Table(title="Nodes", title_justify="left")
+    for column in ("node", "GPUs free/total", "held by", "egress", "remote replicas"):
+        table.add_column(column)
+    for node in view["nodes"]:
+        table.add_row(
+            node["name"] + (" (head)" if node["head"] else ""),
+            f"{len(node['free'])}/{node['capacity']}",
+            "; ".join(f"{d} [{_ordinals(o)}]" for d, o in node["held"].items()) or "-",
+            "yes" if node["egress"] else "-",
+            str(node["remote_replicas"]) if node["egress"] else "-",
+        )
+    console.print(table)
+
+
+def print_occupancy(console: Console, view: dict[str, Any]) -> None:
+    """A row per node, a cell per GPU, coloured by the deployment holding it."""
+    colours = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(sorted(view["deployments"]))}
+    width = max((len(n["name"]) for n in view["nodes"]), default=4)
+    console.print(Text("GPU occupancy", style="bold"))
+    for node in view["nodes"]:
+        if not node["capacity"]:
+            continue
+        owner = {o: d for d, ordinals in node["held"].items() for o in ordinals}
+        line = Text(f"{node['name']:<{width}}  ")
+        for ordinal in range(node["capacity"]):
+            holder = owner.get(ordinal)
+            line.append("■ " if holder else "□ ", style=colours.get(holder, "grey50"))
+        console.print(line)
+    legend = Text("legend: ")
+    for deployment, colour in colours.items():
+        if any(deployment in n["held"] for n in view["nodes"]):
+            legend.append(f"■ {deployment}  ", style=colour)
+    legend.append("□ free", style="grey50")
+    console.print(legend)
+
+
+def print_spec(console: Console, tp: int, spec: dict[str, Any]) -> None:
+    """A planned bundle shape."""
+    table = Table(title=f"Replica of TP size {tp}", title_justify="left", show_header=False)
+    table.add_row("strategy", spec["strategy"])
+    table.add_row("nodes", str(spec["nnodes"]))
+    table.add_row("GPUs per node", str(spec["per_node_gpus"]))
+    table.add_row("bundles", ", ".join(str(b) for b in spec["bundles"]))
+    if spec["bundle_label_selector"]:
+        table.add_row("label selector", str(spec["bundle_label_selector"][0]))
+    console.print(table)

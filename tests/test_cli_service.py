@@ -1,0 +1,124 @@
+"""The commands that talk to a running service, on the session's Ray cluster."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from placement_actors import cli
+from placement_actors.service import PlacementClient
+
+pytestmark = pytest.mark.usefixtures("ray_nodes")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def address(ray_cluster: Any, capsys: pytest.CaptureFixture[str]) -> Iterator[str]:
+    """A served placement service; stopped, with all its deployments released, afterwards."""
+    code, out, _ = run(capsys, "serve", "--address", ray_cluster.address)
+    assert code == cli.EXIT_OK
+    assert "placement-actors-service runs on" in out
+    yield ray_cluster.address
+    client = PlacementClient.connect(ray_cluster.address)
+    run(capsys, "reap", "cli-", "--address", ray_cluster.address)
+    client.stop_service()
+
+
+def deployments_file(tmp_path: Path, ray_nodes: dict[str, str]) -> Path:
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "deployments:\n"
+        f"  - {{name: cli-small, model: m, gpus: 2, gpu_nodes: [{ray_nodes['gpu-a']}]}}\n"
+        "  - {name: cli-huge, model: m, gpus: 1000}\n"
+    )
+    return path
+
+
+def test_place_status_why_release_through_the_service(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
+) -> None:
+    path = deployments_file(tmp_path, ray_nodes)
+    code, out, _ = run(capsys, "place", str(path), "--address", address)
+    assert code == cli.EXIT_NO_CAPACITY  # cli-huge did not fit
+    assert "cli-small" in out
+    assert "cli-huge did not fit" in out
+
+    code, out, _ = run(capsys, "status", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "GPU occupancy" in out
+    assert "gpu-a" in out
+    assert "cli-small [0-1]" in out or "cli-small [0,1]" in out
+
+    code, out, _ = run(capsys, "why", "cli-huge", "--address", address)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert "gpu-bulk: has 64 GPUs in all, 1000 needed on one node" in out
+
+    code, out, _ = run(capsys, "release", "cli-small", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "freed 2 GPUs of 1 replicas" in out
+
+
+def test_every_service_command_speaks_json(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
+) -> None:
+    path = deployments_file(tmp_path, ray_nodes)
+    code, out, _ = run(capsys, "place", str(path), "--address", address, "--json")
+    placed = json.loads(out)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert placed["placed"][0]["deployment"] == "cli-small"
+    assert placed["placed"][0]["replicas"][0]["master"].count(":") == 1
+    assert placed["did_not_fit"][0]["error"] == "NotEnoughGpusError"
+
+    _, out, _ = run(capsys, "status", "--address", address, "--json")
+    status = json.loads(out)
+    node = next(n for n in status["nodes"] if n["name"] == "gpu-a")
+    assert node["held"] == {"cli-small": [0, 1]}
+
+    _, out, _ = run(capsys, "why", "cli-huge", "--address", address, "--json")
+    assert json.loads(out)["retryable"] is False
+
+    _, out, _ = run(capsys, "reap", "cli-", "--address", address, "--json")
+    assert json.loads(out)["released"] == ["cli-small"]
+
+
+def test_status_saves_the_occupancy_picture_as_svg(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    picture = tmp_path / "status.svg"
+    code, _, _ = run(capsys, "status", "--address", address, "--svg", str(picture))
+    assert code == cli.EXIT_OK
+    svg = picture.read_text()
+    assert svg.startswith("<svg")
+    assert "GPU occupancy" in svg.replace("&#160;", " ")
+
+
+def test_plan_on_the_ray_cluster_and_on_a_file(
+    capsys: pytest.CaptureFixture[str], ray_cluster: Any
+) -> None:
+    code, out, _ = run(capsys, "plan", "--tp", "16", "--address", ray_cluster.address, "--json")
+    assert code == cli.EXIT_OK
+    assert json.loads(out)["strategy"] == "STRICT_PACK"  # gpu-bulk has 64
+    examples = Path(__file__).parent.parent / "examples" / "cluster.yaml"
+    code, out, _ = run(capsys, "plan", "--tp", "8", "--cluster", str(examples))
+    assert code == cli.EXIT_OK
+    assert "STRICT_PACK" in out  # gpu-c has 8
+    code, _, err = run(capsys, "plan", "--tp", "16", "--cluster", str(examples))
+    assert code == cli.EXIT_NO_CAPACITY
+    assert "TP size 16" in err
+
+
+def test_service_commands_need_an_address(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["status"])
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "needs --address" in capsys.readouterr().err
