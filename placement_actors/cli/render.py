@@ -113,7 +113,7 @@ def failure_data(error: CapacityError, names: Mapping[str, str]) -> dict[str, An
 def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
     """Every node's capacity, free GPUs and holders."""
     nodes = []
-    for node in view.nodes:
+    for node in sorted(view.nodes, key=lambda n: (_name(names, n.node_id), n.node_id)):
         held: dict[str, list[int]] = {}
         for holding in node.held:
             held.setdefault(holding.deployment, []).append(holding.ordinal)
