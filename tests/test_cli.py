@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,41 @@ def test_a_usage_error_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["place"])
     assert caught.value.code == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_place_on_a_file_speaks_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "place",
+        str(EXAMPLES / "deployments.yaml"),
+        "--cluster",
+        str(EXAMPLES / "cluster.yaml"),
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert [d["deployment"] for d in data["did_not_fit"]] == ["llama-405b"]
+    split = next(p for p in data["placed"] if p["deployment"] == "llama-70b")
+    assert [n["name"] for n in split["replicas"][0]["nodes"]] == ["gpu-b", "gpu-c"]
+    assert {n["name"] for n in data["cluster"]["nodes"]} >= {"gpu-a", "gpu-b", "gpu-c"}
+
+
+def test_demo_speaks_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    deployments = tmp_path / "d.yaml"
+    deployments.write_text("deployments:\n  - {name: cli-json, model: m, gpus: 2}\n")
+    code, out, _ = run(
+        capsys,
+        "demo",
+        "--deployments",
+        str(deployments),
+        "--address",
+        ray_cluster.address,
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == cli.EXIT_OK
+    assert data["groups_left_alive"] == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", data["placed"][0]["replicas"][0]["master"])
+    del ray_nodes

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from placement_actors.config_files import load_cluster, load_deployments
+
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -40,3 +42,24 @@ def test_the_sample_runs(where: str, code: str) -> None:
         check=False,
     )
     assert done.returncode == 0, f"{where} failed:\n{done.stderr[-3000:]}"
+
+
+YAML_FENCE = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
+
+
+def yaml_samples() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        for number, text in enumerate(YAML_FENCE.findall(page.read_text(encoding="utf-8")), 1):
+            found.append((f"{page.relative_to(ROOT)}#yaml{number}", text))
+    return found
+
+
+@pytest.mark.parametrize(("where", "text"), yaml_samples(), ids=[w for w, _ in yaml_samples()])
+def test_the_yaml_sample_is_a_valid_file(where: str, text: str, tmp_path: Path) -> None:
+    path = tmp_path / "sample.yaml"
+    path.write_text(text, encoding="utf-8")
+    if text.lstrip().startswith("# deployments") or "deployments:" in text:
+        assert load_deployments(path, environ={}), where
+    else:
+        assert load_cluster(path).topology, where
