@@ -7,7 +7,7 @@ module only keeps the state and makes each `Place` all-or-nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -44,7 +44,6 @@ from placement_actors.domain.errors import (
     NoGpuNodesError,
     NotEnoughGpusError,
     PlacementError,
-    UnknownMessageError,
 )
 from placement_actors.domain.results import (
     NodeAssignment,
@@ -128,20 +127,13 @@ class DeploymentPlacementActor(KeepServingActor):
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
         self._placed: dict[str, _Placed] = {}
         self._failures: dict[str, CapacityError] = {}
-        self._handlers: dict[type[Any], Callable[[Any], Any]] = {
+        self._handlers = {
             Place: self.place,
             Release: self.release,
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
             ReplicaFailed: self._on_replica_failed,
         }
-
-    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
-        """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            raise UnknownMessageError(type(self).__name__, message)
-        return handler(message)
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import queue
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka._envelope import Envelope
 
 from placement_actors.actors.futures import CallbackFuture
+from placement_actors.domain.errors import UnknownMessageError
 
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
@@ -69,7 +71,18 @@ class KeepServingActor(pykka.ThreadingActor):
     """A `pykka.ThreadingActor` whose told messages fail like asked ones: the actor lives on.
 
     Its replies are `CallbackFuture` values, which can be awaited without blocking an event loop.
+    Plain messages are dispatched by type through ``_handlers``; a type with no handler is an
+    `UnknownMessageError` for the sender.
     """
+
+    _handlers: dict[type[Any], Callable[[Any], Any]]
+
+    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
+        """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise UnknownMessageError(type(self).__name__, message)
+        return handler(message)
 
     @staticmethod
     def _create_actor_inbox() -> _KeepServingInbox:

@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -45,7 +44,6 @@ from placement_actors.domain.errors import (
     PlacementCancelledError,
     PlacementError,
     PlacementGroupTimeoutError,
-    UnknownMessageError,
 )
 from placement_actors.domain.results import BundleEndpoint, NodeAssignment, ReplicaPlacement
 from placement_actors.policies.bundle_shapes import pinned_bundle_spec
@@ -112,7 +110,7 @@ class PlanningActor(KeepServingActor):
         self._groups: dict[str, _Group] = {}
         self._ports = PortBook()
         self._attempts = itertools.count(1)
-        self._handlers: dict[type[Any], Callable[[Any], Any]] = {
+        self._handlers = {
             PlanReplica: self.plan_replica,
             RemoveReplicaGroups: self.remove_replica_groups,
             GetReplicaGroups: self.get_replica_groups,
@@ -122,13 +120,6 @@ class PlanningActor(KeepServingActor):
             BundleProbed: self._on_probed,
             BundleProbeFailed: self._on_probe_failed,
         }
-
-    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
-        """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            raise UnknownMessageError(type(self).__name__, message)
-        return handler(message)
 
     def on_stop(self) -> None:
         """Cancel the timers and fail unresolved futures; detached groups outlive the actor."""
