@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -62,6 +63,45 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         super().set_exception(exc_info)
         self._run_callbacks()
 
+    def remove_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
+        """Forget ``callback`` if it has not run yet."""
+        with self._callback_lock:
+            if self._callbacks is not None and callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    # Derived futures settle through callbacks too (pykka's own map/filter/reduce/join use a get
+    # hook, which would run no callback and could only be awaited from a thread).
+
+    def _derive(self, compute: Callable[[Any], Any]) -> CallbackFuture[Any]:
+        derived: CallbackFuture[Any] = CallbackFuture()
+
+        def settle(source: CallbackFuture[T]) -> None:
+            try:
+                value = compute(source.get(timeout=0))
+            except BaseException:  # noqa: BLE001 - the error belongs to the derived future
+                derived.set_exception()
+            else:
+                derived.set(value)
+
+        self.add_done_callback(settle)
+        return derived
+
+    def map(self, func: Callable[[T], Any]) -> CallbackFuture[Any]:
+        """A future of ``func(value)``."""
+        return self._derive(func)
+
+    def filter(self, func: Callable[[Any], bool]) -> CallbackFuture[Any]:
+        """A future of the items of the (iterable) value for which ``func`` is true."""
+        return self._derive(lambda value: [item for item in value if func(item)])
+
+    def reduce(self, func: Callable[[Any, Any], Any], *args: Any) -> CallbackFuture[Any]:  # noqa: ANN401
+        """A future of ``functools.reduce(func, value, *args)``."""
+        return self._derive(lambda value: functools.reduce(func, value, *args))
+
+    def join(self, *futures: pykka.Future[Any]) -> CallbackFuture[Any]:
+        """A future of the list of this future's value and ``futures``' values."""
+        return self._derive(lambda value: [value, *(f.get() for f in futures)])
+
     def _run_callbacks(self) -> None:
         with self._callback_lock:
             callbacks, self._callbacks = self._callbacks or [], None
@@ -74,11 +114,17 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
     def __await__(self) -> Generator[Any, None, T]:
         """Wait without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        if self._get_hook is not None:  # made by map()/filter()/join(): no set() will come
+        if self._get_hook is not None:  # settled by a get hook someone set: no callback comes
             return loop.run_in_executor(None, self.get).__await__()
         bridge: asyncio.Future[T] = loop.create_future()
-        self.add_done_callback(
-            lambda settled: loop.call_soon_threadsafe(_transfer, settled, bridge)
+
+        def wake(settled: CallbackFuture[T]) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_transfer, settled, bridge)
+
+        self.add_done_callback(wake)
+        bridge.add_done_callback(
+            lambda b: self.remove_done_callback(wake) if b.cancelled() else None
         )
         return bridge.__await__()
 
@@ -90,6 +136,8 @@ def _transfer(source: CallbackFuture[T], target: asyncio.Future[T]) -> None:
         return
     try:
         value = source.get(timeout=0)
+    except StopIteration as exc:  # asyncio cannot raise StopIteration into a task
+        target.set_exception(RuntimeError(f"the reply raised StopIteration: {exc!r}"))
     except BaseException as exc:  # noqa: BLE001 - every error belongs to the awaiting task
         target.set_exception(exc)
     else:

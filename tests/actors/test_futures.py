@@ -126,6 +126,48 @@ async def test_mapped_futures_are_awaited_too() -> None:
     assert await doubled == 42
 
 
+def test_derived_futures_settle_and_run_their_callbacks() -> None:
+    future: CallbackFuture[list[int]] = CallbackFuture()
+    mapped = future.map(len)
+    kept = future.filter(lambda v: v > 1)
+    summed = future.reduce(lambda a, b: a + b, 0)
+    seen: list[object] = []
+    mapped.add_done_callback(lambda f: seen.append(f.get(timeout=0)))
+    future.set([1, 2, 3])
+    assert mapped.done()
+    assert seen == [3]
+    assert kept.get(timeout=0) == [2, 3]
+    assert summed.get(timeout=0) == 6
+
+
+def test_a_derived_future_carries_the_error_of_its_function() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    broken = future.map(lambda v: v // 0)
+    future.set(1)
+    with pytest.raises(ZeroDivisionError):
+        broken.get(timeout=0)
+
+
+async def test_a_stop_iteration_reply_reaches_the_awaiting_task_as_an_error() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    threading.Timer(0.01, future.set_exception, ((StopIteration, StopIteration(), None),)).start()
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(future, TIMEOUT)
+
+
+def test_abandoned_awaits_leave_no_callbacks_behind(caplog: pytest.LogCaptureFixture) -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+
+    async def give_up_often() -> None:
+        for _ in range(50):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(future, 0.001)
+
+    asyncio.run(give_up_often())
+    future.set(1)  # the loop is closed now: nothing may be scheduled on it
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 class Inbox(pykka.ThreadingActor):
     def __init__(self) -> None:
         super().__init__()
