@@ -18,11 +18,13 @@ from placement_actors.actors.deployment_placement import DeploymentPlacementActo
 from placement_actors.actors.messages import (
     GetReplicaGroups,
     PlanReplica,
+    Release,
     RemoveReplicaGroups,
 )
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends import ray_backend
-from placement_actors.domain.errors import BackendError, PlacementError
+from placement_actors.domain.deployments import group_prefix, is_deployment_name
+from placement_actors.domain.errors import BackendError, InvalidSpecError, PlacementError
 from placement_actors.domain.results import (
     BundleEndpoint,
     Eventual,
@@ -34,7 +36,7 @@ __all__ = ["SERVICE_NAME", "PlacementClient", "PlacementHost"]
 
 SERVICE_NAME = "placement-actors-service"
 
-_PLANNER_MESSAGES = (PlanReplica, RemoveReplicaGroups, GetReplicaGroups)
+_PLANNER_MESSAGES = (RemoveReplicaGroups, GetReplicaGroups)
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
 
 
@@ -79,7 +81,13 @@ class PlacementHost:
         self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
 
     async def handle(self, message: object) -> _Outcome:
-        """Ask the actor that handles ``message``; never raises (errors travel as values)."""
+        """Ask the actor that handles ``message``; never raises (errors travel as values).
+
+        `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
+        """
+        if isinstance(message, PlanReplica):
+            msg = "the service plans replicas through Place; send Place, not PlanReplica"
+            return "error", InvalidSpecError(msg, field="message")
         target = self._planner if isinstance(message, _PLANNER_MESSAGES) else self._placement
         try:
             reply = await target.ask(message, block=False)
@@ -89,6 +97,15 @@ class PlacementHost:
             reply = dataclasses.replace(
                 reply, replicas=tuple(self._portable(r) for r in reply.replicas)
             )
+        if isinstance(message, Release):  # forget the released replicas' endpoints
+            prefix = (
+                group_prefix(message.deployment) if is_deployment_name(message.deployment) else None
+            )
+            self._replicas = {
+                key: r
+                for key, r in self._replicas.items()
+                if not prefix or not key[0].startswith(prefix)
+            }
         return "ok", reply
 
     async def endpoint(self, group_name: str, attempt: int, bundle_index: int) -> _Outcome:

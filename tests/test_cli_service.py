@@ -6,8 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray.util import remove_placement_group
 
-from placement_actors import cli
+from placement_actors import (
+    BundleStrategy,
+    InvalidSpecError,
+    NodeAssignment,
+    PlanReplica,
+    cli,
+)
+from placement_actors.backends import ray_backend
+from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.service import PlacementClient
 
 pytestmark = pytest.mark.usefixtures("ray_nodes")
@@ -89,14 +98,17 @@ def test_every_service_command_speaks_json(
 
 
 def test_status_saves_the_occupancy_picture_as_svg(
-    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
 ) -> None:
+    run(capsys, "place", str(deployments_file(tmp_path, ray_nodes)), "--address", address)
     picture = tmp_path / "status.svg"
     code, _, _ = run(capsys, "status", "--address", address, "--svg", str(picture))
     assert code == cli.EXIT_OK
     svg = picture.read_text()
     assert svg.startswith("<svg")
-    assert "GPU occupancy" in svg.replace("&#160;", " ")
+    text = svg.replace("&#160;", " ")
+    assert "GPU occupancy" in text
+    assert "cli-small" in text  # the legend names the holder of the coloured cells
 
 
 def test_plan_on_the_ray_cluster_and_on_a_file(
@@ -122,3 +134,49 @@ def test_service_commands_need_an_address(
         cli.main(["status"])
     assert caught.value.code == cli.EXIT_USAGE
     assert "needs --address" in capsys.readouterr().err
+
+
+def test_place_reports_masters_still_pending_and_exits_non_zero(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
+) -> None:
+    holder = ray_backend.build_pg(
+        [{"GPU": 4}],
+        BundleStrategy.STRICT_PACK,
+        name="t-cli-holder",
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
+        ready_timeout_s=20,
+    )
+    try:
+        path = tmp_path / "d.yaml"
+        node = ray_nodes["gpu-b"]
+        path.write_text(
+            f"deployments:\n  - {{name: cli-late, model: m, gpus: 4, gpu_nodes: [{node}]}}\n"
+        )
+        code, out, _ = run(
+            capsys, "place", str(path), "--address", address, "--ready-timeout", "1", "--json"
+        )
+        assert code == cli.EXIT_NO_CAPACITY
+        master = json.loads(out)["placed"][0]["replicas"][0]["master"]
+        assert master.startswith("pending")
+    finally:
+        remove_placement_group(holder)
+
+
+def test_demo_refuses_a_cluster_where_the_service_runs(
+    capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    examples = Path(__file__).parent.parent / "examples" / "deployments.yaml"
+    code, _, err = run(capsys, "demo", "--deployments", str(examples), "--address", address)
+    assert code == cli.EXIT_USAGE
+    assert "place FILE --address" in err
+
+
+def test_the_service_does_not_take_plan_replica(address: str, ray_nodes: dict[str, str]) -> None:
+    client = PlacementClient.connect(address)
+    message = PlanReplica(
+        deployment="cli-direct",
+        replica_index=0,
+        assignments=(NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(0,)),),
+    )
+    with pytest.raises(InvalidSpecError, match="through Place"):
+        client.ask(message)

@@ -697,6 +697,12 @@ class RayEventual(Generic[_T]):
         """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises)."""
         self._ref = ref
         self._transform = transform
+        self._done: tuple[_T] | None = None
+
+    def _settle(self, raw: object) -> _T:
+        if self._done is None:  # transform once: a reply's own futures are made once
+            self._done = (self._transform(raw),)
+        return self._done[0]
 
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
@@ -708,7 +714,7 @@ class RayEventual(Generic[_T]):
         except RayError as exc:
             msg = f"the service failed to answer: {exc}"
             raise BackendError(msg, operation="call service") from exc
-        return self._transform(raw)
+        return self._settle(raw)
 
     async def _resolve(self) -> _T:
         try:
@@ -716,7 +722,7 @@ class RayEventual(Generic[_T]):
         except RayError as exc:
             msg = f"the service failed to answer: {exc}"
             raise BackendError(msg, operation="call service") from exc
-        return self._transform(raw)
+        return self._settle(raw)
 
     def __await__(self) -> Generator[Any, None, _T]:
         """Wait in a coroutine without blocking the event loop."""
@@ -735,6 +741,9 @@ class RemoteHost:
         """Call ``method(*args)`` on the hosted object; the result arrives later."""
         try:
             ref = self._handle.call.remote(method, *args)
+        except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
+            msg = f"cannot send this to the service {self.name}: {exc}"
+            raise InvalidSpecError(msg, field="message") from exc
         except RayError as exc:
             msg = f"cannot reach the service {self.name}: {exc}"
             raise BackendError(msg, operation="call service") from exc

@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from placement_actors.cli import commands
 from placement_actors.domain.errors import BackendError, CapacityError, InvalidSpecError
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(out: commands.Output, errors: Console, what: str, exc: Exception) -> None:
     if out.json:
         print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))  # noqa: T201
-    errors.print(f"[bold red]{what}:[/] {exc}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]{what}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:

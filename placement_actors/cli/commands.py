@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
 from rich.console import Console
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
@@ -57,6 +58,8 @@ DEMO_WORKERS: Mapping[str, int] = {"gpu-a": 4, "gpu-b": 4, "gpu-c": 8, "edge-1":
 DEMO_EGRESS = ("edge-1",)
 
 _REPLY_TIMEOUT_S = 30.0
+_PROBE_PAD_S = 10.0
+"""Waiting for a master: the ready timeout, plus this for the probe task after readiness."""
 
 
 class UsageError(Exception):
@@ -145,7 +148,13 @@ def _endpoints(replicas: Sequence[ReplicaPlacement], timeout_s: float) -> dict[s
             found[replica.group_name] = f"{ip}:{port}"
         except PlacementError as exc:
             found[replica.group_name] = f"failed: {type(exc).__name__}"
+        except pykka.Timeout:
+            found[replica.group_name] = f"pending after {timeout_s:g}s"
     return found
+
+
+def _all_masters_known(endpoints: Mapping[str, str]) -> bool:
+    return not any(e.startswith(("failed", "pending")) for e in endpoints.values())
 
 
 def _report_placements(
@@ -178,6 +187,14 @@ def demo(args: argparse.Namespace, out: Output) -> int:
     specs = load_deployments(args.deployments)  # a bad file stops us before Ray starts
     with _ray_cluster(args.address, out):
         from placement_actors.backends import ray_backend  # noqa: PLC0415
+        from placement_actors.service import SERVICE_NAME  # noqa: PLC0415
+
+        if args.address is not None and _service_runs(SERVICE_NAME):
+            msg = (
+                f"{SERVICE_NAME} runs on this cluster and the demo's clean-up would remove its "
+                "groups; use `place FILE --address ADDR` instead"
+            )
+            raise UsageError(msg)
 
         planner = PlanningActor.start(
             backend=ray_backend.RayBackend(), ready_timeout_s=args.ready_timeout
@@ -191,7 +208,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
         alive: list[str] = []
         try:
             _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
-            endpoints = _wait_for_masters(out, placed, args.ready_timeout + _REPLY_TIMEOUT_S)
+            endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
             names = _node_names()
         finally:
             # Release every name of the file, placed or not: a release also reaps groups that a
@@ -227,9 +244,10 @@ def place(args: argparse.Namespace, out: Output) -> int:
     client = _client(address)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
-    endpoints = _wait_for_masters(out, placed, args.ready_timeout + _REPLY_TIMEOUT_S)
+    endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
     _report_placements(out, placed, _node_names(), endpoints)
-    return EXIT_NO_CAPACITY if placed.failures else EXIT_OK
+    fine = not placed.failures and _all_masters_known(endpoints)
+    return EXIT_OK if fine else EXIT_NO_CAPACITY
 
 
 def _place_on_file(args: argparse.Namespace, out: Output) -> int:
@@ -382,6 +400,17 @@ def _client(address: str) -> Any:  # noqa: ANN401 - a PlacementClient
     from placement_actors.service import PlacementClient  # noqa: PLC0415
 
     return PlacementClient.connect(address)
+
+
+def _service_runs(name: str) -> bool:
+    from placement_actors.backends import ray_backend  # noqa: PLC0415
+    from placement_actors.domain.errors import BackendError  # noqa: PLC0415
+
+    try:
+        ray_backend.find_host(name)
+    except BackendError:
+        return False
+    return True
 
 
 def _ray_address_from_env() -> str | None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -179,7 +180,7 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
     hint = "retry after a release" if failure["retryable"] else "never fits this cluster"
     console.print(
         f"[bold red]{failure['deployment']} did not fit[/] ({failure['error']}, {hint}): "
-        f"{failure['message']}",
+        f"{escape(failure['message'])}",
         highlight=False,
         soft_wrap=True,
     )
