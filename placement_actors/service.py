@@ -77,6 +77,7 @@ class PlacementHost:
             egress_nodes=ray_backend.get_egress_nodes(),
             planner=self._planner,
             ignore_head_node=ignore_head_node,
+            held=ray_backend.get_held_groups(),
         )
         self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
 

@@ -32,12 +32,12 @@ pytestmark = pytest.mark.usefixtures("ray_nodes")
 
 @pytest.fixture
 def client(ray_cluster: Any) -> Iterator[PlacementClient]:
-    served = PlacementClient.serve(ray_cluster.address, name=f"test-service-{uuid.uuid4().hex[:8]}")
-    yield served
-    view = served.ask(GetClusterView())
-    for name in view.deployments:
-        served.ask(Release(name))
-    served.stop_service()
+    name = f"test-service-{uuid.uuid4().hex[:8]}"
+    yield PlacementClient.serve(ray_cluster.address, name=name)
+    live = PlacementClient.connect(ray_cluster.address, name=name)  # a test may have restarted it
+    for deployment in live.ask(GetClusterView()).deployments:
+        live.ask(Release(deployment))
+    live.stop_service()
 
 
 def test_the_service_answers_the_same_messages_with_the_same_replies(
@@ -127,3 +127,26 @@ def test_a_second_driver_places_and_the_state_outlives_it(
 def test_connecting_to_a_service_that_does_not_run_is_a_backend_error(ray_cluster: Any) -> None:
     with pytest.raises(BackendError, match="placement-actors serve"):
         PlacementClient.connect(ray_cluster.address, name="no-such-service")
+
+
+def test_a_restarted_service_counts_the_gpus_its_groups_still_hold(
+    client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    node = ray_nodes["gpu-a"]
+    result = client.ask(
+        Place(
+            Deployment(name="kept-over", model="m", gpus=4), PlacementConstraints(gpu_nodes=(node,))
+        )
+    )
+    result.replicas[0].master.port.get(timeout=TIMEOUT)
+    client.stop_service()  # the detached group stays on gpu-a
+    again = PlacementClient.serve(ray_cluster.address, name=client.name)
+    view = again.ask(GetClusterView())
+    assert view.deployments == ("kept-over",)
+    assert len(view.node(node).held) == 4
+    with pytest.raises(NotEnoughGpusError):
+        again.ask(
+            Place(Deployment(name="newcomer", model="m"), PlacementConstraints(gpu_nodes=(node,)))
+        )
+    assert again.ask(Release("kept-over")).gpus_freed == 4
+    assert again.ask(GetClusterView()).node(node).held == ()

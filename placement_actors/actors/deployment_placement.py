@@ -7,7 +7,8 @@ module only keeps the state and makes each `Place` all-or-nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -59,6 +60,8 @@ from placement_actors.policies.node_choice import choose_replica_nodes, gpu_reje
 
 __all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(slots=True, kw_only=True)
 class _Placed:
@@ -95,6 +98,10 @@ class DeploymentPlacementActor(KeepServingActor):
         ignore_head_node: keep local replicas off head nodes; ``None`` reads
             ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
         planner_timeout_s: how long to wait for the planner's (immediate) reply.
+        held: GPUs that placement groups of an earlier run still hold, by deployment name (from
+            `placement_actors.backends.ray_backend.get_held_groups`). They are reserved on the
+            ledger at start, so nothing is double-booked; such a name must be released before it
+            is placed again.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class DeploymentPlacementActor(KeepServingActor):
         planner: pykka.ActorRef[Any] | None = None,
         ignore_head_node: bool | None = None,
         planner_timeout_s: float = 30.0,
+        held: Mapping[str, Sequence[NodeAssignment]] | None = None,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology."""
         super().__init__()
@@ -127,6 +135,9 @@ class DeploymentPlacementActor(KeepServingActor):
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
         self._placed: dict[str, _Placed] = {}
         self._failures: dict[str, CapacityError] = {}
+        self._held: dict[str, tuple[NodeAssignment, ...]] = {}
+        for name, assignments in (held or {}).items():
+            self._hold(name, assignments)
         self._handlers = {
             Place: self.place,
             Release: self.release,
@@ -162,6 +173,11 @@ class DeploymentPlacementActor(KeepServingActor):
 
     def _place(self, message: Place) -> PlacementResult:
         deployment, constraints = message.deployment, message.constraints
+        if deployment.name in self._held:
+            msg = (
+                f"placement groups of an earlier run still hold {deployment.name}; release it first"
+            )
+            raise InvalidSpecError(msg, field="name")
         earlier = self._placed.get(deployment.name)
         if earlier is not None:
             if earlier.place != message:
@@ -200,6 +216,15 @@ class DeploymentPlacementActor(KeepServingActor):
             # An unknown name is sent too, to reap groups an earlier run of the service left.
             self._ask_planner([RemoveReplicaGroups(message.deployment)])
         self._failures.pop(message.deployment, None)
+        adopted = self._held.pop(message.deployment, ())
+        if adopted:
+            self._free(message.deployment, adopted, None)
+            return Released(
+                deployment=message.deployment,
+                was_placed=True,
+                gpus_freed=sum(len(a.gpus) for a in adopted),
+                replicas_freed=len({a.replica_index for a in adopted}),
+            )
         if placed is None:
             return Released(
                 deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
@@ -215,6 +240,24 @@ class DeploymentPlacementActor(KeepServingActor):
         )
 
     # -- events ------------------------------------------------------------------------------
+
+    def _hold(self, name: str, assignments: Sequence[NodeAssignment]) -> None:
+        """Reserve what a group of an earlier run holds (the ledger numbers the GPUs anew)."""
+        kept = []
+        for assignment in assignments:
+            count = len(assignment.gpus)
+            if assignment.node in self._gpus and self._gpus.free_count(assignment.node) >= count:
+                ordinals = self._gpus.reserve(assignment.node, count, name)
+                kept.append(replace(assignment, gpus=ordinals))
+            else:
+                logger.warning(
+                    "%s holds %d GPUs on %s, which the ledger cannot match",
+                    name,
+                    count,
+                    assignment.node,
+                )
+        if kept:
+            self._held[name] = tuple(kept)
 
     def _on_replica_failed(self, event: ReplicaFailed) -> None:
         """A replica's group failed after it was planned: give its GPUs back to the ledger."""
@@ -260,7 +303,9 @@ class DeploymentPlacementActor(KeepServingActor):
                     remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,
                 )
             )
-        return ClusterView(nodes=tuple(views), deployments=tuple(sorted(self._placed)))
+        return ClusterView(
+            nodes=tuple(views), deployments=tuple(sorted({*self._placed, *self._held}))
+        )
 
     # -- decisions ---------------------------------------------------------------------------
 

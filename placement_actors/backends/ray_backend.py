@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +42,13 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from placement_actors.backends.protocol import BundleProbe, ProbeCallback, ReadyCallback
+from placement_actors.domain.deployments import GROUP_NAME_ROOT
 from placement_actors.domain.errors import (
     BackendError,
     InvalidSpecError,
     PlacementGroupTimeoutError,
 )
-from placement_actors.domain.results import BundleStrategy, ReplicaBundleSpec
+from placement_actors.domain.results import BundleStrategy, NodeAssignment, ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.port_book import PortBook
 
@@ -69,6 +71,7 @@ __all__ = [
     "get_cluster_topology",
     "get_egress_nodes",
     "get_free_port_in_bundle",
+    "get_held_groups",
     "group_states",
     "node_names",
     "remove_named_pgs_with_prefix",
@@ -456,6 +459,35 @@ def remove_named_pgs_with_prefix(prefix: str) -> int:
     return removed
 
 
+def get_held_groups(root: str = GROUP_NAME_ROOT) -> dict[str, tuple[NodeAssignment, ...]]:
+    """The GPUs that live groups named ``root<deployment>:r<replica>`` of this namespace hold.
+
+    For a new service to start from what Ray really holds: a detached group of an earlier run
+    keeps its GPUs. Only ``CREATED`` groups are counted (a pending group holds nothing yet);
+    GPU ordinals are not known to Ray's table, so each assignment lists the GPU count as
+    ordinals ``0..n-1`` for the ledger to re-number.
+    """
+    held: dict[str, list[NodeAssignment]] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if not name.startswith(root) or info.get("state") != "CREATED":
+            continue
+        deployment, _, replica = name[len(root) :].rpartition(":r")
+        if not deployment or not replica.isdigit():
+            continue
+        try:
+            get_placement_group(name)  # only groups of this namespace
+        except ValueError:
+            continue
+        for index, node in sorted(info["bundles_to_node_id"].items()):
+            gpus = int(info["bundles"].get(index, {}).get("GPU", 0))
+            if gpus:
+                held.setdefault(deployment, []).append(
+                    NodeAssignment(replica_index=int(replica), node=node, gpus=tuple(range(gpus)))
+                )
+    return {name: tuple(assignments) for name, assignments in held.items()}
+
+
 # -- work inside bundles ------------------------------------------------------------------------
 
 
@@ -749,9 +781,22 @@ class RemoteHost:
             raise BackendError(msg, operation="call service") from exc
         return RayEventual(ref, transform)
 
-    def kill(self) -> None:
-        """Stop the hosted object's actor (its detached placement groups stay)."""
+    def kill(self, *, timeout_s: float = 30.0) -> None:
+        """Stop the hosted object's actor and wait until its name is free again.
+
+        Its detached placement groups stay. Ray kills asynchronously: without the wait, starting
+        a host of the same name at once could find the dying actor.
+        """
         ray.kill(self._handle)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(self.name, namespace=NAMESPACE)
+            except ValueError:
+                return
+            time.sleep(0.05)
+        msg = f"the service {self.name} did not stop within {timeout_s:g}s"
+        raise BackendError(msg, operation="stop service")
 
 
 def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 120.0) -> RemoteHost:

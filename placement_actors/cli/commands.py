@@ -203,6 +203,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
             topology=ray_backend.get_cluster_topology(),
             egress_nodes=ray_backend.get_egress_nodes(),
             planner=planner,
+            held=ray_backend.get_held_groups(),
         )
         placed = _Placed(results=[], failures=[])
         alive: list[str] = []

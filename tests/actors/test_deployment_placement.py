@@ -378,3 +378,21 @@ def test_the_last_failure_of_a_deployment_can_be_asked_for_and_is_forgotten_on_s
     assert actor.ask(GetPlacementFailure("big"), timeout=TIMEOUT) == PlacementFailure(
         deployment="big", error=None
     )
+
+
+def test_gpus_held_by_an_earlier_run_are_reserved_until_released() -> None:
+    held = {"old": (NodeAssignment(replica_index=0, node="gpu-a", gpus=(0, 1, 2)),)}
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, held=held)
+    assert held_gpus(ref)["gpu-a"] == {0: "old", 1: "old", 2: "old"}
+    assert cluster_view(ref).deployments == ("old",)
+    with pytest.raises(InvalidSpecError, match="earlier run"):
+        ref.ask(Place(local("old")), timeout=TIMEOUT)
+    released = ref.ask(Release("old"), timeout=TIMEOUT)
+    assert released == Released(deployment="old", was_placed=True, gpus_freed=3, replicas_freed=1)
+    assert place(ref, local("old", gpus=4), gpu_nodes=("gpu-a",)).total_gpus() == 4
+
+
+def test_held_gpus_the_ledger_cannot_match_are_skipped() -> None:
+    held = {"ghost": (NodeAssignment(replica_index=0, node="gone", gpus=(0,)),)}
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, held=held)
+    assert cluster_view(ref).deployments == ()
