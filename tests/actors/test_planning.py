@@ -9,6 +9,7 @@ import pykka
 import pytest
 import ray
 from ray.util import placement_group_table, remove_placement_group
+from ray.util.placement_group import PlacementGroup
 
 from placement_actors import (
     BackendError,
@@ -104,6 +105,17 @@ def ray_groups(prefix: str) -> dict[str, dict[str, object]]:
     return found
 
 
+def hold_gpus(node: str, gpus: int, *, name: str) -> PlacementGroup:
+    """Take ``gpus`` GPUs of ``node`` with a group of our own, as another Ray user would."""
+    return ray_backend.build_pg(
+        [{"GPU": gpus}],
+        BundleStrategy.STRICT_PACK,
+        name=name,
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=20,
+    )
+
+
 def test_place_answers_with_futures_that_resolve_to_master_ip_and_port(
     service: Service, ray_nodes: dict[str, str]
 ) -> None:
@@ -194,13 +206,7 @@ def test_an_infeasible_group_fails_its_futures_is_removed_and_frees_the_ledger(
 
 
 def test_a_group_without_room_yet_times_out_as_retryable(ray_nodes: dict[str, str]) -> None:
-    holder = ray_backend.build_pg(
-        [{"GPU": 4}],
-        BundleStrategy.STRICT_PACK,
-        name="t-outside-holder",
-        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
-        ready_timeout_s=20,
-    )
+    holder = hold_gpus(ray_nodes["gpu-b"], 4, name="t-outside-holder")
     try:
         svc = start_service(ready_timeout_s=1.5)
         result = svc.place(llama("late", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
@@ -216,13 +222,7 @@ def test_a_group_without_room_yet_times_out_as_retryable(ray_nodes: dict[str, st
 def test_resending_place_after_a_replica_failed_places_it_again(
     ray_nodes: dict[str, str],
 ) -> None:
-    holder = ray_backend.build_pg(
-        [{"GPU": 4}],
-        BundleStrategy.STRICT_PACK,
-        name="t-outside-holder-2",
-        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
-        ready_timeout_s=20,
-    )
+    holder = hold_gpus(ray_nodes["gpu-b"], 4, name="t-outside-holder-2")
     svc = start_service(ready_timeout_s=1.5)
     message_nodes = (ray_nodes["gpu-b"],)
     first = svc.place(llama("retry", gpus=4), gpu_nodes=message_nodes)
@@ -369,13 +369,9 @@ def test_a_late_event_about_a_removed_group_leaves_its_successor_alone(
     assert isinstance(first, ReplicaPlacement)
     with pytest.raises(PlacementGroupTimeoutError):
         first.master.port.get(timeout=TIMEOUT)
-    holder = ray_backend.build_pg(  # keeps the successor pending while the late events arrive
-        [{"GPU": 64}],
-        BundleStrategy.STRICT_PACK,
-        name="t-bulk-holder",
-        bundle_label_selector=[{NODE_ID_LABEL: node}],
-        ready_timeout_s=20,
-    )
+    holder = hold_gpus(
+        node, 64, name="t-bulk-holder"
+    )  # keeps the successor pending while the late events arrive
     fits = dataclasses.replace(
         too_big,
         assignments=(NodeAssignment(replica_index=0, node=node, gpus=(0,)),),
@@ -455,13 +451,9 @@ def test_stopping_the_planner_fails_the_futures_it_still_owes(ray_nodes: dict[st
 async def test_a_ticker_keeps_ticking_while_a_slow_placement_group_is_awaited(
     service: Service, ray_nodes: dict[str, str]
 ) -> None:
-    holder = ray_backend.build_pg(  # gpu-b is full until the holder goes
-        [{"GPU": 4}],
-        BundleStrategy.STRICT_PACK,
-        name="t-async-holder",
-        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-b"]}],
-        ready_timeout_s=20,
-    )
+    holder = hold_gpus(
+        ray_nodes["gpu-b"], 4, name="t-async-holder"
+    )  # gpu-b is full until the holder goes
     ticks = 0
 
     async def ticker() -> None:
