@@ -34,7 +34,12 @@ from placement_actors.actors.messages import (
     ReplicaGroupView,
 )
 from placement_actors.actors.planning import PlanningActor, PlanningProxy, planning_proxy
-from placement_actors.domain.constraints import EgressKey, GpuStrategy, PlacementConstraints
+from placement_actors.domain.constraints import (
+    EgressKey,
+    EgressStrategy,
+    GpuStrategy,
+    PlacementConstraints,
+)
 from placement_actors.domain.deployments import (
     ApiKey,
     CustomRuntime,
@@ -91,6 +96,7 @@ __all__ = [
     "DeploymentPlacementActor",
     "DeploymentPlacementProxy",
     "EgressKey",
+    "EgressStrategy",
     "Eventual",
     "GetClusterView",
     "GetPlacementFailure",

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
@@ -42,10 +42,9 @@ from placement_actors.domain.errors import (
     CapacityError,
     InvalidSpecError,
     NoEgressNodesError,
-    NoGpuNodesError,
-    NotEnoughGpusError,
     PlacementError,
 )
+from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     NodeAssignment,
     PlacementResult,
@@ -53,10 +52,11 @@ from placement_actors.domain.results import (
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
-from placement_actors.policies.bundle_shapes import head_exclusion_from_env, plan_even_split
+from placement_actors.domain.validation import check_count, check_timeout, revalidated
+from placement_actors.policies.bundle_shapes import head_exclusion_from_env
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
-from placement_actors.policies.node_choice import choose_replica_nodes, gpu_rejections
+from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
 
 __all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
 
@@ -102,6 +102,8 @@ class DeploymentPlacementActor(KeepServingActor):
             `placement_actors.backends.ray_backend.get_held_groups`). They are reserved on the
             ledger at start, so nothing is double-booked; such a name must be released before it
             is placed again.
+        max_remote_replicas: the most replicas one remote deployment may ask for (a local one may
+            ask for as many as the allowed nodes could ever hold).
     """
 
     def __init__(
@@ -113,9 +115,13 @@ class DeploymentPlacementActor(KeepServingActor):
         ignore_head_node: bool | None = None,
         planner_timeout_s: float = 30.0,
         held: Mapping[str, Sequence[NodeAssignment]] | None = None,
+        max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     ) -> None:
-        """Build the ledgers; raises `InvalidSpecError` for a malformed topology."""
+        """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
+        check_timeout(planner_timeout_s, "planner_timeout_s")
+        check_count(max_remote_replicas, "max_remote_replicas", minimum=1)
+        self._max_remote_replicas = max_remote_replicas
         nodes = list(topology)
         for node in nodes:
             if not isinstance(node, NodeTopology):
@@ -148,11 +154,9 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- commands ----------------------------------------------------------------------------
 
+    @admits(Place)
     def place(self, message: Place) -> PlacementResult:
         """Place every replica of a deployment, or none; see `Place`."""
-        if not isinstance(message, Place):
-            msg = f"place() takes a Place message, got {type(message).__name__}"
-            raise InvalidSpecError(msg, field="message")
         name = message.deployment.name
         try:
             result = self._place(message)
@@ -162,11 +166,9 @@ class DeploymentPlacementActor(KeepServingActor):
         self._failures.pop(name, None)
         return result
 
+    @admits(GetPlacementFailure)
     def get_placement_failure(self, message: GetPlacementFailure) -> PlacementFailure:
         """Why the last `Place` of a deployment did not fit, node by node."""
-        if not isinstance(message, GetPlacementFailure):
-            msg = "get_placement_failure() takes a GetPlacementFailure message"
-            raise InvalidSpecError(msg, field="message")
         return PlacementFailure(
             deployment=message.deployment, error=self._failures.get(message.deployment)
         )
@@ -188,7 +190,8 @@ class DeploymentPlacementActor(KeepServingActor):
                 raise InvalidSpecError(msg, field="name")
             missing = earlier.missing_replicas()
             if missing:  # some replicas' groups failed: place those again
-                earlier.result = self._merge(earlier.result, self._place_local(message, missing))
+                more = self._place_local(message, missing, own=earlier.result.assignments)
+                earlier.result = self._merge(earlier.result, more)
             return earlier.result
         unknown = sorted(constraints.named_nodes() - self._known)
         if unknown:
@@ -200,15 +203,13 @@ class DeploymentPlacementActor(KeepServingActor):
             result = self._place_remote(deployment, constraints, transport.provider)
         else:
             key = None
-            result = self._place_local(message, list(range(deployment.replicas)))
+            result = self._place_local(message, None)
         self._placed[deployment.name] = _Placed(place=message, result=result, egress_key=key)
         return result
 
+    @admits(Release)
     def release(self, message: Release) -> Released:
         """Free all that a deployment holds, on the ledger and on the cluster; idempotent."""
-        if not isinstance(message, Release):
-            msg = f"release() takes a Release message, got {type(message).__name__}"
-            raise InvalidSpecError(msg, field="message")
         placed = self._placed.get(message.deployment)
         reap = placed is None and is_deployment_name(message.deployment)
         if self._planner is not None and (reap or (placed and placed.egress_key is None)):
@@ -259,6 +260,7 @@ class DeploymentPlacementActor(KeepServingActor):
         if kept:
             self._held[name] = tuple(kept)
 
+    @admits(ReplicaFailed)
     def _on_replica_failed(self, event: ReplicaFailed) -> None:
         """A replica's group failed after it was planned: give its GPUs back to the ledger."""
         placed = self._placed.get(event.deployment)
@@ -287,7 +289,8 @@ class DeploymentPlacementActor(KeepServingActor):
 
     def get_cluster_view(self, message: GetClusterView | None = None) -> ClusterView:
         """Every node's capacity, free GPUs and holders."""
-        del message
+        if message is not None:
+            revalidated(message, GetClusterView)
         views = []
         for node_id in sorted(self._known):
             in_ledger = node_id in self._gpus
@@ -309,42 +312,27 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _place_local(self, message: Place, indexes: list[int]) -> PlacementResult:
+    def _place_local(
+        self, message: Place, indexes: list[int] | None, own: Sequence[NodeAssignment] = ()
+    ) -> PlacementResult:
         deployment, constraints = message.deployment, message.constraints
-        gpus = deployment.gpus_per_replica
         allowed = (
             None
             if constraints.gpu_nodes is None
-            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus) - self._avoid
+            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus)
         )
-        if self._largest_allowed(allowed) == 0:
-            raise NoGpuNodesError(
-                f"deployment {deployment.name} needs GPUs, but no allowed node has any"
-                + (" (gpu_nodes is empty)" if constraints.gpu_nodes == () else "")
-                + (" (head exclusion is on)" if self._avoid else ""),
-                deployment=deployment.name,
-                rejections=self._no_gpu_rejections(constraints.gpu_nodes, gpus),
-            )
-        assignments: list[NodeAssignment] = []
-        placed = self._placed.get(deployment.name)
-        used = {a.node for a in placed.result.assignments} if placed else set()
-        for count, replica in enumerate(indexes):
-            chosen = choose_replica_nodes(
-                self._gpus,
-                gpus,
-                strategy=constraints.strategy,
-                allowed=allowed,
-                avoid=self._avoid,
-                used=frozenset(used),
-            )
-            if chosen is None:
-                error = self._not_enough_gpus(deployment, gpus, allowed, placed=count)
-                self._free(deployment.name, assignments, None)
-                raise error
-            for node, share in chosen:
-                ordinals = self._gpus.reserve(node, share, deployment.name)
-                assignments.append(NodeAssignment(replica_index=replica, node=node, gpus=ordinals))
-                used.add(node)
+        request = LocalRequest(
+            deployment=deployment.name,
+            gpus=deployment.gpus_per_replica,
+            replicas=deployment.replicas,
+            indexes=None if indexes is None else tuple(indexes),
+            strategy=constraints.strategy,
+            allowed=allowed,
+            avoid=self._avoid,
+            own=tuple(own),
+            no_nodes_named=constraints.gpu_nodes == (),
+        )
+        assignments = list(reserve_local_replicas(self._gpus, request))
         replicas: tuple[ReplicaPlacement, ...] = ()
         if self._planner is not None:
             try:
@@ -401,17 +389,15 @@ class DeploymentPlacementActor(KeepServingActor):
             ),
         )
 
-    def _largest_allowed(self, allowed: frozenset[str] | None) -> int:
-        if allowed is not None or not self._avoid:
-            return self._gpus.max_capacity(allowed)
-        return max(
-            (self._gpus.capacity(n) for n in self._gpus.node_ids() if n not in self._avoid),
-            default=0,
-        )
-
     def _place_remote(
         self, deployment: Deployment, constraints: PlacementConstraints, provider: ProviderKind
     ) -> PlacementResult:
+        if deployment.replicas > self._max_remote_replicas:
+            msg = (
+                f"deployment {deployment.name} asks for more remote replicas than the service's "
+                f"limit of {self._max_remote_replicas}"
+            )
+            raise InvalidSpecError(msg, field="replicas")
         key: EgressKey = (provider, deployment.api_key)
         allowed = (
             self._egress.node_ids()
@@ -431,12 +417,14 @@ class DeploymentPlacementActor(KeepServingActor):
                 rejections=rejections,
             )
         told = frozenset(constraints.egress_preference.get(key, ()))
+        nodes = self._egress.choose_many(
+            deployment.replicas,
+            allowed=allowed,
+            preferred=told | self._egress.serving(key),
+            strategy=constraints.egress_strategy,
+        )
         assignments = []
-        for replica in range(deployment.replicas):
-            node = self._egress.choose(allowed=allowed, preferred=told | self._egress.serving(key))
-            if node is None:  # pragma: no cover - `allowed` holds egress nodes only
-                msg = "an egress node vanished during placement"
-                raise AssertionError(msg)
+        for replica, node in enumerate(nodes):
             self._egress.add(node, key)
             assignments.append(NodeAssignment(replica_index=replica, node=node))
         return PlacementResult(deployment=deployment, assignments=tuple(assignments))
@@ -449,50 +437,6 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._gpus.release(assignment.node, assignment.gpus, name)
             if key is not None:
                 self._egress.remove(assignment.node, key)
-
-    def _not_enough_gpus(
-        self, deployment: Deployment, gpus: int, allowed: frozenset[str] | None, *, placed: int
-    ) -> NotEnoughGpusError:
-        nodes = [
-            n
-            for n in (self._gpus.node_ids() if allowed is None else sorted(allowed))
-            if n not in self._avoid
-        ]
-        available = max((self._gpus.free_count(n) for n in nodes), default=0)
-        largest = max((self._gpus.capacity(n) for n in nodes), default=0)
-        could_fit = plan_even_split(gpus, (self._gpus.capacity(n) for n in nodes)) is not None
-        progress = f"; {placed} of {deployment.replicas} replicas fitted" if placed else ""
-        never = "" if could_fit else " (not even on an empty cluster)"
-        rejections = gpu_rejections(self._gpus, gpus, nodes) + tuple(
-            Rejection(
-                node_id=n,
-                reason="is a head node (head exclusion is on)",
-                requested=gpus,
-                available=self._gpus.free_count(n),
-            )
-            for n in sorted(self._avoid)
-            if allowed is None or n in allowed
-        )
-        return NotEnoughGpusError(
-            f"deployment {deployment.name} needs {gpus} free GPUs per replica, on one node or "
-            f"split evenly over nodes; the most free on an allowed node is {available}"
-            f"{never}{progress}",
-            deployment=deployment.name,
-            requested=gpus,
-            available=available,
-            largest_node=largest,
-            retryable=could_fit,
-            rejections=rejections,
-        )
-
-    def _no_gpu_rejections(
-        self, gpu_nodes: tuple[str, ...] | None, gpus: int
-    ) -> tuple[Rejection, ...]:
-        nodes = self._known if gpu_nodes is None else frozenset(gpu_nodes)
-        return tuple(
-            Rejection(node_id=n, reason="has no GPUs", requested=gpus, available=0)
-            for n in sorted(nodes)
-        )
 
 
 class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlacementActor]):

@@ -14,24 +14,50 @@ pyproject pins ``pykka<5`` and ``tests/actors/test_mailbox.py`` fails if they ch
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 from pykka._envelope import Envelope
 
 from placement_actors.actors.futures import CallbackFuture
 from placement_actors.domain.errors import UnknownMessageError
+from placement_actors.domain.validation import revalidated
 
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
 
-__all__ = ["KeepServingActor"]
+__all__ = ["KeepServingActor", "admits"]
 
 logger = logging.getLogger(__name__)
+
+
+_S = TypeVar("_S")
+_M = TypeVar("_M")
+_R = TypeVar("_R")
+
+
+def admits(message_type: type[_M]) -> Callable[[Callable[[_S, _M], _R]], Callable[[_S, _M], _R]]:
+    """Make a handler act only on a ``message_type`` rebuilt through its constructors.
+
+    Whether the message was made here, told, asked, sent through a proxy or unpickled from another
+    process, the handler sees a value its constructors have checked
+    (`placement_actors.domain.validation.revalidated`); anything else is an `InvalidSpecError`
+    for the sender.
+    """
+
+    def wrap(handler: Callable[[_S, _M], _R]) -> Callable[[_S, _M], _R]:
+        @functools.wraps(handler)
+        def admitted(self: _S, message: _M) -> _R:
+            return handler(self, revalidated(message, message_type))
+
+        return admitted
+
+    return wrap
 
 
 class _ToldReply(pykka.ThreadingFuture[Any]):

@@ -25,7 +25,12 @@ import pykka
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
+from placement_actors.domain.limits import MAX_NODES
 from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
+from placement_actors.domain.validation import check_count, check_text, check_timeout
+
+_NAME = 1024
+"""Characters in a deployment or group name a message may carry (names are shorter still)."""
 
 __all__ = [
     "BundleProbeFailed",
@@ -94,9 +99,7 @@ class Release:
 
     def __post_init__(self) -> None:
         """Reject a name that is not a string."""
-        if not isinstance(self.deployment, str):
-            msg = f"Release.deployment must be a deployment name, got {self.deployment!r}"
-            raise InvalidSpecError(msg, field="deployment")
+        check_text(self.deployment, "deployment", longest=_NAME)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +129,10 @@ class GetPlacementFailure:
     """Query: why the last `Place` of a deployment did not fit. Reply: `PlacementFailure`."""
 
     deployment: str
+
+    def __post_init__(self) -> None:
+        """Reject a name that is not text."""
+        check_text(self.deployment, "deployment", longest=_NAME)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,15 +227,20 @@ class PlanReplica:
 
     def __post_init__(self) -> None:
         """Check the fields' types and the timeout."""
-        if not isinstance(self.deployment, str) or not isinstance(self.replica_index, int):
-            msg = "PlanReplica needs a deployment name and an integer replica index"
-            raise InvalidSpecError(msg, field="deployment")
-        if not self.assignments or not all(isinstance(a, NodeAssignment) for a in self.assignments):
-            msg = "PlanReplica needs one or more NodeAssignment values"
+        check_text(self.deployment, "deployment", longest=_NAME)
+        check_count(self.replica_index, "replica_index")
+        if (
+            not isinstance(self.assignments, tuple)
+            or not 0 < len(self.assignments) <= MAX_NODES
+            or not all(isinstance(a, NodeAssignment) for a in self.assignments)
+        ):
+            msg = "PlanReplica needs a tuple of one or more NodeAssignment values"
             raise InvalidSpecError(msg, field="assignments")
-        if self.ready_timeout_s is not None and not self.ready_timeout_s > 0:
-            msg = f"ready_timeout_s must be > 0, got {self.ready_timeout_s!r}"
-            raise InvalidSpecError(msg, field="ready_timeout_s")
+        if self.notify is not None and not isinstance(self.notify, pykka.ActorRef):
+            msg = f"notify must be a pykka ActorRef or None, got {type(self.notify).__name__}"
+            raise InvalidSpecError(msg, field="notify")
+        if self.ready_timeout_s is not None:
+            check_timeout(self.ready_timeout_s, "ready_timeout_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +255,16 @@ class RemoveReplicaGroups:
 
     deployment: str
     replica_indexes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Check the name and the indexes."""
+        check_text(self.deployment, "deployment", longest=_NAME)
+        if self.replica_indexes is not None:
+            if not isinstance(self.replica_indexes, tuple) or len(self.replica_indexes) > MAX_NODES:
+                msg = f"replica_indexes must be a tuple of at most {MAX_NODES} indexes, or None"
+                raise InvalidSpecError(msg, field="replica_indexes")
+            for index in self.replica_indexes:
+                check_count(index, "replica_indexes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,6 +325,26 @@ class ReplicaFailed:
     attempt: int
     error: PlacementError
 
+    def __post_init__(self) -> None:
+        """Check every field's type."""
+        check_text(self.deployment, "deployment", longest=_NAME)
+        check_count(self.replica_index, "replica_index")
+        _check_group(self.group_name, self.attempt)
+        if not isinstance(self.error, PlacementError):
+            msg = f"error must be a PlacementError, got {type(self.error).__name__}"
+            raise InvalidSpecError(msg, field="error")
+
+
+def _check_group(group_name: object, attempt: object) -> None:
+    check_text(group_name, "group_name", longest=_NAME)
+    check_count(attempt, "attempt")
+
+
+def _check_error(error: object) -> None:
+    if not isinstance(error, BaseException):
+        msg = f"error must be an exception, got {type(error).__name__}"
+        raise InvalidSpecError(msg, field="error")
+
 
 # The events below come from Ray callbacks and timers. ``attempt`` numbers the planner's groups, so
 # a late event about a removed group never touches a newer group of the same name.
@@ -315,6 +357,10 @@ class PlacementGroupReady:
     group_name: str
     attempt: int
 
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        _check_group(self.group_name, self.attempt)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlacementGroupFailed:
@@ -324,6 +370,11 @@ class PlacementGroupFailed:
     attempt: int
     error: BaseException
 
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        _check_group(self.group_name, self.attempt)
+        _check_error(self.error)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlacementGroupTimedOut:
@@ -331,6 +382,10 @@ class PlacementGroupTimedOut:
 
     group_name: str
     attempt: int
+
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        _check_group(self.group_name, self.attempt)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,6 +398,16 @@ class BundleProbed:
     node_ip: str
     port: int
 
+    def __post_init__(self) -> None:
+        """Check the fields' types and the port's range."""
+        _check_group(self.group_name, self.attempt)
+        check_count(self.bundle_index, "bundle_index")
+        check_text(self.node_ip, "node_ip", longest=256)
+        check_count(self.port, "port", minimum=1)
+        if self.port > 65535:  # noqa: PLR2004 - the largest TCP port
+            msg = f"port must be at most 65535, got {self.port}"
+            raise InvalidSpecError(msg, field="port")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BundleProbeFailed:
@@ -352,3 +417,9 @@ class BundleProbeFailed:
     attempt: int
     bundle_index: int
     error: BaseException
+
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        _check_group(self.group_name, self.attempt)
+        check_count(self.bundle_index, "bundle_index")
+        _check_error(self.error)

@@ -20,7 +20,7 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from placement_actors.actors.futures import CallbackFuture
-from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
     BundleProbed,
     BundleProbeFailed,
@@ -46,6 +46,7 @@ from placement_actors.domain.errors import (
     PlacementGroupTimeoutError,
 )
 from placement_actors.domain.results import BundleEndpoint, NodeAssignment, ReplicaPlacement
+from placement_actors.domain.validation import check_timeout, revalidated
 from placement_actors.policies.bundle_shapes import pinned_bundle_spec
 from placement_actors.policies.port_book import PortBook
 
@@ -102,9 +103,7 @@ class PlanningActor(KeepServingActor):
     def __init__(self, *, backend: ClusterBackend, ready_timeout_s: float = 60.0) -> None:
         """Keep the backend; nothing is sent to the cluster until the first `PlanReplica`."""
         super().__init__()
-        if not ready_timeout_s > 0:
-            msg = f"ready_timeout_s must be > 0, got {ready_timeout_s!r}"
-            raise InvalidSpecError(msg, field="ready_timeout_s")
+        check_timeout(ready_timeout_s, "ready_timeout_s")
         self._backend = backend
         self._ready_timeout_s = ready_timeout_s
         self._groups: dict[str, _Group] = {}
@@ -130,11 +129,9 @@ class PlanningActor(KeepServingActor):
 
     # -- commands and queries ----------------------------------------------------------------
 
+    @admits(PlanReplica)
     def plan_replica(self, message: PlanReplica) -> ReplicaPlacement:
         """Create the replica's group and answer at once; see `PlanReplica`."""
-        if not isinstance(message, PlanReplica):
-            msg = f"plan_replica() takes a PlanReplica message, got {type(message).__name__}"
-            raise InvalidSpecError(msg, field="message")
         name = group_name(message.deployment, message.replica_index)
         known = self._groups.get(name)
         if known is not None and known.state is not GroupState.FAILED:
@@ -187,11 +184,9 @@ class PlanningActor(KeepServingActor):
         self._arm_timer(group)
         return placement
 
+    @admits(RemoveReplicaGroups)
     def remove_replica_groups(self, message: RemoveReplicaGroups) -> ReplicaGroupsRemoved:
         """Remove a deployment's groups, tracked or left over; see `RemoveReplicaGroups`."""
-        if not isinstance(message, RemoveReplicaGroups):
-            msg = "remove_replica_groups() takes a RemoveReplicaGroups message"
-            raise InvalidSpecError(msg, field="message")
         prefix = group_prefix(message.deployment)
         indexes = message.replica_indexes
         names = (
@@ -217,7 +212,8 @@ class PlanningActor(KeepServingActor):
 
     def get_replica_groups(self, message: GetReplicaGroups | None = None) -> ReplicaGroupsView:
         """Every tracked group and its state."""
-        del message
+        if message is not None:
+            revalidated(message, GetReplicaGroups)
         return ReplicaGroupsView(
             groups=tuple(
                 ReplicaGroupView(
@@ -240,6 +236,7 @@ class PlanningActor(KeepServingActor):
             return None
         return group
 
+    @admits(PlacementGroupReady)
     def _on_ready(self, event: PlacementGroupReady) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is None:
@@ -249,6 +246,7 @@ class PlanningActor(KeepServingActor):
         for index in range(len(group.assignments)):
             self._probe(group, index)
 
+    @admits(PlacementGroupFailed)
     def _on_failed(self, event: PlacementGroupFailed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PENDING)
         if group is not None:
@@ -259,6 +257,7 @@ class PlanningActor(KeepServingActor):
             error.__cause__ = event.error
             self._fail(group, error)
 
+    @admits(PlacementGroupTimedOut)
     def _on_timed_out(self, event: PlacementGroupTimedOut) -> None:
         group = self._pending(
             event.group_name, event.attempt, GroupState.PENDING, GroupState.PROBING
@@ -286,6 +285,7 @@ class PlanningActor(KeepServingActor):
             ),
         )
 
+    @admits(BundleProbed)
     def _on_probed(self, event: BundleProbed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
         if group is None or event.bundle_index in group.resolved:
@@ -308,6 +308,7 @@ class PlanningActor(KeepServingActor):
             if group.timer is not None:
                 group.timer.cancel()
 
+    @admits(BundleProbeFailed)
     def _on_probe_failed(self, event: BundleProbeFailed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
         if group is not None:

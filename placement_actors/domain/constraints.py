@@ -5,14 +5,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from types import MappingProxyType
 from typing import Any
 
 from placement_actors.domain.deployments import ApiKey, ProviderKind
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.frozen import reduce_frozen
+from placement_actors.domain.limits import MAX_NODE_ID, MAX_NODES
 
-__all__ = ["EgressKey", "GpuStrategy", "PlacementConstraints"]
+__all__ = ["EgressKey", "EgressStrategy", "GpuStrategy", "PlacementConstraints"]
 
 EgressKey = tuple[ProviderKind, ApiKey | None]
 """Deployments that share a provider and an API key can share a rate limiter on one node."""
@@ -31,6 +33,21 @@ class GpuStrategy(enum.Enum):
     SPREAD = "spread"
 
 
+class EgressStrategy(enum.Enum):
+    """How a remote deployment's replicas are spread over egress nodes.
+
+    ``SPREAD`` (the default) gives each replica an egress node the deployment does not use yet
+    while there are enough, so one lost node never takes every replica; among those it prefers
+    the nodes already serving the same (provider, api key), then the least-loaded, ties by node
+    id. Once every allowed node serves the deployment, further replicas go round again the same
+    way. ``PACK`` keeps every replica of a (provider, api key) on the nodes that already serve
+    it (the least-loaded of them), so they can share one rate limiter.
+    """
+
+    SPREAD = "spread"
+    PACK = "pack"
+
+
 def _no_preference() -> Mapping[EgressKey, tuple[str, ...]]:
     return MappingProxyType({})
 
@@ -38,13 +55,18 @@ def _no_preference() -> Mapping[EgressKey, tuple[str, ...]]:
 def _node_ids(value: object, name: str) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        msg = f"{name} must be a list of node ids or None, got {value!r}"
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        msg = f"{name} must be a list of node ids or None, got {type(value).__name__}"
         raise InvalidSpecError(msg, field=name)
-    ids = tuple(value)
-    if not all(isinstance(node, str) and node for node in ids):
-        msg = f"{name} must hold non-empty node-id strings, got {ids!r}"
+    ids = tuple(islice(value, MAX_NODES + 1))
+    if len(ids) > MAX_NODES:
+        msg = f"{name} names more than {MAX_NODES} nodes"
         raise InvalidSpecError(msg, field=name)
+    for node in ids:
+        if not isinstance(node, str) or not node.strip() or len(node) > MAX_NODE_ID:
+            shown = repr(node[:40]) if isinstance(node, str) else type(node).__name__
+            msg = f"{name} must hold node ids of 1-{MAX_NODE_ID} characters, got {shown}"
+            raise InvalidSpecError(msg, field=name)
     return tuple(dict.fromkeys(ids))
 
 
@@ -60,6 +82,7 @@ class PlacementConstraints:
         egress_preference: ``(provider, api key) -> node ids`` already serving that pair, added to
             what the service itself remembers.
         strategy: how local replicas are spread (`GpuStrategy`).
+        egress_strategy: how remote replicas are spread (`EgressStrategy`).
     """
 
     gpu_nodes: tuple[str, ...] | None = None
@@ -68,16 +91,26 @@ class PlacementConstraints:
         default_factory=_no_preference, hash=False
     )
     strategy: GpuStrategy = GpuStrategy.PACK
+    egress_strategy: EgressStrategy = EgressStrategy.SPREAD
 
     def __post_init__(self) -> None:
         """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
         object.__setattr__(self, "gpu_nodes", _node_ids(self.gpu_nodes, "gpu_nodes"))
         object.__setattr__(self, "egress_nodes", _node_ids(self.egress_nodes, "egress_nodes"))
         if not isinstance(self.strategy, GpuStrategy):
-            msg = f"strategy must be a GpuStrategy, got {self.strategy!r}"
+            msg = f"strategy must be a GpuStrategy, got {type(self.strategy).__name__}"
             raise InvalidSpecError(msg, field="strategy")
+        if not isinstance(self.egress_strategy, EgressStrategy):
+            msg = (
+                "egress_strategy must be an EgressStrategy, "
+                f"got {type(self.egress_strategy).__name__}"
+            )
+            raise InvalidSpecError(msg, field="egress_strategy")
         if not isinstance(self.egress_preference, Mapping):
             msg = "egress_preference must map (provider, api key) to node ids"
+            raise InvalidSpecError(msg, field="egress_preference")
+        if len(self.egress_preference) > MAX_NODES:
+            msg = f"egress_preference holds more than {MAX_NODES} entries"
             raise InvalidSpecError(msg, field="egress_preference")
         frozen: dict[EgressKey, tuple[str, ...]] = {}
         for key, nodes in self.egress_preference.items():
@@ -87,7 +120,11 @@ class PlacementConstraints:
                 and isinstance(key[0], ProviderKind)
                 and (key[1] is None or isinstance(key[1], ApiKey))
             ):
-                msg = f"egress_preference keys must be (ProviderKind, ApiKey | None), got {key!r}"
+                # Never echo the key: a raw string here is most likely a secret.
+                msg = (
+                    "egress_preference keys must be (ProviderKind, ApiKey | None) pairs, got a "
+                    f"{type(key).__name__} (wrap a secret in ApiKey; it is not shown here)"
+                )
                 raise InvalidSpecError(msg, field="egress_preference")
             frozen[key] = _node_ids(nodes, "egress_preference") or ()
         object.__setattr__(self, "egress_preference", MappingProxyType(frozen))

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.limits import MAX_TEXT
 
 __all__ = [
     "GROUP_NAME_ROOT",
@@ -82,11 +83,14 @@ class CustomRuntime:
 
     def __post_init__(self) -> None:
         """Reject an empty name or a provider that is not a `ProviderKind`."""
-        if not isinstance(self.name, str) or not self.name.strip():
-            msg = "a custom runtime needs a non-empty name"
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > MAX_TEXT:
+            msg = f"a custom runtime needs a name of 1-{MAX_TEXT} characters"
             raise InvalidSpecError(msg, field="runtime")
         if self.provider is not None and not isinstance(self.provider, ProviderKind):
-            msg = f"custom runtime provider must be a ProviderKind, got {self.provider!r}"
+            msg = (
+                "custom runtime provider must be a ProviderKind, "
+                f"got {type(self.provider).__name__}"
+            )
             raise InvalidSpecError(msg, field="runtime")
 
 
@@ -200,17 +204,19 @@ class Deployment:
 
     def __post_init__(self) -> None:
         """Check every field; a `Deployment` that exists is valid."""
-        if not isinstance(self.name, str) or not _NAME_PATTERN.fullmatch(self.name):
+        if not is_deployment_name(self.name):
+            shown = repr(self.name[:40]) if isinstance(self.name, str) else "a non-string"
             msg = (
-                f"deployment name {self.name!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                f"deployment name {shown} must be 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
             raise InvalidSpecError(msg, field="name")
-        if not isinstance(self.model, str) or not self.model.strip():
-            msg = f"deployment {self.name}: model must be a non-empty string"
+        if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > MAX_TEXT:
+            msg = f"deployment {self.name}: model must be a string of 1-{MAX_TEXT} characters"
             raise InvalidSpecError(msg, field="model")
         if not _is_int(self.replicas) or self.replicas < 1:
-            msg = f"deployment {self.name}: replicas must be an integer >= 1, got {self.replicas!r}"
+            shown = _shown(self.replicas)
+            msg = f"deployment {self.name}: replicas must be an integer >= 1, got {shown}"
             raise InvalidSpecError(msg, field="replicas")
         if self.runtime is not None and not isinstance(self.runtime, RuntimeKind | CustomRuntime):
             msg = f"deployment {self.name}: runtime must be a RuntimeKind or CustomRuntime"
@@ -230,7 +236,7 @@ class Deployment:
                 )
                 raise InvalidSpecError(msg, field="gpus")
         elif self.gpus is not None and (not _is_int(self.gpus) or self.gpus < 1):
-            msg = f"deployment {self.name}: gpus must be an integer >= 1, got {self.gpus!r}"
+            msg = f"deployment {self.name}: gpus must be an integer >= 1, got {_shown(self.gpus)}"
             raise InvalidSpecError(msg, field="gpus")
 
     def effective_runtime(self) -> Runtime:
@@ -254,9 +260,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _shown(value: object) -> str:
+    """A value for an error message: small integers as they are, anything else by its type."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if abs(value) < 10**12 else "a huge integer"
+    return type(value).__name__
+
+
 def is_deployment_name(value: object) -> bool:
     """Whether ``value`` could name a deployment (letters, digits, ``.``, ``_``, ``-``)."""
-    return isinstance(value, str) and _NAME_PATTERN.fullmatch(value) is not None
+    return (
+        isinstance(value, str)
+        and len(value) <= 128  # noqa: PLR2004 - the pattern's own limit, checked before matching
+        and _NAME_PATTERN.fullmatch(value) is not None
+    )
 
 
 def group_prefix(deployment: str) -> str:
@@ -265,8 +282,8 @@ def group_prefix(deployment: str) -> str:
     Deployment names cannot contain ``:``, so the prefix of ``dep-1`` (``placement-actors:dep-1:``)
     never matches a group of ``dep-10``.
     """
-    if not _NAME_PATTERN.fullmatch(deployment):
-        msg = f"not a deployment name: {deployment!r}"
+    if not is_deployment_name(deployment):
+        msg = "not a deployment name"
         raise InvalidSpecError(msg, field="name")
     return f"{GROUP_NAME_ROOT}{deployment}:"
 

@@ -9,7 +9,10 @@ from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from placement_actors.domain.deployments import Deployment
+from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.frozen import reduce_frozen
+from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODE_ID
+from placement_actors.domain.validation import check_count, check_text
 
 __all__ = [
     "BundleEndpoint",
@@ -78,6 +81,23 @@ class NodeAssignment:
     replica_index: int
     node: str
     gpus: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Check the index, the node id and the ordinals (distinct, non-negative)."""
+        check_count(self.replica_index, "replica_index")
+        check_text(self.node, "node", longest=MAX_NODE_ID)
+        if not self.node.strip():
+            msg = "a node assignment needs a node id"
+            raise InvalidSpecError(msg, field="node")
+        if not isinstance(self.gpus, tuple | list) or len(self.gpus) > MAX_NODE_GPUS:
+            msg = f"gpus must be a tuple of at most {MAX_NODE_GPUS} GPU ordinals"
+            raise InvalidSpecError(msg, field="gpus")
+        for ordinal in self.gpus:
+            check_count(ordinal, "gpus")
+        if len(set(self.gpus)) != len(self.gpus):
+            msg = "gpus must not name an ordinal twice"
+            raise InvalidSpecError(msg, field="gpus")
+        object.__setattr__(self, "gpus", tuple(self.gpus))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

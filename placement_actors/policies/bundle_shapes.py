@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from placement_actors.domain.errors import InvalidSpecError, NoGpuNodesError, NotEnoughGpusError
 from placement_actors.domain.results import BundleStrategy, NodeAssignment, ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.node_choice import even_split_nodes
 
 __all__ = [
     "IGNORE_HEAD_NODE_ENV",
@@ -45,13 +46,12 @@ def plan_even_split(tp_size: int, gpus_per_node: Iterable[int]) -> int | None:
     1 when a node has ``tp_size`` GPUs; else the smallest ``nnodes >= 2`` dividing ``tp_size``
     with at least ``nnodes`` nodes of ``tp_size // nnodes`` GPUs; ``None`` when there is none.
     """
-    counts = sorted((g for g in gpus_per_node if g > 0), reverse=True)
-    if counts and counts[0] >= tp_size:
-        return 1
-    for nnodes in range(2, min(tp_size, len(counts)) + 1):
-        if tp_size % nnodes == 0 and counts[nnodes - 1] >= tp_size // nnodes:
-            return nnodes
-    return None
+    histogram: list[int] = []
+    for gpus in gpus_per_node:
+        if gpus > 0:
+            histogram.extend([0] * (gpus + 1 - len(histogram)))
+            histogram[gpus] += 1
+    return even_split_nodes(tp_size, histogram)
 
 
 def plan_replica_bundle_shape(

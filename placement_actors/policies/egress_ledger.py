@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 
-from placement_actors.domain.constraints import EgressKey
+from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
 
 __all__ = ["EgressLedger"]
@@ -50,6 +51,39 @@ class EgressLedger:
         favourites = set(preferred).intersection(candidates)
         pool = [n for n in candidates if n in favourites] or candidates
         return min(pool, key=lambda n: (self._load[n], n), default=None)
+
+    def choose_many(
+        self,
+        count: int,
+        *,
+        allowed: Iterable[str],
+        preferred: Iterable[str],
+        strategy: EgressStrategy = EgressStrategy.SPREAD,
+    ) -> list[str]:
+        """The egress nodes of ``count`` new replicas of one deployment, in replica order.
+
+        ``SPREAD`` gives each replica a node the deployment does not use yet while there are
+        enough, preferring ``preferred`` nodes (already serving the same provider and key), then
+        the least-loaded, ties by node id; then goes round again. ``PACK`` keeps every replica on
+        the preferred nodes (the least-loaded of them), or on the least-loaded allowed node when
+        none is preferred, which then becomes preferred. Nothing is recorded: call `add` for
+        each. Costs O((nodes + count) log nodes).
+
+        Returns:
+            ``count`` node ids, or an empty list when no allowed node is an egress node.
+        """
+        favourites = frozenset(preferred)
+        candidates = dict.fromkeys(n for n in allowed if n in self._load)
+        spread = strategy is EgressStrategy.SPREAD
+        # (replicas of this deployment on it (spread only), not preferred, load, node id)
+        heap = [(0, n not in favourites, self._load[n], n) for n in candidates]
+        heapq.heapify(heap)
+        chosen: list[str] = []
+        while heap and len(chosen) < count:
+            uses, _, load, node = heap[0]
+            chosen.append(node)
+            heapq.heapreplace(heap, (uses + 1 if spread else 0, False, load + 1, node))
+        return chosen
 
     def add(self, node_id: str, key: EgressKey) -> None:
         """Count one more replica for ``key`` on ``node_id``."""

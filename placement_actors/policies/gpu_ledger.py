@@ -10,7 +10,7 @@ that owns it serialises access.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.topology import NodeTopology
@@ -39,8 +39,12 @@ class GpuLedger:
         }
         self._held: dict[str, dict[int, str]] = {node_id: {} for node_id in self._nodes}
         self._by_free: list[list[str]] = [[] for _ in range(self._max_capacity + 1)]
+        self._by_capacity: list[int] = [0] * (self._max_capacity + 1)
         for node_id in sorted(self._nodes):
             self._by_free[self._nodes[node_id].num_gpus].append(node_id)
+            self._by_capacity[self._nodes[node_id].num_gpus] += 1
+        self._total_capacity = sum(n.num_gpus for n in self._nodes.values())
+        self._total_free = self._total_capacity
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -87,6 +91,60 @@ class GpuLedger:
         if allowed is None:
             return self._max_capacity
         return max((self.capacity(n) for n in allowed), default=0)
+
+    def total_capacity(
+        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+    ) -> int:
+        """GPUs in total on the nodes of ``allowed`` (every node when ``None``), less ``avoid``.
+
+        O(1 + len(avoid)) without ``allowed``, O(len(allowed)) with it.
+        """
+        if allowed is None:
+            return self._total_capacity - sum(self.capacity(n) for n in avoid if n in self._nodes)
+        return sum(self.capacity(n) for n in allowed if n in self._nodes and n not in avoid)
+
+    def total_free(
+        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+    ) -> int:
+        """Free GPUs on the nodes of ``allowed`` (every node when ``None``), less ``avoid``."""
+        if allowed is None:
+            return self._total_free - sum(self.free_count(n) for n in avoid if n in self._nodes)
+        return sum(self.free_count(n) for n in allowed if n in self._nodes and n not in avoid)
+
+    def capacity_histogram(
+        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+    ) -> list[int]:
+        """How many nodes have each total GPU count: entry ``k`` counts nodes of ``k`` GPUs.
+
+        O(max capacity + len(avoid)) without ``allowed``, O(len(allowed)) with it.
+        """
+        return self._histogram(self.capacity, list(self._by_capacity), allowed, avoid)
+
+    def free_histogram(
+        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+    ) -> list[int]:
+        """How many nodes have each free GPU count: entry ``k`` counts nodes with ``k`` free."""
+        return self._histogram(
+            self.free_count, [len(bucket) for bucket in self._by_free], allowed, avoid
+        )
+
+    def _histogram(
+        self,
+        count_of: Callable[[str], int],
+        everything: list[int],
+        allowed: frozenset[str] | None,
+        avoid: frozenset[str],
+    ) -> list[int]:
+        if allowed is None:
+            for node_id in avoid:
+                if node_id in self._nodes:
+                    everything[count_of(node_id)] -= 1
+            return everything
+        counts = [0] * (self._max_capacity + 1)
+        for node_id in allowed:
+            if node_id in self._nodes and node_id not in avoid:
+                counts[count_of(node_id)] += 1
+        return counts
 
     def best_fit(
         self,
@@ -152,6 +210,7 @@ class GpuLedger:
             raise InvalidSpecError(msg, field="gpus")
         taken, rest = free[:gpus], free[gpus:]
         self._move(node_id, len(free), len(rest))
+        self._total_free -= gpus
         self._free[node_id] = rest
         held = self._held[node_id]
         for ordinal in taken:
@@ -168,7 +227,7 @@ class GpuLedger:
         held = self._held[node_id]
         wanted = list(ordinals)
         strangers = [o for o in wanted if held.get(o) != holder]
-        if strangers:
+        if strangers or len(set(wanted)) != len(wanted):
             msg = f"{holder} does not hold GPUs {strangers} on {node_id}"
             raise InvalidSpecError(msg, field="gpus")
         before = len(free)
@@ -176,6 +235,7 @@ class GpuLedger:
             del held[ordinal]
             bisect.insort(free, ordinal)
         self._move(node_id, before, len(free))
+        self._total_free += len(wanted)
 
     def _free_list(self, node_id: str) -> list[int]:
         try:

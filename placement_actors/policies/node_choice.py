@@ -7,14 +7,20 @@ available: ..." report, as data).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
 from placement_actors.domain.constraints import GpuStrategy
 from placement_actors.domain.results import Rejection
 from placement_actors.policies.gpu_ledger import GpuLedger
 
-__all__ = ["choose_gpu_node", "choose_replica_nodes", "gpu_fit", "gpu_rejections"]
+__all__ = [
+    "choose_gpu_node",
+    "choose_replica_nodes",
+    "even_split_nodes",
+    "gpu_fit",
+    "gpu_rejections",
+]
 
 
 def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection | None:
@@ -112,13 +118,32 @@ def choose_replica_nodes(
     node = choose_gpu_node(ledger, gpus, strategy=strategy, allowed=allowed, avoid=avoid, used=used)
     if node is not None:
         return ((node, gpus),)
+    nnodes = even_split_nodes(gpus, ledger.free_histogram(allowed, avoid), minimum=2)
+    if nnodes is None:
+        return None
+    share = gpus // nnodes
     most_free = strategy is GpuStrategy.SPREAD
-    for nnodes in range(2, gpus + 1):
-        if gpus % nnodes:
-            continue
-        share = gpus // nnodes
-        found = ledger.candidates(share, allowed=allowed, avoid=avoid, most_free=most_free)
-        nodes = list(islice(found, nnodes))
-        if len(nodes) == nnodes:
-            return tuple((n, share) for n in nodes)
+    found = ledger.candidates(share, allowed=allowed, avoid=avoid, most_free=most_free)
+    return tuple((n, share) for n in islice(found, nnodes))
+
+
+def even_split_nodes(gpus: int, histogram: Sequence[int], *, minimum: int = 1) -> int | None:
+    """The fewest nodes (at least ``minimum``) that can hold ``gpus`` in equal shares.
+
+    ``histogram[k]`` counts the nodes offering ``k`` GPUs (free or in total, as the caller needs).
+    ``nnodes`` works when it divides ``gpus`` and at least ``nnodes`` nodes offer
+    ``gpus // nnodes``. The search is bounded by the node count, never by ``gpus``: it costs
+    O(len(histogram) + min(gpus, nodes)) whatever the numbers.
+    """
+    at_least = list(histogram)  # becomes: nodes offering k or more
+    for k in range(len(at_least) - 2, -1, -1):
+        at_least[k] += at_least[k + 1]
+    largest = next((k for k in range(len(at_least) - 1, 0, -1) if histogram[k]), 0)
+    if gpus < 1 or largest == 0:
+        return None
+    # Each share is at most ``largest``, so at least ceil(gpus / largest) nodes are needed.
+    fewest = max(minimum, -(-gpus // largest))
+    for nnodes in range(fewest, min(gpus, at_least[1]) + 1):
+        if gpus % nnodes == 0 and at_least[gpus // nnodes] >= nnodes:
+            return nnodes
     return None

@@ -10,6 +10,7 @@ from placement_actors import (
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
+    EgressStrategy,
     GetClusterView,
     GetPlacementFailure,
     GpuStrategy,
@@ -126,12 +127,56 @@ def test_a_replica_larger_than_any_node_never_fits(actor: Ref) -> None:
     assert "not even on an empty cluster" in str(caught.value)
 
 
-def test_a_place_that_does_not_fit_reserves_nothing(actor: Ref) -> None:
+def test_more_replicas_than_the_cluster_could_ever_hold_are_refused_at_once(actor: Ref) -> None:
     before = held_gpus(actor)
-    # 4 + 4 + 8 GPUs hold four 4-GPU replicas; the fifth does not fit
-    with pytest.raises(NotEnoughGpusError, match="4 of 5 replicas fitted"):
+    # 4 + 4 + 8 GPUs hold at most four 4-GPU replicas, whatever is released
+    with pytest.raises(NotEnoughGpusError, match="could hold at most 4 such replicas") as caught:
         actor.ask(Place(local("five-big", gpus=4, replicas=5)), timeout=TIMEOUT)
+    assert not caught.value.retryable
     assert held_gpus(actor) == before
+
+
+def test_a_place_that_does_not_fit_reserves_nothing(actor: Ref) -> None:
+    place(actor, local("small", gpus=4))  # gpu-a
+    before = held_gpus(actor)
+    # 12 GPUs are left: three 4-GPU replicas fit, the fourth needs what "small" holds
+    with pytest.raises(NotEnoughGpusError, match="3 of 4 replicas fitted") as caught:
+        actor.ask(Place(local("four-big", gpus=4, replicas=4)), timeout=TIMEOUT)
+    assert caught.value.retryable  # releasing "small" makes room
+    assert caught.value.available == 8  # gpu-c, whole again: this call's own holds were undone
+    assert held_gpus(actor) == before
+
+
+def test_a_failed_place_reports_the_ledger_without_its_own_partial_reservation() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=(NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
+    )
+    # an empty 2 x 4 cluster: two 4-GPU replicas fit, the third never does
+    with pytest.raises(NotEnoughGpusError) as caught:
+        ref.ask(Place(local("three", gpus=4, replicas=3)), timeout=TIMEOUT)
+    assert caught.value.available == 4
+    assert not caught.value.retryable
+    assert [r.available for r in caught.value.rejections] == []  # both nodes are whole and free
+
+
+def test_a_fragmented_cluster_that_never_fits_is_not_retryable() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=(NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=2))
+    )
+    # 6 GPUs hold two 3-GPU replicas by count, but 1 + 2 left after the first split no 3 evenly
+    with pytest.raises(NotEnoughGpusError, match="releasing every other") as caught:
+        ref.ask(Place(local("threes", gpus=3, replicas=2)), timeout=TIMEOUT)
+    assert not caught.value.retryable
+
+
+def test_a_place_blocked_by_another_deployment_is_retryable() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=(NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
+    )
+    ref.ask(Place(local("single", gpus=4)), timeout=TIMEOUT)
+    with pytest.raises(NotEnoughGpusError, match="1 of 2 replicas fitted") as caught:
+        ref.ask(Place(local("pair", gpus=4, replicas=2)), timeout=TIMEOUT)
+    assert caught.value.retryable  # releasing "single" frees a node
 
 
 def test_gpu_nodes_limit_where_replicas_go(actor: Ref) -> None:
@@ -172,11 +217,38 @@ def test_remote_replicas_go_to_the_least_loaded_egress_node(actor: Ref) -> None:
     assert second.assignments[0].node == "edge-2"
 
 
-def test_remote_replicas_join_nodes_serving_the_same_provider_and_key(actor: Ref) -> None:
+def test_packed_remote_replicas_join_nodes_serving_the_same_provider_and_key(actor: Ref) -> None:
     place(actor, remote("gpt", key="sk-a"))  # edge-1
     place(actor, remote("other", key="sk-b"))  # edge-2
-    same_key = place(actor, remote("gpt-mini", key="sk-a", replicas=2))
+    same_key = place(
+        actor, remote("gpt-mini", key="sk-a", replicas=2), egress_strategy=EgressStrategy.PACK
+    )
     assert {a.node for a in same_key.assignments} == {"edge-1"}
+
+
+def test_remote_replicas_spread_over_distinct_egress_nodes_by_default(actor: Ref) -> None:
+    result = place(actor, remote("gpt", replicas=3))
+    assert sorted(a.node for a in result.assignments) == ["edge-1", "edge-2", "head"]
+
+
+def test_spread_remote_replicas_start_on_the_node_serving_the_same_key(actor: Ref) -> None:
+    place(actor, remote("other", key="sk-b"))  # edge-1
+    place(actor, remote("gpt", key="sk-a"))  # edge-2, the least loaded
+    result = place(actor, remote("gpt-mini", key="sk-a", replicas=4))
+    # edge-2 serves sk-a; then the unused nodes, least loaded first; then round again, where
+    # head (1 replica) is less loaded than edge-1 and edge-2 (2 each)
+    assert [a.node for a in result.assignments] == ["edge-2", "head", "edge-1", "head"]
+
+
+def test_remote_replicas_above_the_service_limit_are_an_invalid_spec() -> None:
+    ref = DeploymentPlacementActor.start(topology=(), egress_nodes=("e",), max_remote_replicas=5)
+    with pytest.raises(InvalidSpecError, match="limit of 5"):
+        ref.ask(Place(remote("many", replicas=6)), timeout=TIMEOUT)
+    assert cluster_view_of(ref).deployments == ()
+
+
+def cluster_view_of(ref: Ref) -> ClusterView:
+    return cluster_view(ref)
 
 
 def test_egress_preference_from_the_caller_is_honoured(actor: Ref) -> None:

@@ -1,0 +1,121 @@
+"""One validation, wherever a value comes from.
+
+Values are checked in their constructors (``__post_init__``), but unpickling never runs a
+constructor: a message that arrives from another process, or any value built around its
+constructor, may hold anything. `revalidated` rebuilds such a value through its constructors,
+all the way down, so it is checked exactly as a value made in this process is; the actors call
+it on every message before acting on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from placement_actors.domain.deployments import ApiKey
+from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.limits import MAX_TIMEOUT_S
+
+__all__ = ["MAX_DEPTH", "check_count", "check_text", "check_timeout", "revalidated"]
+
+_T = TypeVar("_T")
+
+_SHOWN = 10**12
+"""Integers this large are described, not printed (a huge number makes a huge message)."""
+
+MAX_DEPTH = 12
+"""How deeply values may nest inside a message (the protocol needs 5)."""
+
+
+def revalidated(value: object, expected: type[_T]) -> _T:
+    """``value`` rebuilt through its constructors, which check every field.
+
+    Args:
+        value: a message or value of the protocol, from anywhere (possibly unpickled).
+        expected: the type it must be.
+
+    Raises:
+        InvalidSpecError: ``value`` is not an ``expected``, a field is missing or malformed, or
+            the value nests more deeply than `MAX_DEPTH`.
+    """
+    if not isinstance(value, expected):
+        msg = f"expected a {expected.__name__}, got {type(value).__name__}"
+        raise InvalidSpecError(msg, field="message")
+    rebuilt = _rebuilt(value, 0)
+    if not isinstance(rebuilt, expected):  # pragma: no cover - constructors return their type
+        msg = f"expected a {expected.__name__}"
+        raise InvalidSpecError(msg, field="message")
+    return rebuilt
+
+
+def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return per kind
+    if depth > MAX_DEPTH:
+        msg = f"the message nests more than {MAX_DEPTH} levels deep"
+        raise InvalidSpecError(msg, field="message")
+    if isinstance(value, BaseException):
+        return value  # errors travel as they are (an event may carry one)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _rebuilt_dataclass(value, depth)
+    if isinstance(value, ApiKey):
+        try:
+            return ApiKey(value.reveal())
+        except AttributeError:
+            msg = "an ApiKey arrived without its secret"
+            raise InvalidSpecError(msg, field="api_key") from None
+    if isinstance(value, tuple):
+        return tuple(_rebuilt(v, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [_rebuilt(v, depth + 1) for v in value]
+    if isinstance(value, Mapping):
+        return {_rebuilt(k, depth + 1): _rebuilt(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _rebuilt_dataclass(value: Any, depth: int) -> object:  # noqa: ANN401 - any dataclass
+    cls = type(value)
+    kwargs: dict[str, object] = {}
+    for field in dataclasses.fields(value):
+        if not field.init:
+            continue
+        try:
+            part = getattr(value, field.name)
+        except AttributeError:
+            msg = f"{cls.__name__}.{field.name} is missing"
+            raise InvalidSpecError(msg, field=field.name) from None
+        kwargs[field.name] = _rebuilt(part, depth + 1)
+    try:
+        return cls(**kwargs)
+    except InvalidSpecError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # A constructor that met a field of a type it never expected: still malformed input.
+        msg = f"malformed {cls.__name__}: {type(exc).__name__}"
+        raise InvalidSpecError(msg, field="message") from exc
+
+
+def check_count(value: object, field: str, *, minimum: int = 0) -> None:
+    """Raise `InvalidSpecError` unless ``value`` is an ``int`` (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        small = isinstance(value, int) and abs(value) < _SHOWN
+        shown = value if small else type(value).__name__
+        msg = f"{field} must be an integer >= {minimum}, got {shown}"
+        raise InvalidSpecError(msg, field=field)
+
+
+def check_text(value: object, field: str, *, longest: int = 1024) -> None:
+    """Raise `InvalidSpecError` unless ``value`` is a ``str`` of at most ``longest`` characters."""
+    if not isinstance(value, str) or len(value) > longest:
+        msg = f"{field} must be text of at most {longest} characters"
+        raise InvalidSpecError(msg, field=field)
+
+
+def check_timeout(value: object, field: str) -> None:
+    """Raise `InvalidSpecError` unless ``value`` is a finite number of seconds in (0, one day]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_TIMEOUT_S  # NaN fails both comparisons
+    ):
+        msg = f"{field} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
+        raise InvalidSpecError(msg, field=field)

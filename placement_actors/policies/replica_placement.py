@@ -1,0 +1,209 @@
+"""One local `Place` as one decision: every replica's nodes and GPUs, or a typed refusal.
+
+`reserve_local_replicas` is all-or-nothing on the ledger it is given. Every number that sizes
+work is checked against the ledger before any replica is tried, so a decision costs
+O(nodes + replicas) whatever the request says:
+
+- a replica that no node and no even split of the allowed nodes' *capacity* can hold is refused
+  at once (`NotEnoughGpusError`, ``retryable=False``);
+- more replicas than the allowed nodes could ever hold are refused at once (the local ceiling);
+- otherwise replicas are reserved one by one; if one does not fit, this call's own reservations
+  are undone *before* the refusal is worked out, so ``available``, the rejections and
+  ``retryable`` describe the ledger without them. ``retryable`` is true only when releasing other
+  deployments could make the whole request fit (checked on an empty copy of the allowed nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from placement_actors.domain.constraints import GpuStrategy
+from placement_actors.domain.errors import NoGpuNodesError, NotEnoughGpusError
+from placement_actors.domain.results import NodeAssignment, Rejection
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.node_choice import (
+    choose_replica_nodes,
+    even_split_nodes,
+    gpu_rejections,
+)
+
+__all__ = ["LocalRequest", "reserve_local_replicas"]
+
+_NEVER = "not even on an empty cluster: "
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRequest:
+    """What one local `Place` asks of the ledger.
+
+    Attributes:
+        deployment: the deployment's name (the holder of its GPUs on the ledger).
+        gpus: GPUs per replica.
+        replicas: the deployment's replica count (for the ceiling and messages).
+        indexes: the replica indexes to place now; ``None`` for all of them.
+        strategy: best fit or spread.
+        allowed: the nodes the deployment may use (``None``: every node of the ledger).
+        avoid: nodes never to use (excluded heads).
+        own: what the deployment already holds (its other replicas, when lost ones are placed
+            again); counted as its own, not as someone else's, when judging ``retryable``.
+        no_nodes_named: the caller gave an empty node list (for the message).
+    """
+
+    deployment: str
+    gpus: int
+    replicas: int
+    indexes: tuple[int, ...] | None = None
+    strategy: GpuStrategy = GpuStrategy.PACK
+    allowed: frozenset[str] | None = None
+    avoid: frozenset[str] = frozenset()
+    own: tuple[NodeAssignment, ...] = ()
+    no_nodes_named: bool = False
+
+
+def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[NodeAssignment, ...]:
+    """Reserve every requested replica on ``ledger``, or nothing.
+
+    Returns:
+        One `NodeAssignment` per replica and node, in replica order.
+
+    Raises:
+        NoGpuNodesError: no allowed node has any GPU.
+        NotEnoughGpusError: the replicas do not fit now (``retryable`` when releasing other
+            deployments could make them fit) or never (``retryable=False``).
+    """
+    allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
+    capacities = ledger.capacity_histogram(allowed, avoid)
+    if not any(capacities[1:]):
+        raise _no_gpu_nodes(ledger, request)
+    if even_split_nodes(gpus, capacities) is None:
+        raise _not_enough(
+            ledger,
+            request,
+            placed=0,
+            never=_NEVER + "no allowed node, nor an even split over them, holds one replica",
+        )
+    wanted = request.replicas if request.indexes is None else len(request.indexes)
+    own_gpus = sum(len(a.gpus) for a in request.own)
+    ceiling = (ledger.total_capacity(allowed, avoid) - own_gpus) // gpus
+    if wanted > ceiling:
+        never = f"{_NEVER}the allowed nodes could hold at most {ceiling} such replicas"
+        raise _not_enough(ledger, request, placed=0, never=never)
+    indexes = range(request.replicas) if request.indexes is None else request.indexes
+    assignments = _reserve_all(ledger, request, indexes)
+    if isinstance(assignments, int):
+        placed = assignments
+        retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(ledger, request)
+        why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
+        raise _not_enough(ledger, request, placed=placed, never=why_not)
+    return assignments
+
+
+def _reserve_all(
+    ledger: GpuLedger, request: LocalRequest, indexes: Sequence[int]
+) -> tuple[NodeAssignment, ...] | int:
+    """Every replica's assignments; or, after undoing them, how many replicas fitted."""
+    assignments: list[NodeAssignment] = []
+    used = {a.node for a in request.own}
+    for count, replica in enumerate(indexes):
+        chosen = choose_replica_nodes(
+            ledger,
+            request.gpus,
+            strategy=request.strategy,
+            allowed=request.allowed,
+            avoid=request.avoid,
+            used=frozenset(used),
+        )
+        if chosen is None:
+            for assignment in assignments:
+                ledger.release(assignment.node, assignment.gpus, request.deployment)
+            return count
+        for node, share in chosen:
+            ordinals = ledger.reserve(node, share, request.deployment)
+            assignments.append(NodeAssignment(replica_index=replica, node=node, gpus=ordinals))
+            used.add(node)
+    return tuple(assignments)
+
+
+def _allowed_nodes(ledger: GpuLedger, request: LocalRequest) -> list[str]:
+    nodes = ledger.node_ids() if request.allowed is None else sorted(request.allowed)
+    return [n for n in nodes if n in ledger and n not in request.avoid]
+
+
+def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
+    free = ledger.total_free(request.allowed, request.avoid)
+    own = sum(len(a.gpus) for a in request.own)
+    return free + own < ledger.total_capacity(request.allowed, request.avoid)
+
+
+def _fits_when_empty(ledger: GpuLedger, request: LocalRequest) -> bool:
+    """Whether the request fits the allowed nodes when nobody but the deployment holds GPUs."""
+    empty = GpuLedger(ledger.topology(n) for n in _allowed_nodes(ledger, request))
+    for assignment in request.own:
+        if assignment.node in empty:
+            empty.reserve(assignment.node, len(assignment.gpus), request.deployment)
+    indexes = range(request.replicas) if request.indexes is None else request.indexes
+    trial = LocalRequest(
+        deployment=request.deployment,
+        gpus=request.gpus,
+        replicas=request.replicas,
+        strategy=request.strategy,
+        own=request.own,
+    )
+    return not isinstance(_reserve_all(empty, trial, indexes), int)
+
+
+def _no_gpu_nodes(ledger: GpuLedger, request: LocalRequest) -> NoGpuNodesError:
+    nodes = ledger.node_ids() if request.allowed is None else sorted(request.allowed)
+    return NoGpuNodesError(
+        f"deployment {request.deployment} needs GPUs, but no allowed node has any"
+        + (" (gpu_nodes is empty)" if request.no_nodes_named else "")
+        + (" (head exclusion is on)" if request.avoid else ""),
+        deployment=request.deployment,
+        rejections=tuple(
+            Rejection(
+                node_id=n,
+                reason=(
+                    "is a head node (head exclusion is on)" if n in request.avoid else "has no GPUs"
+                ),
+                requested=request.gpus,
+                available=0,
+            )
+            for n in nodes
+        ),
+    )
+
+
+def _not_enough(
+    ledger: GpuLedger, request: LocalRequest, *, placed: int, never: str | None
+) -> NotEnoughGpusError:
+    """The refusal, worked out on the ledger as it is now (without this call's reservations)."""
+    allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
+    free = ledger.free_histogram(allowed, avoid)
+    available = next((k for k in range(len(free) - 1, -1, -1) if free[k]), 0)
+    capacities = ledger.capacity_histogram(allowed, avoid)
+    largest = next((k for k in range(len(capacities) - 1, -1, -1) if capacities[k]), 0)
+    nodes = _allowed_nodes(ledger, request)
+    rejections = gpu_rejections(ledger, gpus, nodes) + tuple(
+        Rejection(
+            node_id=n,
+            reason="is a head node (head exclusion is on)",
+            requested=gpus,
+            available=ledger.free_count(n),
+        )
+        for n in sorted(avoid)
+        if n in ledger and (allowed is None or n in allowed)
+    )
+    progress = f"; {placed} of {request.replicas} replicas fitted" if placed else ""
+    why = f" ({never})" if never else ""
+    return NotEnoughGpusError(
+        f"deployment {request.deployment} needs {gpus} free GPUs per replica, on one node or "
+        f"split evenly over nodes; the most free on an allowed node is {available}"
+        f"{why}{progress}",
+        deployment=request.deployment,
+        requested=gpus,
+        available=available,
+        largest_node=largest,
+        retryable=never is None,
+        rejections=rejections,
+    )

@@ -1,0 +1,365 @@
+"""Ten thousand generated messages, valid and not, against one live DeploymentPlacementActor.
+
+Seeded and reproducible. Every message type of the protocol is sent, with good values, wrong
+types, huge and negative numbers, odd and unicode names, and values that skipped their
+constructor (as unpickled values do); by ``ask``, by ``tell``, through the typed proxy and after a
+pickle round trip. After each one the actor must answer, the outcome must be a reply or a typed
+`PlacementError`, and the ledger must agree with a model of what was placed: no GPU ordinal held
+twice, free + held = capacity per node, every holder a placed deployment. At the end, releasing
+everything gives a full ledger back. The counts are printed (``pytest -s``) and asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ApiKey,
+    ClusterView,
+    CustomRuntime,
+    Deployment,
+    DeploymentPlacementActor,
+    EgressStrategy,
+    GetClusterView,
+    GetPlacementFailure,
+    GetReplicaGroups,
+    GpuStrategy,
+    InvalidSpecError,
+    NodeAssignment,
+    NodeTopology,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    PlacementError,
+    PlacementFailure,
+    PlacementGroupFailed,
+    PlacementGroupReady,
+    PlacementGroupTimedOut,
+    PlacementResult,
+    PlanReplica,
+    ProviderKind,
+    Release,
+    Released,
+    RemoveReplicaGroups,
+    ReplicaFailed,
+    RuntimeKind,
+    deployment_placement_proxy,
+)
+from placement_actors.actors.messages import BundleProbed, BundleProbeFailed
+
+SEED = 20261122
+MESSAGES = 10_000
+TIMEOUT = 10
+
+TOPOLOGY = (
+    NodeTopology(node_id="head", num_gpus=2, is_head=True),
+    NodeTopology(node_id="gpu-a", num_gpus=4),
+    NodeTopology(node_id="gpu-b", num_gpus=4),
+    NodeTopology(node_id="gpu-c", num_gpus=8),
+    NodeTopology(node_id="cpu", num_gpus=0),
+)
+EGRESS = ("head", "edge-1", "edge-2")
+NODES = (*(n.node_id for n in TOPOLOGY), "edge-1", "edge-2")
+NAMES = tuple(f"d{i}" for i in range(12))
+ODD_NAMES = ("", " ", "a:b", "ünïcode", "x" * 129, "\x00", "[/]", "../..", "-lead", "d0 ")
+HUGE = (0, -1, -(2**63), 2**63, 10**18, 10**100)
+WRONG: tuple[object, ...] = (None, [], {}, "4", 4.0, True, b"x", object(), float("nan"), (1, 2))
+SECRET = "sk-fuzz-planted-secret"  # noqa: S105 - planted to prove it is never shown
+
+
+def forged(cls: type[Any], **fields: object) -> Any:
+    """A value whose constructor never ran, as an unpickled one may be."""
+    value = object.__new__(cls)
+    for name, field_value in fields.items():
+        object.__setattr__(value, name, field_value)
+    return value
+
+
+class Generator:
+    """Messages of every type, from one seeded random source."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def pick(self, options: tuple[Any, ...]) -> Any:
+        return options[self.rng.randrange(len(options))]
+
+    def name(self) -> str:
+        return str(self.pick(NAMES)) if self.rng.random() < 0.9 else self.pick(ODD_NAMES)
+
+    def number(self) -> object:
+        roll = self.rng.random()
+        if roll < 0.8:
+            return self.rng.randint(1, 9)
+        return self.pick(HUGE) if roll < 0.92 else self.pick(WRONG)
+
+    def deployment(self) -> Any:
+        remote = self.rng.random() < 0.3
+        fields: dict[str, object] = {
+            "name": self.name(),
+            "model": self.pick(("gpt-4o", "claude-3-haiku")) if remote else "meta-llama/x",
+            "replicas": self.number() if self.rng.random() < 0.5 else self.rng.randint(1, 3),
+            "gpus": None if remote else self.number(),
+            "runtime": self.pick((None, None, RuntimeKind.VLLM, CustomRuntime(name="mine"))),
+            "api_key": ApiKey(SECRET) if remote and self.rng.random() < 0.5 else None,
+        }
+        if self.rng.random() < 0.08:
+            fields[self.pick(tuple(fields))] = self.pick(WRONG)
+        return self.build(Deployment, fields)
+
+    def constraints(self) -> Any:
+        fields: dict[str, object] = {
+            "gpu_nodes": self.nodes(),
+            "egress_nodes": self.nodes(),
+            "egress_preference": {},
+            "strategy": self.pick(tuple(GpuStrategy)),
+            "egress_strategy": self.pick(tuple(EgressStrategy)),
+        }
+        if self.rng.random() < 0.1:
+            key = (ProviderKind.OPENAI, ApiKey(SECRET))
+            fields["egress_preference"] = {key: ("edge-2",)}
+        if self.rng.random() < 0.05:
+            fields["egress_preference"] = {(ProviderKind.OPENAI, SECRET): ("edge-2",)}
+        if self.rng.random() < 0.05:
+            fields[self.pick(tuple(fields))] = self.pick(WRONG)
+        return self.build(PlacementConstraints, fields)
+
+    def nodes(self) -> tuple[str, ...] | None:
+        roll = self.rng.random()
+        if roll < 0.7:
+            return None
+        if roll < 0.95:
+            return tuple(self.rng.sample(NODES, self.rng.randint(0, 3)))
+        return ("gpu-z",)  # unknown to the service
+
+    def build(self, cls: type[Any], fields: dict[str, object]) -> Any:
+        """The value made properly when its fields allow, else forged past its constructor."""
+        try:
+            return cls(**fields)
+        except PlacementError:
+            return forged(cls, **fields)
+
+    def message(self) -> object:  # noqa: PLR0911 - one return per message type
+        kind = self.rng.random()
+        if kind < 0.45:
+            return self.build(
+                Place, {"deployment": self.deployment(), "constraints": self.constraints()}
+            )
+        if kind < 0.65:
+            return self.build(Release, {"deployment": self.name()})
+        if kind < 0.70:
+            return GetClusterView()
+        if kind < 0.74:
+            return self.build(GetPlacementFailure, {"deployment": self.pick((*NAMES, None, 7))})
+        if kind < 0.78:
+            return forged(Place, deployment=self.pick(WRONG), constraints=self.pick(WRONG))
+        if kind < 0.82:
+            fields = {
+                "deployment": self.pick((*NAMES, [], None)),
+                "replica_index": self.number(),
+                "group_name": "placement-actors:d0:r0",
+                "attempt": self.number(),
+                "error": self.pick((PlacementError("lost"), ValueError("x"), None)),
+            }
+            return self.build(ReplicaFailed, fields)
+        if kind < 0.86:
+            assignment = NodeAssignment(replica_index=0, node="gpu-a", gpus=(0,))
+            return self.build(
+                PlanReplica,
+                {"deployment": self.name(), "replica_index": 0, "assignments": (assignment,)},
+            )
+        if kind < 0.94:
+            return self.pick(
+                (
+                    RemoveReplicaGroups("d0"),
+                    GetReplicaGroups(),
+                    PlacementGroupReady(group_name="g", attempt=1),
+                    PlacementGroupFailed(group_name="g", attempt=1, error=ValueError("x")),
+                    PlacementGroupTimedOut(group_name="g", attempt=1),
+                    BundleProbed(group_name="g", attempt=1, bundle_index=0, node_ip="1", port=1),
+                    BundleProbeFailed(group_name="g", attempt=1, bundle_index=0, error=OSError()),
+                    Released(deployment="d0", was_placed=True, gpus_freed=1, replicas_freed=1),
+                    PlacementFailure(deployment="d0", error=None),
+                )
+            )
+        return self.pick((None, 42, "Place", {"deployment": "d0"}, [Place], b"\x00", 1.5))
+
+
+class Model:
+    """What the actor has placed, as its replies said; the ledger must agree with it."""
+
+    def __init__(self) -> None:
+        self.placed: dict[str, PlacementResult] = {}
+        self.told: dict[str, Place] = {}
+
+    def record(self, message: object, reply: object) -> None:
+        if isinstance(reply, PlacementResult):
+            name = reply.deployment.name
+            earlier = self.placed.get(name)
+            assert earlier is None or earlier.assignments == reply.assignments, (
+                "Place not idempotent"
+            )
+            self.placed[name] = reply
+        elif isinstance(reply, Released):
+            assert reply.was_placed == (reply.deployment in self.placed)
+            self.placed.pop(reply.deployment, None)
+        del message
+
+    def catch_up(self, view: ClusterView, ask: Callable[[object], object]) -> None:
+        """After a tell: learn what it placed (an equal Place answers the first result)."""
+        for name in set(view.deployments) - set(self.placed):
+            reply = ask(self.told[name])
+            assert isinstance(reply, PlacementResult)
+            self.placed[name] = reply
+        for name in set(self.placed) - set(view.deployments):
+            del self.placed[name]
+
+    def check(self, view: ClusterView) -> None:
+        assert set(view.deployments) == set(self.placed)
+        expected: dict[str, dict[int, str]] = {}
+        for name, result in self.placed.items():
+            for assignment in result.assignments:
+                for ordinal in assignment.gpus:
+                    held = expected.setdefault(assignment.node, {})
+                    assert ordinal not in held, f"{assignment.node}:{ordinal} held twice"
+                    held[ordinal] = name
+        for node in view.nodes:
+            held = {h.ordinal: h.deployment for h in node.held}
+            assert held == expected.get(node.node_id, {})
+            assert not set(node.free_gpus) & set(held)
+            assert len(node.free_gpus) + len(held) == node.capacity
+
+
+@pytest.fixture
+def actor() -> Iterator[pykka.ActorRef[DeploymentPlacementActor]]:
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, egress_nodes=EGRESS, ignore_head_node=False, max_remote_replicas=50
+    )
+    yield ref
+    ref.stop(timeout=TIMEOUT)
+
+
+def pickled(message: object) -> object:
+    """The message after a pickle round trip; a value that cannot cross stays as it is."""
+    try:
+        data = pickle.dumps(message)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return message
+    return pickle.loads(data)  # noqa: S301 - our own bytes
+
+
+def deliver(
+    actor: pykka.ActorRef[DeploymentPlacementActor], model: Model, message: object, how: str
+) -> str:
+    """Send ``message`` the way ``how`` says; the outcome's name; the model follows the reply."""
+    if how == "tell":
+        deployment = getattr(message, "deployment", None)
+        name = getattr(deployment, "name", None)
+        if isinstance(message, Place) and isinstance(name, str):
+            model.told[name] = message
+        actor.tell(message)
+        model.catch_up(view_of(actor), lambda m: actor.ask(m, timeout=TIMEOUT))
+        return "told"
+    reply: object
+    try:
+        if how == "proxy" and isinstance(message, Place):
+            reply = deployment_placement_proxy(actor).place(message).get(timeout=TIMEOUT)
+        else:
+            reply = actor.ask(message, timeout=TIMEOUT)
+    except PlacementError as exc:
+        return type(exc).__name__
+    model.record(message, reply)
+    return type(reply).__name__
+
+
+def view_of(actor: pykka.ActorRef[DeploymentPlacementActor]) -> ClusterView:
+    view = actor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
+    return view
+
+
+def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
+    actor: pykka.ActorRef[DeploymentPlacementActor], caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = random.Random(SEED)
+    generate = Generator(rng)
+    model = Model()
+    outcomes: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    for _ in range(MESSAGES):
+        message = generate.message()
+        how = rng.choice(("ask", "ask", "proxy", "tell", "pickled"))
+        if how == "pickled":
+            try:
+                message = pickled(message)
+            except PlacementError:  # a value that re-checks itself while unpickled
+                outcomes["refused while unpickled"] += 1
+                continue
+        types[type(message).__name__] += 1
+        outcomes[deliver(actor, model, message, how)] += 1
+        model.check(view_of(actor))
+    for name in list(model.placed):
+        released = actor.ask(Release(name), timeout=TIMEOUT)
+        assert isinstance(released, Released)
+        assert released.was_placed
+    final = view_of(actor)
+    assert final.deployments == ()
+    assert all(len(n.free_gpus) == n.capacity and not n.held for n in final.nodes)
+    assert SECRET not in caplog.text
+
+    print(f"\nmessage fuzz, seed {SEED}: {sum(types.values())} messages of {len(types)} types")  # noqa: T201
+    print("  outcomes:", dict(sorted(outcomes.items())))  # noqa: T201
+    assert sum(types.values()) + outcomes["refused while unpickled"] >= MESSAGES
+    assert len(types) >= 15  # every message type of both actors, replies and non-messages
+    assert outcomes["PlacementResult"] >= 300  # valid work was done, not only refused
+    assert outcomes["InvalidSpecError"] >= 500
+    assert outcomes["NotEnoughGpusError"] >= 100
+    assert outcomes["UnknownMessageError"] >= 100
+
+
+GOOD = Deployment(name="ok", model="meta-llama/x", gpus=1)
+
+
+def _fields(value: object) -> dict[str, object]:
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("name", "a:b", InvalidSpecError),  # reaping relies on names without ':'
+        ("gpus", "4", InvalidSpecError),
+        ("replicas", 0, InvalidSpecError),
+        ("replicas", 2**63, NotEnoughGpusError),  # above what the cluster could ever hold
+        ("gpus", 10**18, NotEnoughGpusError),  # a valid spec that never fits
+        ("api_key", "sk-raw", InvalidSpecError),
+    ],
+    ids=["colon-name", "string-gpus", "no-replicas", "int64-replicas", "huge-gpus", "raw-key"],
+)
+def test_a_place_that_skipped_its_constructor_is_checked_on_arrival(
+    actor: pykka.ActorRef[DeploymentPlacementActor],
+    field: str,
+    value: object,
+    error: type[PlacementError],
+) -> None:
+    deployment = forged(Deployment, **{**_fields(GOOD), field: value})
+    message = pickled(forged(Place, deployment=deployment, constraints=PlacementConstraints()))
+    with pytest.raises(error) as caught:
+        actor.ask(message, timeout=TIMEOUT)
+    assert "sk-raw" not in str(caught.value)
+    assert view_of(actor).deployments == ()
+
+
+def test_a_place_without_its_fields_is_an_invalid_spec(
+    actor: pykka.ActorRef[DeploymentPlacementActor],
+) -> None:
+    with pytest.raises(InvalidSpecError, match="missing"):
+        actor.ask(pickled(forged(Place)), timeout=TIMEOUT)
