@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from placement_actors.domain.results import Rejection
 
 __all__ = [
+    "MAX_REJECTIONS",
     "BackendError",
     "CapacityError",
     "ConfigFileError",
@@ -42,6 +43,10 @@ __all__ = [
     "PlacementGroupTimeoutError",
     "UnknownMessageError",
 ]
+
+
+MAX_REJECTIONS = 100
+"""Nodes listed by name in one refusal; the rest are counted (``rejections_omitted``)."""
 
 
 class PlacementError(Exception):
@@ -135,19 +140,27 @@ class CapacityError(PlacementError):
 
     Attributes:
         deployment: the deployment's name.
-        rejections: each allowed node's reason for not taking it, in node-id order.
+        rejections: each allowed node's reason for not taking it, in node-id order; on a large
+            cluster only the first `MAX_REJECTIONS` are listed.
+        rejections_omitted: how many more nodes turned it down without being listed.
         retryable: ``True`` when releasing other deployments could make room.
     """
 
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, deployment: str, rejections: tuple[Rejection, ...] = ()
+        self,
+        message: str,
+        *,
+        deployment: str,
+        rejections: tuple[Rejection, ...] = (),
+        rejections_omitted: int = 0,
     ) -> None:
         """Create the error; ``rejections`` lists each allowed node's reason."""
         super().__init__(message)
         self.deployment = deployment
         self.rejections = rejections
+        self.rejections_omitted = rejections_omitted
 
 
 class NoGpuNodesError(CapacityError):
@@ -193,13 +206,19 @@ class NotEnoughGpusError(CapacityError):
         largest_node: int,
         retryable: bool | None = None,
         rejections: tuple[Rejection, ...] = (),
+        rejections_omitted: int = 0,
     ) -> None:
         """Create the error from what was asked and the best that was on offer.
 
         ``retryable`` defaults to whether one node is large enough; pass it when an even split
         over several nodes could hold the replica.
         """
-        super().__init__(message, deployment=deployment, rejections=rejections)
+        super().__init__(
+            message,
+            deployment=deployment,
+            rejections=rejections,
+            rejections_omitted=rejections_omitted,
+        )
         self.requested = requested
         self.available = available
         self.largest_node = largest_node

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_NODE_GPUS",
     "MAX_NODE_ID",
+    "MAX_REPLICA_NODES",
     "MAX_TEXT",
     "MAX_TIMEOUT_S",
 ]
@@ -28,6 +29,9 @@ MAX_NODE_GPUS = 1024
 
 MAX_NODES = 100_000
 """Nodes one topology, cluster file or node list may name."""
+
+MAX_REPLICA_NODES = 128
+"""Nodes one replica may be split over (tensor parallelism across more is never useful)."""
 
 MAX_NODE_ID = 256
 """Characters in a node id (Ray's are 56 hex digits)."""

@@ -84,20 +84,39 @@ class NodeAssignment:
 
     def __post_init__(self) -> None:
         """Check the index, the node id and the ordinals (distinct, non-negative)."""
+        gpus: object = self.gpus
+        if type(gpus) is list:
+            gpus = tuple(gpus)
+            object.__setattr__(self, "gpus", gpus)
+        # One quick pass for the common, valid case (a split replica makes thousands of these);
+        # the precise reason is worked out only when it fails.
+        fine = (
+            type(self.replica_index) is int
+            and self.replica_index >= 0
+            and type(self.node) is str
+            and 0 < len(self.node) <= MAX_NODE_ID
+            and isinstance(gpus, tuple)
+            and len(gpus) <= MAX_NODE_GPUS
+            and all(type(o) is int and o >= 0 for o in gpus)
+            and len(set(gpus)) == len(gpus)
+            and bool(self.node.strip())
+        )
+        if not fine:
+            self._refuse()
+
+    def _refuse(self) -> None:
         check_count(self.replica_index, "replica_index")
         check_text(self.node, "node", longest=MAX_NODE_ID)
         if not self.node.strip():
             msg = "a node assignment needs a node id"
             raise InvalidSpecError(msg, field="node")
-        if not isinstance(self.gpus, tuple | list) or len(self.gpus) > MAX_NODE_GPUS:
+        if not isinstance(self.gpus, tuple) or len(self.gpus) > MAX_NODE_GPUS:
             msg = f"gpus must be a tuple of at most {MAX_NODE_GPUS} GPU ordinals"
             raise InvalidSpecError(msg, field="gpus")
         for ordinal in self.gpus:
             check_count(ordinal, "gpus")
-        if len(set(self.gpus)) != len(self.gpus):
-            msg = "gpus must not name an ordinal twice"
-            raise InvalidSpecError(msg, field="gpus")
-        object.__setattr__(self, "gpus", tuple(self.gpus))
+        msg = "gpus must not name an ordinal twice"
+        raise InvalidSpecError(msg, field="gpus")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

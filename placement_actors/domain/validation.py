@@ -10,6 +10,7 @@ it on every message before acting on it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -49,14 +50,33 @@ def revalidated(value: object, expected: type[_T]) -> _T:
     return rebuilt
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+"""Types that hold no other value: nothing inside them to check."""
+
+
+_FIELDS: dict[type[Any], tuple[str, ...] | None] = {}
+
+
+def _init_fields(cls: type[Any]) -> tuple[str, ...] | None:
+    """The constructor's field names of a dataclass type, or ``None`` for any other type."""
+    if cls not in _FIELDS:
+        is_dataclass = dataclasses.is_dataclass(cls)
+        _FIELDS[cls] = (
+            tuple(f.name for f in dataclasses.fields(cls) if f.init) if is_dataclass else None
+        )
+    return _FIELDS[cls]
+
+
 def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return per kind
+    cls = type(value)
+    if cls in _PLAIN or isinstance(value, enum.Enum | BaseException):
+        return value  # errors travel as they are (an event may carry one)
     if depth > MAX_DEPTH:
         msg = f"the message nests more than {MAX_DEPTH} levels deep"
         raise InvalidSpecError(msg, field="message")
-    if isinstance(value, BaseException):
-        return value  # errors travel as they are (an event may carry one)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _rebuilt_dataclass(value, depth)
+    names = _init_fields(cls)
+    if names is not None:
+        return _rebuilt_dataclass(value, cls, names, depth)
     if isinstance(value, ApiKey):
         try:
             return ApiKey(value.reveal())
@@ -72,18 +92,15 @@ def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return
     return value
 
 
-def _rebuilt_dataclass(value: Any, depth: int) -> object:  # noqa: ANN401 - any dataclass
-    cls = type(value)
+def _rebuilt_dataclass(value: object, cls: type[Any], names: tuple[str, ...], depth: int) -> object:
     kwargs: dict[str, object] = {}
-    for field in dataclasses.fields(value):
-        if not field.init:
-            continue
+    for name in names:
         try:
-            part = getattr(value, field.name)
+            part = getattr(value, name)
         except AttributeError:
-            msg = f"{cls.__name__}.{field.name} is missing"
-            raise InvalidSpecError(msg, field=field.name) from None
-        kwargs[field.name] = _rebuilt(part, depth + 1)
+            msg = f"{cls.__name__}.{name} is missing"
+            raise InvalidSpecError(msg, field=name) from None
+        kwargs[name] = _rebuilt(part, depth + 1)
     try:
         return cls(**kwargs)
     except InvalidSpecError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.topology import NodeTopology
@@ -33,6 +34,7 @@ class GpuLedger:
                 msg = f"node {node.node_id} appears twice in the topology"
                 raise InvalidSpecError(msg, field="node_id")
             self._nodes[node.node_id] = node
+        self._sorted_ids = sorted(self._nodes)
         self._max_capacity = max((n.num_gpus for n in self._nodes.values()), default=0)
         self._free: dict[str, list[int]] = {
             node_id: list(range(node.num_gpus)) for node_id, node in self._nodes.items()
@@ -58,7 +60,7 @@ class GpuLedger:
 
     def node_ids(self) -> list[str]:
         """Every node id, sorted."""
-        return sorted(self._nodes)
+        return list(self._sorted_ids)
 
     def topology(self, node_id: str) -> NodeTopology:
         """The node as it was given to the ledger."""
@@ -93,7 +95,7 @@ class GpuLedger:
         return max((self.capacity(n) for n in allowed), default=0)
 
     def total_capacity(
-        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:
         """GPUs in total on the nodes of ``allowed`` (every node when ``None``), less ``avoid``.
 
@@ -104,7 +106,7 @@ class GpuLedger:
         return sum(self.capacity(n) for n in allowed if n in self._nodes and n not in avoid)
 
     def total_free(
-        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:
         """Free GPUs on the nodes of ``allowed`` (every node when ``None``), less ``avoid``."""
         if allowed is None:
@@ -112,7 +114,7 @@ class GpuLedger:
         return sum(self.free_count(n) for n in allowed if n in self._nodes and n not in avoid)
 
     def capacity_histogram(
-        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> list[int]:
         """How many nodes have each total GPU count: entry ``k`` counts nodes of ``k`` GPUs.
 
@@ -121,7 +123,7 @@ class GpuLedger:
         return self._histogram(self.capacity, list(self._by_capacity), allowed, avoid)
 
     def free_histogram(
-        self, allowed: frozenset[str] | None = None, avoid: frozenset[str] = frozenset()
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> list[int]:
         """How many nodes have each free GPU count: entry ``k`` counts nodes with ``k`` free."""
         return self._histogram(
@@ -133,7 +135,7 @@ class GpuLedger:
         count_of: Callable[[str], int],
         everything: list[int],
         allowed: frozenset[str] | None,
-        avoid: frozenset[str],
+        avoid: AbstractSet[str],
     ) -> list[int]:
         if allowed is None:
             for node_id in avoid:
@@ -151,7 +153,7 @@ class GpuLedger:
         gpus: int,
         *,
         allowed: frozenset[str] | None = None,
-        avoid: frozenset[str] = frozenset(),
+        avoid: AbstractSet[str] = frozenset(),
     ) -> str | None:
         """The node left with the fewest free GPUs after taking ``gpus``; ties by node id.
 
@@ -167,33 +169,41 @@ class GpuLedger:
         gpus: int,
         *,
         allowed: frozenset[str] | None = None,
-        avoid: frozenset[str] = frozenset(),
+        avoid: AbstractSet[str] = frozenset(),
+        skip: AbstractSet[str] = frozenset(),
     ) -> str | None:
         """The node with the most free GPUs that has at least ``gpus`` free; ties by node id."""
-        return next(self.candidates(gpus, allowed=allowed, avoid=avoid, most_free=True), None)
+        found = self.candidates(gpus, allowed=allowed, avoid=avoid, skip=skip, most_free=True)
+        return next(found, None)
 
     def candidates(
         self,
         gpus: int,
         *,
         allowed: frozenset[str] | None = None,
-        avoid: frozenset[str] = frozenset(),
+        avoid: AbstractSet[str] = frozenset(),
+        skip: AbstractSet[str] = frozenset(),
         most_free: bool = False,
     ) -> Iterator[str]:
         """Nodes with ``gpus`` or more free: fewest free first (most free first with ``most_free``).
 
         Ties are broken by node id. Without ``allowed`` the walk runs over the free-capacity index
-        and stops as soon as the caller has what it needs.
+        and stops as soon as the caller has what it needs. Nodes in ``avoid`` or ``skip`` are
+        passed over (two sets, so callers never build their union).
         """
         if allowed is not None:
-            fits = [n for n in allowed if n not in avoid and self.free_count(n) >= gpus]
+            fits = [
+                n
+                for n in allowed
+                if n not in avoid and n not in skip and self.free_count(n) >= gpus
+            ]
             sign = -1 if most_free else 1
             yield from sorted(fits, key=lambda n: (sign * self.free_count(n), n))
             return
         counts = range(max(gpus, 0), self._max_capacity + 1)
         for free in reversed(counts) if most_free else counts:
             for node_id in self._by_free[free]:
-                if node_id not in avoid:
+                if node_id not in avoid and node_id not in skip:
                     yield node_id
 
     # -- changes ---------------------------------------------------------------------------------

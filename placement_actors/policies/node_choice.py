@@ -8,9 +8,11 @@ available: ..." report, as data).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from itertools import islice
 
 from placement_actors.domain.constraints import GpuStrategy
+from placement_actors.domain.limits import MAX_REPLICA_NODES
 from placement_actors.domain.results import Rejection
 from placement_actors.policies.gpu_ledger import GpuLedger
 
@@ -36,17 +38,22 @@ def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection |
     return Rejection(node_id=node_id, reason=reason, requested=gpus, available=free)
 
 
-def gpu_rejections(ledger: GpuLedger, gpus: int, nodes: Iterable[str]) -> tuple[Rejection, ...]:
-    """Each of ``nodes``' reason for not taking ``gpus`` GPUs, in node-id order."""
+def gpu_rejections(
+    ledger: GpuLedger, gpus: int, nodes: Iterable[str], *, limit: int | None = None
+) -> tuple[Rejection, ...]:
+    """Each of ``nodes``' reason for not taking ``gpus`` GPUs, in node-id order.
+
+    With ``limit``, only the first ``limit`` rejections (by node id) are worked out.
+    """
     found = (
         gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
         for n in sorted(nodes)
     )
-    return tuple(r for r in found if r is not None)
+    return tuple(islice((r for r in found if r is not None), limit))
 
 
 _Pick = Callable[
-    [GpuLedger, int, frozenset[str] | None, frozenset[str], frozenset[str]], str | None
+    [GpuLedger, int, frozenset[str] | None, AbstractSet[str], AbstractSet[str]], str | None
 ]
 
 
@@ -54,8 +61,8 @@ def _pack(
     ledger: GpuLedger,
     gpus: int,
     allowed: frozenset[str] | None,
-    avoid: frozenset[str],
-    _used: frozenset[str],
+    avoid: AbstractSet[str],
+    _used: AbstractSet[str],
 ) -> str | None:
     return ledger.best_fit(gpus, allowed=allowed, avoid=avoid)
 
@@ -64,10 +71,10 @@ def _spread(
     ledger: GpuLedger,
     gpus: int,
     allowed: frozenset[str] | None,
-    avoid: frozenset[str],
-    used: frozenset[str],
+    avoid: AbstractSet[str],
+    used: AbstractSet[str],
 ) -> str | None:
-    fresh = ledger.least_loaded(gpus, allowed=allowed, avoid=avoid | used)
+    fresh = ledger.least_loaded(gpus, allowed=allowed, avoid=avoid, skip=used)
     return fresh if fresh is not None else ledger.least_loaded(gpus, allowed=allowed, avoid=avoid)
 
 
@@ -83,8 +90,8 @@ def choose_gpu_node(
     *,
     strategy: GpuStrategy = GpuStrategy.PACK,
     allowed: frozenset[str] | None = None,
-    avoid: frozenset[str] = frozenset(),
-    used: frozenset[str] = frozenset(),
+    avoid: AbstractSet[str] = frozenset(),
+    used: AbstractSet[str] = frozenset(),
 ) -> str | None:
     """The node one replica of ``gpus`` GPUs goes to, or ``None`` when no allowed node fits.
 
@@ -105,8 +112,8 @@ def choose_replica_nodes(
     *,
     strategy: GpuStrategy = GpuStrategy.PACK,
     allowed: frozenset[str] | None = None,
-    avoid: frozenset[str] = frozenset(),
-    used: frozenset[str] = frozenset(),
+    avoid: AbstractSet[str] = frozenset(),
+    used: AbstractSet[str] = frozenset(),
 ) -> tuple[tuple[str, int], ...] | None:
     """The nodes of one replica of ``gpus`` GPUs, with each node's share; ``None`` if none fits.
 
@@ -132,8 +139,8 @@ def even_split_nodes(gpus: int, histogram: Sequence[int], *, minimum: int = 1) -
 
     ``histogram[k]`` counts the nodes offering ``k`` GPUs (free or in total, as the caller needs).
     ``nnodes`` works when it divides ``gpus`` and at least ``nnodes`` nodes offer
-    ``gpus // nnodes``. The search is bounded by the node count, never by ``gpus``: it costs
-    O(len(histogram) + min(gpus, nodes)) whatever the numbers.
+    ``gpus // nnodes``; at most `MAX_REPLICA_NODES` nodes. The search is bounded by that, never
+    by ``gpus``: it costs O(len(histogram) + MAX_REPLICA_NODES) whatever the numbers.
     """
     at_least = list(histogram)  # becomes: nodes offering k or more
     for k in range(len(at_least) - 2, -1, -1):
@@ -143,7 +150,7 @@ def even_split_nodes(gpus: int, histogram: Sequence[int], *, minimum: int = 1) -
         return None
     # Each share is at most ``largest``, so at least ceil(gpus / largest) nodes are needed.
     fewest = max(minimum, -(-gpus // largest))
-    for nnodes in range(fewest, min(gpus, at_least[1]) + 1):
+    for nnodes in range(fewest, min(gpus, at_least[1], MAX_REPLICA_NODES) + 1):
         if gpus % nnodes == 0 and at_least[gpus // nnodes] >= nnodes:
             return nnodes
     return None

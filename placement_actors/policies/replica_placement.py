@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from placement_actors.domain.constraints import GpuStrategy
-from placement_actors.domain.errors import NoGpuNodesError, NotEnoughGpusError
+from placement_actors.domain.errors import MAX_REJECTIONS, NoGpuNodesError, NotEnoughGpusError
+from placement_actors.domain.limits import MAX_REPLICA_NODES
 from placement_actors.domain.results import NodeAssignment, Rejection
 from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.node_choice import (
@@ -28,7 +29,7 @@ from placement_actors.policies.node_choice import (
     gpu_rejections,
 )
 
-__all__ = ["LocalRequest", "reserve_local_replicas"]
+__all__ = ["LocalRequest", "fits_on_counts", "reserve_local_replicas"]
 
 _NEVER = "not even on an empty cluster: "
 
@@ -80,22 +81,32 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
         raise _not_enough(
             ledger,
             request,
-            placed=0,
-            never=_NEVER + "no allowed node, nor an even split over them, holds one replica",
+            progress="",
+            never=f"{_NEVER}no allowed node, nor an even split over up to "
+            f"{MAX_REPLICA_NODES} of them, holds one replica",
         )
     wanted = request.replicas if request.indexes is None else len(request.indexes)
     own_gpus = sum(len(a.gpus) for a in request.own)
     ceiling = (ledger.total_capacity(allowed, avoid) - own_gpus) // gpus
     if wanted > ceiling:
         never = f"{_NEVER}the allowed nodes could hold at most {ceiling} such replicas"
-        raise _not_enough(ledger, request, placed=0, never=never)
+        raise _not_enough(ledger, request, progress="", never=never)
     indexes = range(request.replicas) if request.indexes is None else request.indexes
-    assignments = _reserve_all(ledger, request, indexes)
+    # Too few GPUs free in all for the replicas: nothing to try (nor to undo) before refusing.
+    free = ledger.total_free(allowed, avoid)
+    short = wanted * gpus > free
+    assignments = 0 if short else _reserve_all(ledger, request, indexes)
     if isinstance(assignments, int):
-        placed = assignments
         retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(ledger, request)
         why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
-        raise _not_enough(ledger, request, placed=placed, never=why_not)
+        progress = (
+            f"; {free} GPUs are free on the allowed nodes, {wanted * gpus} needed"
+            if short
+            else f"; {assignments} of {wanted} replicas fitted"
+            if assignments
+            else ""
+        )
+        raise _not_enough(ledger, request, progress=progress, never=why_not)
     return assignments
 
 
@@ -104,7 +115,7 @@ def _reserve_all(
 ) -> tuple[NodeAssignment, ...] | int:
     """Every replica's assignments; or, after undoing them, how many replicas fitted."""
     assignments: list[NodeAssignment] = []
-    used = {a.node for a in request.own}
+    used = {a.node for a in request.own}  # read by SPREAD; passed, never copied
     for count, replica in enumerate(indexes):
         chosen = choose_replica_nodes(
             ledger,
@@ -112,7 +123,7 @@ def _reserve_all(
             strategy=request.strategy,
             allowed=request.allowed,
             avoid=request.avoid,
-            used=frozenset(used),
+            used=used,
         )
         if chosen is None:
             for assignment in assignments:
@@ -137,24 +148,64 @@ def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
 
 
 def _fits_when_empty(ledger: GpuLedger, request: LocalRequest) -> bool:
-    """Whether the request fits the allowed nodes when nobody but the deployment holds GPUs."""
-    empty = GpuLedger(ledger.topology(n) for n in _allowed_nodes(ledger, request))
+    """Whether the request fits the allowed nodes when nobody but the deployment holds GPUs.
+
+    Worked out on counts of nodes by free GPUs, as best fit would place the replicas on an
+    empty copy of the allowed nodes (the deployment's own holdings kept): no node ids, so it
+    costs O(max GPUs per node) per bucket and per split replica, not per node.
+    """
+    free = ledger.capacity_histogram(request.allowed, request.avoid)
+    own: dict[str, int] = {}
     for assignment in request.own:
-        if assignment.node in empty:
-            empty.reserve(assignment.node, len(assignment.gpus), request.deployment)
-    indexes = range(request.replicas) if request.indexes is None else request.indexes
-    trial = LocalRequest(
-        deployment=request.deployment,
-        gpus=request.gpus,
-        replicas=request.replicas,
-        strategy=request.strategy,
-        own=request.own,
-    )
-    return not isinstance(_reserve_all(empty, trial, indexes), int)
+        own[assignment.node] = own.get(assignment.node, 0) + len(assignment.gpus)
+    for node, held in own.items():
+        if node in ledger and node not in request.avoid:
+            if request.allowed is not None and node not in request.allowed:
+                continue
+            capacity = ledger.capacity(node)
+            free[capacity] -= 1
+            free[max(0, capacity - held)] += 1
+    wanted = request.replicas if request.indexes is None else len(request.indexes)
+    return fits_on_counts(free, request.gpus, wanted)
+
+
+def fits_on_counts(free: list[int], gpus: int, replicas: int) -> bool:
+    """Whether ``replicas`` of ``gpus`` GPUs fit nodes counted by free GPUs (``free[k]``).
+
+    Best fit, as the ledger does it: a replica goes to a node with the fewest free GPUs that
+    still holds it whole (a node keeps taking replicas while it can, so each bucket is settled
+    at once); when none holds it whole, to the smallest even split, fewest-free nodes first.
+    ``free`` is changed in place.
+    """
+    remaining = replicas
+    for count in range(gpus, len(free)):
+        if not free[count] or not remaining:
+            continue
+        per_node = count // gpus
+        nodes = min(free[count], -(-remaining // per_node))
+        remaining -= min(remaining, nodes * per_node)
+        free[count] -= nodes
+        free[count % gpus] += nodes
+    while remaining:
+        nnodes = even_split_nodes(gpus, free, minimum=2)
+        if nnodes is None:
+            return False
+        share, needed = gpus // nnodes, nnodes
+        for count in range(share, len(free)):
+            taken = min(free[count], needed)
+            free[count] -= taken
+            free[count - share] += taken
+            needed -= taken
+            if not needed:
+                break
+        remaining -= 1
+    return True
 
 
 def _no_gpu_nodes(ledger: GpuLedger, request: LocalRequest) -> NoGpuNodesError:
     nodes = ledger.node_ids() if request.allowed is None else sorted(request.allowed)
+    omitted = max(0, len(nodes) - MAX_REJECTIONS)
+    nodes = nodes[:MAX_REJECTIONS]
     return NoGpuNodesError(
         f"deployment {request.deployment} needs GPUs, but no allowed node has any"
         + (" (gpu_nodes is empty)" if request.no_nodes_named else "")
@@ -171,11 +222,12 @@ def _no_gpu_nodes(ledger: GpuLedger, request: LocalRequest) -> NoGpuNodesError:
             )
             for n in nodes
         ),
+        rejections_omitted=omitted,
     )
 
 
 def _not_enough(
-    ledger: GpuLedger, request: LocalRequest, *, placed: int, never: str | None
+    ledger: GpuLedger, request: LocalRequest, *, progress: str, never: str | None
 ) -> NotEnoughGpusError:
     """The refusal, worked out on the ledger as it is now (without this call's reservations)."""
     allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
@@ -184,7 +236,7 @@ def _not_enough(
     capacities = ledger.capacity_histogram(allowed, avoid)
     largest = next((k for k in range(len(capacities) - 1, -1, -1) if capacities[k]), 0)
     nodes = _allowed_nodes(ledger, request)
-    rejections = gpu_rejections(ledger, gpus, nodes) + tuple(
+    heads = tuple(
         Rejection(
             node_id=n,
             reason="is a head node (head exclusion is on)",
@@ -194,7 +246,11 @@ def _not_enough(
         for n in sorted(avoid)
         if n in ledger and (allowed is None or n in allowed)
     )
-    progress = f"; {placed} of {request.replicas} replicas fitted" if placed else ""
+    # Nodes that turn a replica down: too few free GPUs (every node with a free count < gpus).
+    rejected = sum(free[: min(gpus, len(free))]) + len(heads)
+    rejections = (heads + gpu_rejections(ledger, gpus, nodes, limit=MAX_REJECTIONS))[
+        :MAX_REJECTIONS
+    ]
     why = f" ({never})" if never else ""
     return NotEnoughGpusError(
         f"deployment {request.deployment} needs {gpus} free GPUs per replica, on one node or "
@@ -206,4 +262,5 @@ def _not_enough(
         largest_node=largest,
         retryable=never is None,
         rejections=rejections,
+        rejections_omitted=max(0, rejected - len(rejections)),
     )

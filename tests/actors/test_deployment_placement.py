@@ -140,7 +140,7 @@ def test_a_place_that_does_not_fit_reserves_nothing(actor: Ref) -> None:
     place(actor, local("small", gpus=4))  # gpu-a
     before = held_gpus(actor)
     # 12 GPUs are left: three 4-GPU replicas fit, the fourth needs what "small" holds
-    with pytest.raises(NotEnoughGpusError, match="3 of 4 replicas fitted") as caught:
+    with pytest.raises(NotEnoughGpusError, match="12 GPUs are free on the allowed nodes") as caught:
         actor.ask(Place(local("four-big", gpus=4, replicas=4)), timeout=TIMEOUT)
     assert caught.value.retryable  # releasing "small" makes room
     assert caught.value.available == 8  # gpu-c, whole again: this call's own holds were undone
@@ -174,9 +174,21 @@ def test_a_place_blocked_by_another_deployment_is_retryable() -> None:
         topology=(NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
     )
     ref.ask(Place(local("single", gpus=4)), timeout=TIMEOUT)
-    with pytest.raises(NotEnoughGpusError, match="1 of 2 replicas fitted") as caught:
+    with pytest.raises(NotEnoughGpusError, match="4 GPUs are free") as caught:
         ref.ask(Place(local("pair", gpus=4, replicas=2)), timeout=TIMEOUT)
     assert caught.value.retryable  # releasing "single" frees a node
+
+
+def test_a_place_that_fits_by_count_but_not_by_shape_reports_how_far_it_got() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=(NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
+    )
+    ref.ask(Place(local("other", gpus=2)), timeout=TIMEOUT)  # a: 2 free
+    # 6 free GPUs for two 3-GPU replicas: one fits on b, the other finds 2 + 1 free
+    with pytest.raises(NotEnoughGpusError, match="1 of 2 replicas fitted") as caught:
+        ref.ask(Place(local("threes", gpus=3, replicas=2)), timeout=TIMEOUT)
+    assert caught.value.retryable  # releasing "other" frees a for the second
+    assert caught.value.available == 4  # b is whole again
 
 
 def test_gpu_nodes_limit_where_replicas_go(actor: Ref) -> None:

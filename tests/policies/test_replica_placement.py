@@ -1,0 +1,107 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement_actors import CapacityError, NodeAssignment, NodeTopology, NotEnoughGpusError
+from placement_actors.domain.limits import MAX_REPLICA_NODES
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.node_choice import even_split_nodes
+from placement_actors.policies.replica_placement import (
+    LocalRequest,
+    fits_on_counts,
+    reserve_local_replicas,
+)
+
+
+def ledger_of(*gpus: int) -> GpuLedger:
+    return GpuLedger(NodeTopology(node_id=f"n{i}", num_gpus=n) for i, n in enumerate(gpus))
+
+
+def histogram(*gpus: int) -> list[int]:
+    counts = [0] * (max(gpus, default=0) + 1)
+    for n in gpus:
+        counts[n] += 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("gpus", "nodes", "expected"),
+    [
+        (8, (8,), 1),  # one node holds it
+        (8, (4, 4), 2),  # 2 x 4
+        (8, (4, 2, 2), None),  # 2 x 4 needs two nodes of 4; 4 x 2 four of 2; 8 x 1 eight nodes
+        (8, (2, 2, 2, 2), 4),  # 4 x 2
+        (6, (4, 4), 2),  # 2 x 3
+        (7, (4, 4), None),  # 7 is prime: only 7 x 1, and there are 2 nodes
+        (10**18, (8,) * 100, None),  # bounded by the node count, not by the number
+        (2 * MAX_REPLICA_NODES + 2, (2,) * 1000, None),  # would need more nodes than allowed
+    ],
+    ids=[
+        "one-node",
+        "two-halves",
+        "no-even-split",
+        "four-quarters",
+        "thirds",
+        "prime",
+        "huge",
+        "too-wide",
+    ],
+)
+def test_even_split_nodes_finds_the_fewest_equal_shares(
+    gpus: int, nodes: tuple[int, ...], expected: int | None
+) -> None:
+    assert even_split_nodes(gpus, histogram(*nodes)) == expected
+
+
+def test_a_replica_no_split_of_the_capacity_holds_is_refused_before_any_work() -> None:
+    ledger = ledger_of(8, 8)
+    with pytest.raises(NotEnoughGpusError, match="not even on an empty cluster") as caught:
+        reserve_local_replicas(ledger, LocalRequest(deployment="d", gpus=10**18, replicas=1))
+    assert not caught.value.retryable
+    assert ledger.total_free() == 16
+
+
+def test_more_replicas_than_the_capacity_holds_are_refused_before_any_work() -> None:
+    ledger = ledger_of(8, 8)
+    with pytest.raises(NotEnoughGpusError, match="at most 16 such replicas") as caught:
+        reserve_local_replicas(ledger, LocalRequest(deployment="d", gpus=1, replicas=2**63))
+    assert not caught.value.retryable
+
+
+def test_a_refusal_lists_at_most_the_first_hundred_nodes_and_counts_the_rest() -> None:
+    ledger = ledger_of(*([2] * 500))
+    with pytest.raises(NotEnoughGpusError) as caught:
+        reserve_local_replicas(ledger, LocalRequest(deployment="d", gpus=3 * 509, replicas=1))
+    assert len(caught.value.rejections) == 100
+    assert caught.value.rejections_omitted == 400
+
+
+def test_the_deployments_own_holdings_are_not_counted_as_someone_elses() -> None:
+    ledger = ledger_of(4, 4)
+    mine = ledger.reserve("n0", 4, "d")
+    own = (NodeAssignment(replica_index=0, node="n0", gpus=mine),)
+    request = LocalRequest(deployment="d", gpus=4, replicas=3, indexes=(1, 2), own=own)
+    with pytest.raises(NotEnoughGpusError) as caught:
+        reserve_local_replicas(ledger, request)
+    assert not caught.value.retryable  # only the deployment itself holds anything
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nodes=st.lists(st.integers(0, 8), min_size=1, max_size=8),
+    gpus=st.integers(1, 12),
+    replicas=st.integers(1, 6),
+)
+def test_counting_on_free_gpus_agrees_with_best_fit_on_a_ledger(
+    nodes: list[int], gpus: int, replicas: int
+) -> None:
+    ledger = ledger_of(*nodes)
+    try:
+        for index in range(replicas):
+            reserve_local_replicas(
+                ledger, LocalRequest(deployment=f"r{index}", gpus=gpus, replicas=1)
+            )
+        fitted = True
+    except CapacityError:
+        fitted = False
+    assert fits_on_counts(histogram(*nodes), gpus, replicas) == fitted
