@@ -110,11 +110,19 @@ class PlacementHost:
         return "ok", reply
 
     async def endpoint(self, group_name: str, attempt: int, bundle_index: int) -> _Outcome:
-        """A bundle's ``(node_ip, port)``, once known."""
-        replica = self._replicas.get((group_name, attempt))
-        if replica is None:
-            msg = f"the service holds no group {group_name} (attempt {attempt})"
-            return "error", BackendError(msg, operation="resolve endpoint")
+        """A bundle's ``(node_ip, port)``, once known; a key it does not hold is an error value."""
+        try:
+            replica = self._replicas.get((group_name, attempt))
+        except TypeError:  # an unhashable key from a misbehaving client
+            replica = None
+        if (
+            replica is None
+            or isinstance(bundle_index, bool)
+            or not isinstance(bundle_index, int)
+            or not 0 <= bundle_index < len(replica.bundles)
+        ):
+            msg = "the service holds no such bundle (group, attempt and bundle index)"
+            return "error", InvalidSpecError(msg, field="bundle_index")
         bundle = replica.bundles[bundle_index]
         try:
             return "ok", (await bundle.node_ip, await bundle.port)

@@ -15,6 +15,7 @@ from placement_actors import (
     GetClusterView,
     GetReplicaGroups,
     GroupState,
+    InvalidSpecError,
     NotEnoughGpusError,
     Place,
     PlacementConstraints,
@@ -23,7 +24,7 @@ from placement_actors import (
     ReplicaGroupsView,
     UnknownMessageError,
 )
-from placement_actors.service import PlacementClient
+from placement_actors.service import PlacementClient, _unwrap
 
 TIMEOUT = 60
 
@@ -68,6 +69,28 @@ def test_typed_errors_cross_with_their_fields(client: PlacementClient) -> None:
         client.ask("not a message")
 
 
+def test_a_message_that_skipped_its_constructor_is_refused_by_the_service(
+    client: PlacementClient,
+) -> None:
+    deployment = object.__new__(Deployment)
+    fields = {"name": "a:b", "model": "m", "replicas": 1, "gpus": "4"}
+    for field, value in {**fields, "runtime": None, "api_key": None}.items():
+        object.__setattr__(deployment, field, value)
+    forged = object.__new__(Place)
+    object.__setattr__(forged, "deployment", deployment)
+    object.__setattr__(forged, "constraints", PlacementConstraints())
+    with pytest.raises(InvalidSpecError):
+        client.ask(forged)  # pickled to the host, which never ran Deployment.__post_init__
+    assert client.ask(GetClusterView()).deployments == ()  # and it keeps serving
+
+
+def test_an_endpoint_the_service_does_not_hold_is_a_typed_error(client: PlacementClient) -> None:
+    host = client._host
+    for key in (("no-such-group", 1, 0), (["unhashable"], 1, 0), ("g", 1, -1)):
+        with pytest.raises(InvalidSpecError):
+            host.later("endpoint", *key, transform=_unwrap).get(timeout=TIMEOUT)
+
+
 async def test_replies_and_endpoints_can_be_awaited(
     client: PlacementClient, ray_nodes: dict[str, str]
 ) -> None:
@@ -83,7 +106,7 @@ async def test_replies_and_endpoints_can_be_awaited(
 SECOND_DRIVER = """
 import sys
 from placement_actors import Deployment, Place, PlacementConstraints
-from placement_actors.service import PlacementClient
+from placement_actors.service import PlacementClient, _unwrap
 
 address, name, node = sys.argv[1:4]
 client = PlacementClient.connect(address, name=name)
