@@ -25,6 +25,7 @@ from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends import ray_backend
 from placement_actors.domain.deployments import group_prefix, is_deployment_name
 from placement_actors.domain.errors import BackendError, InvalidSpecError, PlacementError
+from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     BundleEndpoint,
     Eventual,
@@ -63,10 +64,15 @@ class PlacementHost:
     Args:
         ready_timeout_s: how long Ray may take to make each placement group ready.
         ignore_head_node: keep local replicas off head nodes (``None``: the environment decides).
+        max_remote_replicas: the most replicas one remote deployment may ask for.
     """
 
     def __init__(
-        self, *, ready_timeout_s: float = 60.0, ignore_head_node: bool | None = None
+        self,
+        *,
+        ready_timeout_s: float = 60.0,
+        ignore_head_node: bool | None = None,
+        max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     ) -> None:
         """Start the actors on the cluster this process belongs to."""
         self._planner = PlanningActor.start(
@@ -78,6 +84,7 @@ class PlacementHost:
             planner=self._planner,
             ignore_head_node=ignore_head_node,
             held=ray_backend.get_held_groups(),
+            max_remote_replicas=max_remote_replicas,
         )
         self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
 
@@ -189,11 +196,15 @@ class PlacementClient:
         name: str = SERVICE_NAME,
         ready_timeout_s: float = 60.0,
         ignore_head_node: bool | None = None,
+        max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     ) -> PlacementClient:
         """Start the service on the cluster at ``address`` (or find it, if it runs already)."""
         ray_backend.connect(address)
         factory = functools.partial(
-            PlacementHost, ready_timeout_s=ready_timeout_s, ignore_head_node=ignore_head_node
+            PlacementHost,
+            ready_timeout_s=ready_timeout_s,
+            ignore_head_node=ignore_head_node,
+            max_remote_replicas=max_remote_replicas,
         )
         return cls(ray_backend.start_host(name, factory))
 
