@@ -1,11 +1,17 @@
+import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from placement_actors import cli
+from placement_actors.actors.messages import ClusterView, NodeView
+from placement_actors.cli import commands, render
+from placement_actors.domain.errors import NotEnoughGpusError
+from placement_actors.domain.results import Rejection
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -115,11 +121,16 @@ def test_an_invalid_file_exits_with_invalid_spec_and_names_the_line(
     assert out == ""
 
 
-def test_a_usage_error_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as caught:
-        cli.main(["place"])
-    assert caught.value.code == 2
-    assert "usage" in capsys.readouterr().err
+def test_a_usage_error_exits_two_with_one_line_that_points_to_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "place")
+    assert code == cli.EXIT_USAGE == 2
+    assert out == ""
+    assert err == (
+        "usage error: the following arguments are required: file "
+        "(see `placement-actors place --help`)\n"
+    )
 
 
 def test_place_on_a_file_speaks_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,3 +169,334 @@ def test_demo_speaks_json(
     assert data["groups_left_alive"] == 0
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", data["placed"][0]["replicas"][0]["master"])
     del ray_nodes
+
+
+# -- every input: a result or one typed error, never a traceback ---------------------------------
+
+PLACE = ("place", str(EXAMPLES / "deployments.yaml"), "--cluster", str(EXAMPLES / "cluster.yaml"))
+PLAN = ("plan", "--tp", "4", "--cluster", str(EXAMPLES / "cluster.yaml"))
+
+
+def cluster_file(tmp_path: Path, *nodes: tuple[str, int]) -> Path:
+    """A cluster file of ``(id, gpus)`` nodes; ids are quoted (JSON is YAML) whatever they hold."""
+    path = tmp_path / "cluster.yaml"
+    lines = [f"  - {{id: {json.dumps(node)}, gpus: {gpus}}}" for node, gpus in nodes]
+    path.write_text(
+        "nodes:\n  - {id: head, gpus: 0, head: true, egress: true}\n" + "\n".join(lines)
+    )
+    return path
+
+
+def fits_and_huge(tmp_path: Path) -> Path:
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "deployments:\n  - {name: fits, model: m, gpus: 2}\n  - {name: huge, model: m, gpus: 64}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--json",), ("-v",), ("--verbose",), ("--json", "-v")],
+    ids=["json", "v", "verbose", "json-and-v"],
+)
+@pytest.mark.parametrize("command", [PLACE, PLAN], ids=["place", "plan"])
+def test_global_flags_give_the_same_output_before_and_after_the_command(
+    capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], command: tuple[str, ...]
+) -> None:
+    before = run(capsys, *flags, *command)
+    after = run(capsys, *command, *flags)
+    split = run(capsys, flags[-1], *command, *flags[:-1])
+    assert before[:2] == after[:2] == split[:2]  # exit code and standard output
+    for _, out, err in (before, after, split):
+        if "--json" in flags:
+            assert json.loads(out)["exit_code"] == before[0]
+        else:
+            assert out.startswith(("Replicas", "Replica of TP size 4"))
+        assert "Traceback" not in out + err  # -v shows tracebacks of unexpected failures only
+
+
+MARKUP_IDS = ["[/]", "[blink red]gpu-a", "[link=x]y[/link]", "[bold]", "a\\[b]", "x\\"]
+
+
+@pytest.mark.parametrize("node_id", MARKUP_IDS, ids=MARKUP_IDS)
+def test_rich_markup_in_a_node_id_is_printed_literally_and_does_not_crash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, node_id: str
+) -> None:
+    cluster = cluster_file(tmp_path, (node_id, 4))
+    code, out, err = run(capsys, "place", str(fits_and_huge(tmp_path)), "--cluster", str(cluster))
+    assert code == cli.EXIT_NO_CAPACITY
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    assert any(line.startswith("│ fits ") and f" {node_id} " in line for line in lines)  # Replicas
+    assert any(line.startswith(f"│ {node_id} ") and " 2/4 " in line for line in lines)  # Nodes
+    assert f"  {node_id}: has 4 GPUs in all, 64 needed on one node" in lines  # did not fit
+
+
+@pytest.mark.parametrize("node_id", MARKUP_IDS, ids=MARKUP_IDS)
+def test_rich_markup_in_a_node_id_is_kept_in_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, node_id: str
+) -> None:
+    cluster = cluster_file(tmp_path, (node_id, 4))
+    code, out, _ = run(
+        capsys, "--json", "place", str(fits_and_huge(tmp_path)), "--cluster", str(cluster)
+    )
+    data = json.loads(out)
+    assert code == data["exit_code"] == cli.EXIT_NO_CAPACITY
+    assert data["placed"][0]["replicas"][0]["nodes"][0]["node"] == node_id
+    assert node_id in [r["node"] for r in data["did_not_fit"][0]["rejections"]]
+
+
+def test_a_sixty_character_node_id_appears_whole_in_every_table_and_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    node_id = "node-" + "0123456789abcdef" * 3 + "0123456"  # 5 + 48 + 7 = 60 characters
+    assert len(node_id) == 60
+    cluster = cluster_file(tmp_path, (node_id, 4))
+    code, out, _ = run(capsys, "place", str(fits_and_huge(tmp_path)), "--cluster", str(cluster))
+    assert code == cli.EXIT_NO_CAPACITY
+    # one replica row, one node row, one reason: all whole, nothing cut, no ellipsis
+    assert out.count(node_id) == 3
+    assert f"  {node_id}: has 4 GPUs in all, 64 needed on one node" in out.splitlines()
+    assert "…" not in out
+
+
+def test_a_node_id_wider_than_the_table_wraps_but_is_never_cut(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    node_id = "n" + "0123456789" * 20  # 201 characters: wider than the 120-column table
+    cluster = cluster_file(tmp_path, (node_id, 4))
+    code, out, _ = run(capsys, "place", str(fits_and_huge(tmp_path)), "--cluster", str(cluster))
+    assert code == cli.EXIT_NO_CAPACITY
+    assert "…" not in out
+    # A folded cell continues on the next lines of its column: read the column top to bottom.
+    assert column(out, "Replicas", 4) == f"node(s){node_id}"
+    assert column(out, "Nodes", 1) == f"nodehead (head){node_id}"
+    assert f"  {node_id}: has 4 GPUs in all" in out  # the reason is one unwrapped line
+
+
+def column(out: str, title: str, index: int) -> str:
+    """The cells of one column of the table titled ``title``, joined without their spaces."""
+    lines = out.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(title)))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("└"))
+    rows = [re.split("[│┃]", line) for line in lines[start:end]]
+    return "".join(row[index].strip() for row in rows if len(row) > index)
+
+
+def boom(*args: object, **kwargs: object) -> None:
+    del args, kwargs
+    msg = "boom [/] at [bold]x"
+    raise RuntimeError(msg)
+
+
+def interrupt(*args: object, **kwargs: object) -> None:
+    del args, kwargs
+    raise KeyboardInterrupt
+
+
+def no_file(tmp_path: Path) -> tuple[str, ...]:
+    return ("place", str(tmp_path / "[/]missing.yaml"), "--cluster", str(EXAMPLES / "cluster.yaml"))
+
+
+def invalid_file(tmp_path: Path) -> tuple[str, ...]:
+    path = tmp_path / "d.yaml"
+    path.write_text("deployments:\n  - name: x\n    model: m\n    replicas: 0\n")
+    return ("place", str(path), "--cluster", str(EXAMPLES / "cluster.yaml"))
+
+
+def unknown_node(tmp_path: Path) -> tuple[str, ...]:
+    path = tmp_path / "d.yaml"
+    path.write_text("deployments:\n  - {name: x, model: m, gpu_nodes: [gpu-z]}\n")
+    return ("place", str(path), "--cluster", str(EXAMPLES / "cluster.yaml"))
+
+
+FAILURES = [
+    # (id, argv from tmp_path, a command to replace, exit code, error type, stderr line starts)
+    ("usage", lambda _: ("place",), None, 2, "UsageError", "usage error: the following"),
+    ("no-command", lambda _: (), None, 2, "UsageError", "usage error: the following"),
+    ("bad-choice", lambda _: ("nope",), None, 2, "UsageError", "usage error: argument COMMAND"),
+    ("bad-int", lambda _: ("plan", "--tp", "[/]"), None, 2, "UsageError", "usage error: argument"),
+    ("bad-timeout", lambda _: (*PLACE, "--ready-timeout", "nan"), None, 2, "UsageError", "usage"),
+    ("no-address", lambda _: ("why", "x"), None, 2, "UsageError", "usage error: why needs"),
+    ("missing-file", no_file, None, 3, "ConfigFileError", "invalid spec: "),
+    ("invalid-file", invalid_file, None, 3, "ConfigFileError", "invalid spec: "),
+    ("unknown-node", unknown_node, None, 3, "ConfigFileError", "invalid spec: "),
+    ("capacity", lambda _: PLACE, None, 4, "NotEnoughGpusError", None),
+    (
+        "plan-capacity",
+        lambda _: (*PLAN[:2], "16", *PLAN[3:]),
+        None,
+        4,
+        "NotEnoughGpusError",
+        "does",
+    ),
+    ("unexpected", lambda _: PLAN, boom, 1, "RuntimeError", "unexpected failure: RuntimeError: "),
+    ("interrupted", lambda _: PLAN, interrupt, 130, "KeyboardInterrupt", "interrupted"),
+]
+
+
+@pytest.fixture(params=FAILURES, ids=[f[0] for f in FAILURES])
+def failure(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[tuple[str, ...], int, str, str | None]:
+    _, argv, replacement, code, error, line = request.param
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if replacement is not None:
+        monkeypatch.setattr(commands, "load_cluster", replacement)
+    return argv(tmp_path), code, error, line
+
+
+def test_with_json_every_failure_is_one_json_object_with_its_exit_code(
+    capsys: pytest.CaptureFixture[str], failure: tuple[tuple[str, ...], int, str, str | None]
+) -> None:
+    argv, expected, error, _ = failure
+    code, out, err = run(capsys, "--json", *argv)
+    data = json.loads(out)  # one document, nothing else on standard output
+    assert code == expected == data["exit_code"]
+    assert data["error"] == error
+    assert isinstance(data["message"], str)
+    assert data["message"]
+    assert "Traceback" not in out + err
+
+
+def test_without_json_every_failure_is_one_line_on_stderr_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], failure: tuple[tuple[str, ...], int, str, str | None]
+) -> None:
+    argv, expected, _, line = failure
+    code, out, err = run(capsys, *argv)
+    assert code == expected
+    assert "Traceback" not in out + err
+    if line is None:  # a placement that did not fit reports on standard output, as data
+        assert "did not fit" in out
+        assert err == ""
+        return
+    assert out == ""
+    assert err.startswith(line)
+    if "ConfigFileError" not in str(failure):  # a file error has one line per problem
+        assert len(err.splitlines()) == 1
+
+
+def test_the_message_of_an_error_is_printed_literally(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, _, err = run(capsys, *no_file(tmp_path))
+    assert "[/]missing.yaml: cannot read" in err
+    monkeypatch.setattr(commands, "load_cluster", boom)
+    _, _, err = run(capsys, *PLAN)
+    assert err == "unexpected failure: RuntimeError: boom [/] at [bold]x\n"
+
+
+def test_a_file_error_in_json_lists_each_problem_with_its_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "--json", *invalid_file(tmp_path))
+    data = json.loads(out)
+    assert code == data["exit_code"] == cli.EXIT_INVALID_SPEC
+    assert data["problems"] == [
+        {"file": str(tmp_path / "d.yaml"), "line": 4, "field": "replicas", "problem": "must be ≥ 1"}
+    ]
+
+
+def test_an_unknown_gpu_node_is_a_problem_of_the_deployments_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, *unknown_node(tmp_path))
+    assert code == cli.EXIT_INVALID_SPEC
+    assert "d.yaml:2: gpu_nodes: unknown node 'gpu-z'" in err
+
+
+@pytest.mark.parametrize(
+    "verbose",
+    [("-v", *PLAN), (*PLAN, "-v"), ("--verbose", *PLAN), ("--json", *PLAN, "--verbose")],
+    ids=["v-before", "v-after", "verbose-before", "verbose-after-with-json"],
+)
+def test_an_unexpected_failure_shows_its_traceback_only_with_verbose(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verbose: tuple[str, ...]
+) -> None:
+    monkeypatch.setattr(commands, "load_cluster", boom)
+    code, _, err = run(capsys, *PLAN)
+    assert code == cli.EXIT_UNEXPECTED
+    assert "Traceback" not in err
+    code, out, err = run(capsys, *verbose)
+    assert code == cli.EXIT_UNEXPECTED
+    assert "Traceback" in err
+    assert "RuntimeError: boom [/] at [bold]x" in err
+    if "--json" in verbose:
+        assert json.loads(out)["error"] == "RuntimeError"
+    else:
+        assert err.rstrip().endswith("unexpected failure: RuntimeError: boom [/] at [bold]x")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--help",), ("place", "--help"), ("--json", "plan", "-h"), ("status", "--help", "--json")],
+    ids=["top", "place", "json-plan", "status-json"],
+)
+def test_help_prints_the_help_and_exits_zero(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == cli.EXIT_OK
+    assert out.startswith("usage: placement-actors")
+    assert "--json" in out
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "-1", "nan", "inf", "86401", "soon"], ids=lambda v: f"timeout-{v}"
+)
+def test_a_ready_timeout_that_is_not_a_positive_number_of_seconds_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, _, err = run(capsys, *PLACE, "--ready-timeout", value)
+    assert code == cli.EXIT_USAGE
+    assert err.startswith("usage error: argument --ready-timeout:")
+
+
+def test_flags_after_a_double_dash_are_arguments_not_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, *PLACE, "--", "--json")
+    assert code == cli.EXIT_USAGE
+    assert out == ""  # not JSON: --json after -- is no flag
+    assert err.startswith("usage error: unrecognized arguments: -- --json")
+
+
+@pytest.mark.parametrize("name", MARKUP_IDS, ids=MARKUP_IDS)
+def test_rich_markup_in_a_node_name_from_ray_labels_is_printed_literally(name: str) -> None:
+    node_id = "f" * 56  # a Ray node id: its name comes from a label, which anyone may set
+    view = ClusterView(
+        nodes=(
+            NodeView(
+                node_id=node_id,
+                capacity=2,
+                free_gpus=(0, 1),
+                held=(),
+                is_head=False,
+                egress=False,
+                remote_replicas=0,
+            ),
+        ),
+        deployments=(),
+    )
+    error = NotEnoughGpusError(
+        "deployment d needs 4 free GPUs",
+        deployment="d",
+        requested=4,
+        available=2,
+        largest_node=2,
+        rejections=(
+            Rejection(node_id=node_id, reason="2 free GPUs, 4 needed", requested=4, available=2),
+        ),
+    )
+    printed = io.StringIO()
+    console = Console(file=printed, width=120)
+    data = render.view_data(view, {node_id: name})
+    render.print_cluster(console, data)
+    render.print_occupancy(console, data)
+    render.print_failure(console, render.failure_data(error, {node_id: name}))
+    lines = printed.getvalue().splitlines()
+    assert any(line.startswith(f"│ {name} ") for line in lines)  # the Nodes table
+    assert any(line.startswith(f"{name}  □ □") for line in lines)  # the occupancy picture
+    assert f"  {name}: 2 free GPUs, 4 needed" in lines  # the reason

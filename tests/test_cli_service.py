@@ -111,6 +111,18 @@ def test_status_saves_the_occupancy_picture_as_svg(
     assert "cli-small" in text  # the legend names the holder of the coloured cells
 
 
+def test_status_reports_an_svg_file_it_cannot_write_as_one_usage_error(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    picture = tmp_path / "no-such-dir" / "status.svg"
+    code, out, err = run(capsys, "status", "--address", address, "--svg", str(picture), "--json")
+    data = json.loads(out)  # the error object only: not the status document too
+    assert code == data["exit_code"] == cli.EXIT_USAGE
+    assert data["error"] == "UsageError"
+    assert data["message"] == f"cannot write --svg {picture}: No such file or directory"
+    assert "Traceback" not in out + err
+
+
 def test_plan_on_the_ray_cluster_and_on_a_file(
     capsys: pytest.CaptureFixture[str], ray_cluster: Any
 ) -> None:
@@ -130,10 +142,9 @@ def test_service_commands_need_an_address(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(SystemExit) as caught:
-        cli.main(["status"])
-    assert caught.value.code == cli.EXIT_USAGE
-    assert "needs --address" in capsys.readouterr().err
+    code, _, err = run(capsys, "status")
+    assert code == cli.EXIT_USAGE
+    assert "needs --address" in err
 
 
 def test_place_reports_masters_still_pending_and_exits_non_zero(
@@ -155,9 +166,14 @@ def test_place_reports_masters_still_pending_and_exits_non_zero(
         code, out, _ = run(
             capsys, "place", str(path), "--address", address, "--ready-timeout", "1", "--json"
         )
-        assert code == cli.EXIT_NO_CAPACITY
-        master = json.loads(out)["placed"][0]["replicas"][0]["master"]
+        data = json.loads(out)
+        assert code == data["exit_code"] == cli.EXIT_NO_CAPACITY
+        master = data["placed"][0]["replicas"][0]["master"]
         assert master.startswith("pending")
+        assert data["error"] == "PlacementGroupTimeoutError"
+        assert data["message"].startswith(
+            "1 master address(es) not known: placement-actors:cli-late"
+        )
     finally:
         remove_placement_group(holder)
 

@@ -1,30 +1,41 @@
 """The ``placement-actors`` command: the composition root (parse, load files, start actors, print).
 
-Exit codes: 0 success, 1 unexpected failure, 2 usage error, 3 invalid spec or file,
-4 a deployment did not fit, 5 the cluster backend failed. ``--json`` prints the same facts as the
-tables, as one JSON document on standard output.
+Every input ends in a result or in one typed error, never in a traceback (that takes ``-v``):
+
+- Exit codes: 0 success, 1 unexpected failure, 2 usage error, 3 invalid spec or file,
+  4 a deployment did not fit, 5 the cluster backend failed, 130 interrupted. They are mapped from
+  error types in one place, `_EXIT_CODES`.
+- The global flags ``--json`` and ``-v`` may stand before or after the command.
+- With ``--json``, standard output holds exactly one JSON object on every path: the command's
+  document (with its ``exit_code``), or ``{"error": type, "message": text, "exit_code": code}``.
+  Without it, an error is one readable line on standard error.
+- User text (names, node ids, reasons, addresses) is printed literally, never read as markup.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
+from rich.text import Text
 
-from placement_actors.cli import commands
+from placement_actors.cli import commands, render
 from placement_actors.domain.errors import BackendError, CapacityError, InvalidSpecError
+from placement_actors.domain.limits import MAX_TIMEOUT_S
 
 __all__ = [
     "EXIT_BACKEND",
+    "EXIT_INTERRUPTED",
     "EXIT_INVALID_SPEC",
     "EXIT_NO_CAPACITY",
     "EXIT_OK",
@@ -39,69 +50,190 @@ EXIT_USAGE = 2
 EXIT_INVALID_SPEC = 3
 EXIT_NO_CAPACITY = commands.EXIT_NO_CAPACITY
 EXIT_BACKEND = 5
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, what a shell reports for a command stopped with Ctrl-C."""
+
+_EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
+    (commands.UsageError, EXIT_USAGE, "usage error"),
+    (InvalidSpecError, EXIT_INVALID_SPEC, "invalid spec"),
+    (CapacityError, EXIT_NO_CAPACITY, "does not fit"),
+    (BackendError, EXIT_BACKEND, "cluster backend failed"),
+)
+"""Each expected error type, its exit code and how its one-line report starts; first match wins."""
+
+_PROG = "placement-actors"
+_JSON = "--json"
+_VERBOSE = ("-v", "--verbose")
+_LOUD_LOGGER = "placement_actors"
+"""What ``-v`` turns to DEBUG: this package, not every library it uses."""
 
 logger = logging.getLogger("placement_actors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the process exit code (``--help`` returns 0)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    json_mode, verbose = _global_flags(arguments)
+    errors = Console(stderr=True)
+    out = _output(errors, json_mode=json_mode)
+    with _logging(errors, verbose=verbose):
+        try:
+            try:
+                args = _parser().parse_args(arguments)
+            except SystemExit as exc:  # --help: argparse printed it and asks to stop
+                return exc.code if isinstance(exc.code, int) else EXIT_OK
+            _require_address(args)
+            code = int(args.command(args, out))
+        except KeyboardInterrupt:
+            _report(out, errors, "interrupted", None, EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # noqa: BLE001 - the top level: every error ends as a report
+            return _fail(out, errors, exc, verbose=verbose)
+        if out.json:
+            _print_json({**(out.document or {}), "exit_code": code})
+        return code
+
+
+def _global_flags(arguments: Sequence[str]) -> tuple[bool, bool]:
+    """``(--json, -v)`` as given anywhere before ``--``: known even when parsing fails.
+
+    Every parser refuses abbreviations, so a flag is given exactly when its token is.
+    """
+    given = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    return _JSON in given, any(flag in given for flag in _VERBOSE)
+
+
+def _output(errors: Console, *, json_mode: bool) -> commands.Output:
+    return commands.Output(
+        console=Console(width=None if sys.stdout.isatty() else 120),
+        progress=errors,
+        json=json_mode,
+    )
+
+
+class _OneLine(logging.Formatter):
+    """A log record as one line: an attached exception by its type and message, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message, and ``(Type: message)`` of the record's exception if it has one."""
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        return message if error is None else f"{message} ({type(error).__name__}: {error})"
+
+
+@contextlib.contextmanager
+def _logging(errors: Console, *, verbose: bool) -> Iterator[None]:
+    """Log to standard error for one run: warnings, one line each; ``-v``: DEBUG, tracebacks.
+
+    Everything is put back afterwards, so `main` can run many times in one process.
+    """
+    handler = RichHandler(  # markup off: messages are literal
+        level=logging.DEBUG if verbose else logging.WARNING, console=errors, show_path=False
+    )
+    handler.setFormatter(logging.Formatter("%(message)s") if verbose else _OneLine())
+    root = logging.getLogger()
+    ours = logging.getLogger(_LOUD_LOGGER)
+    saved = (root.level, ours.level)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    if verbose:
+        ours.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+
+def _require_address(args: argparse.Namespace) -> None:
     if getattr(args, "needs_address", False):
         args.address = args.address or os.environ.get("RAY_ADDRESS")
         if not args.address:
-            parser.error(f"{args.command_name} needs --address ADDR (or RAY_ADDRESS)")
-    errors = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=errors, show_path=False)],
-    )
-    out = commands.Output(
-        console=Console(width=None if sys.stdout.isatty() else 120),
-        progress=errors,
-        json=args.json,
-    )
-    try:
-        return int(args.command(args, out))
-    except commands.UsageError as exc:
-        parser.print_usage(sys.stderr)
-        _report(out, errors, "usage", exc)
-        return EXIT_USAGE
-    except InvalidSpecError as exc:
-        _report(out, errors, "invalid spec", exc)
-        return EXIT_INVALID_SPEC
-    except CapacityError as exc:
-        _report(out, errors, "does not fit", exc)
-        return EXIT_NO_CAPACITY
-    except BackendError as exc:
-        _report(out, errors, "cluster backend failed", exc)
-        return EXIT_BACKEND
-    except Exception:  # the top level: report anything else as a failure, with its traceback
-        logger.exception("placement-actors failed")
-        return EXIT_UNEXPECTED
+            msg = f"{args.command_name} needs --address ADDR (or RAY_ADDRESS)"
+            raise commands.UsageError(msg, prog=f"{_PROG} {args.command_name}")
 
 
-def _report(out: commands.Output, errors: Console, what: str, exc: Exception) -> None:
+def _fail(out: commands.Output, errors: Console, exc: Exception, *, verbose: bool) -> int:
+    for kind, code, what in _EXIT_CODES:
+        if isinstance(exc, kind):
+            _report(out, errors, what, exc, code)
+            return code
+    # Not an error of ours: its traceback helps only whoever debugs, so it takes -v.
+    if verbose:
+        logger.debug("the traceback of the unexpected failure", exc_info=exc)
+    _report(out, errors, "unexpected failure", exc, EXIT_UNEXPECTED)
+    return EXIT_UNEXPECTED
+
+
+def _report(
+    out: commands.Output, errors: Console, what: str, exc: Exception | None, code: int
+) -> None:
+    """One JSON object on standard output (``--json``), else one line on standard error."""
     if out.json:
-        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))  # noqa: T201
-    errors.print(f"[bold red]{what}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        data = (
+            {"error": "KeyboardInterrupt", "message": what, "exit_code": code}
+            if exc is None
+            else render.error_data(exc, code)
+        )
+        _print_json(data)
+        return
+    line = Text(what, style="bold red")
+    if exc is not None:
+        detail = str(exc) if what != "unexpected failure" else f"{type(exc).__name__}: {exc}"
+        line.append(f": {detail}", style="default")
+        if isinstance(exc, commands.UsageError):
+            line.append(f" (see `{exc.prog or _PROG} --help`)", style="default")
+    with contextlib.suppress(OSError):  # standard error is gone: the exit code still tells
+        errors.print(line, soft_wrap=True)
+
+
+def _print_json(data: object) -> None:
+    with contextlib.suppress(OSError):  # standard output is gone: the exit code still tells
+        print(json.dumps(data, indent=2))  # noqa: T201 - the JSON document is the output
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are `commands.UsageError`, reported like every error.
+
+    argparse would print its usage and exit; raising instead lets ``--json`` print the error
+    object. ``--help`` still prints the help and exits 0.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Raise a `commands.UsageError` for ``message``."""
+        raise commands.UsageError(message, prog=self.prog)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        *_VERBOSE, action="store_true", default=default, help="log what the actors do"
+    )
+    parser.add_argument(
+        _JSON, action="store_true", default=default, help="print JSON instead of tables"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log what the actors do")
-    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser = argparse.ArgumentParser(
-        prog="placement-actors",
+    # The sub-commands repeat the global flags so that they may also follow the command. Their
+    # copies default to SUPPRESS: a flag not given after the command leaves the value parsed
+    # before it alone (a default of False would overwrite it).
+    common = _Parser(add_help=False, allow_abbrev=False)
+    _global_options(common, default=argparse.SUPPRESS)
+    parser = _Parser(
+        prog=_PROG,
         description="Decide where model-serving replicas run, and reserve them with Ray.",
-        parents=[common],
+        allow_abbrev=False,
     )
+    _global_options(parser, default=False)
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, function: Any, *, address: str) -> Any:  # noqa: ANN401
         """Add a sub-command; ``address`` is "none", "optional" or "required" (a service)."""
-        cmd = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        cmd = sub.add_parser(
+            name, help=help_text, description=help_text, parents=[common], allow_abbrev=False
+        )
         cmd.set_defaults(command=function, command_name=name, needs_address=address == "required")
         if address != "none":
             cmd.add_argument(
@@ -193,10 +325,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A ``--ready-timeout``: a number of seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"not a number of seconds: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        msg = f"must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _ready_timeout(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long Ray may take to make each placement group ready (default 60)",

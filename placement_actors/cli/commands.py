@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 
 import pykka
 from rich.console import Console
+from rich.text import Text
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
 from placement_actors.actors.messages import (
@@ -28,7 +28,11 @@ from placement_actors.actors.planning import PlanningActor
 from placement_actors.cli import render
 from placement_actors.config_files import DeploymentSpec, load_cluster, load_deployments
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
-from placement_actors.domain.errors import CapacityError, PlacementError
+from placement_actors.domain.errors import (
+    CapacityError,
+    PlacementError,
+    PlacementGroupTimeoutError,
+)
 from placement_actors.domain.results import PlacementResult, ReplicaPlacement
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
@@ -63,25 +67,53 @@ _PROBE_PAD_S = 10.0
 
 
 class UsageError(Exception):
-    """The arguments do not make a runnable command (exit code 2)."""
+    """The arguments do not make a runnable command (exit code 2).
+
+    Attributes:
+        prog: the command whose ``--help`` explains its arguments (``"placement-actors place"``),
+            or ``None`` when the command line has not named one.
+    """
+
+    def __init__(self, message: str, *, prog: str | None = None) -> None:
+        """Create the error; ``prog`` names the command whose usage was broken."""
+        super().__init__(message)
+        self.prog = prog
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Output:
-    """Where a command prints: tables on ``console``, spinners on ``progress``, or JSON."""
+    """Where a command prints: tables on ``console``, spinners on ``progress``, or JSON.
+
+    In ``--json`` mode a command hands its one document to `emit`; the command line prints it
+    (with the exit code) only once the command has returned, so a command that fails after
+    emitting prints the error object instead, never two documents.
+
+    Everything a command prints for people goes through `say` or a `render` function: user text
+    (names, node ids, reasons, addresses) is never read as rich markup.
+    """
 
     console: Console
     progress: Console
     json: bool
+    document: dict[str, Any] | None = None
 
-    def emit(self, data: object) -> None:
-        """Print ``data`` as JSON (only in ``--json`` mode)."""
+    def emit(self, data: Mapping[str, Any]) -> None:
+        """Keep ``data`` as the command's JSON document (only in ``--json`` mode)."""
         if self.json:
-            print(json.dumps(data, indent=2))  # noqa: T201 - the JSON document is the output
+            self.document = dict(data)
+
+    def say(self, text: str) -> None:
+        """Print one line for people (not in ``--json`` mode), literally: no markup."""
+        if not self.json:
+            self.console.print(Text(text), soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        """Print a progress line on standard error, literally: no markup."""
+        self.progress.print(Text(text), soft_wrap=True)
 
     def waiting(self, what: str) -> contextlib.AbstractContextManager[Any]:
-        """A spinner on standard error while something is awaited."""
-        return self.progress.status(what)
+        """A spinner on standard error while something is awaited (``what`` is literal text)."""
+        return self.progress.status(Text(what))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -110,13 +142,13 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
     layout = ", ".join(f"{name} ({gpus} GPUs)" for name, gpus in DEMO_WORKERS.items())
     with out.waiting(f"Starting a local Ray cluster: head + {layout}"):
         cluster.__enter__()
-    out.progress.print(f"Local Ray cluster at {cluster.address}: head + {layout}", highlight=False)
+    out.note(f"Local Ray cluster at {cluster.address}: head + {layout}")
     try:
         yield
     finally:
         with out.waiting("Stopping the local Ray cluster"):
             cluster.__exit__(None, None, None)
-        out.progress.print("Local Ray cluster stopped.")
+        out.note("Local Ray cluster stopped.")
 
 
 def _node_names() -> dict[str, str]:
@@ -153,8 +185,37 @@ def _endpoints(replicas: Sequence[ReplicaPlacement], timeout_s: float) -> dict[s
     return found
 
 
-def _all_masters_known(endpoints: Mapping[str, str]) -> bool:
-    return not any(e.startswith(("failed", "pending")) for e in endpoints.values())
+def _unknown_masters(endpoints: Mapping[str, str]) -> dict[str, str]:
+    """Group name -> why its master is not known, for the groups whose master is not known."""
+    return {g: e for g, e in endpoints.items() if e.startswith(("failed", "pending"))}
+
+
+def _shortfall(placed: _Placed, endpoints: Mapping[str, str] | None) -> dict[str, str]:
+    """The ``error`` and ``message`` of a placement that exits non-zero; empty when all is well.
+
+    A document that goes with a non-zero exit code names an error type and says what went wrong,
+    like the error object of a command that failed outright.
+    """
+    if placed.failures:
+        kinds = {type(e).__name__ for e in placed.failures}
+        names = ", ".join(e.deployment for e in placed.failures)
+        return {
+            "error": kinds.pop() if len(kinds) == 1 else CapacityError.__name__,
+            "message": f"{len(placed.failures)} deployment(s) did not fit: {names}",
+        }
+    unknown = _unknown_masters(endpoints or {})
+    if unknown:
+        first = next(iter(unknown.values()))
+        listed = "; ".join(f"{group}: {why}" for group, why in unknown.items())
+        return {
+            "error": (
+                first.removeprefix("failed: ")
+                if first.startswith("failed")
+                else PlacementGroupTimeoutError.__name__
+            ),
+            "message": f"{len(unknown)} master address(es) not known: {listed}",
+        }
+    return {}
 
 
 def _report_placements(
@@ -194,7 +255,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 f"{SERVICE_NAME} runs on this cluster and the demo's clean-up would remove its "
                 "groups; use `place FILE --address ADDR` instead"
             )
-            raise UsageError(msg)
+            raise UsageError(msg, prog="placement-actors demo")
 
         planner = PlanningActor.start(
             backend=ray_backend.RayBackend(), ready_timeout_s=args.ready_timeout
@@ -225,11 +286,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 if state != "REMOVED" and any(name.startswith(p) for p in ours)
             ]
         _report_placements(out, placed, names, endpoints, {"groups_left_alive": len(alive)})
-        if not out.json:
-            out.console.print(
-                f"Released every deployment; placement groups left alive: {len(alive)}.",
-                highlight=False,
-            )
+        out.say(f"Released every deployment; placement groups left alive: {len(alive)}.")
     return EXIT_OK
 
 
@@ -240,20 +297,20 @@ def place(args: argparse.Namespace, out: Output) -> int:
     address = args.address or _ray_address_from_env()
     if address is None:
         msg = "place needs --cluster FILE (decide only) or --address ADDR (a running service)"
-        raise UsageError(msg)
+        raise UsageError(msg, prog="placement-actors place")
     specs = load_deployments(args.file)
     client = _client(address)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
-    _report_placements(out, placed, _node_names(), endpoints)
-    fine = not placed.failures and _all_masters_known(endpoints)
-    return EXIT_OK if fine else EXIT_NO_CAPACITY
+    shortfall = _shortfall(placed, endpoints)
+    _report_placements(out, placed, _node_names(), endpoints, shortfall)
+    return EXIT_NO_CAPACITY if shortfall else EXIT_OK
 
 
 def _place_on_file(args: argparse.Namespace, out: Output) -> int:
     cluster = load_cluster(args.cluster)
-    specs = load_deployments(args.file)
+    specs = load_deployments(args.file, known_nodes=[n.node_id for n in cluster.topology])
     ref = DeploymentPlacementActor.start(
         topology=cluster.topology, egress_nodes=cluster.egress_nodes
     )
@@ -265,10 +322,11 @@ def _place_on_file(args: argparse.Namespace, out: Output) -> int:
         ref.stop(timeout=_REPLY_TIMEOUT_S)
     assert isinstance(view, ClusterView)  # noqa: S101 - the actor's reply type
     nodes = render.view_data(view, {})
-    _report_placements(out, placed, {}, None, {"cluster": nodes})
+    shortfall = _shortfall(placed, None)
+    _report_placements(out, placed, {}, None, {"cluster": nodes, **shortfall})
     if not out.json:
         render.print_cluster(out.console, nodes)
-    return EXIT_NO_CAPACITY if placed.failures else EXIT_OK
+    return EXIT_NO_CAPACITY if shortfall else EXIT_OK
 
 
 def plan(args: argparse.Namespace, out: Output) -> int:
@@ -298,8 +356,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
     if args.stop:
         _client(args.address).stop_service()
         out.emit({"service": SERVICE_NAME, "running": False})
-        if not out.json:
-            out.console.print(f"Stopped {SERVICE_NAME}; its placement groups stay.")
+        out.say(f"Stopped {SERVICE_NAME}; its placement groups stay.")
         return EXIT_OK
     with out.waiting(f"Starting {SERVICE_NAME} on {args.address}"):
         client = PlacementClient.serve(
@@ -308,12 +365,10 @@ def serve(args: argparse.Namespace, out: Output) -> int:
             ignore_head_node=args.ignore_head_node or None,
         )
     out.emit({"service": client.name, "address": args.address, "running": True})
-    if not out.json:
-        out.console.print(
-            f"{client.name} runs on {args.address} (namespace placement-actors). "
-            "Drivers reach it with PlacementClient.connect(address).",
-            highlight=False,
-        )
+    out.say(
+        f"{client.name} runs on {args.address} (namespace placement-actors). "
+        "Drivers reach it with PlacementClient.connect(address)."
+    )
     return EXIT_OK
 
 
@@ -321,15 +376,19 @@ def status(args: argparse.Namespace, out: Output) -> int:
     """Every node of the running service: a table and an occupancy picture."""
     view = _client(args.address).ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
     data = render.view_data(view, _node_names())
+    if args.svg is not None:  # first: a file that cannot be written is the only thing reported
+        picture = Console(record=True, width=100, file=io.StringIO())
+        render.print_cluster(picture, data)
+        render.print_occupancy(picture, data)
+        try:
+            picture.save_svg(str(args.svg), title="placement-actors status")
+        except OSError as exc:
+            msg = f"cannot write --svg {args.svg}: {exc.strerror or exc}"
+            raise UsageError(msg, prog="placement-actors status") from exc
     out.emit(data)
     if not out.json:
         render.print_cluster(out.console, data)
         render.print_occupancy(out.console, data)
-    if args.svg is not None:
-        picture = Console(record=True, width=100, file=io.StringIO())
-        render.print_cluster(picture, data)
-        render.print_occupancy(picture, data)
-        picture.save_svg(str(args.svg), title="placement-actors status")
     return EXIT_OK
 
 
@@ -345,13 +404,12 @@ def release(args: argparse.Namespace, out: Output) -> int:
             "replicas_freed": released.replicas_freed,
         }
     )
-    if not out.json:
-        what = (
-            f"freed {released.gpus_freed} GPUs of {released.replicas_freed} replicas"
-            if released.was_placed
-            else "was not placed (any leftover groups were removed)"
-        )
-        out.console.print(f"{released.deployment}: {what}.", highlight=False)
+    what = (
+        f"freed {released.gpus_freed} GPUs of {released.replicas_freed} replicas"
+        if released.was_placed
+        else "was not placed (any leftover groups were removed)"
+    )
+    out.say(f"{released.deployment}: {what}.")
     return EXIT_OK
 
 
@@ -361,7 +419,7 @@ def reap(args: argparse.Namespace, out: Output) -> int:
 
     if not args.prefix:
         msg = "reap needs a non-empty prefix"
-        raise UsageError(msg)
+        raise UsageError(msg, prog="placement-actors reap")
     client = _client(args.address)
     view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
     released = [d for d in view.deployments if d.startswith(args.prefix)]
@@ -369,12 +427,10 @@ def reap(args: argparse.Namespace, out: Output) -> int:
         client.ask(Release(name), timeout=_REPLY_TIMEOUT_S)
     leftovers = ray_backend.remove_named_pgs_with_prefix(GROUP_NAME_ROOT + args.prefix)
     out.emit({"released": released, "leftover_groups_removed": leftovers})
-    if not out.json:
-        out.console.print(
-            f"Released {len(released)} deployment(s): {', '.join(released) or '-'}; "
-            f"removed {leftovers} leftover placement group(s).",
-            highlight=False,
-        )
+    out.say(
+        f"Released {len(released)} deployment(s): {', '.join(released) or '-'}; "
+        f"removed {leftovers} leftover placement group(s)."
+    )
     return EXIT_OK
 
 
@@ -384,11 +440,7 @@ def why(args: argparse.Namespace, out: Output) -> int:
     assert isinstance(failure, PlacementFailure)  # noqa: S101 - the service's reply type
     if failure.error is None:
         out.emit({"deployment": args.name, "did_not_fit": None})
-        if not out.json:
-            out.console.print(
-                f"{args.name}: its last Place did not fail (or it was never placed).",
-                highlight=False,
-            )
+        out.say(f"{args.name}: its last Place did not fail (or it was never placed).")
         return EXIT_OK
     data = render.failure_data(failure.error, _node_names())
     out.emit(data)

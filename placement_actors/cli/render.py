@@ -1,7 +1,10 @@
 """What the command line prints: JSON-ready dictionaries, and rich tables and pictures of them.
 
 Every command builds plain data first (so ``--json`` prints exactly what the tables show), then
-renders it for people.
+renders it for people. Everything in that data may be user text (deployment names, node ids and
+names from files and Ray labels, reasons, messages, model ids), so it reaches rich only as `Text`,
+never as markup; and it is shown whole: node ids are never shortened, and table cells that do not
+fit wrap (``overflow="fold"``) instead of being cut.
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from placement_actors.actors.messages import ClusterView
 from placement_actors.domain.deployments import CustomRuntime
-from placement_actors.domain.errors import CapacityError
+from placement_actors.domain.errors import CapacityError, ConfigFileError
 from placement_actors.domain.results import PlacementResult, ReplicaBundleSpec
 
 __all__ = [
+    "error_data",
     "failure_data",
     "print_cluster",
     "print_failure",
@@ -48,7 +51,16 @@ _PALETTE = (
 
 
 def _name(names: Mapping[str, str], node_id: str) -> str:
-    return names.get(node_id, node_id if len(node_id) <= 16 else node_id[:12])  # noqa: PLR2004
+    """A node's friendly name (a Ray label), else its whole id: two nodes never look the same."""
+    return names.get(node_id, node_id)
+
+
+def _table(title: str, columns: Sequence[str], *, show_header: bool = True) -> Table:
+    """A table whose cells wrap when they do not fit: never cut, never an ellipsis."""
+    table = Table(title=title, title_justify="left", show_header=show_header)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def _ordinals(gpus: Sequence[int]) -> str:
@@ -89,6 +101,31 @@ def result_data(
         "remote": not result.deployment.gpus_per_replica,
         "replicas": replicas,
     }
+
+
+def error_data(error: BaseException, exit_code: int) -> dict[str, Any]:
+    """The one JSON object of a command that failed: its type, message and exit code.
+
+    A file's problems and a capacity failure's node-by-node reasons come along as fields.
+    """
+    data: dict[str, Any] = {
+        "error": type(error).__name__,
+        "message": str(error),
+        "exit_code": exit_code,
+    }
+    if isinstance(error, ConfigFileError):
+        data["problems"] = [
+            {"file": error.path, "line": p.line, "field": p.field, "problem": p.problem}
+            for p in error.problems
+        ]
+    elif isinstance(error, CapacityError):
+        failure = failure_data(error, {})
+        data.update(
+            deployment=failure["deployment"],
+            retryable=failure["retryable"],
+            rejections=failure["rejections"],
+        )
+    return data
 
 
 def failure_data(error: CapacityError, names: Mapping[str, str]) -> dict[str, Any]:
@@ -154,12 +191,10 @@ def spec_data(spec: ReplicaBundleSpec) -> dict[str, Any]:
 
 def print_replicas(console: Console, results: Sequence[dict[str, Any]], *, masters: bool) -> None:
     """One row per replica."""
-    table = Table(title="Replicas", title_justify="left")
     columns = ["deployment", "replica", "runtime", "node(s)", "GPUs"]
     if masters:
         columns.append("master address")
-    for column in columns:
-        table.add_column(column)
+    table = _table("Replicas", columns)
     for result in results:
         for replica in result["replicas"]:
             row = [
@@ -171,7 +206,7 @@ def print_replicas(console: Console, results: Sequence[dict[str, Any]], *, maste
             ]
             if masters:
                 row.append(replica["master"] or ("- (remote API)" if result["remote"] else "?"))
-            table.add_row(*row)
+            table.add_row(*map(Text, row))
     console.print(table)
 
 
@@ -179,28 +214,28 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
     """Why a deployment did not fit, node by node."""
     hint = "retry after a release" if failure["retryable"] else "never fits this cluster"
     console.print(
-        f"[bold red]{failure['deployment']} did not fit[/] ({failure['error']}, {hint}): "
-        f"{escape(failure['message'])}",
-        highlight=False,
+        Text.assemble(
+            (f"{failure['deployment']} did not fit", "bold red"),
+            f" ({failure['error']}, {hint}): {failure['message']}",
+        ),
         soft_wrap=True,
     )
     for rejection in failure["rejections"]:
-        console.print(f"  {rejection['name']}: {rejection['reason']}", highlight=False)
+        console.print(Text(f"  {rejection['name']}: {rejection['reason']}"), soft_wrap=True)
 
 
 def print_cluster(console: Console, view: dict[str, Any]) -> None:
     """A row per node: free and total GPUs, holders, egress."""
-    table = Table(title="Nodes", title_justify="left")
-    for column in ("node", "GPUs free/total", "held by", "egress", "remote replicas"):
-        table.add_column(column)
+    table = _table("Nodes", ("node", "free GPUs", "held by", "egress", "remote"))
     for node in view["nodes"]:
-        table.add_row(
+        row = (
             node["name"] + (" (head)" if node["head"] else ""),
             f"{len(node['free'])}/{node['capacity']}",
             "; ".join(f"{d} [{_ordinals(o)}]" for d, o in node["held"].items()) or "-",
             "yes" if node["egress"] else "-",
             str(node["remote_replicas"]) if node["egress"] else "-",
         )
+        table.add_row(*map(Text, row))
     console.print(table)
 
 
@@ -228,11 +263,15 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
 
 def print_spec(console: Console, tp: int, spec: dict[str, Any]) -> None:
     """A planned bundle shape."""
-    table = Table(title=f"Replica of TP size {tp}", title_justify="left", show_header=False)
-    table.add_row("strategy", spec["strategy"])
-    table.add_row("nodes", str(spec["nnodes"]))
-    table.add_row("GPUs per node", str(spec["per_node_gpus"]))
-    table.add_row("bundles", ", ".join(str(b) for b in spec["bundles"]))
+    table = _table(f"Replica of TP size {tp}", ("field", "value"), show_header=False)
+    rows = [
+        ("strategy", spec["strategy"]),
+        ("nodes", str(spec["nnodes"])),
+        ("GPUs per node", str(spec["per_node_gpus"])),
+        ("bundles", ", ".join(str(b) for b in spec["bundles"])),
+    ]
     if spec["bundle_label_selector"]:
-        table.add_row("label selector", str(spec["bundle_label_selector"][0]))
+        rows.append(("label selector", str(spec["bundle_label_selector"][0])))
+    for row in rows:
+        table.add_row(*map(Text, row))
     console.print(table)
