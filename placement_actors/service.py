@@ -16,10 +16,16 @@ from typing import Any, NoReturn
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
 from placement_actors.actors.messages import (
+    BundleProbed,
+    BundleProbeFailed,
     GetReplicaGroups,
+    PlacementGroupFailed,
+    PlacementGroupReady,
+    PlacementGroupTimedOut,
     PlanReplica,
     Release,
     RemoveReplicaGroups,
+    ReplicaFailed,
 )
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends import ray_backend
@@ -38,6 +44,14 @@ __all__ = ["SERVICE_NAME", "PlacementClient", "PlacementHost"]
 SERVICE_NAME = "placement-actors-service"
 
 _PLANNER_MESSAGES = (RemoveReplicaGroups, GetReplicaGroups)
+_INTERNAL_EVENTS = (
+    ReplicaFailed,
+    PlacementGroupReady,
+    PlacementGroupFailed,
+    PlacementGroupTimedOut,
+    BundleProbed,
+    BundleProbeFailed,
+)
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
 
 
@@ -92,9 +106,14 @@ class PlacementHost:
         """Ask the actor that handles ``message``; never raises (errors travel as values).
 
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
+        Nor are the events the actors send each other (`ReplicaFailed`, the planner's group and
+        probe events): from a client they could only make the ledger disagree with Ray.
         """
         if isinstance(message, PlanReplica):
             msg = "the service plans replicas through Place; send Place, not PlanReplica"
+            return "error", InvalidSpecError(msg, field="message")
+        if isinstance(message, _INTERNAL_EVENTS):
+            msg = f"{type(message).__name__} is an event between the service's own actors"
             return "error", InvalidSpecError(msg, field="message")
         target = self._planner if isinstance(message, _PLANNER_MESSAGES) else self._placement
         try:

@@ -196,3 +196,15 @@ def test_the_service_does_not_take_plan_replica(address: str, ray_nodes: dict[st
     )
     with pytest.raises(InvalidSpecError, match="through Place"):
         client.ask(message)
+
+
+def test_place_names_the_line_of_a_node_the_service_does_not_know(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "d.yaml"
+    path.write_text(
+        "deployments:\n  - name: cli-nowhere\n    model: m\n    gpu_nodes: [no-such-node]\n"
+    )
+    code, _, err = run(capsys, "place", str(path), "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC
+    assert f"{path}:4: gpu_nodes: unknown node 'no-such-node'" in err

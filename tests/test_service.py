@@ -19,8 +19,11 @@ from placement_actors import (
     NotEnoughGpusError,
     Place,
     PlacementConstraints,
+    PlacementError,
+    PlacementGroupReady,
     PlacementResult,
     Release,
+    ReplicaFailed,
     ReplicaGroupsView,
     UnknownMessageError,
 )
@@ -82,6 +85,17 @@ def test_a_message_that_skipped_its_constructor_is_refused_by_the_service(
     with pytest.raises(InvalidSpecError):
         client.ask(forged)  # pickled to the host, which never ran Deployment.__post_init__
     assert client.ask(GetClusterView()).deployments == ()  # and it keeps serving
+
+
+def test_the_events_between_the_services_own_actors_are_refused_from_a_client(
+    client: PlacementClient,
+) -> None:
+    lost = ReplicaFailed(
+        deployment="d", replica_index=0, group_name="g", attempt=1, error=PlacementError("x")
+    )
+    for event in (lost, PlacementGroupReady(group_name="g", attempt=1)):
+        with pytest.raises(InvalidSpecError, match="event between the service's own actors"):
+            client.ask(event)
 
 
 def test_an_endpoint_the_service_does_not_hold_is_a_typed_error(client: PlacementClient) -> None:

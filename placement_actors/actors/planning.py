@@ -288,7 +288,7 @@ class PlanningActor(KeepServingActor):
     @admits(BundleProbed)
     def _on_probed(self, event: BundleProbed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
-        if group is None or event.bundle_index in group.resolved:
+        if group is None or not self._probed_bundle(group, event.bundle_index):
             return
         if not self._ports.claim(event.node_ip, event.port, group.name):
             if group.probes.get(event.bundle_index, 0) < PROBE_ATTEMPTS:
@@ -311,7 +311,7 @@ class PlanningActor(KeepServingActor):
     @admits(BundleProbeFailed)
     def _on_probe_failed(self, event: BundleProbeFailed) -> None:
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
-        if group is not None:
+        if group is not None and self._probed_bundle(group, event.bundle_index):
             error = (
                 event.error
                 if isinstance(event.error, PlacementError)
@@ -320,6 +320,14 @@ class PlanningActor(KeepServingActor):
             self._fail(group, error)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _probed_bundle(group: _Group, index: int) -> bool:
+        """Whether a probe event names a bundle of ``group`` still waiting for its answer."""
+        if not 0 <= index < len(group.ips) or index in group.resolved:
+            logger.debug("ignored a probe event for bundle %d of %s", index, group.name)
+            return False
+        return True
 
     def _probe(self, group: _Group, index: int) -> None:
         group.probes[index] = group.probes.get(index, 0) + 1

@@ -298,8 +298,13 @@ def place(args: argparse.Namespace, out: Output) -> int:
     if address is None:
         msg = "place needs --cluster FILE (decide only) or --address ADDR (a running service)"
         raise UsageError(msg, prog="placement-actors place")
-    specs = load_deployments(args.file)
+    specs = load_deployments(args.file)  # a bad file stops us before Ray is reached
     client = _client(address)
+    view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+    known = {n.node_id for n in view.nodes}
+    if any(spec.constraints.named_nodes() - known for spec in specs):
+        # Read again to name the file and line of each node the service does not know.
+        specs = load_deployments(args.file, known_nodes=known)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
