@@ -63,6 +63,9 @@ def requests(node_ids: list[str]) -> dict[str, Callable[[], object]]:
         "gpu_nodes = all 10,000": lambda: Place(
             local("listed", 2), PlacementConstraints(gpu_nodes=every)
         ),
+        "gpu_nodes = 9,999 of them": lambda: Place(
+            local("most", 2), PlacementConstraints(gpu_nodes=every[1:])
+        ),
         "1,000 replicas of 1 GPU": lambda: Place(local("thousand", 1, 1_000)),
         "spread, 100 replicas": lambda: Place(
             local("spread", 1, 100), PlacementConstraints(strategy=GpuStrategy.SPREAD)

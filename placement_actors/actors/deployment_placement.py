@@ -132,6 +132,7 @@ class DeploymentPlacementActor(KeepServingActor):
             msg = f"egress_nodes must be node-id strings, got {egress!r}"
             raise InvalidSpecError(msg, field="egress_nodes")
         self._gpus = GpuLedger(nodes)
+        self._gpu_ids = frozenset(self._gpus.node_ids())
         self._heads = frozenset(n.node_id for n in nodes if n.is_head)
         exclude_heads = head_exclusion_from_env() if ignore_head_node is None else ignore_head_node
         self._avoid = self._heads if exclude_heads else frozenset()
@@ -316,11 +317,12 @@ class DeploymentPlacementActor(KeepServingActor):
         self, message: Place, indexes: list[int] | None, own: Sequence[NodeAssignment] = ()
     ) -> PlacementResult:
         deployment, constraints = message.deployment, message.constraints
-        allowed = (
-            None
-            if constraints.gpu_nodes is None
-            else frozenset(n for n in constraints.gpu_nodes if n in self._gpus)
-        )
+        allowed = None
+        if constraints.gpu_nodes is not None:
+            allowed = frozenset(constraints.gpu_nodes) & self._gpu_ids
+            if allowed == self._gpu_ids:
+                allowed = None  # every node: the ledger's free-capacity index serves it
+
         request = LocalRequest(
             deployment=deployment.name,
             gpus=deployment.gpus_per_replica,
@@ -423,11 +425,11 @@ class DeploymentPlacementActor(KeepServingActor):
             preferred=told | self._egress.serving(key),
             strategy=constraints.egress_strategy,
         )
-        assignments = []
-        for replica, node in enumerate(nodes):
-            self._egress.add(node, key)
-            assignments.append(NodeAssignment(replica_index=replica, node=node))
-        return PlacementResult(deployment=deployment, assignments=tuple(assignments))
+        self._egress.add_many(nodes, key)
+        assignments = tuple(
+            NodeAssignment(replica_index=replica, node=node) for replica, node in enumerate(nodes)
+        )
+        return PlacementResult(deployment=deployment, assignments=assignments)
 
     def _free(
         self, name: str, assignments: Iterable[NodeAssignment], key: EgressKey | None

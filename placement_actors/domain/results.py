@@ -68,6 +68,14 @@ class Rejection:
     available: int
 
 
+def _distinct_ordinals(gpus: tuple[object, ...]) -> bool:
+    return (
+        len(gpus) <= MAX_NODE_GPUS
+        and all(type(o) is int and o >= 0 for o in gpus)
+        and len(set(gpus)) == len(gpus)
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeAssignment:
     """Where one replica (or one node's share of it) runs.
@@ -96,10 +104,8 @@ class NodeAssignment:
             and type(self.node) is str
             and 0 < len(self.node) <= MAX_NODE_ID
             and isinstance(gpus, tuple)
-            and len(gpus) <= MAX_NODE_GPUS
-            and all(type(o) is int and o >= 0 for o in gpus)
-            and len(set(gpus)) == len(gpus)
-            and bool(self.node.strip())
+            and (not gpus or _distinct_ordinals(gpus))
+            and not self.node.isspace()
         )
         if not fine:
             self._refuse()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
@@ -92,6 +92,17 @@ class EgressLedger:
             raise InvalidSpecError(msg, field="egress_nodes")
         self._load[node_id] += 1
         self._serving.setdefault(key, Counter())[node_id] += 1
+
+    def add_many(self, node_ids: Sequence[str], key: EgressKey) -> None:
+        """Count one more replica for ``key`` on each of ``node_ids`` (a node may repeat)."""
+        strangers = [n for n in set(node_ids) if n not in self._load]
+        if strangers:
+            msg = f"{len(strangers)} of these nodes are not egress nodes"
+            raise InvalidSpecError(msg, field="egress_nodes")
+        counts = Counter(node_ids)
+        for node_id, count in counts.items():
+            self._load[node_id] += count
+        self._serving.setdefault(key, Counter()).update(counts)
 
     def remove(self, node_id: str, key: EgressKey) -> None:
         """Count one replica for ``key`` on ``node_id`` less."""
