@@ -17,13 +17,12 @@ from ray.util import placement_group, remove_placement_group
 
 from placement_actors import (
     Deployment,
-    DeploymentPlacementActor,
     Place,
     PlacementResult,
-    PlanningActor,
     Release,
+    start_on_ray,
 )
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 
 REPLICAS = 100
 
@@ -39,10 +38,7 @@ def ray_alone() -> float:
 
 
 def through_the_service() -> tuple[float, float]:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend())
-    actor = DeploymentPlacementActor.start(
-        topology=ray_backend.get_cluster_topology(), planner=planner
-    )
+    actor = start_on_ray()
     deployment = Deployment(name="bench", model="m", replicas=REPLICAS)
     start = time.perf_counter()
     result = actor.ask(Place(deployment), timeout=120)
@@ -52,13 +48,12 @@ def through_the_service() -> tuple[float, float]:
         replica.master.port.get(timeout=120)
     resolved = time.perf_counter() - start
     actor.ask(Release("bench"), timeout=120)
-    actor.stop()
-    planner.stop()
+    actor.stop()  # and its planner
     return replied, resolved
 
 
 def main() -> None:
-    with ray_backend.LocalCluster(head_gpus=0, worker_gpus=(128,)):
+    with on_ray.LocalCluster(head_gpus=0, worker_gpus=(128,)):
         ray_alone()  # warm up: first worker processes, first scheduling round
         through_the_service()
         baseline = min(ray_alone() for _ in range(3))

@@ -19,14 +19,13 @@ import pykka
 from placement_actors import (
     BundleEndpoint,
     Deployment,
-    DeploymentPlacementActor,
     Eventual,
     Place,
     PlacementError,
     PlacementResult,
-    PlanningActor,
     Release,
     pipe_to,
+    start_on_ray,
 )
 
 
@@ -107,13 +106,10 @@ def run_controller(placement: pykka.ActorRef[Any], deployment: Deployment) -> st
 
 
 def main() -> None:
-    from placement_actors.backends import ray_backend  # noqa: PLC0415
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
-    with ray_backend.LocalCluster(worker_gpus=(4, 4)):
-        planner = PlanningActor.start(backend=ray_backend.RayBackend())
-        placement = DeploymentPlacementActor.start(
-            topology=ray_backend.get_cluster_topology(), planner=planner
-        )
+    with on_ray.LocalCluster(worker_gpus=(4, 4)):
+        placement = start_on_ray()
         deployment = Deployment(name="llama-8b", model="meta-llama/Llama-3.1-8B", gpus=2)
         print("master address:", run_controller(placement, deployment))
         pykka.ActorRegistry.stop_all()

@@ -68,6 +68,7 @@ from placement_actors.domain.errors import (
     PlacementGroupTimeoutError,
     UnknownMessageError,
 )
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.results import (
     BundleEndpoint,
     BundleStrategy,
@@ -80,6 +81,7 @@ from placement_actors.domain.results import (
 )
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
+from placement_actors.wiring import start_on_ray
 
 __all__ = [
     "ApiKey",
@@ -104,6 +106,7 @@ __all__ = [
     "GpuHolding",
     "GpuStrategy",
     "GroupState",
+    "GroupStatus",
     "InvalidSpecError",
     "LocalGpu",
     "NoEgressNodesError",
@@ -148,6 +151,7 @@ __all__ = [
     "pipe_to",
     "plan_replica_bundle_shape",
     "planning_proxy",
+    "start_on_ray",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -14,21 +14,17 @@ import functools
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from placement_actors.actors.deployment_placement import DeploymentPlacementActor
 from placement_actors.actors.messages import (
     BundleProbed,
     BundleProbeFailed,
-    GetReplicaGroups,
     PlacementGroupFailed,
     PlacementGroupReady,
     PlacementGroupTimedOut,
     PlanReplica,
     Release,
-    RemoveReplicaGroups,
     ReplicaFailed,
 )
-from placement_actors.actors.planning import PlanningActor
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 from placement_actors.domain.deployments import group_prefix, is_deployment_name
 from placement_actors.domain.errors import BackendError, InvalidSpecError, PlacementError
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
@@ -38,12 +34,12 @@ from placement_actors.domain.results import (
     PlacementResult,
     ReplicaPlacement,
 )
+from placement_actors.wiring import start_on_ray
 
 __all__ = ["SERVICE_NAME", "PlacementClient", "PlacementHost"]
 
 SERVICE_NAME = "placement-actors-service"
 
-_PLANNER_MESSAGES = (RemoveReplicaGroups, GetReplicaGroups)
 _INTERNAL_EVENTS = (
     ReplicaFailed,
     PlacementGroupReady,
@@ -88,16 +84,10 @@ class PlacementHost:
         ignore_head_node: bool | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     ) -> None:
-        """Start the actors on the cluster this process belongs to."""
-        self._planner = PlanningActor.start(
-            backend=ray_backend.RayBackend(), ready_timeout_s=ready_timeout_s
-        )
-        self._placement = DeploymentPlacementActor.start(
-            topology=ray_backend.get_cluster_topology(),
-            egress_nodes=ray_backend.get_egress_nodes(),
-            planner=self._planner,
+        """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
+        self._placement = start_on_ray(
+            ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
-            held=ray_backend.get_held_groups(),
             max_remote_replicas=max_remote_replicas,
         )
         self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
@@ -115,9 +105,8 @@ class PlacementHost:
         if isinstance(message, _INTERNAL_EVENTS):
             msg = f"{type(message).__name__} is an event between the service's own actors"
             return "error", InvalidSpecError(msg, field="message")
-        target = self._planner if isinstance(message, _PLANNER_MESSAGES) else self._placement
         try:
-            reply = await target.ask(message, block=False)
+            reply = await self._placement.ask(message, block=False)
         except PlacementError as exc:
             return "error", exc
         if isinstance(reply, PlacementResult):
@@ -175,8 +164,7 @@ class PlacementHost:
 
     def stop(self) -> None:
         """Stop both actors (the placement groups stay)."""
-        for ref in (self._placement, self._planner):
-            ref.stop(timeout=30)
+        self._placement.stop(timeout=30)
 
 
 def _unwrap(outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protocol
@@ -193,7 +181,7 @@ class PlacementClient:
     replies and errors are the same too.
     """
 
-    def __init__(self, host: ray_backend.RemoteHost) -> None:
+    def __init__(self, host: on_ray.RemoteHost) -> None:
         """Wrap a host found by `connect` or started by `serve`."""
         self._host = host
 
@@ -204,8 +192,8 @@ class PlacementClient:
         Raises:
             BackendError: the cluster cannot be reached, or no service runs there.
         """
-        ray_backend.connect(address)
-        return cls(ray_backend.find_host(name))
+        on_ray.connect(address)
+        return cls(on_ray.find_host(name))
 
     @classmethod
     def serve(
@@ -218,14 +206,14 @@ class PlacementClient:
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     ) -> PlacementClient:
         """Start the service on the cluster at ``address`` (or find it, if it runs already)."""
-        ray_backend.connect(address)
+        on_ray.connect(address)
         factory = functools.partial(
             PlacementHost,
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
             max_remote_replicas=max_remote_replicas,
         )
-        return cls(ray_backend.start_host(name, factory))
+        return cls(on_ray.start_host(name, factory))
 
     @property
     def name(self) -> str:

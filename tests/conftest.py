@@ -23,7 +23,7 @@ def _stop_all_actors() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
     """A head and four worker raylets with logical GPUs, started once for the whole session."""
-    from placement_actors.backends.ray_backend import LocalCluster  # noqa: PLC0415 - Ray tests only
+    from placement_actors.backends.ray import LocalCluster  # noqa: PLC0415 - Ray tests only
 
     with LocalCluster(
         head_gpus=HEAD_GPUS,
@@ -38,12 +38,12 @@ def ray_cluster() -> Iterator[object]:
 @pytest.fixture
 def ray_nodes(ray_cluster: object) -> Iterator[dict[str, str]]:
     """Friendly name -> Ray node id; after the test, no placement group may be left alive."""
-    from placement_actors.backends import ray_backend  # noqa: PLC0415 - Ray tests only
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
 
     del ray_cluster
-    yield {name: node_id for node_id, name in ray_backend.node_names().items()}
+    yield {name: node_id for node_id, name in on_ray.node_names().items()}
     pykka.ActorRegistry.stop_all(timeout=10)
-    alive = {n: s for n, s in ray_backend.group_states().items() if s != "REMOVED"}
+    alive = {n: s for n, s in on_ray.group_states().items() if s.is_live}
     for name in alive:
-        ray_backend.remove_named_pgs_with_prefix(name)
+        on_ray.remove_named_pgs_with_prefix(name)
     assert alive == {}, f"the test left placement groups alive: {alive}"

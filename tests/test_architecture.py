@@ -10,7 +10,7 @@ import pytest
 import placement_actors
 
 PACKAGE = Path(placement_actors.__file__).parent
-RAY_MODULE = "placement_actors.backends.ray_backend"
+RAY_PACKAGE = "placement_actors.backends.ray"
 
 # Which of our own layers each layer may import (domain <- policies <- actors -> backends).
 ALLOWED = {
@@ -52,11 +52,16 @@ def layer(module: str) -> str | None:
     return parts[1] if len(parts) > 2 and parts[1] in ALLOWED else None
 
 
-def test_ray_is_imported_only_in_the_ray_backend() -> None:
+def on_the_ray_side(module: str) -> bool:
+    return module == RAY_PACKAGE or module.startswith(RAY_PACKAGE + ".")
+
+
+def test_ray_is_imported_only_in_the_ray_package() -> None:
     offenders = [
         name
         for name, tree in modules()
-        if name != RAY_MODULE and any(i == "ray" or i.startswith("ray.") for i in imported(tree))
+        if not on_the_ray_side(name)
+        and any(i == "ray" or i.startswith("ray.") for i in imported(tree))
     ]
     assert offenders == []
 
@@ -78,7 +83,7 @@ def test_imports_point_down_the_layers(name: str, tree: ast.Module) -> None:
         elif target != "placement_actors":
             top = target.split(".")[0]
             if top not in importlib.sys.stdlib_module_names:  # type: ignore[attr-defined]
-                assert top in THIRD_PARTY[own] or (name == RAY_MODULE and top == "ray"), (
+                assert top in THIRD_PARTY[own] or (on_the_ray_side(name) and top == "ray"), (
                     f"{name} imports {target}"
                 )
 
@@ -102,3 +107,17 @@ def test_public_modules_declare_complete_all() -> None:
 def test_the_package_root_exports_its_whole_all() -> None:
     assert all(hasattr(placement_actors, name) for name in placement_actors.__all__)
     assert len(set(placement_actors.__all__)) == len(placement_actors.__all__)
+
+
+IMPURE = {"os", "threading", "time", "random", "socket", "subprocess", "asyncio", "logging"}
+"""Standard modules that read the environment, take locks, tell the time or do I/O."""
+
+
+@pytest.mark.parametrize(
+    ("name", "tree"),
+    [(n, t) for n, t in modules() if layer(n) in {"domain", "policies"}],
+    ids=[n for n, _ in modules() if layer(n) in {"domain", "policies"}],
+)
+def test_values_and_policies_are_pure(name: str, tree: ast.Module) -> None:
+    touched = {target.split(".")[0] for target in imported(tree)} & IMPURE
+    assert touched == set(), f"{name} imports {sorted(touched)}"

@@ -15,7 +15,7 @@ from placement_actors import (
     PlanReplica,
     cli,
 )
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.service import PlacementClient
 
@@ -150,7 +150,7 @@ def test_service_commands_need_an_address(
 def test_place_reports_masters_still_pending_and_exits_non_zero(
     capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
 ) -> None:
-    holder = ray_backend.build_pg(
+    holder = on_ray.build_pg(
         [{"GPU": 4}],
         BundleStrategy.STRICT_PACK,
         name="t-cli-holder",

@@ -15,7 +15,7 @@ from placement_actors import (
     GetClusterView,
     PlanningActor,
 )
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -33,9 +33,9 @@ def load(name: str) -> ModuleType:
 @pytest.mark.usefixtures("ray_nodes")
 def test_the_controller_actor_example_places_learns_its_master_and_releases() -> None:
     example = load("controller_actor")
-    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    planner = PlanningActor.start(backend=on_ray.RayBackend())
     placement = DeploymentPlacementActor.start(
-        topology=ray_backend.get_cluster_topology(), planner=planner
+        topology=on_ray.get_cluster_topology(), planner=planner
     )
     address = example.run_controller(
         placement, Deployment(name="example", model="meta-llama/Llama-3.1-8B", gpus=2)

@@ -7,6 +7,7 @@ module only keeps the state and makes each `Place` all-or-nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
     GetPlacementFailure,
+    GetReplicaGroups,
     GpuHolding,
     NodeView,
     Place,
@@ -29,34 +31,34 @@ from placement_actors.actors.messages import (
     Released,
     RemoveReplicaGroups,
     ReplicaFailed,
+    ReplicaGroupsRemoved,
+    ReplicaGroupsView,
 )
-from placement_actors.domain.constraints import EgressKey, PlacementConstraints
+from placement_actors.domain.constraints import EgressKey
 from placement_actors.domain.deployments import (
-    Deployment,
-    ProviderKind,
-    RemoteNetwork,
     is_deployment_name,
 )
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
     InvalidSpecError,
-    NoEgressNodesError,
     PlacementError,
 )
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     NodeAssignment,
     PlacementResult,
-    Rejection,
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.domain.validation import check_count, check_timeout, revalidated
-from placement_actors.policies.bundle_shapes import head_exclusion_from_env
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
-from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
+from placement_actors.policies.placement_decision import (
+    PlacementRules,
+    decide_placement,
+    egress_key,
+)
 
 __all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
 
@@ -95,15 +97,20 @@ class DeploymentPlacementActor(KeepServingActor):
         topology: the GPU nodes (and, with ``num_gpus=0``, any CPU nodes) the service knows.
         egress_nodes: ids of nodes that can reach remote providers; they need not be GPU nodes.
         planner: the PlanningActor that reserves local replicas on the cluster, if any.
-        ignore_head_node: keep local replicas off head nodes; ``None`` reads
-            ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
+        ignore_head_node: keep local replicas off head nodes (`placement_actors.start_on_ray`
+            and the service read ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` for it).
         planner_timeout_s: how long to wait for the planner's (immediate) reply.
         held: GPUs that placement groups of an earlier run still hold, by deployment name (from
-            `placement_actors.backends.ray_backend.get_held_groups`). They are reserved on the
+            `placement_actors.backends.ray.groups.get_held_groups`). They are reserved on the
             ledger at start, so nothing is double-booked; such a name must be released before it
             is placed again.
         max_remote_replicas: the most replicas one remote deployment may ask for (a local one may
             ask for as many as the allowed nodes could ever hold).
+        stops_planner: stop the planner when this actor stops (it was started for this actor
+            alone, as `placement_actors.start_on_ray` does).
+
+    With a planner, this actor is the service's one front door: `GetReplicaGroups` and
+    `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back.
     """
 
     def __init__(
@@ -112,10 +119,11 @@ class DeploymentPlacementActor(KeepServingActor):
         topology: Iterable[NodeTopology],
         egress_nodes: Iterable[str] = (),
         planner: pykka.ActorRef[Any] | None = None,
-        ignore_head_node: bool | None = None,
+        ignore_head_node: bool = False,
         planner_timeout_s: float = 30.0,
         held: Mapping[str, Sequence[NodeAssignment]] | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
+        stops_planner: bool = False,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
@@ -132,11 +140,15 @@ class DeploymentPlacementActor(KeepServingActor):
             msg = f"egress_nodes must be node-id strings, got {egress!r}"
             raise InvalidSpecError(msg, field="egress_nodes")
         self._gpus = GpuLedger(nodes)
-        self._gpu_ids = frozenset(self._gpus.node_ids())
         self._heads = frozenset(n.node_id for n in nodes if n.is_head)
-        exclude_heads = head_exclusion_from_env() if ignore_head_node is None else ignore_head_node
+        if not isinstance(ignore_head_node, bool):
+            msg = f"ignore_head_node must be true or false, got {type(ignore_head_node).__name__}"
+            raise InvalidSpecError(msg, field="ignore_head_node")
+        exclude_heads = ignore_head_node
         self._avoid = self._heads if exclude_heads else frozenset()
+        self._rules = PlacementRules(avoid=self._avoid, max_remote_replicas=max_remote_replicas)
         self._planner = planner
+        self._stops_planner = stops_planner
         self._planner_timeout_s = planner_timeout_s
         self._egress = EgressLedger(egress)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
@@ -151,7 +163,34 @@ class DeploymentPlacementActor(KeepServingActor):
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
             ReplicaFailed: self._on_replica_failed,
+            GetReplicaGroups: self.ask_planner,
+            RemoveReplicaGroups: self.ask_planner,
         }
+
+    def on_stop(self) -> None:
+        """Stop the planner too, when it was started for this actor alone."""
+        if self._stops_planner and self._planner is not None:
+            # Blocking is safe: the planner never waits on this actor.
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self._planner.stop(timeout=self._planner_timeout_s)
+
+    def ask_planner(
+        self, message: GetReplicaGroups | RemoveReplicaGroups
+    ) -> ReplicaGroupsView | ReplicaGroupsRemoved:
+        """Pass a query or command of the planner's to it; its reply comes back.
+
+        Raises:
+            InvalidSpecError: this actor has no planner, or the message is not for the planner.
+        """
+        if isinstance(message, GetReplicaGroups):
+            message = revalidated(message, GetReplicaGroups)
+        else:
+            message = revalidated(message, RemoveReplicaGroups)
+        if self._planner is None:
+            msg = f"{type(message).__name__} needs a planner, and this service has none"
+            raise InvalidSpecError(msg, field="message")
+        reply: ReplicaGroupsView | ReplicaGroupsRemoved = self._ask_planner([message])[0]
+        return reply
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -191,20 +230,25 @@ class DeploymentPlacementActor(KeepServingActor):
                 raise InvalidSpecError(msg, field="name")
             missing = earlier.missing_replicas()
             if missing:  # some replicas' groups failed: place those again
-                more = self._place_local(message, missing, own=earlier.result.assignments)
-                earlier.result = self._merge(earlier.result, more)
+                again = decide_placement(
+                    self._gpus,
+                    self._egress,
+                    deployment,
+                    constraints,
+                    rules=self._rules,
+                    indexes=missing,
+                    own=earlier.result.assignments,
+                )
+                more = PlacementResult(deployment=deployment, assignments=again)
+                earlier.result = self._merge(earlier.result, self._reserve_on_cluster(more))
             return earlier.result
-        unknown = sorted(constraints.named_nodes() - self._known)
-        if unknown:
-            msg = f"constraints name nodes the service does not know: {', '.join(unknown)}"
-            raise InvalidSpecError(msg, field="constraints")
-        transport = deployment.transport_kind()
-        if isinstance(transport, RemoteNetwork):
-            key: EgressKey | None = (transport.provider, deployment.api_key)
-            result = self._place_remote(deployment, constraints, transport.provider)
-        else:
-            key = None
-            result = self._place_local(message, None)
+        assignments = decide_placement(
+            self._gpus, self._egress, deployment, constraints, rules=self._rules
+        )
+        key = egress_key(deployment)
+        result = PlacementResult(deployment=deployment, assignments=assignments)
+        if key is None:
+            result = self._reserve_on_cluster(result)
         self._placed[deployment.name] = _Placed(place=message, result=result, egress_key=key)
         return result
 
@@ -313,38 +357,17 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _place_local(
-        self, message: Place, indexes: list[int] | None, own: Sequence[NodeAssignment] = ()
-    ) -> PlacementResult:
-        deployment, constraints = message.deployment, message.constraints
-        allowed = None
-        if constraints.gpu_nodes is not None:
-            allowed = frozenset(constraints.gpu_nodes) & self._gpu_ids
-            if allowed == self._gpu_ids:
-                allowed = None  # every node: the ledger's free-capacity index serves it
-
-        request = LocalRequest(
-            deployment=deployment.name,
-            gpus=deployment.gpus_per_replica,
-            replicas=deployment.replicas,
-            indexes=None if indexes is None else tuple(indexes),
-            strategy=constraints.strategy,
-            allowed=allowed,
-            avoid=self._avoid,
-            own=tuple(own),
-            no_nodes_named=constraints.gpu_nodes == (),
-        )
-        assignments = list(reserve_local_replicas(self._gpus, request))
-        replicas: tuple[ReplicaPlacement, ...] = ()
-        if self._planner is not None:
-            try:
-                replicas = self._plan(deployment.name, assignments)
-            except PlacementError:
-                self._free(deployment.name, assignments, None)
-                raise
-        return PlacementResult(
-            deployment=deployment, assignments=tuple(assignments), replicas=replicas
-        )
+    def _reserve_on_cluster(self, result: PlacementResult) -> PlacementResult:
+        """Hand the decided local replicas to the planner; undo them on the ledger if it fails."""
+        if self._planner is None:
+            return result
+        name = result.deployment.name
+        try:
+            replicas = self._plan(name, list(result.assignments))
+        except PlacementError:
+            self._free(name, result.assignments, None)
+            raise
+        return replace(result, replicas=replicas)
 
     def _plan(self, name: str, assignments: list[NodeAssignment]) -> tuple[ReplicaPlacement, ...]:
         """Hand each replica to the planner, which answers at once (it never waits on Ray)."""
@@ -391,46 +414,6 @@ class DeploymentPlacementActor(KeepServingActor):
             ),
         )
 
-    def _place_remote(
-        self, deployment: Deployment, constraints: PlacementConstraints, provider: ProviderKind
-    ) -> PlacementResult:
-        if deployment.replicas > self._max_remote_replicas:
-            msg = (
-                f"deployment {deployment.name} asks for more remote replicas than the service's "
-                f"limit of {self._max_remote_replicas}"
-            )
-            raise InvalidSpecError(msg, field="replicas")
-        key: EgressKey = (provider, deployment.api_key)
-        allowed = (
-            self._egress.node_ids()
-            if constraints.egress_nodes is None
-            else [n for n in constraints.egress_nodes if n in self._egress]
-        )
-        if not allowed:
-            rejections = tuple(
-                Rejection(node_id=n, reason="has no egress", requested=1, available=0)
-                for n in sorted(constraints.egress_nodes or ())
-            )
-            msg = f"deployment {deployment.name} calls {provider.value}; no allowed node has egress"
-            raise NoEgressNodesError(
-                msg,
-                deployment=deployment.name,
-                provider=provider,
-                rejections=rejections,
-            )
-        told = frozenset(constraints.egress_preference.get(key, ()))
-        nodes = self._egress.choose_many(
-            deployment.replicas,
-            allowed=allowed,
-            preferred=told | self._egress.serving(key),
-            strategy=constraints.egress_strategy,
-        )
-        self._egress.add_many(nodes, key)
-        assignments = tuple(
-            NodeAssignment(replica_index=replica, node=node) for replica, node in enumerate(nodes)
-        )
-        return PlacementResult(deployment=deployment, assignments=assignments)
-
     def _free(
         self, name: str, assignments: Iterable[NodeAssignment], key: EgressKey | None
     ) -> None:
@@ -451,6 +434,7 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     release = proxy_method(DeploymentPlacementActor.release)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
     get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)
+    ask_planner = proxy_method(DeploymentPlacementActor.ask_planner)
 
 
 def deployment_placement_proxy(

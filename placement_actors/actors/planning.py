@@ -45,17 +45,20 @@ from placement_actors.domain.errors import (
     PlacementError,
     PlacementGroupTimeoutError,
 )
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.results import BundleEndpoint, NodeAssignment, ReplicaPlacement
 from placement_actors.domain.validation import check_timeout, revalidated
 from placement_actors.policies.bundle_shapes import pinned_bundle_spec
-from placement_actors.policies.port_book import PortBook
+from placement_actors.policies.port_book import (
+    PortBook,
+    ProbeVerdict,
+    judge_probe,
+    no_port_error,
+)
 
 __all__ = ["PlanningActor", "PlanningProxy", "planning_proxy"]
 
 logger = logging.getLogger(__name__)
-
-PROBE_ATTEMPTS = 5
-"""How often a bundle's port is probed again when the one found was already given on its host."""
 
 
 def _tell(ref: pykka.ActorRef[Any], message: object) -> None:
@@ -96,7 +99,7 @@ class PlanningActor(KeepServingActor):
     """Builds each replica's placement group and hands out futures for its IPs and ports.
 
     Args:
-        backend: the cluster (`placement_actors.backends.ray_backend.RayBackend` on Ray).
+        backend: the cluster (`placement_actors.backends.ray.RayBackend` on Ray).
         ready_timeout_s: default time Ray may take to make a group ready.
     """
 
@@ -275,8 +278,8 @@ class PlanningActor(KeepServingActor):
         try:
             state = self._backend.scheduling_state(group.handle)
         except BackendError:
-            state = "UNKNOWN"
-        if state == "CREATED":
+            state = GroupStatus.UNKNOWN
+        if state is GroupStatus.CREATED:
             return  # ready at the wire: its PlacementGroupReady is on the way
         self._fail(
             group,
@@ -290,15 +293,18 @@ class PlanningActor(KeepServingActor):
         group = self._pending(event.group_name, event.attempt, GroupState.PROBING)
         if group is None or not self._probed_bundle(group, event.bundle_index):
             return
-        if not self._ports.claim(event.node_ip, event.port, group.name):
-            if group.probes.get(event.bundle_index, 0) < PROBE_ATTEMPTS:
-                self._probe(group, event.bundle_index)
-                return
-            error = BackendError(
-                f"no unclaimed port found on {event.node_ip} after {PROBE_ATTEMPTS} probes",
-                operation="probe bundle",
-            )
-            self._fail(group, error)
+        verdict = judge_probe(
+            self._ports,
+            event.node_ip,
+            event.port,
+            group.name,
+            probes_made=group.probes.get(event.bundle_index, 0),
+        )
+        if verdict is ProbeVerdict.PROBE_AGAIN:
+            self._probe(group, event.bundle_index)
+            return
+        if verdict is ProbeVerdict.GIVE_UP:
+            self._fail(group, no_port_error(event.node_ip))
             return
         group.resolved.add(event.bundle_index)
         group.ips[event.bundle_index].set(event.node_ip)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.results import ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
 
@@ -32,7 +33,7 @@ ProbeCallback = Callable[[BundleProbe | BaseException], None]
 
 
 class ClusterBackend(Protocol):
-    """A cluster that reserves placement groups (Ray: `placement_actors.backends.ray_backend`).
+    """A cluster that reserves placement groups (on Ray: `backends.ray.backend.RayBackend`).
 
     Group handles are opaque to the actors: they only pass them back to the backend.
     """
@@ -49,8 +50,8 @@ class ClusterBackend(Protocol):
         """Arrange for ``callback`` to be called when ``group`` is ready or has failed."""
         ...
 
-    def scheduling_state(self, group: object) -> str:
-        """The backend's word on a pending group: ``INFEASIBLE``, ``NO_RESOURCES``, ..."""
+    def scheduling_state(self, group: object) -> GroupStatus:
+        """The backend's word on a group: `GroupStatus.CREATED`, `GroupStatus.INFEASIBLE`, ..."""
         ...
 
     def remove_group(self, group: object) -> None:

@@ -24,7 +24,6 @@ from placement_actors.actors.messages import (
     Release,
     Released,
 )
-from placement_actors.actors.planning import PlanningActor
 from placement_actors.cli import render
 from placement_actors.config_files import DeploymentSpec, load_cluster, load_deployments
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
@@ -36,6 +35,8 @@ from placement_actors.domain.errors import (
 from placement_actors.domain.results import PlacementResult, ReplicaPlacement
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
+from placement_actors.settings import head_exclusion
+from placement_actors.wiring import start_on_ray
 
 __all__ = [
     "DEMO_EGRESS",
@@ -127,13 +128,13 @@ class _Placed:
 
 @contextlib.contextmanager
 def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
-    from placement_actors.backends import ray_backend  # noqa: PLC0415 - Ray loads only when used
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only when used
 
     if address is not None:
-        with out.waiting(f"Connecting to Ray at {address}"), ray_backend.connected(address):
+        with out.waiting(f"Connecting to Ray at {address}"), on_ray.connected(address):
             yield
         return
-    cluster = ray_backend.LocalCluster(
+    cluster = on_ray.LocalCluster(
         head_gpus=0,
         worker_gpus=tuple(DEMO_WORKERS.values()),
         worker_names=tuple(DEMO_WORKERS),
@@ -152,9 +153,9 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
 
 
 def _node_names() -> dict[str, str]:
-    from placement_actors.backends import ray_backend  # noqa: PLC0415
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
-    return ray_backend.node_names()
+    return on_ray.node_names()
 
 
 def _place_all(
@@ -247,7 +248,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
     """Place a deployments file end to end on Ray, print, then remove everything it made."""
     specs = load_deployments(args.deployments)  # a bad file stops us before Ray starts
     with _ray_cluster(args.address, out):
-        from placement_actors.backends import ray_backend  # noqa: PLC0415
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415
         from placement_actors.service import SERVICE_NAME  # noqa: PLC0415
 
         if args.address is not None and _service_runs(SERVICE_NAME):
@@ -257,15 +258,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
             )
             raise UsageError(msg, prog="placement-actors demo")
 
-        planner = PlanningActor.start(
-            backend=ray_backend.RayBackend(), ready_timeout_s=args.ready_timeout
-        )
-        ref = DeploymentPlacementActor.start(
-            topology=ray_backend.get_cluster_topology(),
-            egress_nodes=ray_backend.get_egress_nodes(),
-            planner=planner,
-            held=ray_backend.get_held_groups(),
-        )
+        ref = start_on_ray(ready_timeout_s=args.ready_timeout)
         placed = _Placed(results=[], failures=[])
         alive: list[str] = []
         try:
@@ -277,13 +270,12 @@ def demo(args: argparse.Namespace, out: Output) -> int:
             # failed or earlier placement of that name left behind.
             for spec in specs:
                 ref.ask(Release(spec.deployment.name), timeout=_REPLY_TIMEOUT_S)
-            ref.stop(timeout=_REPLY_TIMEOUT_S)
-            planner.stop(timeout=_REPLY_TIMEOUT_S)
+            ref.stop(timeout=_REPLY_TIMEOUT_S)  # and its planner
             ours = {group_prefix(s.deployment.name) for s in specs}
             alive = [
                 name
-                for name, state in ray_backend.group_states(GROUP_NAME_ROOT).items()
-                if state != "REMOVED" and any(name.startswith(p) for p in ours)
+                for name, state in on_ray.group_states(GROUP_NAME_ROOT).items()
+                if state.is_live and any(name.startswith(p) for p in ours)
             ]
         _report_placements(out, placed, names, endpoints, {"groups_left_alive": len(alive)})
         out.say(f"Released every deployment; placement groups left alive: {len(alive)}.")
@@ -340,12 +332,12 @@ def plan(args: argparse.Namespace, out: Output) -> int:
     if args.cluster is not None:
         topology = load_cluster(args.cluster).topology
     else:
-        from placement_actors.backends import ray_backend  # noqa: PLC0415
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
         with _ray_cluster(args.address or _ray_address_from_env() or None, out):
-            topology = ray_backend.get_cluster_topology()
+            topology = on_ray.get_cluster_topology()
     spec = plan_replica_bundle_shape(
-        args.tp, topology=topology, ignore_head_node=args.ignore_head_node or None
+        args.tp, topology=topology, ignore_head_node=head_exclusion(args.ignore_head_node or None)
     )
     data = render.spec_data(spec)
     out.emit(data)
@@ -420,7 +412,7 @@ def release(args: argparse.Namespace, out: Output) -> int:
 
 def reap(args: argparse.Namespace, out: Output) -> int:
     """Release the service's deployments named PREFIX..., then remove leftover groups."""
-    from placement_actors.backends import ray_backend  # noqa: PLC0415
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
     if not args.prefix:
         msg = "reap needs a non-empty prefix"
@@ -430,7 +422,7 @@ def reap(args: argparse.Namespace, out: Output) -> int:
     released = [d for d in view.deployments if d.startswith(args.prefix)]
     for name in released:
         client.ask(Release(name), timeout=_REPLY_TIMEOUT_S)
-    leftovers = ray_backend.remove_named_pgs_with_prefix(GROUP_NAME_ROOT + args.prefix)
+    leftovers = on_ray.remove_named_pgs_with_prefix(GROUP_NAME_ROOT + args.prefix)
     out.emit({"released": released, "leftover_groups_removed": leftovers})
     out.say(
         f"Released {len(released)} deployment(s): {', '.join(released) or '-'}; "
@@ -461,11 +453,11 @@ def _client(address: str) -> Any:  # noqa: ANN401 - a PlacementClient
 
 
 def _service_runs(name: str) -> bool:
-    from placement_actors.backends import ray_backend  # noqa: PLC0415
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
     from placement_actors.domain.errors import BackendError  # noqa: PLC0415
 
     try:
-        ray_backend.find_host(name)
+        on_ray.find_host(name)
     except BackendError:
         return False
     return True

@@ -7,7 +7,7 @@ caller would naturally catch, and carries structured fields, not only text::
     ├── InvalidSpecError (ValueError)        a malformed deployment, message, constraint or file
     │   └── ConfigFileError                  ... in a YAML file: names the file, line and field
     ├── UnknownMessageError (TypeError)      an actor was sent a message type it does not handle
-    ├── CapacityError                        the cluster cannot hold this deployment
+    ├── CapacityError (RuntimeError)         the cluster cannot hold this deployment
     │   ├── NoGpuNodesError                  no allowed node has any GPU
     │   ├── NoEgressNodesError               no allowed node can reach the provider's network
     │   └── NotEnoughGpusError               GPU nodes exist, but none has enough free GPUs
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from placement_actors.domain.group_status import GroupStatus
 
 if TYPE_CHECKING:
     from placement_actors.domain.deployments import ProviderKind
@@ -135,7 +137,7 @@ class UnknownMessageError(PlacementError, TypeError):
         super().__init__(f"{actor} does not handle messages of type {self.message_type}")
 
 
-class CapacityError(PlacementError):
+class CapacityError(PlacementError, RuntimeError):
     """The cluster cannot hold the deployment.
 
     Attributes:
@@ -231,22 +233,22 @@ class PlacementGroupTimeoutError(PlacementError, TimeoutError):
     Attributes:
         group: the placement group's name.
         timeout_s: how long was waited.
-        scheduling_state: Ray's last word on the group: ``"INFEASIBLE"`` (no node of the cluster can
-            ever hold it), ``"NO_RESOURCES"`` (it would fit, but the capacity is in use), or
-            another state name when Ray said something else.
-        retryable: ``False`` only when Ray called the group infeasible.
+        scheduling_state: the cluster's last word on the group: `GroupStatus.INFEASIBLE` (no node
+            of the cluster can ever hold it), `GroupStatus.NO_RESOURCES` (it would fit, but the
+            capacity is in use), or another `GroupStatus`.
+        retryable: ``False`` only when the cluster called the group infeasible.
     """
 
-    def __init__(self, *, group: str, timeout_s: float, scheduling_state: str) -> None:
+    def __init__(self, *, group: str, timeout_s: float, scheduling_state: GroupStatus) -> None:
         """Create the error for ``group``, which was still pending after ``timeout_s``."""
         self.group = group
         self.timeout_s = timeout_s
         self.scheduling_state = scheduling_state
-        self.retryable = scheduling_state != "INFEASIBLE"
+        self.retryable = scheduling_state is not GroupStatus.INFEASIBLE
         why = (
-            "no node of the cluster can ever hold it (INFEASIBLE)"
+            "no node of the cluster can ever hold it (infeasible)"
             if not self.retryable
-            else f"its capacity is in use ({scheduling_state}); retry after a release"
+            else f"its capacity is in use ({scheduling_state.value}); retry after a release"
         )
         super().__init__(f"placement group {group} was not ready after {timeout_s:g}s: {why}")
 

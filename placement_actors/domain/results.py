@@ -44,8 +44,12 @@ class Eventual(Protocol[_T_co]):
         ...
 
 
-class BundleStrategy(enum.Enum):
-    """How Ray places a replica's bundles: all on one node, or each on a different node."""
+class BundleStrategy(enum.StrEnum):
+    """How Ray places a replica's bundles: all on one node, or each on a different node.
+
+    A `str` enum: a member equals and formats as its name (``BundleStrategy.STRICT_PACK ==
+    "STRICT_PACK"``), so code that compares strategies with Ray's strings keeps working.
+    """
 
     STRICT_PACK = "STRICT_PACK"
     STRICT_SPREAD = "STRICT_SPREAD"
@@ -171,17 +175,31 @@ class ReplicaBundleSpec:
     bundle_label_selector: tuple[Mapping[str, str], ...] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        """Copy every bundle and selector into its own read-only mapping; check the arithmetic."""
-        object.__setattr__(self, "bundles", tuple(MappingProxyType(dict(b)) for b in self.bundles))
-        if self.bundle_label_selector is not None:
-            selectors = tuple(MappingProxyType(dict(s)) for s in self.bundle_label_selector)
-            object.__setattr__(self, "bundle_label_selector", selectors)
-            if len(selectors) != len(self.bundles):
-                msg = "bundle_label_selector needs one selector per bundle"
-                raise ValueError(msg)
-        if len(self.bundles) != self.nnodes or self.nnodes < 1 or self.per_node_gpus < 1:
-            msg = f"inconsistent bundle spec: {len(self.bundles)} bundles for {self.nnodes} nodes"
-            raise ValueError(msg)
+        """Copy every bundle and selector into its own read-only mapping; check the arithmetic.
+
+        ``strategy`` may be given by name (``"STRICT_PACK"``); it is stored as a `BundleStrategy`.
+        """
+        try:
+            object.__setattr__(self, "strategy", BundleStrategy(self.strategy))
+            bundles = tuple(MappingProxyType(dict(b)) for b in self.bundles)
+            selectors = (
+                None
+                if self.bundle_label_selector is None
+                else tuple(MappingProxyType(dict(s)) for s in self.bundle_label_selector)
+            )
+        except (TypeError, ValueError) as exc:
+            msg = f"malformed bundle spec: {exc}"
+            raise InvalidSpecError(msg, field="bundles") from exc
+        object.__setattr__(self, "bundles", bundles)
+        object.__setattr__(self, "bundle_label_selector", selectors)
+        if selectors is not None and len(selectors) != len(bundles):
+            msg = "bundle_label_selector needs one selector per bundle"
+            raise InvalidSpecError(msg, field="bundle_label_selector")
+        check_count(self.nnodes, "nnodes", minimum=1)
+        check_count(self.per_node_gpus, "per_node_gpus", minimum=1)
+        if len(bundles) != self.nnodes:
+            msg = f"inconsistent bundle spec: {len(bundles)} bundles for {self.nnodes} nodes"
+            raise InvalidSpecError(msg, field="bundles")
 
     def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
         """Pickle through plain copies of the read-only mappings."""

@@ -7,7 +7,6 @@ One node when some node has ``tp_size`` GPUs (STRICT_PACK); otherwise the smalle
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 from placement_actors.domain.errors import InvalidSpecError, NoGpuNodesError, NotEnoughGpusError
@@ -16,28 +15,14 @@ from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.node_choice import even_split_nodes
 
 __all__ = [
-    "IGNORE_HEAD_NODE_ENV",
     "NODE_ID_LABEL",
-    "head_exclusion_from_env",
     "pinned_bundle_spec",
     "plan_even_split",
     "plan_replica_bundle_shape",
 ]
 
-IGNORE_HEAD_NODE_ENV = "PLACEMENT_ACTORS_IGNORE_HEAD_NODE"
 NODE_ID_LABEL = "ray.io/node-id"
 """The one label every Ray node carries (open-source Ray sets no node-type label)."""
-
-_TRUE = frozenset({"1", "true", "yes"})
-
-
-def head_exclusion_from_env(environ: dict[str, str] | None = None) -> bool:
-    """Whether ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` asks to keep replicas off head nodes.
-
-    ``1``, ``true`` and ``yes`` (any case, surrounding spaces ignored) mean yes; anything else no.
-    """
-    env = os.environ if environ is None else environ
-    return env.get(IGNORE_HEAD_NODE_ENV, "").strip().lower() in _TRUE
 
 
 def plan_even_split(tp_size: int, gpus_per_node: Iterable[int]) -> int | None:
@@ -58,15 +43,14 @@ def plan_replica_bundle_shape(
     tp_size: int,
     *,
     topology: Iterable[NodeTopology],
-    ignore_head_node: bool | None = None,
+    ignore_head_node: bool = False,
 ) -> ReplicaBundleSpec:
     """Plan the bundles of one replica of ``tp_size`` GPUs on ``topology``.
 
     Args:
         tp_size: GPUs per replica (the tensor-parallel size).
         topology: the nodes, with their GPU counts (total or free, as the caller needs).
-        ignore_head_node: keep the replica off head nodes; ``None`` reads
-            ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
+        ignore_head_node: keep the replica off head nodes.
 
     Raises:
         InvalidSpecError: ``tp_size < 1`` (checked before the topology is looked at).
@@ -80,7 +64,7 @@ def plan_replica_bundle_shape(
     if not nodes:
         msg = "the topology has no GPU nodes"
         raise NoGpuNodesError(msg, deployment="")
-    exclude = head_exclusion_from_env() if ignore_head_node is None else ignore_head_node
+    exclude = ignore_head_node
     heads = sorted(n.node_id for n in nodes if n.is_head)
     if exclude:
         nodes = [n for n in nodes if not n.is_head]

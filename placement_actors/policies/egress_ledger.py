@@ -24,6 +24,10 @@ class EgressLedger:
         """Whether ``node_id`` is an egress node."""
         return node_id in self._load
 
+    def node_set(self) -> frozenset[str]:
+        """Every egress node id, as a set."""
+        return frozenset(self._load)
+
     def node_ids(self) -> list[str]:
         """Every egress node id, sorted."""
         return list(self._load)

@@ -63,6 +63,10 @@ class GpuLedger:
         """Every node id, sorted."""
         return list(self._sorted_ids)
 
+    def node_set(self) -> frozenset[str]:
+        """Every node id, as a set (for set operations on node lists)."""
+        return self._node_set
+
     def topology(self, node_id: str) -> NodeTopology:
         """The node as it was given to the ledger."""
         return self._nodes[node_id]

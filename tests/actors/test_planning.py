@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pykka
 import pytest
 import ray
-from ray.util import placement_group_table, remove_placement_group
+from ray.util import remove_placement_group
 from ray.util.placement_group import PlacementGroup
 
 from placement_actors import (
@@ -21,6 +21,7 @@ from placement_actors import (
     GetReplicaGroups,
     GpuStrategy,
     GroupState,
+    GroupStatus,
     InvalidSpecError,
     NodeAssignment,
     NodeTopology,
@@ -40,7 +41,7 @@ from placement_actors import (
     ReplicaPlacement,
     group_name,
 )
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 
 TIMEOUT = 30
@@ -73,10 +74,10 @@ class Service:
 def start_service(
     topology: tuple[NodeTopology, ...] | None = None, ready_timeout_s: float = 30
 ) -> Service:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=ready_timeout_s)
+    planner = PlanningActor.start(backend=on_ray.RayBackend(), ready_timeout_s=ready_timeout_s)
     placement = DeploymentPlacementActor.start(
-        topology=topology if topology is not None else ray_backend.get_cluster_topology(),
-        egress_nodes=ray_backend.get_egress_nodes(),
+        topology=topology if topology is not None else on_ray.get_cluster_topology(),
+        egress_nodes=on_ray.get_egress_nodes(),
         planner=planner,
         ignore_head_node=True,
     )
@@ -95,19 +96,14 @@ def llama(name: str = "llama", *, gpus: int = 1, replicas: int = 1) -> Deploymen
     return Deployment(name=name, model="meta-llama/Llama-3.1-8B", gpus=gpus, replicas=replicas)
 
 
-def ray_groups(prefix: str) -> dict[str, dict[str, object]]:
-    """Ray's table entries by group name; a live group wins over removed ones of the same name."""
-    found: dict[str, dict[str, object]] = {}
-    for info in placement_group_table().values():
-        name = str(info["name"])
-        if name.startswith(prefix) and found.get(name, {}).get("state", "REMOVED") == "REMOVED":
-            found[name] = info
-    return found
+def status(name: str) -> GroupStatus:
+    """What Ray says of the group named ``name`` (the live one, if the name was used again)."""
+    return on_ray.group_states(name)[name]
 
 
 def hold_gpus(node: str, gpus: int, *, name: str) -> PlacementGroup:
     """Take ``gpus`` GPUs of ``node`` with a group of our own, as another Ray user would."""
-    return ray_backend.build_pg(
+    return on_ray.build_pg(
         [{"GPU": gpus}],
         BundleStrategy.STRICT_PACK,
         name=name,
@@ -127,9 +123,8 @@ def test_place_answers_with_futures_that_resolve_to_master_ip_and_port(
     port = replica.master.port.get(timeout=TIMEOUT)
     assert ip
     assert 0 < port < 65536
-    (info,) = ray_groups(replica.group_name).values()
-    assert info["state"] == "CREATED"
-    assert info["bundles_to_node_id"] == {0: ray_nodes["gpu-a"]}
+    assert on_ray.group_states(replica.group_name) == {replica.group_name: GroupStatus.CREATED}
+    assert on_ray.bundle_nodes(replica.group_name) == {replica.group_name: {0: ray_nodes["gpu-a"]}}
     assert service.groups().groups[0].state is GroupState.READY
 
 
@@ -141,8 +136,11 @@ def test_release_removes_the_groups_and_frees_the_ledger(
         replica.master.port.get(timeout=TIMEOUT)
     released = service.placement.ask(Release("llama"), timeout=TIMEOUT)
     assert released.gpus_freed == 2  # type: ignore[union-attr]
-    states = {name: info["state"] for name, info in ray_groups(group_name("llama", 0)[:-2]).items()}
-    assert states == {group_name("llama", 0): "REMOVED", group_name("llama", 1): "REMOVED"}
+    states = on_ray.group_states(group_name("llama", 0)[:-2])
+    assert states == {
+        group_name("llama", 0): GroupStatus.REMOVED,
+        group_name("llama", 1): GroupStatus.REMOVED,
+    }
     assert all(not node.held for node in service.view().nodes)
     assert service.groups().groups == ()
     del ray_nodes
@@ -159,12 +157,9 @@ def test_a_multi_node_replica_spreads_over_the_nodes_the_ledger_chose(
     assert {a.node for a in result.assignments} == set(pair)
     ports = [b.port.get(timeout=TIMEOUT) for b in replica.bundles]
     assert len(set(ports)) == 2  # the two raylets share one host address
-    (info,) = ray_groups(replica.group_name).values()
-    assert set(info["bundles_to_node_id"].values()) == set(pair)  # type: ignore[attr-defined]
-    assert [b.node for b in replica.bundles] == [
-        info["bundles_to_node_id"][i]  # type: ignore[index]
-        for i in range(2)
-    ]
+    landed = on_ray.bundle_nodes(replica.group_name)[replica.group_name]
+    assert set(landed.values()) == set(pair)
+    assert [b.node for b in replica.bundles] == [landed[i] for i in range(2)]
 
 
 def test_head_exclusion_keeps_replicas_off_a_head_with_gpus(
@@ -174,8 +169,8 @@ def test_head_exclusion_keeps_replicas_off_a_head_with_gpus(
     assert ray_nodes["head"] not in {a.node for a in result.assignments}
     for replica in result.replicas:
         replica.master.port.get(timeout=TIMEOUT)
-        (info,) = ray_groups(replica.group_name).values()
-        assert ray_nodes["head"] not in info["bundles_to_node_id"].values()  # type: ignore[attr-defined]
+        landed = on_ray.bundle_nodes(replica.group_name)[replica.group_name]
+        assert ray_nodes["head"] not in landed.values()
         assert replica.spec.bundle_label_selector is not None
         assert dict(replica.spec.bundle_label_selector[0]) == {
             NODE_ID_LABEL: replica.bundles[0].node
@@ -188,18 +183,18 @@ def test_an_infeasible_group_fails_its_futures_is_removed_and_frees_the_ledger(
     """The ledger believes gpu-a has 16 GPUs; Ray knows it has 4 and calls the group infeasible."""
     topology = tuple(
         dataclasses.replace(n, num_gpus=16) if n.node_id == ray_nodes["gpu-a"] else n
-        for n in ray_backend.get_cluster_topology()
+        for n in on_ray.get_cluster_topology()
     )
     svc = start_service(topology, ready_timeout_s=1.5)
     result = svc.place(llama("wrong", gpus=16), gpu_nodes=(ray_nodes["gpu-a"],))
     (replica,) = result.replicas
     with pytest.raises(PlacementGroupTimeoutError) as caught:
         replica.master.port.get(timeout=TIMEOUT)
-    assert caught.value.scheduling_state == "INFEASIBLE"
+    assert caught.value.scheduling_state is GroupStatus.INFEASIBLE
     assert not caught.value.retryable
     with pytest.raises(PlacementGroupTimeoutError):
         replica.master.node_ip.get(timeout=TIMEOUT)
-    assert ray_groups(replica.group_name)[replica.group_name]["state"] == "REMOVED"
+    assert status(replica.group_name) is GroupStatus.REMOVED
     assert svc.groups().groups[0].state is GroupState.FAILED
     assert _eventually(lambda: not svc.view().node(ray_nodes["gpu-a"]).held)
     svc.placement.ask(Release("wrong"), timeout=TIMEOUT)
@@ -212,7 +207,7 @@ def test_a_group_without_room_yet_times_out_as_retryable(ray_nodes: dict[str, st
         result = svc.place(llama("late", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
         with pytest.raises(PlacementGroupTimeoutError) as caught:
             result.replicas[0].master.port.get(timeout=TIMEOUT)
-        assert caught.value.scheduling_state == "NO_RESOURCES"
+        assert caught.value.scheduling_state is GroupStatus.NO_RESOURCES
         assert caught.value.retryable
         svc.placement.ask(Release("late"), timeout=TIMEOUT)
     finally:
@@ -253,7 +248,7 @@ def test_sixty_replicas_planned_together_all_resolve_with_distinct_ports(
 
 
 def test_the_planner_answers_while_a_group_is_still_pending(ray_nodes: dict[str, str]) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=60)
+    planner = PlanningActor.start(backend=on_ray.RayBackend(), ready_timeout_s=60)
     placement = planner.ask(
         PlanReplica(
             deployment="pending",
@@ -275,7 +270,7 @@ def test_the_planner_answers_while_a_group_is_still_pending(ray_nodes: dict[str,
 
 
 def test_planner_reaping_leaves_other_deployments_alone(ray_nodes: dict[str, str]) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    planner = PlanningActor.start(backend=on_ray.RayBackend())
     node = ray_nodes["gpu-bulk"]
     placements = {
         name: planner.ask(
@@ -292,15 +287,15 @@ def test_planner_reaping_leaves_other_deployments_alone(ray_nodes: dict[str, str
         assert isinstance(placed, ReplicaPlacement)
         placed.master.port.get(timeout=TIMEOUT)
     planner.ask(RemoveReplicaGroups("dep-1"), timeout=TIMEOUT)
-    assert ray_groups(group_name("dep-10", 0))[group_name("dep-10", 0)]["state"] == "CREATED"
-    assert ray_groups(group_name("dep-1", 0))[group_name("dep-1", 0)]["state"] == "REMOVED"
+    assert status(group_name("dep-10", 0)) is GroupStatus.CREATED
+    assert status(group_name("dep-1", 0)) is GroupStatus.REMOVED
     planner.ask(RemoveReplicaGroups("dep-10"), timeout=TIMEOUT)
 
 
 def test_planning_the_same_replica_twice_answers_the_same_placement(
     ray_nodes: dict[str, str],
 ) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    planner = PlanningActor.start(backend=on_ray.RayBackend())
     chosen = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-bulk"], gpus=(0,)),)
     message = PlanReplica(deployment="twice", replica_index=0, assignments=chosen)
     first = planner.ask(message, timeout=TIMEOUT)
@@ -322,7 +317,7 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 
 
 def test_removing_some_replicas_keeps_the_others(ray_nodes: dict[str, str]) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend())
+    planner = PlanningActor.start(backend=on_ray.RayBackend())
     node = ray_nodes["gpu-bulk"]
     placements = [
         planner.ask(
@@ -340,8 +335,8 @@ def test_removing_some_replicas_keeps_the_others(ray_nodes: dict[str, str]) -> N
         placed.master.port.get(timeout=TIMEOUT)
     removed = planner.ask(RemoveReplicaGroups("some", (1,)), timeout=TIMEOUT)
     assert removed.removed == 1  # type: ignore[union-attr]
-    assert ray_groups(group_name("some", 1))[group_name("some", 1)]["state"] == "REMOVED"
-    assert ray_groups(group_name("some", 10))[group_name("some", 10)]["state"] == "CREATED"
+    assert status(group_name("some", 1)) is GroupStatus.REMOVED
+    assert status(group_name("some", 10)) is GroupStatus.CREATED
     planner.ask(RemoveReplicaGroups("some"), timeout=TIMEOUT)
 
 
@@ -350,7 +345,7 @@ def test_groups_live_in_the_service_namespace_and_are_found_by_name(
 ) -> None:
     result = service.place(llama("named"), gpu_nodes=(ray_nodes["gpu-a"],))
     result.replicas[0].master.port.get(timeout=TIMEOUT)
-    assert ray.get_runtime_context().namespace == ray_backend.NAMESPACE
+    assert ray.get_runtime_context().namespace == on_ray.NAMESPACE
     found = ray.util.get_placement_group(result.replicas[0].group_name)
     assert found.bundle_specs == [{"CPU": 1.0, "GPU": 1.0}]
 
@@ -358,7 +353,7 @@ def test_groups_live_in_the_service_namespace_and_are_found_by_name(
 def test_a_late_event_about_a_removed_group_leaves_its_successor_alone(
     ray_nodes: dict[str, str],
 ) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=1)
+    planner = PlanningActor.start(backend=on_ray.RayBackend(), ready_timeout_s=1)
     node = ray_nodes["gpu-bulk"]
     too_big = PlanReplica(
         deployment="again",
@@ -416,7 +411,7 @@ def test_releasing_an_unknown_name_reaps_groups_an_earlier_run_left(
     service: Service, ray_nodes: dict[str, str]
 ) -> None:
     leftover = group_name("leftover", 0)
-    ray_backend.build_pg(
+    on_ray.build_pg(
         [{"CPU": 1, "GPU": 1}],
         BundleStrategy.STRICT_PACK,
         name=leftover,
@@ -425,11 +420,11 @@ def test_releasing_an_unknown_name_reaps_groups_an_earlier_run_left(
     )
     released = service.placement.ask(Release("leftover"), timeout=TIMEOUT)
     assert released.was_placed is False  # type: ignore[union-attr]
-    assert ray_groups(leftover)[leftover]["state"] == "REMOVED"
+    assert status(leftover) is GroupStatus.REMOVED
 
 
 def test_stopping_the_planner_fails_the_futures_it_still_owes(ray_nodes: dict[str, str]) -> None:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=60)
+    planner = PlanningActor.start(backend=on_ray.RayBackend(), ready_timeout_s=60)
     placement = planner.ask(
         PlanReplica(
             deployment="owed",
@@ -445,7 +440,7 @@ def test_stopping_the_planner_fails_the_futures_it_still_owes(ray_nodes: dict[st
     with pytest.raises(BackendError, match="planner stopped"):
         placement.master.port.get(timeout=TIMEOUT)
     # the detached group outlives the planner, as it should; a later service reaps it
-    assert ray_backend.remove_named_pgs_with_prefix(group_name("owed", 0)) == 1
+    assert on_ray.remove_named_pgs_with_prefix(group_name("owed", 0)) == 1
 
 
 async def test_a_ticker_keeps_ticking_while_a_slow_placement_group_is_awaited(

@@ -11,9 +11,7 @@ from placement_actors import (
     NotEnoughGpusError,
 )
 from placement_actors.policies.bundle_shapes import (
-    IGNORE_HEAD_NODE_ENV,
     NODE_ID_LABEL,
-    head_exclusion_from_env,
     pinned_bundle_spec,
     plan_even_split,
     plan_replica_bundle_shape,
@@ -100,34 +98,6 @@ def test_not_enough_names_the_tp_size_and_eligible_nodes() -> None:
     with pytest.raises(NotEnoughGpusError, match=r"TP size 16 .* 3 eligible node") as caught:
         plan_replica_bundle_shape(16, topology=nodes(4, 4, 8), ignore_head_node=False)
     assert caught.value.requested == 16
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("1", True),
-        ("true", True),
-        (" YES ", True),
-        ("True", True),
-        ("0", False),
-        ("", False),
-        ("no", False),
-        ("on", False),
-    ],
-    ids=repr,
-)
-def test_head_exclusion_reads_the_environment(value: str, expected: bool) -> None:  # noqa: FBT001
-    assert head_exclusion_from_env({IGNORE_HEAD_NODE_ENV: value}) is expected
-
-
-def test_ignore_head_node_none_reads_the_process_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv(IGNORE_HEAD_NODE_ENV, "yes")
-    spec = plan_replica_bundle_shape(2, topology=nodes(4, 4, head=0))
-    assert spec.bundle_label_selector is not None
-    monkeypatch.setenv(IGNORE_HEAD_NODE_ENV, "0")
-    assert plan_replica_bundle_shape(2, topology=nodes(4, 4, head=0)).bundle_label_selector is None
 
 
 def test_pinned_spec_pins_each_bundle_to_its_node() -> None:

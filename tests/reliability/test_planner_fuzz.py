@@ -42,7 +42,7 @@ from placement_actors.actors.messages import (
     PlacementGroupReady,
     PlacementGroupTimedOut,
 )
-from placement_actors.backends import ray_backend
+from placement_actors.backends import ray as on_ray
 
 SEED = 20261122
 MESSAGES = 1_000
@@ -61,10 +61,10 @@ def forged(cls: type[Any], **fields: object) -> Any:
 
 @pytest.fixture
 def actors() -> Iterator[tuple[pykka.ActorRef[Any], pykka.ActorRef[Any]]]:
-    planner = PlanningActor.start(backend=ray_backend.RayBackend(), ready_timeout_s=20)
+    planner = PlanningActor.start(backend=on_ray.RayBackend(), ready_timeout_s=20)
     placement = DeploymentPlacementActor.start(
-        topology=ray_backend.get_cluster_topology(),
-        egress_nodes=ray_backend.get_egress_nodes(),
+        topology=on_ray.get_cluster_topology(),
+        egress_nodes=on_ray.get_egress_nodes(),
         planner=planner,
     )
     yield placement, planner

@@ -1,0 +1,87 @@
+"""Ray, the distributed engine: the only package of placement-actors that imports ``ray``.
+
+It turns the service's decisions into Ray placement groups and maps Ray's failures and states
+to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tree; always
+``raise ... from exc``). One concern per module, one implementation of each Ray operation:
+
+- `connection`: connect a process to Ray in the service's namespace.
+- `cluster`: the alive nodes, their GPUs, head flag and labels.
+- `groups`: create, wait for, remove and reap placement groups; Ray's states as `GroupStatus`.
+- `bundles`: tasks inside a bundle: its node's IP, free ports.
+- `backend`: `RayBackend`, what the actors use (every method returns at once).
+- `hosting`: a service object in a named, detached Ray actor, and calls to it.
+- `local`: `LocalCluster`, several raylets with logical GPUs on one machine.
+
+The blocking functions (`groups.build_pg`, `bundles.get_free_port_in_bundle`, ...) serve
+drivers, the CLI and `placement_actors.ray_placement`; the actors only use `RayBackend`, whose
+methods call the same functions.
+"""
+
+from placement_actors.backends.ray.backend import RayBackend
+from placement_actors.backends.ray.bundles import (
+    PROCESS_PORTS,
+    RAY_WORKER_PORTS,
+    get_bundle_node_ip,
+    get_free_port_in_bundle,
+    probe_bundle,
+    release_ports,
+    run_in_bundle,
+    submit_in_bundle,
+)
+from placement_actors.backends.ray.cluster import (
+    EGRESS_LABEL,
+    HEAD_RESOURCE,
+    NAME_LABEL,
+    get_cluster_topology,
+    get_egress_nodes,
+    node_names,
+)
+from placement_actors.backends.ray.connection import NAMESPACE, connect, connected
+from placement_actors.backends.ray.groups import (
+    build_pg,
+    build_replica_pg,
+    bundle_nodes,
+    create_group,
+    get_held_groups,
+    group_states,
+    remove_group,
+    remove_named_pgs_with_prefix,
+    status_of,
+)
+from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
+from placement_actors.backends.ray.local import LocalCluster
+
+__all__ = [
+    "EGRESS_LABEL",
+    "HEAD_RESOURCE",
+    "NAMESPACE",
+    "NAME_LABEL",
+    "PROCESS_PORTS",
+    "RAY_WORKER_PORTS",
+    "LocalCluster",
+    "RayBackend",
+    "RayEventual",
+    "RemoteHost",
+    "build_pg",
+    "build_replica_pg",
+    "bundle_nodes",
+    "connect",
+    "connected",
+    "create_group",
+    "find_host",
+    "get_bundle_node_ip",
+    "get_cluster_topology",
+    "get_egress_nodes",
+    "get_free_port_in_bundle",
+    "get_held_groups",
+    "group_states",
+    "node_names",
+    "probe_bundle",
+    "release_ports",
+    "remove_group",
+    "remove_named_pgs_with_prefix",
+    "run_in_bundle",
+    "start_host",
+    "status_of",
+    "submit_in_bundle",
+]

@@ -1,0 +1,81 @@
+"""`RayBackend`: the cluster the actors use, on Ray; every method returns at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.util.placement_group import PlacementGroup
+
+from placement_actors.backends.protocol import ProbeCallback, ReadyCallback
+from placement_actors.backends.ray import bundles, cluster, groups
+from placement_actors.domain.errors import BackendError, InvalidSpecError
+from placement_actors.domain.group_status import GroupStatus
+from placement_actors.domain.results import ReplicaBundleSpec
+from placement_actors.domain.topology import NodeTopology
+
+__all__ = ["RayBackend"]
+
+
+def _pg(group: object) -> PlacementGroup:
+    if not isinstance(group, PlacementGroup):
+        msg = f"not a Ray placement group: {type(group).__name__}"
+        raise InvalidSpecError(msg, field="group")
+    return group
+
+
+class RayBackend:
+    """`placement_actors.backends.protocol.ClusterBackend` on Ray; every method returns at once.
+
+    Each method is a call of the one implementation in `groups`, `bundles` or `cluster`, which
+    the blocking public functions use too. The process must be connected to Ray
+    (`placement_actors.backends.ray.connection.connect` or `LocalCluster`) first.
+    """
+
+    def topology(self) -> tuple[NodeTopology, ...]:
+        """The alive GPU nodes."""
+        return cluster.get_cluster_topology()
+
+    def create_group(self, spec: ReplicaBundleSpec, *, name: str) -> object:
+        """Ask Ray for the group; Ray answers before scheduling it."""
+        return groups.create_group(
+            spec.bundles, spec.strategy, name=name, bundle_label_selector=spec.bundle_label_selector
+        )
+
+    def when_ready(self, group: object, callback: ReadyCallback) -> None:
+        """Call ``callback`` from Ray's thread when the group is ready (or its wait failed)."""
+        try:
+            future = _pg(group).ready().future()
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot watch placement group: {exc}"
+            raise BackendError(msg, operation="watch placement group") from exc
+
+        def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
+            error = settled.exception()
+            callback(None if error is None else error)
+
+        future.add_done_callback(done)
+
+    def scheduling_state(self, group: object) -> GroupStatus:
+        """What Ray says of the group now."""
+        return groups.status_of(_pg(group))
+
+    def remove_group(self, group: object) -> None:
+        """Remove the group (quietly if it is gone already)."""
+        groups.remove_group(_pg(group))
+
+    def probe_bundle(
+        self,
+        group: object,
+        bundle_index: int,
+        *,
+        exclude_ports: frozenset[int],
+        callback: ProbeCallback,
+    ) -> None:
+        """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or failure."""
+        bundles.probe_bundle(
+            _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback
+        )
+
+    def remove_groups_with_prefix(self, prefix: str) -> int:
+        """Remove every live group of this namespace named ``prefix...``."""
+        return groups.remove_named_pgs_with_prefix(prefix)

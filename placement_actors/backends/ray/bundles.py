@@ -1,0 +1,263 @@
+"""Work inside a placement group's bundle: tasks on its node, its IP, free ports.
+
+Every raylet of a local cluster reports the same host address, so ports are tracked per host
+address (`placement_actors.policies.port_book.PortBook`), not per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import GetTimeoutError
+from ray.remote_function import RemoteFunction
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from placement_actors.backends.protocol import BundleProbe, ProbeCallback
+from placement_actors.domain.errors import BackendError, InvalidSpecError
+from placement_actors.domain.validation import check_count, check_timeout
+from placement_actors.policies.port_book import PortBook, ProbeVerdict, judge_probe, no_port_error
+
+__all__ = [
+    "PROCESS_PORTS",
+    "RAY_WORKER_PORTS",
+    "get_bundle_node_ip",
+    "get_free_port_in_bundle",
+    "probe_bundle",
+    "release_ports",
+    "run_in_bundle",
+    "submit_in_bundle",
+]
+
+RAY_WORKER_PORTS = range(10002, 20000)
+"""Ray's default worker ports (``--min-worker-port``..``--max-worker-port``): never handed out."""
+
+_T = TypeVar("_T")
+
+PROCESS_PORTS = PortBook()
+"""The ports the blocking functions of this process handed out, unless given a book of their own.
+
+Guarded by a lock of this module (a `PortBook` itself is a plain, single-threaded value).
+"""
+_PROCESS_LOCK = threading.Lock()
+_SCAN = 1024
+"""Ports one probe from a start port tries before giving up (with ``get_next_free_port``)."""
+
+
+def _in_bundle(pg: PlacementGroup, bundle_index: int) -> PlacementGroupSchedulingStrategy:
+    check_count(bundle_index, "bundle_index")
+    if bundle_index >= pg.bundle_count:
+        msg = f"bundle {bundle_index} does not exist: the group has {pg.bundle_count}"
+        raise InvalidSpecError(msg, field="bundle_index")
+    return PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=bundle_index
+    )
+
+
+def submit_in_bundle(
+    pg: PlacementGroup, bundle_index: int, fn: Callable[..., _T], *args: object
+) -> ray.ObjectRef[_T]:
+    """Start ``fn(*args)`` as a Ray task inside bundle ``bundle_index``; returns its ObjectRef.
+
+    The task asks for no CPU or GPU of its own, so it fits any bundle. ``fn`` may also be an
+    existing Ray remote function (it is then not wrapped again).
+
+    Raises:
+        InvalidSpecError: the group has no such bundle.
+    """
+    strategy = _in_bundle(pg, bundle_index)
+    remote = fn if isinstance(fn, RemoteFunction) else ray.remote(fn)
+    return remote.options(  # type: ignore[no-any-return]
+        num_cpus=0, num_gpus=0, max_retries=0, scheduling_strategy=strategy
+    ).remote(*args)
+
+
+def run_in_bundle(
+    pg: PlacementGroup,
+    bundle_index: int,
+    fn: Callable[..., _T],
+    *args: object,
+    timeout_s: float = 60.0,
+) -> _T:
+    """Run ``fn(*args)`` on the node of bundle ``bundle_index`` and return its result (blocking).
+
+    Raises:
+        InvalidSpecError: the group has no such bundle.
+        BackendError: the task failed or did not finish within ``timeout_s``.
+    """
+    check_timeout(timeout_s, "timeout_s")
+    ref = submit_in_bundle(pg, bundle_index, fn, *args)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError as exc:
+        ray.cancel(ref, force=True)
+        msg = f"task in bundle {bundle_index} did not finish within {timeout_s:g}s"
+        raise BackendError(msg, operation="run in bundle") from exc
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"task in bundle {bundle_index} failed: {exc}"
+        raise BackendError(msg, operation="run in bundle") from exc
+
+
+@functools.cache
+def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
+    """The two tasks run on a bundle's node, made once per process.
+
+    They are defined inside this function so that Ray ships them by value: a worker needs only
+    the standard library and Ray, not this package, to run them.
+    """
+
+    def node_ip() -> str:
+        import ray as ray_on_node  # noqa: PLC0415 - runs on the node
+
+        return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def free_port(
+        exclude: frozenset[int], avoid_low: int, avoid_high: int, start: int, scan: int
+    ) -> tuple[str, int]:
+        """The node's routable IP and a port free on it, its wildcard and its loopback.
+
+        ``start`` 0: ports from the kernel's ephemeral range (away from Ray's fixed ports);
+        otherwise ``start``, ``start + 1``, ... for ``scan`` ports.
+        """
+        import socket  # noqa: PLC0415 - runs on the node
+
+        import ray as ray_on_node  # noqa: PLC0415
+
+        ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+        def bindable(host: str, port: int) -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    return False
+                return True
+
+        def ephemeral() -> int:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((ip, 0))
+                return int(sock.getsockname()[1])
+
+        candidates = (
+            (ephemeral() for _ in range(256)) if start == 0 else iter(range(start, start + scan))
+        )
+        for port in candidates:
+            if port in exclude or avoid_low <= port <= avoid_high or port > 65535:  # noqa: PLR2004
+                continue
+            if all(bindable(host, port) for host in (ip, "0.0.0.0", "127.0.0.1")):  # noqa: S104 - probing, not serving
+                return ip, port
+        msg = f"no free port found on {ip}"
+        raise OSError(msg)
+
+    return ray.remote(node_ip), ray.remote(free_port)
+
+
+def _probe_args(exclude: frozenset[int], start: int = 0, scan: int = 1) -> tuple[object, ...]:
+    if start:  # a port the caller asked for is probed even inside Ray's worker range
+        return exclude, 1, 0, start, scan
+    return exclude, RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1, start, scan
+
+
+def probe_bundle(
+    pg: PlacementGroup, bundle_index: int, *, exclude_ports: frozenset[int], callback: ProbeCallback
+) -> None:
+    """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or the failure.
+
+    Returns at once; the callback runs on a Ray thread. The one probe the actors' backend and the
+    blocking functions share.
+    """
+    try:
+        _, free_port = _node_tasks()
+        ref = submit_in_bundle(pg, bundle_index, free_port, *_probe_args(exclude_ports))
+    except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
+        callback(BackendError(f"cannot start probe: {exc}", operation="probe bundle"))
+        return
+    future = ref.future()
+
+    def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
+        error = settled.exception()
+        if error is not None:
+            failure = BackendError(f"probe failed: {error}", operation="probe bundle")
+            failure.__cause__ = error
+            callback(failure)
+            return
+        ip, port = settled.result()
+        callback(BundleProbe(node_ip=ip, port=port))
+
+    future.add_done_callback(done)
+
+
+def get_bundle_node_ip(pg: PlacementGroup, bundle_index: int, *, timeout_s: float = 60.0) -> str:
+    """The routable IP address of the node bundle ``bundle_index`` landed on (blocking)."""
+    node_ip, _ = _node_tasks()
+    return str(run_in_bundle(pg, bundle_index, node_ip, timeout_s=timeout_s))
+
+
+def get_free_port_in_bundle(
+    pg: PlacementGroup,
+    bundle_index: int,
+    start_port: int | None = None,
+    get_next_free_port: bool = True,  # noqa: FBT001, FBT002 - the seed's positional signature
+    *,
+    holder: str | None = None,
+    book: PortBook | None = None,
+    timeout_s: float = 60.0,
+) -> int:
+    """A port free on bundle ``bundle_index``'s node, held in a port book until released.
+
+    The port is probed on the node's routable address, the wildcard and loopback; without
+    ``start_port`` it comes from the kernel's ephemeral range and lies outside Ray's worker-port
+    range. With ``start_port``, the first free port from there (only ``start_port`` itself when
+    ``get_next_free_port`` is false). It is never a port ``book`` has already given out on that
+    host: two calls never return the same port on one host while the first is held.
+
+    Args:
+        pg: the placement group.
+        bundle_index: the bundle whose node the port is on.
+        start_port: where to start looking; ``None`` for an ephemeral port.
+        get_next_free_port: with ``start_port``, whether ports after it may be tried.
+        holder: who holds the port (released with `release_ports`); by default the group, whose
+            ports are released when `placement_actors.backends.ray.groups.remove_group` removes it.
+        book: the port book; by default `PROCESS_PORTS`, shared by the whole process.
+        timeout_s: how long one probe task may take.
+
+    Raises:
+        InvalidSpecError: the group has no such bundle, or ``start_port`` is not a port.
+        BackendError: no port could be found and claimed.
+    """
+    if start_port is not None:
+        check_count(start_port, "start_port", minimum=1)
+        if start_port > 65535:  # noqa: PLR2004 - the largest TCP port
+            msg = f"start_port must be at most 65535, got {start_port}"
+            raise InvalidSpecError(msg, field="start_port")
+    owner = holder if holder is not None else pg.id.hex()
+    shared = book is None
+    ports = PROCESS_PORTS if book is None else book
+    scan = _SCAN if get_next_free_port else 1
+    _, free_port = _node_tasks()
+    probes = 0
+    while True:
+        probes += 1
+        with _PROCESS_LOCK if shared else contextlib.nullcontext():
+            exclude = ports.given()
+        args = _probe_args(exclude, start_port or 0, scan)
+        ip, port = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
+        with _PROCESS_LOCK if shared else contextlib.nullcontext():
+            verdict = judge_probe(ports, str(ip), int(port), owner, probes_made=probes)
+        if verdict is ProbeVerdict.CLAIMED:
+            return int(port)
+        if verdict is ProbeVerdict.GIVE_UP:
+            raise no_port_error(str(ip))
+
+
+def release_ports(holder: str, book: PortBook | None = None) -> int:
+    """Forget the ports ``holder`` was given in ``book`` (`PROCESS_PORTS` by default)."""
+    if book is not None:
+        return book.release(holder)
+    with _PROCESS_LOCK:
+        return PROCESS_PORTS.release(holder)

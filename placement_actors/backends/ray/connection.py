@@ -1,0 +1,75 @@
+"""Connecting a process to Ray, in the service's namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import ray
+from ray.exceptions import RayError
+
+from placement_actors.domain.errors import BackendError
+
+__all__ = ["NAMESPACE", "connect", "connected"]
+
+NAMESPACE = "placement-actors"
+"""The Ray namespace the service's detached placement groups and its host actor live in."""
+
+
+def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> bool:
+    """Connect this process to Ray (``None``: the cluster ``RAY_ADDRESS`` names, else a new one).
+
+    A ``host:port`` address is checked with a plain TCP connection first: ``ray.init`` waits for
+    minutes on an address where nothing listens. A process already connected keeps its
+    connection (to the same cluster).
+
+    Returns:
+        ``True`` if this call connected, ``False`` if the process was connected to it already.
+
+    Raises:
+        BackendError: Ray could not be reached, or this process is connected to another cluster.
+    """
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address not in {None, "auto", current}:
+            msg = f"this process is already connected to Ray at {current}, not {address}"
+            raise BackendError(msg, operation="connect")
+        return False
+    if address is not None:
+        _check_reachable(address)
+    try:
+        ray.init(
+            address=address,
+            namespace=namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except (RayError, ConnectionError, RuntimeError, ValueError) as exc:
+        msg = f"cannot connect to Ray at {address or 'the default address'}: {exc}"
+        raise BackendError(msg, operation="connect") from exc
+    return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://..." and the like: Ray resolves them itself
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        msg = f"nothing answers at {address} ({exc.strerror or exc}); is the Ray head running?"
+        raise BackendError(msg, operation="connect") from exc
+
+
+@contextlib.contextmanager
+def connected(address: str, *, namespace: str = NAMESPACE) -> Iterator[None]:
+    """Connect to the cluster at ``address`` for the ``with`` block; disconnect only if it did."""
+    made = connect(address, namespace=namespace)
+    try:
+        yield
+    finally:
+        if made:
+            ray.shutdown()

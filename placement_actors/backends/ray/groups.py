@@ -1,0 +1,289 @@
+"""Placement groups: create, wait, remove, reap, and Ray's states mapped to `GroupStatus`.
+
+Facts relied on (Ray 2.60): placement groups never fail when infeasible, they stay ``PENDING``
+and ``placement_group_table(pg)["stats"]["scheduling_state"]`` says ``INFEASIBLE`` or
+``NO_RESOURCES``; ``pg.wait()`` truncates to whole seconds, so waits use ``ray.wait`` on
+``pg.ready()``; ``placement_group_table()`` lists the groups of every namespace, while a lookup
+by name sees only the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ray
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+
+from placement_actors.backends.ray.bundles import release_ports
+from placement_actors.domain.deployments import GROUP_NAME_ROOT
+from placement_actors.domain.errors import (
+    BackendError,
+    InvalidSpecError,
+    PlacementGroupTimeoutError,
+)
+from placement_actors.domain.group_status import GroupStatus
+from placement_actors.domain.results import BundleStrategy, NodeAssignment, ReplicaBundleSpec
+from placement_actors.domain.validation import check_timeout
+
+__all__ = [
+    "build_pg",
+    "build_replica_pg",
+    "bundle_nodes",
+    "create_group",
+    "get_held_groups",
+    "group_states",
+    "remove_group",
+    "remove_named_pgs_with_prefix",
+    "status_of",
+]
+
+_STRATEGY = {
+    BundleStrategy.STRICT_PACK: "STRICT_PACK",
+    BundleStrategy.STRICT_SPREAD: "STRICT_SPREAD",
+}
+
+
+_STATUS = {
+    "CREATED": GroupStatus.CREATED,
+    "PENDING": GroupStatus.PENDING,
+    "PREPARED": GroupStatus.PENDING,
+    "RESCHEDULING": GroupStatus.RESCHEDULING,
+    "REMOVED": GroupStatus.REMOVED,
+}
+"""Ray's placement-group table states."""
+_SCHEDULING = {
+    "INFEASIBLE": GroupStatus.INFEASIBLE,
+    "NO_RESOURCES": GroupStatus.NO_RESOURCES,
+}
+"""The reasons in ``stats.scheduling_state`` that tell why a pending group waits."""
+
+
+def _strategy(strategy: BundleStrategy | str) -> str:
+    if isinstance(strategy, BundleStrategy):
+        return _STRATEGY[strategy]
+    try:
+        return _STRATEGY[BundleStrategy(strategy)]
+    except ValueError:
+        msg = f"strategy must be STRICT_PACK or STRICT_SPREAD, got {strategy!r}"
+        raise InvalidSpecError(msg, field="strategy") from None
+
+
+def create_group(
+    bundles: Sequence[Mapping[str, float]],
+    strategy: BundleStrategy | str,
+    *,
+    name: str,
+    bundle_label_selector: Sequence[Mapping[str, str]] | None = None,
+) -> PlacementGroup:
+    """Ask Ray for a detached, named group; Ray answers before it schedules anything.
+
+    Raises:
+        InvalidSpecError: no name, an unknown strategy, or bundles or selectors Ray rejects.
+        BackendError: any other Ray failure (a duplicate name, a lost connection...).
+    """
+    if not name:
+        msg = "a placement group needs a name"
+        raise InvalidSpecError(msg, field="name")
+    ray_strategy = _strategy(strategy)
+    try:
+        pg: PlacementGroup = placement_group(
+            [dict(b) for b in bundles],
+            strategy=ray_strategy,
+            name=name,
+            lifetime="detached",
+            bundle_label_selector=(
+                None if bundle_label_selector is None else [dict(s) for s in bundle_label_selector]
+            ),
+        )
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc), field="bundles") from exc
+    except Exception as exc:  # the Ray error-mapping boundary: any Ray failure is a backend error
+        msg = f"Ray refused placement group {name}: {exc}"
+        raise BackendError(msg, operation="create placement group") from exc
+    return pg
+
+
+def _status_from(info: Mapping[str, object]) -> GroupStatus:
+    """The `GroupStatus` of one ``placement_group_table()`` record."""
+    state = str(info.get("state") or "")
+    if state in {"PENDING", "PREPARED"}:
+        stats = info.get("stats")
+        reason = stats.get("scheduling_state") if isinstance(stats, Mapping) else None
+        return _SCHEDULING.get(str(reason), GroupStatus.PENDING)
+    return _STATUS.get(state, GroupStatus.UNKNOWN)
+
+
+def status_of(pg: PlacementGroup) -> GroupStatus:
+    """What Ray says of ``pg`` now.
+
+    Raises:
+        BackendError: Ray could not be asked.
+    """
+    try:
+        return _status_from(placement_group_table(pg))
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot read placement group state: {exc}"
+        raise BackendError(msg, operation="read placement group") from exc
+
+
+def remove_group(pg: PlacementGroup) -> None:
+    """Remove ``pg``; quietly when it is gone already.
+
+    Raises:
+        BackendError: Ray failed to remove a group that is still there.
+    """
+    try:
+        remove_placement_group(pg)
+    except Exception as exc:  # the Ray error-mapping boundary
+        try:
+            gone = placement_group_table(pg).get("state") in {None, "REMOVED"}
+        except Exception:  # noqa: BLE001 - the lookup failing too is reported as the removal failing
+            gone = False
+        if not gone:
+            msg = f"cannot remove placement group {pg.id.hex()}: {exc}"
+            raise BackendError(msg, operation="remove placement group") from exc
+    release_ports(pg.id.hex())  # what the blocking port probes gave it, by default
+
+
+def build_pg(
+    bundles: Sequence[Mapping[str, float]],
+    strategy: BundleStrategy | str,
+    *,
+    name: str,
+    bundle_label_selector: Sequence[Mapping[str, str]] | None = None,
+    ready_timeout_s: float = 60.0,
+) -> PlacementGroup:
+    """Create a detached, named placement group and wait until it is ready (blocking).
+
+    The group lives in the namespace this driver connected with. ``strategy`` is a
+    `BundleStrategy` or its name (``"STRICT_PACK"``, ``"STRICT_SPREAD"``).
+
+    Raises:
+        PlacementGroupTimeoutError: not ready in time; the group was removed. Its
+            ``scheduling_state`` tells `GroupStatus.INFEASIBLE` from `GroupStatus.NO_RESOURCES`.
+        InvalidSpecError: Ray rejected the bundles or selectors as malformed.
+        BackendError: any other Ray failure (a duplicate name, a lost connection...).
+    """
+    check_timeout(ready_timeout_s, "ready_timeout_s")
+    pg = create_group(bundles, strategy, name=name, bundle_label_selector=bundle_label_selector)
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
+        if ready:
+            ray.get(ready[0])
+            return pg
+    except Exception as exc:  # the Ray error-mapping boundary
+        remove_group(pg)
+        msg = f"placement group {name} failed: {exc}"
+        raise BackendError(msg, operation="wait for placement group") from exc
+    state = status_of(pg)
+    remove_group(pg)
+    raise PlacementGroupTimeoutError(group=name, timeout_s=ready_timeout_s, scheduling_state=state)
+
+
+def build_replica_pg(
+    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float = 60.0
+) -> PlacementGroup:
+    """`build_pg` for one replica's `ReplicaBundleSpec`."""
+    return build_pg(
+        spec.bundles,
+        spec.strategy,
+        name=name,
+        bundle_label_selector=spec.bundle_label_selector,
+        ready_timeout_s=ready_timeout_s,
+    )
+
+
+def group_states(prefix: str = "") -> dict[str, GroupStatus]:
+    """Name -> `GroupStatus` of the groups named ``prefix...`` (of every namespace).
+
+    Reads ``placement_group_table()``, which keeps removed groups: when a name was used again,
+    the live group's state wins over the removed ones'.
+    """
+    states: dict[str, GroupStatus] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if name and name.startswith(prefix) and not states.get(name, GroupStatus.REMOVED).is_live:
+            states[name] = _status_from(info)
+    return states
+
+
+def bundle_nodes(prefix: str = "") -> dict[str, dict[int, str]]:
+    """Name -> {bundle index: node id} of the created groups named ``prefix...``.
+
+    Where each bundle of a live group landed, as Ray's table says (of every namespace).
+    """
+    found: dict[str, dict[int, str]] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if name.startswith(prefix) and _status_from(info) is GroupStatus.CREATED:
+            found[name] = {int(i): str(n) for i, n in info["bundles_to_node_id"].items()}
+    return found
+
+
+def remove_named_pgs_with_prefix(prefix: str) -> int:
+    """Remove every live placement group of this namespace named ``prefix...``; returns how many.
+
+    ``placement_group_table()`` lists the groups of every namespace, but only groups of the
+    namespace this driver connected with are removed: a name is looked up in that namespace
+    first, so another service's groups with the same names are left alone.
+
+    Raises:
+        InvalidSpecError: ``prefix`` is empty (it would remove every named group).
+        BackendError: Ray failed to list or remove the groups.
+    """
+    if not isinstance(prefix, str) or not prefix:
+        msg = "refusing to remove placement groups with an empty prefix"
+        raise InvalidSpecError(msg, field="prefix")
+    try:
+        names = {
+            str(info["name"])
+            for info in placement_group_table().values()
+            if str(info.get("name", "")).startswith(prefix) and info.get("state") != "REMOVED"
+        }
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot list placement groups: {exc}"
+        raise BackendError(msg, operation="list placement groups") from exc
+    removed = 0
+    for name in sorted(names):
+        try:
+            pg = get_placement_group(name)
+        except ValueError:
+            continue  # not in this namespace
+        remove_group(pg)
+        removed += 1
+    return removed
+
+
+def get_held_groups(root: str = GROUP_NAME_ROOT) -> dict[str, tuple[NodeAssignment, ...]]:
+    """The GPUs that live groups named ``root<deployment>:r<replica>`` of this namespace hold.
+
+    For a new service to start from what Ray really holds: a detached group of an earlier run
+    keeps its GPUs. Only ``CREATED`` groups are counted (a pending group holds nothing yet);
+    GPU ordinals are not known to Ray's table, so each assignment lists the GPU count as
+    ordinals ``0..n-1`` for the ledger to re-number.
+    """
+    held: dict[str, list[NodeAssignment]] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if not name.startswith(root) or _status_from(info) is not GroupStatus.CREATED:
+            continue
+        deployment, _, replica = name[len(root) :].rpartition(":r")
+        if not deployment or not replica.isdigit():
+            continue
+        try:
+            get_placement_group(name)  # only groups of this namespace
+        except ValueError:
+            continue
+        for index, node in sorted(info["bundles_to_node_id"].items()):
+            gpus = int(info["bundles"].get(index, {}).get("GPU", 0))
+            if gpus:
+                held.setdefault(deployment, []).append(
+                    NodeAssignment(replica_index=int(replica), node=node, gpus=tuple(range(gpus)))
+                )
+    return {name: tuple(assignments) for name, assignments in held.items()}

@@ -1,0 +1,143 @@
+"""One `Place` as one call: every replica's nodes (and GPUs), or a typed refusal.
+
+`decide_placement` is the whole decision of the DeploymentPlacementActor for one deployment:
+it checks the nodes the constraints name, picks the local or remote path, and reserves on the
+ledgers all or nothing (`reserve_local_replicas` for GPU replicas, the egress choice for remote
+ones). The actor keeps its records and talks to the planner; it never climbs back into the
+policies halfway through a decision. Placing lost replicas again is the same call, with the
+replica indexes to place and what the deployment still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from placement_actors.domain.constraints import EgressKey, PlacementConstraints
+from placement_actors.domain.deployments import Deployment, RemoteNetwork
+from placement_actors.domain.errors import InvalidSpecError, NoEgressNodesError
+from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
+from placement_actors.domain.results import NodeAssignment, Rejection
+from placement_actors.policies.egress_ledger import EgressLedger
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
+
+__all__ = ["PlacementRules", "decide_placement", "egress_key"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementRules:
+    """The service's own settings that every decision follows.
+
+    Attributes:
+        avoid: nodes never to use for local replicas (head nodes, when head exclusion is on).
+        max_remote_replicas: the most replicas one remote deployment may ask for.
+    """
+
+    avoid: frozenset[str] = frozenset()
+    max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS
+
+
+def egress_key(deployment: Deployment) -> EgressKey | None:
+    """The (provider, api key) remote replicas are counted under; ``None`` for a local one."""
+    transport = deployment.transport_kind()
+    if isinstance(transport, RemoteNetwork):
+        return (transport.provider, deployment.api_key)
+    return None
+
+
+def decide_placement(
+    gpus: GpuLedger,
+    egress: EgressLedger,
+    deployment: Deployment,
+    constraints: PlacementConstraints,
+    *,
+    rules: PlacementRules = PlacementRules(),
+    indexes: Sequence[int] | None = None,
+    own: Sequence[NodeAssignment] = (),
+) -> tuple[NodeAssignment, ...]:
+    """Reserve ``deployment``'s replicas on the ledgers, all or nothing, and return where they go.
+
+    Args:
+        gpus: the free-GPU ledger (changed only when the whole request fits).
+        egress: the egress ledger (likewise).
+        deployment: what to place.
+        constraints: where it may go.
+        rules: the service's settings.
+        indexes: the replica indexes to place (local replicas placed again); ``None`` for all.
+        own: what the deployment still holds (its other replicas), for honest refusals.
+
+    Returns:
+        One `NodeAssignment` per replica and node, in replica order.
+
+    Raises:
+        InvalidSpecError: the constraints name a node the ledgers do not know, or a remote
+            deployment asks for more than ``rules.max_remote_replicas`` replicas.
+        NoGpuNodesError, NotEnoughGpusError, NoEgressNodesError: it does not fit, with every
+            node's reason.
+    """
+    unknown = sorted(constraints.named_nodes() - gpus.node_set() - egress.node_set())
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""  # noqa: PLR2004
+        msg = f"constraints name nodes the service does not know: {shown}{more}"
+        raise InvalidSpecError(msg, field="constraints")
+    key = egress_key(deployment)
+    if key is not None:
+        return _remote(egress, deployment, constraints, key, rules)
+    allowed = None
+    if constraints.gpu_nodes is not None:
+        allowed = frozenset(constraints.gpu_nodes) & gpus.node_set()
+    request = LocalRequest(
+        deployment=deployment.name,
+        gpus=deployment.gpus_per_replica,
+        replicas=deployment.replicas,
+        indexes=None if indexes is None else tuple(indexes),
+        strategy=constraints.strategy,
+        allowed=allowed,
+        avoid=rules.avoid,
+        own=tuple(own),
+        no_nodes_named=constraints.gpu_nodes == (),
+    )
+    return reserve_local_replicas(gpus, request)
+
+
+def _remote(
+    egress: EgressLedger,
+    deployment: Deployment,
+    constraints: PlacementConstraints,
+    key: EgressKey,
+    rules: PlacementRules,
+) -> tuple[NodeAssignment, ...]:
+    provider = key[0]
+    if deployment.replicas > rules.max_remote_replicas:
+        msg = (
+            f"deployment {deployment.name} asks for more remote replicas than the service's "
+            f"limit of {rules.max_remote_replicas}"
+        )
+        raise InvalidSpecError(msg, field="replicas")
+    allowed = (
+        egress.node_ids()
+        if constraints.egress_nodes is None
+        else [n for n in constraints.egress_nodes if n in egress]
+    )
+    if not allowed:
+        rejections = tuple(
+            Rejection(node_id=n, reason="has no egress", requested=1, available=0)
+            for n in sorted(constraints.egress_nodes or ())[:100]
+        )
+        msg = f"deployment {deployment.name} calls {provider.value}; no allowed node has egress"
+        raise NoEgressNodesError(
+            msg, deployment=deployment.name, provider=provider, rejections=rejections
+        )
+    told = frozenset(constraints.egress_preference.get(key, ()))
+    nodes = egress.choose_many(
+        deployment.replicas,
+        allowed=allowed,
+        preferred=told | egress.serving(key),
+        strategy=constraints.egress_strategy,
+    )
+    egress.add_many(nodes, key)
+    return tuple(
+        NodeAssignment(replica_index=replica, node=node) for replica, node in enumerate(nodes)
+    )

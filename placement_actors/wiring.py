@@ -1,0 +1,69 @@
+"""One wiring of the service on Ray: `start_on_ray`.
+
+The service host, the command line, ``make run``, the README and the docs all start the actors
+this way, so they are wired the same everywhere. Ray is imported only when it is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+
+from placement_actors.actors.deployment_placement import DeploymentPlacementActor
+from placement_actors.actors.planning import PlanningActor
+from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
+from placement_actors.settings import head_exclusion
+
+__all__ = ["start_on_ray"]
+
+
+def start_on_ray(
+    address: str | None = None,
+    *,
+    ready_timeout_s: float = 60.0,
+    ignore_head_node: bool | None = None,
+    max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
+    planner_timeout_s: float = 30.0,
+) -> pykka.ActorRef[DeploymentPlacementActor]:
+    """Start the placement service on Ray in this process; returns its front door.
+
+    Connects to the cluster at ``address`` (``None``: the one this process is connected to, else
+    ``RAY_ADDRESS``, else a new local one), reads its alive nodes, egress labels and the GPUs
+    that groups of an earlier run still hold, and starts a `PlanningActor` and the
+    `DeploymentPlacementActor` wired to it. Stopping the returned actor stops the planner too;
+    the placement groups are detached and stay until released. The connection to Ray stays
+    open (``ray.shutdown()`` or the `LocalCluster` context closes it).
+
+    Args:
+        address: the Ray cluster's address.
+        ready_timeout_s: how long Ray may take to make each placement group ready.
+        ignore_head_node: keep local replicas off head nodes; ``None`` reads
+            ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
+        max_remote_replicas: the most replicas one remote deployment may ask for.
+        planner_timeout_s: how long the placement actor waits for the planner's immediate reply.
+
+    Raises:
+        BackendError: Ray could not be reached or read.
+        InvalidSpecError: a setting is out of range.
+    """
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only here
+
+    on_ray.connect(address)
+    planner: pykka.ActorRef[Any] = PlanningActor.start(
+        backend=on_ray.RayBackend(), ready_timeout_s=ready_timeout_s
+    )
+    try:
+        return DeploymentPlacementActor.start(
+            topology=on_ray.get_cluster_topology(),
+            egress_nodes=on_ray.get_egress_nodes(),
+            planner=planner,
+            ignore_head_node=head_exclusion(ignore_head_node),
+            planner_timeout_s=planner_timeout_s,
+            held=on_ray.get_held_groups(),
+            max_remote_replicas=max_remote_replicas,
+            stops_planner=True,
+        )
+    except BaseException:
+        planner.stop()
+        raise

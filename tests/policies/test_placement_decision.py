@@ -1,0 +1,128 @@
+import pytest
+
+from placement_actors import (
+    ApiKey,
+    Deployment,
+    EgressStrategy,
+    InvalidSpecError,
+    NodeTopology,
+    NoEgressNodesError,
+    NotEnoughGpusError,
+    PlacementConstraints,
+    ProviderKind,
+)
+from placement_actors.policies.egress_ledger import EgressLedger
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.placement_decision import (
+    PlacementRules,
+    decide_placement,
+    egress_key,
+)
+
+
+def ledgers() -> tuple[GpuLedger, EgressLedger]:
+    gpus = GpuLedger(NodeTopology(node_id=n, num_gpus=g) for n, g in (("a", 4), ("b", 8)))
+    return gpus, EgressLedger(["e1", "e2"])
+
+
+def local(name: str = "d", *, gpus: int = 1, replicas: int = 1) -> Deployment:
+    return Deployment(name=name, model="meta-llama/x", gpus=gpus, replicas=replicas)
+
+
+def test_one_call_places_every_local_replica_and_reserves_it() -> None:
+    gpu_ledger, egress_ledger = ledgers()
+    assignments = decide_placement(
+        gpu_ledger, egress_ledger, local(gpus=4, replicas=3), PlacementConstraints()
+    )
+    assert [(a.replica_index, a.node, len(a.gpus)) for a in assignments] == [
+        (0, "a", 4),  # best fit: a is left with 0
+        (1, "b", 4),
+        (2, "b", 4),
+    ]
+    assert gpu_ledger.total_free() == 0
+
+
+def test_one_call_places_remote_replicas_on_distinct_egress_nodes() -> None:
+    gpu_ledger, egress_ledger = ledgers()
+    api = Deployment(name="api", model="gpt-4o", replicas=2, api_key=ApiKey("sk-x"))
+    assignments = decide_placement(gpu_ledger, egress_ledger, api, PlacementConstraints())
+    assert sorted(a.node for a in assignments) == ["e1", "e2"]
+    assert egress_key(api) == (ProviderKind.OPENAI, ApiKey("sk-x"))
+    packed = decide_placement(
+        gpu_ledger,
+        egress_ledger,
+        Deployment(name="api2", model="gpt-4o", replicas=2, api_key=ApiKey("sk-y")),
+        PlacementConstraints(egress_strategy=EgressStrategy.PACK),
+    )
+    assert len({a.node for a in packed}) == 1  # a new key: one node, one rate limiter
+
+
+@pytest.mark.parametrize(
+    ("deployment", "constraints", "error", "match"),
+    [
+        (local(), PlacementConstraints(gpu_nodes=("z",)), InvalidSpecError, "'z'"),
+        (local(gpus=16), PlacementConstraints(), NotEnoughGpusError, "not even on an empty"),
+        (
+            Deployment(name="api", model="gpt-4o", replicas=3),
+            PlacementConstraints(),
+            InvalidSpecError,
+            "limit of 2",
+        ),
+        (
+            Deployment(name="api", model="gpt-4o"),
+            PlacementConstraints(egress_nodes=("a",)),
+            NoEgressNodesError,
+            "no allowed node has egress",
+        ),
+    ],
+    ids=["unknown-node", "never-fits", "remote-over-limit", "no-egress-allowed"],
+)
+def test_a_refusal_reserves_nothing(
+    deployment: Deployment,
+    constraints: PlacementConstraints,
+    error: type[Exception],
+    match: str,
+) -> None:
+    gpu_ledger, egress_ledger = ledgers()
+    with pytest.raises(error, match=match):
+        decide_placement(
+            gpu_ledger,
+            egress_ledger,
+            deployment,
+            constraints,
+            rules=PlacementRules(max_remote_replicas=2),
+        )
+    assert gpu_ledger.total_free() == 12
+    assert [egress_ledger.load(n) for n in egress_ledger.node_ids()] == [0, 0]
+
+
+def test_lost_replicas_are_placed_again_by_the_same_call() -> None:
+    gpu_ledger, egress_ledger = ledgers()
+    deployment = local(gpus=4, replicas=2)
+    first = decide_placement(gpu_ledger, egress_ledger, deployment, PlacementConstraints())
+    lost = first[1]
+    gpu_ledger.release(lost.node, lost.gpus, "d")
+    again = decide_placement(
+        gpu_ledger,
+        egress_ledger,
+        deployment,
+        PlacementConstraints(),
+        indexes=[1],
+        own=first[:1],
+    )
+    assert [a.replica_index for a in again] == [1]
+    assert gpu_ledger.total_free() == 4
+
+
+def test_head_nodes_are_kept_off_by_the_rules() -> None:
+    gpu_ledger = GpuLedger(
+        (NodeTopology(node_id="h", num_gpus=8, is_head=True), NodeTopology(node_id="w", num_gpus=2))
+    )
+    rules = PlacementRules(avoid=frozenset({"h"}))
+    with pytest.raises(NotEnoughGpusError) as caught:
+        decide_placement(
+            gpu_ledger, EgressLedger([]), local(gpus=4), PlacementConstraints(), rules=rules
+        )
+    reasons = {r.node_id: r.reason for r in caught.value.rejections}
+    assert reasons["h"] == "is a head node (head exclusion is on)"
+    assert not caught.value.retryable  # 2 GPUs on the only allowed node, whatever is released

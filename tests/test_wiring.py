@@ -1,0 +1,51 @@
+"""`start_on_ray`: both actors wired together on the real Ray test cluster."""
+
+from typing import Any
+
+import pykka
+import pytest
+
+from placement_actors import (
+    Deployment,
+    DeploymentPlacementActor,
+    GetReplicaGroups,
+    InvalidSpecError,
+    NodeTopology,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    PlanningActor,
+    Release,
+    ReplicaGroupsView,
+    start_on_ray,
+)
+
+TIMEOUT = 60
+
+pytestmark = pytest.mark.usefixtures("ray_nodes")
+
+
+def test_start_on_ray_wires_both_actors_and_stopping_it_stops_the_planner(
+    ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    service = start_on_ray(ray_cluster.address, ready_timeout_s=30)
+    place = Place(
+        Deployment(name="wired", model="m", gpus=2),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-b"],)),
+    )
+    result = service.ask(place, timeout=TIMEOUT)
+    assert isinstance(result, PlacementResult)
+    assert result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+    groups = service.ask(GetReplicaGroups(), timeout=TIMEOUT)  # passed on to the planner
+    assert isinstance(groups, ReplicaGroupsView)
+    assert [g.deployment for g in groups.groups] == ["wired"]
+    assert len(pykka.ActorRegistry.get_by_class(PlanningActor)) == 1
+    service.ask(Release("wired"), timeout=TIMEOUT)
+    service.stop(timeout=TIMEOUT)
+    assert pykka.ActorRegistry.get_by_class(PlanningActor) == []
+
+
+def test_the_planners_messages_need_a_planner() -> None:
+    ref = DeploymentPlacementActor.start(topology=[NodeTopology(node_id="n", num_gpus=1)])
+    with pytest.raises(InvalidSpecError, match="needs a planner"):
+        ref.ask(GetReplicaGroups(), timeout=TIMEOUT)
