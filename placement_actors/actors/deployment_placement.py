@@ -20,11 +20,17 @@ from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
+    GetPlacement,
     GetPlacementFailure,
     GetReplicaGroups,
     GpuHolding,
+    GroupRescheduling,
+    NodeJoined,
+    NodeLost,
+    NodeState,
     NodeView,
     Place,
+    Placement,
     PlacementFailure,
     PlanReplica,
     Release,
@@ -33,11 +39,13 @@ from placement_actors.actors.messages import (
     ReplicaFailed,
     ReplicaGroupsRemoved,
     ReplicaGroupsView,
+    ReplicaLost,
+    ReplicaReplaced,
+    Subscribe,
+    Unsubscribe,
 )
 from placement_actors.domain.constraints import EgressKey
-from placement_actors.domain.deployments import (
-    is_deployment_name,
-)
+from placement_actors.domain.deployments import GROUP_NAME_ROOT, is_deployment_name
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
@@ -152,6 +160,10 @@ class DeploymentPlacementActor(KeepServingActor):
         self._planner_timeout_s = planner_timeout_s
         self._egress = EgressLedger(egress)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
+        self._exclude_heads = exclude_heads
+        self._lost: set[str] = set()
+        self._degraded: set[str] = set()
+        self._subscribers: list[pykka.ActorRef[Any]] = []
         self._placed: dict[str, _Placed] = {}
         self._failures: dict[str, CapacityError] = {}
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
@@ -165,6 +177,12 @@ class DeploymentPlacementActor(KeepServingActor):
             ReplicaFailed: self._on_replica_failed,
             GetReplicaGroups: self.ask_planner,
             RemoveReplicaGroups: self.ask_planner,
+            GetPlacement: self.get_placement,
+            Subscribe: self.subscribe,
+            Unsubscribe: self.unsubscribe,
+            NodeJoined: self._on_node_joined,
+            NodeLost: self._on_node_lost,
+            GroupRescheduling: self._on_group_rescheduling,
         }
 
     def on_stop(self) -> None:
@@ -276,8 +294,10 @@ class DeploymentPlacementActor(KeepServingActor):
                 deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
             )
         del self._placed[message.deployment]
+        self._degraded.discard(message.deployment)
         assignments = placed.result.assignments
         self._free(message.deployment, assignments, placed.egress_key)
+        self._retry_degraded()  # the freed capacity may hold what was lost elsewhere
         return Released(
             deployment=message.deployment,
             was_placed=True,
@@ -330,7 +350,177 @@ class DeploymentPlacementActor(KeepServingActor):
             ),
         )
 
+    # -- the cluster as it changes -------------------------------------------------------------
+
+    @admits(Subscribe)
+    def subscribe(self, message: Subscribe) -> None:
+        """Tell ``message.subscriber`` the cluster's events from now on; see `Subscribe`."""
+        if message.subscriber not in self._subscribers:
+            self._subscribers.append(message.subscriber)
+
+    @admits(Unsubscribe)
+    def unsubscribe(self, message: Unsubscribe) -> None:
+        """Stop telling ``message.subscriber`` events; see `Unsubscribe`."""
+        if message.subscriber in self._subscribers:
+            self._subscribers.remove(message.subscriber)
+
+    def _notify(self, event: object) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.tell(event)
+            except pykka.ActorDeadError:
+                self._subscribers.remove(subscriber)
+
+    @admits(NodeJoined)
+    def _on_node_joined(self, event: NodeJoined) -> None:
+        """A node joined: its GPUs (and egress) become placeable; degraded deployments retry."""
+        node = event.node
+        if node.node_id in self._known and node.node_id not in self._lost:
+            return  # known and alive: nothing changed
+        if node.num_gpus > 0 and node.node_id not in self._gpus:
+            self._gpus.add_node(node)
+            if node.is_head:
+                self._heads |= {node.node_id}
+                if self._exclude_heads:
+                    self._avoid |= {node.node_id}
+                    self._rules = replace(self._rules, avoid=self._avoid)
+        if event.egress:
+            self._egress.add_node(node.node_id)
+        self._lost.discard(node.node_id)
+        self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
+        logger.info("node %s joined with %d GPUs", node.node_id, node.num_gpus)
+        self._notify(event)
+        self._retry_degraded()
+
+    @admits(NodeLost)
+    def _on_node_lost(self, event: NodeLost) -> None:
+        """A node left: it leaves the ledgers, and every replica on it is lost (and re-placed)."""
+        node_id = event.node_id
+        if node_id not in self._known or node_id in self._lost:
+            return
+        if node_id in self._gpus:
+            self._gpus.remove_node(node_id)
+        self._egress.remove_node(node_id)
+        self._lost.add(node_id)
+        self._known = (
+            frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids()) | self._lost
+        )
+        for name, adopted in list(self._held.items()):
+            kept = tuple(a for a in adopted if a.node != node_id)
+            if kept:
+                self._held[name] = kept
+            else:
+                del self._held[name]
+        logger.warning("node %s left the cluster", node_id)
+        self._notify(event)
+        for name in sorted(self._placed):
+            placed = self._placed[name]
+            lost = sorted({a.replica_index for a in placed.result.assignments if a.node == node_id})
+            if lost:
+                self._lose_replicas(name, lost, node_id)
+
+    @admits(GroupRescheduling)
+    def _on_group_rescheduling(self, event: GroupRescheduling) -> None:
+        """Ray moves a group that was ready (a node under it died): the replica is lost."""
+        prefix, _, index = event.group_name.rpartition(":r")
+        name = prefix.removeprefix(GROUP_NAME_ROOT)
+        placed = self._placed.get(name)
+        if placed is None or not index.isdigit() or not prefix.startswith(GROUP_NAME_ROOT):
+            return
+        replica = int(index)
+        if any(r.replica_index == replica for r in placed.result.replicas):
+            self._lose_replicas(name, [replica], None)
+
+    def _lose_replicas(self, name: str, indexes: Sequence[int], node_id: str | None) -> None:
+        """Forget replicas whose node (or group) is gone; place them again if their Place allows."""
+        placed = self._placed[name]
+        gone = set(indexes)
+        for assignment in placed.result.assignments:
+            if assignment.replica_index not in gone:
+                continue
+            if assignment.gpus and assignment.node in self._gpus:
+                self._gpus.release(assignment.node, assignment.gpus, name)
+            if placed.egress_key is not None and assignment.node in self._egress:
+                self._egress.remove(assignment.node, placed.egress_key)
+        placed.result = replace(
+            placed.result,
+            assignments=tuple(a for a in placed.result.assignments if a.replica_index not in gone),
+            replicas=tuple(r for r in placed.result.replicas if r.replica_index not in gone),
+        )
+        if placed.egress_key is None and self._planner is not None:
+            removal = RemoveReplicaGroups(name, tuple(sorted(gone)), lost_node=node_id or "")
+            try:
+                self._ask_planner([removal])
+            except PlacementError as exc:  # an event handler is total: log, go on
+                logger.warning("could not remove the lost groups of %s: %s", name, exc)
+        will = placed.place.constraints.replace_lost
+        for index in sorted(gone):
+            self._notify(
+                ReplicaLost(
+                    deployment=name, replica_index=index, node_id=node_id, will_replace=will
+                )
+            )
+        self._degraded.add(name)
+        if will:
+            self._replace_missing(name)
+
+    def _replace_missing(self, name: str) -> None:
+        """Place a deployment's missing replicas again, on what capacity there is now."""
+        placed = self._placed[name]
+        missing = placed.missing_replicas()
+        if not missing:
+            self._degraded.discard(name)
+            return
+        deployment, constraints = placed.place.deployment, placed.place.constraints
+        try:
+            again = decide_placement(
+                self._gpus,
+                self._egress,
+                deployment,
+                constraints,
+                rules=self._rules,
+                indexes=missing,
+                own=placed.result.assignments,
+            )
+            more = PlacementResult(deployment=deployment, assignments=again)
+            if placed.egress_key is None:
+                more = self._reserve_on_cluster(more)
+        except PlacementError as exc:
+            logger.info("%s stays degraded: %s", name, exc)
+            return
+        placed.result = self._merge(placed.result, more)
+        self._degraded.discard(name)
+        for index in missing:
+            self._notify(
+                ReplicaReplaced(
+                    deployment=name,
+                    replica_index=index,
+                    placement=next((r for r in more.replicas if r.replica_index == index), None),
+                    assignments=tuple(a for a in more.assignments if a.replica_index == index),
+                )
+            )
+
+    def _retry_degraded(self) -> None:
+        for name in sorted(self._degraded):
+            placed = self._placed.get(name)
+            if placed is None:
+                self._degraded.discard(name)
+            elif placed.place.constraints.replace_lost:
+                self._replace_missing(name)
+
     # -- queries -----------------------------------------------------------------------------
+
+    @admits(GetPlacement)
+    def get_placement(self, message: GetPlacement) -> Placement:
+        """A deployment's current result, after any re-placement; see `GetPlacement`."""
+        placed = self._placed.get(message.deployment)
+        if placed is None:
+            return Placement(deployment=message.deployment, result=None)
+        return Placement(
+            deployment=message.deployment,
+            result=placed.result,
+            missing=tuple(placed.missing_replicas()),
+        )
 
     def get_cluster_view(self, message: GetClusterView | None = None) -> ClusterView:
         """Every node's capacity, free GPUs and holders."""
@@ -349,10 +539,13 @@ class DeploymentPlacementActor(KeepServingActor):
                     is_head=node_id in self._heads,
                     egress=node_id in self._egress,
                     remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,
+                    state=NodeState.LOST if node_id in self._lost else NodeState.ALIVE,
                 )
             )
         return ClusterView(
-            nodes=tuple(views), deployments=tuple(sorted({*self._placed, *self._held}))
+            nodes=tuple(views),
+            deployments=tuple(sorted({*self._placed, *self._held})),
+            degraded=tuple(sorted(n for n, p in self._placed.items() if p.missing_replicas())),
         )
 
     # -- decisions ---------------------------------------------------------------------------
@@ -434,6 +627,9 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     release = proxy_method(DeploymentPlacementActor.release)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
     get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)
+    get_placement = proxy_method(DeploymentPlacementActor.get_placement)
+    subscribe = proxy_method(DeploymentPlacementActor.subscribe)
+    unsubscribe = proxy_method(DeploymentPlacementActor.unsubscribe)
     ask_planner = proxy_method(DeploymentPlacementActor.ask_planner)
 
 

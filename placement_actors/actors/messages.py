@@ -27,6 +27,7 @@ from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
 from placement_actors.domain.limits import MAX_NODES
 from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
+from placement_actors.domain.topology import NodeTopology
 from placement_actors.domain.validation import check_count, check_text, check_timeout
 
 _NAME = 1024
@@ -37,12 +38,18 @@ __all__ = [
     "BundleProbed",
     "ClusterView",
     "GetClusterView",
+    "GetPlacement",
     "GetPlacementFailure",
     "GetReplicaGroups",
     "GpuHolding",
+    "GroupRescheduling",
     "GroupState",
+    "NodeJoined",
+    "NodeLost",
+    "NodeState",
     "NodeView",
     "Place",
+    "Placement",
     "PlacementFailure",
     "PlacementGroupFailed",
     "PlacementGroupReady",
@@ -56,7 +63,11 @@ __all__ = [
     "ReplicaGroupView",
     "ReplicaGroupsRemoved",
     "ReplicaGroupsView",
+    "ReplicaLost",
     "ReplicaPlacement",
+    "ReplicaReplaced",
+    "Subscribe",
+    "Unsubscribe",
 ]
 
 
@@ -157,6 +168,13 @@ class GpuHolding:
     deployment: str
 
 
+class NodeState(enum.Enum):
+    """Whether a node the service knows is in the cluster."""
+
+    ALIVE = "alive"
+    LOST = "lost"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeView:
     """One node as the ledger sees it.
@@ -169,6 +187,7 @@ class NodeView:
         is_head: whether the node is the cluster head.
         egress: whether remote deployments may run here.
         remote_replicas: remote replicas running here.
+        state: whether the node is alive, or was lost (a lost node holds nothing).
     """
 
     node_id: str
@@ -178,14 +197,20 @@ class NodeView:
     is_head: bool
     egress: bool
     remote_replicas: int
+    state: NodeState = NodeState.ALIVE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterView:
-    """Reply to `GetClusterView`: every node, in node-id order, and the placed deployments."""
+    """Reply to `GetClusterView`: every node, in node-id order, and the placed deployments.
+
+    ``degraded`` names the placed deployments that miss replicas (a node under them was lost and
+    nothing fits yet, or their `Place` turned re-placement off).
+    """
 
     nodes: tuple[NodeView, ...]
     deployments: tuple[str, ...]
+    degraded: tuple[str, ...] = ()
 
     def node(self, node_id: str) -> NodeView:
         """The view of one node.
@@ -249,15 +274,20 @@ class RemoveReplicaGroups:
 
     Without ``replica_indexes``: every group of the deployment, also ones an earlier run of the
     service left behind (found by name prefix). With them: only those replicas' tracked groups.
-    Unresolved futures of removed groups fail with `PlacementCancelledError`; their ports are
-    forgotten. Reply: `ReplicaGroupsRemoved`.
+    Unresolved futures of removed groups fail with `PlacementCancelledError`, or with
+    `NodeLostError` when ``lost_node`` is given (``""``: Ray rescheduled the group, node unknown);
+    their ports are forgotten.
+    Reply: `ReplicaGroupsRemoved`.
     """
 
     deployment: str
     replica_indexes: tuple[int, ...] | None = None
+    lost_node: str | None = None
 
     def __post_init__(self) -> None:
-        """Check the name and the indexes."""
+        """Check the name, the indexes and the node."""
+        if self.lost_node is not None:
+            check_text(self.lost_node, "lost_node", longest=_NAME)
         check_text(self.deployment, "deployment", longest=_NAME)
         if self.replica_indexes is not None:
             if not isinstance(self.replica_indexes, tuple) or len(self.replica_indexes) > MAX_NODES:
@@ -423,3 +453,129 @@ class BundleProbeFailed:
         _check_group(self.group_name, self.attempt)
         check_count(self.bundle_index, "bundle_index")
         _check_error(self.error)
+
+
+# -- the cluster as it changes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeJoined:
+    """Event (from the cluster watcher, and to subscribers): a node joined the cluster.
+
+    Attributes:
+        node: the node, with its GPUs, head flag and labels.
+        egress: whether it may run remote deployments.
+    """
+
+    node: NodeTopology
+    egress: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        if not isinstance(self.node, NodeTopology) or not isinstance(self.egress, bool):
+            msg = "NodeJoined needs a NodeTopology and an egress flag"
+            raise InvalidSpecError(msg, field="node")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeLost:
+    """Event (from the cluster watcher, and to subscribers): a node left the cluster."""
+
+    node_id: str
+
+    def __post_init__(self) -> None:
+        """Check the node id."""
+        check_text(self.node_id, "node_id", longest=_NAME)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRescheduling:
+    """Event (from the cluster watcher): Ray is rescheduling a group that was ready."""
+
+    group_name: str
+
+    def __post_init__(self) -> None:
+        """Check the group name."""
+        check_text(self.group_name, "group_name", longest=_NAME)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaLost:
+    """Event to subscribers: a replica lost its group; its old futures failed with NodeLostError.
+
+    Attributes:
+        deployment: the deployment's name.
+        replica_index: which replica.
+        node_id: the lost node, or ``None`` when Ray rescheduled the group.
+        will_replace: whether the service places it again (its `Place` allows it).
+    """
+
+    deployment: str
+    replica_index: int
+    node_id: str | None
+    will_replace: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaReplaced:
+    """Event to subscribers: a lost replica was placed again, with new futures."""
+
+    deployment: str
+    replica_index: int
+    placement: ReplicaPlacement | None
+    assignments: tuple[NodeAssignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Command: tell ``subscriber`` the cluster's events from now on. Reply: ``None``.
+
+    The events: `NodeJoined`, `NodeLost`, `ReplicaLost` and `ReplicaReplaced`. Idempotent.
+    """
+
+    subscriber: pykka.ActorRef[Any]
+
+    def __post_init__(self) -> None:
+        """Check that the subscriber is an actor."""
+        if not isinstance(self.subscriber, pykka.ActorRef):
+            msg = f"a subscriber is a pykka ActorRef, got {type(self.subscriber).__name__}"
+            raise InvalidSpecError(msg, field="subscriber")
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Command: stop telling ``subscriber`` events. Idempotent. Reply: ``None``."""
+
+    subscriber: pykka.ActorRef[Any]
+
+    def __post_init__(self) -> None:
+        """Check that the subscriber is an actor."""
+        if not isinstance(self.subscriber, pykka.ActorRef):
+            msg = f"a subscriber is a pykka ActorRef, got {type(self.subscriber).__name__}"
+            raise InvalidSpecError(msg, field="subscriber")
+
+
+@dataclass(frozen=True, slots=True)
+class GetPlacement:
+    """Query: a deployment's current result (after any re-placement). Reply: `Placement`."""
+
+    deployment: str
+
+    def __post_init__(self) -> None:
+        """Check the name."""
+        check_text(self.deployment, "deployment", longest=_NAME)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Reply to `GetPlacement`.
+
+    Attributes:
+        deployment: the name asked about.
+        result: its current result, or ``None`` when it is not placed.
+        missing: replica indexes that have no placement now (lost, not placed again yet).
+    """
+
+    deployment: str
+    result: PlacementResult | None
+    missing: tuple[int, ...] = ()

@@ -41,6 +41,7 @@ from placement_actors.domain.deployments import group_name, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
     InvalidSpecError,
+    NodeLostError,
     PlacementCancelledError,
     PlacementError,
     PlacementGroupTimeoutError,
@@ -205,7 +206,12 @@ class PlanningActor(KeepServingActor):
             if group.timer is not None:
                 group.timer.cancel()
             self._ports.release(name)
-            self._settle_all(group, PlacementCancelledError(group=name))
+            self._settle_all(
+                group,
+                PlacementCancelledError(group=name)
+                if message.lost_node is None
+                else NodeLostError(group=name, node_id=message.lost_node or None),
+            )
             if indexes is not None and group.state is not GroupState.FAILED:
                 self._backend.remove_group(group.handle)
                 removed += 1

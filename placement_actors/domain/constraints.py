@@ -83,6 +83,8 @@ class PlacementConstraints:
             what the service itself remembers.
         strategy: how local replicas are spread (`GpuStrategy`).
         egress_strategy: how remote replicas are spread (`EgressStrategy`).
+        replace_lost: place a replica again, elsewhere, when a node under it is lost (the
+            default); ``False`` leaves the deployment degraded until it is placed again.
     """
 
     gpu_nodes: tuple[str, ...] | None = None
@@ -92,6 +94,7 @@ class PlacementConstraints:
     )
     strategy: GpuStrategy = GpuStrategy.PACK
     egress_strategy: EgressStrategy = EgressStrategy.SPREAD
+    replace_lost: bool = True
 
     def __post_init__(self) -> None:
         """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
@@ -106,6 +109,9 @@ class PlacementConstraints:
                 f"got {type(self.egress_strategy).__name__}"
             )
             raise InvalidSpecError(msg, field="egress_strategy")
+        if not isinstance(self.replace_lost, bool):
+            msg = f"replace_lost must be true or false, got {type(self.replace_lost).__name__}"
+            raise InvalidSpecError(msg, field="replace_lost")
         if not isinstance(self.egress_preference, Mapping):
             msg = "egress_preference must map (provider, api key) to node ids"
             raise InvalidSpecError(msg, field="egress_preference")

@@ -13,6 +13,7 @@ caller would naturally catch, and carries structured fields, not only text::
     │   └── NotEnoughGpusError               GPU nodes exist, but none has enough free GPUs
     ├── PlacementGroupTimeoutError (TimeoutError)  Ray did not make a group ready in time
     ├── PlacementCancelledError              a replica was released before its group was ready
+    ├── NodeLostError                        a node under a replica left the cluster
     └── BackendError (RuntimeError)          the cluster backend (Ray) failed
 
 `CapacityError.retryable` separates "no room now" (capacity is held by others; retry after a
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidSpecError",
     "NoEgressNodesError",
     "NoGpuNodesError",
+    "NodeLostError",
     "NotEnoughGpusError",
     "PlacementCancelledError",
     "PlacementError",
@@ -277,3 +279,22 @@ class PlacementCancelledError(PlacementError):
         """Create the error for ``group``."""
         super().__init__(f"placement group {group} was removed before it was ready")
         self.group = group
+
+
+class NodeLostError(PlacementError):
+    """A node under the replica left the cluster (or Ray moved its group); the group was removed.
+
+    The replica is placed again elsewhere unless its `Place` turned that off; its new futures
+    come with the deployment's current result.
+
+    Attributes:
+        group: the placement group's name.
+        node_id: the node that was lost, or ``None`` when Ray moved the group without saying why.
+    """
+
+    def __init__(self, *, group: str, node_id: str | None) -> None:
+        """Create the error for ``group``, lost with ``node_id``."""
+        where = f"node {node_id} left the cluster" if node_id else "Ray is rescheduling it"
+        super().__init__(f"placement group {group} was lost: {where}")
+        self.group = group
+        self.node_id = node_id

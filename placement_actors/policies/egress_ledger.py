@@ -108,6 +108,26 @@ class EgressLedger:
             self._load[node_id] += count
         self._serving.setdefault(key, Counter()).update(counts)
 
+    def add_node(self, node_id: str) -> None:
+        """Take an egress node that joined the cluster (no-op when it is known already)."""
+        if node_id not in self._load:
+            self._load[node_id] = 0
+            self._load = dict(sorted(self._load.items()))
+
+    def remove_node(self, node_id: str) -> dict[EgressKey, int]:
+        """Forget an egress node that left; returns how many replicas of each key ran there."""
+        if node_id not in self._load:
+            return {}
+        del self._load[node_id]
+        lost: dict[EgressKey, int] = {}
+        for key in list(self._serving):
+            count = self._serving[key].pop(node_id, 0)
+            if count:
+                lost[key] = count
+            if not self._serving[key]:
+                del self._serving[key]
+        return lost
+
     def remove(self, node_id: str, key: EgressKey) -> None:
         """Count one replica for ``key`` on ``node_id`` less."""
         nodes = self._serving.get(key)

@@ -270,6 +270,51 @@ class GpuLedger:
         self._move(node_id, before, len(free))
         self._total_free += len(wanted)
 
+    def add_node(self, node: NodeTopology) -> None:
+        """Take a node that joined the cluster, all its GPUs free.
+
+        Raises:
+            InvalidSpecError: the ledger knows a node of that id already.
+        """
+        if node.node_id in self._nodes:
+            msg = f"node {node.node_id} is on the ledger already"
+            raise InvalidSpecError(msg, field="node_id")
+        if node.num_gpus > self._max_capacity:
+            grow = node.num_gpus - self._max_capacity
+            self._by_free.extend([] for _ in range(grow))
+            self._by_capacity.extend([0] * grow)
+            self._max_capacity = node.num_gpus
+        self._nodes[node.node_id] = node
+        bisect.insort(self._sorted_ids, node.node_id)
+        self._node_set = frozenset(self._nodes)
+        self._free[node.node_id] = list(range(node.num_gpus))
+        self._held[node.node_id] = {}
+        bisect.insort(self._by_free[node.num_gpus], node.node_id)
+        self._by_capacity[node.num_gpus] += 1
+        self._total_capacity += node.num_gpus
+        self._total_free += node.num_gpus
+
+    def remove_node(self, node_id: str) -> dict[int, str]:
+        """Forget a node that left the cluster; returns what was held there (ordinal -> holder).
+
+        The holders lose those GPUs: the caller decides what becomes of their replicas.
+
+        Raises:
+            InvalidSpecError: the node is unknown.
+        """
+        free = self._free_list(node_id)
+        node = self._nodes.pop(node_id)
+        held = self._held.pop(node_id)
+        del self._free[node_id]
+        bucket = self._by_free[len(free)]
+        del bucket[bisect.bisect_left(bucket, node_id)]
+        del self._sorted_ids[bisect.bisect_left(self._sorted_ids, node_id)]
+        self._node_set = frozenset(self._nodes)
+        self._by_capacity[node.num_gpus] -= 1
+        self._total_capacity -= node.num_gpus
+        self._total_free -= len(free)
+        return dict(sorted(held.items()))
+
     def _free_list(self, node_id: str) -> list[int]:
         try:
             return self._free[node_id]

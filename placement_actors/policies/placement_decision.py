@@ -64,7 +64,7 @@ def decide_placement(
         deployment: what to place.
         constraints: where it may go.
         rules: the service's settings.
-        indexes: the replica indexes to place (local replicas placed again); ``None`` for all.
+        indexes: the replica indexes to place (lost replicas placed again); ``None`` for all.
         own: what the deployment still holds (its other replicas), for honest refusals.
 
     Returns:
@@ -84,7 +84,7 @@ def decide_placement(
         raise InvalidSpecError(msg, field="constraints")
     key = egress_key(deployment)
     if key is not None:
-        return _remote(egress, deployment, constraints, key, rules)
+        return _remote(egress, deployment, constraints, key, rules=rules, indexes=indexes)
     allowed = None
     if constraints.gpu_nodes is not None:
         allowed = frozenset(constraints.gpu_nodes) & gpus.node_set()
@@ -107,7 +107,9 @@ def _remote(
     deployment: Deployment,
     constraints: PlacementConstraints,
     key: EgressKey,
+    *,
     rules: PlacementRules,
+    indexes: Sequence[int] | None,
 ) -> tuple[NodeAssignment, ...]:
     provider = key[0]
     if deployment.replicas > rules.max_remote_replicas:
@@ -131,13 +133,15 @@ def _remote(
             msg, deployment=deployment.name, provider=provider, rejections=rejections
         )
     told = frozenset(constraints.egress_preference.get(key, ()))
+    wanted = list(range(deployment.replicas)) if indexes is None else list(indexes)
     nodes = egress.choose_many(
-        deployment.replicas,
+        len(wanted),
         allowed=allowed,
         preferred=told | egress.serving(key),
         strategy=constraints.egress_strategy,
     )
     egress.add_many(nodes, key)
     return tuple(
-        NodeAssignment(replica_index=replica, node=node) for replica, node in enumerate(nodes)
+        NodeAssignment(replica_index=replica, node=node)
+        for replica, node in zip(wanted, nodes, strict=True)
     )

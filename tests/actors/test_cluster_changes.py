@@ -1,0 +1,213 @@
+"""Nodes that join and leave, told to a DeploymentPlacementActor as messages (no Ray)."""
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ClusterView,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    NodeTopology,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    Release,
+)
+from placement_actors.actors.messages import (
+    GetPlacement,
+    GroupRescheduling,
+    NodeJoined,
+    NodeLost,
+    NodeState,
+    Placement,
+    ReplicaLost,
+    ReplicaReplaced,
+    Subscribe,
+    Unsubscribe,
+)
+
+TIMEOUT = 5
+TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
+
+Ref = pykka.ActorRef[DeploymentPlacementActor]
+
+
+class Listener(pykka.ThreadingActor):
+    """A subscriber that queues every event it is told."""
+
+    def __init__(self, events: "queue.Queue[object]") -> None:
+        super().__init__()
+        self.events = events
+
+    def on_receive(self, message: Any) -> None:
+        self.events.put(message)
+
+
+@pytest.fixture
+def actor() -> Iterator[Ref]:
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, egress_nodes=("e1", "e2"))
+    yield ref
+    ref.stop(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def events(actor: Ref) -> Iterator["queue.Queue[object]"]:
+    found: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(found)
+    actor.ask(Subscribe(listener), timeout=TIMEOUT)
+    yield found
+    listener.stop()
+
+
+def place(actor: Ref, deployment: Deployment, **constraints: object) -> PlacementResult:
+    result = actor.ask(
+        Place(deployment, PlacementConstraints(**constraints)),  # type: ignore[arg-type]
+        timeout=TIMEOUT,
+    )
+    assert isinstance(result, PlacementResult)
+    return result
+
+
+def current(actor: Ref, name: str) -> Placement:
+    found = actor.ask(GetPlacement(name), timeout=TIMEOUT)
+    assert isinstance(found, Placement)
+    return found
+
+
+def view(actor: Ref) -> ClusterView:
+    found = actor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(found, ClusterView)
+    return found
+
+
+def next_event(events: "queue.Queue[object]") -> object:
+    return events.get(timeout=TIMEOUT)
+
+
+def local(name: str, *, gpus: int = 4, replicas: int = 1) -> Deployment:
+    return Deployment(name=name, model="meta-llama/x", gpus=gpus, replicas=replicas)
+
+
+def test_a_node_that_joins_makes_a_place_that_did_not_fit_fit(actor: Ref) -> None:
+    with pytest.raises(NotEnoughGpusError):
+        actor.ask(Place(local("big", gpus=16)), timeout=TIMEOUT)
+    actor.tell(NodeJoined(node=NodeTopology(node_id="c", num_gpus=16)))
+    result = place(actor, local("big", gpus=16))
+    assert [a.node for a in result.assignments] == ["c"]
+
+
+def test_a_lost_node_is_reported_and_its_replica_placed_again_elsewhere(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    first = place(actor, local("llama"))
+    lost_node = first.assignments[0].node
+    actor.tell(NodeLost(node_id=lost_node))
+    assert next_event(events) == NodeLost(node_id=lost_node)
+    assert next_event(events) == ReplicaLost(
+        deployment="llama", replica_index=0, node_id=lost_node, will_replace=True
+    )
+    replaced = next_event(events)
+    assert isinstance(replaced, ReplicaReplaced)
+    survivor = ({"a", "b"} - {lost_node}).pop()
+    assert [a.node for a in replaced.assignments] == [survivor]
+    now = current(actor, "llama")
+    assert now.result is not None
+    assert [a.node for a in now.result.assignments] == [survivor]
+    assert now.missing == ()
+    states = {n.node_id: n.state for n in view(actor).nodes}
+    assert states[lost_node] is NodeState.LOST
+
+
+def test_a_replica_that_fits_nowhere_leaves_its_deployment_degraded_until_a_node_joins(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    place(actor, local("one"))
+    place(actor, local("two"))
+    actor.tell(NodeLost(node_id="a"))
+    assert isinstance(next_event(events), NodeLost)
+    assert isinstance(next_event(events), ReplicaLost)
+    lost_name = next(name for name in ("one", "two") if current(actor, name).missing)
+    assert view(actor).degraded == (lost_name,)
+    actor.tell(NodeJoined(node=NodeTopology(node_id="c", num_gpus=4)))
+    assert isinstance(next_event(events), NodeJoined)
+    replaced = next_event(events)
+    assert isinstance(replaced, ReplicaReplaced)
+    assert replaced.deployment == lost_name
+    assert view(actor).degraded == ()
+
+
+def test_a_release_gives_a_degraded_deployment_the_capacity_it_frees(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    place(actor, local("one"))
+    place(actor, local("two"))
+    actor.tell(NodeLost(node_id="a"))
+    lost_name = next(name for name in ("one", "two") if current(actor, name).missing)
+    other = ({"one", "two"} - {lost_name}).pop()
+    actor.ask(Release(other), timeout=TIMEOUT)
+    assert current(actor, lost_name).missing == ()
+    assert view(actor).degraded == ()
+    del events
+
+
+def test_a_place_can_turn_replacement_off(actor: Ref, events: "queue.Queue[object]") -> None:
+    first = place(actor, local("pinned"), replace_lost=False)
+    actor.tell(NodeLost(node_id=first.assignments[0].node))
+    assert isinstance(next_event(events), NodeLost)
+    lost = next_event(events)
+    assert isinstance(lost, ReplicaLost)
+    assert not lost.will_replace
+    assert current(actor, "pinned").missing == (0,)
+    assert view(actor).degraded == ("pinned",)
+
+
+def test_a_lost_node_frees_what_a_split_replica_held_on_the_others(actor: Ref) -> None:
+    place(actor, local("split", gpus=8))  # 4 on a + 4 on b
+    actor.tell(NodeLost(node_id="a"))
+    nodes = {n.node_id: n for n in view(actor).nodes}
+    assert len(nodes["b"].free_gpus) == 4  # b's half was given back; nothing holds 8 any more
+    assert current(actor, "split").missing == (0,)
+
+
+def test_remote_replicas_on_a_lost_egress_node_move_to_another(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    result = place(actor, Deployment(name="api", model="gpt-4o", replicas=2))
+    assert sorted(a.node for a in result.assignments) == ["e1", "e2"]
+    actor.tell(NodeLost(node_id="e1"))
+    assert isinstance(next_event(events), NodeLost)
+    assert isinstance(next_event(events), ReplicaLost)
+    replaced = next_event(events)
+    assert isinstance(replaced, ReplicaReplaced)
+    assert [a.node for a in replaced.assignments] == ["e2"]
+    now = current(actor, "api").result
+    assert now is not None
+    assert sorted(a.replica_index for a in now.assignments) == [0, 1]
+
+
+def test_a_stray_rescheduling_event_or_a_repeated_loss_changes_nothing(actor: Ref) -> None:
+    place(actor, local("llama"))
+    before = view(actor)
+    actor.tell(GroupRescheduling(group_name="placement-actors:nobody:r0"))
+    actor.tell(GroupRescheduling(group_name="not-ours"))
+    actor.tell(NodeLost(node_id="never-known"))
+    assert view(actor) == before
+
+
+def test_an_unsubscribed_listener_hears_nothing_more(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    listener = Listener.start(events)
+    actor.ask(Subscribe(listener), timeout=TIMEOUT)
+    actor.ask(Unsubscribe(listener), timeout=TIMEOUT)
+    actor.tell(NodeJoined(node=NodeTopology(node_id="c", num_gpus=1)))
+    assert isinstance(next_event(events), NodeJoined)  # the fixture's listener only
+    with pytest.raises(queue.Empty):
+        events.get(timeout=0.2)
+    listener.stop()
