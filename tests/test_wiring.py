@@ -6,11 +6,14 @@ import pykka
 import pytest
 
 from placement_actors import (
+    ClusterView,
     Deployment,
     DeploymentPlacementActor,
+    GetClusterView,
     GetReplicaGroups,
     InvalidSpecError,
     NodeTopology,
+    NotEnoughGpusError,
     Place,
     PlacementConstraints,
     PlacementResult,
@@ -49,3 +52,35 @@ def test_the_planners_messages_need_a_planner() -> None:
     ref = DeploymentPlacementActor.start(topology=[NodeTopology(node_id="n", num_gpus=1)])
     with pytest.raises(InvalidSpecError, match="needs a planner"):
         ref.ask(GetReplicaGroups(), timeout=TIMEOUT)
+
+
+def test_gpus_another_ray_user_holds_are_never_offered(
+    ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+    from placement_actors.policies.bundle_shapes import NODE_ID_LABEL  # noqa: PLC0415
+
+    other = on_ray.build_pg(
+        [{"GPU": 3}],
+        "STRICT_PACK",
+        name="someone-elses",
+        bundle_label_selector=[{NODE_ID_LABEL: ray_nodes["gpu-a"]}],
+        ready_timeout_s=30,
+    )
+    try:
+        service = start_on_ray(ray_cluster.address)
+        view = service.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        gpu_a = view.node(ray_nodes["gpu-a"])
+        assert (gpu_a.outside, len(gpu_a.free_gpus)) == (3, 1)
+        with pytest.raises(NotEnoughGpusError):
+            service.ask(
+                Place(
+                    Deployment(name="crowded", model="m", gpus=2),
+                    PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],)),
+                ),
+                timeout=TIMEOUT,
+            )
+        service.stop(timeout=TIMEOUT)
+    finally:
+        on_ray.remove_group(other)

@@ -18,6 +18,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
+    BundleGpusKnown,
     ClusterView,
     GetClusterView,
     GetPlacement,
@@ -68,9 +69,17 @@ from placement_actors.policies.placement_decision import (
     egress_key,
 )
 
-__all__ = ["DeploymentPlacementActor", "DeploymentPlacementProxy", "deployment_placement_proxy"]
+__all__ = [
+    "OUTSIDE_HOLDER",
+    "DeploymentPlacementActor",
+    "DeploymentPlacementProxy",
+    "deployment_placement_proxy",
+]
 
 logger = logging.getLogger(__name__)
+
+OUTSIDE_HOLDER = "(outside the service)"
+"""The ledger's holder of GPUs that other Ray users hold (not a deployment name: it has spaces)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -116,6 +125,8 @@ class DeploymentPlacementActor(KeepServingActor):
             ask for as many as the allowed nodes could ever hold).
         stops_planner: stop the planner when this actor stops (it was started for this actor
             alone, as `placement_actors.start_on_ray` does).
+        outside: GPUs per node that something other than the service holds (other Ray users):
+            they are never offered, and `GetClusterView` counts them as ``outside``.
 
     With a planner, this actor is the service's one front door: `GetReplicaGroups` and
     `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back.
@@ -132,6 +143,7 @@ class DeploymentPlacementActor(KeepServingActor):
         held: Mapping[str, Sequence[NodeAssignment]] | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
         stops_planner: bool = False,
+        outside: Mapping[str, int] | None = None,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
@@ -169,6 +181,12 @@ class DeploymentPlacementActor(KeepServingActor):
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
+        for node_id, count in (outside or {}).items():
+            check_count(count, "outside")
+            if node_id in self._gpus and count:
+                taken = min(count, self._gpus.free_count(node_id))
+                if taken:
+                    self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
         self._handlers = {
             Place: self.place,
             Release: self.release,
@@ -183,6 +201,7 @@ class DeploymentPlacementActor(KeepServingActor):
             NodeJoined: self._on_node_joined,
             NodeLost: self._on_node_lost,
             GroupRescheduling: self._on_group_rescheduling,
+            BundleGpusKnown: self._on_bundle_gpus_known,
         }
 
     def on_stop(self) -> None:
@@ -256,6 +275,7 @@ class DeploymentPlacementActor(KeepServingActor):
                     rules=self._rules,
                     indexes=missing,
                     own=earlier.result.assignments,
+                    named_nodes_known=False,
                 )
                 more = PlacementResult(deployment=deployment, assignments=again)
                 earlier.result = self._merge(earlier.result, self._reserve_on_cluster(more))
@@ -350,6 +370,63 @@ class DeploymentPlacementActor(KeepServingActor):
             ),
         )
 
+    @admits(BundleGpusKnown)
+    def _on_bundle_gpus_known(self, event: BundleGpusKnown) -> None:
+        """Ray said which GPUs a bundle got: the ledger's ordinals become those devices."""
+        placed = self._placed.get(event.deployment)
+        if placed is None or not any(
+            r.replica_index == event.replica_index and r.attempt == event.attempt
+            for r in placed.result.replicas
+        ):
+            return  # about a group this record no longer holds
+        mine = next(
+            (
+                a
+                for a in placed.result.assignments
+                if a.replica_index == event.replica_index and a.node == event.node
+            ),
+            None,
+        )
+        if mine is None or mine.gpus == event.gpu_ids or event.node not in self._gpus:
+            return
+        try:
+            moves = self._gpus.renumber(event.node, event.deployment, mine.gpus, event.gpu_ids)
+        except InvalidSpecError as exc:  # an event handler is total: log, keep the ledger
+            logger.warning("could not take Ray's GPU ids for %s: %s", event.deployment, exc)
+            return
+        target = (event.replica_index, event.node)
+        self._renumbered(event.deployment, event.node, moves.get(event.deployment, {}), target)
+        placed.result = replace(
+            placed.result,
+            assignments=tuple(
+                replace(a, gpus=event.gpu_ids) if (a.replica_index, a.node) == target else a
+                for a in placed.result.assignments
+            ),
+        )
+        for holder, moved in moves.items():
+            if holder != event.deployment:
+                self._renumbered(holder, event.node, moved, None)
+
+    def _renumbered(
+        self, holder: str, node: str, moved: dict[int, int], skip: tuple[int, str] | None
+    ) -> None:
+        """Carry ledger swaps into ``holder``'s records of ``node`` (except ``skip``)."""
+        if not moved:
+            return
+
+        def moved_on(assignment: NodeAssignment) -> NodeAssignment:
+            if assignment.node != node or (assignment.replica_index, assignment.node) == skip:
+                return assignment
+            return replace(assignment, gpus=tuple(sorted(moved.get(o, o) for o in assignment.gpus)))
+
+        placed = self._placed.get(holder)
+        if placed is not None:
+            placed.result = replace(
+                placed.result, assignments=tuple(moved_on(a) for a in placed.result.assignments)
+            )
+        if holder in self._held:
+            self._held[holder] = tuple(moved_on(a) for a in self._held[holder])
+
     # -- the cluster as it changes -------------------------------------------------------------
 
     @admits(Subscribe)
@@ -428,7 +505,10 @@ class DeploymentPlacementActor(KeepServingActor):
         if placed is None or not index.isdigit() or not prefix.startswith(GROUP_NAME_ROOT):
             return
         replica = int(index)
-        if any(r.replica_index == replica for r in placed.result.replicas):
+        if any(
+            r.replica_index == replica and r.group_id == event.group_id
+            for r in placed.result.replicas
+        ):
             self._lose_replicas(name, [replica], None)
 
     def _lose_replicas(self, name: str, indexes: Sequence[int], node_id: str | None) -> None:
@@ -481,6 +561,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 rules=self._rules,
                 indexes=missing,
                 own=placed.result.assignments,
+                named_nodes_known=False,
             )
             more = PlacementResult(deployment=deployment, assignments=again)
             if placed.egress_key is None:
@@ -535,7 +616,12 @@ class DeploymentPlacementActor(KeepServingActor):
                     node_id=node_id,
                     capacity=self._gpus.capacity(node_id) if in_ledger else 0,
                     free_gpus=self._gpus.free_ordinals(node_id) if in_ledger else (),
-                    held=tuple(GpuHolding(ordinal=o, deployment=d) for o, d in holders.items()),
+                    held=tuple(
+                        GpuHolding(ordinal=o, deployment=d)
+                        for o, d in holders.items()
+                        if d != OUTSIDE_HOLDER
+                    ),
+                    outside=sum(1 for d in holders.values() if d == OUTSIDE_HOLDER),
                     is_head=node_id in self._heads,
                     egress=node_id in self._egress,
                     remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,

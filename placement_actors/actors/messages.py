@@ -25,7 +25,7 @@ import pykka
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
-from placement_actors.domain.limits import MAX_NODES
+from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODES
 from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.domain.validation import check_count, check_text, check_timeout
@@ -34,6 +34,7 @@ _NAME = 1024
 """Characters in a deployment or group name a message may carry (names are shorter still)."""
 
 __all__ = [
+    "BundleGpusKnown",
     "BundleProbeFailed",
     "BundleProbed",
     "ClusterView",
@@ -188,6 +189,8 @@ class NodeView:
         egress: whether remote deployments may run here.
         remote_replicas: remote replicas running here.
         state: whether the node is alive, or was lost (a lost node holds nothing).
+        outside: GPUs that something other than the service held when it started (other Ray
+            users); never offered, not among ``free_gpus`` nor ``held``.
     """
 
     node_id: str
@@ -198,6 +201,7 @@ class NodeView:
     egress: bool
     remote_replicas: int
     state: NodeState = NodeState.ALIVE
+    outside: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,6 +374,14 @@ def _check_group(group_name: object, attempt: object) -> None:
     check_count(attempt, "attempt")
 
 
+def _check_gpu_ids(gpu_ids: object) -> None:
+    if not isinstance(gpu_ids, tuple) or len(gpu_ids) > MAX_NODE_GPUS:
+        msg = f"gpu_ids must be a tuple of at most {MAX_NODE_GPUS} GPU ids"
+        raise InvalidSpecError(msg, field="gpu_ids")
+    for gpu in gpu_ids:
+        check_count(gpu, "gpu_ids")
+
+
 def _check_error(error: object) -> None:
     if not isinstance(error, BaseException):
         msg = f"error must be an exception, got {type(error).__name__}"
@@ -427,9 +439,11 @@ class BundleProbed:
     bundle_index: int
     node_ip: str
     port: int
+    gpu_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the fields' types and the port's range."""
+        _check_gpu_ids(self.gpu_ids)
         _check_group(self.group_name, self.attempt)
         check_count(self.bundle_index, "bundle_index")
         check_text(self.node_ip, "node_ip", longest=256)
@@ -490,13 +504,19 @@ class NodeLost:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupRescheduling:
-    """Event (from the cluster watcher): Ray is rescheduling a group that was ready."""
+    """Event (from the cluster watcher): Ray is rescheduling a group that was ready.
+
+    ``group_id`` is the cluster's id of that group: an event about an older group of the same
+    name (already replaced) changes nothing.
+    """
 
     group_name: str
+    group_id: str
 
     def __post_init__(self) -> None:
-        """Check the group name."""
+        """Check the group's name and id."""
         check_text(self.group_name, "group_name", longest=_NAME)
+        check_text(self.group_id, "group_id", longest=_NAME)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -579,3 +599,26 @@ class Placement:
     deployment: str
     result: PlacementResult | None
     missing: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleGpusKnown:
+    """Event (from the PlanningActor): the GPU ids Ray gave a bundle, found from inside it.
+
+    The DeploymentPlacementActor sets the ledger's ordinals of that replica on that node to them
+    (``attempt`` tells an event about an older group of the replica from the current one).
+    """
+
+    deployment: str
+    replica_index: int
+    attempt: int
+    node: str
+    gpu_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        """Check the fields' types."""
+        check_text(self.deployment, "deployment", longest=_NAME)
+        check_count(self.replica_index, "replica_index")
+        check_count(self.attempt, "attempt")
+        check_text(self.node, "node", longest=_NAME)
+        _check_gpu_ids(self.gpu_ids)

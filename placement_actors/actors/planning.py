@@ -22,6 +22,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 from placement_actors.actors.futures import CallbackFuture
 from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
+    BundleGpusKnown,
     BundleProbed,
     BundleProbeFailed,
     GetReplicaGroups,
@@ -83,6 +84,7 @@ class _Group:
     handle: object
     ips: list[pykka.Future[str]]
     ports: list[pykka.Future[int]]
+    gpu_ids: list[pykka.Future[tuple[int, ...]]]
     notify: pykka.ActorRef[Any] | None
     timeout_s: float
     attempt: int
@@ -147,24 +149,30 @@ class PlanningActor(KeepServingActor):
         handle = self._backend.create_group(spec, name=name)
         ips: list[pykka.Future[str]] = [CallbackFuture() for _ in message.assignments]
         ports: list[pykka.Future[int]] = [CallbackFuture() for _ in message.assignments]
+        gpu_ids: list[pykka.Future[tuple[int, ...]]] = [
+            CallbackFuture() for _ in message.assignments
+        ]
         placement = ReplicaPlacement(
             deployment=message.deployment,
             replica_index=message.replica_index,
             group_name=name,
             spec=spec,
             bundles=tuple(
-                BundleEndpoint(node=a.node, node_ip=ip, port=port)
-                for a, ip, port in zip(message.assignments, ips, ports, strict=True)
+                BundleEndpoint(node=a.node, node_ip=ip, port=port, gpu_ids=ids)
+                for a, ip, port, ids in zip(message.assignments, ips, ports, gpu_ids, strict=True)
             ),
         )
         timeout_s = message.ready_timeout_s or self._ready_timeout_s
         attempt = next(self._attempts)
-        placement = dataclasses.replace(placement, attempt=attempt)
+        placement = dataclasses.replace(
+            placement, attempt=attempt, group_id=self._backend.group_id(handle)
+        )
         group = _Group(
             placement=placement,
             assignments=message.assignments,
             handle=handle,
             ips=ips,
+            gpu_ids=gpu_ids,
             ports=ports,
             notify=message.notify,
             timeout_s=timeout_s,
@@ -315,6 +323,19 @@ class PlanningActor(KeepServingActor):
         group.resolved.add(event.bundle_index)
         group.ips[event.bundle_index].set(event.node_ip)
         group.ports[event.bundle_index].set(event.port)
+        group.gpu_ids[event.bundle_index].set(event.gpu_ids)
+        assignment = group.assignments[event.bundle_index]
+        if group.notify is not None and event.gpu_ids and event.gpu_ids != assignment.gpus:
+            _tell(
+                group.notify,
+                BundleGpusKnown(
+                    deployment=group.placement.deployment,
+                    replica_index=group.placement.replica_index,
+                    attempt=group.attempt,
+                    node=assignment.node,
+                    gpu_ids=event.gpu_ids,
+                ),
+            )
         if len(group.resolved) == len(group.assignments):
             group.state = GroupState.READY
             if group.timer is not None:
@@ -355,6 +376,7 @@ class PlanningActor(KeepServingActor):
                         bundle_index=index,
                         node_ip=outcome.node_ip,
                         port=outcome.port,
+                        gpu_ids=outcome.gpu_ids,
                     ),
                 )
             else:
@@ -366,7 +388,11 @@ class PlanningActor(KeepServingActor):
                 )
 
         self._backend.probe_bundle(
-            group.handle, index, exclude_ports=self._ports.given(), callback=report
+            group.handle,
+            index,
+            exclude_ports=self._ports.given(),
+            callback=report,
+            gpus=len(group.assignments[index].gpus),
         )
 
     def _arm_timer(self, group: _Group) -> None:
@@ -413,6 +439,7 @@ class PlanningActor(KeepServingActor):
                 group.resolved.add(index)
                 _fail_future(group.ips[index], error)
                 _fail_future(group.ports[index], error)
+                _fail_future(group.gpu_ids[index], error)
 
 
 class PlanningProxy(ActorMemberMixin, pykka.ActorProxy[PlanningActor]):

@@ -19,10 +19,15 @@ __all__ = ["BundleProbe", "ClusterBackend", "ProbeCallback", "ReadyCallback"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BundleProbe:
-    """What a probe run inside a bundle found: the node's routable IP and a port free on it."""
+    """What a probe run inside a bundle found: the node's IP, a port free on it, and its GPUs.
+
+    ``gpu_ids`` are the GPU ids Ray assigned to the bundle (what ``ray.get_gpu_ids()`` and
+    ``CUDA_VISIBLE_DEVICES`` show a worker in it), ascending; empty when not asked for.
+    """
 
     node_ip: str
     port: int
+    gpu_ids: tuple[int, ...] = ()
 
 
 ReadyCallback = Callable[[BaseException | None], None]
@@ -46,6 +51,10 @@ class ClusterBackend(Protocol):
         """Ask for a detached, named group of ``spec``'s bundles; returns before it is ready."""
         ...
 
+    def group_id(self, group: object) -> str:
+        """The cluster's own id of ``group`` (unique, unlike its name)."""
+        ...
+
     def when_ready(self, group: object, callback: ReadyCallback) -> None:
         """Arrange for ``callback`` to be called when ``group`` is ready or has failed."""
         ...
@@ -65,8 +74,12 @@ class ClusterBackend(Protocol):
         *,
         exclude_ports: frozenset[int],
         callback: ProbeCallback,
+        gpus: int = 0,
     ) -> None:
-        """Find the bundle's node IP and a free port (not in ``exclude_ports``) there."""
+        """Find the bundle's node IP, a free port (not in ``exclude_ports``) and its GPU ids.
+
+        The probe asks for the bundle's ``gpus`` GPUs, so it sees the ids Ray gave the bundle.
+        """
         ...
 
     def remove_groups_with_prefix(self, prefix: str) -> int:

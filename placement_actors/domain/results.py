@@ -6,7 +6,7 @@ import enum
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import InvalidSpecError
@@ -18,6 +18,7 @@ __all__ = [
     "BundleEndpoint",
     "BundleStrategy",
     "Eventual",
+    "Known",
     "NodeAssignment",
     "PlacementResult",
     "Rejection",
@@ -224,11 +225,34 @@ class BundleEndpoint:
         node: the node id the bundle is pinned to.
         node_ip: resolves to the node's routable IP address once the group is ready.
         port: resolves to a free port on that node, reserved for this replica.
+        gpu_ids: resolves to the GPU ids Ray gave the bundle, ascending: what
+            ``ray.get_gpu_ids()`` and ``CUDA_VISIBLE_DEVICES`` show a worker in it (found from
+            inside the bundle, as the port is). The ledger's ordinals of the bundle are set to
+            them once known.
     """
 
     node: str
     node_ip: Eventual[str] = field(compare=False)
     port: Eventual[int] = field(compare=False)
+    gpu_ids: Eventual[tuple[int, ...]] = field(compare=False, default_factory=lambda: Known(()))
+
+
+@dataclass(frozen=True, slots=True)
+class Known(Generic[_T_co]):
+    """An `Eventual` that is known already (picklable, immutable)."""
+
+    value: _T_co
+
+    def get(self, *, timeout: float | None = None) -> _T_co:
+        """The value, at once."""
+        del timeout
+        return self.value
+
+    def __await__(self) -> Generator[Any, None, _T_co]:
+        """The value, at once."""
+        if False:  # pragma: no cover - makes this a generator
+            yield
+        return self.value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +267,8 @@ class ReplicaPlacement:
         bundles: per bundle, its node and the futures of its IP and port; bundle 0 is rank 0.
         attempt: which of the planner's groups this is (a replica planned again after a failure
             gets a new group of the same name and a new attempt).
+        group_id: the cluster's own id of the group (Ray's placement-group id), which tells a
+            group from a later one of the same name.
     """
 
     deployment: str
@@ -251,6 +277,7 @@ class ReplicaPlacement:
     spec: ReplicaBundleSpec
     bundles: tuple[BundleEndpoint, ...]
     attempt: int = 0
+    group_id: str = ""
 
     @property
     def master(self) -> BundleEndpoint:

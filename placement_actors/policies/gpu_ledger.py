@@ -10,7 +10,7 @@ that owns it serialises access.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 
 from placement_actors.domain.errors import InvalidSpecError
@@ -269,6 +269,52 @@ class GpuLedger:
             bisect.insort(free, ordinal)
         self._move(node_id, before, len(free))
         self._total_free += len(wanted)
+
+    def renumber(
+        self, node_id: str, holder: str, old: Sequence[int], new: Sequence[int]
+    ) -> dict[str, dict[int, int]]:
+        """Make ``holder`` hold ordinals ``new`` of ``node_id`` instead of ``old`` (as many).
+
+        For when the cluster says which devices a holder really got: a wanted ordinal that is
+        free is taken, one held by someone else is swapped with one ``holder`` gives up. Free
+        counts do not change.
+
+        Returns:
+            For each other holder whose ordinals moved: its old ordinal -> its new one.
+
+        Raises:
+            InvalidSpecError: the node is unknown, ``holder`` does not hold ``old``, or ``new``
+                is not as many distinct ordinals of the node.
+        """
+        free = self._free_list(node_id)
+        held = self._held[node_id]
+        capacity = self._nodes[node_id].num_gpus
+        if (
+            len(set(old)) != len(old)
+            or len(set(new)) != len(new)
+            or len(old) != len(new)
+            or any(held.get(o) != holder for o in old)
+            or not all(0 <= n < capacity for n in new)
+        ):
+            msg = f"cannot renumber {holder}'s GPUs on {node_id} from {list(old)} to {list(new)}"
+            raise InvalidSpecError(msg, field="gpus")
+        given_up = sorted(set(old) - set(new))
+        moves: dict[str, dict[int, int]] = {}
+        free_set = set(free)
+        for ordinal in sorted(set(new) - set(old)):
+            other = held.get(ordinal)
+            if other is None:
+                free_set.discard(ordinal)
+            else:
+                swapped = given_up.pop(0)
+                held[swapped] = other
+                moves.setdefault(other, {})[ordinal] = swapped
+            held[ordinal] = holder
+        for ordinal in given_up:  # what no one else needed goes back to the free list
+            del held[ordinal]
+            free_set.add(ordinal)
+        self._free[node_id] = sorted(free_set)
+        return moves
 
     def add_node(self, node: NodeTopology) -> None:
         """Take a node that joined the cluster, all its GPUs free.

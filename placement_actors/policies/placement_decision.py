@@ -55,6 +55,7 @@ def decide_placement(
     rules: PlacementRules = PlacementRules(),
     indexes: Sequence[int] | None = None,
     own: Sequence[NodeAssignment] = (),
+    named_nodes_known: bool = True,
 ) -> tuple[NodeAssignment, ...]:
     """Reserve ``deployment``'s replicas on the ledgers, all or nothing, and return where they go.
 
@@ -66,6 +67,9 @@ def decide_placement(
         rules: the service's settings.
         indexes: the replica indexes to place (lost replicas placed again); ``None`` for all.
         own: what the deployment still holds (its other replicas), for honest refusals.
+        named_nodes_known: refuse constraints that name nodes the ledgers do not know (a new
+            `Place`); ``False`` when replicas are placed again after a node was lost: a named
+            node that is gone is simply not available.
 
     Returns:
         One `NodeAssignment` per replica and node, in replica order.
@@ -77,7 +81,7 @@ def decide_placement(
             node's reason.
     """
     unknown = sorted(constraints.named_nodes() - gpus.node_set() - egress.node_set())
-    if unknown:
+    if unknown and named_nodes_known:
         shown = ", ".join(repr(n[:40]) for n in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""  # noqa: PLR2004
         msg = f"constraints name nodes the service does not know: {shown}{more}"

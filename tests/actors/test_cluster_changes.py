@@ -194,8 +194,8 @@ def test_remote_replicas_on_a_lost_egress_node_move_to_another(
 def test_a_stray_rescheduling_event_or_a_repeated_loss_changes_nothing(actor: Ref) -> None:
     place(actor, local("llama"))
     before = view(actor)
-    actor.tell(GroupRescheduling(group_name="placement-actors:nobody:r0"))
-    actor.tell(GroupRescheduling(group_name="not-ours"))
+    actor.tell(GroupRescheduling(group_name="placement-actors:nobody:r0", group_id="ab"))
+    actor.tell(GroupRescheduling(group_name="not-ours", group_id="cd"))
     actor.tell(NodeLost(node_id="never-known"))
     assert view(actor) == before
 
@@ -211,3 +211,20 @@ def test_an_unsubscribed_listener_hears_nothing_more(
     with pytest.raises(queue.Empty):
         events.get(timeout=0.2)
     listener.stop()
+
+
+def test_a_replica_pinned_to_a_list_of_nodes_moves_to_a_survivor_of_the_list(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    place(actor, local("listed", gpus=2), gpu_nodes=("a", "b"))
+    first = current(actor, "listed").result
+    assert first is not None
+    lost_node = first.assignments[0].node
+    actor.tell(NodeLost(node_id=lost_node))
+    replaced = next(
+        e for e in iter(lambda: next_event(events), None) if isinstance(e, ReplicaReplaced)
+    )
+    assert [a.node for a in replaced.assignments] == [({"a", "b"} - {lost_node}).pop()]
+    # the same Place again is still the same deployment, though it names a node that is gone
+    again = place(actor, local("listed", gpus=2), gpu_nodes=("a", "b"))
+    assert again.assignments == replaced.assignments

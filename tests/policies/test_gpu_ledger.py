@@ -143,3 +143,44 @@ def test_free_and_held_always_partition_capacity(ops: list[tuple[bool, str, int,
     assert sum(Counter(ledger.holders(n).values()).total() for n in ledger.node_ids()) == sum(
         ledger.capacity(n) - ledger.free_count(n) for n in ledger.node_ids()
     )
+
+
+def test_renumbering_takes_free_ordinals_and_swaps_held_ones() -> None:
+    ledger = GpuLedger([NodeTopology(node_id="n", num_gpus=4)])
+    assert ledger.reserve("n", 1, "x") == (0,)
+    assert ledger.reserve("n", 2, "y") == (1, 2)
+    # the cluster says y really has devices 0 and 3: 3 was free, 0 was x's
+    moves = ledger.renumber("n", "y", (1, 2), (0, 3))
+    assert moves == {"x": {0: 1}}
+    assert ledger.holders("n") == {0: "y", 1: "x", 3: "y"}
+    assert ledger.free_ordinals("n") == (2,)
+    assert ledger.total_free() == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [((0,), (0, 1)), ((1,), (0,)), ((0,), (4,)), ((0, 0), (1, 2))],
+    ids=["more-than-held", "not-the-holders", "beyond-the-node", "ordinal-twice"],
+)
+def test_renumbering_refuses_what_the_holder_does_not_hold(
+    old: tuple[int, ...], new: tuple[int, ...]
+) -> None:
+    ledger = GpuLedger([NodeTopology(node_id="n", num_gpus=4)])
+    ledger.reserve("n", 1, "x")
+    with pytest.raises(InvalidSpecError):
+        ledger.renumber("n", "x", old, new)
+    assert ledger.holders("n") == {0: "x"}
+
+
+def test_nodes_join_and_leave_the_ledger_with_their_indexes() -> None:
+    ledger = GpuLedger([NodeTopology(node_id="a", num_gpus=2)])
+    ledger.add_node(NodeTopology(node_id="b", num_gpus=8))
+    assert ledger.best_fit(8) == "b"
+    assert ledger.total_capacity() == 10
+    ledger.reserve("b", 3, "x")
+    assert ledger.remove_node("b") == {0: "x", 1: "x", 2: "x"}
+    assert ledger.best_fit(1) == "a"
+    assert (ledger.total_capacity(), ledger.total_free()) == (2, 2)
+    assert "b" not in ledger
+    with pytest.raises(InvalidSpecError):
+        ledger.add_node(NodeTopology(node_id="a", num_gpus=1))

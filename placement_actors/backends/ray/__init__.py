@@ -9,6 +9,7 @@ to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tre
 - `groups`: create, wait for, remove and reap placement groups; Ray's states as `GroupStatus`.
 - `bundles`: tasks inside a bundle: its node's IP, free ports.
 - `backend`: `RayBackend`, what the actors use (every method returns at once).
+- `membership`: `ClusterWatcher`, nodes that join or die and groups Ray reschedules.
 - `hosting`: a service object in a named, detached Ray actor, and calls to it.
 - `local`: `LocalCluster`, several raylets with logical GPUs on one machine.
 
@@ -32,9 +33,13 @@ from placement_actors.backends.ray.cluster import (
     EGRESS_LABEL,
     HEAD_RESOURCE,
     NAME_LABEL,
+    alive_nodes,
     get_cluster_topology,
     get_egress_nodes,
+    gpus_held_outside,
+    is_egress,
     node_names,
+    node_topology,
 )
 from placement_actors.backends.ray.connection import NAMESPACE, connect, connected
 from placement_actors.backends.ray.groups import (
@@ -50,6 +55,7 @@ from placement_actors.backends.ray.groups import (
 )
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
+from placement_actors.backends.ray.membership import ClusterWatcher
 
 __all__ = [
     "EGRESS_LABEL",
@@ -58,10 +64,12 @@ __all__ = [
     "NAME_LABEL",
     "PROCESS_PORTS",
     "RAY_WORKER_PORTS",
+    "ClusterWatcher",
     "LocalCluster",
     "RayBackend",
     "RayEventual",
     "RemoteHost",
+    "alive_nodes",
     "build_pg",
     "build_replica_pg",
     "bundle_nodes",
@@ -74,8 +82,11 @@ __all__ = [
     "get_egress_nodes",
     "get_free_port_in_bundle",
     "get_held_groups",
+    "gpus_held_outside",
     "group_states",
+    "is_egress",
     "node_names",
+    "node_topology",
     "probe_bundle",
     "release_ports",
     "remove_group",

@@ -41,6 +41,10 @@ class RayBackend:
             spec.bundles, spec.strategy, name=name, bundle_label_selector=spec.bundle_label_selector
         )
 
+    def group_id(self, group: object) -> str:
+        """Ray's placement-group id, in hex."""
+        return str(_pg(group).id.hex())
+
     def when_ready(self, group: object, callback: ReadyCallback) -> None:
         """Call ``callback`` from Ray's thread when the group is ready (or its wait failed)."""
         try:
@@ -70,10 +74,11 @@ class RayBackend:
         *,
         exclude_ports: frozenset[int],
         callback: ProbeCallback,
+        gpus: int = 0,
     ) -> None:
         """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or failure."""
         bundles.probe_bundle(
-            _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback
+            _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback, gpus=gpus
         )
 
     def remove_groups_with_prefix(self, prefix: str) -> int:

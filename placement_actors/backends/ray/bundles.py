@@ -60,20 +60,22 @@ def _in_bundle(pg: PlacementGroup, bundle_index: int) -> PlacementGroupSchedulin
 
 
 def submit_in_bundle(
-    pg: PlacementGroup, bundle_index: int, fn: Callable[..., _T], *args: object
+    pg: PlacementGroup, bundle_index: int, fn: Callable[..., _T], *args: object, gpus: int = 0
 ) -> ray.ObjectRef[_T]:
     """Start ``fn(*args)`` as a Ray task inside bundle ``bundle_index``; returns its ObjectRef.
 
-    The task asks for no CPU or GPU of its own, so it fits any bundle. ``fn`` may also be an
-    existing Ray remote function (it is then not wrapped again).
+    The task asks for no CPU of its own and ``gpus`` of the bundle's GPUs (none by default), so
+    it fits any bundle. ``fn`` may also be an existing Ray remote function (it is then not
+    wrapped again).
 
     Raises:
         InvalidSpecError: the group has no such bundle.
     """
     strategy = _in_bundle(pg, bundle_index)
+    check_count(gpus, "gpus")
     remote = fn if isinstance(fn, RemoteFunction) else ray.remote(fn)
     return remote.options(  # type: ignore[no-any-return]
-        num_cpus=0, num_gpus=0, max_retries=0, scheduling_strategy=strategy
+        num_cpus=0, num_gpus=gpus, max_retries=0, scheduling_strategy=strategy
     ).remote(*args)
 
 
@@ -118,8 +120,8 @@ def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
 
     def free_port(
         exclude: frozenset[int], avoid_low: int, avoid_high: int, start: int, scan: int
-    ) -> tuple[str, int]:
-        """The node's routable IP and a port free on it, its wildcard and its loopback.
+    ) -> tuple[str, int, tuple[int, ...]]:
+        """The node's routable IP, a port free on it (its wildcard, its loopback), the task's GPUs.
 
         ``start`` 0: ports from the kernel's ephemeral range (away from Ray's fixed ports);
         otherwise ``start``, ``start + 1``, ... for ``scan`` ports.
@@ -150,7 +152,8 @@ def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
             if port in exclude or avoid_low <= port <= avoid_high or port > 65535:  # noqa: PLR2004
                 continue
             if all(bindable(host, port) for host in (ip, "0.0.0.0", "127.0.0.1")):  # noqa: S104 - probing, not serving
-                return ip, port
+                gpu_ids = tuple(sorted(int(i) for i in ray_on_node.get_gpu_ids()))
+                return ip, port, gpu_ids
         msg = f"no free port found on {ip}"
         raise OSError(msg)
 
@@ -164,16 +167,23 @@ def _probe_args(exclude: frozenset[int], start: int = 0, scan: int = 1) -> tuple
 
 
 def probe_bundle(
-    pg: PlacementGroup, bundle_index: int, *, exclude_ports: frozenset[int], callback: ProbeCallback
+    pg: PlacementGroup,
+    bundle_index: int,
+    *,
+    exclude_ports: frozenset[int],
+    callback: ProbeCallback,
+    gpus: int = 0,
 ) -> None:
     """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or the failure.
 
     Returns at once; the callback runs on a Ray thread. The one probe the actors' backend and the
-    blocking functions share.
+    blocking functions share. With ``gpus`` (the bundle's GPU count) the probe holds the
+    bundle's GPUs while it runs and reports their ids; it must run before anything else uses
+    them.
     """
     try:
         _, free_port = _node_tasks()
-        ref = submit_in_bundle(pg, bundle_index, free_port, *_probe_args(exclude_ports))
+        ref = submit_in_bundle(pg, bundle_index, free_port, *_probe_args(exclude_ports), gpus=gpus)
     except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
         callback(BackendError(f"cannot start probe: {exc}", operation="probe bundle"))
         return
@@ -186,8 +196,8 @@ def probe_bundle(
             failure.__cause__ = error
             callback(failure)
             return
-        ip, port = settled.result()
-        callback(BundleProbe(node_ip=ip, port=port))
+        ip, port, gpu_ids = settled.result()
+        callback(BundleProbe(node_ip=ip, port=port, gpu_ids=tuple(gpu_ids)))
 
     future.add_done_callback(done)
 
@@ -246,7 +256,7 @@ def get_free_port_in_bundle(
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             exclude = ports.given()
         args = _probe_args(exclude, start_port or 0, scan)
-        ip, port = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
+        ip, port, _ = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             verdict = judge_probe(ports, str(ip), int(port), owner, probes_made=probes)
         if verdict is ProbeVerdict.CLAIMED:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ray
+from ray._private import state as ray_state
 
+from placement_actors.domain.results import NodeAssignment
 from placement_actors.domain.topology import NodeTopology
 
 __all__ = [
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
     "NAME_LABEL",
+    "alive_nodes",
     "get_cluster_topology",
     "get_egress_nodes",
+    "gpus_held_outside",
+    "is_egress",
     "node_names",
+    "node_topology",
 ]
 
 HEAD_RESOURCE = "node:__internal_head__"
@@ -48,30 +54,60 @@ def get_cluster_topology(
         )
     if head_node_id is None:
         head_node_id = ray.get_runtime_context().get_node_id()
-    topology = []
-    for node in alive:
-        gpus = int(node.get("Resources", {}).get("GPU", 0))
-        if gpus >= 1:
-            topology.append(
-                NodeTopology(
-                    node_id=node["NodeID"],
-                    num_gpus=gpus,
-                    is_head=node["NodeID"] == head_node_id,
-                    labels={str(k): str(v) for k, v in (node.get("Labels") or {}).items()},
-                )
-            )
-    return tuple(sorted(topology, key=lambda n: n.node_id))
+    topology = [node_topology(node, is_head=node["NodeID"] == head_node_id) for node in alive]
+    return tuple(sorted((n for n in topology if n.num_gpus >= 1), key=lambda n: n.node_id))
+
+
+def node_topology(record: Mapping[str, Any], *, is_head: bool | None = None) -> NodeTopology:
+    """One ``ray.nodes()`` record as a `NodeTopology` (whole GPUs; labels as text).
+
+    ``is_head`` defaults to whether the record holds Ray's head resource.
+    """
+    resources = record.get("Resources") or {}
+    return NodeTopology(
+        node_id=str(record["NodeID"]),
+        num_gpus=int(resources.get("GPU", 0)),
+        is_head=HEAD_RESOURCE in resources if is_head is None else is_head,
+        labels={str(k): str(v) for k, v in (record.get("Labels") or {}).items()},
+    )
+
+
+def is_egress(record: Mapping[str, Any]) -> bool:
+    """Whether a ``ray.nodes()`` record is labelled ``placement-actors.io/egress=true``."""
+    return str((record.get("Labels") or {}).get(EGRESS_LABEL, "")).lower() == "true"
+
+
+def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str, int]:
+    """Node id -> GPUs that something other than the service holds there now.
+
+    What Ray says is in use on each alive node, less what the service's own groups of an earlier
+    run hold (``held``, from `placement_actors.backends.ray.groups.get_held_groups`): other Ray
+    users' tasks, actors and placement groups. Read once, when the service builds its picture.
+    """
+    ours: dict[str, int] = {}
+    for assignments in held.values():
+        for assignment in assignments:
+            ours[assignment.node] = ours.get(assignment.node, 0) + len(assignment.gpus)
+    # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+    available = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    outside: dict[str, int] = {}
+    for node_id, record in alive_nodes().items():
+        total = int((record.get("Resources") or {}).get("GPU", 0))
+        free = int(available.get(node_id, {}).get("GPU", total))
+        in_use = max(0, total - free - ours.get(node_id, 0))
+        if in_use:
+            outside[node_id] = in_use
+    return outside
+
+
+def alive_nodes() -> dict[str, Mapping[str, Any]]:
+    """Node id -> ``ray.nodes()`` record of every alive node."""
+    return {str(n["NodeID"]): n for n in _alive_nodes(None)}
 
 
 def get_egress_nodes(nodes: Iterable[Mapping[str, Any]] | None = None) -> tuple[str, ...]:
     """Ids of alive nodes labelled ``placement-actors.io/egress=true``."""
-    return tuple(
-        sorted(
-            n["NodeID"]
-            for n in _alive_nodes(nodes)
-            if str((n.get("Labels") or {}).get(EGRESS_LABEL, "")).lower() == "true"
-        )
-    )
+    return tuple(sorted(n["NodeID"] for n in _alive_nodes(nodes) if is_egress(n)))
 
 
 def node_names(nodes: Iterable[Mapping[str, Any]] | None = None) -> dict[str, str]:

@@ -213,6 +213,15 @@ def group_states(prefix: str = "") -> dict[str, GroupStatus]:
     return states
 
 
+def groups_in(status: GroupStatus, prefix: str = "") -> dict[str, str]:
+    """Ray's id (hex) -> name of the groups named ``prefix...`` in ``status`` now."""
+    return {
+        str(info.get("placement_group_id")): str(info.get("name"))
+        for info in placement_group_table().values()
+        if str(info.get("name") or "").startswith(prefix) and _status_from(info) is status
+    }
+
+
 def bundle_nodes(prefix: str = "") -> dict[str, dict[int, str]]:
     """Name -> {bundle index: node id} of the created groups named ``prefix...``.
 

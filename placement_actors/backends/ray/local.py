@@ -45,6 +45,7 @@ class LocalCluster:
     cpus_per_node: int = 8
     temp_dir: Path | None = None
     _cluster: Any = field(default=None, init=False, repr=False)
+    _added: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _made_temp: bool = field(default=False, init=False, repr=False)
     _saved_env: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -93,6 +94,22 @@ class LocalCluster:
             msg = f"cannot start a local Ray cluster: {exc}"
             raise BackendError(msg, operation="start local cluster") from exc
         return self
+
+    def add_worker(self, *, gpus: int, name: str | None = None, egress: bool = False) -> str:
+        """Start one more raylet with ``gpus`` logical GPUs; returns its node id."""
+        labels = {EGRESS_LABEL: "true"} if egress else {}
+        if name is not None:
+            labels[NAME_LABEL] = name
+        node = self._cluster.add_node(
+            num_cpus=max(self.cpus_per_node, gpus), num_gpus=gpus, labels=labels
+        )
+        self._cluster.wait_for_nodes()
+        self._added[str(node.node_id)] = node
+        return str(node.node_id)
+
+    def remove_worker(self, node_id: str, *, graceful: bool = True) -> None:
+        """Stop a raylet started by `add_worker` (``graceful=False``: as if it crashed)."""
+        self._cluster.remove_node(self._added.pop(node_id), allow_graceful=graceful)
 
     @property
     def address(self) -> str:
