@@ -38,6 +38,7 @@ __all__ = [
     "create_group",
     "get_held_groups",
     "group_states",
+    "groups_in",
     "remove_group",
     "remove_named_pgs_with_prefix",
     "status_of",
