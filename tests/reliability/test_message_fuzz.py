@@ -53,7 +53,14 @@ from placement_actors import (
     RuntimeKind,
     deployment_placement_proxy,
 )
-from placement_actors.actors.messages import BundleProbed, BundleProbeFailed
+from placement_actors.actors.messages import (
+    BundleProbed,
+    BundleProbeFailed,
+    GetPlacement,
+    NodeJoined,
+    NodeLost,
+    Placement,
+)
 
 SEED = 20261122
 MESSAGES = 10_000
@@ -140,6 +147,14 @@ class Generator:
             return tuple(self.rng.sample(NODES, self.rng.randint(0, 3)))
         return ("gpu-z",)  # unknown to the service
 
+    def cluster_change(self) -> object:
+        node_id = self.pick((*NODES, "gpu-new", "edge-new"))
+        if self.rng.random() < 0.5:
+            return NodeLost(node_id=node_id)
+        gpus = self.pick((0, 1, 4, 8, 16))
+        node = NodeTopology(node_id=node_id, num_gpus=gpus, is_head=node_id == "head")
+        return NodeJoined(node=node, egress=self.rng.random() < 0.3)
+
     def build(self, cls: type[Any], fields: dict[str, object]) -> Any:
         """The value made properly when its fields allow, else forged past its constructor."""
         try:
@@ -149,6 +164,8 @@ class Generator:
 
     def message(self) -> object:  # noqa: PLR0911 - one return per message type
         kind = self.rng.random()
+        if kind < 0.03:  # the cluster changes under the service
+            return self.cluster_change()
         if kind < 0.45:
             return self.build(
                 Place, {"deployment": self.deployment(), "constraints": self.constraints()}
@@ -199,19 +216,30 @@ class Model:
     def __init__(self) -> None:
         self.placed: dict[str, PlacementResult] = {}
         self.told: dict[str, Place] = {}
+        self.degraded: tuple[str, ...] = ()
 
     def record(self, message: object, reply: object) -> None:
         if isinstance(reply, PlacementResult):
             name = reply.deployment.name
             earlier = self.placed.get(name)
-            assert earlier is None or earlier.assignments == reply.assignments, (
-                "Place not idempotent"
-            )
+            whole = earlier is not None and len(
+                {a.replica_index for a in earlier.assignments}
+            ) == len(range(earlier.deployment.replicas))
+            # an equal Place answers the first result; one missing replicas places them again
+            assert not whole or earlier.assignments == reply.assignments, "Place not idempotent"  # type: ignore[union-attr]
             self.placed[name] = reply
         elif isinstance(reply, Released):
             assert reply.was_placed == (reply.deployment in self.placed)
             self.placed.pop(reply.deployment, None)
         del message
+
+    def follow(self, view: ClusterView, ask: Callable[[object], object]) -> None:
+        """After a node joined or left: what is placed now is what the actor says."""
+        self.placed = {}
+        for name in view.deployments:
+            found = ask(GetPlacement(name))
+            if isinstance(found, Placement) and found.result is not None:
+                self.placed[name] = found.result
 
     def catch_up(self, view: ClusterView, ask: Callable[[object], object]) -> None:
         """After a tell: learn what it placed (an equal Place answers the first result)."""
@@ -260,6 +288,10 @@ def deliver(
     actor: pykka.ActorRef[DeploymentPlacementActor], model: Model, message: object, how: str
 ) -> str:
     """Send ``message`` the way ``how`` says; the outcome's name; the model follows the reply."""
+    if isinstance(message, NodeJoined | NodeLost):
+        actor.tell(message)
+        model.follow(view_of(actor), lambda m: actor.ask(m, timeout=TIMEOUT))
+        return "cluster changed"
     if how == "tell":
         deployment = getattr(message, "deployment", None)
         name = getattr(deployment, "name", None)
@@ -305,7 +337,11 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
                 continue
         types[type(message).__name__] += 1
         outcomes[deliver(actor, model, message, how)] += 1
-        model.check(view_of(actor))
+        view = view_of(actor)
+        if view.degraded or model.degraded:  # lost replicas come back on any freed capacity
+            model.follow(view, lambda m: actor.ask(m, timeout=TIMEOUT))
+        model.degraded = view.degraded
+        model.check(view)
     for name in list(model.placed):
         released = actor.ask(Release(name), timeout=TIMEOUT)
         assert isinstance(released, Released)
