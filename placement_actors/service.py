@@ -3,28 +3,55 @@
 `PlacementClient.serve(address)` starts both actors inside a named, detached Ray actor
 (`SERVICE_NAME` in the ``placement-actors`` namespace); `PlacementClient.connect(address)` lets any
 driver of the cluster send it the same message values and get the same replies. A
-`PlacementResult`'s IP and port futures come back as `RayEventual` values: ``get(timeout=...)`` or
-``await`` them. The service, its ledger and its placement groups outlive every client.
+`PlacementResult`'s IP, port and GPU-id futures come back as `RayEventual` values:
+``get(timeout=...)`` or ``await`` them. The service, its ledger and its placement groups outlive
+every client.
+
+The cluster's events (`NodeJoined`, `NodeLost`, `ReplicaLost`, `ReplicaReplaced`) reach clients
+in other processes too: a pykka `Subscribe` cannot cross processes, so the service subscribes a
+listener of its own at start, which keeps the last `EVENT_BUFFER` events, each numbered
+(`ServiceEvent`). `PlacementClient.events` long-polls them, `PlacementClient.watch` follows them
+for ever.
+
+Ray is imported only when a client connects or serves (`placement_actors.backends.ray`), so the
+command line can import this module for its values without loading Ray.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from placement_actors.actors.mailbox import KeepServingActor
 from placement_actors.actors.messages import (
+    BundleGpusKnown,
     BundleProbed,
     BundleProbeFailed,
+    GroupRescheduling,
+    NodeJoined,
+    NodeLost,
+    Placement,
     PlacementGroupFailed,
     PlacementGroupReady,
     PlacementGroupTimedOut,
     PlanReplica,
     Release,
     ReplicaFailed,
+    ReplicaLost,
+    ReplicaReplaced,
+    Subscribe,
+    Unsubscribe,
 )
-from placement_actors.backends import ray as on_ray
 from placement_actors.domain.deployments import group_prefix, is_deployment_name
 from placement_actors.domain.errors import BackendError, InvalidSpecError, PlacementError
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
@@ -34,11 +61,32 @@ from placement_actors.domain.results import (
     PlacementResult,
     ReplicaPlacement,
 )
+from placement_actors.domain.validation import check_count
 from placement_actors.wiring import start_on_ray
 
-__all__ = ["SERVICE_NAME", "PlacementClient", "PlacementHost"]
+if TYPE_CHECKING:
+    from placement_actors.backends.ray import RemoteHost
+
+__all__ = [
+    "EVENT_BUFFER",
+    "MAX_EVENT_BATCH",
+    "MAX_EVENT_WAIT_S",
+    "SERVICE_NAME",
+    "EventBuffer",
+    "EventsMissed",
+    "PlacementClient",
+    "PlacementHost",
+    "ServiceEvent",
+]
 
 SERVICE_NAME = "placement-actors-service"
+
+EVENT_BUFFER = 10_000
+"""How many of the latest events the service keeps for clients."""
+MAX_EVENT_BATCH = 1_000
+"""The most events one `PlacementClient.events` reply carries (ask again for the rest)."""
+MAX_EVENT_WAIT_S = 60.0
+"""The longest one `PlacementClient.events` call may wait for an event."""
 
 _INTERNAL_EVENTS = (
     ReplicaFailed,
@@ -47,7 +95,15 @@ _INTERNAL_EVENTS = (
     PlacementGroupTimedOut,
     BundleProbed,
     BundleProbeFailed,
+    BundleGpusKnown,
+    NodeJoined,
+    NodeLost,
+    GroupRescheduling,
 )
+"""Events the service raises itself (its actors, its cluster watcher): never taken from a client."""
+_SUBSCRIPTIONS = (Subscribe, Unsubscribe)
+_REPLY_PAD_S = 30.0
+"""How much longer than its own wait a client waits for an `events` reply."""
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
 
 
@@ -68,13 +124,200 @@ class _RemoteEndpoint:
         self.get()
 
 
+# -- events for clients ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsMissed:
+    """Marker: events an asker will never get, in place of them.
+
+    It comes first in a reply when the asker fell more than `EVENT_BUFFER` events behind (the
+    oldest events kept follow it), or when the service started again since the asker's last
+    event (its numbering began anew; the new run's events follow).
+
+    Attributes:
+        after: the sequence number the asker asked after.
+        missed: how many events are gone; ``None`` when the service started again (its earlier
+            events are all gone, and how many there were is not known).
+    """
+
+    after: int
+    missed: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEvent:
+    """One event of the cluster as the service recorded it.
+
+    Attributes:
+        sequence: its number: 1 for the first event of the service's run, one more for each
+            later one. An `EventsMissed` marker carries the number of the last missed event
+            (0 when the service started again), so that passing it as ``after`` goes on.
+        at: when the service recorded it, in seconds since the epoch (the service's clock).
+        event: a `NodeJoined`, `NodeLost`, `ReplicaLost` or `ReplicaReplaced` (whose
+            placement's futures resolve through the service, as a result's do), or an
+            `EventsMissed` marker.
+    """
+
+    sequence: int
+    at: float
+    event: object
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class EventBuffer:
+    """The last ``capacity`` events, numbered from 1, for askers that long-poll.
+
+    `append` may be called from any thread; `wait` is a coroutine that never blocks its event
+    loop (an append wakes it through ``loop.call_soon_threadsafe``).
+
+    Args:
+        capacity: how many events are kept; older ones are dropped (see `EventsMissed`).
+    """
+
+    def __init__(self, capacity: int = EVENT_BUFFER) -> None:
+        """Keep nothing yet."""
+        check_count(capacity, "capacity", minimum=1)
+        self._lock = threading.Lock()
+        self._kept: deque[ServiceEvent] = deque(maxlen=capacity)
+        self._last = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    @property
+    def last(self) -> int:
+        """The sequence number of the latest event (0 before the first)."""
+        with self._lock:
+            return self._last
+
+    def append(self, event: object) -> ServiceEvent:
+        """Number and keep ``event``; wake every waiting asker."""
+        with self._lock:
+            self._last += 1
+            kept = ServiceEvent(sequence=self._last, at=time.time(), event=event)
+            self._kept.append(kept)
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there
+                loop.call_soon_threadsafe(_wake, waiter)
+        return kept
+
+    def after(
+        self, after: int, limit: int = MAX_EVENT_BATCH
+    ) -> tuple[tuple[ServiceEvent, ...], int]:
+        """The events numbered after ``after`` (at most ``limit``), and where to go on from.
+
+        Returns:
+            The events, oldest first, behind an `EventsMissed` marker when some are gone; and
+            the sequence number to pass as ``after`` next time (the last one returned, or
+            ``after`` itself when there is nothing new).
+
+        Raises:
+            InvalidSpecError: ``after`` is not a count, or ``limit`` not in 1..`MAX_EVENT_BATCH`.
+        """
+        _check_after(after, limit)
+        with self._lock:
+            return self._after(after, limit)
+
+    async def wait(
+        self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH
+    ) -> tuple[tuple[ServiceEvent, ...], int]:
+        """As `after`, but wait up to ``wait_s`` seconds for an event when there is none yet.
+
+        Raises:
+            InvalidSpecError: a malformed argument; ``wait_s`` must be in 0..`MAX_EVENT_WAIT_S`.
+        """
+        _check_after(after, limit)
+        _check_wait(wait_s, zero=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            with self._lock:
+                found = self._after(after, limit)
+                remaining = deadline - loop.time()
+                if found[0] or remaining <= 0:
+                    return found
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, waiter))
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass  # one more look, then the deadline ends the loop
+            finally:
+                with self._lock:
+                    self._waiters = [(lp, w) for lp, w in self._waiters if w is not waiter]
+
+    def _after(self, after: int, limit: int) -> tuple[tuple[ServiceEvent, ...], int]:
+        oldest = self._kept[0].sequence if self._kept else self._last + 1
+        marker: ServiceEvent | None = None
+        if after > self._last:  # numbered by an earlier run of the service
+            marker = self._marker(after, None, oldest)
+            after = oldest - 1
+        elif after < oldest - 1:  # fell behind: the events in between were dropped
+            marker = self._marker(after, oldest - 1 - after, oldest)
+            after = oldest - 1
+        start = after - oldest + 1
+        found = tuple(itertools.islice(self._kept, start, start + limit))
+        if marker is not None:
+            found = (marker, *found)
+        return found, (found[-1].sequence if found else after)
+
+    @staticmethod
+    def _marker(after: int, missed: int | None, oldest: int) -> ServiceEvent:
+        return ServiceEvent(
+            sequence=oldest - 1, at=time.time(), event=EventsMissed(after=after, missed=missed)
+        )
+
+
+def _check_after(after: object, limit: object) -> None:
+    check_count(after, "after")
+    check_count(limit, "limit", minimum=1)
+    if isinstance(limit, int) and limit > MAX_EVENT_BATCH:
+        msg = f"limit must be at most {MAX_EVENT_BATCH}"
+        raise InvalidSpecError(msg, field="limit")
+
+
+def _check_wait(wait_s: object, *, zero: bool) -> None:
+    """Refuse a ``wait_s`` that is not a number of seconds up to `MAX_EVENT_WAIT_S`."""
+    if (
+        isinstance(wait_s, bool)
+        or not isinstance(wait_s, int | float)
+        or not (wait_s >= 0 if zero else wait_s > 0)
+        or not wait_s <= MAX_EVENT_WAIT_S  # NaN fails every comparison
+    ):
+        low = "[0" if zero else "(0"
+        msg = f"wait_s must be a number of seconds in {low}, {MAX_EVENT_WAIT_S:g}]"
+        raise InvalidSpecError(msg, field="wait_s")
+
+
+class _EventListener(KeepServingActor):
+    """Subscribed to the placement actor in the service's process: records each event it is told.
+
+    A `KeepServingActor`: a failure to record one event is logged, and the next is recorded.
+    """
+
+    def __init__(self, record: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._handlers = dict.fromkeys((NodeJoined, NodeLost, ReplicaLost, ReplicaReplaced), record)
+
+
+# -- the host -----------------------------------------------------------------------------------
+
+
 class PlacementHost:
     """What runs inside the service's Ray actor: the two actors, and the futures they handed out.
+
+    It subscribes a listener of its own to the placement actor and keeps the cluster's events
+    for clients (`events`).
 
     Args:
         ready_timeout_s: how long Ray may take to make each placement group ready.
         ignore_head_node: keep local replicas off head nodes (``None``: the environment decides).
         max_remote_replicas: the most replicas one remote deployment may ask for.
+        event_buffer: how many of the latest events are kept for clients.
     """
 
     def __init__(
@@ -83,51 +326,62 @@ class PlacementHost:
         ready_timeout_s: float = 60.0,
         ignore_head_node: bool | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
+        event_buffer: int = EVENT_BUFFER,
     ) -> None:
         """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
+        self._events = EventBuffer(event_buffer)
+        self._lock = threading.Lock()  # the listener's thread adds endpoints too
+        self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
         self._placement = start_on_ray(
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
             max_remote_replicas=max_remote_replicas,
         )
-        self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
+        self._listener = _EventListener.start(self._record)
+        try:
+            self._placement.ask(Subscribe(self._listener), timeout=30)
+        except BaseException:
+            self._listener.stop()
+            self._placement.stop(timeout=30)
+            raise
 
     async def handle(self, message: object) -> _Outcome:
         """Ask the actor that handles ``message``; never raises (errors travel as values).
 
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
-        Nor are the events the actors send each other (`ReplicaFailed`, the planner's group and
-        probe events): from a client they could only make the ledger disagree with Ray.
+        Nor are the events the service raises itself (`ReplicaFailed`, the planner's group and
+        probe events, the cluster watcher's `NodeJoined`, `NodeLost` and `GroupRescheduling`):
+        from a client they could only make the ledger disagree with Ray. `Subscribe` and
+        `Unsubscribe` need an actor in the service's process: clients use `events` instead.
         """
-        if isinstance(message, PlanReplica):
-            msg = "the service plans replicas through Place; send Place, not PlanReplica"
-            return "error", InvalidSpecError(msg, field="message")
-        if isinstance(message, _INTERNAL_EVENTS):
-            msg = f"{type(message).__name__} is an event between the service's own actors"
-            return "error", InvalidSpecError(msg, field="message")
+        refused = _refusal(message)
+        if refused is not None:
+            return "error", refused
         try:
             reply = await self._placement.ask(message, block=False)
         except PlacementError as exc:
             return "error", exc
         if isinstance(reply, PlacementResult):
-            reply = dataclasses.replace(
-                reply, replicas=tuple(self._portable(r) for r in reply.replicas)
-            )
+            reply = self._portable_result(reply)
+        elif isinstance(reply, Placement) and reply.result is not None:
+            reply = dataclasses.replace(reply, result=self._portable_result(reply.result))
         if isinstance(message, Release):  # forget the released replicas' endpoints
             prefix = (
                 group_prefix(message.deployment) if is_deployment_name(message.deployment) else None
             )
-            self._replicas = {
-                key: r
-                for key, r in self._replicas.items()
-                if not prefix or not key[0].startswith(prefix)
-            }
+            with self._lock:
+                self._replicas = {
+                    key: r
+                    for key, r in self._replicas.items()
+                    if not prefix or not key[0].startswith(prefix)
+                }
         return "ok", reply
 
     async def endpoint(self, group_name: str, attempt: int, bundle_index: int) -> _Outcome:
-        """A bundle's ``(node_ip, port)``, once known; a key it does not hold is an error value."""
+        """A bundle's ``(node_ip, port, gpu_ids)``, once known; an unknown key is an error value."""
         try:
-            replica = self._replicas.get((group_name, attempt))
+            with self._lock:
+                replica = self._replicas.get((group_name, attempt))
         except TypeError:  # an unhashable key from a misbehaving client
             replica = None
         if (
@@ -140,31 +394,69 @@ class PlacementHost:
             return "error", InvalidSpecError(msg, field="bundle_index")
         bundle = replica.bundles[bundle_index]
         try:
-            return "ok", (await bundle.node_ip, await bundle.port)
+            return "ok", (await bundle.node_ip, await bundle.port, await bundle.gpu_ids)
         except PlacementError as exc:
             return "error", exc
 
-    def _portable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
-        self._replicas[(replica.group_name, replica.attempt)] = replica
+    async def events(self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH) -> _Outcome:
+        """The events numbered after ``after``, waiting up to ``wait_s`` for one; see `EventBuffer`.
+
+        Never blocks the host's event loop; errors travel as values, as in `handle`.
+        """
+        try:
+            return "ok", await self._events.wait(after, wait_s, limit)
+        except InvalidSpecError as exc:
+            return "error", exc
+
+    def last_event(self) -> _Outcome:
+        """The sequence number of the latest event (0 before the first)."""
+        return "ok", self._events.last
+
+    def _record(self, event: NodeJoined | NodeLost | ReplicaLost | ReplicaReplaced) -> None:
+        """Keep an event the placement actor told the listener (in the listener's thread)."""
+        if isinstance(event, ReplicaReplaced) and event.placement is not None:
+            event = dataclasses.replace(event, placement=self._portable(event.placement))
+        self._events.append(event)
+
+    def _portable_result(self, result: PlacementResult) -> PlacementResult:
         return dataclasses.replace(
-            replica,
-            bundles=tuple(
-                dataclasses.replace(b, node_ip=stand_in, port=stand_in)
-                for b, stand_in in (
-                    (
-                        b,
-                        _RemoteEndpoint(
-                            group_name=replica.group_name, attempt=replica.attempt, bundle_index=i
-                        ),
-                    )
-                    for i, b in enumerate(replica.bundles)
-                )
-            ),
+            result, replicas=tuple(self._portable(r) for r in result.replicas)
         )
 
+    def _portable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
+        with self._lock:
+            self._replicas[(replica.group_name, replica.attempt)] = replica
+        bundles = []
+        for index, bundle in enumerate(replica.bundles):
+            stand_in = _RemoteEndpoint(
+                group_name=replica.group_name, attempt=replica.attempt, bundle_index=index
+            )
+            bundles.append(
+                dataclasses.replace(bundle, node_ip=stand_in, port=stand_in, gpu_ids=stand_in)
+            )
+        return dataclasses.replace(replica, bundles=tuple(bundles))
+
     def stop(self) -> None:
-        """Stop both actors (the placement groups stay)."""
+        """Stop both actors and the listener (the placement groups stay)."""
+        self._listener.stop()
         self._placement.stop(timeout=30)
+
+
+def _refusal(message: object) -> InvalidSpecError | None:
+    """Why the service does not take ``message`` from a client, or ``None`` when it does."""
+    if isinstance(message, PlanReplica):
+        msg = "the service plans replicas through Place; send Place, not PlanReplica"
+        return InvalidSpecError(msg, field="message")
+    if isinstance(message, _INTERNAL_EVENTS):
+        msg = f"{type(message).__name__} is an event between the service's own actors"
+        return InvalidSpecError(msg, field="message")
+    if isinstance(message, _SUBSCRIPTIONS):
+        msg = (
+            f"{type(message).__name__} needs a pykka actor in the service's own process; from "
+            "another process, follow the events with PlacementClient.watch or .events"
+        )
+        return InvalidSpecError(msg, field="message")
+    return None
 
 
 def _unwrap(outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protocol
@@ -174,14 +466,18 @@ def _unwrap(outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protoc
     return value
 
 
+# -- the client ---------------------------------------------------------------------------------
+
+
 class PlacementClient:
     """Talks to the placement service running on a Ray cluster.
 
-    Send it the same message values as the actors (`Place`, `Release`, `GetClusterView`, ...);
-    replies and errors are the same too.
+    Send it the same message values as the actors (`Place`, `Release`, `GetClusterView`,
+    `GetPlacement`, ...); replies and errors are the same too. The cluster's events come through
+    `events` and `watch` (not `Subscribe`, which needs an actor in the service's process).
     """
 
-    def __init__(self, host: on_ray.RemoteHost) -> None:
+    def __init__(self, host: RemoteHost) -> None:
         """Wrap a host found by `connect` or started by `serve`."""
         self._host = host
 
@@ -192,6 +488,8 @@ class PlacementClient:
         Raises:
             BackendError: the cluster cannot be reached, or no service runs there.
         """
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
+
         on_ray.connect(address)
         return cls(on_ray.find_host(name))
 
@@ -204,14 +502,18 @@ class PlacementClient:
         ready_timeout_s: float = 60.0,
         ignore_head_node: bool | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
+        event_buffer: int = EVENT_BUFFER,
     ) -> PlacementClient:
         """Start the service on the cluster at ``address`` (or find it, if it runs already)."""
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
+
         on_ray.connect(address)
         factory = functools.partial(
             PlacementHost,
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
             max_remote_replicas=max_remote_replicas,
+            event_buffer=event_buffer,
         )
         return cls(on_ray.start_host(name, factory))
 
@@ -221,12 +523,95 @@ class PlacementClient:
         return self._host.name
 
     def ask_later(self, message: object) -> Eventual[Any]:
-        """Send ``message``; the reply arrives later (``get(timeout=...)`` or ``await`` it)."""
+        """Send ``message``; the reply arrives later (``get(timeout=...)`` or ``await`` it).
+
+        Raises:
+            InvalidSpecError: ``message`` is a `Subscribe` or `Unsubscribe` (use `watch`), or
+                cannot be sent to the service.
+        """
+        if isinstance(message, _SUBSCRIPTIONS):
+            refused = _refusal(message)
+            assert refused is not None  # noqa: S101 - _refusal refuses every subscription
+            raise refused
         return self._host.later("handle", message, transform=self._reply)
 
     def ask(self, message: object, *, timeout: float = 60.0) -> Any:  # noqa: ANN401 - a reply
         """Send ``message`` and wait for the reply; the actor's typed errors are raised here."""
         return self.ask_later(message).get(timeout=timeout)
+
+    def events(
+        self, after: int = 0, *, wait_s: float = 0.0, limit: int = MAX_EVENT_BATCH
+    ) -> tuple[tuple[ServiceEvent, ...], int]:
+        """The service's events numbered after ``after``; waits up to ``wait_s`` for one.
+
+        The service keeps the last `EVENT_BUFFER` events of its run (``after=0``: all it still
+        keeps). A client more than that behind gets an `EventsMissed` marker first, then the
+        oldest events still kept; so does a client whose ``after`` comes from an earlier run of
+        the service (the marker's ``missed`` is then ``None``, and the new run's events follow).
+        A `ReplicaReplaced`'s placement resolves through the service, as a result's does.
+
+        Args:
+            after: the last sequence number the caller has seen (0: none).
+            wait_s: how long to wait when there is no event yet (0 to `MAX_EVENT_WAIT_S`).
+            limit: the most events to return (1 to `MAX_EVENT_BATCH`).
+
+        Returns:
+            The events, oldest first (empty when ``wait_s`` passed without one), and the sequence
+            number to pass as ``after`` next time.
+
+        Raises:
+            InvalidSpecError: a malformed argument.
+            BackendError: the service does not answer (it stopped, or the cluster is gone).
+        """
+        _check_wait(wait_s, zero=True)
+        pending = self._host.later("events", after, wait_s, limit, transform=self._event_reply)
+        found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
+        return found
+
+    def last_event(self, *, timeout: float = 60.0) -> int:
+        """The sequence number of the service's latest event (0 before the first)."""
+        number: int = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
+        return number
+
+    def watch(
+        self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
+    ) -> Generator[ServiceEvent, None, None]:
+        """Follow the service's events: each once, in order, long-polling for ever.
+
+        Stop by leaving the loop (``break``, or ``close()`` on the generator); ``timeout_s``
+        ends it after that many seconds in all. A client that falls behind by more than
+        `EVENT_BUFFER` events gets an `EventsMissed` marker, then the oldest events still kept
+        (see `events`).
+
+        Args:
+            after: the last sequence number already seen: 0 for every event the service still
+                keeps, ``None`` for only the events from now on.
+            wait_s: how long each long poll waits (more than 0, at most `MAX_EVENT_WAIT_S`).
+            timeout_s: stop after this many seconds; ``None``: never.
+
+        Raises:
+            InvalidSpecError: a malformed argument.
+            BackendError: the service went away (its actor stopped, or the cluster is gone).
+        """
+        _check_wait(wait_s, zero=False)
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s >= 0):
+            msg = "timeout_s must be a finite number of seconds, or None"
+            raise InvalidSpecError(msg, field="timeout_s")
+        return self._watch(after, wait_s, timeout_s)
+
+    def _watch(
+        self, after: int | None, wait_s: float, timeout_s: float | None
+    ) -> Generator[ServiceEvent, None, None]:
+        position = self.last_event() if after is None else after
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = wait_s
+            if deadline is not None:
+                wait = min(wait_s, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            found, position = self.events(position, wait_s=wait)
+            yield from found
 
     def stop_service(self) -> None:
         """Stop the service's actor. Its placement groups stay: release deployments first."""
@@ -235,39 +620,56 @@ class PlacementClient:
     def _reply(self, outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protocol
         reply = _unwrap(outcome)
         if isinstance(reply, PlacementResult):
-            reply = dataclasses.replace(
-                reply, replicas=tuple(self._resolvable(r) for r in reply.replicas)
-            )
+            reply = self._resolvable_result(reply)
+        elif isinstance(reply, Placement) and reply.result is not None:
+            reply = dataclasses.replace(reply, result=self._resolvable_result(reply.result))
         return reply
+
+    def _event_reply(self, outcome: _Outcome) -> tuple[tuple[ServiceEvent, ...], int]:
+        found, position = _unwrap(outcome)
+        return tuple(self._resolvable_event(e) for e in found), position
+
+    def _resolvable_event(self, item: ServiceEvent) -> ServiceEvent:
+        event = item.event
+        if not isinstance(event, ReplicaReplaced) or event.placement is None:
+            return item
+        placement = self._resolvable(event.placement)
+        return dataclasses.replace(item, event=dataclasses.replace(event, placement=placement))
+
+    def _resolvable_result(self, result: PlacementResult) -> PlacementResult:
+        return dataclasses.replace(
+            result, replicas=tuple(self._resolvable(r) for r in result.replicas)
+        )
 
     def _resolvable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
         bundles = []
         for index, bundle in enumerate(replica.bundles):
-            pair = self._host.later(
+            known = self._host.later(
                 "endpoint", replica.group_name, replica.attempt, index, transform=_unwrap
             )
             bundles.append(
                 BundleEndpoint(
                     node=bundle.node,
-                    node_ip=_Part(pair, 0),
-                    port=_Part(pair, 1),
+                    node_ip=_Part(known, 0),
+                    port=_Part(known, 1),
+                    gpu_ids=_Part(known, 2),
                 )
             )
         return dataclasses.replace(replica, bundles=tuple(bundles))
 
 
 class _Part:
-    """One element of an eventual pair: the IP or the port of one remote bundle."""
+    """One element of a bundle's eventual ``(node_ip, port, gpu_ids)``, as an `Eventual`."""
 
-    def __init__(self, pair: Eventual[tuple[str, int]], index: int) -> None:
-        self._pair = pair
+    def __init__(self, known: Eventual[tuple[str, int, tuple[int, ...]]], index: int) -> None:
+        self._known = known
         self._index = index
 
-    def get(self, *, timeout: float | None = None) -> Any:  # noqa: ANN401 - str or int
-        return self._pair.get(timeout=timeout)[self._index]
+    def get(self, *, timeout: float | None = None) -> Any:  # noqa: ANN401 - str, int or ids
+        return self._known.get(timeout=timeout)[self._index]
 
-    async def _resolve(self) -> Any:  # noqa: ANN401 - str or int
-        return (await self._pair)[self._index]
+    async def _resolve(self) -> Any:  # noqa: ANN401 - str, int or ids
+        return (await self._known)[self._index]
 
     def __await__(self) -> Any:  # noqa: ANN401 - a generator of the awaited value
         return self._resolve().__await__()

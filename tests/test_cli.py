@@ -1,6 +1,8 @@
+import dataclasses
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -8,10 +10,21 @@ import pytest
 from rich.console import Console
 
 from placement_actors import cli
-from placement_actors.actors.messages import ClusterView, NodeView
+from placement_actors.actors.messages import (
+    ClusterView,
+    GpuHolding,
+    NodeJoined,
+    NodeLost,
+    NodeState,
+    NodeView,
+    ReplicaLost,
+    ReplicaReplaced,
+)
 from placement_actors.cli import commands, render
 from placement_actors.domain.errors import NotEnoughGpusError
-from placement_actors.domain.results import Rejection
+from placement_actors.domain.results import NodeAssignment, Rejection
+from placement_actors.domain.topology import NodeTopology
+from placement_actors.service import EventsMissed, ServiceEvent
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -500,3 +513,176 @@ def test_rich_markup_in_a_node_name_from_ray_labels_is_printed_literally(name: s
     assert any(line.startswith(f"│ {name} ") for line in lines)  # the Nodes table
     assert any(line.startswith(f"{name}  □ □") for line in lines)  # the occupancy picture
     assert f"  {name}: 2 free GPUs, 4 needed" in lines  # the reason
+
+
+def lost_and_outside_view() -> ClusterView:
+    return ClusterView(
+        nodes=(
+            NodeView(
+                node_id="gpu-a",
+                capacity=4,
+                free_gpus=(3,),
+                held=(GpuHolding(ordinal=0, deployment="kept"),),
+                is_head=False,
+                egress=False,
+                remote_replicas=0,
+                outside=2,  # ordinals 1 and 2: neither free nor held by a deployment
+            ),
+            NodeView(
+                node_id="gpu-gone",
+                capacity=0,
+                free_gpus=(),
+                held=(),
+                is_head=False,
+                egress=False,
+                remote_replicas=0,
+                state=NodeState.LOST,
+            ),
+        ),
+        deployments=("kept",),
+        degraded=("kept",),
+    )
+
+
+def test_status_data_has_each_nodes_state_its_outside_gpus_and_the_degraded_deployments() -> None:
+    data = render.view_data(lost_and_outside_view(), {})
+    assert [(n["node"], n["state"], n["outside"]) for n in data["nodes"]] == [
+        ("gpu-a", "alive", 2),
+        ("gpu-gone", "lost", 0),
+    ]
+    assert data["degraded"] == ["kept"]
+
+
+def test_status_tables_show_lost_nodes_outside_gpus_and_degraded_deployments() -> None:
+    printed = io.StringIO()
+    console = Console(file=printed, width=120)
+    data = render.view_data(lost_and_outside_view(), {})
+    render.print_cluster(console, data)
+    render.print_occupancy(console, data)
+    text = printed.getvalue()
+    header = next(line for line in text.splitlines() if "free GPUs" in line)
+    assert re.findall(r"\w[\w ]*\w", header) == [
+        "node",
+        "state",
+        "free GPUs",
+        "held by",
+        "outside",
+        "egress",
+        "remote",
+    ]
+    assert re.search(r"│ gpu-gone +│ lost +│ - ", text)
+    assert re.search(r"│ gpu-a +│ alive +│ 1/4 +│ kept \[0\] +│ 2 ", text)
+    assert "Degraded (replicas missing): kept" in text
+    assert re.search(r"^gpu-a +■ ▣ ▣ □ $", text, re.MULTILINE)  # held, outside, outside, free
+    assert "▣ outside the service" in text
+
+
+def test_status_shows_no_outside_column_when_no_node_has_outside_gpus() -> None:
+    view = dataclasses.replace(
+        lost_and_outside_view(),
+        nodes=(dataclasses.replace(lost_and_outside_view().nodes[0], outside=0),),
+        degraded=(),
+    )
+    printed = io.StringIO()
+    render.print_cluster(Console(file=printed, width=120), render.view_data(view, {}))
+    assert "outside" not in printed.getvalue()
+    assert "Degraded" not in printed.getvalue()
+
+
+AT = 1_763_800_000.25  # 2025-11-22T08:26:40.250+00:00
+REPLACED = ReplicaReplaced(
+    deployment="llama",
+    replica_index=1,
+    placement=None,
+    assignments=(NodeAssignment(replica_index=1, node="gpu-b", gpus=(0, 1, 2)),),
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "fields", "text"),
+    [
+        (
+            NodeJoined(node=NodeTopology(node_id="n-1", num_gpus=8), egress=True),
+            {"kind": "node_joined", "node": "n-1", "name": "gpu-new", "gpus": 8, "egress": True},
+            "node joined: gpu-new (8 GPUs, egress)",
+        ),
+        (
+            NodeLost(node_id="n-1"),
+            {"kind": "node_lost", "node": "n-1", "name": "gpu-new"},
+            "node lost: gpu-new",
+        ),
+        (
+            ReplicaLost(deployment="llama", replica_index=1, node_id=None, will_replace=False),
+            {"kind": "replica_lost", "deployment": "llama", "replica": 1, "node": None},
+            (
+                "replica lost: llama #1 (Ray rescheduled its group); "
+                "not placed again (its Place turned replace_lost off)"
+            ),
+        ),
+        (
+            REPLACED,
+            {
+                "kind": "replica_replaced",
+                "group": None,
+                "nodes": [{"node": "gpu-b", "name": "gpu-b", "gpus": [0, 1, 2]}],
+            },
+            "replica placed again: llama #1 on gpu-b (GPUs 0-2)",
+        ),
+        (
+            EventsMissed(after=3, missed=12),
+            {"kind": "events_missed", "after": 3, "missed": 12},
+            "events missed: 12 (this watch fell behind the service's buffer)",
+        ),
+        (
+            EventsMissed(after=3, missed=None),
+            {"kind": "events_missed", "missed": None},
+            "events missed: the service started again; its earlier events are gone",
+        ),
+    ],
+    ids=["joined", "lost", "replica-lost", "replaced", "fell-behind", "restarted"],
+)
+def test_each_event_is_one_json_object_and_one_readable_line(
+    event: object, fields: dict[str, Any], text: str
+) -> None:
+    data = render.event_data(ServiceEvent(sequence=7, at=AT, event=event), {"n-1": "gpu-new"})
+    assert data["sequence"] == 7
+    assert data["time"] == "2025-11-22T08:26:40.250+00:00"
+    assert fields.items() <= data.items()
+    assert json.loads(json.dumps(data)) == data
+    line = render.event_line(data)
+    assert line.endswith(f"  #7  {text}")
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.250  ", line)  # local time
+
+
+class _InterruptedClient:
+    """Yields one event, then the user presses Ctrl-C."""
+
+    def watch(self, after: int | None, *, timeout_s: float | None) -> Iterator[ServiceEvent]:
+        del after, timeout_s
+        yield ServiceEvent(sequence=1, at=AT, event=NodeLost(node_id="n-1"))
+        raise KeyboardInterrupt
+
+
+def test_watch_json_stops_on_ctrl_c_with_only_event_lines_on_stdout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commands, "_client", lambda _: _InterruptedClient())
+    monkeypatch.setattr(commands, "_node_names", dict)
+    code, out, err = run(capsys, "watch", "--address", "ray://nowhere:1", "--json")
+    assert code == cli.EXIT_INTERRUPTED
+    assert [json.loads(line)["kind"] for line in out.splitlines()] == ["node_lost"]
+    assert err == "interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--count", "0"), ("--after", "-1"), ("--after", "2", "--new"), ("--timeout", "0")],
+    ids=["no-count", "negative-after", "after-and-new", "no-timeout"],
+)
+def test_watch_refuses_malformed_options_as_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, "watch", "--address", "ray://nowhere:1", *argv)
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err.startswith("usage error: ")

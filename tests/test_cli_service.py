@@ -1,6 +1,8 @@
 """The commands that talk to a running service, on the session's Ray cluster."""
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,15 @@ from ray.util import remove_placement_group
 
 from placement_actors import (
     BundleStrategy,
+    Deployment,
     InvalidSpecError,
     NodeAssignment,
+    Place,
+    PlacementConstraints,
     PlanReplica,
     cli,
 )
+from placement_actors.actors.messages import NodeJoined
 from placement_actors.backends import ray as on_ray
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.service import PlacementClient
@@ -208,3 +214,76 @@ def test_place_names_the_line_of_a_node_the_service_does_not_know(
     code, _, err = run(capsys, "place", str(path), "--address", address)
     assert code == cli.EXIT_INVALID_SPEC
     assert f"{path}:4: gpu_nodes: unknown node 'no-such-node'" in err
+
+
+def test_watch_streams_a_lost_node_and_status_shows_it_lost_and_the_deployment_degraded(
+    capsys: pytest.CaptureFixture[str], address: str, ray_cluster: Any
+) -> None:
+    client = PlacementClient.connect(address)
+    node_id = ray_cluster.add_worker(gpus=1, name="cli-doomed")
+    removed = False
+    try:
+        deadline = time.monotonic() + 60
+        while not any(isinstance(e.event, NodeJoined) for e in client.events(0, wait_s=5)[0]):
+            assert time.monotonic() < deadline, "the service never saw the node join"
+        # pinned to the doomed node: once it is lost, the replica fits nowhere
+        pinned = PlacementConstraints(gpu_nodes=(node_id,))
+        result = client.ask(Place(Deployment(name="cli-pinned", model="m"), pinned))
+        assert result.replicas[0].master.port.get(timeout=60) > 0
+        ray_cluster.remove_worker(node_id)
+        removed = True
+
+        code, out, err = run(capsys, "watch", "--address", address, "--json", "--count", "2")
+        assert code == cli.EXIT_OK
+        lines = out.splitlines()
+        assert len(lines) == 2  # one JSON object per line, nothing else
+        joined, second = map(json.loads, lines)
+        assert (joined["kind"], joined["sequence"], joined["node"]) == ("node_joined", 1, node_id)
+        assert (joined["name"], joined["gpus"], joined["egress"]) == ("cli-doomed", 1, False)
+        # the watcher may see Ray reschedule the group a moment before it sees the node gone
+        assert second["kind"] in {"node_lost", "replica_lost"}
+
+        code, out, _ = run(capsys, "watch", "--address", address, "--count", "3")
+        assert code == cli.EXIT_OK
+        assert [line.split()[2] for line in out.splitlines()] == ["#1", "#2", "#3"]
+        assert "#1  node joined: cli-doomed (1 GPU)" in out
+        assert "node lost: cli-doomed" in out  # named by the label it joined with
+        assert "replica lost: cli-pinned #0 " in out
+        assert "the service places it again when it fits" in out
+
+        code, out, err = run(capsys, "watch", "--address", address, "--new", "--timeout", "0.5")
+        assert (code, out) == (cli.EXIT_OK, "")  # nothing new within half a second
+        assert "watched for 0.5s: 0 event(s)" in err
+
+        code, out, _ = run(capsys, "status", "--address", address, "--json")
+        status = json.loads(out)
+        assert code == status["exit_code"] == cli.EXIT_OK
+        states = {n["node"]: n["state"] for n in status["nodes"]}
+        assert states.pop(node_id) == "lost"
+        assert set(states.values()) == {"alive"}
+        assert status["degraded"] == ["cli-pinned"]
+        assert all(n["outside"] == 0 for n in status["nodes"])
+
+        code, out, _ = run(capsys, "status", "--address", address)
+        assert code == cli.EXIT_OK
+        row = next(line for line in out.splitlines() if node_id in line)
+        assert "lost" in row
+        assert "Degraded (replicas missing): cli-pinned" in out
+    finally:
+        if not removed:
+            ray_cluster.remove_worker(node_id)
+
+
+def test_watch_exits_with_a_backend_failure_when_the_service_goes_away(
+    capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    stopper = threading.Timer(2.0, PlacementClient.connect(address).stop_service)
+    stopper.start()
+    try:
+        code, out, err = run(capsys, "watch", "--address", address, "--json", "--timeout", "60")
+    finally:
+        stopper.join()
+        run(capsys, "serve", "--address", address)  # for the fixture's clean-up
+    assert code == cli.EXIT_BACKEND
+    assert out == ""  # standard output holds the stream only: the failure is on stderr
+    assert err.startswith("cluster backend failed: the service stopped answering after 0 event(s)")

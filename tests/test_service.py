@@ -1,11 +1,15 @@
 """The service hosted in a named, detached Ray actor, used from this and from another driver."""
 
+import asyncio
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
+import pykka
 import pytest
 
 from placement_actors import (
@@ -27,9 +31,28 @@ from placement_actors import (
     ReplicaGroupsView,
     UnknownMessageError,
 )
-from placement_actors.service import PlacementClient, _unwrap
+from placement_actors.actors.messages import (
+    BundleGpusKnown,
+    GetPlacement,
+    GroupRescheduling,
+    NodeJoined,
+    NodeLost,
+    Placement,
+    ReplicaLost,
+    ReplicaReplaced,
+    Subscribe,
+    Unsubscribe,
+)
+from placement_actors.service import (
+    EventBuffer,
+    EventsMissed,
+    PlacementClient,
+    ServiceEvent,
+    _unwrap,
+)
 
 TIMEOUT = 60
+E = TypeVar("E")
 
 pytestmark = pytest.mark.usefixtures("ray_nodes")
 
@@ -93,9 +116,181 @@ def test_the_events_between_the_services_own_actors_are_refused_from_a_client(
     lost = ReplicaFailed(
         deployment="d", replica_index=0, group_name="g", attempt=1, error=PlacementError("x")
     )
-    for event in (lost, PlacementGroupReady(group_name="g", attempt=1)):
+    for event in (
+        lost,
+        PlacementGroupReady(group_name="g", attempt=1),
+        NodeLost(node_id="a-live-node"),
+        GroupRescheduling(group_name="g", group_id="id"),
+        BundleGpusKnown(deployment="d", replica_index=0, attempt=1, node="n", gpu_ids=(0,)),
+    ):
         with pytest.raises(InvalidSpecError, match="event between the service's own actors"):
             client.ask(event)
+
+
+def test_subscribing_through_a_client_is_refused_with_a_pointer_to_watch(
+    client: PlacementClient,
+) -> None:
+    listener = pykka.ThreadingActor.start()  # an actor of this process: the service cannot tell it
+    for message in (Subscribe(listener), Unsubscribe(listener)):
+        with pytest.raises(InvalidSpecError, match=r"PlacementClient\.watch"):
+            client.ask(message)
+    assert client.ask(GetClusterView()).deployments == ()  # and the service keeps serving
+
+
+def test_get_placement_through_a_client_resolves_the_futures_of_its_result(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    place = Place(
+        Deployment(name="asked-again", model="m", gpus=2),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-c"],)),
+    )
+    port = client.ask(place).replicas[0].master.port.get(timeout=TIMEOUT)
+    now = client.ask(GetPlacement("asked-again"))
+    assert isinstance(now, Placement)
+    assert now.result is not None
+    assert now.missing == ()
+    master = now.result.replicas[0].master
+    assert master.port.get(timeout=TIMEOUT) == port
+    assert len(master.gpu_ids.get(timeout=TIMEOUT)) == 2
+    assert client.ask(GetPlacement("never-placed")).result is None
+
+
+def next_of(stream: Iterator[ServiceEvent], kind: type[E]) -> E:
+    for item in stream:
+        if isinstance(item.event, kind):
+            return item.event
+    pytest.fail(f"the watch ended without a {kind.__name__}")
+
+
+def until(stream: Iterator[ServiceEvent], kind: type) -> list[object]:
+    """The events up to and including the first ``kind``."""
+    seen = []
+    for item in stream:
+        seen.append(item.event)
+        if isinstance(item.event, kind):
+            return seen
+    pytest.fail(f"the watch ended without a {kind.__name__}: {seen}")
+
+
+def test_a_client_watches_a_node_join_and_leave_and_its_replica_placed_again(
+    client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    stream = client.watch(wait_s=5, timeout_s=TIMEOUT)
+    node_id = ray_cluster.add_worker(gpus=1, name="gpu-watched")
+    removed = False
+    try:
+        joined = next_of(stream, NodeJoined)
+        assert joined.node.node_id == node_id
+        # best fit puts the 1-GPU replica on the 1-GPU node; gpu-a is the fallback
+        constraints = PlacementConstraints(gpu_nodes=(node_id, ray_nodes["gpu-a"]))
+        result = client.ask(Place(Deployment(name="watched", model="m"), constraints))
+        assert [a.node for a in result.assignments] == [node_id]
+        assert result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        ray_cluster.remove_worker(node_id)
+        removed = True
+        seen = until(stream, ReplicaReplaced)
+    finally:
+        stream.close()
+        if not removed:
+            ray_cluster.remove_worker(node_id)
+    assert NodeLost(node_id=node_id) in seen
+    # the watcher may see Ray reschedule the group before it sees the node gone
+    lost = next(e for e in seen if isinstance(e, ReplicaLost))
+    assert (lost.deployment, lost.replica_index, lost.will_replace) == ("watched", 0, True)
+    assert lost.node_id in {node_id, None}
+    replaced = seen[-1]
+    assert isinstance(replaced, ReplicaReplaced)
+    assert [a.node for a in replaced.assignments] == [ray_nodes["gpu-a"]]
+    assert replaced.placement is not None
+    port = replaced.placement.master.port.get(timeout=TIMEOUT)  # resolved through the service
+    assert port > 0
+    now = client.ask(GetPlacement("watched"))
+    assert now.result is not None
+    assert now.result.replicas[0].master.port.get(timeout=TIMEOUT) == port
+    # the same events, numbered, for a client that asks later
+    found, last = client.events(0)
+    kinds = [type(e.event) for e in found]
+    assert kinds[0] is NodeJoined
+    assert sorted(k.__name__ for k in kinds[1:]) == ["NodeLost", "ReplicaLost", "ReplicaReplaced"]
+    assert [e.sequence for e in found] == [1, 2, 3, 4]
+    assert last == 4 == client.last_event()
+    assert client.events(last, wait_s=0.2) == ((), last)  # nothing new: waited, came back empty
+    with pytest.raises(InvalidSpecError):
+        client.events(-1)
+
+
+# -- the event buffer, without Ray ----------------------------------------------------------------
+
+
+def test_the_buffer_numbers_events_and_returns_those_after_a_number() -> None:
+    buffer = EventBuffer(10)
+    for node in "abc":
+        buffer.append(NodeLost(node_id=node))
+    found, last = buffer.after(1)
+    assert [(e.sequence, e.event) for e in found] == [
+        (2, NodeLost(node_id="b")),
+        (3, NodeLost(node_id="c")),
+    ]
+    assert last == 3 == buffer.last
+    assert buffer.after(3) == ((), 3)
+    assert [e.sequence for e in buffer.after(0, limit=2)[0]] == [1, 2]  # at most limit
+
+
+def test_a_reader_that_fell_behind_gets_a_marker_then_the_oldest_kept_events() -> None:
+    buffer = EventBuffer(3)
+    for index in range(5):  # events 1 and 2 are dropped
+        buffer.append(NodeLost(node_id=f"n{index}"))
+    found, last = buffer.after(0)
+    assert found[0].event == EventsMissed(after=0, missed=2)
+    assert found[0].sequence == 2  # the last missed one: asking after it goes on
+    assert [e.sequence for e in found[1:]] == [3, 4, 5]
+    assert last == 5
+
+
+def test_a_reader_numbered_by_an_earlier_run_of_the_service_gets_a_restart_marker() -> None:
+    buffer = EventBuffer(3)
+    buffer.append(NodeLost(node_id="x"))
+    found, last = buffer.after(40)  # 40 events were seen from the service's earlier run
+    assert found[0].event == EventsMissed(after=40, missed=None)
+    assert [e.sequence for e in found] == [0, 1]
+    assert last == 1
+
+
+@pytest.mark.parametrize(
+    ("after", "wait_s", "limit"),
+    [(-1, 0, 10), (True, 0, 10), (0, -1, 10), (0, float("nan"), 10), (0, 61, 10), (0, 0, 0)],
+    ids=["negative", "bool", "negative-wait", "nan-wait", "long-wait", "no-limit"],
+)
+async def test_the_buffer_refuses_malformed_questions(after: Any, wait_s: Any, limit: Any) -> None:
+    with pytest.raises(InvalidSpecError):
+        await EventBuffer().wait(after, wait_s, limit)
+
+
+async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_loop_runs_on() -> (
+    None
+):
+    buffer = EventBuffer()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    threading.Timer(0.3, buffer.append, (NodeLost(node_id="late"),)).start()
+    started = time.monotonic()
+    found, last = await buffer.wait(0, wait_s=10)
+    waited = time.monotonic() - started
+    ticker.cancel()
+    assert [e.event for e in found] == [NodeLost(node_id="late")]
+    assert last == 1
+    assert 0.2 < waited < 5
+    assert ticks > 10  # the loop ran on while the reader waited
+    started = time.monotonic()
+    assert await buffer.wait(1, wait_s=0.2) == ((), 1)  # nothing new: back after wait_s
+    assert time.monotonic() - started >= 0.2
 
 
 def test_an_endpoint_the_service_does_not_hold_is_a_typed_error(client: PlacementClient) -> None:
@@ -120,7 +315,25 @@ async def test_replies_and_endpoints_can_be_awaited(
 SECOND_DRIVER = """
 import sys
 from placement_actors import Deployment, Place, PlacementConstraints
-from placement_actors.service import PlacementClient, _unwrap
+from placement_actors.actors.messages import (
+    BundleGpusKnown,
+    GetPlacement,
+    GroupRescheduling,
+    NodeJoined,
+    NodeLost,
+    Placement,
+    ReplicaLost,
+    ReplicaReplaced,
+    Subscribe,
+    Unsubscribe,
+)
+from placement_actors.service import (
+    EventBuffer,
+    EventsMissed,
+    PlacementClient,
+    ServiceEvent,
+    _unwrap,
+)
 
 address, name, node = sys.argv[1:4]
 client = PlacementClient.connect(address, name=name)

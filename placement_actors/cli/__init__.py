@@ -8,7 +8,9 @@ Every input ends in a result or in one typed error, never in a traceback (that t
 - The global flags ``--json`` and ``-v`` may stand before or after the command.
 - With ``--json``, standard output holds exactly one JSON object on every path: the command's
   document (with its ``exit_code``), or ``{"error": type, "message": text, "exit_code": code}``.
-  Without it, an error is one readable line on standard error.
+  Without it, an error is one readable line on standard error. A streaming command (``watch``)
+  prints one JSON object per line instead, and nothing else: once it runs, its end (an error,
+  an interruption) is one readable line on standard error, and the exit code tells.
 - User text (names, node ids, reasons, addresses) is printed literally, never read as markup.
 """
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - the top level: every error ends as a report
             return _fail(out, errors, exc, verbose=verbose)
-        if out.json:
+        if out.json and not out.stream:
             _print_json({**(out.document or {}), "exit_code": code})
         return code
 
@@ -170,8 +172,11 @@ def _fail(out: commands.Output, errors: Console, exc: Exception, *, verbose: boo
 def _report(
     out: commands.Output, errors: Console, what: str, exc: Exception | None, code: int
 ) -> None:
-    """One JSON object on standard output (``--json``), else one line on standard error."""
-    if out.json:
+    """One JSON object on standard output (``--json``), else one line on standard error.
+
+    A streaming command's standard output holds its stream only: its errors go to standard error.
+    """
+    if out.json and not out.stream:
         data = (
             {"error": "KeyboardInterrupt", "message": what, "exit_code": code}
             if exc is None
@@ -322,11 +327,54 @@ def _parser() -> argparse.ArgumentParser:
         address="required",
     )
     why.add_argument("name", help="the deployment's name")
+
+    watch = command(
+        "watch",
+        "stream the service's events (nodes that join or are lost, replicas lost and placed "
+        "again): one line each, or with --json one JSON object per line; Ctrl-C stops",
+        commands.watch,
+        address="required",
+    )
+    start = watch.add_mutually_exclusive_group()
+    start.add_argument(
+        "--after",
+        type=_count(minimum=0),
+        default=0,
+        metavar="SEQ",
+        help="start after the event numbered SEQ (default 0: every event the service still keeps)",
+    )
+    start.add_argument("--new", action="store_true", help="only the events from now on")
+    watch.add_argument(
+        "--count", type=_count(minimum=1), metavar="N", help="stop after N events (markers count)"
+    )
+    watch.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop after this many seconds in all, events or not (exit 0)",
+    )
     return parser
 
 
+def _count(*, minimum: int) -> Any:  # noqa: ANN401 - an argparse type: Callable[[str], int]
+    """An argparse type: a whole number, at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            msg = f"not a whole number: {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if value < minimum:
+            msg = f"must be at least {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def _seconds(text: str) -> float:
-    """A ``--ready-timeout``: a number of seconds, more than 0 and at most a day."""
+    """A ``--ready-timeout`` or ``--timeout``: a number of seconds, more than 0, at most a day."""
     try:
         value = float(text)
     except ValueError:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
+import queue
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +22,19 @@ from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
     GetPlacementFailure,
+    NodeJoined,
     Place,
     PlacementFailure,
     Release,
     Released,
+    ReplicaReplaced,
+    Subscribe,
 )
 from placement_actors.cli import render
 from placement_actors.config_files import DeploymentSpec, load_cluster, load_deployments
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
 from placement_actors.domain.errors import (
+    BackendError,
     CapacityError,
     PlacementError,
     PlacementGroupTimeoutError,
@@ -52,6 +59,7 @@ __all__ = [
     "release",
     "serve",
     "status",
+    "watch",
     "why",
 ]
 
@@ -97,6 +105,8 @@ class Output:
     progress: Console
     json: bool
     document: dict[str, Any] | None = None
+    stream: bool = False
+    """A streaming command: with ``--json``, standard output holds `line` objects only."""
 
     def emit(self, data: Mapping[str, Any]) -> None:
         """Keep ``data`` as the command's JSON document (only in ``--json`` mode)."""
@@ -106,6 +116,13 @@ class Output:
     def say(self, text: str) -> None:
         """Print one line for people (not in ``--json`` mode), literally: no markup."""
         if not self.json:
+            self.console.print(Text(text), soft_wrap=True)
+
+    def line(self, data: Mapping[str, Any], text: str) -> None:
+        """Print one item of a stream at once: ``data`` as one JSON line, or ``text`` literally."""
+        if self.json:
+            print(json.dumps(data), flush=True)  # noqa: T201 - the JSON line is the output
+        else:
             self.console.print(Text(text), soft_wrap=True)
 
     def note(self, text: str) -> None:
@@ -127,12 +144,13 @@ class _Placed:
 
 
 @contextlib.contextmanager
-def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
+def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
+    """Connect to ``address``, or start the embedded cluster and yield it (else ``None``)."""
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only when used
 
     if address is not None:
         with out.waiting(f"Connecting to Ray at {address}"), on_ray.connected(address):
-            yield
+            yield None
         return
     cluster = on_ray.LocalCluster(
         head_gpus=0,
@@ -145,7 +163,7 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[None]:
         cluster.__enter__()
     out.note(f"Local Ray cluster at {cluster.address}: head + {layout}")
     try:
-        yield
+        yield cluster
     finally:
         with out.waiting("Stopping the local Ray cluster"):
             cluster.__exit__(None, None, None)
@@ -247,7 +265,7 @@ def _wait_for_masters(out: Output, placed: _Placed, timeout_s: float) -> dict[st
 def demo(args: argparse.Namespace, out: Output) -> int:
     """Place a deployments file end to end on Ray, print, then remove everything it made."""
     specs = load_deployments(args.deployments)  # a bad file stops us before Ray starts
-    with _ray_cluster(args.address, out):
+    with _ray_cluster(args.address, out) as cluster:
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415
         from placement_actors.service import SERVICE_NAME  # noqa: PLC0415
 
@@ -261,10 +279,15 @@ def demo(args: argparse.Namespace, out: Output) -> int:
         ref = start_on_ray(ready_timeout_s=args.ready_timeout)
         placed = _Placed(results=[], failures=[])
         alive: list[str] = []
+        moved: list[dict[str, Any]] = []
         try:
             _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
             endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
             names = _node_names()
+            if cluster is not None:  # the embedded cluster: show the service following it
+                moved = _a_node_leaves(
+                    cluster, ref, placed, names, out=out, timeout_s=args.ready_timeout
+                )
         finally:
             # Release every name of the file, placed or not: a release also reaps groups that a
             # failed or earlier placement of that name left behind.
@@ -277,9 +300,94 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 for name, state in on_ray.group_states(GROUP_NAME_ROOT).items()
                 if state.is_live and any(name.startswith(p) for p in ours)
             ]
-        _report_placements(out, placed, names, endpoints, {"groups_left_alive": len(alive)})
+        _report_placements(
+            out, placed, names, endpoints, {"moved": moved, "groups_left_alive": len(alive)}
+        )
+        if moved:
+            render.print_moves(out.console, moved)
         out.say(f"Released every deployment; placement groups left alive: {len(alive)}.")
     return EXIT_OK
+
+
+class _Events(pykka.ThreadingActor):
+    """Queues the service's events (a `Subscribe`r)."""
+
+    def __init__(self, found: queue.Queue[object]) -> None:
+        super().__init__()
+        self._found = found
+
+    def on_receive(self, message: Any) -> None:  # noqa: ANN401 - any event
+        self._found.put(message)
+
+
+def _a_node_leaves(
+    cluster: Any,  # noqa: ANN401 - a LocalCluster
+    ref: pykka.ActorRef[Any],
+    placed: _Placed,
+    names: dict[str, str],
+    *,
+    out: Output,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """A spare node joins, then the node under the fewest local GPUs leaves; its replicas move.
+
+    Returns one row per moved replica (from, to, new master address).
+    """
+    found: queue.Queue[object] = queue.Queue()
+    listener = _Events.start(found)
+    try:
+        ref.ask(Subscribe(listener), timeout=_REPLY_TIMEOUT_S)
+        on_node: dict[str, int] = {}
+        for result in placed.results:
+            for assignment in result.assignments:
+                if assignment.gpus and assignment.node in cluster.worker_ids:
+                    on_node[assignment.node] = on_node.get(assignment.node, 0) + len(
+                        assignment.gpus
+                    )
+        if not on_node:
+            return []
+        with out.waiting("A spare node (gpu-spare, 4 GPUs) joins the cluster"):
+            spare = cluster.add_worker(gpus=4, name="gpu-spare")
+            _next_event(found, NodeJoined, timeout_s)
+        names = {**names, spare: "gpu-spare"}
+        leaving = min(on_node, key=lambda n: (on_node[n], names.get(n, n)))
+        lost = sum(1 for r in placed.results for a in r.assignments if a.node == leaving)
+        with out.waiting(f"{names.get(leaving, leaving)} leaves the cluster"):
+            cluster.remove_worker(leaving)
+            return [
+                _move_row(_next_event(found, ReplicaReplaced, timeout_s), leaving, names, timeout_s)
+                for _ in range(lost)
+            ]
+    except (queue.Empty, PlacementError, pykka.Timeout) as exc:
+        out.note(f"the node change did not finish: {type(exc).__name__}")
+        return []
+    finally:
+        listener.stop()
+
+
+def _next_event(found: queue.Queue[object], kind: type, timeout_s: float) -> Any:  # noqa: ANN401
+    deadline = time.monotonic() + timeout_s
+    while True:
+        event = found.get(timeout=max(0.1, deadline - time.monotonic()))
+        if isinstance(event, kind):
+            return event
+
+
+def _move_row(
+    replaced: ReplicaReplaced, leaving: str, names: Mapping[str, str], timeout_s: float
+) -> dict[str, Any]:
+    master = "-"
+    if replaced.placement is not None:
+        bundle = replaced.placement.master
+        master = f"{bundle.node_ip.get(timeout=timeout_s)}:{bundle.port.get(timeout=timeout_s)}"
+    return {
+        "deployment": replaced.deployment,
+        "replica": replaced.replica_index,
+        "from": names.get(leaving, leaving),
+        "to": " + ".join(names.get(a.node, a.node) for a in replaced.assignments),
+        "gpus": [list(a.gpus) for a in replaced.assignments],
+        "master": master,
+    }
 
 
 def place(args: argparse.Namespace, out: Output) -> int:
@@ -444,6 +552,38 @@ def why(args: argparse.Namespace, out: Output) -> int:
     if not out.json:
         render.print_failure(out.console, data)
     return EXIT_NO_CAPACITY
+
+
+def watch(args: argparse.Namespace, out: Output) -> int:
+    """Stream the service's events until ``--count``, ``--timeout``, Ctrl-C or the service ends."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only when used
+
+    out.stream = True  # from here on, standard output holds the stream only
+    client = _client(args.address)
+    names = _node_names()
+    stream = client.watch(None if args.new else args.after, timeout_s=args.timeout)
+    seen = 0
+    try:
+        for item in stream:
+            if isinstance(item.event, NodeJoined):  # a name for when it is lost, too
+                label = item.event.node.labels.get(on_ray.NAME_LABEL)
+                if label is not None:
+                    names[item.event.node.node_id] = str(label)
+            data = render.event_data(item, names)
+            out.line(data, render.event_line(data))
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                return EXIT_OK
+    except (BackendError, pykka.Timeout) as exc:  # the service stopped, or no longer answers
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, pykka.Timeout):
+            cause = f"no reply within {cause}"
+        msg = f"the service stopped answering after {seen} event(s) ({cause})"
+        raise BackendError(msg, operation="watch") from exc
+    finally:
+        stream.close()
+    out.note(f"watched for {args.timeout:g}s: {seen} event(s)")
+    return EXIT_OK
 
 
 def _client(address: str) -> Any:  # noqa: ANN401 - a PlacementClient

@@ -10,22 +10,34 @@ fit wrap (``overflow="fold"``) instead of being cut.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from placement_actors.actors.messages import ClusterView
+from placement_actors.actors.messages import (
+    ClusterView,
+    NodeJoined,
+    NodeLost,
+    NodeState,
+    ReplicaLost,
+    ReplicaReplaced,
+)
 from placement_actors.domain.deployments import CustomRuntime
 from placement_actors.domain.errors import CapacityError, ConfigFileError
 from placement_actors.domain.results import PlacementResult, ReplicaBundleSpec
+from placement_actors.service import EventsMissed, ServiceEvent
 
 __all__ = [
     "error_data",
+    "event_data",
+    "event_line",
     "failure_data",
     "print_cluster",
     "print_failure",
+    "print_moves",
     "print_occupancy",
     "print_replicas",
     "print_spec",
@@ -159,15 +171,111 @@ def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
             {
                 "node": node.node_id,
                 "name": _name(names, node.node_id),
+                "state": getattr(node, "state", NodeState.ALIVE).value,
                 "head": node.is_head,
                 "capacity": node.capacity,
                 "free": list(node.free_gpus),
                 "held": held,
+                "outside": int(getattr(node, "outside", 0)),
                 "egress": node.egress,
                 "remote_replicas": node.remote_replicas,
             }
         )
-    return {"nodes": nodes, "deployments": list(view.deployments)}
+    return {
+        "nodes": nodes,
+        "deployments": list(view.deployments),
+        "degraded": list(getattr(view, "degraded", ())),
+    }
+
+
+def event_data(item: ServiceEvent, names: Mapping[str, str]) -> dict[str, Any]:
+    """One event of the service: its number, time (UTC, ISO 8601), kind and what it is about.
+
+    Kinds: ``node_joined``, ``node_lost``, ``replica_lost``, ``replica_replaced``,
+    ``events_missed`` (a marker: the watcher fell behind, or the service started again).
+    """
+    event = item.event
+    data: dict[str, Any] = {
+        "sequence": item.sequence,
+        "time": datetime.fromtimestamp(item.at, tz=UTC).isoformat(timespec="milliseconds"),
+    }
+    if isinstance(event, NodeJoined):
+        node = event.node
+        data.update(
+            kind="node_joined",
+            node=node.node_id,
+            name=_name(names, node.node_id),
+            gpus=node.num_gpus,
+            head=node.is_head,
+            egress=event.egress,
+        )
+    elif isinstance(event, NodeLost):
+        data.update(kind="node_lost", node=event.node_id, name=_name(names, event.node_id))
+    elif isinstance(event, ReplicaLost):
+        data.update(
+            kind="replica_lost",
+            deployment=event.deployment,
+            replica=event.replica_index,
+            node=event.node_id,
+            name=None if event.node_id is None else _name(names, event.node_id),
+            will_replace=event.will_replace,
+        )
+    elif isinstance(event, ReplicaReplaced):
+        data.update(
+            kind="replica_replaced",
+            deployment=event.deployment,
+            replica=event.replica_index,
+            nodes=[
+                {"node": a.node, "name": _name(names, a.node), "gpus": list(a.gpus)}
+                for a in event.assignments
+            ],
+            group=None if event.placement is None else event.placement.group_name,
+        )
+    elif isinstance(event, EventsMissed):
+        data.update(kind="events_missed", after=event.after, missed=event.missed)
+    else:  # a kind this command line does not know yet: named, not dropped
+        data.update(kind="other", type=type(event).__name__)
+    return data
+
+
+def event_line(data: Mapping[str, Any]) -> str:
+    """`event_data` as one line for people: local time, number, what happened."""
+    at = datetime.fromisoformat(data["time"]).astimezone()
+    when = at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
+    return f"{when}  #{data['sequence']}  {_event_text(data)}"
+
+
+def _event_text(data: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return per kind
+    kind = data["kind"]
+    if kind == "node_joined":
+        extra = "".join(
+            f", {what}"
+            for what, given in (("head", data["head"]), ("egress", data["egress"]))
+            if given
+        )
+        gpus = f"{data['gpus']} GPU" + ("" if data["gpus"] == 1 else "s")
+        return f"node joined: {data['name']} ({gpus}{extra})"
+    if kind == "node_lost":
+        return f"node lost: {data['name']}"
+    if kind == "replica_lost":
+        where = f"on {data['name']}" if data["name"] is not None else "(Ray rescheduled its group)"
+        then = (
+            "the service places it again when it fits"
+            if data["will_replace"]
+            else "not placed again (its Place turned replace_lost off)"
+        )
+        return f"replica lost: {data['deployment']} #{data['replica']} {where}; {then}"
+    if kind == "replica_replaced":
+        nodes = " + ".join(n["name"] for n in data["nodes"]) or "-"
+        gpus = " + ".join(_ordinals(n["gpus"]) for n in data["nodes"] if n["gpus"])
+        return f"replica placed again: {data['deployment']} #{data['replica']} on {nodes}" + (
+            f" (GPUs {gpus})" if gpus else ""
+        )
+    if kind == "events_missed":
+        if data["missed"] is None:
+            return "events missed: the service started again; its earlier events are gone"
+        return f"events missed: {data['missed']} (this watch fell behind the service's buffer)"
+    return f"event: {data['type']}"
 
 
 def spec_data(spec: ReplicaBundleSpec) -> dict[str, Any]:
@@ -225,18 +333,39 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
 
 
 def print_cluster(console: Console, view: dict[str, Any]) -> None:
-    """A row per node: free and total GPUs, holders, egress."""
-    table = _table("Nodes", ("node", "free GPUs", "held by", "egress", "remote"))
+    """A row per node: state, free and total GPUs, holders, egress; then degraded deployments.
+
+    The ``outside`` column (GPUs other Ray users hold) is shown only when some node has any.
+    """
+    outside = any(node.get("outside") for node in view["nodes"])
+    columns = ["node", "state", "free GPUs", "held by"]
+    columns += ["outside"] if outside else []
+    table = _table("Nodes", [*columns, "egress", "remote"])
     for node in view["nodes"]:
-        row = (
-            node["name"] + (" (head)" if node["head"] else ""),
-            f"{len(node['free'])}/{node['capacity']}",
-            "; ".join(f"{d} [{_ordinals(o)}]" for d, o in node["held"].items()) or "-",
-            "yes" if node["egress"] else "-",
-            str(node["remote_replicas"]) if node["egress"] else "-",
-        )
-        table.add_row(*map(Text, row))
+        lost = node.get("state") == NodeState.LOST.value
+        row = [
+            Text(node["name"] + (" (head)" if node["head"] else "")),
+            Text(node.get("state", NodeState.ALIVE.value), style="bold red" if lost else ""),
+            Text("-" if lost else f"{len(node['free'])}/{node['capacity']}"),
+            Text("; ".join(f"{d} [{_ordinals(o)}]" for d, o in node["held"].items()) or "-"),
+        ]
+        if outside:
+            row.append(Text(str(node.get("outside") or "-")))
+        row += [
+            Text("yes" if node["egress"] else "-"),
+            Text(str(node["remote_replicas"]) if node["egress"] else "-"),
+        ]
+        table.add_row(*row)
     console.print(table)
+    degraded = view.get("degraded") or []
+    if degraded:
+        console.print(
+            Text.assemble(
+                ("Degraded", "bold red"),
+                f" (replicas missing): {', '.join(degraded)}",
+            ),
+            soft_wrap=True,
+        )
 
 
 def print_occupancy(console: Console, view: dict[str, Any]) -> None:
@@ -248,15 +377,23 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
         if not node["capacity"]:
             continue
         owner = {o: d for d, ordinals in node["held"].items() for o in ordinals}
+        free = set(node["free"])
         line = Text(f"{node['name']:<{width}}  ")
         for ordinal in range(node["capacity"]):
             holder = owner.get(ordinal)
-            line.append("■ " if holder else "□ ", style=colours.get(holder, "grey50"))
+            if holder is not None:
+                line.append("■ ", style=colours.get(holder, "grey50"))
+            elif ordinal in free:
+                line.append("□ ", style="grey50")
+            else:  # neither free nor held by a deployment: another Ray user holds it
+                line.append("▣ ", style="grey50")
         console.print(line)
     legend = Text("legend: ")
     for deployment, colour in colours.items():
         if any(deployment in n["held"] for n in view["nodes"]):
             legend.append(f"■ {deployment}  ", style=colour)
+    if any(n.get("outside") for n in view["nodes"]):
+        legend.append("▣ outside the service  ", style="grey50")
     legend.append("□ free", style="grey50")
     console.print(legend)
 
@@ -274,4 +411,21 @@ def print_spec(console: Console, tp: int, spec: dict[str, Any]) -> None:
         rows.append(("label selector", str(spec["bundle_label_selector"][0])))
     for row in rows:
         table.add_row(*map(Text, row))
+    console.print(table)
+
+
+def print_moves(console: Console, moves: Sequence[dict[str, Any]]) -> None:
+    """The replicas that moved when a node left: from where, to where, their new master."""
+    table = Table(title="Moved when a node left", title_justify="left")
+    for column in ("deployment", "replica", "from", "to", "GPUs", "new master address"):
+        table.add_column(column, overflow="fold")
+    for move in moves:
+        table.add_row(
+            Text(str(move["deployment"])),
+            Text(str(move["replica"])),
+            Text(str(move["from"])),
+            Text(str(move["to"])),
+            Text(" + ".join(_ordinals(g) for g in move["gpus"]) or "-"),
+            Text(str(move["master"])),
+        )
     console.print(table)

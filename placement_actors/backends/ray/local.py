@@ -15,7 +15,7 @@ import ray
 
 from placement_actors.backends.ray.cluster import EGRESS_LABEL, NAME_LABEL
 from placement_actors.backends.ray.connection import NAMESPACE
-from placement_actors.domain.errors import BackendError
+from placement_actors.domain.errors import BackendError, InvalidSpecError
 
 __all__ = ["LocalCluster"]
 
@@ -45,7 +45,7 @@ class LocalCluster:
     cpus_per_node: int = 8
     temp_dir: Path | None = None
     _cluster: Any = field(default=None, init=False, repr=False)
-    _added: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _workers: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _made_temp: bool = field(default=False, init=False, repr=False)
     _saved_env: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -79,9 +79,10 @@ class LocalCluster:
                     labels[NAME_LABEL] = self.worker_names[index]
                 if index in self.egress_workers:
                     labels[EGRESS_LABEL] = "true"
-                self._cluster.add_node(
+                node = self._cluster.add_node(
                     num_cpus=max(self.cpus_per_node, gpus), num_gpus=gpus, labels=labels
                 )
+                self._workers[str(node.node_id)] = node
             self._cluster.wait_for_nodes()
             ray.init(
                 address=self._cluster.address,
@@ -104,12 +105,25 @@ class LocalCluster:
             num_cpus=max(self.cpus_per_node, gpus), num_gpus=gpus, labels=labels
         )
         self._cluster.wait_for_nodes()
-        self._added[str(node.node_id)] = node
+        self._workers[str(node.node_id)] = node
         return str(node.node_id)
 
     def remove_worker(self, node_id: str, *, graceful: bool = True) -> None:
-        """Stop a raylet started by `add_worker` (``graceful=False``: as if it crashed)."""
-        self._cluster.remove_node(self._added.pop(node_id), allow_graceful=graceful)
+        """Stop one worker raylet (``graceful=False``: as if it crashed).
+
+        Raises:
+            InvalidSpecError: no worker of this cluster has that node id.
+        """
+        node = self._workers.pop(node_id, None)
+        if node is None:
+            msg = f"no worker of this cluster is node {node_id}"
+            raise InvalidSpecError(msg, field="node_id")
+        self._cluster.remove_node(node, allow_graceful=graceful)
+
+    @property
+    def worker_ids(self) -> tuple[str, ...]:
+        """The node ids of the worker raylets running now."""
+        return tuple(self._workers)
 
     @property
     def address(self) -> str:
