@@ -488,7 +488,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._held[name] = kept
             else:
                 del self._held[name]
-        logger.warning("node %s left the cluster", node_id)
+        logger.info("node %s left the cluster", node_id)
         self._notify(event)
         for name in sorted(self._placed):
             placed = self._placed[name]

@@ -251,8 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = command(
         "demo",
         "start a local Ray cluster with logical GPUs (or use --address), place the deployments "
-        "through both actors, print each replica's nodes, GPUs, master address and port, then "
-        "remove every placement group it made (what `make run` does)",
+        "through both actors, print each replica's nodes, GPUs, master address and port; on the "
+        "local cluster a node then joins, another leaves and its replicas move; then remove "
+        "every placement group it made (what `make run` does)",
         commands.demo,
         address="optional",
     )

@@ -304,6 +304,10 @@ def demo(args: argparse.Namespace, out: Output) -> int:
             out, placed, names, endpoints, {"moved": moved, "groups_left_alive": len(alive)}
         )
         if moved:
+            out.say(
+                f"Then a spare node (gpu-spare, 4 GPUs) joined and {moved[0]['from']} left the "
+                f"cluster: the service placed its {len(moved)} replica(s) again, with new masters."
+            )
             render.print_moves(out.console, moved)
         out.say(f"Released every deployment; placement groups left alive: {len(alive)}.")
     return EXIT_OK
