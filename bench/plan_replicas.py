@@ -39,16 +39,18 @@ def ray_alone() -> float:
 
 def through_the_service() -> tuple[float, float]:
     actor = start_on_ray()
-    deployment = Deployment(name="bench", model="m", replicas=REPLICAS)
-    start = time.perf_counter()
-    result = actor.ask(Place(deployment), timeout=120)
-    replied = time.perf_counter() - start
-    assert isinstance(result, PlacementResult)
-    for replica in result.replicas:
-        replica.master.port.get(timeout=120)
-    resolved = time.perf_counter() - start
-    actor.ask(Release("bench"), timeout=120)
-    actor.stop()  # and its planner
+    try:
+        deployment = Deployment(name="bench", model="m", replicas=REPLICAS)
+        start = time.perf_counter()
+        result = actor.ask(Place(deployment), timeout=120)
+        replied = time.perf_counter() - start
+        assert isinstance(result, PlacementResult)
+        for replica in result.replicas:
+            replica.master.port.get(timeout=120)
+        resolved = time.perf_counter() - start
+        actor.ask(Release("bench"), timeout=120)
+    finally:
+        actor.stop()  # and its planner: a live actor thread would keep the script running
     return replied, resolved
 
 

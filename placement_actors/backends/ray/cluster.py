@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -88,8 +89,7 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
     for assignments in held.values():
         for assignment in assignments:
             ours[assignment.node] = ours.get(assignment.node, 0) + len(assignment.gpus)
-    # A developer API of Ray (no stable one gives per-node availability without the dashboard).
-    available = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    available = _settled_availability()
     outside: dict[str, int] = {}
     for node_id, record in alive_nodes().items():
         total = int((record.get("Resources") or {}).get("GPU", 0))
@@ -98,6 +98,26 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
         if in_use:
             outside[node_id] = in_use
     return outside
+
+
+def _settled_availability(
+    pause_s: float = 0.2, readings: int = 10
+) -> Mapping[str, Mapping[str, float]]:
+    """Ray's free resources per node, read until two readings a pause apart agree.
+
+    Ray's view of free resources lags removals by a moment: a service started right after
+    groups were removed would otherwise take their GPUs for someone else's. At most
+    ``readings`` readings (about two seconds).
+    """
+    # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+    last = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    for _ in range(readings - 1):
+        time.sleep(pause_s)
+        now = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+        if now == last:
+            break
+        last = now
+    return last  # type: ignore[no-any-return]
 
 
 def alive_nodes() -> dict[str, Mapping[str, Any]]:
