@@ -265,20 +265,9 @@ class DeploymentPlacementActor(KeepServingActor):
                     "constraints; release it first"
                 )
                 raise InvalidSpecError(msg, field="name")
-            missing = earlier.missing_replicas()
-            if missing:  # some replicas' groups failed: place those again
-                again = decide_placement(
-                    self._gpus,
-                    self._egress,
-                    deployment,
-                    constraints,
-                    rules=self._rules,
-                    indexes=missing,
-                    own=earlier.result.assignments,
-                    named_nodes_known=False,
-                )
-                more = PlacementResult(deployment=deployment, assignments=again)
-                earlier.result = self._merge(earlier.result, self._reserve_on_cluster(more))
+            if earlier.missing_replicas():  # lost or failed replicas: place those again
+                self._place_missing(earlier)
+                self._degraded.discard(deployment.name)
             return earlier.result
         assignments = decide_placement(
             self._gpus, self._egress, deployment, constraints, rules=self._rules
@@ -551,25 +540,11 @@ class DeploymentPlacementActor(KeepServingActor):
         if not missing:
             self._degraded.discard(name)
             return
-        deployment, constraints = placed.place.deployment, placed.place.constraints
         try:
-            again = decide_placement(
-                self._gpus,
-                self._egress,
-                deployment,
-                constraints,
-                rules=self._rules,
-                indexes=missing,
-                own=placed.result.assignments,
-                named_nodes_known=False,
-            )
-            more = PlacementResult(deployment=deployment, assignments=again)
-            if placed.egress_key is None:
-                more = self._reserve_on_cluster(more)
+            more = self._place_missing(placed)
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
             return
-        placed.result = self._merge(placed.result, more)
         self._degraded.discard(name)
         for index in missing:
             self._notify(
@@ -580,6 +555,29 @@ class DeploymentPlacementActor(KeepServingActor):
                     assignments=tuple(a for a in more.assignments if a.replica_index == index),
                 )
             )
+
+    def _place_missing(self, placed: _Placed) -> PlacementResult:
+        """Place a deployment's missing replicas again (one call); returns what was added.
+
+        Nodes its constraints name that are gone are simply not available. Raises the refusal
+        (nothing changes) when they do not fit.
+        """
+        deployment, constraints = placed.place.deployment, placed.place.constraints
+        again = decide_placement(
+            self._gpus,
+            self._egress,
+            deployment,
+            constraints,
+            rules=self._rules,
+            indexes=placed.missing_replicas(),
+            own=placed.result.assignments,
+            named_nodes_known=False,
+        )
+        more = PlacementResult(deployment=deployment, assignments=again)
+        if placed.egress_key is None:
+            more = self._reserve_on_cluster(more)
+        placed.result = self._merge(placed.result, more)
+        return more
 
     def _retry_degraded(self) -> None:
         for name in sorted(self._degraded):

@@ -228,3 +228,18 @@ def test_a_replica_pinned_to_a_list_of_nodes_moves_to_a_survivor_of_the_list(
     # the same Place again is still the same deployment, though it names a node that is gone
     again = place(actor, local("listed", gpus=2), gpu_nodes=("a", "b"))
     assert again.assignments == replaced.assignments
+
+
+def test_sending_the_same_place_again_places_what_was_lost(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    api = Deployment(name="api", model="gpt-4o", replicas=2)
+    place(actor, api, replace_lost=False)
+    actor.tell(NodeLost(node_id="e1"))
+    assert isinstance(next_event(events), NodeLost)
+    assert isinstance(next_event(events), ReplicaLost)
+    assert current(actor, "api").missing != ()
+    again = place(actor, api, replace_lost=False)
+    assert sorted(a.replica_index for a in again.assignments) == [0, 1]
+    assert {a.node for a in again.assignments} == {"e2"}
+    assert view(actor).degraded == ()
