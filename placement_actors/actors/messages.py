@@ -374,6 +374,12 @@ def _check_group(group_name: object, attempt: object) -> None:
     check_count(attempt, "attempt")
 
 
+def _check_subscriber(subscriber: object) -> None:
+    if not isinstance(subscriber, pykka.ActorRef):
+        msg = f"a subscriber is a pykka ActorRef, got {type(subscriber).__name__}"
+        raise InvalidSpecError(msg, field="subscriber")
+
+
 def _check_gpu_ids(gpu_ids: object) -> None:
     if not isinstance(gpu_ids, tuple) or len(gpu_ids) > MAX_NODE_GPUS:
         msg = f"gpu_ids must be a tuple of at most {MAX_NODE_GPUS} GPU ids"
@@ -557,9 +563,7 @@ class Subscribe:
 
     def __post_init__(self) -> None:
         """Check that the subscriber is an actor."""
-        if not isinstance(self.subscriber, pykka.ActorRef):
-            msg = f"a subscriber is a pykka ActorRef, got {type(self.subscriber).__name__}"
-            raise InvalidSpecError(msg, field="subscriber")
+        _check_subscriber(self.subscriber)
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,9 +574,7 @@ class Unsubscribe:
 
     def __post_init__(self) -> None:
         """Check that the subscriber is an actor."""
-        if not isinstance(self.subscriber, pykka.ActorRef):
-            msg = f"a subscriber is a pykka ActorRef, got {type(self.subscriber).__name__}"
-            raise InvalidSpecError(msg, field="subscriber")
+        _check_subscriber(self.subscriber)
 
 
 @dataclass(frozen=True, slots=True)
