@@ -37,6 +37,9 @@ from placement_actors.actors.messages import (
     BundleGpusKnown,
     BundleProbed,
     BundleProbeFailed,
+    ClusterView,
+    GetClusterView,
+    GetPlacement,
     GroupRescheduling,
     NodeJoined,
     NodeLost,
@@ -340,10 +343,22 @@ class PlacementHost:
         self._listener = _EventListener.start(self._record)
         try:
             self._placement.ask(Subscribe(self._listener), timeout=30)
+            self._register_recovered()
         except BaseException:
             self._listener.stop()
             self._placement.stop(timeout=30)
             raise
+
+    def _register_recovered(self) -> None:
+        """Make the endpoints of deployments an earlier run placed resolvable again.
+
+        A client of the earlier run asks for them by group name and attempt, which recovery keeps.
+        """
+        view = self._placement.ask(GetClusterView(), timeout=30)
+        for name in view.deployments if isinstance(view, ClusterView) else ():
+            found = self._placement.ask(GetPlacement(name), timeout=30)
+            if isinstance(found, Placement) and found.result is not None:
+                self._portable_result(found.result)
 
     async def handle(self, message: object) -> _Outcome:
         """Ask the actor that handles ``message``; never raises (errors travel as values).
@@ -616,6 +631,14 @@ class PlacementClient:
     def stop_service(self) -> None:
         """Stop the service's actor. Its placement groups stay: release deployments first."""
         self._host.kill()
+
+    def restart_service(self, *, timeout_s: float = 120.0) -> None:
+        """Kill the service's process and wait until Ray has started it again.
+
+        As a crash would: the new service rebuilds every deployment from its checkpoints and
+        the live placement groups, and this client (and every other) goes on talking to it.
+        """
+        self._host.restart(timeout_s=timeout_s)
 
     def _reply(self, outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protocol
         reply = _unwrap(outcome)

@@ -7,17 +7,39 @@ this way, so they are wired the same everywhere. Ray is imported only when it is
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
 from placement_actors.actors.messages import GroupRescheduling, NodeJoined, NodeLost
 from placement_actors.actors.planning import PlanningActor
+from placement_actors.backends.protocol import CheckpointStore
+from placement_actors.domain.checkpoints import (
+    DEPLOYMENT_KEYS,
+    GROUP_KEYS,
+    DeploymentCheckpoint,
+    GroupCheckpoint,
+    decode,
+    group_key,
+)
+from placement_actors.domain.deployments import GROUP_NAME_ROOT
+from placement_actors.domain.errors import InvalidSpecError, PlacementError
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
+from placement_actors.domain.results import NodeAssignment
+from placement_actors.policies.recovery import RecoveryPlan, plan_recovery
 from placement_actors.settings import head_exclusion
 
+if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
+    from placement_actors.domain.checkpoints import LiveGroup
+
 __all__ = ["start_on_ray"]
+
+logger = logging.getLogger(__name__)
 
 
 def start_on_ray(
@@ -32,14 +54,20 @@ def start_on_ray(
     """Start the placement service on Ray in this process; returns its front door.
 
     Connects to the cluster at ``address`` (``None``: the one this process is connected to, else
-    ``RAY_ADDRESS``, else a new local one), reads its alive nodes, egress labels, the GPUs that
-    groups of an earlier run still hold and the GPUs other Ray users hold (never offered, shown
-    as ``outside`` in `GetClusterView`), and starts a `PlanningActor` and the
-    `DeploymentPlacementActor` wired to it, and a `ClusterWatcher` that tells it every node that
-    joins or dies and every group Ray reschedules (`NodeJoined`, `NodeLost`,
-    `GroupRescheduling`). Stopping the returned actor stops the planner and the watcher too;
-    the placement groups are detached and stay until released. The connection to Ray stays
-    open (``ray.shutdown()`` or the `LocalCluster` context closes it).
+    ``RAY_ADDRESS``, else a new local one), reads its alive nodes, egress labels and the GPUs
+    other Ray users hold (never offered, shown as ``outside`` in `GetClusterView`), and starts a
+    `PlanningActor` and the `DeploymentPlacementActor` wired to it, and a `ClusterWatcher` that
+    tells it every node that joins or dies and every group Ray reschedules (`NodeJoined`,
+    `NodeLost`, `GroupRescheduling`). Stopping the returned actor stops the planner and the
+    watcher too; the placement groups are detached and stay until released. The connection to
+    Ray stays open (``ray.shutdown()`` or the `LocalCluster` context closes it).
+
+    Every accepted `Place` is written to Ray's GCS key-value store (`GcsCheckpoints`, in the
+    service's namespace) and deleted on `Release`. A service that starts where an earlier one
+    ran takes its deployments back (`placement_actors.policies.recovery`): replicas whose groups
+    live are kept, with the same ports; groups still pending are counted; missing replicas are
+    placed again; groups with no record are removed. One service per Ray namespace: two at once
+    would take each other's deployments.
 
     Args:
         address: the Ray cluster's address.
@@ -59,11 +87,21 @@ def start_on_ray(
 
     on_ray.connect(address)
     known = on_ray.alive_nodes()
+    store = on_ray.GcsCheckpoints()
+    live = on_ray.live_groups()
+    plan = _recovery(store, live, set(known))
+    for name in plan.reap:
+        on_ray.remove_named_pgs_with_prefix(name)  # a full group name: exactly that group
+    ours: dict[str, list[NodeAssignment]] = {}  # what our kept, created groups hold now
+    for deployment in plan.deployments:
+        for replica in deployment.adopted:
+            group = live.get(f"{GROUP_NAME_ROOT}{deployment.name}:r{replica.replica_index}")
+            if group is not None and group.status is GroupStatus.CREATED:
+                ours.setdefault(deployment.name, []).extend(replica.assignments)
+    outside = on_ray.gpus_held_outside(ours)
     planner: pykka.ActorRef[Any] = PlanningActor.start(
-        backend=on_ray.RayBackend(), ready_timeout_s=ready_timeout_s
+        backend=on_ray.RayBackend(), ready_timeout_s=ready_timeout_s, checkpoints=store
     )
-    held = on_ray.get_held_groups()
-    outside = on_ray.gpus_held_outside(held)
     try:
         service = DeploymentPlacementActor.start(
             topology=on_ray.get_cluster_topology(nodes=known.values()),
@@ -71,10 +109,11 @@ def start_on_ray(
             planner=planner,
             ignore_head_node=head_exclusion(ignore_head_node),
             planner_timeout_s=planner_timeout_s,
-            held=held,
             outside=outside,
             max_remote_replicas=max_remote_replicas,
             stops_planner=True,
+            checkpoints=store,
+            recovered=plan.deployments,
         )
     except BaseException:
         planner.stop()
@@ -91,6 +130,41 @@ def start_on_ray(
             interval_s=watch_s,
         ).start()
     return service
+
+
+def _recovery(
+    store: CheckpointStore, live: dict[str, LiveGroup], alive: AbstractSet[str]
+) -> RecoveryPlan:
+    """Read an earlier run's records and reconcile them with the live groups.
+
+    A damaged record (or one filed under another name) is logged and deleted: what it described
+    cannot be taken back, and its groups are reaped as groups with no record.
+    """
+    deployments: dict[str, DeploymentCheckpoint] = {}
+    for key, data in store.load(DEPLOYMENT_KEYS).items():
+        try:
+            record = decode(data, DeploymentCheckpoint)
+            if key != f"{DEPLOYMENT_KEYS}{record.deployment.name}":
+                msg = f"a record of {record.deployment.name} filed under {key}"
+                raise InvalidSpecError(msg, field="checkpoint")
+        except PlacementError as exc:
+            logger.warning("dropped checkpoint %s: %s", key, exc)
+            store.delete(key)
+            continue
+        deployments[record.deployment.name] = record
+    groups: dict[str, GroupCheckpoint] = {}
+    for key, data in store.load(GROUP_KEYS).items():
+        try:
+            group = decode(data, GroupCheckpoint)
+        except PlacementError as exc:
+            logger.warning("dropped checkpoint %s: %s", key, exc)
+            store.delete(key)
+            continue
+        groups[key.removeprefix(GROUP_KEYS)] = group
+    plan = plan_recovery(deployments, groups, live, alive)
+    for name in plan.forget:
+        store.delete(group_key(name))
+    return plan
 
 
 def _tell(ref: pykka.ActorRef[Any], event: object) -> None:

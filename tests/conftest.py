@@ -37,7 +37,7 @@ def ray_cluster() -> Iterator[object]:
 
 @pytest.fixture
 def ray_nodes(ray_cluster: object) -> Iterator[dict[str, str]]:
-    """Friendly name -> Ray node id; after the test, no placement group may be left alive."""
+    """Friendly name -> Ray node id; after the test, no placement group or record may be left."""
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
 
     del ray_cluster
@@ -46,4 +46,7 @@ def ray_nodes(ray_cluster: object) -> Iterator[dict[str, str]]:
     alive = {n: s for n, s in on_ray.group_states().items() if s.is_live}
     for name in alive:
         on_ray.remove_named_pgs_with_prefix(name)
+    records = sorted(on_ray.GcsCheckpoints().load(""))
+    on_ray.GcsCheckpoints().clear()
     assert alive == {}, f"the test left placement groups alive: {alive}"
+    assert records == [], f"the test left checkpoint records: {records}"

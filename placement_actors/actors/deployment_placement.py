@@ -45,6 +45,13 @@ from placement_actors.actors.messages import (
     Subscribe,
     Unsubscribe,
 )
+from placement_actors.backends.protocol import CheckpointStore
+from placement_actors.domain.checkpoints import (
+    DeploymentCheckpoint,
+    ReplicaGroup,
+    deployment_key,
+    encode,
+)
 from placement_actors.domain.constraints import EgressKey
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, is_deployment_name
 from placement_actors.domain.errors import (
@@ -68,6 +75,7 @@ from placement_actors.policies.placement_decision import (
     decide_placement,
     egress_key,
 )
+from placement_actors.policies.recovery import RecoveredDeployment
 
 __all__ = [
     "OUTSIDE_HOLDER",
@@ -127,6 +135,12 @@ class DeploymentPlacementActor(KeepServingActor):
             alone, as `placement_actors.start_on_ray` does).
         outside: GPUs per node that something other than the service holds (other Ray users):
             they are never offered, and `GetClusterView` counts them as ``outside``.
+        checkpoints: where every accepted `Place` is written down (a `DeploymentCheckpoint`,
+            rewritten when its replicas move, deleted on `Release`); ``None``: nothing is.
+        recovered: deployments of an earlier run to take back (from
+            `placement_actors.policies.recovery.plan_recovery`): their kept replicas are
+            reserved again first, with their groups (the planner adopts them), then their
+            missing replicas are placed again. Re-sending their `Place` answers their result.
 
     With a planner, this actor is the service's one front door: `GetReplicaGroups` and
     `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back.
@@ -144,6 +158,8 @@ class DeploymentPlacementActor(KeepServingActor):
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
         stops_planner: bool = False,
         outside: Mapping[str, int] | None = None,
+        checkpoints: CheckpointStore | None = None,
+        recovered: Sequence[RecoveredDeployment] = (),
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
@@ -179,14 +195,15 @@ class DeploymentPlacementActor(KeepServingActor):
         self._placed: dict[str, _Placed] = {}
         self._failures: dict[str, CapacityError] = {}
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
+        self._checkpoints = checkpoints
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
-        for node_id, count in (outside or {}).items():
-            check_count(count, "outside")
-            if node_id in self._gpus and count:
-                taken = min(count, self._gpus.free_count(node_id))
-                if taken:
-                    self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
+        for earlier in recovered:
+            self._adopt(earlier)
+        self._reserve_outside(outside or {})
+        for earlier in recovered:  # every kept replica is reserved: now place the missing ones
+            if earlier.name in self._placed:
+                self._recover_missing(earlier.name)
         self._handlers = {
             Place: self.place,
             Release: self.release,
@@ -203,6 +220,15 @@ class DeploymentPlacementActor(KeepServingActor):
             GroupRescheduling: self._on_group_rescheduling,
             BundleGpusKnown: self._on_bundle_gpus_known,
         }
+
+    def _reserve_outside(self, outside: Mapping[str, int]) -> None:
+        """Keep GPUs that other Ray users hold off the market (as far as the ledger has them)."""
+        for node_id, count in outside.items():
+            check_count(count, "outside")
+            if node_id in self._gpus and count:
+                taken = min(count, self._gpus.free_count(node_id))
+                if taken:
+                    self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
 
     def on_stop(self) -> None:
         """Stop the planner too, when it was started for this actor alone."""
@@ -276,7 +302,16 @@ class DeploymentPlacementActor(KeepServingActor):
         result = PlacementResult(deployment=deployment, assignments=assignments)
         if key is None:
             result = self._reserve_on_cluster(result)
-        self._placed[deployment.name] = _Placed(place=message, result=result, egress_key=key)
+        placed = _Placed(place=message, result=result, egress_key=key)
+        try:
+            self._write(placed)
+        except PlacementError:  # not written down, not accepted: undo it all
+            if key is None and self._planner is not None:
+                with contextlib.suppress(PlacementError):
+                    self._ask_planner([RemoveReplicaGroups(deployment.name)])
+            self._free(deployment.name, assignments, key)
+            raise
+        self._placed[deployment.name] = placed
         return result
 
     @admits(Release)
@@ -284,6 +319,10 @@ class DeploymentPlacementActor(KeepServingActor):
         """Free all that a deployment holds, on the ledger and on the cluster; idempotent."""
         placed = self._placed.get(message.deployment)
         reap = placed is None and is_deployment_name(message.deployment)
+        if self._checkpoints is not None and is_deployment_name(message.deployment):
+            # The record goes first: should the service stop half-way, a group with no record
+            # is reaped at the next start, while a record with no group would be placed again.
+            self._checkpoints.delete(deployment_key(message.deployment))
         if self._planner is not None and (reap or (placed and placed.egress_key is None)):
             # Cluster first: if Ray fails, nothing is forgotten and the release can be retried.
             # An unknown name is sent too, to reap groups an earlier run of the service left.
@@ -532,6 +571,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._degraded.add(name)
         if will:
             self._replace_missing(name)
+        if name in self._placed:
+            self._rewrite(name)
 
     def _replace_missing(self, name: str) -> None:
         """Place a deployment's missing replicas again, on what capacity there is now."""
@@ -577,6 +618,7 @@ class DeploymentPlacementActor(KeepServingActor):
         if placed.egress_key is None:
             more = self._reserve_on_cluster(more)
         placed.result = self._merge(placed.result, more)
+        self._rewrite(deployment.name)
         return more
 
     def _retry_degraded(self) -> None:
@@ -586,6 +628,119 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._degraded.discard(name)
             elif placed.place.constraints.replace_lost:
                 self._replace_missing(name)
+
+    # -- what a restart must not lose ------------------------------------------------------------
+
+    def _write(self, placed: _Placed) -> None:
+        """Write a deployment down as it is now (raises `BackendError` if the store fails)."""
+        if self._checkpoints is None:
+            return
+        result = placed.result
+        record = DeploymentCheckpoint(
+            deployment=placed.place.deployment,
+            constraints=placed.place.constraints,
+            assignments=result.assignments,
+            groups=tuple(
+                ReplicaGroup(replica_index=r.replica_index, group_id=r.group_id, attempt=r.attempt)
+                for r in result.replicas
+                if r.group_id and r.attempt > 0
+            ),
+        )
+        self._checkpoints.save(deployment_key(result.deployment.name), encode(record))
+
+    def _rewrite(self, name: str) -> None:
+        """Write a deployment down again after its replicas moved (a failure is logged)."""
+        try:
+            self._write(self._placed[name])
+        except PlacementError as exc:
+            logger.warning("could not write %s down again: %s", name, exc)
+
+    def _adopt(self, earlier: RecoveredDeployment) -> None:
+        """Take back a deployment of an earlier run: its kept replicas, where they are."""
+        checkpoint = earlier.checkpoint
+        deployment, name = checkpoint.deployment, earlier.name
+        key = egress_key(deployment)
+        assignments: list[NodeAssignment] = []
+        adopting: list[PlanReplica] = []
+        for replica in earlier.adopted:
+            kept = self._reserve_again(name, replica.assignments, key)
+            if kept is None:
+                if replica.group is not None and self._planner is not None:
+                    with contextlib.suppress(PlacementError):  # cannot be kept: reap its group
+                        self._ask_planner(
+                            [
+                                PlanReplica(
+                                    deployment=name,
+                                    replica_index=replica.replica_index,
+                                    assignments=replica.assignments,
+                                    adopt=replica.group,
+                                ),
+                                RemoveReplicaGroups(name, (replica.replica_index,)),
+                            ]
+                        )
+                continue
+            if replica.group is not None and self._planner is not None:
+                adopting.append(
+                    PlanReplica(
+                        deployment=name,
+                        replica_index=replica.replica_index,
+                        assignments=kept,
+                        notify=self.actor_ref,
+                        adopt=replica.group,
+                    )
+                )
+            assignments.extend(kept)
+        replicas = []
+        for message in adopting:  # one at a time: a group that is gone is only that replica
+            try:
+                replicas.extend(self._ask_planner([message]))
+            except PlacementError as exc:
+                index = message.replica_index
+                logger.info("replica %d of %s is placed again: %s", index, name, exc)
+                self._free(name, message.assignments, None)
+                assignments = [a for a in assignments if a.replica_index != message.replica_index]
+        result = PlacementResult(
+            deployment=deployment, assignments=tuple(assignments), replicas=tuple(replicas)
+        )
+        self._placed[name] = _Placed(
+            place=Place(deployment, checkpoint.constraints), result=result, egress_key=key
+        )
+        logger.info(
+            "recovered %s: %d of %d replicas kept",
+            name,
+            len({a.replica_index for a in assignments}),
+            deployment.replicas,
+        )
+
+    def _reserve_again(
+        self, name: str, assignments: Sequence[NodeAssignment], key: EgressKey | None
+    ) -> tuple[NodeAssignment, ...] | None:
+        """Reserve a kept replica's GPUs (numbered anew) or egress slots; ``None`` if it can't."""
+        if key is not None:
+            if not all(a.node in self._egress for a in assignments):
+                return None
+            for assignment in assignments:
+                self._egress.add(assignment.node, key)
+            return tuple(assignments)
+        kept: list[NodeAssignment] = []
+        for assignment in assignments:
+            count = len(assignment.gpus)
+            if assignment.node not in self._gpus or self._gpus.free_count(assignment.node) < count:
+                logger.warning("%s's GPUs on %s cannot be reserved again", name, assignment.node)
+                self._free(name, kept, None)
+                return None
+            ordinals = self._gpus.reserve(assignment.node, count, name)
+            kept.append(replace(assignment, gpus=ordinals))
+        return tuple(kept)
+
+    def _recover_missing(self, name: str) -> None:
+        """After a restart: place a recovered deployment's missing replicas, or mark it degraded."""
+        placed = self._placed[name]
+        if placed.missing_replicas():
+            self._degraded.add(name)
+            if placed.place.constraints.replace_lost:
+                self._replace_missing(name)
+        self._rewrite(name)
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pykka
 
+from placement_actors.domain.checkpoints import GroupCheckpoint
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
@@ -246,6 +247,11 @@ class PlanReplica:
         notify: an actor told `ReplicaFailed` if the group fails after the reply.
         ready_timeout_s: how long Ray may take to make the group ready; ``None`` for the
             planner's default.
+        adopt: a group an earlier run of the service made for this replica, to take back
+            instead of making a new one (a restarted service, see
+            `placement_actors.policies.recovery`): its attempt and group id are kept, its
+            recorded ports are claimed again and its other bundles probed anew. ``None``: make
+            a new group.
     """
 
     deployment: str
@@ -253,6 +259,7 @@ class PlanReplica:
     assignments: tuple[NodeAssignment, ...]
     notify: pykka.ActorRef[Any] | None = None
     ready_timeout_s: float | None = None
+    adopt: GroupCheckpoint | None = None
 
     def __post_init__(self) -> None:
         """Check the fields' types and the timeout."""
@@ -270,6 +277,14 @@ class PlanReplica:
             raise InvalidSpecError(msg, field="notify")
         if self.ready_timeout_s is not None:
             check_timeout(self.ready_timeout_s, "ready_timeout_s")
+        if self.adopt is not None and (
+            not isinstance(self.adopt, GroupCheckpoint)
+            or (self.adopt.deployment, self.adopt.replica_index)
+            != (self.deployment, self.replica_index)
+            or len(self.adopt.assignments) != len(self.assignments)
+        ):
+            msg = "adopt must be the GroupCheckpoint of this replica, with one bundle per node"
+            raise InvalidSpecError(msg, field="adopt")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ groups, not a hundred sequential waits.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ from placement_actors.actors.messages import (
     ReplicaGroupsView,
     ReplicaGroupView,
 )
-from placement_actors.backends.protocol import BundleProbe, ClusterBackend
+from placement_actors.backends.protocol import BundleProbe, CheckpointStore, ClusterBackend
+from placement_actors.domain.checkpoints import GroupCheckpoint, KnownEndpoint, encode, group_key
 from placement_actors.domain.deployments import group_name, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
@@ -88,6 +88,7 @@ class _Group:
     notify: pykka.ActorRef[Any] | None
     timeout_s: float
     attempt: int
+    known: tuple[KnownEndpoint | None, ...] = ()
     state: GroupState = GroupState.PENDING
     timer: threading.Timer | None = None
     resolved: set[int] = field(default_factory=set)
@@ -104,17 +105,27 @@ class PlanningActor(KeepServingActor):
     Args:
         backend: the cluster (`placement_actors.backends.ray.RayBackend` on Ray).
         ready_timeout_s: default time Ray may take to make a group ready.
+        checkpoints: where each group's endpoints are written once known (a `GroupCheckpoint`),
+            and deleted with the group, so that a restarted service gives the same ports again
+            (see `PlanReplica.adopt`); ``None``: nothing is written.
     """
 
-    def __init__(self, *, backend: ClusterBackend, ready_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        backend: ClusterBackend,
+        ready_timeout_s: float = 60.0,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
         """Keep the backend; nothing is sent to the cluster until the first `PlanReplica`."""
         super().__init__()
         check_timeout(ready_timeout_s, "ready_timeout_s")
         self._backend = backend
         self._ready_timeout_s = ready_timeout_s
+        self._checkpoints = checkpoints
         self._groups: dict[str, _Group] = {}
         self._ports = PortBook()
-        self._attempts = itertools.count(1)
+        self._next_attempt = 1
         self._handlers = {
             PlanReplica: self.plan_replica,
             RemoveReplicaGroups: self.remove_replica_groups,
@@ -146,7 +157,18 @@ class PlanningActor(KeepServingActor):
             msg = f"group {name} already holds a different reservation; remove it first"
             raise InvalidSpecError(msg, field="assignments")
         spec = pinned_bundle_spec(message.assignments)
-        handle = self._backend.create_group(spec, name=name)
+        adopt = message.adopt
+        if adopt is None:
+            handle = self._backend.create_group(spec, name=name)
+            attempt, self._next_attempt = self._next_attempt, self._next_attempt + 1
+        else:
+            found = self._backend.find_group(name, adopt.group_id)
+            if found is None:
+                msg = f"placement group {name} of an earlier run is gone"
+                raise BackendError(msg, operation="adopt placement group")
+            handle = found
+            attempt = adopt.attempt
+            self._next_attempt = max(self._next_attempt, attempt + 1)
         ips: list[pykka.Future[str]] = [CallbackFuture() for _ in message.assignments]
         ports: list[pykka.Future[int]] = [CallbackFuture() for _ in message.assignments]
         gpu_ids: list[pykka.Future[tuple[int, ...]]] = [
@@ -163,7 +185,6 @@ class PlanningActor(KeepServingActor):
             ),
         )
         timeout_s = message.ready_timeout_s or self._ready_timeout_s
-        attempt = next(self._attempts)
         placement = dataclasses.replace(
             placement, attempt=attempt, group_id=self._backend.group_id(handle)
         )
@@ -177,6 +198,7 @@ class PlanningActor(KeepServingActor):
             notify=message.notify,
             timeout_s=timeout_s,
             attempt=attempt,
+            known=(None,) * len(message.assignments) if adopt is None else adopt.endpoints,
         )
         me = self.actor_ref
         try:
@@ -190,7 +212,8 @@ class PlanningActor(KeepServingActor):
                 ),
             )
         except BackendError:
-            self._backend.remove_group(handle)
+            if adopt is None:
+                self._backend.remove_group(handle)
             raise
         self._groups[name] = group
         self._arm_timer(group)
@@ -214,6 +237,7 @@ class PlanningActor(KeepServingActor):
             if group.timer is not None:
                 group.timer.cancel()
             self._ports.release(name)
+            self._forget(name)
             self._settle_all(
                 group,
                 PlacementCancelledError(group=name)
@@ -261,7 +285,12 @@ class PlanningActor(KeepServingActor):
         group.state = GroupState.PROBING
         self._arm_timer(group)  # the probes get a deadline of their own
         for index in range(len(group.assignments)):
-            self._probe(group, index)
+            known = group.known[index]
+            if known is not None and self._ports.claim(known.node_ip, known.port, group.name):
+                # An adopted group's recorded port: its replica may be listening on it already.
+                self._resolve(group, index, known)
+            else:
+                self._probe(group, index)
 
     @admits(PlacementGroupFailed)
     def _on_failed(self, event: PlacementGroupFailed) -> None:
@@ -320,26 +349,11 @@ class PlanningActor(KeepServingActor):
         if verdict is ProbeVerdict.GIVE_UP:
             self._fail(group, no_port_error(event.node_ip))
             return
-        group.resolved.add(event.bundle_index)
-        group.ips[event.bundle_index].set(event.node_ip)
-        group.ports[event.bundle_index].set(event.port)
-        group.gpu_ids[event.bundle_index].set(event.gpu_ids)
-        assignment = group.assignments[event.bundle_index]
-        if group.notify is not None and event.gpu_ids and event.gpu_ids != assignment.gpus:
-            _tell(
-                group.notify,
-                BundleGpusKnown(
-                    deployment=group.placement.deployment,
-                    replica_index=group.placement.replica_index,
-                    attempt=group.attempt,
-                    node=assignment.node,
-                    gpu_ids=event.gpu_ids,
-                ),
-            )
-        if len(group.resolved) == len(group.assignments):
-            group.state = GroupState.READY
-            if group.timer is not None:
-                group.timer.cancel()
+        self._resolve(
+            group,
+            event.bundle_index,
+            KnownEndpoint(node_ip=event.node_ip, port=event.port, gpu_ids=event.gpu_ids),
+        )
 
     @admits(BundleProbeFailed)
     def _on_probe_failed(self, event: BundleProbeFailed) -> None:
@@ -353,6 +367,57 @@ class PlanningActor(KeepServingActor):
             self._fail(group, error)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _resolve(self, group: _Group, index: int, endpoint: KnownEndpoint) -> None:
+        """Settle bundle ``index``'s futures; once every bundle is known, write them down."""
+        group.resolved.add(index)
+        group.known = (*group.known[:index], endpoint, *group.known[index + 1 :])
+        group.ips[index].set(endpoint.node_ip)
+        group.ports[index].set(endpoint.port)
+        group.gpu_ids[index].set(endpoint.gpu_ids)
+        assignment = group.assignments[index]
+        if group.notify is not None and endpoint.gpu_ids and endpoint.gpu_ids != assignment.gpus:
+            _tell(
+                group.notify,
+                BundleGpusKnown(
+                    deployment=group.placement.deployment,
+                    replica_index=group.placement.replica_index,
+                    attempt=group.attempt,
+                    node=assignment.node,
+                    gpu_ids=endpoint.gpu_ids,
+                ),
+            )
+        if len(group.resolved) == len(group.assignments):
+            group.state = GroupState.READY
+            if group.timer is not None:
+                group.timer.cancel()
+            self._record(group)
+
+    def _record(self, group: _Group) -> None:
+        """Write a ready group's endpoints down (a failure costs a re-probe after a restart)."""
+        if self._checkpoints is None:
+            return
+        record = GroupCheckpoint(
+            deployment=group.placement.deployment,
+            replica_index=group.placement.replica_index,
+            group_id=group.placement.group_id,
+            attempt=group.attempt,
+            assignments=group.assignments,
+            endpoints=group.known,
+        )
+        try:
+            self._checkpoints.save(group_key(group.name), encode(record))
+        except PlacementError as exc:
+            logger.warning("could not write the endpoints of %s down: %s", group.name, exc)
+
+    def _forget(self, name: str) -> None:
+        """Delete a group's record (a stale one is only forgotten at the next start)."""
+        if self._checkpoints is None:
+            return
+        try:
+            self._checkpoints.delete(group_key(name))
+        except PlacementError as exc:
+            logger.warning("could not delete the record of %s: %s", name, exc)
 
     @staticmethod
     def _probed_bundle(group: _Group, index: int) -> bool:
@@ -413,6 +478,7 @@ class PlanningActor(KeepServingActor):
         if group.timer is not None:
             group.timer.cancel()
         self._ports.release(group.name)
+        self._forget(group.name)
         try:
             self._backend.remove_group(group.handle)
         except BackendError:

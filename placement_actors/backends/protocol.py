@@ -6,6 +6,7 @@ actors turn into messages to themselves, so no actor handler ever waits on the c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,7 +15,14 @@ from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.results import ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["BundleProbe", "ClusterBackend", "ProbeCallback", "ReadyCallback"]
+__all__ = [
+    "BundleProbe",
+    "CheckpointStore",
+    "ClusterBackend",
+    "MemoryCheckpoints",
+    "ProbeCallback",
+    "ReadyCallback",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,3 +93,60 @@ class ClusterBackend(Protocol):
     def remove_groups_with_prefix(self, prefix: str) -> int:
         """Remove every live group whose name starts with ``prefix``; returns how many."""
         ...
+
+    def find_group(self, name: str, group_id: str) -> object | None:
+        """The live group named ``name`` whose cluster id is ``group_id``, else ``None``.
+
+        How a restarted service takes its earlier run's groups back (see
+        `placement_actors.policies.recovery`).
+        """
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where the service writes down what it must not lose across a restart.
+
+    On Ray: `placement_actors.backends.ray.checkpoints.GcsCheckpoints` (the GCS key-value
+    store, which outlives the service's actors). Every method raises
+    `placement_actors.domain.errors.BackendError` when the store cannot be reached.
+    """
+
+    def save(self, key: str, value: bytes) -> None:
+        """Write ``value`` under ``key``, replacing what was there."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is no error."""
+        ...
+
+    def load(self, prefix: str) -> dict[str, bytes]:
+        """Every key starting with ``prefix`` and its value."""
+        ...
+
+
+class MemoryCheckpoints:
+    """A `CheckpointStore` in this process's memory: for a service without a cluster store.
+
+    It lives as long as the object: pass the same one to a service started again in the same
+    process to recover it. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._lock = threading.Lock()
+        self._kept: dict[str, bytes] = {}
+
+    def save(self, key: str, value: bytes) -> None:
+        """Write ``value`` under ``key``."""
+        with self._lock:
+            self._kept[key] = bytes(value)
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` if it is there."""
+        with self._lock:
+            self._kept.pop(key, None)
+
+    def load(self, prefix: str) -> dict[str, bytes]:
+        """Every key starting with ``prefix`` and its value."""
+        with self._lock:
+            return {k: v for k, v in self._kept.items() if k.startswith(prefix)}

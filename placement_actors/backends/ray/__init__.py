@@ -9,6 +9,7 @@ to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tre
 - `groups`: create, wait for, remove and reap placement groups; Ray's states as `GroupStatus`.
 - `bundles`: tasks inside a bundle: its node's IP, free ports.
 - `backend`: `RayBackend`, what the actors use (every method returns at once).
+- `checkpoints`: `GcsCheckpoints`, the service's records in Ray's GCS key-value store.
 - `membership`: `ClusterWatcher`, nodes that join or die and groups Ray reschedules.
 - `hosting`: a service object in a named, detached Ray actor, and calls to it.
 - `local`: `LocalCluster`, several raylets with logical GPUs on one machine.
@@ -29,6 +30,7 @@ from placement_actors.backends.ray.bundles import (
     run_in_bundle,
     submit_in_bundle,
 )
+from placement_actors.backends.ray.checkpoints import CHECKPOINT_ROOT, GcsCheckpoints
 from placement_actors.backends.ray.cluster import (
     EGRESS_LABEL,
     HEAD_RESOURCE,
@@ -47,9 +49,11 @@ from placement_actors.backends.ray.groups import (
     build_replica_pg,
     bundle_nodes,
     create_group,
+    find_group,
     get_held_groups,
     group_states,
     groups_in,
+    live_groups,
     remove_group,
     remove_named_pgs_with_prefix,
     status_of,
@@ -59,6 +63,7 @@ from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import ClusterWatcher
 
 __all__ = [
+    "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
     "NAMESPACE",
@@ -66,6 +71,7 @@ __all__ = [
     "PROCESS_PORTS",
     "RAY_WORKER_PORTS",
     "ClusterWatcher",
+    "GcsCheckpoints",
     "LocalCluster",
     "RayBackend",
     "RayEventual",
@@ -77,6 +83,7 @@ __all__ = [
     "connect",
     "connected",
     "create_group",
+    "find_group",
     "find_host",
     "get_bundle_node_ip",
     "get_cluster_topology",
@@ -87,6 +94,7 @@ __all__ = [
     "group_states",
     "groups_in",
     "is_egress",
+    "live_groups",
     "node_names",
     "node_topology",
     "probe_bundle",

@@ -84,3 +84,7 @@ class RayBackend:
     def remove_groups_with_prefix(self, prefix: str) -> int:
         """Remove every live group of this namespace named ``prefix...``."""
         return groups.remove_named_pgs_with_prefix(prefix)
+
+    def find_group(self, name: str, group_id: str) -> object | None:
+        """This namespace's live group ``name`` if its id is ``group_id``."""
+        return groups.find_group(name, group_id)

@@ -21,6 +21,7 @@ from ray.util.placement_group import (
 )
 
 from placement_actors.backends.ray.bundles import release_ports
+from placement_actors.domain.checkpoints import LiveGroup
 from placement_actors.domain.deployments import GROUP_NAME_ROOT
 from placement_actors.domain.errors import (
     BackendError,
@@ -36,9 +37,11 @@ __all__ = [
     "build_replica_pg",
     "bundle_nodes",
     "create_group",
+    "find_group",
     "get_held_groups",
     "group_states",
     "groups_in",
+    "live_groups",
     "remove_group",
     "remove_named_pgs_with_prefix",
     "status_of",
@@ -297,3 +300,50 @@ def get_held_groups(root: str = GROUP_NAME_ROOT) -> dict[str, tuple[NodeAssignme
                     NodeAssignment(replica_index=int(replica), node=node, gpus=tuple(range(gpus)))
                 )
     return {name: tuple(assignments) for name, assignments in held.items()}
+
+
+def find_group(name: str, group_id: str) -> PlacementGroup | None:
+    """The live group of this namespace named ``name`` with Ray's id ``group_id``, else ``None``.
+
+    Raises:
+        BackendError: Ray could not be asked.
+    """
+    try:
+        pg = get_placement_group(name)
+    except ValueError:
+        return None  # no such group in this namespace
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot look up placement group {name}: {exc}"
+        raise BackendError(msg, operation="find placement group") from exc
+    if pg.id.hex() != group_id or not status_of(pg).is_live:
+        return None
+    found: PlacementGroup = pg
+    return found
+
+
+def live_groups(root: str = GROUP_NAME_ROOT) -> dict[str, LiveGroup]:
+    """Name -> `LiveGroup` of this namespace's groups named ``root...`` that are not removed.
+
+    What a starting service reconciles its records with (`placement_actors.policies.recovery`).
+
+    Raises:
+        BackendError: Ray could not be asked.
+    """
+    found: dict[str, LiveGroup] = {}
+    try:
+        for info in placement_group_table().values():
+            name = str(info.get("name") or "")
+            status = _status_from(info)
+            if not name.startswith(root) or not status.is_live:
+                continue
+            group_id = str(info.get("placement_group_id"))
+            try:
+                if get_placement_group(name).id.hex() != group_id:
+                    continue  # another namespace's group of that name
+            except ValueError:
+                continue
+            found[name] = LiveGroup(name=name, group_id=group_id, status=status)
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot list placement groups: {exc}"
+        raise BackendError(msg, operation="list placement groups") from exc
+    return found

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 import time
+import uuid
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import pykka
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from placement_actors.backends.ray.connection import NAMESPACE
 from placement_actors.domain.errors import BackendError, InvalidSpecError
@@ -19,16 +20,24 @@ __all__ = ["RayEventual", "RemoteHost", "find_host", "start_host"]
 _T = TypeVar("_T")
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class _Host:
     """A named, detached Ray actor that holds one service object and calls its methods.
 
     Methods of the object may be coroutines: the actor is an asyncio actor, so a call that waits
-    (for a placement group, say) never holds up the others.
+    (for a placement group, say) never holds up the others. Ray restarts the actor whenever its
+    process dies (the object is built again by ``factory``, which must recover its state), and
+    calls that were on their way are sent again to the new incarnation: every method of a hosted
+    object must be safe to run twice.
     """
 
     def __init__(self, factory: Callable[[], object]) -> None:
+        self._incarnation = uuid.uuid4().hex
         self._target = factory()
+
+    def incarnation(self) -> str:
+        """Which start of the actor this is (new after every restart)."""
+        return self._incarnation
 
     async def call(self, method: str, *args: object) -> object:
         result = getattr(self._target, method)(*args)
@@ -38,13 +47,32 @@ class _Host:
 
 
 class RayEventual(Generic[_T]):
-    """A hosted call's result as an `Eventual`: ``get(timeout=...)`` or ``await``."""
+    """A hosted call's result as an `Eventual`: ``get(timeout=...)`` or ``await``.
 
-    def __init__(self, ref: ray.ObjectRef[Any], transform: Callable[[Any], _T]) -> None:
+    When the host's actor died for good and another of its name runs now (the service was
+    stopped and served again), the call is sent once more, to the new one (``resend``).
+    """
+
+    def __init__(
+        self,
+        ref: ray.ObjectRef[Any],
+        transform: Callable[[Any], _T],
+        resend: Callable[[], ray.ObjectRef[Any] | None] | None = None,
+    ) -> None:
         """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises)."""
         self._ref = ref
         self._transform = transform
+        self._resend = resend
         self._done: tuple[_T] | None = None
+
+    def _again(self) -> bool:
+        """Send the call to the host's successor, once; whether there was one."""
+        resend, self._resend = self._resend, None
+        ref = None if resend is None else resend()
+        if ref is None:
+            return False
+        self._ref = ref
+        return True
 
     def _settle(self, raw: object) -> _T:
         if self._done is None:  # transform once: a reply's own futures are made once
@@ -53,23 +81,39 @@ class RayEventual(Generic[_T]):
 
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
-        try:
-            raw = ray.get(self._ref, timeout=timeout)
-        except GetTimeoutError as exc:
-            msg = f"{timeout} seconds"
-            raise pykka.Timeout(msg) from exc
-        except RayError as exc:
-            msg = f"the service failed to answer: {exc}"
-            raise BackendError(msg, operation="call service") from exc
-        return self._settle(raw)
+        if self._done is not None:
+            return self._done[0]
+        while True:
+            try:
+                raw = ray.get(self._ref, timeout=timeout)
+            except GetTimeoutError as exc:
+                msg = f"{timeout} seconds"
+                raise pykka.Timeout(msg) from exc
+            except ActorDiedError as exc:
+                if self._again():
+                    continue
+                msg = f"the service failed to answer: {exc}"
+                raise BackendError(msg, operation="call service") from exc
+            except RayError as exc:
+                msg = f"the service failed to answer: {exc}"
+                raise BackendError(msg, operation="call service") from exc
+            return self._settle(raw)
 
     async def _resolve(self) -> _T:
-        try:
-            raw = await self._ref
-        except RayError as exc:
-            msg = f"the service failed to answer: {exc}"
-            raise BackendError(msg, operation="call service") from exc
-        return self._settle(raw)
+        if self._done is not None:
+            return self._done[0]
+        while True:
+            try:
+                raw = await self._ref
+            except ActorDiedError as exc:
+                if self._again():
+                    continue
+                msg = f"the service failed to answer: {exc}"
+                raise BackendError(msg, operation="call service") from exc
+            except RayError as exc:
+                msg = f"the service failed to answer: {exc}"
+                raise BackendError(msg, operation="call service") from exc
+            return self._settle(raw)
 
     def __await__(self) -> Generator[Any, None, _T]:
         """Wait in a coroutine without blocking the event loop."""
@@ -85,7 +129,11 @@ class RemoteHost:
         self.name = name
 
     def later(self, method: str, *args: object, transform: Callable[[Any], _T]) -> RayEventual[_T]:
-        """Call ``method(*args)`` on the hosted object; the result arrives later."""
+        """Call ``method(*args)`` on the hosted object; the result arrives later.
+
+        Ray restarts a host whose process died and sends it the calls on their way; if the host
+        was stopped and another of its name started since, the call goes to that one instead.
+        """
         try:
             ref = self._handle.call.remote(method, *args)
         except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
@@ -94,7 +142,50 @@ class RemoteHost:
         except RayError as exc:
             msg = f"cannot reach the service {self.name}: {exc}"
             raise BackendError(msg, operation="call service") from exc
-        return RayEventual(ref, transform)
+        return RayEventual(ref, transform, resend=lambda: self._resend(method, args))
+
+    def _resend(self, method: str, args: tuple[object, ...]) -> ray.ObjectRef[Any] | None:
+        """Send a call again to the host of this name now running, if it is a new one."""
+        try:
+            handle = ray.get_actor(self.name, namespace=NAMESPACE)
+        except ValueError:
+            return None  # stopped, and nothing runs under its name
+        if handle._actor_id == self._handle._actor_id:  # noqa: SLF001 - Ray's handle identity
+            return None  # the same actor, which died for good
+        self._handle = handle
+        try:
+            ref: ray.ObjectRef[Any] = handle.call.remote(method, *args)
+        except RayError:
+            return None
+        return ref
+
+    def incarnation(self, *, timeout_s: float = 60.0) -> str:
+        """Which start of the host answers now (a new value after each restart)."""
+        try:
+            found: str = ray.get(self._handle.incarnation.remote(), timeout=timeout_s)
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"the service {self.name} did not answer: {exc}"
+            raise BackendError(msg, operation="call service") from exc
+        return found
+
+    def restart(self, *, timeout_s: float = 120.0) -> None:
+        """Kill the host's process and wait until Ray has started it again.
+
+        What a crash of the host's node or process does; the new incarnation rebuilds the
+        service from its checkpoints. Its detached placement groups stay.
+        """
+        before = self.incarnation(timeout_s=timeout_s)
+        ray.kill(self._handle, no_restart=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.incarnation(timeout_s=max(0.1, deadline - time.monotonic())) != before:
+                    return
+            except BackendError:
+                pass  # on its way down, or coming back
+            time.sleep(0.05)
+        msg = f"the service {self.name} did not come back within {timeout_s:g}s"
+        raise BackendError(msg, operation="restart service")
 
     def kill(self, *, timeout_s: float = 30.0) -> None:
         """Stop the hosted object's actor and wait until its name is free again.
