@@ -58,6 +58,7 @@ def restartable(ray_cluster: Any) -> Iterator[list[pykka.ActorRef[DeploymentPlac
     last = start_on_ray(ready_timeout_s=30) if not started or not started[-1].is_alive() else None
     ref = last or started[-1]
     view = ref.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
     for name in view.deployments:
         ref.ask(Release(name), timeout=TIMEOUT)
     ref.stop(timeout=TIMEOUT)
