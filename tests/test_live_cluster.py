@@ -27,6 +27,7 @@ from placement_actors import (
 )
 from placement_actors.actors.messages import (
     GetPlacement,
+    GroupRescheduling,
     NodeJoined,
     NodeLost,
     NodeState,
@@ -225,5 +226,55 @@ def test_each_bundle_reports_the_gpus_ray_gave_it_and_the_ledger_follows(
         held = sorted(h.ordinal for h in view.node(gpu_b).held if h.deployment == "truthful")
         assert held == sorted(i for ids in reported.values() for i in ids)
         service.ask(Release("truthful"), timeout=TIMEOUT)
+    finally:
+        service.stop(timeout=TIMEOUT)
+
+
+def test_a_group_ray_reschedules_is_reported_and_its_replica_placed_again_on_its_own(
+    ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    """The service learns of the loss only through Ray's group table (no node event)."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    node_id = ray_cluster.add_worker(gpus=1, name="gpu-rescheduled")
+    service = start_on_ray(ray_cluster.address, ready_timeout_s=30, watch_s=None)
+    found: queue.Queue[tuple[float, object]] = queue.Queue()
+    service.ask(Subscribe(Listener.start(found)), timeout=TIMEOUT)
+    moving: list[tuple[str, str]] = []
+    watcher = on_ray.ClusterWatcher(
+        known=on_ray.alive_nodes(),
+        on_joined=lambda *_: None,
+        on_lost=lambda *_: None,  # deliberately not told: only the group's move is
+        on_rescheduling=lambda name, group_id: moving.append((name, group_id)),
+    )
+    try:
+        constraints = PlacementConstraints(gpu_nodes=(node_id, ray_nodes["gpu-a"]))
+        place = Place(Deployment(name="rescheduled", model="m"), constraints)
+        result = service.ask(place, timeout=TIMEOUT)
+        assert isinstance(result, PlacementResult)
+        (replica,) = result.replicas
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+        ray_cluster.remove_worker(node_id)
+        deadline = time.monotonic() + TIMEOUT
+        while not moving and time.monotonic() < deadline:
+            watcher.poll()
+            time.sleep(0.05)
+        assert moving == [(replica.group_name, replica.group_id)]  # Ray's own word on it
+        service.tell(GroupRescheduling(group_name=moving[0][0], group_id=moving[0][1]))
+        _, lost = wait_for(found, ReplicaLost)
+        assert (lost.deployment, lost.node_id, lost.will_replace) == ("rescheduled", None, True)
+        _, replaced = wait_for(found, ReplicaReplaced)
+        assert replaced.placement is not None
+        assert replaced.placement.group_id != replica.group_id
+        assert [a.node for a in replaced.assignments] == [ray_nodes["gpu-a"]]
+        assert replaced.placement.master.port.get(timeout=TIMEOUT) > 0
+        service.tell(GroupRescheduling(group_name=moving[0][0], group_id=moving[0][1]))
+        time.sleep(0.2)  # a repeated event about the old group changes nothing
+        now = service.ask(GetPlacement("rescheduled"), timeout=TIMEOUT)
+        assert isinstance(now, Placement)
+        assert now.result is not None
+        assert [r.group_id for r in now.result.replicas] == [replaced.placement.group_id]
+        assert found.empty() or not any(isinstance(e, ReplicaLost) for _, e in list(found.queue))
+        service.ask(Release("rescheduled"), timeout=TIMEOUT)
     finally:
         service.stop(timeout=TIMEOUT)

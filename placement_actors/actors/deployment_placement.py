@@ -537,10 +537,25 @@ class DeploymentPlacementActor(KeepServingActor):
             r.replica_index == replica and r.group_id == event.group_id
             for r in placed.result.replicas
         ):
-            self._lose_replicas(name, [replica], None)
+            # A node under the group is gone, even if its loss has not been told yet: the
+            # replica is placed again off the group's nodes (they are offered again later).
+            suspect = frozenset(
+                a.node for a in placed.result.assignments if a.replica_index == replica
+            )
+            self._lose_replicas(name, [replica], None, suspect=suspect)
 
-    def _lose_replicas(self, name: str, indexes: Sequence[int], node_id: str | None) -> None:
-        """Forget replicas whose node (or group) is gone; place them again if their Place allows."""
+    def _lose_replicas(
+        self,
+        name: str,
+        indexes: Sequence[int],
+        node_id: str | None,
+        *,
+        suspect: frozenset[str] = frozenset(),
+    ) -> None:
+        """Forget replicas whose node (or group) is gone; place them again if their Place allows.
+
+        ``suspect`` nodes are not used for the immediate re-placement.
+        """
         placed = self._placed[name]
         gone = set(indexes)
         for assignment in placed.result.assignments:
@@ -570,11 +585,11 @@ class DeploymentPlacementActor(KeepServingActor):
             )
         self._degraded.add(name)
         if will:
-            self._replace_missing(name)
+            self._replace_missing(name, avoid=suspect)
         if name in self._placed:
             self._rewrite(name)
 
-    def _replace_missing(self, name: str) -> None:
+    def _replace_missing(self, name: str, *, avoid: frozenset[str] = frozenset()) -> None:
         """Place a deployment's missing replicas again, on what capacity there is now."""
         placed = self._placed[name]
         missing = placed.missing_replicas()
@@ -582,7 +597,7 @@ class DeploymentPlacementActor(KeepServingActor):
             self._degraded.discard(name)
             return
         try:
-            more = self._place_missing(placed)
+            more = self._place_missing(placed, avoid=avoid)
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
             return
@@ -597,19 +612,22 @@ class DeploymentPlacementActor(KeepServingActor):
                 )
             )
 
-    def _place_missing(self, placed: _Placed) -> PlacementResult:
+    def _place_missing(
+        self, placed: _Placed, *, avoid: frozenset[str] = frozenset()
+    ) -> PlacementResult:
         """Place a deployment's missing replicas again (one call); returns what was added.
 
-        Nodes its constraints name that are gone are simply not available. Raises the refusal
-        (nothing changes) when they do not fit.
+        Nodes its constraints name that are gone are simply not available, nor are ``avoid``
+        nodes. Raises the refusal (nothing changes) when they do not fit.
         """
         deployment, constraints = placed.place.deployment, placed.place.constraints
+        rules = replace(self._rules, avoid=self._avoid | avoid) if avoid else self._rules
         again = decide_placement(
             self._gpus,
             self._egress,
             deployment,
             constraints,
-            rules=self._rules,
+            rules=rules,
             indexes=placed.missing_replicas(),
             own=placed.result.assignments,
             named_nodes_known=False,
