@@ -89,9 +89,8 @@ def test_a_controller_that_only_places_ends_with_everything_placed_and_nothing_l
                 for bundle in replica.bundles:  # every endpoint resolves
                     assert bundle.node_ip.get(timeout=TIMEOUT)
                     assert bundle.port.get(timeout=TIMEOUT) > 0
-                    assert len(bundle.gpu_ids.get(timeout=TIMEOUT)) == result.deployment.gpus // (
-                        len(replica.bundles)
-                    )
+                    share = (result.deployment.gpus or 0) // len(replica.bundles)
+                    assert len(bundle.gpu_ids.get(timeout=TIMEOUT)) == share
         expected_groups = {
             group_name(name, r.replica_index)
             for name, result in results.items()
