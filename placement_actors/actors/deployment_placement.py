@@ -128,7 +128,8 @@ class DeploymentPlacementActor(KeepServingActor):
         held: GPUs that placement groups of an earlier run still hold, by deployment name (from
             `placement_actors.backends.ray.groups.get_held_groups`). They are reserved on the
             ledger at start, so nothing is double-booked; such a name must be released before it
-            is placed again.
+            is placed again. For a service wired by hand without records of its earlier run;
+            `placement_actors.start_on_ray` takes deployments back whole (``recovered``).
         max_remote_replicas: the most replicas one remote deployment may ask for (a local one may
             ask for as many as the allowed nodes could ever hold).
         stops_planner: stop the planner when this actor stops (it was started for this actor

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -85,14 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             except SystemExit as exc:  # --help: argparse printed it and asks to stop
                 return exc.code if isinstance(exc.code, int) else EXIT_OK
             _require_address(args)
-            code = int(args.command(args, out))
+            # Standard output is the command's alone (a JSON stream, say): whatever else prints
+            # there while it runs (Ray's messages from the cluster) goes to standard error.
+            with contextlib.redirect_stdout(sys.stderr):
+                code = int(args.command(args, out))
         except KeyboardInterrupt:
             _report(out, errors, "interrupted", None, EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - the top level: every error ends as a report
             return _fail(out, errors, exc, verbose=verbose)
         if out.json and not out.stream:
-            _print_json({**(out.document or {}), "exit_code": code})
+            _print_json({**(out.document or {}), "exit_code": code}, out.console.file)
         return code
 
 
@@ -107,7 +110,7 @@ def _global_flags(arguments: Sequence[str]) -> tuple[bool, bool]:
 
 def _output(errors: Console, *, json_mode: bool) -> commands.Output:
     return commands.Output(
-        console=Console(width=None if sys.stdout.isatty() else 120),
+        console=Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120),
         progress=errors,
         json=json_mode,
     )
@@ -182,7 +185,7 @@ def _report(
             if exc is None
             else render.error_data(exc, code)
         )
-        _print_json(data)
+        _print_json(data, out.console.file)
         return
     line = Text(what, style="bold red")
     if exc is not None:
@@ -194,9 +197,9 @@ def _report(
         errors.print(line, soft_wrap=True)
 
 
-def _print_json(data: object) -> None:
+def _print_json(data: object, file: IO[str] | None = None) -> None:
     with contextlib.suppress(OSError):  # standard output is gone: the exit code still tells
-        print(json.dumps(data, indent=2))  # noqa: T201 - the JSON document is the output
+        print(json.dumps(data, indent=2), file=file or sys.stdout)
 
 
 class _Parser(argparse.ArgumentParser):

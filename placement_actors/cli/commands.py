@@ -121,7 +121,7 @@ class Output:
     def line(self, data: Mapping[str, Any], text: str) -> None:
         """Print one item of a stream at once: ``data`` as one JSON line, or ``text`` literally."""
         if self.json:
-            print(json.dumps(data), flush=True)  # noqa: T201 - the JSON line is the output
+            print(json.dumps(data), file=self.console.file, flush=True)
         else:
             self.console.print(Text(text), soft_wrap=True)
 
@@ -173,7 +173,7 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
 def _node_names() -> dict[str, str]:
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
-    return on_ray.node_names()
+    return on_ray.node_names(include_dead=True)  # a lost node is shown by its name too
 
 
 def _place_all(

@@ -130,10 +130,19 @@ def get_egress_nodes(nodes: Iterable[Mapping[str, Any]] | None = None) -> tuple[
     return tuple(sorted(n["NodeID"] for n in _alive_nodes(nodes) if is_egress(n)))
 
 
-def node_names(nodes: Iterable[Mapping[str, Any]] | None = None) -> dict[str, str]:
-    """Node id -> friendly name, for nodes labelled ``placement-actors.io/name``."""
+def node_names(
+    nodes: Iterable[Mapping[str, Any]] | None = None, *, include_dead: bool = False
+) -> dict[str, str]:
+    """Node id -> friendly name, for nodes labelled ``placement-actors.io/name``.
+
+    Alive nodes only, unless ``include_dead`` (to name the nodes a view shows as lost).
+    """
+    if include_dead:
+        listed = list(ray.nodes()) if nodes is None else list(nodes)  # type: ignore[no-untyped-call]
+    else:
+        listed = _alive_nodes(nodes)
     return {
         n["NodeID"]: str(n["Labels"][NAME_LABEL])
-        for n in _alive_nodes(nodes)
+        for n in listed
         if NAME_LABEL in (n.get("Labels") or {})
     }

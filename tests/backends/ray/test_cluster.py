@@ -1,5 +1,7 @@
 """Reading the cluster: alive GPU nodes, the head, labels (real local Ray cluster)."""
 
+import time
+
 import pytest
 
 from placement_actors.backends import ray as on_ray
@@ -30,3 +32,13 @@ def test_topology_skips_dead_and_gpu_less_nodes() -> None:
 
 def test_egress_nodes_are_the_labelled_ones(ray_nodes: dict[str, str]) -> None:
     assert set(on_ray.get_egress_nodes()) == {ray_nodes["head"], ray_nodes["gpu-a"]}
+
+
+def test_a_node_that_left_keeps_its_name_for_views_that_show_it_lost(ray_cluster: object) -> None:
+    node_id = ray_cluster.add_worker(gpus=1, name="gpu-gone")  # type: ignore[attr-defined]
+    ray_cluster.remove_worker(node_id)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while node_id in on_ray.node_names() and time.monotonic() < deadline:
+        time.sleep(0.05)  # Ray marks it dead a moment after remove_node returns
+    assert node_id not in on_ray.node_names()
+    assert on_ray.node_names(include_dead=True)[node_id] == "gpu-gone"
