@@ -6,6 +6,8 @@ records and the live placement groups. The measured times are printed (``pytest 
 docs/reliability.md.
 """
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -248,3 +250,45 @@ def test_a_client_finds_a_service_that_was_stopped_and_served_again(ray_cluster:
         assert isinstance(client.ask(GetClusterView()), ClusterView)  # the old client, unchanged
     finally:
         client.stop_service()
+
+
+EXITING_DRIVER = """
+import os
+import sys
+
+from placement_actors import Deployment, Place, PlacementConstraints, start_on_ray
+
+address, node = sys.argv[1:3]
+service = start_on_ray(address, ready_timeout_s=60)
+result = service.ask(
+    Place(Deployment(name="outlives-its-driver", model="m", gpus=2),
+          PlacementConstraints(gpu_nodes=(node,))),
+    timeout=60,
+)
+master = result.replicas[0].master
+print(master.node_ip.get(timeout=60), master.port.get(timeout=60), flush=True)
+os._exit(0)  # dies at once: no Release, no stopping the actors, no goodbye to Ray
+"""
+"""A driver that runs the service itself, places one deployment and dies without a Release."""
+
+
+def test_a_driver_that_exits_leaves_a_deployment_the_next_driver_takes_back(
+    restartable: list[pykka.ActorRef[DeploymentPlacementActor]],
+    ray_cluster: Any,
+    ray_nodes: dict[str, str],
+) -> None:
+    done = subprocess.run(  # noqa: S603 - this interpreter running the script above
+        [sys.executable, "-c", EXITING_DRIVER, ray_cluster.address, ray_nodes["gpu-b"]],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ip, port = done.stdout.split()[-2:]
+    service = start_on_ray(ready_timeout_s=30)
+    restartable.append(service)
+    result = placement(service, "outlives-its-driver")
+    assert endpoints(result)[0][:2] == (ip, int(port))
+    assert [a.node for a in result.assignments] == [ray_nodes["gpu-b"]]
+    assert live_groups() == {group_name("outlives-its-driver", 0)}

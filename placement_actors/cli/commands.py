@@ -21,9 +21,11 @@ from placement_actors.actors.deployment_placement import DeploymentPlacementActo
 from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
+    GetPlacement,
     GetPlacementFailure,
     NodeJoined,
     Place,
+    Placement,
     PlacementFailure,
     Release,
     Released,
@@ -280,6 +282,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
         placed = _Placed(results=[], failures=[])
         alive: list[str] = []
         moved: list[dict[str, Any]] = []
+        restart: dict[str, Any] | None = None
         try:
             _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
             endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
@@ -288,6 +291,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 moved = _a_node_leaves(
                     cluster, ref, placed, names, out=out, timeout_s=args.ready_timeout
                 )
+                ref, restart = _the_service_restarts(ref, out=out, timeout_s=args.ready_timeout)
         finally:
             # Release every name of the file, placed or not: a release also reaps groups that a
             # failed or earlier placement of that name left behind.
@@ -301,7 +305,11 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 if state.is_live and any(name.startswith(p) for p in ours)
             ]
         _report_placements(
-            out, placed, names, endpoints, {"moved": moved, "groups_left_alive": len(alive)}
+            out,
+            placed,
+            names,
+            endpoints,
+            {"moved": moved, "restart": restart, "groups_left_alive": len(alive)},
         )
         if moved:
             out.say(
@@ -309,6 +317,13 @@ def demo(args: argparse.Namespace, out: Output) -> int:
                 f"cluster: the service placed its {len(moved)} replica(s) again, with new masters."
             )
             render.print_moves(out.console, moved)
+        if restart is not None:
+            same = "unchanged" if restart["masters_unchanged"] else "CHANGED"
+            out.say(
+                f"Then the service stopped and started again: in {restart['seconds']:.1f}s it "
+                f"took back {restart['recovered']} deployment(s) from its records in Ray, every "
+                f"master address and port {same}."
+            )
         out.say(f"Released every deployment; placement groups left alive: {len(alive)}.")
     return EXIT_OK
 
@@ -367,6 +382,45 @@ def _a_node_leaves(
         return []
     finally:
         listener.stop()
+
+
+def _the_service_restarts(
+    ref: pykka.ActorRef[Any], *, out: Output, timeout_s: float
+) -> tuple[pykka.ActorRef[Any], dict[str, Any] | None]:
+    """Stop the service and start it again; it takes every deployment back from its records.
+
+    Returns the new service (the old one is stopped) and what it took back.
+    """
+
+    def masters(service: pykka.ActorRef[Any]) -> dict[str, list[str]]:
+        view = service.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+        found: dict[str, list[str]] = {}
+        for name in view.deployments if isinstance(view, ClusterView) else ():
+            now = service.ask(GetPlacement(name), timeout=_REPLY_TIMEOUT_S)
+            result = now.result if isinstance(now, Placement) else None
+            replicas = result.replicas if result is not None else ()
+            found[name] = [
+                f"{r.master.node_ip.get(timeout=timeout_s)}:{r.master.port.get(timeout=timeout_s)}"
+                for r in replicas
+            ]
+        return found
+
+    try:
+        before = masters(ref)
+    except (PlacementError, pykka.Timeout) as exc:
+        out.note(f"the restart was skipped: {type(exc).__name__}")
+        return ref, None
+    with out.waiting("The service stops and starts again"):
+        ref.stop(timeout=_REPLY_TIMEOUT_S)
+        started = time.monotonic()
+        ref = start_on_ray(ready_timeout_s=timeout_s)
+        after = masters(ref)
+        took = time.monotonic() - started
+    return ref, {
+        "recovered": len(after),
+        "masters_unchanged": after == before,
+        "seconds": round(took, 2),
+    }
 
 
 def _next_event(found: queue.Queue[object], kind: type, timeout_s: float) -> Any:  # noqa: ANN401
