@@ -493,7 +493,9 @@ class DeploymentPlacementActor(KeepServingActor):
         if event.egress:
             self._egress.add_node(node.node_id)
         self._lost.discard(node.node_id)
-        self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
+        self._known = (  # nodes that left stay known (and shown as lost)
+            frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids()) | self._lost
+        )
         logger.info("node %s joined with %d GPUs", node.node_id, node.num_gpus)
         self._notify(event)
         self._retry_degraded()

@@ -105,9 +105,10 @@ class PlanningActor(KeepServingActor):
     Args:
         backend: the cluster (`placement_actors.backends.ray.RayBackend` on Ray).
         ready_timeout_s: default time Ray may take to make a group ready.
-        checkpoints: where each group's endpoints are written once known (a `GroupCheckpoint`),
-            and deleted with the group, so that a restarted service gives the same ports again
-            (see `PlanReplica.adopt`); ``None``: nothing is written.
+        checkpoints: where each group's endpoints are written as they become known, before
+            their futures resolve (a `GroupCheckpoint`), and deleted with the group, so that a
+            restarted service gives the same ports again (see `PlanReplica.adopt`); ``None``:
+            nothing is written.
     """
 
     def __init__(
@@ -369,9 +370,14 @@ class PlanningActor(KeepServingActor):
     # -- helpers -----------------------------------------------------------------------------
 
     def _resolve(self, group: _Group, index: int, endpoint: KnownEndpoint) -> None:
-        """Settle bundle ``index``'s futures; once every bundle is known, write them down."""
+        """Write bundle ``index``'s endpoint down, then settle its futures.
+
+        Written first: whoever is told the port may start a replica on it at once, and a service
+        that dies a moment later must give the same port again.
+        """
         group.resolved.add(index)
         group.known = (*group.known[:index], endpoint, *group.known[index + 1 :])
+        self._record(group)
         group.ips[index].set(endpoint.node_ip)
         group.ports[index].set(endpoint.port)
         group.gpu_ids[index].set(endpoint.gpu_ids)
@@ -391,10 +397,9 @@ class PlanningActor(KeepServingActor):
             group.state = GroupState.READY
             if group.timer is not None:
                 group.timer.cancel()
-            self._record(group)
 
     def _record(self, group: _Group) -> None:
-        """Write a ready group's endpoints down (a failure costs a re-probe after a restart)."""
+        """Write a group's known endpoints down (a failure costs a re-probe after a restart)."""
         if self._checkpoints is None:
             return
         record = GroupCheckpoint(

@@ -5,9 +5,10 @@ Two records, each under its own key in a checkpoint store (Ray's GCS key-value s
 - a `DeploymentCheckpoint` per accepted `Place`: the deployment, its constraints, where its
   replicas are now and which of Ray's groups holds each (`ReplicaGroup`), written when it is
   placed or its replicas move (one write per `Place`), removed on `Release`;
-- a `GroupCheckpoint` per replica's placement group once its bundles' endpoints are known (written
-  by the planner, off the path of any reply), so that a restarted planner hands out the same
-  ports again (a replica may be listening on one already) and never gives them to anyone else.
+- a `GroupCheckpoint` per replica's placement group, written by the planner as each bundle's
+  endpoint becomes known and *before* its futures resolve (off the path of any reply), so that
+  a restarted planner hands out the same ports again (whoever was told a port may be listening
+  on it already) and never gives them to anyone else.
 
 Records are pickled (`encode`) and rebuilt through their constructors when read (`decode`):
 unpickling skips validation, and a record may have been written by another version, or be

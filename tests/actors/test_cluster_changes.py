@@ -243,3 +243,18 @@ def test_sending_the_same_place_again_places_what_was_lost(
     assert sorted(a.replica_index for a in again.assignments) == [0, 1]
     assert {a.node for a in again.assignments} == {"e2"}
     assert view(actor).degraded == ()
+
+
+def test_a_node_that_left_stays_shown_as_lost_when_another_joins() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=[NodeTopology(node_id="a", num_gpus=2), NodeTopology(node_id="b", num_gpus=2)]
+    )
+    ref.tell(NodeLost(node_id="a"))
+    ref.tell(NodeJoined(node=NodeTopology(node_id="c", num_gpus=2), egress=False))
+    view = ref.ask(GetClusterView())
+    assert isinstance(view, ClusterView)
+    assert {n.node_id: n.state for n in view.nodes} == {
+        "a": NodeState.LOST,
+        "b": NodeState.ALIVE,
+        "c": NodeState.ALIVE,
+    }

@@ -1,0 +1,177 @@
+"""P1: every decision path through the actor, on 100 to 10,000 nodes, against the actor floor.
+
+Each round sends a `Place` and its `Release` to a DeploymentPlacementActor (no Ray: the ledger
+decision and the actor hop are what is measured) on nodes of 8 GPUs, every other one half used.
+The floor is the same number of asks to a pykka actor that answers at once, measured in the same
+run: absolute times on a shared machine move by 3x between runs, ratios do not.
+
+    .venv/bin/python bench/decision_paths.py            # the table
+    .venv/bin/python bench/decision_paths.py --check    # exit 1 if a path misses its bound
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from placement_actors import (
+    ApiKey,
+    Deployment,
+    DeploymentPlacementActor,
+    GpuStrategy,
+    NodeTopology,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    Release,
+)
+
+SIZES = (100, 1_000, 10_000)
+ROUNDS = 300
+REPEATS = 5
+BOUND = 2.0
+"""Each path at 10,000 nodes: at most this many times its cost at 100 nodes, and the floor's."""
+
+
+class Floor(pykka.ThreadingActor):
+    """Answers every message at once: what an ask costs with no work behind it."""
+
+    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - echoes anything
+        return message
+
+
+def node_id(i: int) -> str:
+    return f"node-{i:05d}"
+
+
+def service(nodes: int, *, ignore_head_node: bool = False) -> pykka.ActorRef[Any]:
+    topology = [NodeTopology(node_id=node_id(i), num_gpus=8, is_head=i == 0) for i in range(nodes)]
+    ref = DeploymentPlacementActor.start(
+        topology=topology,
+        egress_nodes=[node_id(i) for i in range(nodes)],
+        ignore_head_node=ignore_head_node,
+    )
+    for i in range(0, nodes, 2):  # every other node half used
+        ref.ask(
+            Place(
+                Deployment(name=f"bg-{i}", model="m", gpus=4),
+                PlacementConstraints(gpu_nodes=(node_id(i),)),
+            )
+        )
+    return ref
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """One decision path: the `Place` it sends (and whether it is refused)."""
+
+    name: str
+    place: Callable[[int], Place]
+    refused: bool = False
+    ignore_head_node: bool = False
+
+
+def local(**kwargs: Any) -> Deployment:  # noqa: ANN401 - Deployment fields
+    return Deployment(name="probe", model="m", **{"gpus": 1, **kwargs})
+
+
+PATHS = (
+    Path("no constraints", lambda _: Place(local())),
+    Path("head exclusion", lambda _: Place(local()), ignore_head_node=True),
+    Path(
+        "gpu_nodes: 10 nodes",
+        lambda _: Place(
+            local(), PlacementConstraints(gpu_nodes=tuple(node_id(i) for i in range(1, 20, 2)))
+        ),
+    ),
+    Path(
+        "gpu_nodes: every node",
+        lambda n: Place(
+            local(), PlacementConstraints(gpu_nodes=tuple(node_id(i) for i in range(n)))
+        ),
+    ),
+    Path("spread", lambda _: Place(local(), PlacementConstraints(strategy=GpuStrategy.SPREAD))),
+    Path("split over 2 nodes", lambda _: Place(local(gpus=16))),
+    Path(
+        "remote: egress_nodes every node",
+        lambda n: Place(
+            Deployment(name="probe", model="gpt-4o", api_key=ApiKey("sk-bench")),
+            PlacementConstraints(egress_nodes=tuple(node_id(i) for i in range(n))),
+        ),
+    ),
+    Path(
+        "refusal with reasons",
+        lambda n: Place(local(gpus=8, replicas=n)),  # more than the free GPUs: refused at once
+        refused=True,
+    ),
+)
+
+
+def per_round_us(ask: Callable[[Any], Any], messages: tuple[Any, ...], *, refused: bool) -> float:
+    samples = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for _ in range(ROUNDS):
+            for message in messages:
+                try:
+                    ask(message)
+                except NotEnoughGpusError:
+                    if not refused:
+                        raise
+        samples.append((time.perf_counter() - start) / ROUNDS * 1e6)
+    return statistics.median(samples)
+
+
+def measure(path: Path, nodes: int) -> float:
+    ref = service(nodes, ignore_head_node=path.ignore_head_node)
+    try:
+        place = path.place(nodes)
+        return per_round_us(ref.ask, (place, Release("probe")), refused=path.refused)
+    finally:
+        ref.stop()
+
+
+def floor_us() -> float:
+    ref = Floor.start()
+    try:
+        return per_round_us(ref.ask, (1, 2), refused=False)
+    finally:
+        ref.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a path misses its bound")
+    args = parser.parse_args()
+    print(
+        f"python {sys.version.split()[0]}; Place + Release through the actor, median of "
+        f"{REPEATS} runs of {ROUNDS}; floor: two asks to an actor that answers at once"
+    )
+    floor = floor_us()
+    print(f"floor: {floor:.0f} us per round\n")
+    head = f"{'path':<32}" + "".join(f"{n:>10,}" for n in SIZES)
+    print(f"{head}{'10k/100':>9}{'10k/floor':>11}")
+    misses = []
+    for path in PATHS:
+        cost = {n: measure(path, n) for n in SIZES}
+        growth, over_floor = cost[SIZES[-1]] / cost[SIZES[0]], cost[SIZES[-1]] / floor
+        cells = "".join(f"{cost[n]:>8.0f}us" for n in SIZES)
+        print(f"{path.name:<32}{cells}{growth:>8.2f}x{over_floor:>10.2f}x")
+        if growth > BOUND or over_floor > BOUND:
+            misses.append(path.name)
+    floor_again = floor_us()
+    print(f"\nfloor again at the end: {floor_again:.0f} us per round")
+    if misses:
+        print(f"over {BOUND:g}x: {', '.join(misses)}")
+    return 1 if args.check and misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
