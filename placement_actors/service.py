@@ -43,6 +43,7 @@ from placement_actors.actors.messages import (
     GroupRescheduling,
     NodeJoined,
     NodeLost,
+    PlacedMany,
     Placement,
     PlacementGroupFailed,
     PlacementGroupReady,
@@ -380,6 +381,13 @@ class PlacementHost:
             reply = self._portable_result(reply)
         elif isinstance(reply, Placement) and reply.result is not None:
             reply = dataclasses.replace(reply, result=self._portable_result(reply.result))
+        elif isinstance(reply, PlacedMany):
+            reply = PlacedMany(
+                outcomes=tuple(
+                    self._portable_result(o) if isinstance(o, PlacementResult) else o
+                    for o in reply.outcomes
+                )
+            )
         if isinstance(message, Release):  # forget the released replicas' endpoints
             prefix = (
                 group_prefix(message.deployment) if is_deployment_name(message.deployment) else None
@@ -646,6 +654,13 @@ class PlacementClient:
             reply = self._resolvable_result(reply)
         elif isinstance(reply, Placement) and reply.result is not None:
             reply = dataclasses.replace(reply, result=self._resolvable_result(reply.result))
+        elif isinstance(reply, PlacedMany):
+            reply = PlacedMany(
+                outcomes=tuple(
+                    self._resolvable_result(o) if isinstance(o, PlacementResult) else o
+                    for o in reply.outcomes
+                )
+            )
         return reply
 
     def _event_reply(self, outcome: _Outcome) -> tuple[tuple[ServiceEvent, ...], int]:

@@ -31,6 +31,8 @@ from placement_actors.actors.messages import (
     NodeState,
     NodeView,
     Place,
+    PlacedMany,
+    PlaceMany,
     Placement,
     PlacementFailure,
     PlanReplica,
@@ -207,6 +209,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._recover_missing(earlier.name)
         self._handlers = {
             Place: self.place,
+            PlaceMany: self.place_many,
             Release: self.release,
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
@@ -261,6 +264,10 @@ class DeploymentPlacementActor(KeepServingActor):
     @admits(Place)
     def place(self, message: Place) -> PlacementResult:
         """Place every replica of a deployment, or none; see `Place`."""
+        return self._place_checked(message)
+
+    def _place_checked(self, message: Place) -> PlacementResult:
+        """`place` of a message already rebuilt through its constructors."""
         name = message.deployment.name
         try:
             result = self._place(message)
@@ -269,6 +276,17 @@ class DeploymentPlacementActor(KeepServingActor):
             raise
         self._failures.pop(name, None)
         return result
+
+    @admits(PlaceMany)
+    def place_many(self, message: PlaceMany) -> PlacedMany:
+        """Each `Place` of the batch in order, as if sent alone; see `PlaceMany`."""
+        outcomes: list[PlacementResult | PlacementError] = []
+        for place in message.places:
+            try:
+                outcomes.append(self._place_checked(place))
+            except PlacementError as exc:
+                outcomes.append(exc)
+        return PlacedMany(outcomes=tuple(outcomes))
 
     @admits(GetPlacementFailure)
     def get_placement_failure(self, message: GetPlacementFailure) -> PlacementFailure:
@@ -884,6 +902,7 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     """
 
     place = proxy_method(DeploymentPlacementActor.place)
+    place_many = proxy_method(DeploymentPlacementActor.place_many)
     release = proxy_method(DeploymentPlacementActor.release)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
     get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)

@@ -35,6 +35,7 @@ _NAME = 1024
 """Characters in a deployment or group name a message may carry (names are shorter still)."""
 
 __all__ = [
+    "MAX_BATCH",
     "BundleGpusKnown",
     "BundleProbeFailed",
     "BundleProbed",
@@ -51,6 +52,8 @@ __all__ = [
     "NodeState",
     "NodeView",
     "Place",
+    "PlaceMany",
+    "PlacedMany",
     "Placement",
     "PlacementFailure",
     "PlacementGroupFailed",
@@ -99,6 +102,55 @@ class Place:
                 f"got {type(self.constraints).__name__}"
             )
             raise InvalidSpecError(msg, field="constraints")
+
+
+MAX_BATCH = 1_000
+"""The most `Place` messages one `PlaceMany` may carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceMany:
+    """Command: several `Place` messages in one, for callers that place many deployments at once.
+
+    The actor hop (and, through `PlacementClient`, the round trip to the service) is paid once.
+    Each `Place` is decided on its own, in order, exactly as if sent alone: one that does not
+    fit is refused without undoing the others.
+
+    Reply: `PlacedMany`. Errors: `InvalidSpecError` for a malformed batch (then nothing is placed).
+    """
+
+    places: tuple[Place, ...]
+
+    def __post_init__(self) -> None:
+        """Check that it holds 1 to `MAX_BATCH` `Place` values."""
+        if (
+            not isinstance(self.places, tuple)
+            or not 0 < len(self.places) <= MAX_BATCH
+            or not all(isinstance(p, Place) for p in self.places)
+        ):
+            msg = f"PlaceMany needs a tuple of 1 to {MAX_BATCH} Place values"
+            raise InvalidSpecError(msg, field="places")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacedMany:
+    """Reply to `PlaceMany`: one outcome per `Place`, in order.
+
+    Attributes:
+        outcomes: each `Place`'s `PlacementResult`, or the `PlacementError` it was refused with.
+    """
+
+    outcomes: tuple[PlacementResult | PlacementError, ...]
+
+    @property
+    def results(self) -> tuple[PlacementResult, ...]:
+        """The placed ones."""
+        return tuple(o for o in self.outcomes if isinstance(o, PlacementResult))
+
+    @property
+    def errors(self) -> tuple[PlacementError, ...]:
+        """The refused ones."""
+        return tuple(o for o in self.outcomes if isinstance(o, PlacementError))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from placement_actors.domain.deployments import ApiKey, ProviderKind
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.frozen import reduce_frozen
 from placement_actors.domain.limits import MAX_NODE_ID, MAX_NODES
+from placement_actors.domain.memo import IdentityMemo
 
 __all__ = ["EgressKey", "EgressStrategy", "GpuStrategy", "PlacementConstraints"]
 
@@ -52,9 +53,26 @@ def _no_preference() -> Mapping[EgressKey, tuple[str, ...]]:
     return MappingProxyType({})
 
 
+_CHECKED: IdentityMemo[tuple[str, ...]] = IdentityMemo()
+"""Node-id tuples already checked (a long list sent with every `Place` is checked once)."""
+_LONG = 32
+"""Lists at least this long are remembered; shorter ones cost less to check than to look up."""
+
+
 def _node_ids(value: object, name: str) -> tuple[str, ...] | None:
     if value is None:
         return None
+    if type(value) is tuple and len(value) >= _LONG:
+        checked = _CHECKED.get(value)
+        if checked is not None:
+            return checked
+        ids = _checked_node_ids(value, name)
+        _CHECKED.put(ids, ids)  # the normalised tuple is valid as it is
+        return _CHECKED.put(value, ids)
+    return _checked_node_ids(value, name)
+
+
+def _checked_node_ids(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         msg = f"{name} must be a list of node ids or None, got {type(value).__name__}"
         raise InvalidSpecError(msg, field=name)

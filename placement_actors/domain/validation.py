@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from placement_actors.domain.deployments import ApiKey
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.limits import MAX_TIMEOUT_S
+from placement_actors.domain.memo import IdentityMemo
 
 __all__ = ["MAX_DEPTH", "check_count", "check_text", "check_timeout", "revalidated"]
 
@@ -84,12 +85,33 @@ def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return
             msg = "an ApiKey arrived without its secret"
             raise InvalidSpecError(msg, field="api_key") from None
     if isinstance(value, tuple):
+        if cls is tuple and len(value) >= _LONG:
+            return _plain_tuple(value) or tuple(_rebuilt(v, depth + 1) for v in value)
         return tuple(_rebuilt(v, depth + 1) for v in value)
     if isinstance(value, list):
         return [_rebuilt(v, depth + 1) for v in value]
     if isinstance(value, Mapping):
         return {_rebuilt(k, depth + 1): _rebuilt(v, depth + 1) for k, v in value.items()}
     return value
+
+
+_LONG = 32
+"""Tuples at least this long are remembered once found plain (a node list sent again and again)."""
+_PLAIN_TUPLES: IdentityMemo[bool] = IdentityMemo()
+
+
+def _plain_tuple(value: tuple[object, ...]) -> tuple[object, ...] | None:
+    """``value`` itself when it holds only plain values (nothing inside to check), else None.
+
+    A tuple cannot change, so once found plain it is remembered by identity: the same long node
+    list sent with every message is walked once.
+    """
+    if _PLAIN_TUPLES.get(value):
+        return value
+    if all(type(v) in _PLAIN for v in value):
+        _PLAIN_TUPLES.put(value, True)  # noqa: FBT003 - the memo's value
+        return value
+    return None
 
 
 def _rebuilt_dataclass(value: object, cls: type[Any], names: tuple[str, ...], depth: int) -> object:

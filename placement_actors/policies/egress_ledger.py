@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from itertools import chain, islice
 
 from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.memo import IdentityMemo
 
 __all__ = ["EgressLedger"]
 
@@ -19,6 +23,34 @@ class EgressLedger:
         """Start with every egress node empty."""
         self._load: dict[str, int] = dict.fromkeys(sorted(set(egress_nodes)), 0)
         self._serving: dict[EgressKey, Counter[str]] = {}
+        # The nodes indexed by load: load -> node ids (sorted), and the loads present (sorted),
+        # so the least-loaded nodes are found without looking at every node.
+        self._by_load: dict[int, list[str]] = {0: list(self._load)} if self._load else {}
+        self._loads: list[int] = [0] if self._load else []
+        self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
+        self._strangers: IdentityMemo[tuple[str, ...]] = IdentityMemo()
+
+    def __len__(self) -> int:
+        """How many egress nodes there are."""
+        return len(self._load)
+
+    def scope_of(self, nodes: tuple[str, ...] | AbstractSet[str]) -> frozenset[str]:
+        """The egress nodes of ``nodes``, as a set (remembered for that very tuple or set)."""
+        if type(nodes) not in {tuple, frozenset}:  # a mutable set could change: never kept
+            return frozenset(n for n in nodes if n in self._load)
+        found = self._scopes.get(nodes)
+        if found is None:
+            found = frozenset(n for n in nodes if n in self._load)
+            self._scopes.put(nodes, found)
+            self._scopes.put(found, found)  # the answer is its own scope
+        return found
+
+    def strangers(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        """The nodes of ``nodes`` that are not egress nodes, in list order (remembered)."""
+        found = self._strangers.get(nodes)
+        if found is None:
+            found = self._strangers.put(nodes, tuple(n for n in nodes if n not in self._load))
+        return found
 
     def __contains__(self, node_id: object) -> bool:
         """Whether ``node_id`` is an egress node."""
@@ -60,41 +92,120 @@ class EgressLedger:
         self,
         count: int,
         *,
-        allowed: Iterable[str],
-        preferred: Iterable[str],
+        allowed: AbstractSet[str] | None = None,
+        preferred: AbstractSet[str] = frozenset(),
         strategy: EgressStrategy = EgressStrategy.SPREAD,
     ) -> list[str]:
         """The egress nodes of ``count`` new replicas of one deployment, in replica order.
 
         ``SPREAD`` gives each replica a node the deployment does not use yet while there are
         enough, preferring ``preferred`` nodes (already serving the same provider and key), then
-        the least-loaded, ties by node id; then goes round again. ``PACK`` keeps every replica on
-        the preferred nodes (the least-loaded of them), or on the least-loaded allowed node when
-        none is preferred, which then becomes preferred. Nothing is recorded: call `add` for
-        each. Costs O((nodes + count) log nodes).
+        the least-loaded, ties by node id; then goes round again, least-loaded first. ``PACK``
+        keeps every replica on the preferred nodes (the least-loaded of them, each replica
+        counted as it is added), or on the least-loaded allowed node when none is preferred.
+        Nothing is recorded: call `add_many`.
+
+        The least-loaded nodes come from the load index, so the cost is O(count + preferred +
+        the allowed nodes left out), not O(every node): a request never pays for nodes it does
+        not use, unless it asks for more replicas than there are nodes.
+
+        Args:
+            count: how many replicas.
+            allowed: the egress nodes this placement may use (non-egress ids are ignored);
+                ``None`` for every egress node.
+            preferred: nodes already serving the same (provider, api key).
+            strategy: `EgressStrategy.SPREAD` or `EgressStrategy.PACK`.
 
         Returns:
             ``count`` node ids, or an empty list when no allowed node is an egress node.
         """
-        favourites = frozenset(preferred)
-        candidates = dict.fromkeys(n for n in allowed if n in self._load)
-        spread = strategy is EgressStrategy.SPREAD
-        # (replicas of this deployment on it (spread only), not preferred, load, node id)
-        heap = [(0, n not in favourites, self._load[n], n) for n in candidates]
+        if allowed is not None:  # its egress nodes only (remembered for that very set)
+            allowed = self.scope_of(allowed)
+        size = len(self._load) if allowed is None else len(allowed)
+        if size == 0 or count < 1:
+            return []
+        favourites = frozenset(
+            n for n in preferred if n in self._load and (allowed is None or n in allowed)
+        )
+        if strategy is EgressStrategy.PACK:
+            return self._packed(count, allowed, favourites)
+        first = list(
+            islice(
+                chain(self._in_order(favourites, frozenset()), self._in_order(allowed, favourites)),
+                min(count, size),
+            )
+        )
+        if count <= size:
+            return first
+        # Every allowed node has one replica: further rounds go least-loaded first.
+        again = list(self._in_order(allowed, frozenset()))
+        rounds, rest = divmod(count - size, size)
+        return first + again * rounds + again[:rest]
+
+    def _packed(
+        self, count: int, allowed: AbstractSet[str] | None, favourites: frozenset[str]
+    ) -> list[str]:
+        if not favourites:  # the least-loaded allowed node takes them all
+            node = next(self._in_order(allowed, frozenset()))
+            return [node] * count
+        heap = [(self._load[n], n) for n in favourites]
         heapq.heapify(heap)
         chosen: list[str] = []
-        while heap and len(chosen) < count:
-            uses, _, load, node = heap[0]
+        for _ in range(count):
+            load, node = heap[0]
             chosen.append(node)
-            heapq.heapreplace(heap, (uses + 1 if spread else 0, False, load + 1, node))
+            heapq.heapreplace(heap, (load + 1, node))
         return chosen
+
+    def _in_order(self, nodes: AbstractSet[str] | None, skip: AbstractSet[str]) -> Iterator[str]:
+        """``nodes`` (every node when ``None``) less ``skip``, least-loaded first, ties by id.
+
+        A set of at most half the nodes is sorted; a larger one is read from the load index,
+        lazily, so a caller that stops early pays for what it read.
+        """
+        if nodes is not None and len(nodes) * 2 <= len(self._load):
+            return iter(
+                sorted(
+                    (n for n in nodes if n not in skip and n in self._load),
+                    key=lambda n: (self._load[n], n),
+                )
+            )
+        return (
+            n
+            for load in list(self._loads)
+            for n in self._by_load[load]
+            if (nodes is None or n in nodes) and n not in skip
+        )
+
+    def _set_load(self, node_id: str, load: int) -> None:
+        """Move ``node_id`` to ``load`` in the load index."""
+        if self._load[node_id] != load:
+            self._unindex(node_id)
+            self._index(node_id, load)
+
+    def _unindex(self, node_id: str) -> None:
+        old = self._load[node_id]
+        bucket = self._by_load[old]
+        del bucket[bisect.bisect_left(bucket, node_id)]
+        if not bucket:
+            del self._by_load[old]
+            del self._loads[bisect.bisect_left(self._loads, old)]
+
+    def _index(self, node_id: str, load: int) -> None:
+        self._load[node_id] = load
+        bucket = self._by_load.get(load)
+        if bucket is None:
+            self._by_load[load] = [node_id]
+            bisect.insort(self._loads, load)
+        else:
+            bisect.insort(bucket, node_id)
 
     def add(self, node_id: str, key: EgressKey) -> None:
         """Count one more replica for ``key`` on ``node_id``."""
         if node_id not in self._load:
             msg = f"{node_id!r} is not an egress node"
             raise InvalidSpecError(msg, field="egress_nodes")
-        self._load[node_id] += 1
+        self._set_load(node_id, self._load[node_id] + 1)
         self._serving.setdefault(key, Counter())[node_id] += 1
 
     def add_many(self, node_ids: Sequence[str], key: EgressKey) -> None:
@@ -105,7 +216,7 @@ class EgressLedger:
             raise InvalidSpecError(msg, field="egress_nodes")
         counts = Counter(node_ids)
         for node_id, count in counts.items():
-            self._load[node_id] += count
+            self._set_load(node_id, self._load[node_id] + count)
         self._serving.setdefault(key, Counter()).update(counts)
 
     def add_node(self, node_id: str) -> None:
@@ -113,12 +224,18 @@ class EgressLedger:
         if node_id not in self._load:
             self._load[node_id] = 0
             self._load = dict(sorted(self._load.items()))
+            self._index(node_id, 0)
+            self._scopes.clear()
+            self._strangers.clear()
 
     def remove_node(self, node_id: str) -> dict[EgressKey, int]:
         """Forget an egress node that left; returns how many replicas of each key ran there."""
         if node_id not in self._load:
             return {}
+        self._unindex(node_id)
         del self._load[node_id]
+        self._scopes.clear()
+        self._strangers.clear()
         lost: dict[EgressKey, int] = {}
         for key in list(self._serving):
             count = self._serving[key].pop(node_id, 0)
@@ -134,7 +251,7 @@ class EgressLedger:
         if nodes is None or nodes[node_id] < 1:
             msg = f"{node_id!r} runs no replica for this provider and key"
             raise InvalidSpecError(msg, field="egress_nodes")
-        self._load[node_id] -= 1
+        self._set_load(node_id, self._load[node_id] - 1)
         nodes[node_id] -= 1
         if nodes[node_id] == 0:
             del nodes[node_id]

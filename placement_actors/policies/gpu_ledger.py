@@ -12,8 +12,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.memo import IdentityMemo
 from placement_actors.domain.topology import NodeTopology
 
 __all__ = ["GpuLedger"]
@@ -48,6 +50,10 @@ class GpuLedger:
             self._by_capacity[self._nodes[node_id].num_gpus] += 1
         self._total_capacity = sum(n.num_gpus for n in self._nodes.values())
         self._total_free = self._total_capacity
+        # Answers about long node lists, by the list's identity (cleared when nodes change).
+        self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
+        self._left_out: IdentityMemo[frozenset[str]] = IdentityMemo()
+        self._strangers: IdentityMemo[tuple[str, ...]] = IdentityMemo()
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -62,6 +68,29 @@ class GpuLedger:
     def node_ids(self) -> list[str]:
         """Every node id, sorted."""
         return list(self._sorted_ids)
+
+    def scope_of(self, nodes: tuple[str, ...]) -> frozenset[str]:
+        """The nodes of ``nodes`` the ledger knows, as a set.
+
+        Remembered for that very tuple until nodes join or leave: a controller that sends the
+        same list of thousands of nodes with every `Place` pays for it once.
+        """
+        found = self._scopes.get(nodes)
+        if found is None:
+            found = self._scopes.put(nodes, frozenset(nodes) & self._node_set)
+        return found
+
+    def strangers(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        """The nodes of ``nodes`` the ledger does not know, in list order (remembered, as above)."""
+        found = self._strangers.get(nodes)
+        if found is None:
+            known = self._node_set
+            found = self._strangers.put(nodes, tuple(n for n in nodes if n not in known))
+        return found
+
+    def sorted_ids(self) -> Sequence[str]:
+        """Every node id, sorted: a read-only view (no copy), for walks that stop early."""
+        return _ReadOnly(self._sorted_ids)
 
     def node_set(self) -> frozenset[str]:
         """Every node id, as a set (for set operations on node lists)."""
@@ -167,7 +196,9 @@ class GpuLedger:
         """
         if allowed is None or len(allowed) * 2 <= len(self._nodes):
             return allowed, avoid
-        left_out = self._node_set - allowed
+        left_out = self._left_out.get(allowed)
+        if left_out is None:
+            left_out = self._left_out.put(allowed, self._node_set - allowed)
         return None, (left_out | avoid) if avoid else left_out
 
     def best_fit(
@@ -339,6 +370,7 @@ class GpuLedger:
         self._by_capacity[node.num_gpus] += 1
         self._total_capacity += node.num_gpus
         self._total_free += node.num_gpus
+        self._forget_lists()
 
     def remove_node(self, node_id: str) -> dict[int, str]:
         """Forget a node that left the cluster; returns what was held there (ordinal -> holder).
@@ -359,7 +391,14 @@ class GpuLedger:
         self._by_capacity[node.num_gpus] -= 1
         self._total_capacity -= node.num_gpus
         self._total_free -= len(free)
+        self._forget_lists()
         return dict(sorted(held.items()))
+
+    def _forget_lists(self) -> None:
+        """Nodes joined or left: what was worked out about node lists no longer holds."""
+        self._scopes.clear()
+        self._left_out.clear()
+        self._strangers.clear()
 
     def _free_list(self, node_id: str) -> list[int]:
         try:
@@ -378,3 +417,21 @@ class GpuLedger:
     def __iter__(self) -> Iterator[str]:
         """Node ids, sorted."""
         return iter(self.node_ids())
+
+
+class _ReadOnly(Sequence[str]):
+    """A read-only view of a list the ledger owns (indexing and iteration, no copy)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[str]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:  # noqa: ANN401 - a str, or a list for a slice
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)

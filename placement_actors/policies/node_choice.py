@@ -39,15 +39,21 @@ def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection |
 
 
 def gpu_rejections(
-    ledger: GpuLedger, gpus: int, nodes: Iterable[str], *, limit: int | None = None
+    ledger: GpuLedger,
+    gpus: int,
+    nodes: Iterable[str],
+    *,
+    limit: int | None = None,
+    presorted: bool = False,
 ) -> tuple[Rejection, ...]:
     """Each of ``nodes``' reason for not taking ``gpus`` GPUs, in node-id order.
 
-    With ``limit``, only the first ``limit`` rejections (by node id) are worked out.
+    With ``limit``, only the first ``limit`` rejections (by node id) are worked out; with
+    ``presorted`` (``nodes`` come in node-id order already), only as many nodes are read.
     """
     found = (
         gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
-        for n in sorted(nodes)
+        for n in (nodes if presorted else sorted(nodes))
     )
     return tuple(islice((r for r in found if r is not None), limit))
 

@@ -80,8 +80,8 @@ def decide_placement(
         NoGpuNodesError, NotEnoughGpusError, NoEgressNodesError: it does not fit, with every
             node's reason.
     """
-    unknown = sorted(constraints.named_nodes() - gpus.node_set() - egress.node_set())
-    if unknown and named_nodes_known:
+    unknown = _unknown_nodes(gpus, egress, constraints) if named_nodes_known else []
+    if unknown:
         shown = ", ".join(repr(n[:40]) for n in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""  # noqa: PLR2004
         msg = f"constraints name nodes the service does not know: {shown}{more}"
@@ -91,7 +91,7 @@ def decide_placement(
         return _remote(egress, deployment, constraints, key, rules=rules, indexes=indexes)
     allowed = None
     if constraints.gpu_nodes is not None:
-        allowed = frozenset(constraints.gpu_nodes) & gpus.node_set()
+        allowed = gpus.scope_of(constraints.gpu_nodes)
     request = LocalRequest(
         deployment=deployment.name,
         gpus=deployment.gpus_per_replica,
@@ -104,6 +104,24 @@ def decide_placement(
         no_nodes_named=constraints.gpu_nodes == (),
     )
     return reserve_local_replicas(gpus, request)
+
+
+def _unknown_nodes(
+    gpus: GpuLedger, egress: EgressLedger, constraints: PlacementConstraints
+) -> list[str]:
+    """The nodes the constraints name that neither ledger knows, sorted.
+
+    Each list is checked against the ledger it is for first (remembered per list, so a long list
+    sent again costs O(1)), and only what that ledger does not know against the other.
+    """
+    unknown: set[str] = set()
+    if constraints.gpu_nodes is not None:
+        unknown.update(n for n in gpus.strangers(constraints.gpu_nodes) if n not in egress)
+    lists = [] if constraints.egress_nodes is None else [constraints.egress_nodes]
+    lists.extend(constraints.egress_preference.values())
+    for nodes in lists:
+        unknown.update(n for n in egress.strangers(nodes) if n not in gpus)
+    return sorted(unknown)
 
 
 def _remote(
@@ -123,11 +141,9 @@ def _remote(
         )
         raise InvalidSpecError(msg, field="replicas")
     allowed = (
-        egress.node_ids()
-        if constraints.egress_nodes is None
-        else [n for n in constraints.egress_nodes if n in egress]
+        None if constraints.egress_nodes is None else egress.scope_of(constraints.egress_nodes)
     )
-    if not allowed:
+    if not (len(egress) if allowed is None else allowed):
         rejections = tuple(
             Rejection(node_id=n, reason="has no egress", requested=1, available=0)
             for n in sorted(constraints.egress_nodes or ())[:100]

@@ -15,7 +15,7 @@ O(nodes + replicas) whatever the request says:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from placement_actors.domain.constraints import GpuStrategy
@@ -136,9 +136,14 @@ def _reserve_all(
     return tuple(assignments)
 
 
-def _allowed_nodes(ledger: GpuLedger, request: LocalRequest) -> list[str]:
-    nodes = ledger.node_ids() if request.allowed is None else sorted(request.allowed)
-    return [n for n in nodes if n in ledger and n not in request.avoid]
+def _allowed_nodes(ledger: GpuLedger, request: LocalRequest) -> Iterator[str]:
+    """The allowed nodes in node-id order, lazily: a refusal reads only as many as it reports."""
+    allowed, avoid = request.allowed, request.avoid
+    if allowed is None or len(allowed) * 2 > len(ledger):  # most nodes: walk the ledger's order
+        return (
+            n for n in ledger.sorted_ids() if (allowed is None or n in allowed) and n not in avoid
+        )
+    return (n for n in sorted(allowed) if n in ledger and n not in avoid)
 
 
 def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
@@ -248,9 +253,9 @@ def _not_enough(
     )
     # Nodes that turn a replica down: too few free GPUs (every node with a free count < gpus).
     rejected = sum(free[: min(gpus, len(free))]) + len(heads)
-    rejections = (heads + gpu_rejections(ledger, gpus, nodes, limit=MAX_REJECTIONS))[
-        :MAX_REJECTIONS
-    ]
+    rejections = (
+        heads + gpu_rejections(ledger, gpus, nodes, limit=MAX_REJECTIONS, presorted=True)
+    )[:MAX_REJECTIONS]
     why = f" ({never})" if never else ""
     return NotEnoughGpusError(
         f"deployment {request.deployment} needs {gpus} free GPUs per replica, on one node or "

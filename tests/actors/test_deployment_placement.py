@@ -21,6 +21,8 @@ from placement_actors import (
     NoGpuNodesError,
     NotEnoughGpusError,
     Place,
+    PlacedMany,
+    PlaceMany,
     PlacementConstraints,
     PlacementFailure,
     PlacementResult,
@@ -480,3 +482,37 @@ def test_held_gpus_the_ledger_cannot_match_are_skipped() -> None:
     held = {"ghost": (NodeAssignment(replica_index=0, node="gone", gpus=(0,)),)}
     ref = DeploymentPlacementActor.start(topology=TOPOLOGY, held=held)
     assert cluster_view(ref).deployments == ()
+
+
+# -- many at once ---------------------------------------------------------------------------------
+
+
+def test_place_many_decides_each_place_in_order_as_if_sent_alone(actor: Ref) -> None:
+    batch = PlaceMany(
+        (
+            Place(local("first", gpus=4)),
+            Place(local("too-big", gpus=64)),  # refused on its own; the others stand
+            Place(remote("api")),
+            Place(local("first", gpus=4)),  # the same Place again: the same result
+        )
+    )
+    reply = actor.ask(batch, timeout=TIMEOUT)
+    assert isinstance(reply, PlacedMany)
+    first, refused, api, again = reply.outcomes
+    assert isinstance(first, PlacementResult)
+    assert isinstance(refused, NotEnoughGpusError)
+    assert isinstance(api, PlacementResult)
+    assert again == first
+    assert [r.deployment.name for r in reply.results] == ["first", "api", "first"]
+    assert cluster_view(actor).deployments == ("api", "first")
+
+
+@pytest.mark.parametrize(
+    "places", [(), ("not a Place",), tuple(Place(local("x")) for _ in range(1001))]
+)
+def test_a_malformed_batch_is_refused_whole(actor: Ref, places: tuple[object, ...]) -> None:
+    batch = object.__new__(PlaceMany)
+    object.__setattr__(batch, "places", places)  # built around the constructor's checks
+    with pytest.raises(InvalidSpecError, match="PlaceMany"):
+        actor.ask(batch, timeout=TIMEOUT)
+    assert cluster_view(actor).deployments == ()

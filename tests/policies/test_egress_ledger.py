@@ -1,6 +1,10 @@
-import pytest
+import heapq
 
-from placement_actors import ApiKey, InvalidSpecError, ProviderKind
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from placement_actors import ApiKey, EgressStrategy, InvalidSpecError, ProviderKind
 from placement_actors.policies.egress_ledger import EgressLedger
 
 OPENAI_A = (ProviderKind.OPENAI, ApiKey("key-a"))
@@ -44,3 +48,69 @@ def test_removing_what_is_not_there_raises() -> None:
         ledger.remove("e1", OPENAI_A)
     with pytest.raises(InvalidSpecError):
         ledger.add("gpu-a", OPENAI_A)
+
+
+def reference_choose_many(
+    ledger: EgressLedger,
+    count: int,
+    allowed: list[str],
+    preferred: frozenset[str],
+    strategy: EgressStrategy,
+) -> list[str]:
+    """The rule stated plainly, on a heap over every allowed node (what the index must equal)."""
+    candidates = dict.fromkeys(n for n in allowed if n in ledger)
+    spread = strategy is EgressStrategy.SPREAD
+    heap = [(0, n not in preferred, ledger.load(n), n) for n in candidates]
+    heapq.heapify(heap)
+    chosen: list[str] = []
+    while heap and len(chosen) < count:
+        uses, _, load, node = heap[0]
+        chosen.append(node)
+        heapq.heapreplace(heap, (uses + 1 if spread else 0, False, load + 1, node))
+    return chosen
+
+
+NODES = [f"e{i}" for i in range(12)]
+
+
+@given(
+    loads=st.lists(st.sampled_from(NODES), max_size=40),
+    gone=st.sets(st.sampled_from(NODES), max_size=4),
+    allowed=st.none() | st.sets(st.sampled_from([*NODES, "gpu-x"]), max_size=12),
+    preferred=st.sets(st.sampled_from([*NODES, "gpu-y"]), max_size=6),
+    count=st.integers(min_value=0, max_value=30),
+    strategy=st.sampled_from(list(EgressStrategy)),
+)
+def test_the_load_index_chooses_exactly_what_the_plain_rule_chooses(
+    *,
+    loads: list[str],
+    gone: set[str],
+    allowed: set[str] | None,
+    preferred: set[str],
+    count: int,
+    strategy: EgressStrategy,
+) -> None:
+    ledger = EgressLedger(NODES)
+    key = (ProviderKind.OPENAI, ApiKey("key-a"))
+    for node in loads:  # some load, some of it released again, some nodes gone
+        ledger.add(node, key)
+    for node in loads[::3]:
+        ledger.remove(node, key)
+    for node in gone:
+        ledger.remove_node(node)
+    ledger.add_node("e99")
+    everyone = ledger.node_ids()
+    chosen = ledger.choose_many(
+        count,
+        allowed=None if allowed is None else frozenset(allowed),
+        preferred=frozenset(preferred),
+        strategy=strategy,
+    )
+    expected = reference_choose_many(
+        ledger,
+        count,
+        everyone if allowed is None else sorted(allowed),
+        frozenset(preferred),
+        strategy,
+    )
+    assert chosen == expected
