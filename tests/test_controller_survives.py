@@ -35,10 +35,10 @@ def lost(view: ClusterView) -> set[str]:
     return {n.node_id for n in view.nodes if n.state is NodeState.LOST}
 
 
-def eventually(check: Callable[[], bool], what: str) -> None:
+def eventually(check: Callable[[], bool], what: str, state: Callable[[], object]) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
+        assert time.monotonic() < deadline, f"never: {what}; at the end: {state()}"
         time.sleep(0.1)
 
 
@@ -73,10 +73,15 @@ def test_a_controller_that_only_places_ends_with_everything_placed_and_nothing_l
         eventually(
             lambda: view().degraded == ("wide",) and doomed in lost(view()),
             "wide shows as degraded and the node as lost",
+            lambda: (view().degraded, lost(view()), doomed, client.ask(GetPlacement("wide"))),
         )
 
         joined = ray_cluster.add_worker(gpus=64, name="gpu-joined")  # a node joins
-        eventually(lambda: view().degraded == (), "wide is placed again on the new node")
+        eventually(
+            lambda: view().degraded == (),
+            "wide is placed again on the new node",
+            lambda: (view().degraded, client.ask(GetPlacement("wide"))),
+        )
 
         client.restart_service()  # the host is killed; Ray starts it again
 

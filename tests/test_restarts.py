@@ -215,6 +215,8 @@ def test_a_killed_host_comes_back_with_every_deployment_and_clients_carry_on(
     ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
     client = PlacementClient.serve(ray_cluster.address, name="restarted-service")
+    # on the head node, so that no worker node that leaves takes the service with it
+    assert on_ray().find_host("restarted-service").node_id() == ray_nodes["head"]
     try:
         place = Place(
             Deployment(name="survivor", model="m", gpus=1, replicas=2),

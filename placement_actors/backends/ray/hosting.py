@@ -12,12 +12,16 @@ import pykka
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
+from placement_actors.backends.ray.cluster import HEAD_RESOURCE
 from placement_actors.backends.ray.connection import NAMESPACE
 from placement_actors.domain.errors import BackendError, InvalidSpecError
 
 __all__ = ["RayEventual", "RemoteHost", "find_host", "start_host"]
 
 _T = TypeVar("_T")
+
+_HEAD_SHARE = 0.001
+"""How much of the head node's own resource the host asks for: enough to pin it there."""
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -38,6 +42,10 @@ class _Host:
     def incarnation(self) -> str:
         """Which start of the actor this is (new after every restart)."""
         return self._incarnation
+
+    def node_id(self) -> str:
+        """The Ray node the actor runs on."""
+        return str(ray.get_runtime_context().get_node_id())
 
     async def call(self, method: str, *args: object) -> object:
         result = getattr(self._target, method)(*args)
@@ -168,6 +176,15 @@ class RemoteHost:
             raise BackendError(msg, operation="call service") from exc
         return found
 
+    def node_id(self, *, timeout_s: float = 60.0) -> str:
+        """The Ray node the host runs on (the head node)."""
+        try:
+            found: str = ray.get(self._handle.node_id.remote(), timeout=timeout_s)
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"the service {self.name} did not answer: {exc}"
+            raise BackendError(msg, operation="call service") from exc
+        return found
+
     def restart(self, *, timeout_s: float = 120.0) -> None:
         """Kill the host's process and wait until Ray has started it again.
 
@@ -209,10 +226,17 @@ def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 1
     """Start (or find, if it runs already) the named, detached host actor of ``factory()``.
 
     ``factory`` must be picklable (a class, or a ``functools.partial`` of one): it runs in the
-    host's own process. The host lives in `NAMESPACE` and outlives the driver that started it.
+    host's own process. The host lives in `NAMESPACE`, on the head node, and outlives the driver
+    that started it; Ray restarts it if its process dies.
     """
     handle = _Host.options(  # type: ignore[attr-defined]
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        # On the head node, as Ray's own controllers are: a worker node that leaves (a spot
+        # reclaim, a scale-down) must not take the service with it.
+        resources={HEAD_RESOURCE: _HEAD_SHARE},
     ).remote(factory)
     host = RemoteHost(handle, name)
     try:
