@@ -149,6 +149,7 @@ def floor_us() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a path misses its bound")
+    parser.add_argument("--only", default="", help="measure only paths whose name has this text")
     args = parser.parse_args()
     print(
         f"python {sys.version.split()[0]}; Place + Release through the actor, median of "
@@ -159,7 +160,7 @@ def main() -> int:
     head = f"{'path':<32}" + "".join(f"{n:>10,}" for n in SIZES)
     print(f"{head}{'10k/100':>9}{'10k/floor':>11}")
     misses = []
-    for path in PATHS:
+    for path in (p for p in PATHS if args.only in p.name):
         cost = {n: measure(path, n) for n in SIZES}
         growth, over_floor = cost[SIZES[-1]] / cost[SIZES[0]], cost[SIZES[-1]] / floor
         cells = "".join(f"{cost[n]:>8.0f}us" for n in SIZES)

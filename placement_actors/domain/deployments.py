@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -160,6 +161,7 @@ class ApiKey:
         return (ApiKey, (self._secret,))
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of a short string, asked on every Place
 def infer_runtime(model: str) -> RuntimeKind:
     """Guess the runtime from a model name.
 
