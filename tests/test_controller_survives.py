@@ -22,7 +22,13 @@ from placement_actors import (
     PlacementConstraints,
     Release,
 )
-from placement_actors.actors.messages import GetPlacement, NodeState, Placement
+from placement_actors.actors.messages import (
+    GetPlacement,
+    GetPlacementFailure,
+    GetReplicaGroups,
+    NodeState,
+    Placement,
+)
 from placement_actors.domain.deployments import group_name
 from placement_actors.service import PlacementClient
 
@@ -80,7 +86,16 @@ def test_a_controller_that_only_places_ends_with_everything_placed_and_nothing_l
         eventually(
             lambda: view().degraded == (),
             "wide is placed again on the new node",
-            lambda: (view().degraded, client.ask(GetPlacement("wide"))),
+            lambda: (
+                view().degraded,
+                [
+                    (n.node_id[:8], n.state.value, n.capacity, len(n.free_gpus))
+                    for n in view().nodes
+                ],
+                joined,
+                client.ask(GetPlacementFailure("wide")),
+                client.ask(GetReplicaGroups()),
+            ),
         )
 
         client.restart_service()  # the host is killed; Ray starts it again

@@ -416,6 +416,16 @@ class DeploymentPlacementActor(KeepServingActor):
                 r for r in placed.result.replicas if r.replica_index != event.replica_index
             ),
         )
+        logger.warning(
+            "replica %d of %s failed and is missing: %s",
+            event.replica_index,
+            event.deployment,
+            event.error,
+        )
+        # Missing now: placed again by a re-sent Place, or (like a lost replica) when capacity
+        # appears, if its Place allows.
+        self._degraded.add(event.deployment)
+        self._rewrite(event.deployment)
 
     @admits(BundleGpusKnown)
     def _on_bundle_gpus_known(self, event: BundleGpusKnown) -> None:
