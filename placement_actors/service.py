@@ -682,9 +682,7 @@ class PlacementClient:
     def _resolvable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
         bundles = []
         for index, bundle in enumerate(replica.bundles):
-            known = self._host.later(
-                "endpoint", replica.group_name, replica.attempt, index, transform=_unwrap
-            )
+            known = _Endpoint(self._host, replica.group_name, replica.attempt, index)
             bundles.append(
                 BundleEndpoint(
                     node=bundle.node,
@@ -696,18 +694,38 @@ class PlacementClient:
         return dataclasses.replace(replica, bundles=tuple(bundles))
 
 
+class _Endpoint:
+    """A bundle's ``(node_ip, port, gpu_ids)`` from the service, asked for on first use.
+
+    A reply carries one per bundle; asking the service for each at once would cost every
+    `Place` a call per bundle whether or not the caller ever reads them.
+    """
+
+    def __init__(self, host: RemoteHost, group_name: str, attempt: int, index: int) -> None:
+        self._call = (group_name, attempt, index)
+        self._host = host
+        self._lock = threading.Lock()
+        self._known: Eventual[tuple[str, int, tuple[int, ...]]] | None = None
+
+    def eventual(self) -> Eventual[tuple[str, int, tuple[int, ...]]]:
+        with self._lock:
+            if self._known is None:
+                self._known = self._host.later("endpoint", *self._call, transform=_unwrap)
+            return self._known
+
+
 class _Part:
     """One element of a bundle's eventual ``(node_ip, port, gpu_ids)``, as an `Eventual`."""
 
-    def __init__(self, known: Eventual[tuple[str, int, tuple[int, ...]]], index: int) -> None:
+    def __init__(self, known: _Endpoint, index: int) -> None:
         self._known = known
         self._index = index
 
     def get(self, *, timeout: float | None = None) -> Any:  # noqa: ANN401 - str, int or ids
-        return self._known.get(timeout=timeout)[self._index]
+        return self._known.eventual().get(timeout=timeout)[self._index]
 
     async def _resolve(self) -> Any:  # noqa: ANN401 - str, int or ids
-        return (await self._known)[self._index]
+        return (await self._known.eventual())[self._index]
 
     def __await__(self) -> Any:  # noqa: ANN401 - a generator of the awaited value
         return self._resolve().__await__()
