@@ -37,6 +37,8 @@ from placement_actors import (
     NodeTopology,
     NotEnoughGpusError,
     Place,
+    PlacedMany,
+    PlaceMany,
     PlacementConstraints,
     PlacementError,
     PlacementFailure,
@@ -162,7 +164,7 @@ class Generator:
         except PlacementError:
             return forged(cls, **fields)
 
-    def message(self) -> object:  # noqa: PLR0911 - one return per message type
+    def message(self) -> object:  # noqa: C901, PLR0911 - one return per message type
         kind = self.rng.random()
         if kind < 0.03:  # the cluster changes under the service
             return self.cluster_change()
@@ -193,6 +195,14 @@ class Generator:
                 PlanReplica,
                 {"deployment": self.name(), "replica_index": 0, "assignments": (assignment,)},
             )
+        if kind < 0.91:  # a batch: each Place decided as if sent alone
+            places = tuple(
+                self.build(
+                    Place, {"deployment": self.deployment(), "constraints": self.constraints()}
+                )
+                for _ in range(self.rng.randint(1, 3))
+            )
+            return self.build(PlaceMany, {"places": self.pick((places, places, (), [places]))})
         if kind < 0.94:
             return self.pick(
                 (
@@ -215,10 +225,13 @@ class Model:
 
     def __init__(self) -> None:
         self.placed: dict[str, PlacementResult] = {}
-        self.told: dict[str, Place] = {}
         self.degraded: tuple[str, ...] = ()
 
     def record(self, message: object, reply: object) -> None:
+        if isinstance(reply, PlacedMany):  # each outcome as the reply to its own Place
+            for outcome in reply.outcomes:
+                self.record(None, outcome)
+            return
         if isinstance(reply, PlacementResult):
             name = reply.deployment.name
             earlier = self.placed.get(name)
@@ -242,11 +255,12 @@ class Model:
                 self.placed[name] = found.result
 
     def catch_up(self, view: ClusterView, ask: Callable[[object], object]) -> None:
-        """After a tell: learn what it placed (an equal Place answers the first result)."""
+        """After a tell: learn what it placed, from the actor's own record of it."""
         for name in set(view.deployments) - set(self.placed):
-            reply = ask(self.told[name])
-            assert isinstance(reply, PlacementResult)
-            self.placed[name] = reply
+            found = ask(GetPlacement(name))
+            assert isinstance(found, Placement)
+            assert found.result is not None
+            self.placed[name] = found.result
         for name in set(self.placed) - set(view.deployments):
             del self.placed[name]
 
@@ -293,10 +307,6 @@ def deliver(
         model.follow(view_of(actor), lambda m: actor.ask(m, timeout=TIMEOUT))
         return "cluster changed"
     if how == "tell":
-        deployment = getattr(message, "deployment", None)
-        name = getattr(deployment, "name", None)
-        if isinstance(message, Place) and isinstance(name, str):
-            model.told[name] = message
         actor.tell(message)
         model.catch_up(view_of(actor), lambda m: actor.ask(m, timeout=TIMEOUT))
         return "told"
