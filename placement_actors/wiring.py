@@ -90,8 +90,10 @@ def start_on_ray(
     store = on_ray.GcsCheckpoints()
     live = on_ray.live_groups()
     plan = _recovery(store, live, set(known))
-    for name in plan.reap:
-        on_ray.remove_named_pgs_with_prefix(name)  # a full group name: exactly that group
+    for name in plan.reap:  # exactly that group (a prefix would also match r10 for r1)
+        orphan = on_ray.find_group(name, live[name].group_id)
+        if orphan is not None:
+            on_ray.remove_group(orphan)
     ours: dict[str, list[NodeAssignment]] = {}  # what our kept, created groups hold now
     for deployment in plan.deployments:
         for replica in deployment.adopted:

@@ -6,6 +6,7 @@ records and the live placement groups. The measured times are printed (``pytest 
 docs/reliability.md.
 """
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from placement_actors import (
 from placement_actors.actors.messages import GetPlacement, Placement
 from placement_actors.domain.checkpoints import (
     DeploymentCheckpoint,
+    decode,
     deployment_key,
     encode,
     group_key,
@@ -294,3 +296,72 @@ def test_a_driver_that_exits_leaves_a_deployment_the_next_driver_takes_back(
     assert endpoints(result)[0][:2] == (ip, int(port))
     assert [a.node for a in result.assignments] == [ray_nodes["gpu-b"]]
     assert live_groups() == {group_name("outlives-its-driver", 0)}
+
+
+def test_reaping_one_replicas_group_leaves_the_groups_of_replicas_whose_names_extend_it(
+    restartable: list[pykka.ActorRef[DeploymentPlacementActor]], ray_nodes: dict[str, str]
+) -> None:
+    first = start_on_ray(ready_timeout_s=30)
+    restartable.append(first)
+    many = Place(
+        Deployment(name="many", model="m", gpus=1, replicas=11),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-bulk"],)),
+    )
+    before = first.ask(many, timeout=TIMEOUT)
+    assert isinstance(before, PlacementResult)
+    known = endpoints(before)
+    first.stop(timeout=TIMEOUT)
+    # r1's record names another group: r1 is not taken back, its group is reaped. r10's name
+    # starts with r1's; it must be kept, with its port.
+    store = on_ray().GcsCheckpoints()
+    record = decode(
+        store.load(deployment_key("many"))[deployment_key("many")], DeploymentCheckpoint
+    )
+    groups = tuple(
+        dataclasses.replace(g, group_id="0" * 36) if g.replica_index == 1 else g
+        for g in record.groups
+    )
+    store.save(deployment_key("many"), encode(dataclasses.replace(record, groups=groups)))
+    second = start_on_ray(ready_timeout_s=30)
+    restartable.append(second)
+    after = placement(second, "many")
+    again = endpoints(after)
+    ids = {r.replica_index: r.group_id for r in after.replicas}
+    was = {r.replica_index: r.group_id for r in before.replicas}
+    assert ids[1] != was[1]  # reaped and placed again
+    assert {i: ids[i] for i in ids if i != 1} == {i: was[i] for i in was if i != 1}
+    assert {i: again[i] for i in again if i != 1} == {i: known[i] for i in known if i != 1}
+
+
+def stand_in_replica(seconds: float) -> None:
+    """What an engine does with its bundle's GPUs, for this test: holds them."""
+    time.sleep(seconds)
+
+
+def test_an_adopted_bundle_whose_replica_holds_its_gpus_is_probed_without_them(
+    restartable: list[pykka.ActorRef[DeploymentPlacementActor]], ray_nodes: dict[str, str]
+) -> None:
+    import ray  # noqa: PLC0415 - a stand-in replica, as a Ray task in the bundle
+    from ray.util import get_placement_group  # noqa: PLC0415
+
+    first = start_on_ray(ready_timeout_s=30)
+    restartable.append(first)
+    place = Place(
+        Deployment(name="busy", model="m", gpus=2),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-c"],)),
+    )
+    result = first.ask(place, timeout=TIMEOUT)
+    assert isinstance(result, PlacementResult)
+    endpoints(result)
+    first.stop(timeout=TIMEOUT)
+    on_ray().GcsCheckpoints().delete(group_key(group_name("busy", 0)))  # endpoints unknown
+    pg = get_placement_group(group_name("busy", 0))
+    replica = on_ray().submit_in_bundle(pg, 0, stand_in_replica, 120, gpus=2)  # holds both GPUs
+    try:
+        second = start_on_ray(ready_timeout_s=30)
+        restartable.append(second)
+        ip, port, _ = endpoints(placement(second, "busy"))[0]
+        assert port > 0
+        assert ip
+    finally:
+        ray.cancel(replica, force=True)

@@ -345,7 +345,12 @@ class DeploymentPlacementActor(KeepServingActor):
         if self._planner is not None and (reap or (placed and placed.egress_key is None)):
             # Cluster first: if Ray fails, nothing is forgotten and the release can be retried.
             # An unknown name is sent too, to reap groups an earlier run of the service left.
-            self._ask_planner([RemoveReplicaGroups(message.deployment)])
+            try:
+                self._ask_planner([RemoveReplicaGroups(message.deployment)])
+            except PlacementError:
+                if placed is not None:  # still placed: write it down again before saying so
+                    self._rewrite(message.deployment)
+                raise
         self._failures.pop(message.deployment, None)
         adopted = self._held.pop(message.deployment, ())
         if adopted:

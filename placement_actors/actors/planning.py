@@ -89,6 +89,8 @@ class _Group:
     timeout_s: float
     attempt: int
     known: tuple[KnownEndpoint | None, ...] = ()
+    adopted: bool = False
+    claimed: set[int] = field(default_factory=set)
     state: GroupState = GroupState.PENDING
     timer: threading.Timer | None = None
     resolved: set[int] = field(default_factory=set)
@@ -200,6 +202,7 @@ class PlanningActor(KeepServingActor):
             timeout_s=timeout_s,
             attempt=attempt,
             known=(None,) * len(message.assignments) if adopt is None else adopt.endpoints,
+            adopted=adopt is not None,
         )
         me = self.actor_ref
         try:
@@ -213,10 +216,16 @@ class PlanningActor(KeepServingActor):
                 ),
             )
         except BackendError:
-            if adopt is None:
-                self._backend.remove_group(handle)
+            # A group that cannot be watched cannot be kept, adopted or not: the replica is
+            # placed again, and a group of this name must not stand in the way.
+            self._backend.remove_group(handle)
             raise
         self._groups[name] = group
+        for index, recorded in enumerate(group.known):
+            # An adopted group's recorded ports are taken back at once, before any other
+            # group's probe can be given one of them.
+            if recorded is not None and self._ports.claim(recorded.node_ip, recorded.port, name):
+                group.claimed.add(index)
         self._arm_timer(group)
         return placement
 
@@ -287,7 +296,7 @@ class PlanningActor(KeepServingActor):
         self._arm_timer(group)  # the probes get a deadline of their own
         for index in range(len(group.assignments)):
             known = group.known[index]
-            if known is not None and self._ports.claim(known.node_ip, known.port, group.name):
+            if known is not None and index in group.claimed:
                 # An adopted group's recorded port: its replica may be listening on it already.
                 self._resolve(group, index, known)
             else:
@@ -462,7 +471,10 @@ class PlanningActor(KeepServingActor):
             index,
             exclude_ports=self._ports.given(),
             callback=report,
-            gpus=len(group.assignments[index].gpus),
+            # An adopted group's replica may be running and holding the bundle's GPUs: a probe
+            # asking for them would wait for ever. It reads the IP and a port only (its GPU ids
+            # stay unknown: an empty tuple).
+            gpus=0 if group.adopted else len(group.assignments[index].gpus),
         )
 
     def _arm_timer(self, group: _Group) -> None:
