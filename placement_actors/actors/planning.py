@@ -89,7 +89,6 @@ class _Group:
     timeout_s: float
     attempt: int
     known: tuple[KnownEndpoint | None, ...] = ()
-    adopted: bool = False
     claimed: set[int] = field(default_factory=set)
     state: GroupState = GroupState.PENDING
     timer: threading.Timer | None = None
@@ -202,7 +201,6 @@ class PlanningActor(KeepServingActor):
             timeout_s=timeout_s,
             attempt=attempt,
             known=(None,) * len(message.assignments) if adopt is None else adopt.endpoints,
-            adopted=adopt is not None,
         )
         me = self.actor_ref
         try:
@@ -384,9 +382,20 @@ class PlanningActor(KeepServingActor):
         Written first: whoever is told the port may start a replica on it at once, and a service
         that dies a moment later must give the same port again.
         """
-        group.resolved.add(index)
         group.known = (*group.known[:index], endpoint, *group.known[index + 1 :])
-        self._record(group)
+        if not self._record(group):
+            # Nobody may be told a port that a restarted service would not give back: the
+            # group fails as a failed probe does (nobody was told anything of it yet).
+            group.known = (*group.known[:index], None, *group.known[index + 1 :])
+            self._fail(
+                group,
+                BackendError(
+                    f"could not write the endpoint of {group.name} down",
+                    operation="write checkpoint",
+                ),
+            )
+            return
+        group.resolved.add(index)
         group.ips[index].set(endpoint.node_ip)
         group.ports[index].set(endpoint.port)
         group.gpu_ids[index].set(endpoint.gpu_ids)
@@ -407,10 +416,10 @@ class PlanningActor(KeepServingActor):
             if group.timer is not None:
                 group.timer.cancel()
 
-    def _record(self, group: _Group) -> None:
-        """Write a group's known endpoints down (a failure costs a re-probe after a restart)."""
+    def _record(self, group: _Group) -> bool:
+        """Write a group's known endpoints down; whether that worked (or nothing is written)."""
         if self._checkpoints is None:
-            return
+            return True
         record = GroupCheckpoint(
             deployment=group.placement.deployment,
             replica_index=group.placement.replica_index,
@@ -423,6 +432,8 @@ class PlanningActor(KeepServingActor):
             self._checkpoints.save(group_key(group.name), encode(record))
         except PlacementError as exc:
             logger.warning("could not write the endpoints of %s down: %s", group.name, exc)
+            return False
+        return True
 
     def _forget(self, name: str) -> None:
         """Delete a group's record (a stale one is only forgotten at the next start)."""
@@ -471,10 +482,10 @@ class PlanningActor(KeepServingActor):
             index,
             exclude_ports=self._ports.given(),
             callback=report,
-            # An adopted group's replica may be running and holding the bundle's GPUs: a probe
-            # asking for them would wait for ever. It reads the IP and a port only (its GPU ids
-            # stay unknown: an empty tuple).
-            gpus=0 if group.adopted else len(group.assignments[index].gpus),
+            # A bundle is probed only while no one has been told its endpoint (an adopted
+            # group's told endpoints come back from their record, unprobed), so no replica
+            # holds its GPUs yet.
+            gpus=len(group.assignments[index].gpus),
         )
 
     def _arm_timer(self, group: _Group) -> None:
