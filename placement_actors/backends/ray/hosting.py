@@ -89,39 +89,30 @@ class RayEventual(Generic[_T]):
 
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
-        if self._done is not None:
-            return self._done[0]
-        while True:
+        while self._done is None:
             try:
-                raw = ray.get(self._ref, timeout=timeout)
+                return self._settle(ray.get(self._ref, timeout=timeout))
             except GetTimeoutError as exc:
                 msg = f"{timeout} seconds"
                 raise pykka.Timeout(msg) from exc
-            except ActorDiedError as exc:
-                if self._again():
-                    continue
-                msg = f"the service failed to answer: {exc}"
-                raise BackendError(msg, operation="call service") from exc
             except RayError as exc:
-                msg = f"the service failed to answer: {exc}"
-                raise BackendError(msg, operation="call service") from exc
-            return self._settle(raw)
+                self._failed(exc)
+        return self._done[0]
 
     async def _resolve(self) -> _T:
-        if self._done is not None:
-            return self._done[0]
-        while True:
+        while self._done is None:
             try:
-                raw = await self._ref
-            except ActorDiedError as exc:
-                if self._again():
-                    continue
-                msg = f"the service failed to answer: {exc}"
-                raise BackendError(msg, operation="call service") from exc
+                return self._settle(await self._ref)
             except RayError as exc:
-                msg = f"the service failed to answer: {exc}"
-                raise BackendError(msg, operation="call service") from exc
-            return self._settle(raw)
+                self._failed(exc)
+        return self._done[0]
+
+    def _failed(self, exc: RayError) -> None:
+        """Return when the call went to the host's successor; else raise the failure."""
+        if isinstance(exc, ActorDiedError) and self._again():
+            return
+        msg = f"the service failed to answer: {exc}"
+        raise BackendError(msg, operation="call service") from exc
 
     def __await__(self) -> Generator[Any, None, _T]:
         """Wait in a coroutine without blocking the event loop."""
@@ -169,17 +160,16 @@ class RemoteHost:
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
         """Which start of the host answers now (a new value after each restart)."""
-        try:
-            found: str = ray.get(self._handle.incarnation.remote(), timeout=timeout_s)
-        except Exception as exc:  # the Ray error-mapping boundary
-            msg = f"the service {self.name} did not answer: {exc}"
-            raise BackendError(msg, operation="call service") from exc
-        return found
+        return self._ask_actor("incarnation", timeout_s)
 
     def node_id(self, *, timeout_s: float = 60.0) -> str:
         """The Ray node the host runs on (the head node)."""
+        return self._ask_actor("node_id", timeout_s)
+
+    def _ask_actor(self, method: str, timeout_s: float) -> str:
+        """One of the host actor's own methods (not the hosted object's), waited for."""
         try:
-            found: str = ray.get(self._handle.node_id.remote(), timeout=timeout_s)
+            found: str = ray.get(getattr(self._handle, method).remote(), timeout=timeout_s)
         except Exception as exc:  # the Ray error-mapping boundary
             msg = f"the service {self.name} did not answer: {exc}"
             raise BackendError(msg, operation="call service") from exc
