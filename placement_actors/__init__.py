@@ -13,7 +13,9 @@ from placement_actors.actors.deployment_placement import (
 from placement_actors.actors.futures import CallbackFuture, pipe_to
 from placement_actors.actors.messages import (
     ClusterView,
+    DefragmentationPlan,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacementFailure,
     GetReplicaGroups,
     GpuHolding,
@@ -79,6 +81,7 @@ from placement_actors.domain.results import (
     PlacementResult,
     Rejection,
     ReplicaBundleSpec,
+    ReplicaMove,
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
@@ -96,6 +99,7 @@ __all__ = [
     "ConfigFileError",
     "ConfigProblem",
     "CustomRuntime",
+    "DefragmentationPlan",
     "Deployment",
     "DeploymentPlacementActor",
     "DeploymentPlacementProxy",
@@ -103,6 +107,7 @@ __all__ = [
     "EgressStrategy",
     "Eventual",
     "GetClusterView",
+    "GetDefragmentationPlan",
     "GetPlacementFailure",
     "GetReplicaGroups",
     "GpuHolding",
@@ -143,6 +148,7 @@ __all__ = [
     "ReplicaGroupView",
     "ReplicaGroupsRemoved",
     "ReplicaGroupsView",
+    "ReplicaMove",
     "ReplicaPlacement",
     "Runtime",
     "RuntimeKind",

@@ -20,7 +20,9 @@ from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
     BundleGpusKnown,
     ClusterView,
+    DefragmentationPlan,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacement,
     GetPlacementFailure,
     GetReplicaGroups,
@@ -77,6 +79,7 @@ from placement_actors.policies.placement_decision import (
     decide_placement,
     egress_key,
 )
+from placement_actors.policies.rearrangement import Resident, plan_defragmentation
 from placement_actors.policies.recovery import RecoveredDeployment
 
 __all__ = [
@@ -104,6 +107,49 @@ class _Placed:
         """Replica indexes that have lost their reservation (their group failed)."""
         present = {a.replica_index for a in self.result.assignments}
         return [i for i in range(self.place.deployment.replicas) if i not in present]
+
+
+class _PlacedResidents:
+    """The placed replicas, node by node, as the move-set search reads them (for one decision).
+
+    Built per refusal or query and read lazily: a deployment's replicas are indexed by node the
+    first time one of its nodes is looked at, so a search that reads a few nodes costs a few
+    deployments' records, not every record.
+    """
+
+    def __init__(
+        self, gpus: GpuLedger, placed: Mapping[str, _Placed], avoid: frozenset[str]
+    ) -> None:
+        self._gpus = gpus
+        self._placed = placed
+        self._avoid = avoid
+        self._by_node: dict[str, dict[str, list[Resident]]] = {}
+
+    def _index(self, name: str) -> dict[str, list[Resident]]:
+        found = self._by_node.get(name)
+        if found is None:
+            nodes: dict[int, list[NodeAssignment]] = {}
+            for assignment in self._placed[name].result.assignments:
+                nodes.setdefault(assignment.replica_index, []).append(assignment)
+            found = {}
+            for replica, held in nodes.items():
+                if len(held) == 1 and held[0].gpus:  # split replicas stay where they are
+                    resident = Resident(name, replica, len(held[0].gpus))
+                    found.setdefault(held[0].node, []).append(resident)
+            self._by_node[name] = found
+        return found
+
+    def on(self, node: str) -> Sequence[Resident]:
+        """The whole replicas of placed deployments on ``node``."""
+        names = sorted({d for d in self._gpus.holders(node).values() if d in self._placed})
+        return [r for name in names for r in self._index(name).get(node, ())]
+
+    def may_host(self, resident: Resident, node: str) -> bool:
+        """Whether the resident's deployment may use ``node`` (its constraints, head exclusion)."""
+        if node in self._avoid or node not in self._gpus:
+            return False
+        allowed = self._placed[resident.deployment].place.constraints.gpu_nodes
+        return allowed is None or node in self._gpus.scope_of(allowed)
 
 
 class DeploymentPlacementActor(KeepServingActor):
@@ -213,6 +259,7 @@ class DeploymentPlacementActor(KeepServingActor):
             Release: self.release,
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
+            GetDefragmentationPlan: self.get_defragmentation_plan,
             ReplicaFailed: self._on_replica_failed,
             GetReplicaGroups: self.ask_planner,
             RemoveReplicaGroups: self.ask_planner,
@@ -295,6 +342,17 @@ class DeploymentPlacementActor(KeepServingActor):
             deployment=message.deployment, error=self._failures.get(message.deployment)
         )
 
+    @admits(GetDefragmentationPlan)
+    def get_defragmentation_plan(self, message: GetDefragmentationPlan) -> DefragmentationPlan:
+        """Moves that would give nodes back whole; see `GetDefragmentationPlan`."""
+        return plan_defragmentation(
+            self._gpus,
+            _PlacedResidents(self._gpus, self._placed, self._avoid),
+            gpus=message.gpus,
+            max_moves=message.max_moves,
+            avoid=self._avoid,
+        )
+
     def _place(self, message: Place) -> PlacementResult:
         deployment, constraints = message.deployment, message.constraints
         if deployment.name in self._held:
@@ -315,7 +373,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._degraded.discard(deployment.name)
             return earlier.result
         assignments = decide_placement(
-            self._gpus, self._egress, deployment, constraints, rules=self._rules
+            self._gpus,
+            self._egress,
+            deployment,
+            constraints,
+            rules=self._rules,
+            residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
         )
         key = egress_key(deployment)
         result = PlacementResult(deployment=deployment, assignments=assignments)
@@ -921,6 +984,7 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     release = proxy_method(DeploymentPlacementActor.release)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
     get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)
+    get_defragmentation_plan = proxy_method(DeploymentPlacementActor.get_defragmentation_plan)
     get_placement = proxy_method(DeploymentPlacementActor.get_placement)
     subscribe = proxy_method(DeploymentPlacementActor.subscribe)
     unsubscribe = proxy_method(DeploymentPlacementActor.unsubscribe)

@@ -26,8 +26,13 @@ from placement_actors.domain.checkpoints import GroupCheckpoint
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
-from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODES
-from placement_actors.domain.results import NodeAssignment, PlacementResult, ReplicaPlacement
+from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODES, MAX_PLAN_MOVES
+from placement_actors.domain.results import (
+    DefragmentationPlan,
+    NodeAssignment,
+    PlacementResult,
+    ReplicaPlacement,
+)
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.domain.validation import check_count, check_text, check_timeout
 
@@ -40,7 +45,9 @@ __all__ = [
     "BundleProbeFailed",
     "BundleProbed",
     "ClusterView",
+    "DefragmentationPlan",
     "GetClusterView",
+    "GetDefragmentationPlan",
     "GetPlacement",
     "GetPlacementFailure",
     "GetReplicaGroups",
@@ -198,6 +205,35 @@ class GetPlacementFailure:
     def __post_init__(self) -> None:
         """Reject a name that is not text."""
         check_text(self.deployment, "deployment", longest=_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class GetDefragmentationPlan:
+    """Query: moves of running replicas that would free nodes. Reply: `DefragmentationPlan`.
+
+    Nodes closest to empty are freed first, each only if every replica it must give up has a
+    node to go to (best fit, within its deployment's constraints). The plan is advice: nothing
+    moves until the replicas' controllers move them.
+
+    Attributes:
+        gpus: the free GPUs a freed node must have; ``None``: the largest node's GPU count.
+        max_moves: the most moves the plan may list (1 to `MAX_PLAN_MOVES`).
+    """
+
+    gpus: int | None = None
+    max_moves: int = 16
+
+    def __post_init__(self) -> None:
+        """Check both counts before any work is sized by them."""
+        if self.gpus is not None:
+            check_count(self.gpus, "gpus", minimum=1)
+            if self.gpus > MAX_NODE_GPUS:
+                msg = f"gpus must be at most {MAX_NODE_GPUS}, got {self.gpus}"
+                raise InvalidSpecError(msg, field="gpus")
+        check_count(self.max_moves, "max_moves", minimum=1)
+        if self.max_moves > MAX_PLAN_MOVES:
+            msg = f"max_moves must be at most {MAX_PLAN_MOVES}, got {self.max_moves}"
+            raise InvalidSpecError(msg, field="max_moves")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

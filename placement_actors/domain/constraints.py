@@ -103,6 +103,10 @@ class PlacementConstraints:
         egress_strategy: how remote replicas are spread (`EgressStrategy`).
         replace_lost: place a replica again, elsewhere, when a node under it is lost (the
             default); ``False`` leaves the deployment degraded until it is placed again.
+        keep_whole: never split a replica that one allowed node is large enough to hold: when no
+            such node has the GPUs free, the `Place` is refused (retryable, with the move set
+            that would make room, when one exists) instead of split over nodes. Replicas larger
+            than every node are split evenly all the same. Default ``False``: split when needed.
     """
 
     gpu_nodes: tuple[str, ...] | None = None
@@ -113,6 +117,7 @@ class PlacementConstraints:
     strategy: GpuStrategy = GpuStrategy.PACK
     egress_strategy: EgressStrategy = EgressStrategy.SPREAD
     replace_lost: bool = True
+    keep_whole: bool = False
 
     def __post_init__(self) -> None:
         """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
@@ -130,6 +135,9 @@ class PlacementConstraints:
         if not isinstance(self.replace_lost, bool):
             msg = f"replace_lost must be true or false, got {type(self.replace_lost).__name__}"
             raise InvalidSpecError(msg, field="replace_lost")
+        if not isinstance(self.keep_whole, bool):
+            msg = f"keep_whole must be true or false, got {type(self.keep_whole).__name__}"
+            raise InvalidSpecError(msg, field="keep_whole")
         if not isinstance(self.egress_preference, Mapping):
             msg = "egress_preference must map (provider, api key) to node ids"
             raise InvalidSpecError(msg, field="egress_preference")

@@ -29,7 +29,7 @@ from placement_actors.domain.group_status import GroupStatus
 
 if TYPE_CHECKING:
     from placement_actors.domain.deployments import ProviderKind
-    from placement_actors.domain.results import Rejection
+    from placement_actors.domain.results import Rejection, ReplicaMove
 
 __all__ = [
     "MAX_REJECTIONS",
@@ -198,6 +198,9 @@ class NotEnoughGpusError(CapacityError):
         requested: GPUs one replica needs.
         available: the most free GPUs any allowed node had when the decision was made.
         largest_node: the most GPUs any allowed node has in total.
+        moves: when enough GPUs are free in all but scattered over nodes, at most two moves of
+            running replicas after which the request would fit (`ReplicaMove`: which replica,
+            from which node, to which); empty when none was found or none is needed.
     """
 
     def __init__(
@@ -211,6 +214,7 @@ class NotEnoughGpusError(CapacityError):
         retryable: bool | None = None,
         rejections: tuple[Rejection, ...] = (),
         rejections_omitted: int = 0,
+        moves: tuple[ReplicaMove, ...] = (),
     ) -> None:
         """Create the error from what was asked and the best that was on offer.
 
@@ -227,6 +231,24 @@ class NotEnoughGpusError(CapacityError):
         self.available = available
         self.largest_node = largest_node
         self.retryable = requested <= largest_node if retryable is None else retryable
+        self.moves = moves
+
+    def with_moves(self, moves: tuple[ReplicaMove, ...]) -> NotEnoughGpusError:
+        """This refusal, saying which moves of running replicas would make room."""
+        if not moves:
+            return self
+        shown = "; ".join(str(m) for m in moves)
+        return NotEnoughGpusError(
+            f"{self.args[0]}; moving {len(moves)} running replica(s) would make room: {shown}",
+            deployment=self.deployment,
+            requested=self.requested,
+            available=self.available,
+            largest_node=self.largest_node,
+            retryable=self.retryable,
+            rejections=self.rejections,
+            rejections_omitted=self.rejections_omitted,
+            moves=moves,
+        )
 
 
 class PlacementGroupTimeoutError(PlacementError, TimeoutError):

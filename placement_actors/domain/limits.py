@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_NODE_GPUS",
     "MAX_NODE_ID",
+    "MAX_PLAN_MOVES",
     "MAX_REPLICA_NODES",
     "MAX_TEXT",
     "MAX_TIMEOUT_S",
@@ -35,6 +36,9 @@ MAX_REPLICA_NODES = 128
 
 MAX_NODE_ID = 256
 """Characters in a node id (Ray's are 56 hex digits)."""
+
+MAX_PLAN_MOVES = 1000
+"""Moves one defragmentation plan may list."""
 
 MAX_TEXT = 1024
 """Characters in a model id or a runtime name."""

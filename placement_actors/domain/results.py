@@ -17,12 +17,14 @@ from placement_actors.domain.validation import check_count, check_text
 __all__ = [
     "BundleEndpoint",
     "BundleStrategy",
+    "DefragmentationPlan",
     "Eventual",
     "Known",
     "NodeAssignment",
     "PlacementResult",
     "Rejection",
     "ReplicaBundleSpec",
+    "ReplicaMove",
     "ReplicaPlacement",
 ]
 
@@ -283,3 +285,48 @@ class ReplicaPlacement:
     def master(self) -> BundleEndpoint:
         """Bundle 0: its IP and port are the master address and port (torch.distributed, vLLM)."""
         return self.bundles[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaMove:
+    """Moving one running replica, whole, from one node to another.
+
+    A refusal that such moves would fix carries them (`NotEnoughGpusError.moves`), and
+    `PlanDefragmentation` answers a list of them. They are advice: the replica's controller
+    carries a move out (a new replica on ``to_node``, then the old one released).
+
+    Attributes:
+        deployment: the deployment the replica belongs to.
+        replica_index: the replica.
+        gpus: GPUs it holds (on ``from_node``, and would hold on ``to_node``).
+        from_node: where it runs now.
+        to_node: where it would run.
+    """
+
+    deployment: str
+    replica_index: int
+    gpus: int
+    from_node: str
+    to_node: str
+
+    def __str__(self) -> str:
+        """``llama/r0 (2 GPUs) gpu-a -> gpu-b``."""
+        return (
+            f"{self.deployment}/r{self.replica_index} ({self.gpus} GPUs) "
+            f"{self.from_node} -> {self.to_node}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DefragmentationPlan:
+    """Moves that would give nodes back whole for large replicas: `GetDefragmentationPlan`'s reply.
+
+    Attributes:
+        gpus: the free GPUs each freed node would have, at least.
+        moves: the moves, in the order to carry them out.
+        freed_nodes: the nodes that would have ``gpus`` free once every move is made.
+    """
+
+    gpus: int
+    moves: tuple[ReplicaMove, ...]
+    freed_nodes: tuple[str, ...]

@@ -92,6 +92,12 @@ class GpuLedger:
         """Every node id, sorted: a read-only view (no copy), for walks that stop early."""
         return _ReadOnly(self._sorted_ids)
 
+    def nodes_with_free(self, count: int) -> Sequence[str]:
+        """The nodes with exactly ``count`` free GPUs, sorted: a read-only view of the index."""
+        if not 0 <= count <= self._max_capacity:
+            return ()
+        return _ReadOnly(self._by_free[count])
+
     def node_set(self) -> frozenset[str]:
         """Every node id, as a set (for set operations on node lists)."""
         return self._node_set

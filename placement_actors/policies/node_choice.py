@@ -120,17 +120,20 @@ def choose_replica_nodes(
     allowed: frozenset[str] | None = None,
     avoid: AbstractSet[str] = frozenset(),
     used: AbstractSet[str] = frozenset(),
+    split: bool = True,
 ) -> tuple[tuple[str, int], ...] | None:
     """The nodes of one replica of ``gpus`` GPUs, with each node's share; ``None`` if none fits.
 
-    One node when one has ``gpus`` free (chosen by `choose_gpu_node`). Otherwise the smallest even
-    split over *free* capacity: the least ``nnodes >= 2`` dividing ``gpus`` for which ``nnodes``
-    distinct nodes each have ``gpus // nnodes`` free (best-fit nodes for ``PACK``, least-loaded
-    for ``SPREAD``). Never an uneven split.
+    One node when one has ``gpus`` free (chosen by `choose_gpu_node`). Otherwise, with ``split``,
+    the smallest even split over *free* capacity: the least ``nnodes >= 2`` dividing ``gpus`` for
+    which ``nnodes`` distinct nodes each have ``gpus // nnodes`` free (best-fit nodes for
+    ``PACK``, least-loaded for ``SPREAD``). Never an uneven split.
     """
     node = choose_gpu_node(ledger, gpus, strategy=strategy, allowed=allowed, avoid=avoid, used=used)
     if node is not None:
         return ((node, gpus),)
+    if not split:
+        return None
     nnodes = even_split_nodes(gpus, ledger.free_histogram(allowed, avoid), minimum=2)
     if nnodes is None:
         return None

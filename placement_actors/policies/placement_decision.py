@@ -15,11 +15,16 @@ from dataclasses import dataclass
 
 from placement_actors.domain.constraints import EgressKey, PlacementConstraints
 from placement_actors.domain.deployments import Deployment, RemoteNetwork
-from placement_actors.domain.errors import InvalidSpecError, NoEgressNodesError
+from placement_actors.domain.errors import (
+    InvalidSpecError,
+    NoEgressNodesError,
+    NotEnoughGpusError,
+)
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import NodeAssignment, Rejection
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.rearrangement import Residents, Room, find_move_set
 from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
 
 __all__ = ["PlacementRules", "decide_placement", "egress_key"]
@@ -56,6 +61,7 @@ def decide_placement(
     indexes: Sequence[int] | None = None,
     own: Sequence[NodeAssignment] = (),
     named_nodes_known: bool = True,
+    residents: Residents | None = None,
 ) -> tuple[NodeAssignment, ...]:
     """Reserve ``deployment``'s replicas on the ledgers, all or nothing, and return where they go.
 
@@ -70,6 +76,8 @@ def decide_placement(
         named_nodes_known: refuse constraints that name nodes the ledgers do not know (a new
             `Place`); ``False`` when replicas are placed again after a node was lost: a named
             node that is gone is simply not available.
+        residents: the running replicas, read when a refusal could be fixed by moving some of
+            them (`find_move_set`); ``None``: refusals carry no move set.
 
     Returns:
         One `NodeAssignment` per replica and node, in replica order.
@@ -102,8 +110,21 @@ def decide_placement(
         avoid=rules.avoid,
         own=tuple(own),
         no_nodes_named=constraints.gpu_nodes == (),
+        keep_whole=constraints.keep_whole,
     )
-    return reserve_local_replicas(gpus, request)
+    try:
+        return reserve_local_replicas(gpus, request)
+    except NotEnoughGpusError as refused:
+        if residents is None or not refused.retryable:
+            raise
+        room = Room(
+            gpus=request.gpus,
+            replicas=deployment.replicas if indexes is None else len(request.indexes or ()),
+            split=not request.keep_whole,
+            allowed=allowed,
+            avoid=rules.avoid,
+        )
+        raise refused.with_moves(find_move_set(gpus, residents, room)) from None
 
 
 def _unknown_nodes(

@@ -49,6 +49,7 @@ class LocalRequest:
         own: what the deployment already holds (its other replicas, when lost ones are placed
             again); counted as its own, not as someone else's, when judging ``retryable``.
         no_nodes_named: the caller gave an empty node list (for the message).
+        keep_whole: never split a replica that one allowed node is large enough to hold.
     """
 
     deployment: str
@@ -60,6 +61,11 @@ class LocalRequest:
     avoid: frozenset[str] = frozenset()
     own: tuple[NodeAssignment, ...] = ()
     no_nodes_named: bool = False
+    keep_whole: bool = False
+
+    def splits(self, largest: int) -> bool:
+        """Whether a replica may be split, on nodes of at most ``largest`` GPUs."""
+        return not self.keep_whole or self.gpus > largest
 
 
 def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[NodeAssignment, ...]:
@@ -77,6 +83,7 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
     capacities = ledger.capacity_histogram(allowed, avoid)
     if not any(capacities[1:]):
         raise _no_gpu_nodes(ledger, request)
+    split = request.splits(next(k for k in range(len(capacities) - 1, 0, -1) if capacities[k]))
     if even_split_nodes(gpus, capacities) is None:
         raise _not_enough(
             ledger,
@@ -95,9 +102,11 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
     # Too few GPUs free in all for the replicas: nothing to try (nor to undo) before refusing.
     free = ledger.total_free(allowed, avoid)
     short = wanted * gpus > free
-    assignments = 0 if short else _reserve_all(ledger, request, indexes)
+    assignments = 0 if short else _reserve_all(ledger, request, indexes, split=split)
     if isinstance(assignments, int):
-        retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(ledger, request)
+        retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(
+            ledger, request, split=split
+        )
         why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
         progress = (
             f"; {free} GPUs are free on the allowed nodes, {wanted * gpus} needed"
@@ -105,13 +114,13 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
             else f"; {assignments} of {wanted} replicas fitted"
             if assignments
             else ""
-        )
+        ) + ("" if split else "; keep_whole: a replica is not split over nodes")
         raise _not_enough(ledger, request, progress=progress, never=why_not)
     return assignments
 
 
 def _reserve_all(
-    ledger: GpuLedger, request: LocalRequest, indexes: Sequence[int]
+    ledger: GpuLedger, request: LocalRequest, indexes: Sequence[int], *, split: bool
 ) -> tuple[NodeAssignment, ...] | int:
     """Every replica's assignments; or, after undoing them, how many replicas fitted."""
     assignments: list[NodeAssignment] = []
@@ -124,6 +133,7 @@ def _reserve_all(
             allowed=request.allowed,
             avoid=request.avoid,
             used=used,
+            split=split,
         )
         if chosen is None:
             for assignment in assignments:
@@ -152,7 +162,7 @@ def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
     return free + own < ledger.total_capacity(request.allowed, request.avoid)
 
 
-def _fits_when_empty(ledger: GpuLedger, request: LocalRequest) -> bool:
+def _fits_when_empty(ledger: GpuLedger, request: LocalRequest, *, split: bool) -> bool:
     """Whether the request fits the allowed nodes when nobody but the deployment holds GPUs.
 
     Worked out on counts of nodes by free GPUs, as best fit would place the replicas on an
@@ -171,16 +181,16 @@ def _fits_when_empty(ledger: GpuLedger, request: LocalRequest) -> bool:
             free[capacity] -= 1
             free[max(0, capacity - held)] += 1
     wanted = request.replicas if request.indexes is None else len(request.indexes)
-    return fits_on_counts(free, request.gpus, wanted)
+    return fits_on_counts(free, request.gpus, wanted, split=split)
 
 
-def fits_on_counts(free: list[int], gpus: int, replicas: int) -> bool:
+def fits_on_counts(free: list[int], gpus: int, replicas: int, *, split: bool = True) -> bool:
     """Whether ``replicas`` of ``gpus`` GPUs fit nodes counted by free GPUs (``free[k]``).
 
     Best fit, as the ledger does it: a replica goes to a node with the fewest free GPUs that
     still holds it whole (a node keeps taking replicas while it can, so each bucket is settled
-    at once); when none holds it whole, to the smallest even split, fewest-free nodes first.
-    ``free`` is changed in place.
+    at once); when none holds it whole, to the smallest even split, fewest-free nodes first
+    (only with ``split``). ``free`` is changed in place.
     """
     remaining = replicas
     for count in range(gpus, len(free)):
@@ -192,6 +202,8 @@ def fits_on_counts(free: list[int], gpus: int, replicas: int) -> bool:
         free[count] -= nodes
         free[count % gpus] += nodes
     while remaining:
+        if not split:
+            return False
         nnodes = even_split_nodes(gpus, free, minimum=2)
         if nnodes is None:
             return False

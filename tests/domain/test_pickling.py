@@ -9,7 +9,9 @@ from placement_actors import (
     BackendError,
     ConfigFileError,
     ConfigProblem,
+    DefragmentationPlan,
     Deployment,
+    GetDefragmentationPlan,
     GroupStatus,
     NodeAssignment,
     NodeTopology,
@@ -21,6 +23,7 @@ from placement_actors import (
     PlacementGroupTimeoutError,
     ProviderKind,
     Rejection,
+    ReplicaMove,
     UnknownMessageError,
 )
 from placement_actors.policies.bundle_shapes import pinned_bundle_spec
@@ -31,6 +34,13 @@ VALUES = [
     PlacementConstraints(gpu_nodes=("a",), egress_preference={(ProviderKind.OPENAI, KEY): ("e",)}),
     pinned_bundle_spec([NodeAssignment(replica_index=0, node="a", gpus=(0, 1))]),
     Place(Deployment(name="d", model="gpt-4o", api_key=KEY), PlacementConstraints(egress_nodes=())),
+    PlacementConstraints(keep_whole=True),
+    GetDefragmentationPlan(gpus=8, max_moves=4),
+    DefragmentationPlan(
+        gpus=8,
+        moves=(ReplicaMove(deployment="e", replica_index=0, gpus=2, from_node="a", to_node="b"),),
+        freed_nodes=("a",),
+    ),
 ]
 
 
@@ -49,6 +59,8 @@ ERRORS: list[PlacementError] = [
         largest_node=4,
         retryable=True,
         rejections=(Rejection(node_id="a", reason="r", requested=8, available=2),),
+    ).with_moves(
+        (ReplicaMove(deployment="e", replica_index=1, gpus=2, from_node="a", to_node="b"),)
     ),
     PlacementGroupTimeoutError(group="g", timeout_s=1.5, scheduling_state=GroupStatus.INFEASIBLE),
     BackendError("b", operation="o"),

@@ -25,10 +25,12 @@ from placement_actors import (
     ApiKey,
     ClusterView,
     CustomRuntime,
+    DefragmentationPlan,
     Deployment,
     DeploymentPlacementActor,
     EgressStrategy,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacementFailure,
     GetReplicaGroups,
     GpuStrategy,
@@ -131,6 +133,7 @@ class Generator:
             "egress_preference": {},
             "strategy": self.pick(tuple(GpuStrategy)),
             "egress_strategy": self.pick(tuple(EgressStrategy)),
+            "keep_whole": self.rng.random() < 0.3,
         }
         if self.rng.random() < 0.1:
             key = (ProviderKind.OPENAI, ApiKey(SECRET))
@@ -176,8 +179,14 @@ class Generator:
             return self.build(Release, {"deployment": self.name()})
         if kind < 0.70:
             return GetClusterView()
-        if kind < 0.74:
+        if kind < 0.72:
             return self.build(GetPlacementFailure, {"deployment": self.pick((*NAMES, None, 7))})
+        if kind < 0.74:
+            fields = {
+                "gpus": self.pick((None, 1, 4, 8, 0, -1, 10**9, "8", 2.5)),
+                "max_moves": self.pick((1, 16, 1000, 0, 10**9, None, True)),
+            }
+            return self.build(GetDefragmentationPlan, fields)
         if kind < 0.78:
             return forged(Place, deployment=self.pick(WRONG), constraints=self.pick(WRONG))
         if kind < 0.82:
@@ -244,6 +253,11 @@ class Model:
         elif isinstance(reply, Released):
             assert reply.was_placed == (reply.deployment in self.placed)
             self.placed.pop(reply.deployment, None)
+        elif isinstance(reply, DefragmentationPlan):  # moves name placed replicas where they run
+            for move in reply.moves:
+                result = self.placed[move.deployment]
+                held = [a for a in result.assignments if a.replica_index == move.replica_index]
+                assert [(a.node, len(a.gpus)) for a in held] == [(move.from_node, move.gpus)]
         del message
 
     def follow(self, view: ClusterView, ask: Callable[[object], object]) -> None:

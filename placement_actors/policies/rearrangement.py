@@ -1,0 +1,356 @@
+"""Moves of running replicas that make room: a refusal's move set, and a defragmentation plan.
+
+Best fit keeps whole nodes free for as long as it can, but arrivals and departures still scatter
+free GPUs: four free GPUs as 2 + 2 on two nodes refuse a 4-GPU replica that one node would hold.
+`find_move_set` looks for at most two running replicas whose moves would make a refused request
+fit; `plan_defragmentation` lists moves that would give whole nodes back for large replicas.
+
+Both work on free counts with a small overlay of the moves planned so far, never on a copy of
+the ledger, and read a bounded number of nodes (`MAX_SOURCE_NODES` to move from, `MAX_PROBES`
+per destination), so they cost about the same on 100 nodes and on 10,000. Moves are advice: the
+ledger is not changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Protocol
+
+from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.limits import MAX_PLAN_MOVES, MAX_REPLICA_NODES
+from placement_actors.domain.results import DefragmentationPlan, ReplicaMove
+from placement_actors.domain.validation import check_count
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.replica_placement import fits_on_counts
+
+__all__ = [
+    "MAX_PROBES",
+    "MAX_SOURCE_NODES",
+    "Resident",
+    "Residents",
+    "Room",
+    "find_move_set",
+    "plan_defragmentation",
+]
+
+MAX_SOURCE_NODES = 32
+"""Nodes a move set is looked for on (those closest to holding the replica first)."""
+
+MAX_PROBES = 64
+"""Nodes looked at to find where one moved replica would go."""
+
+_PAIRS_FROM = 24
+"""Two moves off two nodes are tried among this many of the cheapest single moves."""
+
+_SHARES = 4
+"""Layouts a move set is looked for (one node, then the fewest nodes of an even split first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """A running replica held whole on one node: one that could be moved.
+
+    Attributes:
+        deployment: its deployment.
+        replica_index: the replica.
+        gpus: the GPUs it holds on its node.
+    """
+
+    deployment: str
+    replica_index: int
+    gpus: int
+
+
+class Residents(Protocol):
+    """What the service knows of running replicas, read node by node."""
+
+    def on(self, node: str) -> Sequence[Resident]:
+        """The movable replicas running wholly on ``node`` (split replicas stay where they are)."""
+
+    def may_host(self, resident: Resident, node: str) -> bool:
+        """Whether ``node`` is one the resident's deployment may use."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Room:
+    """Room wanted on the ledger: ``replicas`` replicas of ``gpus`` GPUs on the given nodes.
+
+    Attributes:
+        gpus: GPUs per replica.
+        replicas: replicas wanted.
+        split: whether a replica may be split evenly over nodes (else each must fit one node).
+        allowed: the nodes the request may use (``None``: every node).
+        avoid: nodes never to use.
+    """
+
+    gpus: int
+    replicas: int = 1
+    split: bool = True
+    allowed: frozenset[str] | None = None
+    avoid: frozenset[str] = frozenset()
+
+    def covers(self, ledger: GpuLedger, node: str) -> bool:
+        """Whether the request may use ``node``."""
+        return (
+            node in ledger
+            and node not in self.avoid
+            and (self.allowed is None or node in self.allowed)
+        )
+
+
+class _Overlay:
+    """Free counts as the ledger has them, with planned moves applied on top."""
+
+    __slots__ = ("_delta", "_ledger")
+
+    def __init__(self, ledger: GpuLedger, delta: dict[str, int] | None = None) -> None:
+        self._ledger = ledger
+        self._delta = {} if delta is None else dict(delta)
+
+    def copy(self) -> _Overlay:
+        return _Overlay(self._ledger, self._delta)
+
+    def free(self, node: str) -> int:
+        return self._ledger.free_count(node) + self._delta.get(node, 0)
+
+    def apply(self, move: ReplicaMove) -> None:
+        self._delta[move.from_node] = self._delta.get(move.from_node, 0) + move.gpus
+        self._delta[move.to_node] = self._delta.get(move.to_node, 0) - move.gpus
+
+    def histogram(self, base: list[int], room: Room) -> list[int]:
+        """``base`` (the ledger's free histogram of the request's nodes) with the moves made."""
+        counts = list(base)
+        for node, change in self._delta.items():
+            if change and room.covers(self._ledger, node):
+                before = self._ledger.free_count(node)
+                counts[before] -= 1
+                counts[before + change] += 1
+        return counts
+
+
+def _fits(counts: list[int], room: Room) -> bool:
+    if room.split:
+        return fits_on_counts(list(counts), room.gpus, room.replicas)
+    whole = sum(counts[k] * (k // room.gpus) for k in range(room.gpus, len(counts)))
+    return whole >= room.replicas
+
+
+def _largest(ledger: GpuLedger, room: Room) -> int:
+    capacities = ledger.capacity_histogram(room.allowed, room.avoid)
+    return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
+
+
+def _shares(room: Room, largest: int) -> list[int]:
+    """The free GPUs one node needs to take a replica or its share of an even split, largest first.
+
+    One node's worth (``gpus``) when a node is large enough; with ``split``, also each even
+    share (``gpus / n`` for ``n`` dividing ``gpus``), at most `_SHARES` of them.
+    """
+    shares = [room.gpus] if largest >= room.gpus else []
+    if room.split:
+        divisors = (n for n in range(2, min(room.gpus, MAX_REPLICA_NODES) + 1))
+        shares.extend(room.gpus // n for n in divisors if room.gpus % n == 0)
+    return [s for s in shares if s <= largest][:_SHARES]
+
+
+def _fullest_below(ledger: GpuLedger, share: int, room: Room) -> Iterator[str]:
+    """Nodes of the request with fewer than ``share`` free but room for it: most free first."""
+    allowed = room.allowed
+    if allowed is not None and len(allowed) * 2 <= len(ledger):
+        nodes = (n for n in allowed if room.covers(ledger, n))
+        fitting = [n for n in nodes if ledger.capacity(n) >= share > ledger.free_count(n)]
+        yield from sorted(fitting, key=lambda n: (-ledger.free_count(n), n))
+        return
+    for free in range(min(share, ledger.max_capacity() + 1) - 1, -1, -1):
+        for node in ledger.nodes_with_free(free):
+            if ledger.capacity(node) >= share and room.covers(ledger, node):
+                yield node
+
+
+def _destination(
+    ledger: GpuLedger,
+    residents: Residents,
+    overlay: _Overlay,
+    resident: Resident,
+    shut: AbstractSet[str],
+) -> str | None:
+    """Where ``resident`` would go: the best fit of the nodes it may use, none of ``shut``."""
+    looked = 0
+    for node in ledger.candidates(resident.gpus):
+        if node in shut:
+            continue
+        looked += 1
+        if looked > MAX_PROBES:
+            return None
+        if overlay.free(node) >= resident.gpus and residents.may_host(resident, node):
+            return node
+    return None
+
+
+def _move(resident: Resident, source: str, target: str) -> ReplicaMove:
+    return ReplicaMove(
+        deployment=resident.deployment,
+        replica_index=resident.replica_index,
+        gpus=resident.gpus,
+        from_node=source,
+        to_node=target,
+    )
+
+
+_Planned = tuple[Resident, str]
+"""A replica to move, and the node it leaves."""
+
+
+@dataclass(slots=True)
+class _Search:
+    """One move-set search: the ledger, the replicas, and the room as it is now."""
+
+    ledger: GpuLedger
+    residents: Residents
+    room: Room
+    base: list[int]
+
+    def destination(
+        self, overlay: _Overlay, resident: Resident, shut: AbstractSet[str]
+    ) -> str | None:
+        return _destination(self.ledger, self.residents, overlay, resident, shut)
+
+    def makes_room(self, planned: Sequence[_Planned]) -> tuple[ReplicaMove, ...]:
+        """The moves of ``planned`` (destinations chosen in turn), if the room then fits."""
+        shut = {source for _, source in planned}
+        overlay = _Overlay(self.ledger)
+        moves: list[ReplicaMove] = []
+        for resident, source in planned:
+            target = self.destination(overlay, resident, shut)
+            if target is None:
+                return ()
+            moves.append(_move(resident, source, target))
+            overlay.apply(moves[-1])
+        return tuple(moves) if _fits(overlay.histogram(self.base, self.room), self.room) else ()
+
+    def options(self, largest: int) -> tuple[list[_Planned], list[tuple[_Planned, _Planned]]]:
+        """Replicas whose move alone could give a node a share; pairs off one node that could.
+
+        Each list is cheapest (fewest GPUs moved) first; a replica is named once in the first.
+        """
+        ones: list[_Planned] = []
+        twos: list[tuple[_Planned, _Planned]] = []
+        for share in _shares(self.room, largest):
+            for source in islice(_fullest_below(self.ledger, share, self.room), MAX_SOURCE_NODES):
+                short = share - self.ledger.free_count(source)
+                on = sorted(self.residents.on(source), key=lambda r: r.gpus)
+                for i, first in enumerate(on):
+                    if first.gpus >= short:
+                        ones.append((first, source))
+                    else:
+                        twos.extend(
+                            ((first, source), (second, source))
+                            for second in on[i + 1 :]
+                            if first.gpus + second.gpus >= short
+                        )
+        ones = list(dict.fromkeys(sorted(ones, key=lambda p: p[0].gpus)))
+        return ones, sorted(twos, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
+
+
+def find_move_set(
+    ledger: GpuLedger, residents: Residents, room: Room, *, max_moves: int = 2
+) -> tuple[ReplicaMove, ...]:
+    """At most ``max_moves`` moves after which ``room`` fits the ledger; ``()`` when none is found.
+
+    Only refusals the free GPUs could cover are looked at (enough GPUs are free in all, just
+    scattered). For each layout the room could take (one node; each even split, fewest nodes
+    first), the nodes closest to the layout's share are looked at: which one or two of their
+    replicas, moved out, would give them that share. Sets are tried cheapest first (one move
+    before two, fewer GPUs moved first); two moves either empty one node or give two nodes a
+    share each. Each moved replica goes to the best-fit node its deployment may use, never to a
+    node a move of the set empties.
+
+    Raises:
+        InvalidSpecError: ``max_moves`` is not 1 or 2.
+    """
+    if max_moves not in (1, 2):
+        msg = f"a move set holds 1 or 2 moves, got {max_moves!r}"
+        raise InvalidSpecError(msg, field="max_moves")
+    largest = _largest(ledger, room)
+    if not room.split and room.gpus > largest:  # kept whole only where a node can hold it
+        room = replace(room, split=True)
+    base = ledger.free_histogram(room.allowed, room.avoid)
+    free = sum(k * count for k, count in enumerate(base))
+    if free < room.gpus * room.replicas or _fits(base, room):
+        return ()
+    search = _Search(ledger, residents, room, base)
+    ones, twos = search.options(largest)
+    for one in ones:
+        found = search.makes_room((one,))
+        if found:
+            return found
+    if max_moves == 1:
+        return ()
+    cheapest = ones[:_PAIRS_FROM]
+    apart = [(a, b) for i, a in enumerate(cheapest) for b in cheapest[i + 1 :] if a[1] != b[1]]
+    pairs = sorted(twos + apart, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
+    for pair in pairs:
+        found = search.makes_room(pair)
+        if found:
+            return found
+    return ()
+
+
+def plan_defragmentation(
+    ledger: GpuLedger,
+    residents: Residents,
+    *,
+    gpus: int | None = None,
+    max_moves: int = 16,
+    allowed: frozenset[str] | None = None,
+    avoid: frozenset[str] = frozenset(),
+) -> DefragmentationPlan:
+    """Moves that would leave nodes with ``gpus`` free (whole nodes by default), fewest first.
+
+    The nodes closest to that are emptied first, each only if every replica it must give up has
+    somewhere to go (best fit, never onto a node the plan frees or moves from). At most
+    ``max_moves`` moves; at most `MAX_SOURCE_NODES` times 8 nodes are looked at.
+
+    Raises:
+        InvalidSpecError: ``gpus`` or ``max_moves`` is not a count in range.
+    """
+    check_count(max_moves, "max_moves", minimum=1)
+    if max_moves > MAX_PLAN_MOVES:
+        msg = f"max_moves must be at most {MAX_PLAN_MOVES}, got {max_moves}"
+        raise InvalidSpecError(msg, field="max_moves")
+    room = Room(gpus=1, allowed=allowed, avoid=avoid, split=False)
+    target = _largest(ledger, room) if gpus is None else gpus
+    check_count(target, "gpus", minimum=1)
+    room = replace(room, gpus=target)
+    overlay = _Overlay(ledger)
+    moves: list[ReplicaMove] = []
+    freed: list[str] = []
+    shut: set[str] = set()
+    touched: set[str] = set()
+    for source in islice(_fullest_below(ledger, target, room), MAX_SOURCE_NODES * 8):
+        if len(moves) >= max_moves:
+            break
+        if source in touched:
+            continue
+        trial = overlay.copy()
+        planned: list[ReplicaMove] = []
+        for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
+            if trial.free(source) >= target:
+                break
+            goes = _destination(ledger, residents, trial, resident, shut | {source})
+            if goes is None:
+                break
+            move = _move(resident, source, goes)
+            trial.apply(move)
+            planned.append(move)
+        if trial.free(source) < target or len(moves) + len(planned) > max_moves:
+            continue
+        overlay = trial
+        moves.extend(planned)
+        freed.append(source)
+        shut.add(source)
+        touched.update(m.to_node for m in planned)
+    return DefragmentationPlan(gpus=target, moves=tuple(moves), freed_nodes=tuple(freed))

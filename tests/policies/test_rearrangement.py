@@ -1,0 +1,212 @@
+"""Move sets and defragmentation plans: moves that make room, checked by carrying them out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement_actors import InvalidSpecError, NodeTopology, ReplicaMove
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.node_choice import choose_replica_nodes
+from placement_actors.policies.rearrangement import (
+    MAX_PROBES,
+    MAX_SOURCE_NODES,
+    Resident,
+    Room,
+    find_move_set,
+    plan_defragmentation,
+)
+
+
+class Running:
+    """Replicas held on a ledger, one holder each (``d<i>``), as the service's records are."""
+
+    def __init__(self, *capacities: int, barred: dict[str, set[str]] | None = None) -> None:
+        self.ledger = GpuLedger(
+            NodeTopology(node_id=f"n{i}", num_gpus=n) for i, n in enumerate(capacities)
+        )
+        self.where: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.barred = barred or {}
+
+    def run(self, node: str, gpus: int) -> str:
+        name = f"d{len(self.where)}"
+        self.where[name] = (node, self.ledger.reserve(node, gpus, name))
+        return name
+
+    def on(self, node: str) -> Sequence[Resident]:
+        return [
+            Resident(name, 0, len(ordinals))
+            for name, (held_on, ordinals) in sorted(self.where.items())
+            if held_on == node
+        ]
+
+    def may_host(self, resident: Resident, node: str) -> bool:
+        return node not in self.barred.get(resident.deployment, set())
+
+    def carry_out(self, moves: Sequence[ReplicaMove]) -> None:
+        """Make each move on the ledger; fails if a move is not possible as stated."""
+        for move in moves:
+            node, ordinals = self.where[move.deployment]
+            assert node == move.from_node
+            assert len(ordinals) == move.gpus
+            assert self.may_host(Resident(move.deployment, 0, move.gpus), move.to_node)
+            self.ledger.release(node, ordinals, move.deployment)
+            taken = self.ledger.reserve(move.to_node, move.gpus, move.deployment)
+            self.where[move.deployment] = (move.to_node, taken)
+
+
+def test_two_scattered_halves_are_joined_by_moving_one_replica() -> None:
+    cluster = Running(4, 4)
+    cluster.run("n0", 2)
+    cluster.run("n1", 2)
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=4, split=False))
+    assert len(moves) == 1
+    cluster.carry_out(moves)
+    assert cluster.ledger.best_fit(4) == moves[0].from_node
+
+
+def test_a_node_is_emptied_by_moving_its_two_small_replicas() -> None:
+    cluster = Running(8, 8, 8)
+    cluster.run("n0", 1)
+    cluster.run("n0", 1)
+    cluster.run("n1", 7)
+    cluster.run("n2", 7)
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=8, split=False))
+    assert {(m.from_node, m.to_node) for m in moves} == {("n0", "n1"), ("n0", "n2")}
+    cluster.carry_out(moves)
+    assert cluster.ledger.free_count("n0") == 8
+
+
+def test_a_replica_larger_than_any_node_gets_room_for_its_even_split() -> None:
+    cluster = Running(8, 8, 8)
+    cluster.run("n0", 1)
+    cluster.run("n1", 1)
+    cluster.run("n2", 6)
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=16, split=False))
+    assert moves
+    cluster.carry_out(moves)
+    assert choose_replica_nodes(cluster.ledger, 16) == (("n0", 8), ("n1", 8))
+
+
+def test_no_move_set_when_the_free_gpus_could_not_cover_the_request() -> None:
+    cluster = Running(4, 4)
+    cluster.run("n0", 3)
+    cluster.run("n1", 3)
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=4, split=False)) == ()
+
+
+def test_a_request_that_fits_already_needs_no_moves() -> None:
+    cluster = Running(4, 4)
+    cluster.run("n0", 2)
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=4, split=False)) == ()
+
+
+def test_a_replica_is_never_moved_to_a_node_its_deployment_may_not_use() -> None:
+    cluster = Running(4, 4, 4)
+    first = cluster.run("n0", 2)
+    second = cluster.run("n1", 2)
+    cluster.run("n2", 2)
+    cluster.barred = {first: {"n1", "n2"}, second: {"n0", "n2"}}
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=4, split=False))
+    assert moves
+    assert all(m.deployment not in (first, second) for m in moves)
+    cluster.carry_out(moves)
+
+
+def test_a_move_set_holds_one_or_two_moves() -> None:
+    cluster = Running(4)
+    with pytest.raises(InvalidSpecError, match="1 or 2 moves"):
+        find_move_set(cluster.ledger, cluster, Room(gpus=4), max_moves=3)
+
+
+class Counting(Running):
+    """Counts how many times the search asks whether a node may host a replica."""
+
+    asked = 0
+
+    def may_host(self, resident: Resident, node: str) -> bool:
+        self.asked += 1
+        return super().may_host(resident, node)
+
+
+def nodes_looked_at(nodes: int) -> int:
+    cluster = Counting(*([8] * nodes))
+    for i in range(nodes):
+        cluster.run(f"n{i}", 6)
+        cluster.run(f"n{i}", 1)
+    cluster.barred = {name: {f"n{i}" for i in range(nodes)} for name in cluster.where}
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=8, split=False)) == ()
+    return cluster.asked
+
+
+def test_a_search_that_finds_nothing_looks_at_as_many_nodes_on_2000_nodes_as_on_200() -> None:
+    # Every node has 1 GPU free and no replica may go anywhere: the search gives up after a
+    # bounded number of looks, whatever the cluster's size.
+    looked = nodes_looked_at(200)
+    assert looked == nodes_looked_at(2000)
+    assert looked <= MAX_SOURCE_NODES * 2 * MAX_PROBES
+
+
+def test_a_defragmentation_plan_frees_the_nodes_closest_to_empty() -> None:
+    cluster = Running(8, 8, 8)
+    cluster.run("n0", 2)
+    cluster.run("n1", 4)
+    cluster.run("n2", 6)
+    plan = plan_defragmentation(cluster.ledger, cluster)
+    assert plan.gpus == 8
+    assert plan.freed_nodes[0] == "n0"
+    cluster.carry_out(plan.moves)
+    assert all(cluster.ledger.free_count(n) == 8 for n in plan.freed_nodes)
+
+
+@pytest.mark.parametrize(("gpus", "max_moves"), [(0, 4), (8, 0), (8, 10**6), (True, 4)])
+def test_a_defragmentation_plan_refuses_counts_out_of_range(gpus: int, max_moves: int) -> None:
+    cluster = Running(8)
+    with pytest.raises(InvalidSpecError):
+        plan_defragmentation(cluster.ledger, cluster, gpus=gpus, max_moves=max_moves)
+
+
+layouts = st.lists(
+    st.lists(st.sampled_from((1, 1, 2, 2, 4, 8)), max_size=6), min_size=2, max_size=10
+)
+
+
+def running_from(nodes: list[list[int]]) -> Running:
+    cluster = Running(*([8] * len(nodes)))
+    for i, sizes in enumerate(nodes):
+        for size in sizes:
+            if cluster.ledger.free_count(f"n{i}") >= size:
+                cluster.run(f"n{i}", size)
+    return cluster
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=layouts, gpus=st.sampled_from((2, 4, 8, 16)), split=st.booleans())
+def test_a_move_set_found_makes_the_request_fit_once_carried_out(
+    nodes: list[list[int]], gpus: int, *, split: bool
+) -> None:
+    cluster = running_from(nodes)
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=gpus, split=split))
+    assert len(moves) <= 2
+    assert len({m.deployment for m in moves}) == len(moves)
+    assert not {m.from_node for m in moves} & {m.to_node for m in moves}
+    cluster.carry_out(moves)
+    if moves:
+        whole = not split and gpus <= 8
+        assert choose_replica_nodes(cluster.ledger, gpus, split=not whole) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=layouts, gpus=st.sampled_from((None, 4, 8)), max_moves=st.integers(1, 12))
+def test_a_defragmentation_plan_frees_what_it_says_once_carried_out(
+    nodes: list[list[int]], gpus: int | None, max_moves: int
+) -> None:
+    cluster = running_from(nodes)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=gpus, max_moves=max_moves)
+    assert len(plan.moves) <= max_moves
+    assert not set(plan.freed_nodes) & {m.to_node for m in plan.moves}
+    cluster.carry_out(plan.moves)
+    assert all(cluster.ledger.free_count(n) >= plan.gpus for n in plan.freed_nodes)
