@@ -10,6 +10,7 @@
         runtime: vllm                  # optional; inferred from the model name
         strategy: spread               # GPU replicas: pack (default) or spread over nodes
         gpu_nodes: [gpu-a, gpu-b]      # optional: only these GPU nodes
+        keep_whole: true               # never split a replica one node could hold (default false)
       - name: gpt
         model: gpt-4o
         api_key_env: OPENAI_API_KEY    # the variable that holds the key, never the key itself
@@ -180,6 +181,7 @@ class _DeploymentEntry(_Entry):
     egress_strategy: EgressStrategy = EgressStrategy.SPREAD
     gpu_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
     egress_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
+    keep_whole: StrictBool = False
 
 
 class _NodeEntry(_Entry):
@@ -340,6 +342,7 @@ def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> Deploym
         egress_nodes=None if entry.egress_nodes is None else tuple(entry.egress_nodes),
         strategy=entry.strategy,
         egress_strategy=entry.egress_strategy,
+        keep_whole=entry.keep_whole,
     )
     if entry.api_key_env is not None and api_key is None:
         # The name passed `_env_name`: a variable's name, not a pasted key, so it may be shown.

@@ -103,6 +103,35 @@ def test_every_service_command_speaks_json(
     assert json.loads(out)["released"] == ["cli-small"]
 
 
+def test_defrag_names_the_replica_to_move_to_free_a_node(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
+) -> None:
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    path = tmp_path / "scattered.yaml"
+    path.write_text(
+        "deployments:\n"
+        f"  - {{name: cli-one, model: m, gpus: 1, strategy: spread, gpu_nodes: [{a}, {b}]}}\n"
+        f"  - {{name: cli-two, model: m, gpus: 2, gpu_nodes: [{b}], keep_whole: true}}\n"
+    )
+    code, _, _ = run(capsys, "place", str(path), "--address", address)
+    assert code == cli.EXIT_OK
+    # gpu-a: cli-one (3 free); gpu-b: cli-two (2 free); cli-two may not leave gpu-b.
+    code, out, _ = run(capsys, "defrag", "--gpus", "4", "--address", address, "--json")
+    assert code == cli.EXIT_OK
+    plan = json.loads(out)
+    assert [(m["deployment"], m["from_name"], m["to_name"]) for m in plan["moves"]] == [
+        ("cli-one", "gpu-a", "gpu-b")
+    ]
+    assert [n["name"] for n in plan["freed_nodes"]] == ["gpu-a"]
+    code, out, _ = run(capsys, "defrag", "--gpus", "4", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "1 move(s) would leave 4 GPUs free on: gpu-a" in out
+    assert "move cli-one/r0 (1 GPUs): gpu-a -> gpu-b" in out
+    code, _, err = run(capsys, "defrag", "--max-moves", "0", "--address", address)
+    assert code == cli.EXIT_USAGE
+    assert "must be at least 1" in err
+
+
 def test_status_saves_the_occupancy_picture_as_svg(
     capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
 ) -> None:

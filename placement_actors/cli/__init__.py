@@ -332,6 +332,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     why.add_argument("name", help="the deployment's name")
 
+    defrag = command(
+        "defrag",
+        "list moves of running replicas that would free whole nodes for large replicas (advice: "
+        "nothing moves until the replicas' controllers move them)",
+        commands.defrag,
+        address="required",
+    )
+    defrag.add_argument(
+        "--gpus",
+        type=_count(minimum=1),
+        metavar="N",
+        help="free GPUs a freed node must have (default: the largest node's GPU count)",
+    )
+    defrag.add_argument(
+        "--max-moves",
+        type=_count(minimum=1),
+        default=16,
+        metavar="N",
+        help="the most moves to list (default 16, at most 1000)",
+    )
+
     watch = command(
         "watch",
         "stream the service's events (nodes that join or are lost, replicas lost and placed "

@@ -20,7 +20,9 @@ from rich.text import Text
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
 from placement_actors.actors.messages import (
     ClusterView,
+    DefragmentationPlan,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacement,
     GetPlacementFailure,
     NodeJoined,
@@ -610,6 +612,28 @@ def why(args: argparse.Namespace, out: Output) -> int:
     if not out.json:
         render.print_failure(out.console, data)
     return EXIT_NO_CAPACITY
+
+
+def defrag(args: argparse.Namespace, out: Output) -> int:
+    """Moves of running replicas that would free whole nodes (the service's plan; advice only)."""
+    query = GetDefragmentationPlan(gpus=args.gpus, max_moves=args.max_moves)
+    plan = _client(args.address).ask(query, timeout=_REPLY_TIMEOUT_S)
+    assert isinstance(plan, DefragmentationPlan)  # noqa: S101 - the service's reply type
+    names = _node_names()
+    moves = render.moves_data(plan.moves, names)
+    freed = [{"node": n, "name": names.get(n, n)} for n in plan.freed_nodes]
+    out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed})
+    if not plan.moves:
+        out.say(f"No moves found that would leave a node with {plan.gpus} GPUs free.")
+        return EXIT_OK
+    if not out.json:
+        shown = ", ".join(n["name"] for n in freed)
+        out.console.print(
+            Text(f"{len(plan.moves)} move(s) would leave {plan.gpus} GPUs free on: {shown}"),
+            soft_wrap=True,
+        )
+        render.print_advice(out.console, moves)
+    return EXIT_OK
 
 
 def watch(args: argparse.Namespace, out: Output) -> int:

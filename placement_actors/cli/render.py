@@ -9,7 +9,7 @@ fit wrap (``overflow="fold"``) instead of being cut.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from placement_actors.actors.messages import (
 )
 from placement_actors.domain.deployments import CustomRuntime
 from placement_actors.domain.errors import CapacityError, ConfigFileError
-from placement_actors.domain.results import PlacementResult, ReplicaBundleSpec
+from placement_actors.domain.results import PlacementResult, ReplicaBundleSpec, ReplicaMove
 from placement_actors.service import EventsMissed, ServiceEvent
 
 __all__ = [
@@ -157,7 +157,36 @@ def failure_data(error: CapacityError, names: Mapping[str, str]) -> dict[str, An
             }
             for r in sorted(error.rejections, key=lambda r: _name(names, r.node_id))
         ],
+        "moves": moves_data(getattr(error, "moves", ()), names),
     }
+
+
+def moves_data(moves: Iterable[ReplicaMove], names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Moves of running replicas, with node names."""
+    return [
+        {
+            "deployment": m.deployment,
+            "replica": m.replica_index,
+            "gpus": m.gpus,
+            "from": m.from_node,
+            "from_name": _name(names, m.from_node),
+            "to": m.to_node,
+            "to_name": _name(names, m.to_node),
+        }
+        for m in moves
+    ]
+
+
+def print_advice(console: Console, moves: Sequence[dict[str, Any]], *, indent: str = "  ") -> None:
+    """One line per suggested move: which replica, from which node, to which."""
+    for move in moves:
+        console.print(
+            Text(
+                f"{indent}move {move['deployment']}/r{move['replica']} ({move['gpus']} GPUs): "
+                f"{move['from_name']} -> {move['to_name']}"
+            ),
+            soft_wrap=True,
+        )
 
 
 def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
@@ -330,6 +359,9 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
     )
     for rejection in failure["rejections"]:
         console.print(Text(f"  {rejection['name']}: {rejection['reason']}"), soft_wrap=True)
+    if failure.get("moves"):
+        console.print(Text("Moving these running replicas would make room:", style="bold"))
+        print_advice(console, failure["moves"])
 
 
 def print_cluster(console: Console, view: dict[str, Any]) -> None:

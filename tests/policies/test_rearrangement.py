@@ -37,11 +37,8 @@ class Running:
         return name
 
     def on(self, node: str) -> Sequence[Resident]:
-        return [
-            Resident(name, 0, len(ordinals))
-            for name, (held_on, ordinals) in sorted(self.where.items())
-            if held_on == node
-        ]
+        names = sorted(set(self.ledger.holders(node).values()))
+        return [Resident(name, 0, len(self.where[name][1])) for name in names]
 
     def may_host(self, resident: Resident, node: str) -> bool:
         return node not in self.barred.get(resident.deployment, set())
