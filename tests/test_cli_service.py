@@ -110,18 +110,19 @@ def test_defrag_names_the_replica_to_move_to_free_a_node(
     path = tmp_path / "scattered.yaml"
     path.write_text(
         "deployments:\n"
-        f"  - {{name: cli-one, model: m, gpus: 1, strategy: spread, gpu_nodes: [{a}, {b}]}}\n"
         f"  - {{name: cli-two, model: m, gpus: 2, gpu_nodes: [{b}], keep_whole: true}}\n"
+        f"  - {{name: cli-one, model: m, gpus: 1, strategy: spread, gpu_nodes: [{a}, {b}]}}\n"
     )
     code, _, _ = run(capsys, "place", str(path), "--address", address)
     assert code == cli.EXIT_OK
-    # gpu-a: cli-one (3 free); gpu-b: cli-two (2 free); cli-two may not leave gpu-b.
+    # gpu-b: cli-two (2 free; it may not leave); gpu-a, the least loaded: cli-one (3 free).
     code, out, _ = run(capsys, "defrag", "--gpus", "4", "--address", address, "--json")
     assert code == cli.EXIT_OK
     plan = json.loads(out)
+    status = run(capsys, "status", "--address", address, "--json")[1]
     assert [(m["deployment"], m["from_name"], m["to_name"]) for m in plan["moves"]] == [
         ("cli-one", "gpu-a", "gpu-b")
-    ]
+    ], status
     assert [n["name"] for n in plan["freed_nodes"]] == ["gpu-a"]
     code, out, _ = run(capsys, "defrag", "--gpus", "4", "--address", address)
     assert code == cli.EXIT_OK

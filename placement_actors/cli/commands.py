@@ -56,6 +56,7 @@ __all__ = [
     "EXIT_OK",
     "Output",
     "UsageError",
+    "defrag",
     "demo",
     "place",
     "plan",

@@ -35,6 +35,8 @@ __all__ = [
     "event_data",
     "event_line",
     "failure_data",
+    "moves_data",
+    "print_advice",
     "print_cluster",
     "print_failure",
     "print_moves",
