@@ -322,6 +322,7 @@ class PlacementHost:
         ignore_head_node: keep local replicas off head nodes (``None``: the environment decides).
         max_remote_replicas: the most replicas one remote deployment may ask for.
         event_buffer: how many of the latest events are kept for clients.
+        learn_gpu_ids: probe bundles from inside, so that ``gpu_ids`` are Ray's (`start_on_ray`).
     """
 
     def __init__(
@@ -331,6 +332,7 @@ class PlacementHost:
         ignore_head_node: bool | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
         event_buffer: int = EVENT_BUFFER,
+        learn_gpu_ids: bool = False,
     ) -> None:
         """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
         self._events = EventBuffer(event_buffer)
@@ -340,6 +342,7 @@ class PlacementHost:
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
             max_remote_replicas=max_remote_replicas,
+            learn_gpu_ids=learn_gpu_ids,
         )
         self._listener = _EventListener.start(self._record)
         try:
@@ -526,8 +529,13 @@ class PlacementClient:
         ignore_head_node: bool | None = None,
         max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
         event_buffer: int = EVENT_BUFFER,
+        learn_gpu_ids: bool = False,
     ) -> PlacementClient:
-        """Start the service on the cluster at ``address`` (or find it, if it runs already)."""
+        """Start the service on the cluster at ``address`` (or find it, if it runs already).
+
+        The settings are `PlacementHost`'s; ``learn_gpu_ids`` makes each replica's ``gpu_ids``
+        the ids Ray gave its bundles, at the price of a probe task per bundle.
+        """
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
 
         on_ray.connect(address)
@@ -537,6 +545,7 @@ class PlacementClient:
             ignore_head_node=ignore_head_node,
             max_remote_replicas=max_remote_replicas,
             event_buffer=event_buffer,
+            learn_gpu_ids=learn_gpu_ids,
         )
         return cls(on_ray.start_host(name, factory))
 

@@ -29,6 +29,7 @@ from placement_actors.domain.errors import InvalidSpecError, PlacementError
 from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import NodeAssignment
+from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.recovery import RecoveryPlan, plan_recovery
 from placement_actors.settings import head_exclusion
 
@@ -50,6 +51,7 @@ def start_on_ray(
     max_remote_replicas: int = DEFAULT_MAX_REMOTE_REPLICAS,
     planner_timeout_s: float = 30.0,
     watch_s: float | None = 0.25,
+    learn_gpu_ids: bool = False,
 ) -> pykka.ActorRef[DeploymentPlacementActor]:
     """Start the placement service on Ray in this process; returns its front door.
 
@@ -78,6 +80,10 @@ def start_on_ray(
         planner_timeout_s: how long the placement actor waits for the planner's immediate reply.
         watch_s: seconds between two looks at the cluster; ``None`` to follow nothing (the
             service then knows only the nodes of its start).
+        learn_gpu_ids: probe each bundle with a task that holds its GPUs, so that each
+            replica's ``gpu_ids`` are the ids Ray gave it (see `PlanningActor`). Default: each
+            GPU node's port agent (started here, and when a node joins) gives bundles their
+            ports, without a task per bundle, and ``gpu_ids`` resolve to ``()``.
 
     Raises:
         BackendError: Ray could not be reached or read.
@@ -101,12 +107,18 @@ def start_on_ray(
             if group is not None and group.status is GroupStatus.CREATED:
                 ours.setdefault(deployment.name, []).extend(replica.assignments)
     outside = on_ray.gpus_held_outside(ours)
+    topology = on_ray.get_cluster_topology(nodes=known.values())
+    if not learn_gpu_ids:  # each GPU node's agent starts now, not with the first Place there
+        on_ray.start_port_agents([n.node_id for n in topology if n.num_gpus])
     planner: pykka.ActorRef[Any] = PlanningActor.start(
-        backend=on_ray.RayBackend(), ready_timeout_s=ready_timeout_s, checkpoints=store
+        backend=on_ray.RayBackend(),
+        ready_timeout_s=ready_timeout_s,
+        checkpoints=store,
+        learn_gpu_ids=learn_gpu_ids,
     )
     try:
         service = DeploymentPlacementActor.start(
-            topology=on_ray.get_cluster_topology(nodes=known.values()),
+            topology=topology,
             egress_nodes=on_ray.get_egress_nodes(nodes=known.values()),
             planner=planner,
             ignore_head_node=head_exclusion(ignore_head_node),
@@ -123,7 +135,9 @@ def start_on_ray(
     if watch_s is not None:
         on_ray.ClusterWatcher(
             known=known,
-            on_joined=lambda node, egress: _tell(service, NodeJoined(node=node, egress=egress)),
+            on_joined=lambda node, egress: _joined(
+                service, node, egress=egress, agent=not learn_gpu_ids
+            ),
             on_lost=lambda node_id: _tell(service, NodeLost(node_id=node_id)),
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
@@ -167,6 +181,18 @@ def _recovery(
     for name in plan.forget:
         store.delete(group_key(name))
     return plan
+
+
+def _joined(service: pykka.ActorRef[Any], node: NodeTopology, *, egress: bool, agent: bool) -> None:
+    """A node joined: start its port agent (a GPU node's), then tell the service."""
+    if agent and node.num_gpus:
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415
+
+        try:
+            on_ray.start_port_agents([node.node_id])
+        except PlacementError as exc:  # its first probe starts one, or fails as a probe does
+            logger.warning("no port agent on node %s yet: %s", node.node_id, exc)
+    _tell(service, NodeJoined(node=node, egress=egress))
 
 
 def _tell(ref: pykka.ActorRef[Any], event: object) -> None:

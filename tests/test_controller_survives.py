@@ -54,7 +54,9 @@ def test_a_controller_that_only_places_ends_with_everything_placed_and_nothing_l
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
 
     doomed = ray_cluster.add_worker(gpus=64, name="gpu-doomed")
-    client = PlacementClient.serve(ray_cluster.address, name="survives-everything")
+    client = PlacementClient.serve(
+        ray_cluster.address, name="survives-everything", learn_gpu_ids=True
+    )
     joined: str | None = None
     places = {
         # two replicas of 64 GPUs: one on gpu-bulk, one on gpu-doomed (nothing else holds 64)

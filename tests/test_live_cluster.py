@@ -200,7 +200,7 @@ def test_each_bundle_reports_the_gpus_ray_gave_it_and_the_ledger_follows(
         bundle_label_selector=[{NODE_ID_LABEL: gpu_b}],
         ready_timeout_s=30,
     )
-    service = start_on_ray(ray_cluster.address, ready_timeout_s=30)
+    service = start_on_ray(ray_cluster.address, ready_timeout_s=30, learn_gpu_ids=True)
     try:
         on_ray.remove_group(other)
         place = Place(

@@ -151,7 +151,7 @@ def test_get_placement_through_a_client_resolves_the_futures_of_its_result(
     assert now.missing == ()
     master = now.result.replicas[0].master
     assert master.port.get(timeout=TIMEOUT) == port
-    assert len(master.gpu_ids.get(timeout=TIMEOUT)) == 2
+    assert master.gpu_ids.get(timeout=TIMEOUT) == ()  # not learned: each node's agent gave the port
     assert client.ask(GetPlacement("never-placed")).result is None
 
 

@@ -110,6 +110,12 @@ class PlanningActor(KeepServingActor):
             their futures resolve (a `GroupCheckpoint`), and deleted with the group, so that a
             restarted service gives the same ports again (see `PlanReplica.adopt`); ``None``:
             nothing is written.
+        learn_gpu_ids: find each bundle's endpoint with a probe task in the bundle that holds
+            its GPUs, so that the `ReplicaPlacement`'s ``gpu_ids`` are the ids Ray gave it (and
+            the ledger is renumbered to match). Default ``False``: the backend answers from the
+            bundle's node without a task (on Ray, the node's port agent: much faster, no worker
+            process per bundle), and ``gpu_ids`` resolve to ``()``; a worker in the bundle sees
+            its GPUs as Ray sets them (``CUDA_VISIBLE_DEVICES``) either way.
     """
 
     def __init__(
@@ -118,10 +124,15 @@ class PlanningActor(KeepServingActor):
         backend: ClusterBackend,
         ready_timeout_s: float = 60.0,
         checkpoints: CheckpointStore | None = None,
+        learn_gpu_ids: bool = False,
     ) -> None:
         """Keep the backend; nothing is sent to the cluster until the first `PlanReplica`."""
         super().__init__()
         check_timeout(ready_timeout_s, "ready_timeout_s")
+        if not isinstance(learn_gpu_ids, bool):
+            msg = f"learn_gpu_ids must be true or false, got {type(learn_gpu_ids).__name__}"
+            raise InvalidSpecError(msg, field="learn_gpu_ids")
+        self._learn_gpu_ids = learn_gpu_ids
         self._backend = backend
         self._ready_timeout_s = ready_timeout_s
         self._checkpoints = checkpoints
@@ -477,6 +488,7 @@ class PlanningActor(KeepServingActor):
                     ),
                 )
 
+        assignment = group.assignments[index]
         self._backend.probe_bundle(
             group.handle,
             index,
@@ -485,7 +497,8 @@ class PlanningActor(KeepServingActor):
             # A bundle is probed only while no one has been told its endpoint (an adopted
             # group's told endpoints come back from their record, unprobed), so no replica
             # holds its GPUs yet.
-            gpus=len(group.assignments[index].gpus),
+            gpus=len(assignment.gpus) if self._learn_gpu_ids else 0,
+            node=assignment.node,
         )
 
     def _arm_timer(self, group: _Group) -> None:

@@ -83,10 +83,13 @@ class ClusterBackend(Protocol):
         exclude_ports: frozenset[int],
         callback: ProbeCallback,
         gpus: int = 0,
+        node: str | None = None,
     ) -> None:
         """Find the bundle's node IP, a free port (not in ``exclude_ports``) and its GPU ids.
 
-        The probe asks for the bundle's ``gpus`` GPUs, so it sees the ids Ray gave the bundle.
+        With ``gpus``, the probe runs in the bundle and asks for its ``gpus`` GPUs, so it sees
+        the ids Ray gave the bundle. Without, and with the ``node`` the bundle is pinned to, the
+        backend may answer from that node without entering the bundle (no GPU ids then).
         """
         ...
 

@@ -274,6 +274,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ignore-head-node", action="store_true", help="keep local replicas off head nodes"
     )
+    serve.add_argument(
+        "--learn-gpu-ids",
+        action="store_true",
+        help="probe each bundle with a task that holds its GPUs, so that each replica's GPU ids "
+        "are the ones Ray gave it (slower: a task per bundle instead of each node's port agent)",
+    )
     serve.add_argument("--stop", action="store_true", help="stop the running service instead")
 
     place = command(

@@ -529,6 +529,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
             args.address,
             ready_timeout_s=args.ready_timeout,
             ignore_head_node=args.ignore_head_node or None,
+            learn_gpu_ids=args.learn_gpu_ids,
         )
     out.emit({"service": client.name, "address": args.address, "running": True})
     out.say(

@@ -227,10 +227,11 @@ class BundleEndpoint:
         node: the node id the bundle is pinned to.
         node_ip: resolves to the node's routable IP address once the group is ready.
         port: resolves to a free port on that node, reserved for this replica.
-        gpu_ids: resolves to the GPU ids Ray gave the bundle, ascending: what
-            ``ray.get_gpu_ids()`` and ``CUDA_VISIBLE_DEVICES`` show a worker in it (found from
-            inside the bundle, as the port is). The ledger's ordinals of the bundle are set to
-            them once known.
+        gpu_ids: when the service learns GPU ids (``learn_gpu_ids``), resolves to the GPU ids
+            Ray gave the bundle, ascending: what ``ray.get_gpu_ids()`` and
+            ``CUDA_VISIBLE_DEVICES`` show a worker in it (found from inside the bundle), and the
+            ledger's ordinals of the bundle are set to them. Otherwise resolves to ``()``: not
+            known (a worker in the bundle sees its GPUs as Ray sets them all the same).
     """
 
     node: str

@@ -13,6 +13,7 @@ to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tre
 - `membership`: `ClusterWatcher`, nodes that join or die and groups Ray reschedules.
 - `hosting`: a service object in a named, detached Ray actor, and calls to it.
 - `local`: `LocalCluster`, several raylets with logical GPUs on one machine.
+- `port_agents`: one long-lived actor per node that finds free ports there (no task per bundle).
 
 The blocking functions (`groups.build_pg`, `bundles.get_free_port_in_bundle`, ...) serve
 drivers, the CLI and `placement_actors.ray_placement`; the actors only use `RayBackend`, whose
@@ -61,8 +62,15 @@ from placement_actors.backends.ray.groups import (
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import ClusterWatcher
+from placement_actors.backends.ray.port_agents import (
+    AGENT_NAME_ROOT,
+    port_agent,
+    probe_with_agent,
+    start_port_agents,
+)
 
 __all__ = [
+    "AGENT_NAME_ROOT",
     "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
@@ -97,12 +105,15 @@ __all__ = [
     "live_groups",
     "node_names",
     "node_topology",
+    "port_agent",
     "probe_bundle",
+    "probe_with_agent",
     "release_ports",
     "remove_group",
     "remove_named_pgs_with_prefix",
     "run_in_bundle",
     "start_host",
+    "start_port_agents",
     "status_of",
     "submit_in_bundle",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from ray.util.placement_group import PlacementGroup
 
 from placement_actors.backends.protocol import ProbeCallback, ReadyCallback
-from placement_actors.backends.ray import bundles, cluster, groups
+from placement_actors.backends.ray import bundles, cluster, groups, port_agents
 from placement_actors.domain.errors import BackendError, InvalidSpecError
 from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.results import ReplicaBundleSpec
@@ -75,11 +75,19 @@ class RayBackend:
         exclude_ports: frozenset[int],
         callback: ProbeCallback,
         gpus: int = 0,
+        node: str | None = None,
     ) -> None:
-        """Start a probe task in the bundle; ``callback`` gets its `BundleProbe` or failure."""
-        bundles.probe_bundle(
-            _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback, gpus=gpus
-        )
+        """Find the bundle's endpoint; ``callback`` gets its `BundleProbe` or the failure.
+
+        With ``gpus``, or without ``node``, a probe task in the bundle (it learns Ray's GPU ids);
+        otherwise one call to ``node``'s port agent (`port_agents`): no task, no worker start.
+        """
+        if gpus or node is None:
+            bundles.probe_bundle(
+                _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback, gpus=gpus
+            )
+        else:
+            port_agents.probe_with_agent(node, exclude_ports=exclude_ports, callback=callback)
 
     def remove_groups_with_prefix(self, prefix: str) -> int:
         """Remove every live group of this namespace named ``prefix...``."""

@@ -106,31 +106,22 @@ def run_in_bundle(
 
 
 @functools.cache
-def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
-    """The two tasks run on a bundle's node, made once per process.
+def port_finder() -> Callable[..., int]:
+    """The function that finds a free port on the node it runs on, made once per process.
 
-    They are defined inside this function so that Ray ships them by value: a worker needs only
-    the standard library and Ray, not this package, to run them.
+    Defined inside this function so that Ray ships it by value (with the tasks and the port
+    agents that call it): a worker needs only the standard library, not this package.
     """
 
-    def node_ip() -> str:
-        import ray as ray_on_node  # noqa: PLC0415 - runs on the node
-
-        return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-
-    def free_port(
-        exclude: frozenset[int], avoid_low: int, avoid_high: int, start: int, scan: int
-    ) -> tuple[str, int, tuple[int, ...]]:
-        """The node's routable IP, a port free on it (its wildcard, its loopback), the task's GPUs.
+    def find_port(  # noqa: PLR0917 - called positionally by the probes, as Ray passes arguments
+        ip: str, exclude: frozenset[int], avoid_low: int, avoid_high: int, start: int, scan: int
+    ) -> int:
+        """A port free on ``ip``, the wildcard and loopback, not in ``exclude`` or the range.
 
         ``start`` 0: ports from the kernel's ephemeral range (away from Ray's fixed ports);
         otherwise ``start``, ``start + 1``, ... for ``scan`` ports.
         """
         import socket  # noqa: PLC0415 - runs on the node
-
-        import ray as ray_on_node  # noqa: PLC0415
-
-        ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
 
         def bindable(host: str, port: int) -> bool:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -152,15 +143,39 @@ def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
             if port in exclude or avoid_low <= port <= avoid_high or port > 65535:  # noqa: PLR2004
                 continue
             if all(bindable(host, port) for host in (ip, "0.0.0.0", "127.0.0.1")):  # noqa: S104 - probing, not serving
-                gpu_ids = tuple(sorted(int(i) for i in ray_on_node.get_gpu_ids()))
-                return ip, port, gpu_ids
+                return port
         msg = f"no free port found on {ip}"
         raise OSError(msg)
+
+    return find_port
+
+
+@functools.cache
+def _node_tasks() -> tuple[Any, Any]:  # two RemoteFunction values
+    """The two tasks run on a bundle's node, made once per process (shipped by value)."""
+    find_port = port_finder()
+
+    def node_ip() -> str:
+        import ray as ray_on_node  # noqa: PLC0415 - runs on the node
+
+        return str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def free_port(
+        exclude: frozenset[int], avoid_low: int, avoid_high: int, start: int, scan: int
+    ) -> tuple[str, int, tuple[int, ...]]:
+        """The node's routable IP, a port free there (wildcard, loopback too), the task's GPUs."""
+        import ray as ray_on_node  # noqa: PLC0415 - runs on the node
+
+        ip = str(ray_on_node.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+        port = find_port(ip, exclude, avoid_low, avoid_high, start, scan)
+        gpu_ids = tuple(sorted(int(i) for i in ray_on_node.get_gpu_ids()))
+        return ip, port, gpu_ids
 
     return ray.remote(node_ip), ray.remote(free_port)
 
 
-def _probe_args(exclude: frozenset[int], start: int = 0, scan: int = 1) -> tuple[object, ...]:
+def probe_args(exclude: frozenset[int], start: int = 0, scan: int = 1) -> tuple[object, ...]:
+    """What a port probe is given: the ports to skip, Ray's worker range, where to start."""
     if start:  # a port the caller asked for is probed even inside Ray's worker range
         return exclude, 1, 0, start, scan
     return exclude, RAY_WORKER_PORTS.start, RAY_WORKER_PORTS.stop - 1, start, scan
@@ -183,7 +198,7 @@ def probe_bundle(
     """
     try:
         _, free_port = _node_tasks()
-        ref = submit_in_bundle(pg, bundle_index, free_port, *_probe_args(exclude_ports), gpus=gpus)
+        ref = submit_in_bundle(pg, bundle_index, free_port, *probe_args(exclude_ports), gpus=gpus)
     except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
         callback(BackendError(f"cannot start probe: {exc}", operation="probe bundle"))
         return
@@ -255,7 +270,7 @@ def get_free_port_in_bundle(
         probes += 1
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             exclude = ports.given()
-        args = _probe_args(exclude, start_port or 0, scan)
+        args = probe_args(exclude, start_port or 0, scan)
         ip, port, _ = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             verdict = judge_probe(ports, str(ip), int(port), owner, probes_made=probes)

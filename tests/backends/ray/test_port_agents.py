@@ -1,0 +1,78 @@
+"""Each node's port agent on a real local Ray cluster: on its node, one per node, free ports."""
+
+import socket
+import threading
+
+import pytest
+import ray
+
+from placement_actors import BackendError
+from placement_actors.backends import ray as on_ray
+from placement_actors.backends.protocol import BundleProbe
+
+pytestmark = pytest.mark.usefixtures("ray_nodes")
+TIMEOUT = 60
+
+
+def ask_agent(node: str, exclude: frozenset[int] = frozenset()) -> BundleProbe:
+    """One probe through ``node``'s agent, waited for."""
+    answers: list[BundleProbe | BaseException] = []
+    done = threading.Event()
+
+    def callback(outcome: BundleProbe | BaseException) -> None:
+        answers.append(outcome)
+        done.set()
+
+    on_ray.probe_with_agent(node, exclude_ports=exclude, callback=callback)
+    assert done.wait(TIMEOUT)
+    (answer,) = answers
+    assert isinstance(answer, BundleProbe), answer
+    return answer
+
+
+@pytest.mark.parametrize("name", ["gpu-a", "gpu-c"])
+def test_an_agent_runs_on_its_node_and_gives_a_port_free_on_the_nodes_address(
+    name: str, ray_nodes: dict[str, str]
+) -> None:
+    node = ray_nodes[name]
+    answer = ask_agent(node)
+    records = {n["NodeID"]: n for n in ray.nodes()}  # type: ignore[no-untyped-call]
+    assert answer.node_ip == records[node]["NodeManagerAddress"]
+    assert answer.gpu_ids == ()  # the agent is not in a bundle: it knows no GPU ids
+    assert answer.port not in on_ray.RAY_WORKER_PORTS
+    with socket.socket() as sock:
+        sock.bind((answer.node_ip, answer.port))
+    agent = ray.get_actor(on_ray.AGENT_NAME_ROOT + node)
+    assert ray.get(agent.node_id.remote(), timeout=TIMEOUT) == node
+
+
+def test_one_agent_per_node_serves_every_probe(ray_nodes: dict[str, str]) -> None:
+    node = ray_nodes["gpu-b"]
+    assert on_ray.port_agent(node) is on_ray.port_agent(node)
+    ask_agent(node)
+    agent_id = ray.get_actor(on_ray.AGENT_NAME_ROOT + node)._actor_id
+    ask_agent(node)
+    assert ray.get_actor(on_ray.AGENT_NAME_ROOT + node)._actor_id == agent_id
+
+
+def test_a_port_named_as_given_is_never_given_again(ray_nodes: dict[str, str]) -> None:
+    node = ray_nodes["gpu-a"]
+    given: set[int] = set()
+    for _ in range(20):
+        port = ask_agent(node, frozenset(given)).port
+        assert port not in given
+        given.add(port)
+
+
+def test_an_agent_that_cannot_be_placed_fails_the_probe_instead_of_hanging() -> None:
+    answers: list[object] = []
+    done = threading.Event()
+
+    def callback(outcome: object) -> None:
+        answers.append(outcome)
+        done.set()
+
+    on_ray.probe_with_agent("f" * 56, exclude_ports=frozenset(), callback=callback)
+    assert done.wait(TIMEOUT)
+    (answer,) = answers
+    assert isinstance(answer, BackendError)
