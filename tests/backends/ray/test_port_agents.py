@@ -43,7 +43,8 @@ def test_an_agent_runs_on_its_node_and_gives_a_port_free_on_the_nodes_address(
     with socket.socket() as sock:
         sock.bind((answer.node_ip, answer.port))
     agent = ray.get_actor(on_ray.AGENT_NAME_ROOT + node)
-    assert ray.get(agent.node_id.remote(), timeout=TIMEOUT) == node
+    where: str = ray.get(agent.node_id.remote(), timeout=TIMEOUT)
+    assert where == node
 
 
 def test_one_agent_per_node_serves_every_probe(ray_nodes: dict[str, str]) -> None:
