@@ -2,6 +2,7 @@
 
 import socket
 import threading
+from typing import Any
 
 import pytest
 import ray
@@ -42,8 +43,8 @@ def test_an_agent_runs_on_its_node_and_gives_a_port_free_on_the_nodes_address(
     assert answer.port not in on_ray.RAY_WORKER_PORTS
     with socket.socket() as sock:
         sock.bind((answer.node_ip, answer.port))
-    agent = ray.get_actor(on_ray.AGENT_NAME_ROOT + node)
-    where: str = ray.get(agent.node_id.remote(), timeout=TIMEOUT)
+    agent: Any = ray.get_actor(on_ray.AGENT_NAME_ROOT + node)
+    where: Any = ray.get(agent.node_id.remote(), timeout=TIMEOUT)
     assert where == node
 
 
