@@ -28,6 +28,8 @@ __all__ = [
     "RAY_WORKER_PORTS",
     "get_bundle_node_ip",
     "get_free_port_in_bundle",
+    "port_finder",
+    "probe_args",
     "probe_bundle",
     "release_ports",
     "run_in_bundle",
