@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from placement_actors.actors.messages import (
     ReplicaGroupsView,
     ReplicaGroupView,
 )
+from placement_actors.actors.timers import Deadline, Deadlines
 from placement_actors.backends.protocol import BundleProbe, CheckpointStore, ClusterBackend
 from placement_actors.domain.checkpoints import GroupCheckpoint, KnownEndpoint, encode, group_key
 from placement_actors.domain.deployments import group_name, group_prefix
@@ -91,7 +91,7 @@ class _Group:
     known: tuple[KnownEndpoint | None, ...] = ()
     claimed: set[int] = field(default_factory=set)
     state: GroupState = GroupState.PENDING
-    timer: threading.Timer | None = None
+    timer: Deadline | None = None
     resolved: set[int] = field(default_factory=set)
     probes: dict[int, int] = field(default_factory=dict)
 
@@ -134,6 +134,7 @@ class PlanningActor(KeepServingActor):
             raise InvalidSpecError(msg, field="learn_gpu_ids")
         self._learn_gpu_ids = learn_gpu_ids
         self._backend = backend
+        self._deadlines = Deadlines("placement-group deadlines")
         self._ready_timeout_s = ready_timeout_s
         self._checkpoints = checkpoints
         self._groups: dict[str, _Group] = {}
@@ -152,9 +153,8 @@ class PlanningActor(KeepServingActor):
 
     def on_stop(self) -> None:
         """Cancel the timers and fail unresolved futures; detached groups outlive the actor."""
+        self._deadlines.stop()
         for group in self._groups.values():
-            if group.timer is not None:
-                group.timer.cancel()
             self._settle_all(group, BackendError("the planner stopped", operation="plan replica"))
 
     # -- commands and queries ----------------------------------------------------------------
@@ -505,9 +505,8 @@ class PlanningActor(KeepServingActor):
         if group.timer is not None:
             group.timer.cancel()
         event = PlacementGroupTimedOut(group_name=group.name, attempt=group.attempt)
-        group.timer = threading.Timer(group.timeout_s, _tell, (self.actor_ref, event))
-        group.timer.daemon = True
-        group.timer.start()
+        me = self.actor_ref
+        group.timer = self._deadlines.call_later(group.timeout_s, lambda: _tell(me, event))
 
     def _fail(self, group: _Group, error: PlacementError) -> None:
         """Remove the group, tell whoever asked to be told, then fail the futures.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Any
 
 from ray.util.placement_group import PlacementGroup
@@ -23,6 +25,20 @@ def _pg(group: object) -> PlacementGroup:
     return group
 
 
+def _watch(pg: PlacementGroup, callback: ReadyCallback) -> None:
+    try:
+        future = pg.ready().future()
+    except Exception as exc:  # noqa: BLE001 - the Ray error-mapping boundary, reported not raised
+        callback(BackendError(f"cannot watch placement group: {exc}", operation="watch group"))
+        return
+
+    def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
+        error = settled.exception()
+        callback(None if error is None else error)
+
+    future.add_done_callback(done)
+
+
 class RayBackend:
     """`placement_actors.backends.protocol.ClusterBackend` on Ray; every method returns at once.
 
@@ -30,6 +46,11 @@ class RayBackend:
     the blocking public functions use too. The process must be connected to Ray
     (`placement_actors.backends.ray.connection.connect` or `LocalCluster`) first.
     """
+
+    def __init__(self) -> None:
+        """No threads yet: the readiness watcher starts with the first group."""
+        self._lock = threading.Lock()
+        self._watching: concurrent.futures.ThreadPoolExecutor | None = None
 
     def topology(self) -> tuple[NodeTopology, ...]:
         """The alive GPU nodes."""
@@ -46,18 +67,22 @@ class RayBackend:
         return str(_pg(group).id.hex())
 
     def when_ready(self, group: object, callback: ReadyCallback) -> None:
-        """Call ``callback`` from Ray's thread when the group is ready (or its wait failed)."""
-        try:
-            future = _pg(group).ready().future()
-        except Exception as exc:  # the Ray error-mapping boundary
-            msg = f"cannot watch placement group: {exc}"
-            raise BackendError(msg, operation="watch placement group") from exc
+        """Call ``callback`` from Ray's thread when the group is ready (or its wait failed).
 
-        def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
-            error = settled.exception()
-            callback(None if error is None else error)
+        Returns at once: Ray's readiness check (a small task in the group) is submitted from
+        this backend's own thread, so a caller that creates many groups in a row does not wait
+        for those submissions; a submission that fails is reported to ``callback`` as an error.
+        """
+        pg = _pg(group)
+        self._watcher().submit(_watch, pg, callback)
 
-        future.add_done_callback(done)
+    def _watcher(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._watching is None:
+                self._watching = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="placement-group-watch"
+                )
+            return self._watching
 
     def scheduling_state(self, group: object) -> GroupStatus:
         """What Ray says of the group now."""
