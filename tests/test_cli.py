@@ -49,7 +49,7 @@ def test_place_prints_decisions_then_the_deployment_that_does_not_fit(
     assert code == cli.EXIT_NO_CAPACITY
     for name in ("llama-8b", "llama-70b", "mixtral", "gpt-4o", "claude"):
         assert name in out
-    assert "gpu-b + gpu-c" in out  # llama-70b is split 2 x 4
+    assert "+" not in out  # largest first: no replica of this file needs a split (see below)
     assert "llama-405b did not fit" in out
     assert "NotEnoughGpusError" in out
     assert out.index("Replicas") < out.index("llama-405b did not fit")
@@ -158,8 +158,9 @@ def test_place_on_a_file_speaks_json(capsys: pytest.CaptureFixture[str]) -> None
     data = json.loads(out)
     assert code == cli.EXIT_NO_CAPACITY
     assert [d["deployment"] for d in data["did_not_fit"]] == ["llama-405b"]
-    split = next(p for p in data["placed"] if p["deployment"] == "llama-70b")
-    assert [n["name"] for n in split["replicas"][0]["nodes"]] == ["gpu-b", "gpu-c"]
+    # Largest replicas first: llama-70b (8 GPUs) gets gpu-c whole before the small ones come.
+    large = next(p for p in data["placed"] if p["deployment"] == "llama-70b")
+    assert [n["name"] for n in large["replicas"][0]["nodes"]] == ["gpu-c"]
     assert {n["name"] for n in data["cluster"]["nodes"]} >= {"gpu-a", "gpu-b", "gpu-c"}
 
 

@@ -78,6 +78,7 @@ from placement_actors.policies.placement_decision import (
     PlacementRules,
     decide_placement,
     egress_key,
+    largest_first,
 )
 from placement_actors.policies.rearrangement import Resident, plan_defragmentation
 from placement_actors.policies.recovery import RecoveredDeployment
@@ -326,14 +327,20 @@ class DeploymentPlacementActor(KeepServingActor):
 
     @admits(PlaceMany)
     def place_many(self, message: PlaceMany) -> PlacedMany:
-        """Each `Place` of the batch in order, as if sent alone; see `PlaceMany`."""
-        outcomes: list[PlacementResult | PlacementError] = []
-        for place in message.places:
+        """Each `Place` of the batch, as if sent alone; see `PlaceMany`."""
+        places = message.places
+        order = (
+            largest_first([p.deployment for p in places])
+            if message.largest_first
+            else range(len(places))
+        )
+        outcomes: dict[int, PlacementResult | PlacementError] = {}
+        for index in order:
             try:
-                outcomes.append(self._place_checked(place))
+                outcomes[index] = self._place_checked(places[index])
             except PlacementError as exc:
-                outcomes.append(exc)
-        return PlacedMany(outcomes=tuple(outcomes))
+                outcomes[index] = exc
+        return PlacedMany(outcomes=tuple(outcomes[i] for i in range(len(places))))
 
     @admits(GetPlacementFailure)
     def get_placement_failure(self, message: GetPlacementFailure) -> PlacementFailure:

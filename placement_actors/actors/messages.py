@@ -120,16 +120,22 @@ class PlaceMany:
     """Command: several `Place` messages in one, for callers that place many deployments at once.
 
     The actor hop (and, through `PlacementClient`, the round trip to the service) is paid once.
-    Each `Place` is decided on its own, in order, exactly as if sent alone: one that does not
-    fit is refused without undoing the others.
+    Each `Place` is decided on its own, exactly as if sent alone: one that does not fit is
+    refused without undoing the others. They are decided in order; with ``largest_first``, those
+    with the most GPUs per replica first (ties in order), so that small replicas placed before a
+    large one cannot leave it only a split. The outcomes come back in the batch's order either way.
 
     Reply: `PlacedMany`. Errors: `InvalidSpecError` for a malformed batch (then nothing is placed).
     """
 
     places: tuple[Place, ...]
+    largest_first: bool = False
 
     def __post_init__(self) -> None:
         """Check that it holds 1 to `MAX_BATCH` `Place` values."""
+        if not isinstance(self.largest_first, bool):
+            msg = f"largest_first must be true or false, got {type(self.largest_first).__name__}"
+            raise InvalidSpecError(msg, field="largest_first")
         if (
             not isinstance(self.places, tuple)
             or not 0 < len(self.places) <= MAX_BATCH

@@ -46,6 +46,7 @@ from placement_actors.domain.errors import (
 from placement_actors.domain.results import PlacementResult, ReplicaPlacement
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
+from placement_actors.policies.placement_decision import largest_first
 from placement_actors.settings import head_exclusion
 from placement_actors.wiring import start_on_ray
 
@@ -186,8 +187,12 @@ def _place_all(
     specs: Sequence[DeploymentSpec],
     placed: _Placed,
 ) -> None:
-    """Place each spec in turn, recording as it goes (a caller's clean-up sees all of it)."""
-    for spec in specs:
+    """Place each spec, largest replicas first, recording as it goes (clean-up sees all of it).
+
+    Largest first: small replicas placed before a large one could leave it only a split.
+    """
+    for index in largest_first([s.deployment for s in specs]):
+        spec = specs[index]
         try:
             placed.results.append(ask(Place(spec.deployment, spec.constraints)))
         except CapacityError as exc:

@@ -27,7 +27,7 @@ from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.rearrangement import Residents, Room, find_move_set
 from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
 
-__all__ = ["PlacementRules", "decide_placement", "egress_key"]
+__all__ = ["PlacementRules", "decide_placement", "egress_key", "largest_first"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +49,15 @@ def egress_key(deployment: Deployment) -> EgressKey | None:
     if isinstance(transport, RemoteNetwork):
         return (transport.provider, deployment.api_key)
     return None
+
+
+def largest_first(deployments: Sequence[Deployment]) -> list[int]:
+    """The indexes of ``deployments``, most GPUs per replica first; ties keep their order.
+
+    Remote deployments count 0 GPUs: they come last. Placing a batch in this order keeps small
+    replicas from scattering the free GPUs a large one needs whole on one node.
+    """
+    return sorted(range(len(deployments)), key=lambda i: -deployments[i].gpus_per_replica)
 
 
 def decide_placement(

@@ -211,7 +211,13 @@ class Generator:
                 )
                 for _ in range(self.rng.randint(1, 3))
             )
-            return self.build(PlaceMany, {"places": self.pick((places, places, (), [places]))})
+            return self.build(
+                PlaceMany,
+                {
+                    "places": self.pick((places, places, (), [places])),
+                    "largest_first": self.pick((False, True, True, "yes")),
+                },
+            )
         if kind < 0.94:
             return self.pick(
                 (
