@@ -246,6 +246,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self._failures: dict[str, CapacityError] = {}
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         self._checkpoints = checkpoints
+        self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
@@ -314,8 +315,16 @@ class DeploymentPlacementActor(KeepServingActor):
         """Place every replica of a deployment, or none; see `Place`."""
         return self._place_checked(message)
 
+    def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
+        """Retry any record whose rewrite failed, then handle ``message``."""
+        if self._unwritten:
+            self._write_unwritten()
+        return super().on_receive(message)
+
     def _place_checked(self, message: Place) -> PlacementResult:
         """`place` of a message already rebuilt through its constructors."""
+        if self._unwritten:  # also for proxy calls, which do not pass through on_receive
+            self._write_unwritten()
         name = message.deployment.name
         try:
             result = self._place(message)
@@ -535,9 +544,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 for a in placed.result.assignments
             ),
         )
+        self._rewrite(event.deployment)  # a restart must give the same devices back
         for holder, moved in moves.items():
             if holder != event.deployment:
                 self._renumbered(holder, event.node, moved, None)
+                if holder in self._placed:
+                    self._rewrite(holder)
 
     def _renumbered(
         self, holder: str, node: str, moved: dict[int, int], skip: tuple[int, str] | None
@@ -773,11 +785,31 @@ class DeploymentPlacementActor(KeepServingActor):
         self._checkpoints.save(deployment_key(result.deployment.name), encode(record))
 
     def _rewrite(self, name: str) -> None:
-        """Write a deployment down again after its replicas moved (a failure is logged)."""
+        """Write a deployment down again after its replicas moved.
+
+        A failure is logged and the name kept in ``_unwritten``: the write is tried again with
+        every later message (`_write_unwritten`) until it succeeds or the deployment is released.
+        """
         try:
             self._write(self._placed[name])
         except PlacementError as exc:
-            logger.warning("could not write %s down again: %s", name, exc)
+            self._unwritten.add(name)
+            logger.warning("could not write %s down again (will retry): %s", name, exc)
+        else:
+            self._unwritten.discard(name)
+
+    def _write_unwritten(self) -> None:
+        """Retry the records whose rewrite failed; stop at the first failure (the store is down)."""
+        for name in sorted(self._unwritten):
+            placed = self._placed.get(name)
+            if placed is None:  # released since: its record is deleted, nothing to write
+                self._unwritten.discard(name)
+                continue
+            try:
+                self._write(placed)
+            except PlacementError:
+                return
+            self._unwritten.discard(name)
 
     def _adopt(self, earlier: RecoveredDeployment) -> None:
         """Take back a deployment of an earlier run: its kept replicas, where they are."""
