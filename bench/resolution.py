@@ -50,8 +50,17 @@ def node_ip_and_port() -> tuple[str, int]:
         return str(ip), int(sock.getsockname()[1])
 
 
+def all_gpus_free() -> None:
+    """Wait until Ray has every GPU back, so that no section starts behind a removal."""
+    total = ray.cluster_resources().get("GPU", 0)  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("GPU", 0) < total and time.monotonic() < deadline:  # type: ignore[no-untyped-call]
+        time.sleep(0.01)
+
+
 def plain_ray() -> float:
     probe = ray.remote(node_ip_and_port)
+    all_gpus_free()
     start = time.perf_counter()
     groups = [placement_group([{"CPU": 1, "GPU": 1}]) for _ in range(REPLICAS)]
     ray.get([g.ready() for g in groups], timeout=120)
@@ -73,6 +82,7 @@ def plain_ray() -> float:
 
 def ray_accepts() -> tuple[float, float]:
     """Ray's time to take 100 groups: the calls alone, and until every group is ready."""
+    all_gpus_free()
     start = time.perf_counter()
     groups = [placement_group([{"CPU": 1, "GPU": 1}]) for _ in range(ACCEPT)]
     calls = time.perf_counter() - start
@@ -93,6 +103,7 @@ class Service:
     def place(self, replicas: int, *, resolve: bool) -> float:
         self.round += 1
         name = f"bench-{self.round}"
+        all_gpus_free()
         start = time.perf_counter()
         result = self.actor.ask(Place(Deployment(name=name, model="m", replicas=replicas)))
         assert isinstance(result, PlacementResult)

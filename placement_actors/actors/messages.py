@@ -143,6 +143,10 @@ class PlaceMany:
         ):
             msg = f"PlaceMany needs a tuple of 1 to {MAX_BATCH} Place values"
             raise InvalidSpecError(msg, field="places")
+        if self.largest_first and len({p.deployment.name for p in self.places}) < len(self.places):
+            # Reordered, a later Place of a name could win over an earlier one: say which.
+            msg = "a PlaceMany with largest_first must name each deployment once"
+            raise InvalidSpecError(msg, field="places")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 __all__ = ["Deadline", "Deadlines"]
+
+logger = logging.getLogger(__name__)
 
 
 class Deadline:
@@ -83,4 +86,7 @@ class Deadlines:
                     return
                 _, _, deadline, callback = heapq.heappop(self._heap)
             if not deadline.cancelled:
-                callback()
+                try:
+                    callback()
+                except Exception:  # one failing callback must not end every later deadline
+                    logger.exception("a deadline callback failed")

@@ -13,6 +13,7 @@ ledger is not changed.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
@@ -28,7 +29,9 @@ from placement_actors.policies.replica_placement import fits_on_counts
 
 __all__ = [
     "MAX_PROBES",
+    "MAX_READ",
     "MAX_SOURCE_NODES",
+    "MAX_TRIES",
     "Resident",
     "Residents",
     "Room",
@@ -44,6 +47,15 @@ MAX_PROBES = 64
 
 _PAIRS_FROM = 24
 """Two moves off two nodes are tried among this many of the cheapest single moves."""
+
+MAX_READ = MAX_SOURCE_NODES * 64
+"""Nodes read while looking for the nodes to move from."""
+
+MAX_TRIES = 256
+"""Move sets tried, at most (each looks at up to `MAX_PROBES` nodes per move)."""
+
+_PER_SOURCE = 8
+"""Single moves, and pairs, taken from one node (the cheapest)."""
 
 _SHARES = 4
 """Layouts a move set is looked for (one node, then the fewest nodes of an even split first)."""
@@ -157,15 +169,23 @@ def _shares(room: Room, largest: int) -> list[int]:
 
 
 def _fullest_below(ledger: GpuLedger, share: int, room: Room) -> Iterator[str]:
-    """Nodes of the request with fewer than ``share`` free but room for it: most free first."""
+    """Nodes of the request with fewer than ``share`` free but room for it: most free first.
+
+    At most `MAX_READ` nodes are read, whatever the cluster: nodes too small for the share, or
+    outside the request, are passed over within that budget.
+    """
     allowed = room.allowed
     if allowed is not None and len(allowed) * 2 <= len(ledger):
-        nodes = (n for n in allowed if room.covers(ledger, n))
+        nodes = (n for n in islice(allowed, MAX_READ) if room.covers(ledger, n))
         fitting = [n for n in nodes if ledger.capacity(n) >= share > ledger.free_count(n)]
         yield from sorted(fitting, key=lambda n: (-ledger.free_count(n), n))
         return
+    read = 0
     for free in range(min(share, ledger.max_capacity() + 1) - 1, -1, -1):
         for node in ledger.nodes_with_free(free):
+            read += 1
+            if read > MAX_READ:
+                return
             if ledger.capacity(node) >= share and room.covers(ledger, node):
                 yield node
 
@@ -242,15 +262,18 @@ class _Search:
             for source in islice(_fullest_below(self.ledger, share, self.room), MAX_SOURCE_NODES):
                 short = share - self.ledger.free_count(source)
                 on = sorted(self.residents.on(source), key=lambda r: r.gpus)
-                for i, first in enumerate(on):
-                    if first.gpus >= short:
-                        ones.append((first, source))
-                    else:
-                        twos.extend(
-                            ((first, source), (second, source))
-                            for second in on[i + 1 :]
-                            if first.gpus + second.gpus >= short
-                        )
+                sizes = [r.gpus for r in on]
+                enough = bisect.bisect_left(sizes, short)  # on[enough:] free the share alone
+                ones.extend((r, source) for r in on[enough : enough + _PER_SOURCE])
+                # For each smaller replica, the smallest partner that makes up the shortfall:
+                # the cheapest pair it is in (not every pair: a node may hold hundreds).
+                pairs = []
+                for i, first in enumerate(on[:enough]):
+                    j = bisect.bisect_left(sizes, short - first.gpus, lo=i + 1)
+                    if j < len(on):
+                        pairs.append(((first, source), (on[j], source)))
+                pairs.sort(key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
+                twos.extend(pairs[:_PER_SOURCE])
         ones = list(dict.fromkeys(sorted(ones, key=lambda p: p[0].gpus)))
         return ones, sorted(twos, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
 
@@ -283,20 +306,41 @@ def find_move_set(
         return ()
     search = _Search(ledger, residents, room, base)
     ones, twos = search.options(largest)
-    for one in ones:
-        found = search.makes_room((one,))
-        if found:
-            return found
-    if max_moves == 1:
-        return ()
-    cheapest = ones[:_PAIRS_FROM]
-    apart = [(a, b) for i, a in enumerate(cheapest) for b in cheapest[i + 1 :] if a[1] != b[1]]
-    pairs = sorted(twos + apart, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
-    for pair in pairs:
-        found = search.makes_room(pair)
+    tries: list[tuple[_Planned, ...]] = [(one,) for one in ones]
+    if max_moves == 2:  # noqa: PLR2004 - two moves: off one node, or one off each of two
+        cheapest = ones[:_PAIRS_FROM]
+        apart = [(a, b) for i, a in enumerate(cheapest) for b in cheapest[i + 1 :] if a[1] != b[1]]
+        tries.extend(sorted(twos + apart, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus))
+    for planned in tries[:MAX_TRIES]:
+        found = search.makes_room(planned)
         if found:
             return found
     return ()
+
+
+def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
+    ledger: GpuLedger,
+    residents: Residents,
+    overlay: _Overlay,
+    source: str,
+    target: int,
+    shut: AbstractSet[str],
+    budget: int,
+) -> tuple[_Overlay, list[ReplicaMove]] | None:
+    """The moves (at most ``budget``) that leave ``source`` with ``target`` free, or ``None``."""
+    trial = overlay.copy()
+    planned: list[ReplicaMove] = []
+    for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
+        if trial.free(source) >= target:
+            break
+        if len(planned) >= budget:
+            return None
+        goes = _destination(ledger, residents, trial, resident, {*shut, source})
+        if goes is None:
+            return None
+        planned.append(_move(resident, source, goes))
+        trial.apply(planned[-1])
+    return (trial, planned) if trial.free(source) >= target else None
 
 
 def plan_defragmentation(
@@ -312,7 +356,8 @@ def plan_defragmentation(
 
     The nodes closest to that are emptied first, each only if every replica it must give up has
     somewhere to go (best fit, never onto a node the plan frees or moves from). At most
-    ``max_moves`` moves; at most `MAX_SOURCE_NODES` times 8 nodes are looked at.
+    ``max_moves`` moves; at most `MAX_READ` nodes are read to find the nodes to free. With no
+    GPU node, the plan is empty (``gpus`` 0).
 
     Raises:
         InvalidSpecError: ``gpus`` or ``max_moves`` is not a count in range.
@@ -322,8 +367,11 @@ def plan_defragmentation(
         msg = f"max_moves must be at most {MAX_PLAN_MOVES}, got {max_moves}"
         raise InvalidSpecError(msg, field="max_moves")
     room = Room(gpus=1, allowed=allowed, avoid=avoid, split=False)
+    if gpus is not None:
+        check_count(gpus, "gpus", minimum=1)
     target = _largest(ledger, room) if gpus is None else gpus
-    check_count(target, "gpus", minimum=1)
+    if target == 0:  # no GPU node to free
+        return DefragmentationPlan(gpus=0, moves=(), freed_nodes=())
     room = replace(room, gpus=target)
     overlay = _Overlay(ledger)
     moves: list[ReplicaMove] = []
@@ -335,20 +383,10 @@ def plan_defragmentation(
             break
         if source in touched:
             continue
-        trial = overlay.copy()
-        planned: list[ReplicaMove] = []
-        for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
-            if trial.free(source) >= target:
-                break
-            goes = _destination(ledger, residents, trial, resident, shut | {source})
-            if goes is None:
-                break
-            move = _move(resident, source, goes)
-            trial.apply(move)
-            planned.append(move)
-        if trial.free(source) < target or len(moves) + len(planned) > max_moves:
+        emptied = _empty(ledger, residents, overlay, source, target, shut, max_moves - len(moves))
+        if emptied is None:
             continue
-        overlay = trial
+        overlay, planned = emptied
         moves.extend(planned)
         freed.append(source)
         shut.add(source)

@@ -516,3 +516,10 @@ def test_a_malformed_batch_is_refused_whole(actor: Ref, places: tuple[object, ..
     with pytest.raises(InvalidSpecError, match="PlaceMany"):
         actor.ask(batch, timeout=TIMEOUT)
     assert cluster_view(actor).deployments == ()
+
+
+def test_a_largest_first_batch_naming_a_deployment_twice_is_refused() -> None:
+    place = Place(local("twice", gpus=1))
+    with pytest.raises(InvalidSpecError, match="each deployment once"):
+        PlaceMany((place, Place(local("twice", gpus=2))), largest_first=True)
+    assert len(PlaceMany((place, place)).places) == 2  # in order, a repeat is answered as sent

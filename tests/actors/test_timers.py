@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from placement_actors.actors.timers import Deadlines
 
 
@@ -41,4 +43,16 @@ def test_a_thousand_deadlines_share_one_thread() -> None:
     assert threading.active_count() <= before + 1
     for handle in handles:
         handle.cancel()
+    deadlines.stop()
+
+
+def test_a_failing_callback_does_not_stop_later_deadlines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    deadlines = Deadlines()
+    done = threading.Event()
+    deadlines.call_later(0.01, lambda: 1 / 0)
+    deadlines.call_later(0.05, done.set)
+    assert done.wait(5)
+    assert "a deadline callback failed" in caplog.text
     deadlines.stop()

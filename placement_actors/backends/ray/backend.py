@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from typing import Any
 
 from ray.util.placement_group import PlacementGroup
 
-from placement_actors.backends.protocol import ProbeCallback, ReadyCallback
+from placement_actors.backends.protocol import BundleProbe, ProbeCallback, ReadyCallback
 from placement_actors.backends.ray import bundles, cluster, groups, port_agents
 from placement_actors.domain.errors import BackendError, InvalidSpecError
 from placement_actors.domain.group_status import GroupStatus
@@ -16,6 +17,8 @@ from placement_actors.domain.results import ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
 
 __all__ = ["RayBackend"]
+
+logger = logging.getLogger(__name__)
 
 
 def _pg(group: object) -> PlacementGroup:
@@ -74,7 +77,11 @@ class RayBackend:
         for those submissions; a submission that fails is reported to ``callback`` as an error.
         """
         pg = _pg(group)
-        self._watcher().submit(_watch, pg, callback)
+        try:
+            self._watcher().submit(_watch, pg, callback)
+        except RuntimeError as exc:  # the interpreter is shutting down: no new threads
+            msg = f"cannot watch placement group: {exc}"
+            raise BackendError(msg, operation="watch group") from exc
 
     def _watcher(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
@@ -106,13 +113,26 @@ class RayBackend:
 
         With ``gpus``, or without ``node``, a probe task in the bundle (it learns Ray's GPU ids);
         otherwise one call to ``node``'s port agent (`port_agents`): no task, no worker start.
+        Should the agent fail (its process ended with its owner's, its node is going), the
+        bundle is probed with a task after all, and the next call starts a new agent.
         """
+        pg = _pg(group)
         if gpus or node is None:
             bundles.probe_bundle(
-                _pg(group), bundle_index, exclude_ports=exclude_ports, callback=callback, gpus=gpus
+                pg, bundle_index, exclude_ports=exclude_ports, callback=callback, gpus=gpus
             )
-        else:
-            port_agents.probe_with_agent(node, exclude_ports=exclude_ports, callback=callback)
+            return
+
+        def answered(outcome: BundleProbe | BaseException) -> None:
+            if isinstance(outcome, BaseException):  # the agent is gone: a task in the bundle
+                logger.warning("port agent of %s failed (%s); probing in the bundle", node, outcome)
+                bundles.probe_bundle(
+                    pg, bundle_index, exclude_ports=exclude_ports, callback=callback
+                )
+                return
+            callback(outcome)
+
+        port_agents.probe_with_agent(node, exclude_ports=exclude_ports, callback=answered)
 
     def remove_groups_with_prefix(self, prefix: str) -> int:
         """Remove every live group of this namespace named ``prefix...``."""
