@@ -342,7 +342,10 @@ class PlanningActor(KeepServingActor):
         except BackendError:
             state = GroupStatus.UNKNOWN
         if state is GroupStatus.CREATED:
-            return  # ready at the wire: its PlacementGroupReady is on the way
+            # Ready, and its PlacementGroupReady is on the way or was lost: go on as if it had
+            # come (the event, if it comes, then finds the group probing and is ignored).
+            self._on_ready(PlacementGroupReady(group_name=group.name, attempt=group.attempt))
+            return
         self._fail(
             group,
             PlacementGroupTimeoutError(

@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pykka
 import pytest
@@ -472,3 +473,29 @@ async def test_a_ticker_keeps_ticking_while_a_slow_placement_group_is_awaited(
     assert port > 0
     assert waited >= 0.45  # Ray made the group ready only after the holder went
     assert ticks >= 10  # a blocked loop would have ticked about once
+
+
+class DeafBackend(on_ray.RayBackend):
+    """Ray's readiness callback never arrives (a lost event)."""
+
+    def when_ready(self, group: object, callback: Any) -> None:
+        del group, callback
+
+
+def test_a_group_whose_ready_event_was_lost_resolves_at_its_deadline(
+    ray_nodes: dict[str, str],
+) -> None:
+    planner = PlanningActor.start(backend=DeafBackend(), ready_timeout_s=2)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    service = Service(placement=placement, planner=planner)
+    try:
+        result = service.place(llama("deaf"), gpu_nodes=(ray_nodes["gpu-a"],))
+        # Ray made the group ready; the planner heard nothing until the deadline, then asked.
+        assert result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        assert service.groups().groups[0].state is GroupState.READY
+    finally:
+        placement.ask(Release("deaf"), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
