@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -92,6 +93,7 @@ class _Group:
     claimed: set[int] = field(default_factory=set)
     state: GroupState = GroupState.PENDING
     timer: Deadline | None = None
+    deadline_at: float = 0.0  # time.monotonic() of the armed deadline
     resolved: set[int] = field(default_factory=set)
     probes: dict[int, int] = field(default_factory=dict)
 
@@ -327,8 +329,8 @@ class PlanningActor(KeepServingActor):
         group = self._pending(
             event.group_name, event.attempt, GroupState.PENDING, GroupState.PROBING
         )
-        if group is None:
-            return
+        if group is None or time.monotonic() < group.deadline_at:
+            return  # gone, or an earlier deadline's event that fired as it was re-armed
         if group.state is GroupState.PROBING:
             error = BackendError(
                 f"placement group {group.name} was ready, but its bundles' probes did not "
@@ -509,6 +511,7 @@ class PlanningActor(KeepServingActor):
             group.timer.cancel()
         event = PlacementGroupTimedOut(group_name=group.name, attempt=group.attempt)
         me = self.actor_ref
+        group.deadline_at = time.monotonic() + group.timeout_s
         group.timer = self._deadlines.call_later(group.timeout_s, lambda: _tell(me, event))
 
     def _fail(self, group: _Group, error: PlacementError) -> None:

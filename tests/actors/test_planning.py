@@ -499,3 +499,27 @@ def test_a_group_whose_ready_event_was_lost_resolves_at_its_deadline(
         placement.ask(Release("deaf"), timeout=TIMEOUT)
         placement.stop(timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)
+
+
+def test_a_timeout_event_before_the_groups_deadline_is_ignored(
+    ray_nodes: dict[str, str],
+) -> None:
+    # As when a deadline fires just as the group is re-armed: its event arrives early.
+    planner = PlanningActor.start(backend=DeafBackend(), ready_timeout_s=30)
+    try:
+        placed = planner.ask(
+            PlanReplica(
+                deployment="early",
+                replica_index=0,
+                assignments=(NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(0,)),),
+            ),
+            timeout=TIMEOUT,
+        )
+        assert isinstance(placed, ReplicaPlacement)
+        planner.tell(PlacementGroupTimedOut(group_name=placed.group_name, attempt=placed.attempt))
+        view = planner.ask(GetReplicaGroups(), timeout=TIMEOUT)
+        assert isinstance(view, ReplicaGroupsView)
+        assert [g.state for g in view.groups] == [GroupState.PENDING]
+    finally:
+        planner.ask(RemoveReplicaGroups("early"), timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
