@@ -36,8 +36,8 @@ from placement_actors.actors.messages import (
     ReplicaGroupsView,
     ReplicaGroupView,
 )
-from placement_actors.actors.timers import Deadline, Deadlines
 from placement_actors.backends.protocol import BundleProbe, CheckpointStore, ClusterBackend
+from placement_actors.backends.timers import Deadline, Deadlines
 from placement_actors.domain.checkpoints import GroupCheckpoint, KnownEndpoint, encode, group_key
 from placement_actors.domain.deployments import group_name, group_prefix
 from placement_actors.domain.errors import (

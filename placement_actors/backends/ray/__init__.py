@@ -64,6 +64,7 @@ from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import ClusterWatcher
 from placement_actors.backends.ray.port_agents import (
     AGENT_NAME_ROOT,
+    AGENT_TIMEOUT_S,
     port_agent,
     probe_with_agent,
     start_port_agents,
@@ -71,6 +72,7 @@ from placement_actors.backends.ray.port_agents import (
 
 __all__ = [
     "AGENT_NAME_ROOT",
+    "AGENT_TIMEOUT_S",
     "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",

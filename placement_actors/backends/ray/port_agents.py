@@ -26,15 +26,27 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from placement_actors.backends.protocol import BundleProbe, ProbeCallback
 from placement_actors.backends.ray.bundles import port_finder, probe_args
+from placement_actors.backends.timers import Deadlines
 from placement_actors.domain.errors import BackendError
 
-__all__ = ["AGENT_NAME_ROOT", "port_agent", "probe_with_agent", "start_port_agents"]
+__all__ = [
+    "AGENT_NAME_ROOT",
+    "AGENT_TIMEOUT_S",
+    "port_agent",
+    "probe_with_agent",
+    "start_port_agents",
+]
 
 AGENT_NAME_ROOT = "placement-actors-port-agent:"
 """An agent's actor name: this, then its node's id."""
 
+AGENT_TIMEOUT_S = 10.0
+"""How long an agent may take to answer (its first answer includes its start) before it is
+forgotten and the probe reported failed (the backend then probes with a task)."""
+
 _AGENTS: dict[str, Any] = {}  # node id -> actor handle, for this process
 _LOCK = threading.Lock()
+_DEADLINES = Deadlines("port-agent deadlines")
 
 
 @functools.cache
@@ -110,9 +122,9 @@ def probe_with_agent(
 ) -> None:
     """Ask ``node_id``'s agent for the node's IP and a free port; ``callback`` gets the answer.
 
-    Returns at once; the callback runs on a Ray thread, with a `BundleProbe` (no GPU ids: the
-    agent is not in the bundle) or the failure. A failed call forgets the agent, so that the
-    next one starts a new agent.
+    Returns at once; the callback runs once, on a Ray thread, with a `BundleProbe` (no GPU ids:
+    the agent is not in the bundle) or the failure. A call that fails, or is not answered within
+    `AGENT_TIMEOUT_S`, forgets the agent, so that the next one starts a new agent.
     """
     try:
         handle = port_agent(node_id)
@@ -121,15 +133,32 @@ def probe_with_agent(
         callback(BackendError(f"cannot ask the port agent: {exc}", operation="probe bundle"))
         return
 
+    answered = threading.Lock()
+    pending = [True]
+
+    def finish(outcome: BundleProbe | BaseException) -> None:
+        with answered:
+            if not pending[0]:
+                return  # answered already (or given up on)
+            pending[0] = False
+        deadline.cancel()
+        callback(outcome)
+
+    def too_late() -> None:
+        _forget(node_id, handle)
+        msg = f"the port agent of node {node_id} did not answer within {AGENT_TIMEOUT_S:g}s"
+        finish(BackendError(msg, operation="probe bundle"))
+
     def done(settled: Any) -> None:  # noqa: ANN401 - a concurrent.futures.Future
         error = settled.exception()
         if error is not None:
             _forget(node_id, handle)
             failure = BackendError(f"port agent failed: {error}", operation="probe bundle")
             failure.__cause__ = error
-            callback(failure)
+            finish(failure)
             return
         ip, port = settled.result()
-        callback(BundleProbe(node_ip=ip, port=port, gpu_ids=()))
+        finish(BundleProbe(node_ip=ip, port=port, gpu_ids=()))
 
+    deadline = _DEADLINES.call_later(AGENT_TIMEOUT_S, too_late)
     ref.future().add_done_callback(done)

@@ -78,3 +78,38 @@ def test_an_agent_that_cannot_be_placed_fails_the_probe_instead_of_hanging() -> 
     assert done.wait(TIMEOUT)
     (answer,) = answers
     assert isinstance(answer, BackendError)
+
+
+def test_a_dead_agent_is_replaced_and_its_bundle_probed_with_a_task_meanwhile(
+    ray_nodes: dict[str, str],
+) -> None:
+    from ray.util import remove_placement_group  # noqa: PLC0415
+
+    from placement_actors import NodeAssignment  # noqa: PLC0415
+    from placement_actors.policies.bundle_shapes import pinned_bundle_spec  # noqa: PLC0415
+
+    node = ray_nodes["gpu-b"]
+    ask_agent(node)  # the agent runs
+    dead = on_ray.port_agent(node)
+    ray.kill(dead)
+    spec = pinned_bundle_spec([NodeAssignment(replica_index=0, node=node, gpus=(0,))])
+    pg = on_ray.build_replica_pg(spec, name="t-dead-agent", ready_timeout_s=20)
+    try:
+        answers: list[object] = []
+        done = threading.Event()
+
+        def callback(outcome: object) -> None:
+            answers.append(outcome)
+            done.set()
+
+        on_ray.RayBackend().probe_bundle(
+            pg, 0, exclude_ports=frozenset(), callback=callback, node=node
+        )
+        assert done.wait(TIMEOUT)
+        (answer,) = answers
+        assert isinstance(answer, BundleProbe), answer  # from a task in the bundle
+        assert answer.port > 0
+        assert on_ray.port_agent(node) is not dead  # the next call starts a new agent
+        ask_agent(node)
+    finally:
+        remove_placement_group(pg)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from placement_actors.actors.timers import Deadlines
+from placement_actors.backends.timers import Deadlines
 
 
 def test_deadlines_run_once_in_time_order_and_cancelled_ones_never() -> None:
