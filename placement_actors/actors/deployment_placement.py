@@ -103,6 +103,26 @@ class _Placed:
     place: Place
     result: PlacementResult
     egress_key: EgressKey | None
+    # Its whole replicas by node, for move sets; kept with the assignments it was made from
+    # (a tuple, replaced whenever they change), so it is made again only after a change.
+    residents: tuple[tuple[NodeAssignment, ...], dict[str, list[Resident]]] | None = None
+
+    def residents_by_node(self) -> dict[str, list[Resident]]:
+        """Node -> the replicas held wholly there (split replicas stay where they are)."""
+        assignments = self.result.assignments
+        if self.residents is not None and self.residents[0] is assignments:
+            return self.residents[1]
+        replicas: dict[int, list[NodeAssignment]] = {}
+        for assignment in assignments:
+            replicas.setdefault(assignment.replica_index, []).append(assignment)
+        found: dict[str, list[Resident]] = {}
+        for replica, held in replicas.items():
+            if len(held) == 1 and held[0].gpus:
+                found.setdefault(held[0].node, []).append(
+                    Resident(self.place.deployment.name, replica, len(held[0].gpus))
+                )
+        self.residents = (assignments, found)
+        return found
 
     def missing_replicas(self) -> list[int]:
         """Replica indexes that have lost their reservation (their group failed)."""
@@ -114,8 +134,8 @@ class _PlacedResidents:
     """The placed replicas, node by node, as the move-set search reads them (for one decision).
 
     Built per refusal or query and read lazily: a deployment's replicas are indexed by node the
-    first time one of its nodes is looked at, so a search that reads a few nodes costs a few
-    deployments' records, not every record.
+    first time one of its nodes is looked at (and the index kept until its assignments change),
+    so a search that reads a few nodes costs a few deployments' records, not every record.
     """
 
     def __init__(
@@ -124,21 +144,9 @@ class _PlacedResidents:
         self._gpus = gpus
         self._placed = placed
         self._avoid = avoid
-        self._by_node: dict[str, dict[str, list[Resident]]] = {}
 
     def _index(self, name: str) -> dict[str, list[Resident]]:
-        found = self._by_node.get(name)
-        if found is None:
-            nodes: dict[int, list[NodeAssignment]] = {}
-            for assignment in self._placed[name].result.assignments:
-                nodes.setdefault(assignment.replica_index, []).append(assignment)
-            found = {}
-            for replica, held in nodes.items():
-                if len(held) == 1 and held[0].gpus:  # split replicas stay where they are
-                    resident = Resident(name, replica, len(held[0].gpus))
-                    found.setdefault(held[0].node, []).append(resident)
-            self._by_node[name] = found
-        return found
+        return self._placed[name].residents_by_node()
 
     def on(self, node: str) -> Sequence[Resident]:
         """The whole replicas of placed deployments on ``node``."""
