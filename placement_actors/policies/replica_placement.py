@@ -15,6 +15,7 @@ O(nodes + replicas) whatever the request says:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -146,13 +147,19 @@ def _reserve_all(
     return tuple(assignments)
 
 
-def _allowed_nodes(ledger: GpuLedger, request: LocalRequest) -> Iterator[str]:
-    """The allowed nodes in node-id order, lazily: a refusal reads only as many as it reports."""
-    allowed, avoid = request.allowed, request.avoid
-    if allowed is None or len(allowed) * 2 > len(ledger):  # most nodes: walk the ledger's order
-        return (
-            n for n in ledger.sorted_ids() if (allowed is None or n in allowed) and n not in avoid
+def _refusing_nodes(ledger: GpuLedger, request: LocalRequest) -> Iterator[str]:
+    """The allowed nodes that turn a replica down, in node-id order, lazily.
+
+    Those are the nodes with fewer than ``gpus`` free (a node too small has fewer free too). On
+    most nodes, the free-count index's buckets below ``gpus`` (each in node-id order) are merged:
+    a refusal reads only the nodes it reports, not the nodes that would fit.
+    """
+    allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
+    if allowed is None or len(allowed) * 2 > len(ledger):  # most nodes: walk the index
+        below = heapq.merge(
+            *(ledger.nodes_with_free(k) for k in range(min(gpus, ledger.max_capacity() + 1)))
         )
+        return (n for n in below if (allowed is None or n in allowed) and n not in avoid)
     return (n for n in sorted(allowed) if n in ledger and n not in avoid)
 
 
@@ -252,7 +259,7 @@ def _not_enough(
     available = next((k for k in range(len(free) - 1, -1, -1) if free[k]), 0)
     capacities = ledger.capacity_histogram(allowed, avoid)
     largest = next((k for k in range(len(capacities) - 1, -1, -1) if capacities[k]), 0)
-    nodes = _allowed_nodes(ledger, request)
+    nodes = _refusing_nodes(ledger, request)
     heads = tuple(
         Rejection(
             node_id=n,
