@@ -145,13 +145,10 @@ class _PlacedResidents:
         self._placed = placed
         self._avoid = avoid
 
-    def _index(self, name: str) -> dict[str, list[Resident]]:
-        return self._placed[name].residents_by_node()
-
     def on(self, node: str) -> Sequence[Resident]:
         """The whole replicas of placed deployments on ``node``."""
         names = sorted({d for d in self._gpus.holders(node).values() if d in self._placed})
-        return [r for name in names for r in self._index(name).get(node, ())]
+        return [r for name in names for r in self._placed[name].residents_by_node().get(node, ())]
 
     def may_host(self, resident: Resident, node: str) -> bool:
         """Whether the resident's deployment may use ``node`` (its constraints, head exclusion)."""

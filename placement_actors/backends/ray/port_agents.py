@@ -133,14 +133,11 @@ def probe_with_agent(
         callback(BackendError(f"cannot ask the port agent: {exc}", operation="probe bundle"))
         return
 
-    answered = threading.Lock()
-    pending = [True]
+    once = threading.Lock()  # held by the first answer: a later one is dropped
 
     def finish(outcome: BundleProbe | BaseException) -> None:
-        with answered:
-            if not pending[0]:
-                return  # answered already (or given up on)
-            pending[0] = False
+        if not once.acquire(blocking=False):
+            return  # answered already (or given up on)
         deadline.cancel()
         callback(outcome)
 
