@@ -12,10 +12,12 @@ from placement_actors.actors.deployment_placement import (
 )
 from placement_actors.actors.futures import CallbackFuture, pipe_to
 from placement_actors.actors.messages import (
+    AnswerNow,
     ClusterView,
     DefragmentationPlan,
     GetClusterView,
     GetDefragmentationPlan,
+    GetPlacement,
     GetPlacementFailure,
     GetReplicaGroups,
     GpuHolding,
@@ -24,6 +26,7 @@ from placement_actors.actors.messages import (
     Place,
     PlacedMany,
     PlaceMany,
+    Placement,
     PlacementFailure,
     PlacementGroupFailed,
     PlacementGroupReady,
@@ -89,6 +92,7 @@ from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
 from placement_actors.wiring import start_on_ray
 
 __all__ = [
+    "AnswerNow",
     "ApiKey",
     "BackendError",
     "BundleEndpoint",
@@ -108,6 +112,7 @@ __all__ = [
     "Eventual",
     "GetClusterView",
     "GetDefragmentationPlan",
+    "GetPlacement",
     "GetPlacementFailure",
     "GetReplicaGroups",
     "GpuHolding",
@@ -125,6 +130,7 @@ __all__ = [
     "Place",
     "PlaceMany",
     "PlacedMany",
+    "Placement",
     "PlacementCancelledError",
     "PlacementConstraints",
     "PlacementError",

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from placement_actors.actors.mailbox import KeepServingActor
 from placement_actors.actors.messages import (
+    PROMPT_QUERIES,
+    AnswerNow,
     BundleGpusKnown,
     BundleProbed,
     BundleProbeFailed,
@@ -376,6 +378,8 @@ class PlacementHost:
         refused = _refusal(message)
         if refused is not None:
             return "error", refused
+        if isinstance(message, PROMPT_QUERIES):  # one client's large Place holds up no query
+            message = AnswerNow(message)
         try:
             reply = await self._placement.ask(message, block=False)
         except PlacementError as exc:

@@ -516,6 +516,26 @@ def test_rich_markup_in_a_node_name_from_ray_labels_is_printed_literally(name: s
     assert f"  {name}: 2 free GPUs, 4 needed" in lines  # the reason
 
 
+def test_why_on_a_large_cluster_counts_the_nodes_it_does_not_name() -> None:
+    error = NotEnoughGpusError(
+        "deployment d needs 8 free GPUs",
+        deployment="d",
+        requested=8,
+        available=4,
+        largest_node=8,
+        rejections=(
+            Rejection(node_id="n0", reason="4 of 8 GPUs free, 8 needed", requested=8, available=4),
+        ),
+        rejections_omitted=5_999,
+        refusing_by_free=((0, 1_000), (4, 5_000)),
+    )
+    printed = io.StringIO()
+    render.print_failure(Console(file=printed, width=120), render.failure_data(error, {}))
+    lines = printed.getvalue().splitlines()
+    assert "  ... and 5,999 more nodes" in lines
+    assert "Nodes that turned it down, by free GPUs: 1,000 with 0 free, 5,000 with 4 free" in lines
+
+
 def lost_and_outside_view() -> ClusterView:
     return ClusterView(
         nodes=(

@@ -18,6 +18,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 
 from placement_actors.actors.mailbox import KeepServingActor, admits
 from placement_actors.actors.messages import (
+    AnswerNow,
     BundleGpusKnown,
     ClusterView,
     DefragmentationPlan,
@@ -85,6 +86,7 @@ from placement_actors.policies.recovery import RecoveredDeployment
 
 __all__ = [
     "OUTSIDE_HOLDER",
+    "SERVED_WHILE_WAITING",
     "DeploymentPlacementActor",
     "DeploymentPlacementProxy",
     "deployment_placement_proxy",
@@ -94,6 +96,14 @@ logger = logging.getLogger(__name__)
 
 OUTSIDE_HOLDER = "(outside the service)"
 """The ledger's holder of GPUs that other Ray users hold (not a deployment name: it has spaces)."""
+
+SERVED_WHILE_WAITING: frozenset[type[Any]] = frozenset({AnswerNow})
+"""Answered while a command waits for the planner (its Ray work can take a while).
+
+An `AnswerNow` query reads the state as the waiting command has left it so far: its GPUs are
+already reserved on the ledger, and the deployment shows as placed once the command is done.
+Every other message, plain queries included, waits for the command, in the order it came.
+"""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -198,7 +208,10 @@ class DeploymentPlacementActor(KeepServingActor):
             missing replicas are placed again. Re-sending their `Place` answers their result.
 
     With a planner, this actor is the service's one front door: `GetReplicaGroups` and
-    `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back.
+    `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back. While a
+    command waits for the planner (a `Place` of many replicas waits for Ray to accept each
+    group), queries wrapped in `AnswerNow` are still answered at once; every other message,
+    plain queries included, waits for the command, in the order it came.
     """
 
     def __init__(
@@ -267,6 +280,7 @@ class DeploymentPlacementActor(KeepServingActor):
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
             GetDefragmentationPlan: self.get_defragmentation_plan,
+            AnswerNow: self.answer_now,
             ReplicaFailed: self._on_replica_failed,
             GetReplicaGroups: self.ask_planner,
             RemoveReplicaGroups: self.ask_planner,
@@ -905,6 +919,11 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- queries -----------------------------------------------------------------------------
 
+    @admits(AnswerNow)
+    def answer_now(self, message: AnswerNow) -> object:
+        """The wrapped query's reply (at once, even during a command's wait; see `AnswerNow`)."""
+        return KeepServingActor.on_receive(self, message.query)
+
     @admits(GetPlacement)
     def get_placement(self, message: GetPlacement) -> Placement:
         """A deployment's current result, after any re-placement; see `GetPlacement`."""
@@ -987,7 +1006,8 @@ class DeploymentPlacementActor(KeepServingActor):
             return []
         futures = [self._planner.ask(m, block=False) for m in messages]
         try:
-            return [f.get(timeout=self._planner_timeout_s) for f in futures]
+            self._wait_serving(futures, self._planner_timeout_s, serve=SERVED_WHILE_WAITING)
+            return [f.get(timeout=0) for f in futures]
         except pykka.Timeout as exc:
             msg = f"the planner did not answer within {self._planner_timeout_s:g}s"
             raise BackendError(msg, operation="plan") from exc

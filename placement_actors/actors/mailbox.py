@@ -5,7 +5,10 @@ but an error raised while handling a ``tell`` (no one to deliver it to) stops th
 service must not die because some other actor told it a malformed message, so `KeepServingActor`
 gives every told message a stand-in reply future that logs the error and drops the reply.
 
-It also makes every reply a `CallbackFuture`, awaitable without blocking an event loop.
+It also makes every reply a `CallbackFuture`, awaitable without blocking an event loop, and lets
+a handler that must wait for another actor's replies keep answering read-only queries meanwhile
+(`KeepServingActor._wait_serving`, Erlang's selective receive): other messages are held back and
+handled afterwards, in the order they came.
 
 This leans on pykka 4 internals (``_create_actor_inbox``, ``_create_future`` and the envelope's
 ``reply_to``);
@@ -18,7 +21,9 @@ import functools
 import logging
 import queue
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
@@ -85,12 +90,58 @@ class _ToldReply(pykka.ThreadingFuture[Any]):
         )
 
 
+class _Wake:
+    """Put in the inbox when the replies a handler waits for have all arrived."""
+
+
+_WAKE = _Wake()
+
+
 class _KeepServingInbox(queue.Queue[Envelope[Any]]):
     def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
+        while True:
+            envelope = self.get_any(block, timeout)
+            if envelope.message is not _WAKE:  # a late wake-up: its wait ended already
+                return envelope
+
+    def get_any(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
+        """The next envelope, wake-ups included; a told message gets a reply slot that logs."""
         envelope = super().get(block, timeout)
         if envelope.reply_to is None:
             envelope.reply_to = _ToldReply(envelope.message)
         return envelope
+
+    def put_back(self, envelopes: Sequence[Envelope[Any]]) -> None:
+        """Put ``envelopes`` back at the head of the queue, in their order (before later ones)."""
+        if not envelopes:
+            return
+        with self.mutex:
+            self.queue.extendleft(reversed(envelopes))
+            self.not_empty.notify()
+
+
+def _when_all_settled(
+    futures: Sequence[pykka.Future[Any]], then: Callable[[], object]
+) -> Callable[[], bool]:
+    """Call ``then`` once every one of ``futures`` has settled; returns "have they all?"."""
+    pending = [len(futures)]
+    lock = threading.Lock()
+
+    def settled(_: object) -> None:
+        with lock:
+            pending[0] -= 1
+            last = pending[0] == 0
+        if last:
+            then()
+
+    for future in futures:
+        future.add_done_callback(settled)  # type: ignore[attr-defined]
+
+    def all_settled() -> bool:
+        with lock:
+            return pending[0] == 0
+
+    return all_settled
 
 
 class KeepServingActor(pykka.ThreadingActor):
@@ -102,6 +153,11 @@ class KeepServingActor(pykka.ThreadingActor):
     """
 
     _handlers: dict[type[Any], Callable[[Any], Any]]
+    _loop_thread: int | None = None  # the actor's own thread, once it runs
+
+    def _actor_loop_setup(self) -> None:
+        self._loop_thread = threading.get_ident()
+        super()._actor_loop_setup()
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
         """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
@@ -109,6 +165,65 @@ class KeepServingActor(pykka.ThreadingActor):
         if handler is None:
             raise UnknownMessageError(type(self).__name__, message)
         return handler(message)
+
+    def _wait_serving(
+        self,
+        futures: Sequence[pykka.Future[Any]],
+        timeout: float,
+        serve: frozenset[type[Any]],
+    ) -> None:
+        """Wait until every one of ``futures`` has settled, answering ``serve`` queries meanwhile.
+
+        Called from a handler (the actor's own thread) that needs other actors' replies: a query
+        whose type is in ``serve`` is handled as it arrives, against the state as it is at this
+        point of the waiting handler, and must not change that state. Every other message
+        (commands, events, a stop, proxy calls) is held back and put back at the head of the
+        mailbox when the wait ends, in the order it came. Outside the actor's own thread (a
+        constructor), or for futures that run no callbacks, it simply blocks.
+
+        Raises:
+            pykka.Timeout: not every future settled within ``timeout`` seconds.
+        """
+        inbox = self.actor_inbox
+        if not self._may_serve_while_waiting(futures) or not isinstance(inbox, _KeepServingInbox):
+            for future in futures:  # no wake-up would come, or no mailbox to read: block
+                future.get(timeout=timeout)
+            return
+        all_settled = _when_all_settled(futures, lambda: inbox.put(Envelope(_WAKE)))
+        held: list[Envelope[Any]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while not all_settled():
+                try:
+                    envelope = inbox.get_any(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    msg = f"{len(futures)} replies not all in {timeout}s"
+                    raise pykka.Timeout(msg) from None
+                if envelope.message is _WAKE:
+                    continue
+                if type(envelope.message) in serve:
+                    self._answer(envelope)
+                else:
+                    held.append(envelope)
+        finally:
+            inbox.put_back(held)
+
+    def _may_serve_while_waiting(self, futures: Sequence[pykka.Future[Any]]) -> bool:
+        """In a handler (not the constructor), waiting for futures that say when they settle."""
+        return self._loop_thread == threading.get_ident() and all(
+            isinstance(f, CallbackFuture) for f in futures
+        )
+
+    def _answer(self, envelope: Envelope[Any]) -> None:
+        """Handle a query during a wait, as pykka's loop would: its error goes to the asker."""
+        reply_to = envelope.reply_to
+        assert reply_to is not None  # noqa: S101 - the inbox gives every envelope a reply slot
+        try:  # dispatched by type, past any pre-step a subclass's on_receive adds
+            reply = KeepServingActor.on_receive(self, envelope.message)
+        except Exception:  # noqa: BLE001 - the error belongs to the asker
+            reply_to.set_exception()
+        else:
+            reply_to.set(reply)
 
     @staticmethod
     def _create_actor_inbox() -> _KeepServingInbox:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pykka
 
+from placement_actors.domain.checked import Checked, mark_checked
 from placement_actors.domain.checkpoints import GroupCheckpoint
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
@@ -41,6 +42,8 @@ _NAME = 1024
 
 __all__ = [
     "MAX_BATCH",
+    "PROMPT_QUERIES",
+    "AnswerNow",
     "BundleGpusKnown",
     "BundleProbeFailed",
     "BundleProbed",
@@ -84,7 +87,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Place:
+class Place(Checked):
     """Command: place every replica of ``deployment``, or none of them.
 
     Re-sending an equal `Place` answers with the first result and reserves nothing new; a `Place`
@@ -109,6 +112,7 @@ class Place:
                 f"got {type(self.constraints).__name__}"
             )
             raise InvalidSpecError(msg, field="constraints")
+        mark_checked(self)
 
 
 MAX_BATCH = 1_000
@@ -116,7 +120,7 @@ MAX_BATCH = 1_000
 
 
 @dataclass(frozen=True, slots=True)
-class PlaceMany:
+class PlaceMany(Checked):
     """Command: several `Place` messages in one, for callers that place many deployments at once.
 
     The actor hop (and, through `PlacementClient`, the round trip to the service) is paid once.
@@ -147,6 +151,7 @@ class PlaceMany:
             # Reordered, a later Place of a name could win over an earlier one: say which.
             msg = "a PlaceMany with largest_first must name each deployment once"
             raise InvalidSpecError(msg, field="places")
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,7 +176,7 @@ class PlacedMany:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class Release(Checked):
     """Command: free everything the named deployment holds. Idempotent.
 
     Reply: `Released`.
@@ -182,6 +187,7 @@ class Release:
     def __post_init__(self) -> None:
         """Reject a name that is not a string."""
         check_text(self.deployment, "deployment", longest=_NAME)
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,12 +208,16 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
-class GetClusterView:
+class GetClusterView(Checked):
     """Query: every node's capacity, free GPUs and holders. Reply: `ClusterView`."""
+
+    def __post_init__(self) -> None:
+        """Nothing to check: mark it so."""
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True)
-class GetPlacementFailure:
+class GetPlacementFailure(Checked):
     """Query: why the last `Place` of a deployment did not fit. Reply: `PlacementFailure`."""
 
     deployment: str
@@ -215,10 +225,11 @@ class GetPlacementFailure:
     def __post_init__(self) -> None:
         """Reject a name that is not text."""
         check_text(self.deployment, "deployment", longest=_NAME)
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True)
-class GetDefragmentationPlan:
+class GetDefragmentationPlan(Checked):
     """Query: moves of running replicas that would free nodes. Reply: `DefragmentationPlan`.
 
     Nodes closest to empty are freed first, each only if every replica it must give up has a
@@ -244,6 +255,7 @@ class GetDefragmentationPlan:
         if self.max_moves > MAX_PLAN_MOVES:
             msg = f"max_moves must be at most {MAX_PLAN_MOVES}, got {self.max_moves}"
             raise InvalidSpecError(msg, field="max_moves")
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -691,7 +703,7 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
-class GetPlacement:
+class GetPlacement(Checked):
     """Query: a deployment's current result (after any re-placement). Reply: `Placement`."""
 
     deployment: str
@@ -699,6 +711,7 @@ class GetPlacement:
     def __post_init__(self) -> None:
         """Check the name."""
         check_text(self.deployment, "deployment", longest=_NAME)
+        mark_checked(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -737,3 +750,34 @@ class BundleGpusKnown:
         check_count(self.attempt, "attempt")
         check_text(self.node, "node", longest=_NAME)
         _check_gpu_ids(self.gpu_ids)
+
+
+PROMPT_QUERIES = (GetClusterView, GetPlacement, GetPlacementFailure, GetDefragmentationPlan)
+"""The read-only queries `AnswerNow` may carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerNow(Checked):
+    """Query: answer ``query`` at once, even while a command sent earlier is still under way.
+
+    A plain query waits its turn behind every message sent before it (a pykka mailbox keeps each
+    sender's order), so it sees every command sent earlier. Wrapped in `AnswerNow`, it is
+    answered as it arrives even while the actor waits for the planner on an earlier command (a
+    `Place` of many replicas waits for Ray to accept each group): it then sees that command's
+    GPUs already reserved on the ledger, but not its result yet. `PlacementClient` queries go
+    through the hosted service this way, so one client's large `Place` holds no other client's
+    queries up; to read your own writes, wait for the command's reply first.
+
+    Reply: ``query``'s own reply. Errors: ``query``'s own, and `InvalidSpecError` for a ``query``
+    that is not one of `PROMPT_QUERIES`.
+    """
+
+    query: GetClusterView | GetPlacement | GetPlacementFailure | GetDefragmentationPlan
+
+    def __post_init__(self) -> None:
+        """Check that it carries one of the read-only queries."""
+        if not isinstance(self.query, PROMPT_QUERIES):
+            names = ", ".join(q.__name__ for q in PROMPT_QUERIES)
+            msg = f"AnswerNow carries one of {names}, got {type(self.query).__name__}"
+            raise InvalidSpecError(msg, field="query")
+        mark_checked(self)

@@ -159,6 +159,11 @@ def failure_data(error: CapacityError, names: Mapping[str, str]) -> dict[str, An
             }
             for r in sorted(error.rejections, key=lambda r: _name(names, r.node_id))
         ],
+        "rejections_omitted": error.rejections_omitted,
+        "refusing_by_free": [
+            {"free_gpus": free, "nodes": nodes}
+            for free, nodes in getattr(error, "refusing_by_free", ())
+        ],
         "moves": moves_data(getattr(error, "moves", ()), names),
     }
 
@@ -361,6 +366,13 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
     )
     for rejection in failure["rejections"]:
         console.print(Text(f"  {rejection['name']}: {rejection['reason']}"), soft_wrap=True)
+    if failure.get("rejections_omitted"):
+        console.print(Text(f"  ... and {failure['rejections_omitted']:,} more nodes"))
+    if failure.get("refusing_by_free"):
+        counts = ", ".join(
+            f"{c['nodes']:,} with {c['free_gpus']} free" for c in failure["refusing_by_free"]
+        )
+        console.print(Text(f"Nodes that turned it down, by free GPUs: {counts}"), soft_wrap=True)
     if failure.get("moves"):
         console.print(Text("Moving these running replicas would make room:", style="bold"))
         print_advice(console, failure["moves"])

@@ -9,6 +9,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any
 
+from placement_actors.domain.checked import Checked, mark_checked
 from placement_actors.domain.deployments import ApiKey, ProviderKind
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.frozen import reduce_frozen
@@ -89,7 +90,7 @@ def _checked_node_ids(value: object, name: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlacementConstraints:
+class PlacementConstraints(Checked):
     """Which nodes one `Place` may use, and what the caller knows about egress sharing.
 
     Attributes:
@@ -160,6 +161,7 @@ class PlacementConstraints:
                 raise InvalidSpecError(msg, field="egress_preference")
             frozen[key] = _node_ids(nodes, "egress_preference") or ()
         object.__setattr__(self, "egress_preference", MappingProxyType(frozen))
+        mark_checked(self)
 
     def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
         """Pickle through plain copies of the read-only mappings."""

@@ -8,6 +8,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from placement_actors.domain.checked import Checked, mark_checked
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.limits import MAX_TEXT
 
@@ -71,7 +72,7 @@ _RUNTIME_PROVIDERS = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CustomRuntime:
+class CustomRuntime(Checked):
     """A runtime this library has no name for.
 
     Attributes:
@@ -93,6 +94,7 @@ class CustomRuntime:
                 f"got {type(self.provider).__name__}"
             )
             raise InvalidSpecError(msg, field="runtime")
+        mark_checked(self)
 
 
 Runtime = RuntimeKind | CustomRuntime
@@ -113,7 +115,7 @@ class RemoteNetwork:
 TransportKind = LocalGpu | RemoteNetwork
 
 
-class ApiKey:
+class ApiKey(Checked):
     """A secret API key: equal and hashable by value, but never shown.
 
     ``repr``/``str`` give a short fingerprint only (the first 8 hex digits of its SHA-256),
@@ -130,6 +132,7 @@ class ApiKey:
             raise InvalidSpecError(msg, field="api_key")
         self._secret = secret
         self._fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
+        mark_checked(self)
 
     @property
     def fingerprint(self) -> str:
@@ -183,7 +186,7 @@ def infer_runtime(model: str) -> RuntimeKind:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Deployment:
+class Deployment(Checked):
     """A model to serve, as a number of identical replicas.
 
     Attributes:
@@ -227,6 +230,7 @@ class Deployment:
             msg = f"deployment {self.name}: api_key must be an ApiKey (wrap the secret in ApiKey)"
             raise InvalidSpecError(msg, field="api_key")
         self._check_gpus()
+        mark_checked(self)
 
     def _check_gpus(self) -> None:
         transport = self.transport_kind()

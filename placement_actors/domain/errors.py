@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 
-MAX_REJECTIONS = 100
-"""Nodes listed by name in one refusal; the rest are counted (``rejections_omitted``)."""
+MAX_REJECTIONS = 20
+"""Nodes listed by name in one refusal; the rest are counted (``rejections_omitted``), and a
+`NotEnoughGpusError` also counts every refusing node by its free GPUs (``refusing_by_free``)."""
 
 
 class PlacementError(Exception):
@@ -201,6 +202,10 @@ class NotEnoughGpusError(CapacityError):
         moves: when enough GPUs are free in all but scattered over nodes, at most two moves of
             running replicas after which the request would fit (`ReplicaMove`: which replica,
             from which node, to which); empty when none was found or none is needed.
+        refusing_by_free: every allowed node that turned a replica down (head nodes aside,
+            which are named first), counted by its free GPUs: ``((free, nodes), ...)``, fewest
+            free first. The whole picture however large the cluster, while ``rejections`` names
+            only the first `MAX_REJECTIONS` nodes.
     """
 
     def __init__(
@@ -215,6 +220,7 @@ class NotEnoughGpusError(CapacityError):
         rejections: tuple[Rejection, ...] = (),
         rejections_omitted: int = 0,
         moves: tuple[ReplicaMove, ...] = (),
+        refusing_by_free: tuple[tuple[int, int], ...] = (),
     ) -> None:
         """Create the error from what was asked and the best that was on offer.
 
@@ -232,6 +238,7 @@ class NotEnoughGpusError(CapacityError):
         self.largest_node = largest_node
         self.retryable = requested <= largest_node if retryable is None else retryable
         self.moves = moves
+        self.refusing_by_free = refusing_by_free
 
     def with_moves(self, moves: tuple[ReplicaMove, ...]) -> NotEnoughGpusError:
         """This refusal, saying which moves of running replicas would make room."""
@@ -248,6 +255,7 @@ class NotEnoughGpusError(CapacityError):
             rejections=self.rejections,
             rejections_omitted=self.rejections_omitted,
             moves=moves,
+            refusing_by_free=self.refusing_by_free,
         )
 
 

@@ -4,7 +4,8 @@ Values are checked in their constructors (``__post_init__``), but unpickling nev
 constructor: a message that arrives from another process, or any value built around its
 constructor, may hold anything. `revalidated` rebuilds such a value through its constructors,
 all the way down, so it is checked exactly as a value made in this process is; the actors call
-it on every message before acting on it.
+it on every message before acting on it. A value its constructors marked checked, all the way
+down (`placement_actors.domain.checked`), is taken as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from placement_actors.domain.checked import is_checked
 from placement_actors.domain.deployments import ApiKey
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.limits import MAX_TIMEOUT_S
@@ -70,8 +72,10 @@ def _init_fields(cls: type[Any]) -> tuple[str, ...] | None:
 
 def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return per kind
     cls = type(value)
-    if cls in _PLAIN or isinstance(value, enum.Enum | BaseException):
-        return value  # errors travel as they are (an event may carry one)
+    if cls in _PLAIN or isinstance(value, enum.Enum | BaseException) or is_checked(value):
+        # Errors travel as they are (an event may carry one); a checked value was made here,
+        # through its constructors all the way down.
+        return value
     if depth > MAX_DEPTH:
         msg = f"the message nests more than {MAX_DEPTH} levels deep"
         raise InvalidSpecError(msg, field="message")

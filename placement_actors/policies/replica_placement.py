@@ -275,6 +275,7 @@ def _not_enough(
     rejections = (
         heads + gpu_rejections(ledger, gpus, nodes, limit=MAX_REJECTIONS, presorted=True)
     )[:MAX_REJECTIONS]
+    by_free = tuple((k, free[k]) for k in range(min(gpus, len(free))) if free[k])
     why = f" ({never})" if never else ""
     return NotEnoughGpusError(
         f"deployment {request.deployment} needs {gpus} free GPUs per replica, on one node or "
@@ -287,4 +288,5 @@ def _not_enough(
         retryable=never is None,
         rejections=rejections,
         rejections_omitted=max(0, rejected - len(rejections)),
+        refusing_by_free=by_free,
     )

@@ -1,10 +1,12 @@
 """KeepServingActor: a failing tell is logged, not fatal (this leans on pykka 4 internals)."""
 
 import logging
+import time
 
 import pykka
 import pytest
 
+from placement_actors.actors.futures import CallbackFuture
 from placement_actors.actors.mailbox import KeepServingActor
 
 TIMEOUT = 5
@@ -61,3 +63,109 @@ def test_a_plain_pykka_actor_dies_of_the_same_tell() -> None:
     ref.tell("boom")
     with pytest.raises(pykka.ActorDeadError):
         ref.ask("anything", timeout=TIMEOUT)
+
+
+# -- waiting for other actors' replies while answering queries -----------------------------------
+
+
+class Query:
+    """A read-only question the waiting actor answers at once."""
+
+
+class Waiter(KeepServingActor):
+    """Waits for a reply it is handed; answers `Query` meanwhile; logs every other message."""
+
+    def __init__(self, reply: CallbackFuture[str], wait_s: float = TIMEOUT) -> None:
+        super().__init__()
+        self.reply = reply
+        self.wait_s = wait_s
+        self.log: list[str] = []
+        self._handlers = {Query: self.query, str: self.command}
+
+    def query(self, _: Query) -> tuple[str, ...]:
+        return tuple(self.log)
+
+    def command(self, message: str) -> str:
+        if message == "wait":
+            self.log.append("waiting")
+            try:
+                self._wait_serving([self.reply], self.wait_s, serve=frozenset({Query}))
+            except pykka.Timeout:
+                self.log.append("timed out")
+                raise
+            self.log.append(f"got {self.reply.get(timeout=0)}")
+            return "waited"
+        self.log.append(message)
+        return message
+
+
+def started_waiting(ref: pykka.ActorRef[Waiter]) -> pykka.Future[object]:
+    waiting = ref.ask("wait", block=False)
+    deadline = time.monotonic() + TIMEOUT
+    while "waiting" not in ref.ask(Query(), timeout=TIMEOUT):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return waiting
+
+
+def test_a_waiting_actor_answers_queries_and_holds_commands_back_in_order() -> None:
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(reply)
+    try:
+        waiting = started_waiting(ref)
+        first, second = ref.ask("first", block=False), ref.ask("second", block=False)
+        # The query is answered during the wait; the commands sent before it are not handled yet.
+        assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting",)
+        reply.set("the reply")
+        assert waiting.get(timeout=TIMEOUT) == "waited"
+        assert (first.get(timeout=TIMEOUT), second.get(timeout=TIMEOUT)) == ("first", "second")
+        assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting", "got the reply", "first", "second")
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_a_wait_that_times_out_raises_to_its_handler_and_loses_no_message() -> None:
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(reply, wait_s=0.5)
+    try:
+        waiting = started_waiting(ref)
+        held = ref.ask("held", block=False)
+        with pytest.raises(pykka.Timeout):
+            waiting.get(timeout=TIMEOUT)
+        assert held.get(timeout=TIMEOUT) == "held"
+        reply.set("too late")  # its wake-up arrives after the wait ended, and is dropped
+        assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting", "timed out", "held")
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_a_stop_sent_during_a_wait_takes_effect_after_it() -> None:
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(reply)
+    waiting = started_waiting(ref)
+    stopped = ref.stop(block=False)
+    assert ref.is_alive()
+    reply.set("last")
+    assert waiting.get(timeout=TIMEOUT) == "waited"
+    stopped.get(timeout=TIMEOUT)
+    assert not ref.is_alive()
+
+
+def test_a_failing_query_during_a_wait_goes_to_its_asker_and_the_wait_goes_on() -> None:
+    class Failing(Waiter):
+        def query(self, _: Query) -> tuple[str, ...]:
+            msg = "no answer"
+            raise ValueError(msg)
+
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Failing.start(reply)
+    try:
+        waiting = ref.ask("wait", block=False)
+        time.sleep(0.1)
+        with pytest.raises(ValueError, match="no answer"):
+            ref.ask(Query(), timeout=TIMEOUT)
+        ref.tell(Query())  # a told query that fails is logged, as outside a wait
+        reply.set("done")
+        assert waiting.get(timeout=TIMEOUT) == "waited"
+    finally:
+        ref.stop(timeout=TIMEOUT)

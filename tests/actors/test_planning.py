@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,12 +14,14 @@ from ray.util import remove_placement_group
 from ray.util.placement_group import PlacementGroup
 
 from placement_actors import (
+    AnswerNow,
     BackendError,
     BundleStrategy,
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
     GetClusterView,
+    GetPlacement,
     GetReplicaGroups,
     GpuStrategy,
     GroupState,
@@ -27,6 +30,7 @@ from placement_actors import (
     NodeAssignment,
     NodeTopology,
     Place,
+    Placement,
     PlacementCancelledError,
     PlacementConstraints,
     PlacementGroupFailed,
@@ -36,6 +40,7 @@ from placement_actors import (
     PlanningActor,
     PlanReplica,
     Release,
+    Released,
     RemoveReplicaGroups,
     ReplicaFailed,
     ReplicaGroupsView,
@@ -522,4 +527,82 @@ def test_a_timeout_event_before_the_groups_deadline_is_ignored(
         assert [g.state for g in view.groups] == [GroupState.PENDING]
     finally:
         planner.ask(RemoveReplicaGroups("early"), timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+class GatedBackend(on_ray.RayBackend):
+    """Ray's group creation held at a gate: a planner busy with slow Ray calls, on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def create_group(self, spec: Any, *, name: str) -> object:
+        self.entered.set()
+        assert self.gate.wait(TIMEOUT)
+        return super().create_group(spec, name=name)
+
+
+def test_answer_now_queries_are_answered_while_a_place_waits_for_the_planner(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = GatedBackend()
+    planner = PlanningActor.start(backend=backend)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    node = ray_nodes["gpu-a"]
+    try:
+        placing = placement.ask(
+            Place(llama("slow"), PlacementConstraints(gpu_nodes=(node,))), block=False
+        )
+        assert backend.entered.wait(TIMEOUT)  # the planner is inside Ray's create call
+        releasing = placement.ask(Release("slow"), block=False)
+        in_order = placement.ask(GetPlacement("slow"), block=False)  # a plain query waits
+        # Wrapped, the view comes back although the Place has not: its GPU is already reserved.
+        view = placement.ask(AnswerNow(GetClusterView()), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        assert [h.deployment for h in view.node(node).held] == ["slow"]
+        assert "slow" not in view.deployments
+        now = placement.ask(AnswerNow(GetPlacement("slow")), timeout=TIMEOUT)
+        assert isinstance(now, Placement)
+        assert now.result is None
+        assert not placing.done()  # type: ignore[attr-defined]
+        assert not releasing.done()  # type: ignore[attr-defined]
+        assert not in_order.done()  # type: ignore[attr-defined]
+        backend.gate.set()
+        assert isinstance(placing.get(timeout=TIMEOUT), PlacementResult)
+        assert isinstance(releasing.get(timeout=TIMEOUT), Released)  # after the Place, in order
+        after_release = in_order.get(timeout=TIMEOUT)  # and the plain query after the Release
+        assert isinstance(after_release, Placement)
+        assert after_release.result is None
+        after = placement.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(after, ClusterView)
+        assert after.node(node).held == ()
+        assert status(group_name("slow", 0)) is GroupStatus.REMOVED
+    finally:
+        backend.gate.set()
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+def test_a_plain_query_sent_after_a_place_sees_it_placed() -> None:
+    backend = GatedBackend()
+    planner = PlanningActor.start(backend=backend)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    try:
+        placement.tell(Place(llama("told")))
+        assert backend.entered.wait(TIMEOUT)
+        asked = placement.ask(GetPlacement("told"), block=False)
+        backend.gate.set()
+        found = asked.get(timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result is not None  # the told Place was carried out before the query
+    finally:
+        backend.gate.set()
+        placement.ask(Release("told"), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)

@@ -68,12 +68,15 @@ def test_more_replicas_than_the_capacity_holds_are_refused_before_any_work() -> 
     assert not caught.value.retryable
 
 
-def test_a_refusal_lists_at_most_the_first_hundred_nodes_and_counts_the_rest() -> None:
-    ledger = ledger_of(*([2] * 500))
+def test_a_refusal_names_the_first_twenty_nodes_and_counts_every_one_by_free_gpus() -> None:
+    ledger = ledger_of(*([2] * 500), *([4] * 100))
+    ledger.reserve("n0", 1, "other")  # n0 keeps 1 of its 2 GPUs free
     with pytest.raises(NotEnoughGpusError) as caught:
         reserve_local_replicas(ledger, LocalRequest(deployment="d", gpus=3 * 509, replicas=1))
-    assert len(caught.value.rejections) == 100
-    assert caught.value.rejections_omitted == 400
+    assert len(caught.value.rejections) == 20
+    assert caught.value.rejections_omitted == 580
+    # 1 node with 1 free, 499 with 2, 100 with 4: all 600 counted, though 20 are named.
+    assert caught.value.refusing_by_free == ((1, 1), (2, 499), (4, 100))
 
 
 def test_the_deployments_own_holdings_are_not_counted_as_someone_elses() -> None:

@@ -1,0 +1,95 @@
+"""Checked values: a value made here through its constructors is not checked a second time."""
+
+import copy
+import dataclasses
+import pickle
+
+import pytest
+
+from placement_actors import (
+    ApiKey,
+    Deployment,
+    InvalidSpecError,
+    Place,
+    PlaceMany,
+    PlacementConstraints,
+    ProviderKind,
+)
+from placement_actors.domain.checked import is_checked
+from placement_actors.domain.validation import revalidated
+
+
+def round_trip(value: object) -> object:
+    return pickle.loads(pickle.dumps(value))  # noqa: S301 - our own bytes
+
+
+def remote_place() -> Place:
+    key = ApiKey("sk-test")
+    return Place(
+        Deployment(name="chat", model="gpt-4o", api_key=key),
+        PlacementConstraints(egress_preference={(ProviderKind.OPENAI, key): ("cpu-1",)}),
+    )
+
+
+def forged_deployment(**fields: object) -> Deployment:
+    """A Deployment built around its constructor (as unpickling or a hack would)."""
+    forged = object.__new__(Deployment)
+    for field in dataclasses.fields(Deployment):
+        object.__setattr__(forged, field.name, fields.get(field.name, field.default))
+    return forged
+
+
+def test_a_value_made_through_its_constructors_is_checked_all_the_way_down() -> None:
+    place = remote_place()
+    assert is_checked(place)
+    assert is_checked(place.deployment)
+    assert is_checked(place.constraints)
+    assert is_checked(place.deployment.api_key)
+    assert revalidated(place, Place) is place  # taken as it is: no second check
+
+
+@pytest.mark.parametrize(
+    "arrived",
+    [
+        pytest.param(round_trip, id="unpickled"),
+        pytest.param(copy.copy, id="copied"),
+        pytest.param(copy.deepcopy, id="deep-copied"),
+    ],
+)
+def test_a_value_that_did_not_pass_its_constructor_here_is_checked_again(arrived: object) -> None:
+    place = arrived(remote_place())  # type: ignore[operator]
+    assert not is_checked(place)
+    rebuilt = revalidated(place, Place)
+    assert rebuilt is not place
+    assert rebuilt == place
+    assert is_checked(rebuilt)
+
+
+def test_a_checked_message_around_an_unchecked_value_is_not_checked() -> None:
+    # Place's own constructor only sees a Deployment; the value inside was never checked.
+    place = Place(forged_deployment(name="bad", model="m", replicas=-3))
+    assert not is_checked(place)
+    with pytest.raises(InvalidSpecError, match="replicas must be an integer >= 1"):
+        revalidated(place, Place)
+    batch = PlaceMany((Place(Deployment(name="ok", model="m")), place))
+    assert not is_checked(batch)
+    with pytest.raises(InvalidSpecError, match="replicas"):
+        revalidated(batch, PlaceMany)
+
+
+def test_the_mark_cannot_be_faked_by_a_class_attribute() -> None:
+    class Pretender(Deployment):
+        __slots__ = ()
+        _checked = True  # a class attribute, not the slot
+
+    pretender = object.__new__(Pretender)
+    assert not is_checked(pretender)
+
+
+def test_the_mark_takes_no_part_in_equality_hashing_or_repr() -> None:
+    made, unpickled = remote_place(), round_trip(remote_place())
+    assert isinstance(unpickled, Place)
+    assert made == unpickled
+    assert hash(made.deployment) == hash(unpickled.deployment)
+    assert repr(made) == repr(unpickled)
+    assert "_checked" not in repr(made)
