@@ -99,13 +99,12 @@ _WAKE = _Wake()
 
 class _KeepServingInbox(queue.Queue[Envelope[Any]]):
     def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
-        while True:
-            envelope = self.get_any(block, timeout)
-            if envelope.message is not _WAKE:  # a late wake-up: its wait ended already
-                return envelope
+        """The next envelope; a told message gets a reply slot that logs instead of raising.
 
-    def get_any(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
-        """The next envelope, wake-ups included; a told message gets a reply slot that logs."""
+        A wake-up that arrives after its wait ended is handed out too (and ignored by
+        `KeepServingActor.on_receive`): skipping it here could block pykka's teardown, which
+        reads the inbox only while it is not empty.
+        """
         envelope = super().get(block, timeout)
         if envelope.reply_to is None:
             envelope.reply_to = _ToldReply(envelope.message)
@@ -163,6 +162,8 @@ class KeepServingActor(pykka.ThreadingActor):
         """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
         handler = self._handlers.get(type(message))
         if handler is None:
+            if message is _WAKE:  # a wake-up that came after its wait ended
+                return None
             raise UnknownMessageError(type(self).__name__, message)
         return handler(message)
 
@@ -195,7 +196,7 @@ class KeepServingActor(pykka.ThreadingActor):
         try:
             while not all_settled():
                 try:
-                    envelope = inbox.get_any(timeout=max(deadline - time.monotonic(), 0.0))
+                    envelope = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
                 except queue.Empty:
                     msg = f"{len(futures)} replies not all in {timeout}s"
                     raise pykka.Timeout(msg) from None

@@ -114,6 +114,10 @@ class RemoteNetwork:
 
 TransportKind = LocalGpu | RemoteNetwork
 
+_LOCAL_GPU = LocalGpu()
+_REMOTE = {provider: RemoteNetwork(provider) for provider in ProviderKind}
+"""Frozen values, shared: asking a deployment for its transport builds nothing."""
+
 
 class ApiKey(Checked):
     """A secret API key: equal and hashable by value, but never shown.
@@ -252,7 +256,7 @@ class Deployment(Checked):
     def transport_kind(self) -> TransportKind:
         """`LocalGpu` for a GPU engine on this cluster, `RemoteNetwork` for a provider's API."""
         provider = self.effective_runtime().provider
-        return LocalGpu() if provider is None else RemoteNetwork(provider)
+        return _LOCAL_GPU if provider is None else _REMOTE[provider]
 
     @property
     def gpus_per_replica(self) -> int:

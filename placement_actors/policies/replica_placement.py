@@ -81,10 +81,19 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
             deployments could make them fit) or never (``retryable=False``).
     """
     allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
+    wanted = request.replicas if request.indexes is None else len(request.indexes)
+    indexes = range(request.replicas) if request.indexes is None else request.indexes
+    free = ledger.total_free(allowed, avoid)
+    short = wanted * gpus > free  # then nothing to try (nor to undo) before refusing
+    split = not request.keep_whole or request.splits(_largest(ledger, request))
+    # Not short: the replicas are tried at once (their number is bounded by the free GPUs);
+    # why they do not fit is worked out only if they do not.
+    fitted = 0 if short else _reserve_all(ledger, request, indexes, split=split)
+    if not isinstance(fitted, int):
+        return fitted
     capacities = ledger.capacity_histogram(allowed, avoid)
     if not any(capacities[1:]):
         raise _no_gpu_nodes(ledger, request)
-    split = request.splits(next(k for k in range(len(capacities) - 1, 0, -1) if capacities[k]))
     if even_split_nodes(gpus, capacities) is None:
         raise _not_enough(
             ledger,
@@ -93,31 +102,29 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
             never=f"{_NEVER}no allowed node, nor an even split over up to "
             f"{MAX_REPLICA_NODES} of them, holds one replica",
         )
-    wanted = request.replicas if request.indexes is None else len(request.indexes)
     own_gpus = sum(len(a.gpus) for a in request.own)
     ceiling = (ledger.total_capacity(allowed, avoid) - own_gpus) // gpus
     if wanted > ceiling:
         never = f"{_NEVER}the allowed nodes could hold at most {ceiling} such replicas"
         raise _not_enough(ledger, request, progress="", never=never)
-    indexes = range(request.replicas) if request.indexes is None else request.indexes
-    # Too few GPUs free in all for the replicas: nothing to try (nor to undo) before refusing.
-    free = ledger.total_free(allowed, avoid)
-    short = wanted * gpus > free
-    assignments = 0 if short else _reserve_all(ledger, request, indexes, split=split)
-    if isinstance(assignments, int):
-        retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(
-            ledger, request, split=split
-        )
-        why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
-        progress = (
-            f"; {free} GPUs are free on the allowed nodes, {wanted * gpus} needed"
-            if short
-            else f"; {assignments} of {wanted} replicas fitted"
-            if assignments
-            else ""
-        ) + ("" if split else "; keep_whole: a replica is not split over nodes")
-        raise _not_enough(ledger, request, progress=progress, never=why_not)
-    return assignments
+    retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(
+        ledger, request, split=split
+    )
+    why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
+    progress = (
+        f"; {free} GPUs are free on the allowed nodes, {wanted * gpus} needed"
+        if short
+        else f"; {fitted} of {wanted} replicas fitted"
+        if fitted
+        else ""
+    ) + ("" if split else "; keep_whole: a replica is not split over nodes")
+    raise _not_enough(ledger, request, progress=progress, never=why_not)
+
+
+def _largest(ledger: GpuLedger, request: LocalRequest) -> int:
+    """The most GPUs any allowed node has in total (0 when none has any)."""
+    capacities = ledger.capacity_histogram(request.allowed, request.avoid)
+    return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
 
 
 def _reserve_all(

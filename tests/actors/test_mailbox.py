@@ -1,6 +1,7 @@
 """KeepServingActor: a failing tell is logged, not fatal (this leans on pykka 4 internals)."""
 
 import logging
+import threading
 import time
 
 import pykka
@@ -75,11 +76,17 @@ class Query:
 class Waiter(KeepServingActor):
     """Waits for a reply it is handed; answers `Query` meanwhile; logs every other message."""
 
-    def __init__(self, reply: CallbackFuture[str], wait_s: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        reply: CallbackFuture[str],
+        wait_s: float = TIMEOUT,
+        held: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self.reply = reply
         self.wait_s = wait_s
         self.log: list[str] = []
+        self.held = held or threading.Event()
         self._handlers = {Query: self.query, str: self.command}
 
     def query(self, _: Query) -> tuple[str, ...]:
@@ -95,6 +102,8 @@ class Waiter(KeepServingActor):
                 raise
             self.log.append(f"got {self.reply.get(timeout=0)}")
             return "waited"
+        if message == "hold":
+            assert self.held.wait(TIMEOUT)
         self.log.append(message)
         return message
 
@@ -137,6 +146,30 @@ def test_a_wait_that_times_out_raises_to_its_handler_and_loses_no_message() -> N
         assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting", "timed out", "held")
     finally:
         ref.stop(timeout=TIMEOUT)
+    assert_no_thread_left("Waiter")
+
+
+def test_a_late_wake_up_left_in_the_mailbox_does_not_hold_the_actor_thread_at_stop() -> None:
+    reply: CallbackFuture[str] = CallbackFuture()
+    held = threading.Event()
+    ref = Waiter.start(reply, wait_s=0.2, held=held)
+    with pytest.raises(pykka.Timeout):
+        started_waiting(ref).get(timeout=TIMEOUT)
+    holding = ref.ask("hold", block=False)  # the actor thread is busy while the mailbox fills
+    stopped = ref.stop(block=False)
+    reply.set("too late")  # its wake-up lands behind the stop: pykka's teardown reads it
+    held.set()
+    holding.get(timeout=TIMEOUT)
+    stopped.get(timeout=TIMEOUT)
+    assert_no_thread_left("Waiter")
+
+
+def assert_no_thread_left(prefix: str) -> None:
+    """pykka's actor threads are not daemons: one left running would hang the interpreter's exit."""
+    deadline = time.monotonic() + TIMEOUT
+    while any(t.name.startswith(f"{prefix}-") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+        time.sleep(0.01)
 
 
 def test_a_stop_sent_during_a_wait_takes_effect_after_it() -> None:
