@@ -30,13 +30,16 @@ from placement_actors import (
     NodeTopology,
     NotEnoughGpusError,
     Place,
+    PlaceMany,
     PlacementConstraints,
     Release,
 )
 
 SIZES = (100, 1_000, 10_000)
-ROUNDS = 200
-REPEATS = 3
+ROUNDS = 500
+REPEATS = 5
+BATCH = 100
+"""`Place` messages in the `PlaceMany` row."""
 BOUND = 2.0
 """Each path at 10,000 nodes: at most this many times its cost at 100 nodes, and the floor's."""
 
@@ -80,7 +83,7 @@ class Path:
 
 
 def local(**kwargs: Any) -> Deployment:  # noqa: ANN401 - Deployment fields
-    return Deployment(name="probe", model="m", **{"gpus": 1, **kwargs})
+    return Deployment(**{"name": "probe", "model": "m", "gpus": 1, **kwargs})
 
 
 PATHS = (
@@ -164,9 +167,34 @@ def main() -> int:
         print(f"{path.name:<32}{cells}{growth:>8.2f}x{floor:>9.0f}us{over_floor:>10.2f}x")
         if growth > BOUND or over_floor > BOUND:
             misses.append(path.name)
+    if not args.only:
+        per_place, floor = batched(SIZES[-1])
+        print(
+            f"\nPlaceMany of {BATCH} one-GPU Places at {SIZES[-1]:,} nodes: {per_place:.0f} us per "
+            f"Place, {per_place / (floor / 2):.2f}x one ask to the floor ({floor / 2:.0f} us)"
+        )
     if misses:
         print(f"over {BOUND:g}x: {', '.join(misses)}")
     return 1 if args.check and misses else 0
+
+
+def batched(nodes: int) -> tuple[float, float]:
+    """Per `Place` in one `PlaceMany` of `BATCH`, and the floor per round, measured in turns."""
+    ref, floor = service(nodes), Floor.start()
+    batch = PlaceMany(tuple(Place(local(name=f"batch-{i}")) for i in range(BATCH)))
+    costs, floors = [], []
+    try:
+        for _ in range(REPEATS):
+            floors.append(per_round_us(floor.ask, (1, 2), refused=False))
+            start = time.perf_counter()
+            ref.ask(batch)
+            costs.append((time.perf_counter() - start) / BATCH * 1e6)
+            for i in range(BATCH):
+                ref.ask(Release(f"batch-{i}"))
+        return statistics.median(costs), statistics.median(floors)
+    finally:
+        ref.stop()
+        floor.stop()
 
 
 if __name__ == "__main__":
