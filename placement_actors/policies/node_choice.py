@@ -51,11 +51,14 @@ def gpu_rejections(
     With ``limit``, only the first ``limit`` rejections (by node id) are worked out; with
     ``presorted`` (``nodes`` come in node-id order already), only as many nodes are read.
     """
-    found = (
-        gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
-        for n in (nodes if presorted else sorted(nodes))
-    )
-    return tuple(islice((r for r in found if r is not None), limit))
+    rejections: list[Rejection] = []
+    for n in nodes if presorted else sorted(nodes):
+        if limit is not None and len(rejections) >= limit:
+            break
+        rejection = gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
+        if rejection is not None:
+            rejections.append(rejection)
+    return tuple(rejections)
 
 
 _Pick = Callable[
