@@ -505,6 +505,11 @@ class PlacementClient:
     Send it the same message values as the actors (`Place`, `Release`, `GetClusterView`,
     `GetPlacement`, ...); replies and errors are the same too. The cluster's events come through
     `events` and `watch` (not `Subscribe`, which needs an actor in the service's process).
+
+    Queries are answered at once, even while another client's `Place` is under way (the service
+    sends them as `AnswerNow`): a query sent before the reply to your own command has come back
+    may not see that command yet. Wait for the reply (``ask``, or the future of ``ask_later``)
+    to read your own writes.
     """
 
     def __init__(self, host: RemoteHost) -> None:

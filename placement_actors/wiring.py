@@ -77,7 +77,8 @@ def start_on_ray(
         ignore_head_node: keep local replicas off head nodes; ``None`` reads
             ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE``.
         max_remote_replicas: the most replicas one remote deployment may ask for.
-        planner_timeout_s: how long the placement actor waits for the planner's immediate reply.
+        planner_timeout_s: how long the placement actor waits for each of the planner's replies
+            (the planner answers at once, each group's creation call to Ray aside).
         watch_s: seconds between two looks at the cluster; ``None`` to follow nothing (the
             service then knows only the nodes of its start).
         learn_gpu_ids: probe each bundle with a task that holds its GPUs, so that each

@@ -188,7 +188,8 @@ class DeploymentPlacementActor(KeepServingActor):
         planner: the PlanningActor that reserves local replicas on the cluster, if any.
         ignore_head_node: keep local replicas off head nodes (`placement_actors.start_on_ray`
             and the service read ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` for it).
-        planner_timeout_s: how long to wait for the planner's (immediate) reply.
+        planner_timeout_s: how long to wait for each of the planner's replies (it answers at
+            once, each group's creation call to Ray aside).
         held: GPUs that placement groups of an earlier run still hold, by deployment name (from
             `placement_actors.backends.ray.groups.get_held_groups`). They are reserved on the
             ledger at start, so nothing is double-booked; such a name must be released before it

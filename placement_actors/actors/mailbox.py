@@ -119,10 +119,10 @@ class _KeepServingInbox(queue.Queue[Envelope[Any]]):
             self.not_empty.notify()
 
 
-def _when_all_settled(
+def _count_settling(
     futures: Sequence[pykka.Future[Any]], then: Callable[[], object]
-) -> Callable[[], bool]:
-    """Call ``then`` once every one of ``futures`` has settled; returns "have they all?"."""
+) -> Callable[[], int]:
+    """Call ``then`` once every one of ``futures`` has settled; returns "how many have not?"."""
     pending = [len(futures)]
     lock = threading.Lock()
 
@@ -136,11 +136,11 @@ def _when_all_settled(
     for future in futures:
         future.add_done_callback(settled)  # type: ignore[attr-defined]
 
-    def all_settled() -> bool:
+    def unsettled() -> int:
         with lock:
-            return pending[0] == 0
+            return pending[0]
 
-    return all_settled
+    return unsettled
 
 
 class KeepServingActor(pykka.ThreadingActor):
@@ -157,6 +157,10 @@ class KeepServingActor(pykka.ThreadingActor):
     def _actor_loop_setup(self) -> None:
         self._loop_thread = threading.get_ident()
         super()._actor_loop_setup()
+
+    def _actor_loop_teardown(self) -> None:
+        super()._actor_loop_teardown()
+        self._loop_thread = None  # thread ids are reused: a later thread is not this actor's
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
         """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
@@ -183,36 +187,47 @@ class KeepServingActor(pykka.ThreadingActor):
         constructor), or for futures that run no callbacks, it simply blocks.
 
         Raises:
-            pykka.Timeout: not every future settled within ``timeout`` seconds.
+            pykka.Timeout: ``timeout`` seconds passed with no reply settling (each reply gets
+                ``timeout`` from the one before, as when they are read one after another).
         """
         inbox = self.actor_inbox
         if not self._may_serve_while_waiting(futures) or not isinstance(inbox, _KeepServingInbox):
             for future in futures:  # no wake-up would come, or no mailbox to read: block
                 future.get(timeout=timeout)
             return
-        all_settled = _when_all_settled(futures, lambda: inbox.put(Envelope(_WAKE)))
+        unsettled = _count_settling(futures, lambda: inbox.put(Envelope(_WAKE)))
         held: list[Envelope[Any]] = []
-        deadline = time.monotonic() + timeout
+        left, deadline = unsettled(), time.monotonic() + timeout
         try:
-            while not all_settled():
+            while left:
+                now = time.monotonic()
+                if now >= deadline:  # checked on every pass: a busy mailbox must not defer it
+                    msg = f"{left} of {len(futures)} replies not in within {timeout}s of the last"
+                    raise pykka.Timeout(msg)
                 try:
-                    envelope = inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    envelope = inbox.get(timeout=deadline - now)
                 except queue.Empty:
-                    msg = f"{len(futures)} replies not all in {timeout}s"
-                    raise pykka.Timeout(msg) from None
-                if envelope.message is _WAKE:
-                    continue
-                if type(envelope.message) in serve:
+                    envelope = None
+                if envelope is None or envelope.message is _WAKE:
+                    pass
+                elif type(envelope.message) in serve:
                     self._answer(envelope)
                 else:
                     held.append(envelope)
+                if unsettled() < left:  # progress: the next reply gets its own timeout
+                    left, deadline = unsettled(), time.monotonic() + timeout
         finally:
             inbox.put_back(held)
 
     def _may_serve_while_waiting(self, futures: Sequence[pykka.Future[Any]]) -> bool:
-        """In a handler (not the constructor), waiting for futures that say when they settle."""
+        """In a handler (not the constructor), waiting for futures that say when they settle.
+
+        A future settled through a get hook (pykka's ``stop(block=False)``, ``map``...) runs no
+        callbacks: such futures are waited for by blocking.
+        """
         return self._loop_thread == threading.get_ident() and all(
-            isinstance(f, CallbackFuture) for f in futures
+            isinstance(f, CallbackFuture) and f._get_hook is None  # noqa: SLF001 - pykka's own
+            for f in futures
         )
 
     def _answer(self, envelope: Envelope[Any]) -> None:

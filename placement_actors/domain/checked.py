@@ -5,7 +5,9 @@ Values are checked in their constructors, and the actors check every message aga
 process, or built around its constructor, was never checked. For a message made in this very
 process that second check repeats the first. A `Checked` value carries a mark, set as the last
 step of its constructor, that says: this value and every value inside it went through their
-constructors here. `revalidated` takes a marked value as it is.
+constructors here. `revalidated` takes a marked value as it is, after making sure, by identity,
+that no field was set again since (frozen values can still be changed with
+``object.__setattr__``), in it or in the checked values it holds.
 
 The mark lives in a slot outside the dataclass fields, so nothing else sees it: it takes no part
 in equality, hashing or ``repr``; pickling and copying leave it behind (a value that crossed a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 from types import MappingProxyType
 from typing import Any
 
@@ -36,14 +39,34 @@ class Checked:
 _MARK = Checked.__dict__["_checked"]  # the slot's descriptor: reads the slot, nothing else
 
 
+class _Mark:
+    """What the constructor saw: each field's value, and which fields hold checked values."""
+
+    __slots__ = ("nested", "values")
+
+    def __init__(self, values: tuple[object, ...], nested: tuple[int, ...]) -> None:
+        self.values = values  # held, so an identity test below can never meet a reused id
+        self.nested = nested
+
+
 def is_checked(value: object) -> bool:
-    """Whether ``value`` and every value inside it went through their constructors here."""
+    """Whether ``value`` and every value inside it went through their constructors here.
+
+    And have not changed since: a field set again behind the constructor's back (with
+    ``object.__setattr__``) unmarks the value, as does any such change inside it.
+    """
     if not isinstance(value, Checked):
         return False
     try:
-        return _MARK.__get__(value) is True
+        mark = _MARK.__get__(value)
     except AttributeError:  # never marked: unpickled, copied or built around the constructor
         return False
+    if type(mark) is not _Mark:
+        return False
+    for name, seen in zip(_names(type(value)), mark.values, strict=True):
+        if getattr(value, name, _MISSING) is not seen:
+            return False
+    return all(_still_checked(mark.values[i], 0) for i in mark.nested)
 
 
 def mark_checked(value: Checked) -> None:
@@ -51,37 +74,75 @@ def mark_checked(value: Checked) -> None:
 
     The constructor's last step, once its own checks have passed.
     """
-    _MARK.__set__(value, all(_holds_checked(v, 0) for v in _field_values(value)))
+    values = tuple(getattr(value, name) for name in _names(type(value)))
+    nested = []
+    for index, field_value in enumerate(values):
+        kind = _kind(field_value, 0)
+        if kind is _REFUSED:
+            _MARK.__set__(value, None)
+            return
+        if kind is _NESTED:
+            nested.append(index)
+    _MARK.__set__(value, _Mark(values, tuple(nested)))
 
 
-def _field_values(value: Checked) -> list[object]:
-    if dataclasses.is_dataclass(value):
-        return [getattr(value, f.name) for f in _fields(type(value))]
-    return []  # not a dataclass: its constructor checked all it holds
+_MISSING = object()
+_PLAIN_ONLY, _NESTED, _REFUSED = "plain", "nested", "refused"
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
-_FIELDS: dict[type[Any], tuple[dataclasses.Field[Any], ...]] = {}
-
-
-def _fields(cls: type[Any]) -> tuple[dataclasses.Field[Any], ...]:
-    found = _FIELDS.get(cls)
+def _names(cls: type[Any]) -> tuple[str, ...]:
+    """The fields of a dataclass; for another `Checked` class, the slots it adds."""
+    found = _NAMES.get(cls)
     if found is None:
-        found = _FIELDS[cls] = dataclasses.fields(cls)
+        if dataclasses.is_dataclass(cls):
+            found = tuple(f.name for f in dataclasses.fields(cls))
+        else:
+            found = tuple(
+                name
+                for klass in cls.__mro__
+                for name in getattr(klass, "__slots__", ())
+                if name != "_checked"
+            )
+        _NAMES[cls] = found
     return found
 
 
-def _holds_checked(value: object, depth: int) -> bool:
+def _kind(value: object, depth: int) -> str:
+    """`_PLAIN_ONLY`, `_NESTED` (holds checked values) or `_REFUSED` (holds something else)."""
     cls = type(value)
     if cls in _PLAIN or isinstance(value, enum.Enum):
-        return True
+        return _PLAIN_ONLY
+    if isinstance(value, Checked):
+        return _NESTED if is_checked(value) else _REFUSED
+    if depth >= _DEPTH:
+        return _REFUSED
+    if isinstance(value, tuple) and cls is tuple:
+        parts: Iterable[object] = value
+    elif isinstance(value, MappingProxyType):  # read-only, over a dict its constructor holds
+        parts = (part for pair in value.items() for part in pair)
+    else:
+        return _REFUSED
+    found = _PLAIN_ONLY
+    for part in parts:
+        if type(part) in _PLAIN:
+            continue
+        kind = _kind(part, depth + 1)
+        if kind is _REFUSED:
+            return _REFUSED
+        if kind is _NESTED:
+            found = _NESTED
+    return found
+
+
+def _still_checked(value: object, depth: int) -> bool:
+    """Whether the checked values inside ``value`` (a field marked nested) are still checked."""
     if isinstance(value, Checked):
         return is_checked(value)
-    if depth >= _DEPTH:
-        return False
-    if isinstance(value, tuple) and cls is tuple:
-        return all(type(v) in _PLAIN or _holds_checked(v, depth + 1) for v in value)
-    if isinstance(value, MappingProxyType):  # read-only, over a dict its constructor holds alone
+    if isinstance(value, tuple):
+        return all(type(v) in _PLAIN or _still_checked(v, depth + 1) for v in value)
+    if isinstance(value, MappingProxyType):
         return all(
-            _holds_checked(k, depth + 1) and _holds_checked(v, depth + 1) for k, v in value.items()
+            _still_checked(k, depth + 1) and _still_checked(v, depth + 1) for k, v in value.items()
         )
-    return False
+    return True  # plain, or an enum member

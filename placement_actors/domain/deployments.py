@@ -128,15 +128,27 @@ class ApiKey(Checked):
     """
 
     __slots__ = ("_fingerprint", "_secret")
+    _fingerprint: str
+    _secret: str
 
     def __init__(self, secret: str) -> None:
         """Wrap ``secret``; it must be a non-empty string."""
         if not isinstance(secret, str) or not secret:
             msg = "an API key must be a non-empty string"
             raise InvalidSpecError(msg, field="api_key")
-        self._secret = secret
-        self._fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:8]
+        object.__setattr__(self, "_secret", secret)
+        object.__setattr__(self, "_fingerprint", hashlib.sha256(secret.encode()).hexdigest()[:8])
         mark_checked(self)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse: a key is a value, shared by every message that holds it."""
+        msg = "ApiKey is immutable"
+        raise AttributeError(msg)
+
+    def __delattr__(self, name: str) -> None:
+        """Refuse, as `__setattr__` does."""
+        msg = "ApiKey is immutable"
+        raise AttributeError(msg)
 
     @property
     def fingerprint(self) -> str:

@@ -102,8 +102,7 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
             never=f"{_NEVER}no allowed node, nor an even split over up to "
             f"{MAX_REPLICA_NODES} of them, holds one replica",
         )
-    own_gpus = sum(len(a.gpus) for a in request.own)
-    ceiling = (ledger.total_capacity(allowed, avoid) - own_gpus) // gpus
+    ceiling = (ledger.total_capacity(allowed, avoid) - _own_in_scope(ledger, request)) // gpus
     if wanted > ceiling:
         never = f"{_NEVER}the allowed nodes could hold at most {ceiling} such replicas"
         raise _not_enough(ledger, request, progress="", never=never)
@@ -170,9 +169,20 @@ def _refusing_nodes(ledger: GpuLedger, request: LocalRequest) -> Iterator[str]:
     return (n for n in sorted(allowed) if n in ledger and n not in avoid)
 
 
+def _own_in_scope(ledger: GpuLedger, request: LocalRequest) -> int:
+    """GPUs the deployment itself holds on the nodes it may use now (allowed, not avoided)."""
+    return sum(
+        len(a.gpus)
+        for a in request.own
+        if a.node in ledger
+        and a.node not in request.avoid
+        and (request.allowed is None or a.node in request.allowed)
+    )
+
+
 def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
     free = ledger.total_free(request.allowed, request.avoid)
-    own = sum(len(a.gpus) for a in request.own)
+    own = _own_in_scope(ledger, request)
     return free + own < ledger.total_capacity(request.allowed, request.avoid)
 
 

@@ -73,34 +73,46 @@ class Query:
     """A read-only question the waiting actor answers at once."""
 
 
+class SlowQuery:
+    """A read-only question that takes the actor a while to answer."""
+
+
 class Waiter(KeepServingActor):
-    """Waits for a reply it is handed; answers `Query` meanwhile; logs every other message."""
+    """Waits for the replies it is handed; answers queries meanwhile; logs every other message."""
 
     def __init__(
         self,
         reply: CallbackFuture[str],
         wait_s: float = TIMEOUT,
         held: threading.Event | None = None,
+        more: tuple[CallbackFuture[str], ...] = (),
     ) -> None:
         super().__init__()
-        self.reply = reply
+        self.replies = (reply, *more)
         self.wait_s = wait_s
         self.log: list[str] = []
+        self.answered = 0
         self.held = held or threading.Event()
-        self._handlers = {Query: self.query, str: self.command}
+        self._handlers = {Query: self.query, SlowQuery: self.slow_query, str: self.command}
 
     def query(self, _: Query) -> tuple[str, ...]:
         return tuple(self.log)
 
+    def slow_query(self, _: SlowQuery) -> int:
+        time.sleep(0.02)
+        self.answered += 1
+        return self.answered
+
     def command(self, message: str) -> str:
         if message == "wait":
             self.log.append("waiting")
+            serve = frozenset({Query, SlowQuery})
             try:
-                self._wait_serving([self.reply], self.wait_s, serve=frozenset({Query}))
+                self._wait_serving(self.replies, self.wait_s, serve=serve)
             except pykka.Timeout:
-                self.log.append("timed out")
+                self.log.append(f"timed out after {self.answered} slow queries")
                 raise
-            self.log.append(f"got {self.reply.get(timeout=0)}")
+            self.log.append("got " + ", ".join(r.get(timeout=0) for r in self.replies))
             return "waited"
         if message == "hold":
             assert self.held.wait(TIMEOUT)
@@ -143,7 +155,11 @@ def test_a_wait_that_times_out_raises_to_its_handler_and_loses_no_message() -> N
             waiting.get(timeout=TIMEOUT)
         assert held.get(timeout=TIMEOUT) == "held"
         reply.set("too late")  # its wake-up arrives after the wait ended, and is dropped
-        assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting", "timed out", "held")
+        assert ref.ask(Query(), timeout=TIMEOUT) == (
+            "waiting",
+            "timed out after 0 slow queries",
+            "held",
+        )
     finally:
         ref.stop(timeout=TIMEOUT)
     assert_no_thread_left("Waiter")
@@ -170,6 +186,39 @@ def assert_no_thread_left(prefix: str) -> None:
     while any(t.name.startswith(f"{prefix}-") for t in threading.enumerate()):
         assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
         time.sleep(0.01)
+
+
+def test_a_busy_mailbox_does_not_put_off_the_timeout() -> None:
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(reply, wait_s=0.3)
+    try:
+        waiting = started_waiting(ref)
+        asked = [ref.ask(SlowQuery(), block=False) for _ in range(100)]  # 2 s of answers
+        with pytest.raises(pykka.Timeout):
+            waiting.get(timeout=TIMEOUT)
+        log = ref.ask(Query(), timeout=TIMEOUT)
+        assert isinstance(log, tuple)
+        (timed_out,) = [entry for entry in log if entry.startswith("timed out")]
+        assert int(timed_out.split()[3]) < 50  # gave up at its deadline, mid-queue
+        assert sorted(a.get(timeout=TIMEOUT) for a in asked) == list(range(1, 101))
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_each_reply_gets_the_whole_timeout_from_the_one_before() -> None:
+    first: CallbackFuture[str] = CallbackFuture()
+    second: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(first, wait_s=1.0, more=(second,))
+    try:
+        waiting = started_waiting(ref)
+        threading.Timer(0.6, first.set, args=("one",)).start()
+        threading.Timer(1.2, second.set, args=("two",)).start()  # 1.2 s in all: over 1.0
+        assert waiting.get(timeout=TIMEOUT) == "waited"
+        log = ref.ask(Query(), timeout=TIMEOUT)
+        assert isinstance(log, tuple)
+        assert log[-1] == "got one, two"
+    finally:
+        ref.stop(timeout=TIMEOUT)
 
 
 def test_a_stop_sent_during_a_wait_takes_effect_after_it() -> None:

@@ -93,3 +93,32 @@ def test_the_mark_takes_no_part_in_equality_hashing_or_repr() -> None:
     assert hash(made.deployment) == hash(unpickled.deployment)
     assert repr(made) == repr(unpickled)
     assert "_checked" not in repr(made)
+
+
+def test_a_field_set_again_behind_the_constructors_back_unmarks_the_value() -> None:
+    deployment = Deployment(name="ok", model="m", gpus=1)
+    place = Place(deployment)
+    object.__setattr__(deployment, "replicas", -3)  # frozen values can still be forced
+    assert not is_checked(deployment)
+    assert not is_checked(place)  # the change is inside it
+    with pytest.raises(InvalidSpecError, match="replicas must be an integer >= 1"):
+        revalidated(place, Place)
+
+
+def test_a_batch_whose_place_changed_after_it_was_made_is_checked_again() -> None:
+    inner = Place(Deployment(name="ok", model="m"))
+    batch = PlaceMany((inner,))
+    object.__setattr__(inner, "deployment", forged_deployment(name="x", model="m", replicas=0))
+    assert not is_checked(batch)
+    with pytest.raises(InvalidSpecError, match="replicas"):
+        revalidated(batch, PlaceMany)
+
+
+def test_an_api_key_cannot_be_changed() -> None:
+    key = ApiKey("sk-test")
+    with pytest.raises(AttributeError, match="immutable"):
+        key._secret = "changed"  # noqa: S105 - not a password: a change that must be refused
+    with pytest.raises(AttributeError, match="immutable"):
+        del key._secret
+    assert key.reveal() == "sk-test"
+    assert is_checked(key)

@@ -89,6 +89,26 @@ def test_the_deployments_own_holdings_are_not_counted_as_someone_elses() -> None
     assert not caught.value.retryable  # only the deployment itself holds anything
 
 
+def test_own_gpus_on_a_node_it_may_no_longer_use_do_not_shrink_what_the_others_could_hold() -> None:
+    # Replica 1 is placed again away from suspect node n0, where replica 0 still runs; n1 has
+    # room for it, but another deployment holds that room: retry once it is released.
+    ledger = ledger_of(8, 8)
+    own = (
+        NodeAssignment(replica_index=0, node="n0", gpus=ledger.reserve("n0", 4, "d")),
+        NodeAssignment(replica_index=2, node="n1", gpus=ledger.reserve("n1", 4, "d")),
+    )
+    ledger.reserve("n1", 4, "other")
+    request = LocalRequest(
+        deployment="d", gpus=4, replicas=3, indexes=(1,), avoid=frozenset({"n0"}), own=own
+    )
+    with pytest.raises(NotEnoughGpusError) as caught:
+        reserve_local_replicas(ledger, request)
+    assert caught.value.retryable  # n1 could hold it: 8 GPUs, 4 of them the deployment's own
+    ledger.release("n1", (4, 5, 6, 7), "other")
+    (placed,) = reserve_local_replicas(ledger, request)
+    assert placed.node == "n1"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     nodes=st.lists(st.integers(0, 8), min_size=1, max_size=8),
