@@ -378,8 +378,6 @@ class PlacementHost:
         refused = _refusal(message)
         if refused is not None:
             return "error", refused
-        if isinstance(message, PROMPT_QUERIES):  # one client's large Place holds up no query
-            message = AnswerNow(message)
         try:
             reply = await self._placement.ask(message, block=False)
         except PlacementError as exc:
@@ -499,6 +497,10 @@ def _unwrap(outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protoc
 # -- the client ---------------------------------------------------------------------------------
 
 
+_TRACKED = 64
+"""Unanswered calls a client keeps before it looks which have been answered."""
+
+
 class PlacementClient:
     """Talks to the placement service running on a Ray cluster.
 
@@ -506,15 +508,16 @@ class PlacementClient:
     `GetPlacement`, ...); replies and errors are the same too. The cluster's events come through
     `events` and `watch` (not `Subscribe`, which needs an actor in the service's process).
 
-    Queries are answered at once, even while another client's `Place` is under way (the service
-    sends them as `AnswerNow`): a query sent before the reply to your own command has come back
-    may not see that command yet. Wait for the reply (``ask``, or the future of ``ask_later``)
-    to read your own writes.
+    A query is answered at once, even while another client's `Place` is under way: while none
+    of this client's own commands is, it is sent as `AnswerNow`. While one is, it waits behind
+    it, as it would in the actor's mailbox, so it sees it done.
     """
 
     def __init__(self, host: RemoteHost) -> None:
         """Wrap a host found by `connect` or started by `serve`."""
         self._host = host
+        self._lock = threading.Lock()
+        self._commands: list[Any] = []  # this client's commands whose replies have not come
 
     @classmethod
     def connect(cls, address: str | None = None, *, name: str = SERVICE_NAME) -> PlacementClient:
@@ -574,7 +577,19 @@ class PlacementClient:
             refused = _refusal(message)
             assert refused is not None  # noqa: S101 - _refusal refuses every subscription
             raise refused
-        return self._host.later("handle", message, transform=self._reply)
+        if isinstance(message, PROMPT_QUERIES):
+            with self._lock:
+                self._commands = self._host.unanswered(self._commands)
+                if not self._commands:  # nothing of ours under way: no need to wait in line
+                    message = AnswerNow(message)
+            return self._host.later("handle", message, transform=self._reply)
+        sent = self._host.later("handle", message, transform=self._reply)
+        if not isinstance(message, AnswerNow):
+            with self._lock:
+                self._commands.append(sent)
+                if len(self._commands) > _TRACKED:  # a client that never queries: stay bounded
+                    self._commands = self._host.unanswered(self._commands)
+        return sent
 
     def ask(self, message: object, *, timeout: float = 60.0) -> Any:  # noqa: ANN401 - a reply
         """Send ``message`` and wait for the reply; the actor's typed errors are raised here."""

@@ -155,6 +155,22 @@ def test_get_placement_through_a_client_resolves_the_futures_of_its_result(
     assert client.ask(GetPlacement("never-placed")).result is None
 
 
+def test_a_query_sent_behind_the_clients_own_place_sees_it_done(
+    client: PlacementClient, ray_nodes: dict[str, str], ray_cluster: Any
+) -> None:
+    place = Place(
+        Deployment(name="pipelined", model="m", replicas=4),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-c"],)),
+    )
+    placing = client.ask_later(place)  # not waited for: the query follows it at once
+    seen = client.ask(GetPlacement("pipelined"))
+    assert isinstance(seen, Placement)
+    assert seen.result is not None  # it waited in line behind this client's own Place
+    assert isinstance(placing.get(timeout=TIMEOUT), PlacementResult)
+    other = PlacementClient.connect(ray_cluster.address, name=client.name)  # nothing under way
+    assert isinstance(other.ask(GetPlacement("pipelined")), Placement)
+
+
 def next_of(stream: Iterator[ServiceEvent], kind: type[E]) -> E:
     for item in stream:
         if isinstance(item.event, kind):

@@ -764,9 +764,9 @@ class AnswerNow(Checked):
     sender's order), so it sees every command sent earlier. Wrapped in `AnswerNow`, it is
     answered as it arrives even while the actor waits for the planner on an earlier command (a
     `Place` of many replicas waits for Ray to accept each group): it then sees that command's
-    GPUs already reserved on the ledger, but not its result yet. `PlacementClient` queries go
-    through the hosted service this way, so one client's large `Place` holds no other client's
-    queries up; to read your own writes, wait for the command's reply first.
+    GPUs already reserved on the ledger, but not its result yet. `PlacementClient` sends its
+    queries this way while none of its own commands is under way, so one client's large `Place`
+    holds no other client's queries up, and each client still reads its own writes.
 
     Reply: ``query``'s own reply. Errors: ``query``'s own, and `InvalidSpecError` for a ``query``
     that is not one of `PROMPT_QUERIES`.
