@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Any
 
@@ -63,9 +64,12 @@ def is_checked(value: object) -> bool:
         return False
     if type(mark) is not _Mark:
         return False
-    for name, seen in zip(_names(type(value)), mark.values, strict=True):
-        if getattr(value, name, _MISSING) is not seen:
-            return False
+    try:
+        now = _reader(type(value))(value)
+    except AttributeError:  # a field deleted behind the constructor's back
+        return False
+    if not all(map(operator.is_, now, mark.values)):
+        return False
     return all(_still_checked(mark.values[i], 0) for i in mark.nested)
 
 
@@ -74,7 +78,7 @@ def mark_checked(value: Checked) -> None:
 
     The constructor's last step, once its own checks have passed.
     """
-    values = tuple(getattr(value, name) for name in _names(type(value)))
+    values = _reader(type(value))(value)
     nested = []
     for index, field_value in enumerate(values):
         kind = _kind(field_value, 0)
@@ -86,9 +90,24 @@ def mark_checked(value: Checked) -> None:
     _MARK.__set__(value, _Mark(values, tuple(nested)))
 
 
-_MISSING = object()
 _PLAIN_ONLY, _NESTED, _REFUSED = "plain", "nested", "refused"
 _NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+_READERS: dict[type[Any], Callable[[object], tuple[object, ...]]] = {}
+
+
+def _reader(cls: type[Any]) -> Callable[[object], tuple[object, ...]]:
+    """Reads every field of a ``cls`` value at once, as a tuple (in C: this is every message)."""
+    found = _READERS.get(cls)
+    if found is None:
+        names = _names(cls)
+        if len(names) == 1:
+            one = operator.attrgetter(names[0])
+            found = _READERS[cls] = lambda value: (one(value),)
+        else:
+            found = _READERS[cls] = operator.attrgetter(*names) if names else lambda _: ()
+    return found
 
 
 def _names(cls: type[Any]) -> tuple[str, ...]:
