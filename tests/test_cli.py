@@ -503,6 +503,7 @@ def test_rich_markup_in_a_node_name_from_ray_labels_is_printed_literally(name: s
         rejections=(
             Rejection(node_id=node_id, reason="2 free GPUs, 4 needed", requested=4, available=2),
         ),
+        refusing_by_free=((2, 1),),
     )
     printed = io.StringIO()
     console = Console(file=printed, width=120)
@@ -514,6 +515,7 @@ def test_rich_markup_in_a_node_name_from_ray_labels_is_printed_literally(name: s
     assert any(line.startswith(f"│ {name} ") for line in lines)  # the Nodes table
     assert any(line.startswith(f"{name}  □ □") for line in lines)  # the occupancy picture
     assert f"  {name}: 2 free GPUs, 4 needed" in lines  # the reason
+    assert not any("more nodes" in line or "by free GPUs" in line for line in lines)  # all named
 
 
 def test_why_on_a_large_cluster_counts_the_nodes_it_does_not_name() -> None:

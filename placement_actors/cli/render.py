@@ -366,9 +366,9 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
     )
     for rejection in failure["rejections"]:
         console.print(Text(f"  {rejection['name']}: {rejection['reason']}"), soft_wrap=True)
-    if failure.get("rejections_omitted"):
+    if failure.get("rejections_omitted"):  # not every node named: the counts give the picture
         console.print(Text(f"  ... and {failure['rejections_omitted']:,} more nodes"))
-    if failure.get("refusing_by_free"):
+    if failure.get("rejections_omitted") and failure.get("refusing_by_free"):
         counts = ", ".join(
             f"{c['nodes']:,} with {c['free_gpus']} free" for c in failure["refusing_by_free"]
         )
