@@ -1,6 +1,8 @@
 """Fixtures shared by the suite: actor clean-up, and one local Ray cluster per test session."""
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import pykka
@@ -18,6 +20,23 @@ HEAD_GPUS = 2
 def _stop_all_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(timeout=10)
+    stuck = _actor_threads_after(10.0)
+    assert not stuck, f"actor threads still running after every actor stopped: {stuck}"
+
+
+def _actor_threads_after(seconds: float) -> list[str]:
+    """pykka actor threads still running after ``seconds`` (they are not daemons: left running,
+    one would hang the interpreter's exit, and CI with it)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        running = [
+            t.name
+            for t in threading.enumerate()
+            if isinstance(getattr(getattr(t, "_target", None), "__self__", None), pykka.Actor)
+        ]
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")
