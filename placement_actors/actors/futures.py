@@ -39,7 +39,6 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         super().__init__()
         self._callback_lock = threading.Lock()
         self._callbacks: list[Callable[[CallbackFuture[T]], object]] | None = []
-        self._settled = False
 
     def add_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
         """Call ``callback(self)`` once the future settles (at once if it has)."""
@@ -47,32 +46,22 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
             if self._callbacks is not None:
                 self._callbacks.append(callback)
                 return
-        if not self._settled:  # being settled this very moment: the value is microseconds away
-            with contextlib.suppress(Exception):  # an error is the callback's to read
-                self.get()
         callback(self)
 
     def done(self) -> bool:
         """Whether a value or an error has been set."""
-        return self._settled
-
-    # The callbacks are taken before the value is set, and nothing but them runs after it: a
-    # thread waiting in get() wakes as the value arrives, and would only wait again for the
-    # interpreter lock while the setting thread went on with more work.
+        with self._callback_lock:
+            return self._callbacks is None
 
     def set(self, value: Any = None) -> None:  # noqa: ANN401 - pykka's signature
         """Set the value and run the callbacks."""
-        callbacks = self._take_callbacks()
         super().set(value)
-        self._settled = True
-        self._run(callbacks)
+        self._run_callbacks()
 
     def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
         """Set the error (the one being handled when ``exc_info`` is None) and run the callbacks."""
-        callbacks = self._take_callbacks()
         super().set_exception(exc_info)
-        self._settled = True
-        self._run(callbacks)
+        self._run_callbacks()
 
     def remove_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
         """Forget ``callback`` if it has not run yet."""
@@ -113,12 +102,9 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         """A future of the list of this future's value and ``futures``' values."""
         return self._derive(lambda value: [value, *(f.get() for f in futures)])
 
-    def _take_callbacks(self) -> list[Callable[[CallbackFuture[T]], object]]:
+    def _run_callbacks(self) -> None:
         with self._callback_lock:
             callbacks, self._callbacks = self._callbacks or [], None
-        return callbacks
-
-    def _run(self, callbacks: list[Callable[[CallbackFuture[T]], object]]) -> None:
         for callback in callbacks:
             try:
                 callback(self)

@@ -35,37 +35,6 @@ def test_callbacks_run_once_the_value_is_set() -> None:
     assert future.done()
 
 
-def test_a_callback_added_while_the_value_is_being_set_runs_with_the_value() -> None:
-    taken, go_on = threading.Event(), threading.Event()
-
-    class Slow(CallbackFuture[int]):
-        """Pauses between taking its callbacks and setting the value."""
-
-        def _take_callbacks(self) -> list:  # type: ignore[type-arg]
-            callbacks = super()._take_callbacks()
-            taken.set()
-            assert go_on.wait(TIMEOUT)
-            return callbacks
-
-    future = Slow()
-    setter = threading.Thread(target=future.set, args=(7,))
-    setter.start()
-    assert taken.wait(TIMEOUT)
-    seen: list[int] = []
-    adder = threading.Thread(
-        target=future.add_done_callback, args=(lambda f: seen.append(f.get(timeout=0)),)
-    )
-    adder.start()
-    adder.join(0.1)
-    assert seen == []  # it waits for the value rather than reading an unset future
-    assert not future.done()
-    go_on.set()
-    setter.join(TIMEOUT)
-    adder.join(TIMEOUT)
-    assert seen == [7]
-    assert future.done()
-
-
 def test_callbacks_run_when_an_error_is_set() -> None:
     future: CallbackFuture[int] = CallbackFuture()
     errors: list[BaseException] = []
