@@ -34,6 +34,7 @@ from placement_actors import (
     PlacementConstraints,
     Release,
 )
+from placement_actors.actors.mailbox import KeepServingActor
 
 SIZES = (100, 1_000, 10_000)
 ROUNDS = 500
@@ -49,6 +50,14 @@ class Floor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - echoes anything
         return message
+
+
+class ServingFloor(KeepServingActor):
+    """The same, with the placement actors' mailbox and reply futures (`KeepServingActor`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handlers = {int: lambda message: message}
 
 
 def node_id(i: int) -> str:
@@ -155,6 +164,11 @@ def main() -> int:
         f"{REPEATS} runs of {ROUNDS}; floor: two asks to an actor that answers at once, "
         "measured in turns with each path"
     )
+    mailbox, floor = mailbox_cost()
+    print(
+        f"the placement actors' mailbox, answering at once: {mailbox:.0f} us per round, "
+        f"{mailbox / floor:.2f}x the floor ({floor:.0f} us)\n"
+    )
     head = f"{'path':<32}" + "".join(f"{n:>10,}" for n in SIZES)
     print(f"{head}{'10k/100':>9}{'floor@10k':>11}{'10k/floor':>11}")
     misses = []
@@ -176,6 +190,20 @@ def main() -> int:
     if misses:
         print(f"over {BOUND:g}x: {', '.join(misses)}")
     return 1 if args.check and misses else 0
+
+
+def mailbox_cost() -> tuple[float, float]:
+    """Two asks to a `KeepServingActor` that answers at once, and to the floor, in turns."""
+    serving, floor = ServingFloor.start(), Floor.start()
+    try:
+        costs, floors = [], []
+        for _ in range(REPEATS * 2):
+            floors.append(per_round_us(floor.ask, (1, 2), refused=False))
+            costs.append(per_round_us(serving.ask, (1, 2), refused=False))
+        return statistics.median(costs), statistics.median(floors)
+    finally:
+        serving.stop()
+        floor.stop()
 
 
 def batched(nodes: int) -> tuple[float, float]:
