@@ -498,7 +498,8 @@ def _unwrap(outcome: _Outcome) -> Any:  # noqa: ANN401 - any reply of the protoc
 
 
 _TRACKED = 64
-"""Unanswered calls a client keeps before it looks which have been answered."""
+"""Unanswered calls a client keeps before it looks which have been answered (then twice as many
+as are still unanswered)."""
 
 
 class PlacementClient:
@@ -518,6 +519,11 @@ class PlacementClient:
         self._host = host
         self._lock = threading.Lock()
         self._commands: list[Any] = []  # this client's commands whose replies have not come
+        self._look_at = _TRACKED  # how many of them before looking which have been answered
+
+    def __reduce__(self) -> tuple[type[PlacementClient], tuple[RemoteHost]]:
+        """Pickle as the host handle alone (a client may be passed to a Ray task)."""
+        return (PlacementClient, (self._host,))
 
     @classmethod
     def connect(cls, address: str | None = None, *, name: str = SERVICE_NAME) -> PlacementClient:
@@ -587,8 +593,9 @@ class PlacementClient:
         if not isinstance(message, AnswerNow):
             with self._lock:
                 self._commands.append(sent)
-                if len(self._commands) > _TRACKED:  # a client that never queries: stay bounded
+                if len(self._commands) > self._look_at:  # a client that never queries: bounded
                     self._commands = self._host.unanswered(self._commands)
+                    self._look_at = max(_TRACKED, 2 * len(self._commands))  # amortised O(1)
         return sent
 
     def ask(self, message: object, *, timeout: float = 60.0) -> Any:  # noqa: ANN401 - a reply

@@ -18,25 +18,24 @@ HEAD_GPUS = 2
 
 @pytest.fixture(autouse=True)
 def _stop_all_actors() -> Iterator[None]:
+    before = set(_actor_threads())  # one that an earlier test left is reported there, once
     yield
     pykka.ActorRegistry.stop_all(timeout=10)
-    stuck = _actor_threads_after(10.0)
-    assert not stuck, f"actor threads still running after every actor stopped: {stuck}"
-
-
-def _actor_threads_after(seconds: float) -> list[str]:
-    """pykka actor threads still running after ``seconds`` (they are not daemons: left running,
-    one would hang the interpreter's exit, and CI with it)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        running = [
-            t.name
-            for t in threading.enumerate()
-            if isinstance(getattr(getattr(t, "_target", None), "__self__", None), pykka.Actor)
-        ]
-        if not running or time.monotonic() > deadline:
-            return running
+    deadline = time.monotonic() + 10
+    while (stuck := _actor_threads() - before) and time.monotonic() < deadline:
         time.sleep(0.01)
+    names = sorted(t.name for t in stuck)
+    assert not stuck, f"actor threads still running after every actor stopped: {names}"
+
+
+def _actor_threads() -> set[threading.Thread]:
+    """The running pykka actor threads: they are not daemons, so one left running would hang
+    the interpreter's exit, and CI with it."""
+    return {
+        t
+        for t in threading.enumerate()
+        if isinstance(getattr(getattr(t, "_target", None), "__self__", None), pykka.Actor)
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The service hosted in a named, detached Ray actor, used from this and from another driver."""
 
 import asyncio
+import pickle
 import subprocess
 import sys
 import threading
@@ -169,6 +170,12 @@ def test_a_query_sent_behind_the_clients_own_place_sees_it_done(
     assert isinstance(placing.get(timeout=TIMEOUT), PlacementResult)
     other = PlacementClient.connect(ray_cluster.address, name=client.name)  # nothing under way
     assert isinstance(other.ask(GetPlacement("pipelined")), Placement)
+
+
+def test_a_client_pickles_as_its_host_handle(client: PlacementClient) -> None:
+    copy = pickle.loads(pickle.dumps(client))  # noqa: S301 - our own bytes
+    assert isinstance(copy, PlacementClient)
+    assert isinstance(copy.ask(GetClusterView()), ClusterView)
 
 
 def next_of(stream: Iterator[ServiceEvent], kind: type[E]) -> E:

@@ -122,16 +122,14 @@ class _KeepServingInbox(queue.Queue[Envelope[Any]]):
 def _count_settling(
     futures: Sequence[pykka.Future[Any]], then: Callable[[], object]
 ) -> Callable[[], int]:
-    """Call ``then`` once every one of ``futures`` has settled; returns "how many have not?"."""
+    """Call ``then`` as each of ``futures`` settles; returns "how many have not?"."""
     pending = [len(futures)]
     lock = threading.Lock()
 
     def settled(_: object) -> None:
         with lock:
             pending[0] -= 1
-            last = pending[0] == 0
-        if last:
-            then()
+        then()
 
     for future in futures:
         future.add_done_callback(settled)  # type: ignore[attr-defined]
@@ -197,25 +195,25 @@ class KeepServingActor(pykka.ThreadingActor):
             return
         unsettled = _count_settling(futures, lambda: inbox.put(Envelope(_WAKE)))
         held: list[Envelope[Any]] = []
-        left, deadline = unsettled(), time.monotonic() + timeout
+        left, deadline = len(futures), time.monotonic() + timeout
         try:
-            while left:
+            while (now_left := unsettled()) > 0:
                 now = time.monotonic()
-                if now >= deadline:  # checked on every pass: a busy mailbox must not defer it
+                if now_left < left:  # a reply came (each wakes us): the next gets the full time
+                    left, deadline = now_left, now + timeout
+                elif now >= deadline:  # checked on every pass: a busy mailbox must not defer it
                     msg = f"{left} of {len(futures)} replies not in within {timeout}s of the last"
                     raise pykka.Timeout(msg)
                 try:
-                    envelope = inbox.get(timeout=deadline - now)
+                    envelope = inbox.get(timeout=max(deadline - now, 0.0))
                 except queue.Empty:
-                    envelope = None
-                if envelope is None or envelope.message is _WAKE:
-                    pass
-                elif type(envelope.message) in serve:
+                    continue
+                if envelope.message is _WAKE:
+                    continue
+                if type(envelope.message) in serve:
                     self._answer(envelope)
                 else:
                     held.append(envelope)
-                if unsettled() < left:  # progress: the next reply gets its own timeout
-                    left, deadline = unsettled(), time.monotonic() + timeout
         finally:
             inbox.put_back(held)
 

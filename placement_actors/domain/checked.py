@@ -78,7 +78,11 @@ def mark_checked(value: Checked) -> None:
 
     The constructor's last step, once its own checks have passed.
     """
-    values = _reader(type(value))(value)
+    try:
+        values = _reader(type(value))(value)
+    except AttributeError:  # a slot a subclass declares but its constructor never set
+        _MARK.__set__(value, None)
+        return
     nested = []
     for index, field_value in enumerate(values):
         kind = _kind(field_value, 0)
@@ -118,13 +122,21 @@ def _names(cls: type[Any]) -> tuple[str, ...]:
             found = tuple(f.name for f in dataclasses.fields(cls))
         else:
             found = tuple(
-                name
-                for klass in cls.__mro__
-                for name in getattr(klass, "__slots__", ())
-                if name != "_checked"
+                dict.fromkeys(  # each slot once, in the order the classes declare them
+                    name
+                    for klass in reversed(cls.__mro__)
+                    for name in _slots_of(klass)
+                    if name not in {"_checked", "__weakref__", "__dict__"}
+                )
             )
         _NAMES[cls] = found
     return found
+
+
+def _slots_of(klass: type[Any]) -> tuple[str, ...]:
+    """The slots ``klass`` itself declares (``__slots__`` may be one string)."""
+    slots = klass.__dict__.get("__slots__", ())
+    return (slots,) if isinstance(slots, str) else tuple(slots)
 
 
 def _kind(value: object, depth: int) -> str:

@@ -221,6 +221,20 @@ def test_each_reply_gets_the_whole_timeout_from_the_one_before() -> None:
         ref.stop(timeout=TIMEOUT)
 
 
+def test_a_reply_that_comes_too_long_after_the_one_before_times_out() -> None:
+    first: CallbackFuture[str] = CallbackFuture()
+    second: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(first, wait_s=0.5, more=(second,))
+    try:
+        waiting = started_waiting(ref)
+        threading.Timer(0.05, first.set, args=("one",)).start()
+        threading.Timer(0.95, second.set, args=("two",)).start()  # 0.9 s after the first
+        with pytest.raises(pykka.Timeout):
+            waiting.get(timeout=TIMEOUT)
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
 def test_a_stop_sent_during_a_wait_takes_effect_after_it() -> None:
     reply: CallbackFuture[str] = CallbackFuture()
     ref = Waiter.start(reply)

@@ -114,6 +114,15 @@ def test_a_batch_whose_place_changed_after_it_was_made_is_checked_again() -> Non
         revalidated(batch, PlaceMany)
 
 
+def test_a_subclass_with_a_slot_of_its_own_is_checked_again_when_its_slot_is_unset() -> None:
+    class Tagged(ApiKey):
+        __slots__ = "tag"  # noqa: PLC0205 - one string, a single slot: what is tested here
+
+    key = Tagged("sk-test")
+    assert not is_checked(key)  # "tag" was never set: nothing says the value is whole
+    assert revalidated(key, ApiKey) == key  # rebuilt as a plain, checked ApiKey
+
+
 def test_an_api_key_cannot_be_changed() -> None:
     key = ApiKey("sk-test")
     with pytest.raises(AttributeError, match="immutable"):

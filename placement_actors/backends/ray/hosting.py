@@ -125,7 +125,13 @@ def still_running(calls: Sequence[RayEventual[Any]]) -> list[RayEventual[Any]]:
     if not pending:
         return []
     refs = [c._ref for c in pending]  # noqa: SLF001
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    try:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    except (
+        RayError,
+        ValueError,
+    ):  # Ray cannot tell now: take them as still running (the safe side)
+        return pending
     arrived = set(ready)
     return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
