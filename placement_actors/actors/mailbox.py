@@ -91,7 +91,7 @@ class _ToldReply(pykka.ThreadingFuture[Any]):
 
 
 class _Wake:
-    """Put in the inbox when the replies a handler waits for have all arrived."""
+    """Put in the inbox as each reply a waiting handler needs arrives."""
 
 
 _WAKE = _Wake()

@@ -128,8 +128,13 @@ class GpuLedger:
             return next((k for k in range(self._max_capacity, -1, -1) if self._by_free[k]), 0)
         return max((self.free_count(n) for n in allowed), default=0)
 
-    def max_capacity(self, allowed: frozenset[str] | None = None) -> int:
-        """The most GPUs any node (of ``allowed``, when given) has in total."""
+    def max_capacity(
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
+    ) -> int:
+        """The most GPUs any node (of ``allowed``, when given, less ``avoid``) has in total."""
+        if avoid:
+            capacities = self.capacity_histogram(allowed, avoid)
+            return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
         if allowed is None:
             return self._max_capacity
         return max((self.capacity(n) for n in allowed), default=0)

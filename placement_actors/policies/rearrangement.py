@@ -150,11 +150,6 @@ def _fits(counts: list[int], room: Room) -> bool:
     return whole >= room.replicas
 
 
-def _largest(ledger: GpuLedger, room: Room) -> int:
-    capacities = ledger.capacity_histogram(room.allowed, room.avoid)
-    return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
-
-
 def _shares(room: Room, largest: int) -> list[int]:
     """The free GPUs one node needs to take a replica or its share of an even split, largest first.
 
@@ -297,7 +292,7 @@ def find_move_set(
     if max_moves not in (1, 2):
         msg = f"a move set holds 1 or 2 moves, got {max_moves!r}"
         raise InvalidSpecError(msg, field="max_moves")
-    largest = _largest(ledger, room)
+    largest = ledger.max_capacity(room.allowed, room.avoid)
     if not room.split and room.gpus > largest:  # kept whole only where a node can hold it
         room = replace(room, split=True)
     base = ledger.free_histogram(room.allowed, room.avoid)
@@ -369,7 +364,7 @@ def plan_defragmentation(
     room = Room(gpus=1, allowed=allowed, avoid=avoid, split=False)
     if gpus is not None:
         check_count(gpus, "gpus", minimum=1)
-    target = _largest(ledger, room) if gpus is None else gpus
+    target = ledger.max_capacity(room.allowed, room.avoid) if gpus is None else gpus
     if target == 0:  # no GPU node to free
         return DefragmentationPlan(gpus=0, moves=(), freed_nodes=())
     room = replace(room, gpus=target)

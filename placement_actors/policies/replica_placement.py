@@ -85,7 +85,7 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
     indexes = range(request.replicas) if request.indexes is None else request.indexes
     free = ledger.total_free(allowed, avoid)
     short = wanted * gpus > free  # then nothing to try (nor to undo) before refusing
-    split = not request.keep_whole or request.splits(_largest(ledger, request))
+    split = not request.keep_whole or request.splits(ledger.max_capacity(allowed, avoid))
     # Not short: the replicas are tried at once (their number is bounded by the free GPUs);
     # why they do not fit is worked out only if they do not.
     fitted = 0 if short else _reserve_all(ledger, request, indexes, split=split)
@@ -118,12 +118,6 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
         else ""
     ) + ("" if split else "; keep_whole: a replica is not split over nodes")
     raise _not_enough(ledger, request, progress=progress, never=why_not)
-
-
-def _largest(ledger: GpuLedger, request: LocalRequest) -> int:
-    """The most GPUs any allowed node has in total (0 when none has any)."""
-    capacities = ledger.capacity_histogram(request.allowed, request.avoid)
-    return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
 
 
 def _reserve_all(

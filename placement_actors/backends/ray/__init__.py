@@ -59,13 +59,7 @@ from placement_actors.backends.ray.groups import (
     remove_named_pgs_with_prefix,
     status_of,
 )
-from placement_actors.backends.ray.hosting import (
-    RayEventual,
-    RemoteHost,
-    find_host,
-    start_host,
-    still_running,
-)
+from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import ClusterWatcher
 from placement_actors.backends.ray.port_agents import (
@@ -123,6 +117,5 @@ __all__ = [
     "start_host",
     "start_port_agents",
     "status_of",
-    "still_running",
     "submit_in_bundle",
 ]

@@ -16,7 +16,7 @@ from placement_actors.backends.ray.cluster import HEAD_RESOURCE
 from placement_actors.backends.ray.connection import NAMESPACE
 from placement_actors.domain.errors import BackendError, InvalidSpecError
 
-__all__ = ["RayEventual", "RemoteHost", "find_host", "start_host", "still_running"]
+__all__ = ["RayEventual", "RemoteHost", "find_host", "start_host"]
 
 _T = TypeVar("_T")
 
@@ -119,23 +119,6 @@ class RayEventual(Generic[_T]):
         return self._resolve().__await__()
 
 
-def still_running(calls: Sequence[RayEventual[Any]]) -> list[RayEventual[Any]]:
-    """Those of ``calls`` whose result has not arrived yet: one look at Ray, no waiting."""
-    pending = [c for c in calls if c._done is None]  # noqa: SLF001 - this module's own class
-    if not pending:
-        return []
-    refs = [c._ref for c in pending]  # noqa: SLF001
-    try:
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-    except (
-        RayError,
-        ValueError,
-    ):  # Ray cannot tell now: take them as still running (the safe side)
-        return pending
-    arrived = set(ready)
-    return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
-
-
 class RemoteHost:
     """A handle on a hosted service object, usable from any driver of the cluster."""
 
@@ -146,8 +129,21 @@ class RemoteHost:
 
     @staticmethod
     def unanswered(calls: Sequence[RayEventual[Any]]) -> list[RayEventual[Any]]:
-        """Those of ``calls`` (made with `later`) whose result has not arrived yet."""
-        return still_running(calls)
+        """Those of ``calls`` (made with `later`) whose result has not arrived yet.
+
+        One look at Ray, no waiting; when Ray cannot tell, they are taken as unanswered (the
+        safe side: a query then waits behind them).
+        """
+        pending = [c for c in calls if c._done is None]  # noqa: SLF001 - this module's own class
+        if not pending:
+            return []
+        refs = [c._ref for c in pending]  # noqa: SLF001
+        try:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        except (RayError, ValueError):
+            return pending
+        arrived = set(ready)
+        return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
     def later(self, method: str, *args: object, transform: Callable[[Any], _T]) -> RayEventual[_T]:
         """Call ``method(*args)`` on the hosted object; the result arrives later.
