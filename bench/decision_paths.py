@@ -110,6 +110,12 @@ PATHS = (
             local(), PlacementConstraints(gpu_nodes=tuple(node_id(i) for i in range(n)))
         ),
     ),
+    Path(
+        "gpu_nodes: half the nodes",
+        lambda n: Place(
+            local(), PlacementConstraints(gpu_nodes=tuple(node_id(i) for i in range(0, n, 2)))
+        ),
+    ),
     Path("spread", lambda _: Place(local(), PlacementConstraints(strategy=GpuStrategy.SPREAD))),
     Path("split over 2 nodes", lambda _: Place(local(gpus=16))),
     Path(
@@ -117,6 +123,13 @@ PATHS = (
         lambda n: Place(
             Deployment(name="probe", model="gpt-4o", api_key=ApiKey("sk-bench")),
             PlacementConstraints(egress_nodes=tuple(node_id(i) for i in range(n))),
+        ),
+    ),
+    Path(
+        "remote: egress_nodes half the nodes",
+        lambda n: Place(
+            Deployment(name="probe", model="gpt-4o", api_key=ApiKey("sk-bench")),
+            PlacementConstraints(egress_nodes=tuple(node_id(i) for i in range(0, n, 2))),
         ),
     ),
     Path(

@@ -12,8 +12,41 @@ from itertools import chain, islice
 from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.memo import IdentityMemo
+from placement_actors.policies.scopes import ScopedIndexes, deserves_index
 
 __all__ = ["EgressLedger"]
+
+
+class _LoadIndex:
+    """Nodes by load: load -> node ids (sorted), and the loads present (sorted)."""
+
+    __slots__ = ("by_load", "loads")
+
+    def __init__(self, nodes: Iterable[tuple[str, int]]) -> None:
+        """Index ``nodes``, given as (id, load) in node-id order."""
+        self.by_load: dict[int, list[str]] = {}
+        for node_id, load in nodes:
+            self.by_load.setdefault(load, []).append(node_id)
+        self.loads = sorted(self.by_load)
+
+    def add(self, node_id: str, load: int) -> None:
+        bucket = self.by_load.get(load)
+        if bucket is None:
+            self.by_load[load] = [node_id]
+            bisect.insort(self.loads, load)
+        else:
+            bisect.insort(bucket, node_id)
+
+    def remove(self, node_id: str, load: int) -> None:
+        bucket = self.by_load[load]
+        del bucket[bisect.bisect_left(bucket, node_id)]
+        if not bucket:
+            del self.by_load[load]
+            del self.loads[bisect.bisect_left(self.loads, load)]
+
+    def in_order(self) -> Iterator[str]:
+        """Every node, least-loaded first, ties by id (lazily)."""
+        return (n for load in list(self.loads) for n in self.by_load[load])
 
 
 class EgressLedger:
@@ -23,10 +56,10 @@ class EgressLedger:
         """Start with every egress node empty."""
         self._load: dict[str, int] = dict.fromkeys(sorted(set(egress_nodes)), 0)
         self._serving: dict[EgressKey, Counter[str]] = {}
-        # The nodes indexed by load: load -> node ids (sorted), and the loads present (sorted),
-        # so the least-loaded nodes are found without looking at every node.
-        self._by_load: dict[int, list[str]] = {0: list(self._load)} if self._load else {}
-        self._loads: list[int] = [0] if self._load else []
+        # The nodes indexed by load, so the least-loaded are found without looking at every
+        # node; and long node lists' own indexes.
+        self._all = _LoadIndex((n, 0) for n in self._load)
+        self._scoped: ScopedIndexes[_LoadIndex] = ScopedIndexes()
         self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
         self._strangers: IdentityMemo[tuple[str, ...]] = IdentityMemo()
 
@@ -160,45 +193,37 @@ class EgressLedger:
     def _in_order(self, nodes: AbstractSet[str] | None, skip: AbstractSet[str]) -> Iterator[str]:
         """``nodes`` (every node when ``None``) less ``skip``, least-loaded first, ties by id.
 
-        A set of at most half the nodes is sorted; a larger one is read from the load index,
-        lazily, so a caller that stops early pays for what it read.
+        Read lazily from a load index (a caller that stops early pays for what it read): the
+        ledger's for every node or most of them, a long list's own (`ScopedIndexes`); a short
+        list is sorted.
         """
-        if nodes is not None and len(nodes) * 2 <= len(self._load):
-            return iter(
-                sorted(
-                    (n for n in nodes if n not in skip and n in self._load),
-                    key=lambda n: (self._load[n], n),
-                )
+        if nodes is None or len(nodes) * 2 > len(self._load):
+            return (
+                n for n in self._all.in_order() if (nodes is None or n in nodes) and n not in skip
             )
-        return (
-            n
-            for load in list(self._loads)
-            for n in self._by_load[load]
-            if (nodes is None or n in nodes) and n not in skip
+        if deserves_index(len(nodes), len(self._load)):
+            scope = frozenset(nodes)
+            index = self._scoped.get(scope, lambda: self._build(scope))
+            return (n for n in index.in_order() if n not in skip)
+        return iter(
+            sorted(
+                (n for n in nodes if n not in skip and n in self._load),
+                key=lambda n: (self._load[n], n),
+            )
         )
 
+    def _build(self, scope: frozenset[str]) -> tuple[_LoadIndex, frozenset[str]]:
+        members = scope & self._load.keys()
+        return _LoadIndex((n, self._load[n]) for n in sorted(members)), members
+
     def _set_load(self, node_id: str, load: int) -> None:
-        """Move ``node_id`` to ``load`` in the load index."""
-        if self._load[node_id] != load:
-            self._unindex(node_id)
-            self._index(node_id, load)
-
-    def _unindex(self, node_id: str) -> None:
+        """Move ``node_id`` to ``load`` in every load index that holds it."""
         old = self._load[node_id]
-        bucket = self._by_load[old]
-        del bucket[bisect.bisect_left(bucket, node_id)]
-        if not bucket:
-            del self._by_load[old]
-            del self._loads[bisect.bisect_left(self._loads, old)]
-
-    def _index(self, node_id: str, load: int) -> None:
-        self._load[node_id] = load
-        bucket = self._by_load.get(load)
-        if bucket is None:
-            self._by_load[load] = [node_id]
-            bisect.insort(self._loads, load)
-        else:
-            bisect.insort(bucket, node_id)
+        if old != load:
+            self._load[node_id] = load
+            for index in (self._all, *self._scoped.of(node_id)):
+                index.remove(node_id, old)
+                index.add(node_id, load)
 
     def add(self, node_id: str, key: EgressKey) -> None:
         """Count one more replica for ``key`` on ``node_id``."""
@@ -224,18 +249,15 @@ class EgressLedger:
         if node_id not in self._load:
             self._load[node_id] = 0
             self._load = dict(sorted(self._load.items()))
-            self._index(node_id, 0)
-            self._scopes.clear()
-            self._strangers.clear()
+            self._all.add(node_id, 0)
+            self._forget_lists()
 
     def remove_node(self, node_id: str) -> dict[EgressKey, int]:
         """Forget an egress node that left; returns how many replicas of each key ran there."""
         if node_id not in self._load:
             return {}
-        self._unindex(node_id)
-        del self._load[node_id]
-        self._scopes.clear()
-        self._strangers.clear()
+        self._all.remove(node_id, self._load.pop(node_id))
+        self._forget_lists()
         lost: dict[EgressKey, int] = {}
         for key in list(self._serving):
             count = self._serving[key].pop(node_id, 0)
@@ -244,6 +266,12 @@ class EgressLedger:
             if not self._serving[key]:
                 del self._serving[key]
         return lost
+
+    def _forget_lists(self) -> None:
+        """Nodes joined or left: what was worked out about node lists no longer holds."""
+        self._scopes.clear()
+        self._strangers.clear()
+        self._scoped.clear()
 
     def remove(self, node_id: str, key: EgressKey) -> None:
         """Count one replica for ``key`` on ``node_id`` less."""

@@ -3,13 +3,17 @@
 The ledger is indexed by free capacity: nodes sit in buckets keyed by their free-GPU count, each
 bucket sorted by node id. A best-fit or least-loaded query walks buckets (at most one per possible
 free count, a small number) instead of every node, so a decision costs about the same on 10 nodes
-and on 10,000. It is a plain, deterministic data structure: no clock, no I/O, no threads; the actor
-that owns it serialises access.
+and on 10,000. A node list that a placement is limited to (``allowed``: a `gpu_nodes` list, the
+nodes a label selector picks) gets an index of its own once it is long enough, kept up to date
+with every reservation, so a list of half the cluster costs what the whole cluster does. It is a
+plain, deterministic data structure: no clock, no I/O, no threads; the actor that owns it
+serialises access.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -17,8 +21,67 @@ from typing import Any
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.memo import IdentityMemo
 from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.scopes import ScopedIndexes, deserves_index
 
 __all__ = ["GpuLedger"]
+
+
+class _Index:
+    """Nodes in buckets by free GPUs (each bucket sorted by id), counts by capacity, and totals.
+
+    ``members`` answers ``in`` for the nodes indexed (the ledger's own node table for the index
+    of every node, a set for the index of one node list).
+    """
+
+    __slots__ = ("by_capacity", "by_free", "members", "total_capacity", "total_free")
+
+    def __init__(
+        self,
+        members: AbstractSet[str] | dict[str, NodeTopology],
+        nodes: Iterable[tuple[str, int, int]],
+        max_capacity: int,
+    ) -> None:
+        """Index ``nodes``, given as (id, capacity, free) in node-id order."""
+        self.members = members
+        self.by_free: list[list[str]] = [[] for _ in range(max_capacity + 1)]
+        self.by_capacity: list[int] = [0] * (max_capacity + 1)
+        self.total_capacity = 0
+        self.total_free = 0
+        for node_id, capacity, free in nodes:
+            self.by_free[free].append(node_id)
+            self.by_capacity[capacity] += 1
+            self.total_capacity += capacity
+            self.total_free += free
+
+    def grow(self, max_capacity: int) -> None:
+        """Make room for nodes of up to ``max_capacity`` GPUs."""
+        grow = max_capacity + 1 - len(self.by_free)
+        if grow > 0:
+            self.by_free.extend([] for _ in range(grow))
+            self.by_capacity.extend([0] * grow)
+
+    def add(self, node_id: str, capacity: int, free: int) -> None:
+        bisect.insort(self.by_free[free], node_id)
+        self.by_capacity[capacity] += 1
+        self.total_capacity += capacity
+        self.total_free += free
+
+    def remove(self, node_id: str, capacity: int, free: int) -> None:
+        bucket = self.by_free[free]
+        del bucket[bisect.bisect_left(bucket, node_id)]
+        self.by_capacity[capacity] -= 1
+        self.total_capacity -= capacity
+        self.total_free -= free
+
+    def move(self, node_id: str, old_free: int, new_free: int) -> None:
+        old_bucket = self.by_free[old_free]
+        del old_bucket[bisect.bisect_left(old_bucket, node_id)]
+        bisect.insort(self.by_free[new_free], node_id)
+        self.total_free += new_free - old_free
+
+
+_View = tuple[_Index | None, frozenset[str] | None, AbstractSet[str]]
+"""How a query reads its nodes: an index (less the nodes to avoid), or a short list to walk."""
 
 
 class GpuLedger:
@@ -43,13 +106,12 @@ class GpuLedger:
             node_id: list(range(node.num_gpus)) for node_id, node in self._nodes.items()
         }
         self._held: dict[str, dict[int, str]] = {node_id: {} for node_id in self._nodes}
-        self._by_free: list[list[str]] = [[] for _ in range(self._max_capacity + 1)]
-        self._by_capacity: list[int] = [0] * (self._max_capacity + 1)
-        for node_id in sorted(self._nodes):
-            self._by_free[self._nodes[node_id].num_gpus].append(node_id)
-            self._by_capacity[self._nodes[node_id].num_gpus] += 1
-        self._total_capacity = sum(n.num_gpus for n in self._nodes.values())
-        self._total_free = self._total_capacity
+        self._all = _Index(
+            self._nodes,
+            ((n, self._nodes[n].num_gpus, self._nodes[n].num_gpus) for n in self._sorted_ids),
+            self._max_capacity,
+        )
+        self._scoped: ScopedIndexes[_Index] = ScopedIndexes()  # long node lists' own indexes
         # Answers about long node lists, by the list's identity (cleared when nodes change).
         self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
         self._left_out: IdentityMemo[frozenset[str]] = IdentityMemo()
@@ -96,7 +158,29 @@ class GpuLedger:
         """The nodes with exactly ``count`` free GPUs, sorted: a read-only view of the index."""
         if not 0 <= count <= self._max_capacity:
             return ()
-        return _ReadOnly(self._by_free[count])
+        return _ReadOnly(self._all.by_free[count])
+
+    def refusing(
+        self,
+        gpus: int,
+        allowed: frozenset[str] | None = None,
+        avoid: AbstractSet[str] = frozenset(),
+    ) -> Iterator[str]:
+        """The nodes (of ``allowed``, less ``avoid``) with fewer than ``gpus`` free, by id, lazily.
+
+        From an index, the buckets below ``gpus`` (each in node-id order) are merged: a caller
+        that stops after a few nodes reads only those, not the nodes that would fit.
+        """
+        index, nodes, avoid = self._view(allowed, avoid)
+        if index is None:
+            assert nodes is not None  # noqa: S101 - a view is an index or a list
+            return (
+                n
+                for n in sorted(nodes)
+                if n in self._nodes and n not in avoid and self.free_count(n) < gpus
+            )
+        below = heapq.merge(*index.by_free[: max(0, min(gpus, len(index.by_free)))])
+        return (n for n in below if n not in avoid)
 
     def node_set(self) -> frozenset[str]:
         """Every node id, as a set (for set operations on node lists)."""
@@ -122,95 +206,114 @@ class GpuLedger:
         """Held ordinal -> holder on ``node_id`` (a copy)."""
         return dict(sorted(self._held[node_id].items()))
 
-    def max_free(self, allowed: frozenset[str] | None = None) -> int:
-        """The most free GPUs any node (of ``allowed``, when given) has."""
-        if allowed is None:
-            return next((k for k in range(self._max_capacity, -1, -1) if self._by_free[k]), 0)
-        return max((self.free_count(n) for n in allowed), default=0)
+    def max_free(
+        self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
+    ) -> int:
+        """The most free GPUs any node (of ``allowed``, when given, less ``avoid``) has."""
+        return _largest(self.free_histogram(allowed, avoid))
 
     def max_capacity(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:
-        """The most GPUs any node (of ``allowed``, when given, less ``avoid``) has in total."""
-        if avoid:
-            capacities = self.capacity_histogram(allowed, avoid)
-            return next((k for k in range(len(capacities) - 1, 0, -1) if capacities[k]), 0)
-        if allowed is None:
-            return self._max_capacity
-        return max((self.capacity(n) for n in allowed), default=0)
+        """The most GPUs any node (of ``allowed``, when given, less ``avoid``) has in total.
+
+        Of the nodes there now: the index keeps room for the largest node there ever was.
+        """
+        return _largest(self.capacity_histogram(allowed, avoid))
 
     def total_capacity(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:
         """GPUs in total on the nodes of ``allowed`` (every node when ``None``), less ``avoid``.
 
-        O(1 + len(avoid)) without ``allowed``; with it, O(the smaller of ``allowed`` and the
-        nodes it leaves out) (`_scope`), as for every query that takes ``allowed``.
+        Every query that takes ``allowed`` reads it through `_view`: O(1 + len(avoid)) from an
+        index (every node, most nodes, or a long list's own), O(len(allowed)) for a short list.
         """
-        allowed, avoid = self._scope(allowed, avoid)
-        if allowed is None:
-            return self._total_capacity - sum(self.capacity(n) for n in avoid if n in self._nodes)
-        return sum(self.capacity(n) for n in allowed if n in self._nodes and n not in avoid)
+        index, nodes, avoid = self._view(allowed, avoid)
+        if index is not None:
+            return index.total_capacity - sum(self.capacity(n) for n in avoid if n in index.members)
+        assert nodes is not None  # noqa: S101 - a view is an index or a list
+        return sum(self.capacity(n) for n in nodes if n in self._nodes and n not in avoid)
 
     def total_free(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:
         """Free GPUs on the nodes of ``allowed`` (every node when ``None``), less ``avoid``."""
-        allowed, avoid = self._scope(allowed, avoid)
-        if allowed is None:
-            return self._total_free - sum(self.free_count(n) for n in avoid if n in self._nodes)
-        return sum(self.free_count(n) for n in allowed if n in self._nodes and n not in avoid)
+        index, nodes, avoid = self._view(allowed, avoid)
+        if index is not None:
+            return index.total_free - sum(self.free_count(n) for n in avoid if n in index.members)
+        assert nodes is not None  # noqa: S101 - a view is an index or a list
+        return sum(self.free_count(n) for n in nodes if n in self._nodes and n not in avoid)
 
     def capacity_histogram(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> list[int]:
         """How many nodes have each total GPU count: entry ``k`` counts nodes of ``k`` GPUs.
 
-        O(max capacity + len(avoid)) without ``allowed``, O(len(allowed)) with it.
+        O(max capacity + len(avoid)) from an index, O(len(allowed)) for a short list.
         """
-        return self._histogram(self.capacity, list(self._by_capacity), allowed, avoid)
+        index, nodes, avoid = self._view(allowed, avoid)
+        counts = [0] * (self._max_capacity + 1) if index is None else list(index.by_capacity)
+        self._count(self.capacity, counts, index, nodes, avoid)
+        return counts
 
     def free_histogram(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> list[int]:
         """How many nodes have each free GPU count: entry ``k`` counts nodes with ``k`` free."""
-        return self._histogram(
-            self.free_count, [len(bucket) for bucket in self._by_free], allowed, avoid
+        index, nodes, avoid = self._view(allowed, avoid)
+        counts = (
+            [0] * (self._max_capacity + 1)
+            if index is None
+            else [len(bucket) for bucket in index.by_free]
         )
-
-    def _histogram(
-        self,
-        count_of: Callable[[str], int],
-        everything: list[int],
-        allowed: frozenset[str] | None,
-        avoid: AbstractSet[str],
-    ) -> list[int]:
-        allowed, avoid = self._scope(allowed, avoid)
-        if allowed is None:
-            for node_id in avoid:
-                if node_id in self._nodes:
-                    everything[count_of(node_id)] -= 1
-            return everything
-        counts = [0] * (self._max_capacity + 1)
-        for node_id in allowed:
-            if node_id in self._nodes and node_id not in avoid:
-                counts[count_of(node_id)] += 1
+        self._count(self.free_count, counts, index, nodes, avoid)
         return counts
 
-    def _scope(
-        self, allowed: frozenset[str] | None, avoid: AbstractSet[str]
-    ) -> tuple[frozenset[str] | None, AbstractSet[str]]:
-        """``allowed`` as given, or, when it names most nodes, every node less the rest.
+    def _count(
+        self,
+        count_of: Callable[[str], int],
+        counts: list[int],
+        index: _Index | None,
+        nodes: frozenset[str] | None,
+        avoid: AbstractSet[str],
+    ) -> None:
+        """Take the avoided nodes off an index's ``counts``, or count a short list's nodes."""
+        if index is not None:
+            for node_id in avoid:
+                if node_id in index.members:
+                    counts[count_of(node_id)] -= 1
+            return
+        assert nodes is not None  # noqa: S101 - a view is an index or a list
+        for node_id in nodes:
+            if node_id in self._nodes and node_id not in avoid:
+                counts[count_of(node_id)] += 1
 
-        A query walks ``allowed`` node by node but serves "every node" from its indexes, so a
-        list of 9,999 of 10,000 nodes costs what the one left out costs, not what 9,999 do.
+    def _view(self, allowed: frozenset[str] | None, avoid: AbstractSet[str]) -> _View:
+        """How to read the nodes of ``allowed`` less ``avoid``: from which index, or by walking.
+
+        - every node (``None``): the ledger's index;
+        - most nodes: the ledger's index, less the nodes the list leaves out (remembered per
+          list), so a list of 9,999 of 10,000 nodes costs what the one left out costs;
+        - a long list (`deserves_index`): an index of its own, built once (O(list)) and kept up
+          to date with every reservation (`ScopedIndexes`);
+        - a shorter list: walked node by node.
         """
-        if allowed is None or len(allowed) * 2 <= len(self._nodes):
-            return allowed, avoid
-        left_out = self._left_out.get(allowed)
-        if left_out is None:
-            left_out = self._left_out.put(allowed, self._node_set - allowed)
-        return None, (left_out | avoid) if avoid else left_out
+        if allowed is None:
+            return self._all, None, avoid
+        if len(allowed) * 2 > len(self._nodes):
+            left_out = self._left_out.get(allowed)
+            if left_out is None:
+                left_out = self._left_out.put(allowed, self._node_set - allowed)
+            return self._all, None, (left_out | avoid) if avoid else left_out
+        if not deserves_index(len(allowed), len(self._nodes)):
+            return None, allowed, avoid
+        return self._scoped.get(allowed, lambda: self._build(allowed)), None, avoid
+
+    def _build(self, allowed: frozenset[str]) -> tuple[_Index, frozenset[str]]:
+        members = allowed & self._node_set
+        nodes = ((n, self.capacity(n), self.free_count(n)) for n in sorted(members))
+        return _Index(members, nodes, self._max_capacity), members
 
     def best_fit(
         self,
@@ -255,19 +358,23 @@ class GpuLedger:
         and stops as soon as the caller has what it needs. Nodes in ``avoid`` or ``skip`` are
         passed over (two sets, so callers never build their union).
         """
-        allowed, avoid = self._scope(allowed, avoid)
-        if allowed is not None:
+        index, nodes, avoid = self._view(allowed, avoid)
+        if index is None:
+            assert nodes is not None  # noqa: S101 - a view is an index or a list
             fits = [
                 n
-                for n in allowed
-                if n not in avoid and n not in skip and self.free_count(n) >= gpus
+                for n in nodes
+                if n in self._nodes
+                and n not in avoid
+                and n not in skip
+                and self.free_count(n) >= gpus
             ]
             sign = -1 if most_free else 1
             yield from sorted(fits, key=lambda n: (sign * self.free_count(n), n))
             return
-        counts = range(max(gpus, 0), self._max_capacity + 1)
+        counts = range(max(gpus, 0), len(index.by_free))
         for free in reversed(counts) if most_free else counts:
-            for node_id in self._by_free[free]:
+            for node_id in index.by_free[free]:
                 if node_id not in avoid and node_id not in skip:
                     yield node_id
 
@@ -285,7 +392,6 @@ class GpuLedger:
             raise InvalidSpecError(msg, field="gpus")
         taken, rest = free[:gpus], free[gpus:]
         self._move(node_id, len(free), len(rest))
-        self._total_free -= gpus
         self._free[node_id] = rest
         held = self._held[node_id]
         for ordinal in taken:
@@ -310,7 +416,6 @@ class GpuLedger:
             del held[ordinal]
             bisect.insort(free, ordinal)
         self._move(node_id, before, len(free))
-        self._total_free += len(wanted)
 
     def renumber(
         self, node_id: str, holder: str, old: Sequence[int], new: Sequence[int]
@@ -368,19 +473,14 @@ class GpuLedger:
             msg = f"node {node.node_id} is on the ledger already"
             raise InvalidSpecError(msg, field="node_id")
         if node.num_gpus > self._max_capacity:
-            grow = node.num_gpus - self._max_capacity
-            self._by_free.extend([] for _ in range(grow))
-            self._by_capacity.extend([0] * grow)
             self._max_capacity = node.num_gpus
+            self._all.grow(node.num_gpus)
         self._nodes[node.node_id] = node
         bisect.insort(self._sorted_ids, node.node_id)
         self._node_set = frozenset(self._nodes)
         self._free[node.node_id] = list(range(node.num_gpus))
         self._held[node.node_id] = {}
-        bisect.insort(self._by_free[node.num_gpus], node.node_id)
-        self._by_capacity[node.num_gpus] += 1
-        self._total_capacity += node.num_gpus
-        self._total_free += node.num_gpus
+        self._all.add(node.node_id, node.num_gpus, node.num_gpus)
         self._forget_lists()
 
     def remove_node(self, node_id: str) -> dict[int, str]:
@@ -395,13 +495,9 @@ class GpuLedger:
         node = self._nodes.pop(node_id)
         held = self._held.pop(node_id)
         del self._free[node_id]
-        bucket = self._by_free[len(free)]
-        del bucket[bisect.bisect_left(bucket, node_id)]
+        self._all.remove(node_id, node.num_gpus, len(free))
         del self._sorted_ids[bisect.bisect_left(self._sorted_ids, node_id)]
         self._node_set = frozenset(self._nodes)
-        self._by_capacity[node.num_gpus] -= 1
-        self._total_capacity -= node.num_gpus
-        self._total_free -= len(free)
         self._forget_lists()
         return dict(sorted(held.items()))
 
@@ -410,6 +506,7 @@ class GpuLedger:
         self._scopes.clear()
         self._left_out.clear()
         self._strangers.clear()
+        self._scoped.clear()
 
     def _free_list(self, node_id: str) -> list[int]:
         try:
@@ -419,15 +516,21 @@ class GpuLedger:
             raise InvalidSpecError(msg, field="node_id") from None
 
     def _move(self, node_id: str, old_free: int, new_free: int) -> None:
+        """``node_id`` now has ``new_free`` GPUs free: move it in every index that holds it."""
         if old_free == new_free:
             return
-        old_bucket = self._by_free[old_free]
-        del old_bucket[bisect.bisect_left(old_bucket, node_id)]
-        bisect.insort(self._by_free[new_free], node_id)
+        self._all.move(node_id, old_free, new_free)
+        for index in self._scoped.of(node_id):
+            index.move(node_id, old_free, new_free)
 
     def __iter__(self) -> Iterator[str]:
         """Node ids, sorted."""
         return iter(self.node_ids())
+
+
+def _largest(histogram: Sequence[int]) -> int:
+    """The largest ``k`` whose entry is not zero (0 when none is)."""
+    return next((k for k in range(len(histogram) - 1, 0, -1) if histogram[k]), 0)
 
 
 class _ReadOnly(Sequence[str]):

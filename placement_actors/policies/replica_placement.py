@@ -15,7 +15,6 @@ O(nodes + replicas) whatever the request says:
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -150,17 +149,11 @@ def _reserve_all(
 def _refusing_nodes(ledger: GpuLedger, request: LocalRequest) -> Iterator[str]:
     """The allowed nodes that turn a replica down, in node-id order, lazily.
 
-    Those are the nodes with fewer than ``gpus`` free (a node too small has fewer free too). On
-    most nodes, the free-count index's buckets below ``gpus`` (each in node-id order) are merged:
-    a refusal reads only the nodes it reports, not the nodes that would fit.
+    Those are the nodes with fewer than ``gpus`` free (a node too small has fewer free too),
+    read from the ledger's free-count index (`GpuLedger.refusing`): a refusal reads only the
+    nodes it reports, not the nodes that would fit.
     """
-    allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
-    if allowed is None or len(allowed) * 2 > len(ledger):  # most nodes: walk the index
-        below = heapq.merge(
-            *(ledger.nodes_with_free(k) for k in range(min(gpus, ledger.max_capacity() + 1)))
-        )
-        return (n for n in below if (allowed is None or n in allowed) and n not in avoid)
-    return (n for n in sorted(allowed) if n in ledger and n not in avoid)
+    return ledger.refusing(request.gpus, request.allowed, request.avoid)
 
 
 def _own_in_scope(ledger: GpuLedger, request: LocalRequest) -> int:

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from placement_actors import ApiKey, EgressStrategy, InvalidSpecError, ProviderKind
+from placement_actors.policies import scopes
 from placement_actors.policies.egress_ledger import EgressLedger
 
 OPENAI_A = (ProviderKind.OPENAI, ApiKey("key-a"))
@@ -114,3 +115,44 @@ def test_the_load_index_chooses_exactly_what_the_plain_rule_chooses(
         strategy,
     )
     assert chosen == expected
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sets(st.sampled_from([*NODES, "gpu-x"]), min_size=3, max_size=6),
+            st.integers(min_value=0, max_value=8),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    strategy=st.sampled_from(list(EgressStrategy)),
+)
+def test_node_lists_with_indexes_of_their_own_choose_what_the_plain_rule_chooses(
+    steps: list[tuple[set[str], int, bool]], strategy: EgressStrategy
+) -> None:
+    """Lists of 3 or more get their own load index here (2 kept at once); it follows each change.
+
+    Each step chooses on a list, records the choice (or, every other time, gives one replica
+    back), and now and then a node leaves or joins, as a service's ledger sees it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scopes, "SCOPE_INDEX_MIN", 3)
+        patch.setattr(scopes, "SCOPE_INDEXES", 2)
+        ledger = EgressLedger(NODES)
+        placed: list[str] = []
+        for number, (allowed, count, churn) in enumerate(steps):
+            chosen = ledger.choose_many(count, allowed=frozenset(allowed), strategy=strategy)
+            assert chosen == reference_choose_many(
+                ledger, count, sorted(allowed), frozenset(), strategy
+            )
+            ledger.add_many(chosen, OPENAI_A)
+            placed.extend(chosen)
+            if churn and placed:
+                node = placed.pop(0)
+                if node in ledger:
+                    ledger.remove(node, OPENAI_A)
+            if number % 4 == 3:  # a node comes and goes now and then
+                ledger.remove_node(NODES[number % len(NODES)])
+                placed = [n for n in placed if n in ledger]
+                ledger.add_node(f"new-{number}")

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from placement_actors import InvalidSpecError, NodeTopology
+from placement_actors.policies import scopes
 from placement_actors.policies.gpu_ledger import GpuLedger
 
 
@@ -184,3 +185,99 @@ def test_nodes_join_and_leave_the_ledger_with_their_indexes() -> None:
     assert "b" not in ledger
     with pytest.raises(InvalidSpecError):
         ledger.add_node(NodeTopology(node_id="a", num_gpus=1))
+
+
+NODES = [f"n{i:02d}" for i in range(12)]
+list_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), st.sampled_from(NODES), st.integers(1, 8)),
+        st.tuples(st.just("release"), st.sampled_from(NODES), st.integers(1, 8)),
+        st.tuples(st.just("join"), st.sampled_from([*NODES, "m1", "m2"]), st.integers(0, 12)),
+        st.tuples(st.just("leave"), st.sampled_from([*NODES, "m1", "m2"]), st.just(0)),
+        st.tuples(
+            st.just("ask"),
+            st.frozensets(st.sampled_from([*NODES, "m1", "stranger"]), max_size=10),
+            st.integers(1, 10),
+        ),
+    ),
+    max_size=40,
+)
+
+
+@given(list_steps, st.frozensets(st.sampled_from(NODES), max_size=2))
+def test_queries_on_node_lists_of_every_size_agree_with_a_plain_scan(
+    steps: list[tuple[str, object, int]],
+    avoid: frozenset[str],
+) -> None:
+    """Short lists are walked, long ones get an index of their own, most nodes use the ledger's.
+
+    The threshold is lowered so every kind of list occurs on a dozen nodes; the answers must be
+    the same whichever way a list is read, through reservations, nodes joining and leaving, and
+    more lists than are kept indexed.
+    """
+    with pytest.MonkeyPatch.context() as patch:  # lists of 3 or more indexed, 2 kept at once
+        patch.setattr(scopes, "SCOPE_INDEX_MIN", 3)
+        patch.setattr(scopes, "SCOPE_INDEXES", 2)
+        run_against_a_scan(steps, avoid)
+
+
+def run_against_a_scan(steps: list[tuple[str, object, int]], avoid: frozenset[str]) -> None:
+    ledger = GpuLedger(NodeTopology(node_id=n, num_gpus=8) for n in NODES)
+    asked: list[tuple[frozenset[str], int]] = []
+    for kind, what, number in steps:
+        if kind == "reserve" and isinstance(what, str) and what in ledger:
+            if ledger.free_count(what) >= number:
+                ledger.reserve(what, number, "x")
+        elif kind == "release" and isinstance(what, str) and what in ledger:
+            mine = [o for o, h in ledger.holders(what).items() if h == "x"][:number]
+            ledger.release(what, mine, "x")
+        elif kind == "join" and isinstance(what, str) and what not in ledger:
+            ledger.add_node(NodeTopology(node_id=what, num_gpus=number))
+        elif kind == "leave" and isinstance(what, str) and what in ledger and len(ledger) > 1:
+            ledger.remove_node(what)
+        elif kind == "ask" and isinstance(what, frozenset):
+            asked = [*asked[-2:], (what, number)]
+        for allowed, gpus in [(None, 1), *asked]:  # every list asked lately, after each step
+            assert_agrees_with_a_scan(ledger, allowed, avoid, gpus)
+
+
+def assert_agrees_with_a_scan(
+    ledger: GpuLedger, allowed: frozenset[str] | None, avoid: frozenset[str], gpus: int
+) -> None:
+    nodes = [n for n in ledger.node_ids() if (allowed is None or n in allowed) and n not in avoid]
+    free = {n: ledger.free_count(n) for n in nodes}
+    capacity = {n: ledger.capacity(n) for n in nodes}
+    fits = [n for n in nodes if free[n] >= gpus]
+    assert ledger.total_free(allowed, avoid) == sum(free.values())
+    assert ledger.total_capacity(allowed, avoid) == sum(capacity.values())
+    by_free = ledger.free_histogram(allowed, avoid)  # as long as the largest node ever was
+    assert by_free == [sum(1 for n in nodes if free[n] == k) for k in range(len(by_free))]
+    assert sum(by_free) == len(nodes)
+    by_capacity = ledger.capacity_histogram(allowed, avoid)
+    assert by_capacity == [
+        sum(1 for n in nodes if capacity[n] == k) for k in range(len(by_capacity))
+    ]
+    assert sum(by_capacity) == len(nodes)
+    assert ledger.max_free(allowed, avoid) == max(free.values(), default=0)
+    assert ledger.max_capacity(allowed, avoid) == max(capacity.values(), default=0)
+    assert list(ledger.candidates(gpus, allowed=allowed, avoid=avoid)) == sorted(
+        fits, key=lambda n: (free[n], n)
+    )
+    assert list(ledger.candidates(gpus, allowed=allowed, avoid=avoid, most_free=True)) == sorted(
+        fits, key=lambda n: (-free[n], n)
+    )
+    assert list(ledger.refusing(gpus, allowed, avoid)) == [n for n in nodes if free[n] < gpus]
+
+
+def test_a_long_node_list_is_read_from_its_own_index_not_node_by_node() -> None:
+    """Half of 1,000 nodes: the list's index answers, and follows every reservation."""
+    ledger = GpuLedger(NodeTopology(node_id=f"n{i:04d}", num_gpus=8) for i in range(1_000))
+    half = frozenset(f"n{i:04d}" for i in range(0, 1_000, 2))
+    assert ledger.best_fit(8, allowed=half) == "n0000"
+    ledger.reserve("n0998", 5, "x")
+    assert ledger.best_fit(3, allowed=half) == "n0998"
+    assert ledger.total_free(half) == 500 * 8 - 5
+    assert ledger.free_histogram(half)[3] == 1
+    ledger.reserve("n0999", 7, "x")  # not on the list: its index does not move
+    assert ledger.best_fit(1, allowed=half) == "n0998"
+    assert next(ledger.refusing(4, half)) == "n0998"
