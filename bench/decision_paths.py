@@ -1,7 +1,8 @@
 """P1: every decision path through the actor, on 100 to 10,000 nodes, against the actor floor.
 
 Each round sends a `Place` and its `Release` to a DeploymentPlacementActor (no Ray: the ledger
-decision and the actor hop are what is measured) on nodes of 8 GPUs, every other one half used.
+decision and the actor hop are what is measured) on nodes of 8 GPUs, every other one half used,
+labelled by zone (four zones, in turn).
 The floor is the same number of asks to a pykka actor that answers at once, measured in turns
 with each path (floor, path, floor, path, ...): absolute times on a shared machine move by 3x
 between runs and drift within one, ratios taken side by side do not.
@@ -65,7 +66,10 @@ def node_id(i: int) -> str:
 
 
 def service(nodes: int, *, ignore_head_node: bool = False) -> pykka.ActorRef[Any]:
-    topology = [NodeTopology(node_id=node_id(i), num_gpus=8, is_head=i == 0) for i in range(nodes)]
+    topology = [
+        NodeTopology(node_id=node_id(i), num_gpus=8, is_head=i == 0, labels={"zone": f"z{i % 4}"})
+        for i in range(nodes)
+    ]
     ref = DeploymentPlacementActor.start(
         topology=topology,
         egress_nodes=[node_id(i) for i in range(nodes)],
@@ -115,6 +119,14 @@ PATHS = (
         lambda n: Place(
             local(), PlacementConstraints(gpu_nodes=tuple(node_id(i) for i in range(0, n, 2)))
         ),
+    ),
+    Path(
+        "label_selector: a quarter of the nodes",
+        lambda _: Place(local(), PlacementConstraints(label_selector={"zone": "z2"})),
+    ),
+    Path(
+        "label_selector: all but a quarter",
+        lambda _: Place(local(), PlacementConstraints(label_selector={"zone": "!z3"})),
     ),
     Path("spread", lambda _: Place(local(), PlacementConstraints(strategy=GpuStrategy.SPREAD))),
     Path("split over 2 nodes", lambda _: Place(local(gpus=16))),

@@ -76,6 +76,7 @@ from placement_actors.domain.errors import (
     UnknownMessageError,
 )
 from placement_actors.domain.group_status import GroupStatus
+from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.results import (
     BundleEndpoint,
     BundleStrategy,
@@ -120,6 +121,7 @@ __all__ = [
     "GroupState",
     "GroupStatus",
     "InvalidSpecError",
+    "LabelSelector",
     "LocalGpu",
     "NoEgressNodesError",
     "NoGpuNodesError",

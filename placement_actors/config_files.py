@@ -10,6 +10,7 @@
         runtime: vllm                  # optional; inferred from the model name
         strategy: spread               # GPU replicas: pack (default) or spread over nodes
         gpu_nodes: [gpu-a, gpu-b]      # optional: only these GPU nodes
+        label_selector: {zone: "in(a,b)"}  # optional: only nodes whose labels match (Ray's syntax)
         keep_whole: true               # never split a replica one node could hold (default false)
       - name: gpt
         model: gpt-4o
@@ -182,6 +183,9 @@ class _DeploymentEntry(_Entry):
     gpu_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
     egress_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
     keep_whole: StrictBool = False
+    label_selector: dict[_LabelText, _LabelText] = Field(
+        default_factory=dict, max_length=MAX_LABELS
+    )
 
 
 class _NodeEntry(_Entry):
@@ -340,6 +344,7 @@ def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> Deploym
     constraints = PlacementConstraints(
         gpu_nodes=None if entry.gpu_nodes is None else tuple(entry.gpu_nodes),
         egress_nodes=None if entry.egress_nodes is None else tuple(entry.egress_nodes),
+        label_selector=entry.label_selector,
         strategy=entry.strategy,
         egress_strategy=entry.egress_strategy,
         keep_whole=entry.keep_whole,

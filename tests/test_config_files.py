@@ -43,9 +43,11 @@ deployments:
     runtime: sglang
     strategy: spread
     gpu_nodes: [a, b]
+    label_selector: {zone: "in(x,y)", gpu-type: "!T4"}
 """,
     )
     (spec,) = load_deployments(path, environ={})
+    assert spec.constraints.label_selector == {"zone": "in(x,y)", "gpu-type": "!T4"}
     assert (spec.deployment.replicas, spec.deployment.gpus) == (2, 4)
     assert spec.deployment.runtime is RuntimeKind.SGLANG
     assert spec.constraints.strategy is GpuStrategy.SPREAD
@@ -84,6 +86,10 @@ def test_api_keys_come_from_the_named_environment_variable(tmp_path: Path) -> No
             "deployments:\n  - {name: a, model: m}\n  - {name: a, model: m}\n",
             "deployments.yaml:3: name: appears twice in this file",
         ),
+        (
+            "deployments:\n  - name: a\n    model: m\n    label_selector: {zone: 'in(a'}\n",
+            "deployments.yaml:4: label_selector: label_selector zone: 'in(a' is not a value",
+        ),
         ("deployments: [\n", "deployments.yaml:2: not valid YAML"),
         ("", "deployments.yaml: the file is empty"),
     ],
@@ -94,6 +100,7 @@ def test_api_keys_come_from_the_named_environment_variable(tmp_path: Path) -> No
         "unknown-field",
         "gpus-on-remote",
         "duplicate-name",
+        "malformed-label-selector",
         "broken-yaml",
         "empty-file",
     ],

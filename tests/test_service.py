@@ -21,6 +21,7 @@ from placement_actors import (
     GetReplicaGroups,
     GroupState,
     InvalidSpecError,
+    NoGpuNodesError,
     NotEnoughGpusError,
     Place,
     PlacementConstraints,
@@ -31,6 +32,7 @@ from placement_actors import (
     ReplicaFailed,
     ReplicaGroupsView,
     UnknownMessageError,
+    group_prefix,
 )
 from placement_actors.actors.messages import (
     BundleGpusKnown,
@@ -423,3 +425,32 @@ def test_a_restarted_service_counts_the_gpus_its_groups_still_hold(
         )
     assert again.ask(Release("kept-over")).gpus_freed == 4
     assert again.ask(GetClusterView()).node(node).held == ()
+
+
+def test_a_label_selector_places_replicas_where_ray_labels_say_and_ray_keeps_them_there(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    chosen = {on_ray.NAME_LABEL: "in(gpu-b, gpu-c)"}
+    place = Place(
+        Deployment(name="zoned", model="m", gpus=4, replicas=2),
+        PlacementConstraints(label_selector=chosen),
+    )
+    result = client.ask(place)  # the selector crosses to the host pickled, and is checked there
+    assert isinstance(result, PlacementResult)
+    wanted = {ray_nodes["gpu-b"], ray_nodes["gpu-c"]}
+    assert {a.node for a in result.assignments} <= wanted
+    for replica in result.replicas:
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+    landed = on_ray.bundle_nodes(group_prefix("zoned"))
+    assert len(landed) == 2
+    assert {node for bundles in landed.values() for node in bundles.values()} <= wanted
+    with pytest.raises(NoGpuNodesError, match="label_selector"):
+        client.ask(
+            Place(
+                Deployment(name="nowhere", model="m", gpus=1),
+                PlacementConstraints(label_selector={on_ray.NAME_LABEL: "no-such-node"}),
+            )
+        )
+    client.ask(Release("zoned"))

@@ -164,8 +164,13 @@ class _PlacedResidents:
         """Whether the resident's deployment may use ``node`` (its constraints, head exclusion)."""
         if node in self._avoid or node not in self._gpus:
             return False
-        allowed = self._placed[resident.deployment].place.constraints.gpu_nodes
-        return allowed is None or node in self._gpus.scope_of(allowed)
+        constraints = self._placed[resident.deployment].place.constraints
+        allowed = (
+            None if constraints.gpu_nodes is None else self._gpus.scope_of(constraints.gpu_nodes)
+        )
+        if constraints.label_selector:
+            allowed = self._gpus.selected(constraints.selector(), within=allowed)
+        return allowed is None or node in allowed
 
 
 class DeploymentPlacementActor(KeepServingActor):

@@ -7,12 +7,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from placement_actors.domain.checked import Checked, mark_checked
 from placement_actors.domain.deployments import ApiKey, ProviderKind
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.frozen import reduce_frozen
+from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.limits import MAX_NODE_ID, MAX_NODES
 from placement_actors.domain.memo import IdentityMemo
 
@@ -98,6 +99,12 @@ class PlacementConstraints(Checked):
             knows, an empty sequence means none. Naming a node the service does not know is an
             `InvalidSpecError`.
         egress_nodes: egress nodes a remote deployment may use, with the same meaning.
+        label_selector: only nodes whose labels match, in Ray's syntax (`LabelSelector`):
+            ``{"zone": "in(a,b)", "gpu-type": "!T4"}``. It narrows ``gpu_nodes`` (local) or
+            ``egress_nodes`` (remote) further; empty (the default) picks every node. It is read
+            again when replicas are placed anew, so a node that joins with matching labels is
+            eligible. A node whose labels the service does not know (an egress node given by id
+            only) matches no selector.
         egress_preference: ``(provider, api key) -> node ids`` already serving that pair, added to
             what the service itself remembers.
         strategy: how local replicas are spread (`GpuStrategy`).
@@ -112,6 +119,7 @@ class PlacementConstraints(Checked):
 
     gpu_nodes: tuple[str, ...] | None = None
     egress_nodes: tuple[str, ...] | None = None
+    label_selector: Mapping[str, str] = field(default_factory=LabelSelector, hash=False)
     egress_preference: Mapping[EgressKey, tuple[str, ...]] = field(
         default_factory=_no_preference, hash=False
     )
@@ -124,6 +132,7 @@ class PlacementConstraints(Checked):
         """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
         object.__setattr__(self, "gpu_nodes", _node_ids(self.gpu_nodes, "gpu_nodes"))
         object.__setattr__(self, "egress_nodes", _node_ids(self.egress_nodes, "egress_nodes"))
+        object.__setattr__(self, "label_selector", LabelSelector.of(self.label_selector))
         if not isinstance(self.strategy, GpuStrategy):
             msg = f"strategy must be a GpuStrategy, got {type(self.strategy).__name__}"
             raise InvalidSpecError(msg, field="strategy")
@@ -166,6 +175,10 @@ class PlacementConstraints(Checked):
     def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
         """Pickle through plain copies of the read-only mappings."""
         return reduce_frozen(self)
+
+    def selector(self) -> LabelSelector:
+        """``label_selector``, checked (the constructor made it a `LabelSelector`)."""
+        return cast("LabelSelector", self.label_selector)
 
     def named_nodes(self) -> frozenset[str]:
         """Every node id this value names, for checking them against the service's nodes."""

@@ -12,7 +12,7 @@ from itertools import chain, islice
 from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.memo import IdentityMemo
-from placement_actors.policies.scopes import ScopedIndexes, deserves_index
+from placement_actors.policies.scopes import ScopedIndexes, deserves_index, leaves_out_few
 
 __all__ = ["EgressLedger"]
 
@@ -194,10 +194,10 @@ class EgressLedger:
         """``nodes`` (every node when ``None``) less ``skip``, least-loaded first, ties by id.
 
         Read lazily from a load index (a caller that stops early pays for what it read): the
-        ledger's for every node or most of them, a long list's own (`ScopedIndexes`); a short
-        list is sorted.
+        ledger's for every node or a list that leaves out few, passing over those few; a long
+        list's own (`ScopedIndexes`); a short list is sorted.
         """
-        if nodes is None or len(nodes) * 2 > len(self._load):
+        if nodes is None or leaves_out_few(len(nodes), len(self._load)):
             return (
                 n for n in self._all.in_order() if (nodes is None or n in nodes) and n not in skip
             )

@@ -19,11 +19,16 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.memo import IdentityMemo
 from placement_actors.domain.topology import NodeTopology
-from placement_actors.policies.scopes import ScopedIndexes, deserves_index
+from placement_actors.policies.scopes import ScopedIndexes, deserves_index, leaves_out_few
 
 __all__ = ["GpuLedger"]
+
+
+_SELECTED = 256
+"""Selector answers kept at once (then forgotten together, and worked out again when asked)."""
 
 
 class _Index:
@@ -112,6 +117,9 @@ class GpuLedger:
             self._max_capacity,
         )
         self._scoped: ScopedIndexes[_Index] = ScopedIndexes()  # long node lists' own indexes
+        # Label key -> value -> nodes (built when a selector first asks), and selectors' answers.
+        self._labels: dict[str, dict[str, set[str]]] | None = None
+        self._selected: dict[tuple[frozenset[str] | None, LabelSelector], frozenset[str]] = {}
         # Answers about long node lists, by the list's identity (cleared when nodes change).
         self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
         self._left_out: IdentityMemo[frozenset[str]] = IdentityMemo()
@@ -141,6 +149,47 @@ class GpuLedger:
         if found is None:
             found = self._scopes.put(nodes, frozenset(nodes) & self._node_set)
         return found
+
+    def selected(
+        self, selector: LabelSelector, within: frozenset[str] | None = None
+    ) -> frozenset[str]:
+        """The nodes (of ``within``, when given) whose labels ``selector`` picks.
+
+        Worked out from an index of the nodes by label (O(the nodes the selector's values name),
+        every node for a selector that only excludes) and remembered for that selector and set
+        until nodes join or leave: a controller that sends the same selector with every `Place`
+        pays for it once, and gets the same set back, whose own index (`_view`) is kept too.
+        """
+        key = (within, selector)
+        found = self._selected.get(key)
+        if found is None:
+            if len(self._selected) >= _SELECTED:
+                self._selected.clear()
+            found = self._pick(selector)
+            if within is not None:
+                found &= within
+            self._selected[key] = found
+        return found
+
+    def _pick(self, selector: LabelSelector) -> frozenset[str]:
+        if self._labels is None:
+            self._labels = {}
+            for node_id, node in self._nodes.items():
+                for label, value in node.labels.items():
+                    self._labels.setdefault(label, {}).setdefault(value, set()).add(node_id)
+        labels = self._labels
+        matching = [
+            set().union(*(labels.get(m.key, {}).get(v, ()) for v in m.values))
+            for m in selector.matches
+            if not m.negated
+        ]
+        matching.sort(key=len)
+        chosen = set(matching[0]).intersection(*matching[1:]) if matching else set(self._nodes)
+        for m in selector.matches:
+            if m.negated:
+                for v in m.values:
+                    chosen.difference_update(labels.get(m.key, {}).get(v, ()))
+        return frozenset(chosen)
 
     def strangers(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
         """The nodes of ``nodes`` the ledger does not know, in list order (remembered, as above)."""
@@ -293,15 +342,16 @@ class GpuLedger:
         """How to read the nodes of ``allowed`` less ``avoid``: from which index, or by walking.
 
         - every node (``None``): the ledger's index;
-        - most nodes: the ledger's index, less the nodes the list leaves out (remembered per
-          list), so a list of 9,999 of 10,000 nodes costs what the one left out costs;
+        - a list that leaves out few nodes (`leaves_out_few`): the ledger's index, less the
+          nodes left out (remembered per list), so a list of 9,999 of 10,000 nodes costs what
+          the one left out costs;
         - a long list (`deserves_index`): an index of its own, built once (O(list)) and kept up
           to date with every reservation (`ScopedIndexes`);
         - a shorter list: walked node by node.
         """
         if allowed is None:
             return self._all, None, avoid
-        if len(allowed) * 2 > len(self._nodes):
+        if leaves_out_few(len(allowed), len(self._nodes)):
             left_out = self._left_out.get(allowed)
             if left_out is None:
                 left_out = self._left_out.put(allowed, self._node_set - allowed)
@@ -507,6 +557,8 @@ class GpuLedger:
         self._left_out.clear()
         self._strangers.clear()
         self._scoped.clear()
+        self._labels = None
+        self._selected.clear()
 
     def _free_list(self, node_id: str) -> list[int]:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from placement_actors.domain.constraints import EgressKey, PlacementConstraints
 from placement_actors.domain.deployments import Deployment, RemoteNetwork
 from placement_actors.domain.errors import (
+    MAX_REJECTIONS,
     InvalidSpecError,
     NoEgressNodesError,
     NotEnoughGpusError,
@@ -105,10 +106,12 @@ def decide_placement(
         raise InvalidSpecError(msg, field="constraints")
     key = egress_key(deployment)
     if key is not None:
-        return _remote(egress, deployment, constraints, key, rules=rules, indexes=indexes)
+        return _remote(egress, gpus, deployment, constraints, key, rules=rules, indexes=indexes)
     allowed = None
     if constraints.gpu_nodes is not None:
         allowed = gpus.scope_of(constraints.gpu_nodes)
+    if constraints.label_selector:
+        allowed = gpus.selected(constraints.selector(), within=allowed)
     request = LocalRequest(
         deployment=deployment.name,
         gpus=deployment.gpus_per_replica,
@@ -119,6 +122,7 @@ def decide_placement(
         avoid=rules.avoid,
         own=tuple(own),
         no_nodes_named=constraints.gpu_nodes == (),
+        selector=_shown(constraints),
         keep_whole=constraints.keep_whole,
     )
     try:
@@ -154,8 +158,15 @@ def _unknown_nodes(
     return sorted(unknown)
 
 
+def _shown(constraints: PlacementConstraints) -> str:
+    """The constraints' label selector, as a refusal names it ("" when there is none)."""
+    selector = constraints.label_selector
+    return f"label_selector {dict(selector)}" if selector else ""
+
+
 def _remote(
     egress: EgressLedger,
+    gpus: GpuLedger,
     deployment: Deployment,
     constraints: PlacementConstraints,
     key: EgressKey,
@@ -173,12 +184,25 @@ def _remote(
     allowed = (
         None if constraints.egress_nodes is None else egress.scope_of(constraints.egress_nodes)
     )
+    if constraints.label_selector:
+        allowed = egress.scope_of(gpus.selected(constraints.selector(), within=allowed))
     if not (len(egress) if allowed is None else allowed):
         rejections = tuple(
-            Rejection(node_id=n, reason="has no egress", requested=1, available=0)
-            for n in sorted(constraints.egress_nodes or ())[:100]
+            Rejection(
+                node_id=n,
+                reason="has no egress" if n not in egress else "its labels do not match",
+                requested=1,
+                available=0,
+            )
+            for n in sorted(constraints.egress_nodes or ())[:MAX_REJECTIONS]
         )
-        msg = f"deployment {deployment.name} calls {provider.value}; no allowed node has egress"
+        picked = (
+            f" ({_shown(constraints)} picks none of them)" if constraints.label_selector else ""
+        )
+        msg = (
+            f"deployment {deployment.name} calls {provider.value}; "
+            f"no allowed node has egress{picked}"
+        )
         raise NoEgressNodesError(
             msg, deployment=deployment.name, provider=provider, rejections=rejections
         )

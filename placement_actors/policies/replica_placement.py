@@ -50,6 +50,7 @@ class LocalRequest:
             again); counted as its own, not as someone else's, when judging ``retryable``.
         no_nodes_named: the caller gave an empty node list (for the message).
         keep_whole: never split a replica that one allowed node is large enough to hold.
+        selector: the label selector that narrowed ``allowed``, as a refusal names it.
     """
 
     deployment: str
@@ -62,6 +63,7 @@ class LocalRequest:
     own: tuple[NodeAssignment, ...] = ()
     no_nodes_named: bool = False
     keep_whole: bool = False
+    selector: str = ""
 
     def splits(self, largest: int) -> bool:
         """Whether a replica may be split, on nodes of at most ``largest`` GPUs."""
@@ -237,6 +239,7 @@ def _no_gpu_nodes(ledger: GpuLedger, request: LocalRequest) -> NoGpuNodesError:
     return NoGpuNodesError(
         f"deployment {request.deployment} needs GPUs, but no allowed node has any"
         + (" (gpu_nodes is empty)" if request.no_nodes_named else "")
+        + (f" ({request.selector} narrows the nodes)" if request.selector else "")
         + (" (head exclusion is on)" if request.avoid else ""),
         deployment=request.deployment,
         rejections=tuple(

@@ -4,8 +4,8 @@ A placement limited to a node list (``gpu_nodes``, ``egress_nodes``, the nodes a
 picks) asks the ledgers for the best of *those* nodes. Sorting the list on every `Place` costs
 O(list): linear in the cluster when the list is a fixed share of it. So a long list gets an
 index of its own, built once and changed with every reservation on one of its nodes, and the
-query costs what it costs on the whole cluster. A list of most nodes needs none (the ledger's
-index, less the few nodes left out, serves it) and a short list is cheaper to read than to keep.
+query costs what it costs on the whole cluster. A list that leaves out few nodes needs none
+(the ledger's index, less those few, serves it) and a short list is cheaper to read than to keep.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["SCOPE_INDEXES", "SCOPE_INDEX_MIN", "ScopedIndexes", "deserves_index"]
+__all__ = [
+    "SCOPE_INDEXES",
+    "SCOPE_INDEX_MIN",
+    "ScopedIndexes",
+    "deserves_index",
+    "leaves_out_few",
+]
 
 SCOPE_INDEX_MIN = 64
-"""A node list this long or longer (and at most half the nodes) gets an index of its own."""
+"""A node list this long or longer, that leaves out at least as many nodes, gets an index of its
+own. A list that leaves out fewer is read from the ledger's index less the nodes left out."""
 SCOPE_INDEXES = 16
 """The most node lists indexed at once per ledger; the one used least recently goes first. Each
 costs memory for its nodes and a little work on every reservation on one of them."""
@@ -27,7 +34,15 @@ _I = TypeVar("_I")
 
 def deserves_index(size: int, nodes: int) -> bool:
     """Whether a list of ``size`` nodes, out of ``nodes``, is read from an index of its own."""
-    return size >= SCOPE_INDEX_MIN and size * 2 <= nodes
+    return size >= SCOPE_INDEX_MIN and nodes - size >= SCOPE_INDEX_MIN
+
+
+def leaves_out_few(size: int, nodes: int) -> bool:
+    """Whether a list of ``size`` nodes leaves out fewer than `SCOPE_INDEX_MIN` of ``nodes``.
+
+    Then the ledger's own index, less those few, serves it at the least cost.
+    """
+    return nodes - size < SCOPE_INDEX_MIN
 
 
 class ScopedIndexes(Generic[_I]):

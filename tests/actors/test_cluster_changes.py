@@ -258,3 +258,29 @@ def test_a_node_that_left_stays_shown_as_lost_when_another_joins() -> None:
         "b": NodeState.ALIVE,
         "c": NodeState.ALIVE,
     }
+
+
+def test_a_replica_placed_by_labels_is_replaced_on_a_node_that_joins_with_those_labels() -> None:
+    topology = (
+        NodeTopology(node_id="a", num_gpus=4, labels={"zone": "east"}),
+        NodeTopology(node_id="b", num_gpus=4, labels={"zone": "west"}),
+    )
+    ref = DeploymentPlacementActor.start(topology=topology)
+    found: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(found)
+    try:
+        ref.ask(Subscribe(listener), timeout=TIMEOUT)
+        first = place(ref, local("eastern"), label_selector={"zone": "east"})
+        assert [a.node for a in first.assignments] == ["a"]
+        ref.tell(NodeLost(node_id="a"))  # b has room, but is in the wrong zone
+        assert isinstance(next_event(found), NodeLost)
+        assert isinstance(next_event(found), ReplicaLost)
+        assert view(ref).degraded == ("eastern",)
+        ref.tell(NodeJoined(node=NodeTopology(node_id="c", num_gpus=4, labels={"zone": "east"})))
+        assert isinstance(next_event(found), NodeJoined)
+        replaced = next_event(found)
+        assert isinstance(replaced, ReplicaReplaced)
+        assert [a.node for a in replaced.assignments] == ["c"]
+    finally:
+        listener.stop()
+        ref.stop(timeout=TIMEOUT)

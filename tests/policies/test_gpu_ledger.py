@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from placement_actors import InvalidSpecError, NodeTopology
+from placement_actors import InvalidSpecError, LabelSelector, NodeTopology
 from placement_actors.policies import scopes
 from placement_actors.policies.gpu_ledger import GpuLedger
 
@@ -281,3 +281,34 @@ def test_a_long_node_list_is_read_from_its_own_index_not_node_by_node() -> None:
     ledger.reserve("n0999", 7, "x")  # not on the list: its index does not move
     assert ledger.best_fit(1, allowed=half) == "n0998"
     assert next(ledger.refusing(4, half)) == "n0998"
+
+
+selector_forms = st.sampled_from(["a", "!a", "in(a,b)", "!in(a,b)", "c", "in(b,c)"])
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["zone", "tier"]), st.sampled_from("abc"), max_size=2),
+        min_size=1,
+        max_size=12,
+    ),
+    st.dictionaries(st.sampled_from(["zone", "tier", "rack"]), selector_forms, max_size=3),
+    st.none() | st.frozensets(st.sampled_from([f"n{i}" for i in range(14)]), max_size=8),
+)
+def test_a_selector_picks_the_same_nodes_as_reading_every_nodes_labels(
+    labels: list[dict[str, str]], selector: dict[str, str], within: frozenset[str] | None
+) -> None:
+    ledger = GpuLedger(
+        NodeTopology(node_id=f"n{i}", num_gpus=1, labels=node) for i, node in enumerate(labels)
+    )
+    chosen = LabelSelector(selector)
+    expected = {
+        f"n{i}"
+        for i, node in enumerate(labels)
+        if chosen.picks(node) and (within is None or f"n{i}" in within)
+    }
+    assert ledger.selected(chosen, within) == expected
+    assert ledger.selected(chosen, within) is ledger.selected(chosen, within)  # remembered
+    ledger.add_node(NodeTopology(node_id="late", num_gpus=1, labels={"zone": "a", "tier": "b"}))
+    late = chosen.picks({"zone": "a", "tier": "b"}) and within is None
+    assert ledger.selected(chosen, within) == expected | ({"late"} if late else set())

@@ -7,6 +7,7 @@ from placement_actors import (
     InvalidSpecError,
     NodeTopology,
     NoEgressNodesError,
+    NoGpuNodesError,
     NotEnoughGpusError,
     PlacementConstraints,
     ProviderKind,
@@ -126,3 +127,54 @@ def test_head_nodes_are_kept_off_by_the_rules() -> None:
     reasons = {r.node_id: r.reason for r in caught.value.rejections}
     assert reasons["h"] == "is a head node (head exclusion is on)"
     assert not caught.value.retryable  # 2 GPUs on the only allowed node, whatever is released
+
+
+def zoned() -> tuple[GpuLedger, EgressLedger]:
+    """Four GPU nodes in two zones, and two egress nodes (one per zone) that have no GPUs."""
+    zones = {"a1": "a", "a2": "a", "b1": "b", "b2": "b", "ea": "a", "eb": "b"}
+    gpus = GpuLedger(
+        NodeTopology(node_id=n, num_gpus=0 if n.startswith("e") else 8, labels={"zone": z})
+        for n, z in zones.items()
+    )
+    return gpus, EgressLedger(["ea", "eb"])
+
+
+def test_a_label_selector_keeps_local_replicas_on_the_nodes_it_picks() -> None:
+    gpu_ledger, egress_ledger = zoned()
+    where = PlacementConstraints(label_selector={"zone": "b"})
+    assignments = decide_placement(gpu_ledger, egress_ledger, local(gpus=8, replicas=2), where)
+    assert sorted(a.node for a in assignments) == ["b1", "b2"]
+    with pytest.raises(NotEnoughGpusError) as caught:  # zone b is full; zone a is not asked
+        decide_placement(gpu_ledger, egress_ledger, local("more", gpus=8), where)
+    assert {r.node_id for r in caught.value.rejections} == {"b1", "b2", "eb"}  # eb has no GPUs
+
+
+def test_a_label_selector_narrows_a_node_list_further() -> None:
+    gpu_ledger, egress_ledger = zoned()
+    where = PlacementConstraints(gpu_nodes=("a1", "b1"), label_selector={"zone": "!a"})
+    assignments = decide_placement(gpu_ledger, egress_ledger, local(gpus=2, replicas=2), where)
+    assert {a.node for a in assignments} == {"b1"}
+
+
+def test_a_label_selector_picks_egress_nodes_for_remote_replicas() -> None:
+    gpu_ledger, egress_ledger = zoned()
+    api = Deployment(name="api", model="gpt-4o", replicas=3, api_key=ApiKey("sk-x"))
+    where = PlacementConstraints(label_selector={"zone": "in(a)"})
+    assignments = decide_placement(gpu_ledger, egress_ledger, api, where)
+    assert [a.node for a in assignments] == ["ea", "ea", "ea"]
+
+
+def test_a_selector_that_picks_no_node_is_refused_and_says_so() -> None:
+    gpu_ledger, egress_ledger = zoned()
+    where = PlacementConstraints(egress_nodes=("eb",), label_selector={"zone": "a"})
+    api = Deployment(name="api", model="gpt-4o", api_key=ApiKey("sk-x"))
+    with pytest.raises(NoEgressNodesError, match="label_selector") as caught:
+        decide_placement(gpu_ledger, egress_ledger, api, where)
+    assert [(r.node_id, r.reason) for r in caught.value.rejections] == [
+        ("eb", "its labels do not match")
+    ]
+    with pytest.raises(NoGpuNodesError, match=r"label_selector \{'zone': 'c'\} narrows"):
+        decide_placement(
+            gpu_ledger, egress_ledger, local(), PlacementConstraints(label_selector={"zone": "c"})
+        )
+    assert gpu_ledger.total_free() == 32  # nothing was reserved
