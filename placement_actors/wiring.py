@@ -120,7 +120,9 @@ def start_on_ray(
     try:
         service = DeploymentPlacementActor.start(
             topology=topology,
-            egress_nodes=on_ray.get_egress_nodes(nodes=known.values()),
+            egress_nodes=[
+                on_ray.node_topology(known[n]) for n in on_ray.get_egress_nodes(known.values())
+            ],
             planner=planner,
             ignore_head_node=head_exclusion(ignore_head_node),
             planner_timeout_s=planner_timeout_s,

@@ -432,7 +432,7 @@ def test_a_label_selector_places_replicas_where_ray_labels_say_and_ray_keeps_the
 ) -> None:
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
 
-    chosen = {on_ray.NAME_LABEL: "in(gpu-b, gpu-c)"}
+    chosen = {on_ray.NAME_LABEL: "in(gpu-b,gpu-c)"}
     place = Place(
         Deployment(name="zoned", model="m", gpus=4, replicas=2),
         PlacementConstraints(label_selector=chosen),
@@ -454,3 +454,9 @@ def test_a_label_selector_places_replicas_where_ray_labels_say_and_ray_keeps_the
             )
         )
     client.ask(Release("zoned"))
+    api = Deployment(name="zoned-api", model="gpt-4o", replicas=2)
+    remote = client.ask(
+        Place(api, PlacementConstraints(label_selector={on_ray.NAME_LABEL: "gpu-a"}))
+    )  # egress nodes are picked by the labels Ray reported for them
+    assert [a.node for a in remote.assignments] == [ray_nodes["gpu-a"]] * 2
+    client.ask(Release("zoned-api"))

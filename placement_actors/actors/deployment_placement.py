@@ -173,6 +173,25 @@ class _PlacedResidents:
         return allowed is None or node in allowed
 
 
+def _egress_nodes(
+    given: Iterable[str | NodeTopology] | str, topology: Sequence[NodeTopology]
+) -> tuple[list[str], dict[str, Mapping[str, str]]]:
+    """The egress node ids, and each one's labels (its own, else its topology entry's)."""
+    entries = [given] if isinstance(given, str | NodeTopology) else list(given)
+    labels = {n.node_id: n.labels for n in topology}
+    ids: list[str] = []
+    for entry in entries:
+        if isinstance(entry, NodeTopology):
+            ids.append(entry.node_id)
+            labels[entry.node_id] = entry.labels
+        elif isinstance(entry, str) and entry:
+            ids.append(entry)
+        else:
+            msg = f"egress_nodes must be node ids or NodeTopology values, got {entry!r:.80}"
+            raise InvalidSpecError(msg, field="egress_nodes")
+    return ids, {n: labels[n] for n in ids if n in labels}
+
+
 class DeploymentPlacementActor(KeepServingActor):
     """Places deployments on nodes and GPUs from a ledger of free capacity.
 
@@ -189,7 +208,9 @@ class DeploymentPlacementActor(KeepServingActor):
 
     Args:
         topology: the GPU nodes (and, with ``num_gpus=0``, any CPU nodes) the service knows.
-        egress_nodes: ids of nodes that can reach remote providers; they need not be GPU nodes.
+        egress_nodes: nodes that can reach remote providers; they need not be GPU nodes. Ids,
+            or `NodeTopology` values to give their labels (for a ``label_selector``); an id
+            takes its labels from ``topology`` when it is there too.
         planner: the PlanningActor that reserves local replicas on the cluster, if any.
         ignore_head_node: keep local replicas off head nodes (`placement_actors.start_on_ray`
             and the service read ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` for it).
@@ -224,7 +245,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self,
         *,
         topology: Iterable[NodeTopology],
-        egress_nodes: Iterable[str] = (),
+        egress_nodes: Iterable[str | NodeTopology] = (),
         planner: pykka.ActorRef[Any] | None = None,
         ignore_head_node: bool = False,
         planner_timeout_s: float = 30.0,
@@ -245,10 +266,7 @@ class DeploymentPlacementActor(KeepServingActor):
             if not isinstance(node, NodeTopology):
                 msg = f"topology must hold NodeTopology values, got {type(node).__name__}"
                 raise InvalidSpecError(msg, field="topology")
-        egress = [egress_nodes] if isinstance(egress_nodes, str) else list(egress_nodes)
-        if not all(isinstance(node_id, str) and node_id for node_id in egress):
-            msg = f"egress_nodes must be node-id strings, got {egress!r}"
-            raise InvalidSpecError(msg, field="egress_nodes")
+        egress, egress_labels = _egress_nodes(egress_nodes, nodes)
         self._gpus = GpuLedger(nodes)
         self._heads = frozenset(n.node_id for n in nodes if n.is_head)
         if not isinstance(ignore_head_node, bool):
@@ -260,7 +278,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self._planner = planner
         self._stops_planner = stops_planner
         self._planner_timeout_s = planner_timeout_s
-        self._egress = EgressLedger(egress)
+        self._egress = EgressLedger(egress, egress_labels)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
         self._exclude_heads = exclude_heads
         self._lost: set[str] = set()
@@ -631,7 +649,7 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._avoid |= {node.node_id}
                     self._rules = replace(self._rules, avoid=self._avoid)
         if event.egress:
-            self._egress.add_node(node.node_id)
+            self._egress.add_node(node.node_id, node.labels)
         self._lost.discard(node.node_id)
         self._known = (  # nodes that left stay known (and shown as lost)
             frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids()) | self._lost

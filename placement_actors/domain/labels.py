@@ -9,8 +9,14 @@ A selector maps a label key to what its value must be, as Ray's ``label_selector
 - ``"!in(a,b)"``: it is none of them (a node without the label matches).
 
 Every entry must hold: ``{"zone": "in(us-1a,us-1b)", "gpu-type": "!T4"}`` picks the nodes of
-either zone whose GPUs are not T4s. Keys and values are checked when the selector is built;
-an unknown key is not an error, it matches no node (or every node, negated), as in Ray.
+either zone whose GPUs are not T4s. Keys and values are checked when the selector is built, to
+the characters Ray allows in labels: a value is letters, digits, ``-``, ``_`` and ``.`` (no
+spaces: Ray would look for the space too); a key may also hold ``/`` (``ray.io/node-id``). An
+empty value is refused (a node labelled with an empty value cannot be picked). An unknown key is
+not an error: it matches no node (or every node, negated), as in Ray.
+
+A selector keeps each entry in one written form (``in(b,a)`` is kept as ``in(a,b)``, ``in(a)``
+as ``a``), so two selectors that pick the same nodes by the same entries are equal.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ MAX_SELECTOR_VALUES = 100
 """Values one ``in(...)`` may list."""
 
 _FIELD = "label_selector"
-_IN = re.compile(r"(!?)in\((.*)\)", re.DOTALL)
-_FORBIDDEN = frozenset("(),!")
+_IN = re.compile(r"(!?)in\(([^()]*)\)")
+_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+_KEY = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +70,14 @@ class LabelMatch(Checked):
 class LabelSelector(Checked, Mapping[str, str]):
     """A checked, immutable label selector: a read-only mapping of key -> Ray's value syntax.
 
-    Built from any mapping of strings (``LabelSelector({"zone": "in(a,b)"})``); equal to a dict
-    with the same entries; hashable. ``matches`` holds the parsed entries, in key order.
+    Built from any mapping of strings (``LabelSelector({"zone": "in(a,b)"})``); equal to a
+    mapping with the same entries, in any written form; hashable. ``matches`` holds the parsed
+    entries, in key order.
 
     Raises:
         InvalidSpecError: not a mapping of strings, too many entries or values, a text too
-            long, a value that is empty or holds ``(``, ``)``, ``,`` or ``!`` where Ray's
-            syntax does not allow them.
+            long, or a key or value with characters Ray does not allow in labels (see the
+            module docstring).
     """
 
     __slots__ = ("_entries", "_hash", "matches")
@@ -86,16 +94,20 @@ class LabelSelector(Checked, Mapping[str, str]):
             _refuse(f"must map label keys to values, got {type(selector).__name__}")
         if len(selector) > MAX_LABELS:
             _refuse(f"may hold at most {MAX_LABELS} entries, got {len(selector)}")
-        entries: dict[str, str] = {}
+        matches: list[LabelMatch] = []
         for key, value in selector.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 _refuse("keys and values must be strings")
-            if not key.strip() or len(key) > MAX_LABEL_TEXT:
-                _refuse(f"a key must be 1-{MAX_LABEL_TEXT} characters, not blank")
-            entries[key] = value
-        matches = tuple(_parse(key, entries[key]) for key in sorted(entries))
-        object.__setattr__(self, "_entries", MappingProxyType(dict(sorted(entries.items()))))
-        object.__setattr__(self, "matches", matches)
+            if len(key) > MAX_LABEL_TEXT or not _KEY.fullmatch(key):
+                _refuse(
+                    f"a key is 1-{MAX_LABEL_TEXT} letters, digits, '-', '_', '.' or '/', "
+                    f"got {key[:40]!r}"
+                )
+            matches.append(_parse(key, value))
+        matches.sort(key=lambda m: m.key)
+        entries = {m.key: _written(m) for m in matches}
+        object.__setattr__(self, "_entries", MappingProxyType(entries))
+        object.__setattr__(self, "matches", tuple(matches))
         object.__setattr__(self, "_hash", hash(frozenset(entries.items())))
         mark_checked(self)
 
@@ -106,10 +118,18 @@ class LabelSelector(Checked, Mapping[str, str]):
             return value
         if isinstance(value, LabelSelector):  # forged or changed: built again from its entries
             try:
-                value = dict(value._entries)  # noqa: SLF001 - the same class
-            except (AttributeError, TypeError):
-                _refuse("is not a selector LabelSelector built")
-        return cls(value)  # type: ignore[arg-type]  # any value: __init__ checks it
+                entries = object.__getattribute__(value, "_entries")
+            except AttributeError:
+                entries = None
+            if not isinstance(entries, Mapping):
+                _refuse("was not built by LabelSelector (it holds no entries)")
+            value = entries
+        try:
+            return cls(value)  # type: ignore[arg-type]  # any value: __init__ checks it
+        except InvalidSpecError:
+            raise
+        except (AttributeError, TypeError, ValueError) as exc:  # a mapping that breaks as read
+            _refuse(f"could not be read as a mapping ({type(exc).__name__})")
 
     def __getitem__(self, key: str) -> str:
         """The value syntax for ``key``."""
@@ -128,10 +148,15 @@ class LabelSelector(Checked, Mapping[str, str]):
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        """Equal to any mapping with the same entries."""
-        if isinstance(other, LabelSelector):
-            return self._hash == other._hash and self._entries == other._entries
-        return isinstance(other, Mapping) and self._entries == dict(other.items())
+        """Equal to a selector, or a mapping, with the same entries (in any written form)."""
+        if not isinstance(other, LabelSelector):
+            if not isinstance(other, Mapping):
+                return False
+            try:
+                other = LabelSelector(other)
+            except InvalidSpecError:
+                return False
+        return self._hash == other._hash and self._entries == other._entries
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         """Refuse: a selector never changes."""
@@ -152,23 +177,26 @@ class LabelSelector(Checked, Mapping[str, str]):
 
 
 def _parse(key: str, value: str) -> LabelMatch:
-    found = _IN.fullmatch(value.strip())
+    found = _IN.fullmatch(value)
     if found is not None:
         negated, listed = found.group(1) == "!", found.group(2).split(",")
     else:
-        text = value.strip()
-        negated, listed = text.startswith("!"), [text.removeprefix("!")]
+        negated, listed = value.startswith("!"), [value.removeprefix("!")]
     if len(listed) > MAX_SELECTOR_VALUES:
         _refuse(f"{key}: in(...) may list at most {MAX_SELECTOR_VALUES} values")
-    values = [v.strip() for v in listed]
-    for v in values:
-        if not v or len(v) > MAX_LABEL_TEXT or _FORBIDDEN & set(v):
-            shown = repr(value[:40])
+    for v in listed:
+        if len(v) > MAX_LABEL_TEXT or not _VALUE.fullmatch(v):
             _refuse(
-                f"{key}: {shown} is not a value, !value, in(a,b) or !in(a,b) "
-                f"(values of 1-{MAX_LABEL_TEXT} characters without ( ) , !)"
+                f"{key}: {value[:40]!r} is not a value, !value, in(a,b) or !in(a,b) (each value "
+                f"1-{MAX_LABEL_TEXT} letters, digits, '-', '_' or '.', no spaces)"
             )
-    return LabelMatch(key=key, values=tuple(sorted(set(values))), negated=negated)
+    return LabelMatch(key=key, values=tuple(sorted(set(listed))), negated=negated)
+
+
+def _written(match: LabelMatch) -> str:
+    """The one form an entry is kept in: ``a``, ``!a``, ``in(a,b)`` or ``!in(a,b)``."""
+    listed = match.values[0] if len(match.values) == 1 else f"in({','.join(match.values)})"
+    return f"!{listed}" if match.negated else listed
 
 
 def _refuse(problem: str) -> NoReturn:

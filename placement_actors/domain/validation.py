@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from placement_actors.domain.checked import is_checked
 from placement_actors.domain.deployments import ApiKey
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.limits import MAX_TIMEOUT_S
 from placement_actors.domain.memo import IdentityMemo
 
@@ -82,12 +83,8 @@ def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return
     names = _init_fields(cls)
     if names is not None:
         return _rebuilt_dataclass(value, cls, names, depth)
-    if isinstance(value, ApiKey):
-        try:
-            return ApiKey(value.reveal())
-        except AttributeError:
-            msg = "an ApiKey arrived without its secret"
-            raise InvalidSpecError(msg, field="api_key") from None
+    if isinstance(value, ApiKey | LabelSelector):
+        return _rebuilt_own(value)
     if isinstance(value, tuple):
         if cls is tuple and len(value) >= _LONG:
             return _plain_tuple(value) or tuple(_rebuilt(v, depth + 1) for v in value)
@@ -97,6 +94,17 @@ def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return
     if isinstance(value, Mapping):
         return {_rebuilt(k, depth + 1): _rebuilt(v, depth + 1) for k, v in value.items()}
     return value
+
+
+def _rebuilt_own(value: ApiKey | LabelSelector) -> object:
+    """A value class of the domain (not a dataclass), built again from what it holds."""
+    if isinstance(value, LabelSelector):  # from its entries, or refused
+        return LabelSelector.of(value)
+    try:
+        return ApiKey(value.reveal())
+    except AttributeError:
+        msg = "an ApiKey arrived without its secret"
+        raise InvalidSpecError(msg, field="api_key") from None
 
 
 _LONG = 32

@@ -5,13 +5,15 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import chain, islice
 
 from placement_actors.domain.constraints import EgressKey, EgressStrategy
 from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.memo import IdentityMemo
+from placement_actors.policies.label_index import LabelIndex
 from placement_actors.policies.scopes import ScopedIndexes, deserves_index, leaves_out_few
 
 __all__ = ["EgressLedger"]
@@ -52,9 +54,15 @@ class _LoadIndex:
 class EgressLedger:
     """Remote replicas per egress node, and the nodes already serving each (provider, api key)."""
 
-    def __init__(self, egress_nodes: Iterable[str]) -> None:
-        """Start with every egress node empty."""
+    def __init__(
+        self,
+        egress_nodes: Iterable[str],
+        labels: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Start with every egress node empty; ``labels`` (node -> its labels) for selectors."""
         self._load: dict[str, int] = dict.fromkeys(sorted(set(egress_nodes)), 0)
+        known = labels or {}
+        self._labels = LabelIndex((n, known.get(n, {})) for n in self._load)
         self._serving: dict[EgressKey, Counter[str]] = {}
         # The nodes indexed by load, so the least-loaded are found without looking at every
         # node; and long node lists' own indexes.
@@ -244,9 +252,20 @@ class EgressLedger:
             self._set_load(node_id, self._load[node_id] + count)
         self._serving.setdefault(key, Counter()).update(counts)
 
-    def add_node(self, node_id: str) -> None:
+    def selected(
+        self, selector: LabelSelector, within: frozenset[str] | None = None
+    ) -> frozenset[str]:
+        """The egress nodes (of ``within``, when given) whose labels ``selector`` picks.
+
+        Remembered per selector until nodes join or leave (`LabelIndex`). A node whose labels
+        were not given picks only selectors that exclude.
+        """
+        return self._labels.selected(selector, within)
+
+    def add_node(self, node_id: str, labels: Mapping[str, str] | None = None) -> None:
         """Take an egress node that joined the cluster (no-op when it is known already)."""
         if node_id not in self._load:
+            self._labels.add(node_id, labels or {})
             self._load[node_id] = 0
             self._load = dict(sorted(self._load.items()))
             self._all.add(node_id, 0)
@@ -257,6 +276,7 @@ class EgressLedger:
         if node_id not in self._load:
             return {}
         self._all.remove(node_id, self._load.pop(node_id))
+        self._labels.remove(node_id)
         self._forget_lists()
         lost: dict[EgressKey, int] = {}
         for key in list(self._serving):

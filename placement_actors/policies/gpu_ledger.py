@@ -22,13 +22,10 @@ from placement_actors.domain.errors import InvalidSpecError
 from placement_actors.domain.labels import LabelSelector
 from placement_actors.domain.memo import IdentityMemo
 from placement_actors.domain.topology import NodeTopology
+from placement_actors.policies.label_index import LabelIndex
 from placement_actors.policies.scopes import ScopedIndexes, deserves_index, leaves_out_few
 
 __all__ = ["GpuLedger"]
-
-
-_SELECTED = 256
-"""Selector answers kept at once (then forgotten together, and worked out again when asked)."""
 
 
 class _Index:
@@ -117,9 +114,7 @@ class GpuLedger:
             self._max_capacity,
         )
         self._scoped: ScopedIndexes[_Index] = ScopedIndexes()  # long node lists' own indexes
-        # Label key -> value -> nodes (built when a selector first asks), and selectors' answers.
-        self._labels: dict[str, dict[str, set[str]]] | None = None
-        self._selected: dict[tuple[frozenset[str] | None, LabelSelector], frozenset[str]] = {}
+        self._labels = LabelIndex((n.node_id, n.labels) for n in self._nodes.values())
         # Answers about long node lists, by the list's identity (cleared when nodes change).
         self._scopes: IdentityMemo[frozenset[str]] = IdentityMemo()
         self._left_out: IdentityMemo[frozenset[str]] = IdentityMemo()
@@ -155,41 +150,10 @@ class GpuLedger:
     ) -> frozenset[str]:
         """The nodes (of ``within``, when given) whose labels ``selector`` picks.
 
-        Worked out from an index of the nodes by label (O(the nodes the selector's values name),
-        every node for a selector that only excludes) and remembered for that selector and set
-        until nodes join or leave: a controller that sends the same selector with every `Place`
-        pays for it once, and gets the same set back, whose own index (`_view`) is kept too.
+        From the ledger's `LabelIndex`: remembered per selector until nodes join or leave, so
+        the same set comes back each time (and its own free-count index is kept, `_view`).
         """
-        key = (within, selector)
-        found = self._selected.get(key)
-        if found is None:
-            if len(self._selected) >= _SELECTED:
-                self._selected.clear()
-            found = self._pick(selector)
-            if within is not None:
-                found &= within
-            self._selected[key] = found
-        return found
-
-    def _pick(self, selector: LabelSelector) -> frozenset[str]:
-        if self._labels is None:
-            self._labels = {}
-            for node_id, node in self._nodes.items():
-                for label, value in node.labels.items():
-                    self._labels.setdefault(label, {}).setdefault(value, set()).add(node_id)
-        labels = self._labels
-        matching = [
-            set().union(*(labels.get(m.key, {}).get(v, ()) for v in m.values))
-            for m in selector.matches
-            if not m.negated
-        ]
-        matching.sort(key=len)
-        chosen = set(matching[0]).intersection(*matching[1:]) if matching else set(self._nodes)
-        for m in selector.matches:
-            if m.negated:
-                for v in m.values:
-                    chosen.difference_update(labels.get(m.key, {}).get(v, ()))
-        return frozenset(chosen)
+        return self._labels.selected(selector, within)
 
     def strangers(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
         """The nodes of ``nodes`` the ledger does not know, in list order (remembered, as above)."""
@@ -531,6 +495,7 @@ class GpuLedger:
         self._free[node.node_id] = list(range(node.num_gpus))
         self._held[node.node_id] = {}
         self._all.add(node.node_id, node.num_gpus, node.num_gpus)
+        self._labels.add(node.node_id, node.labels)
         self._forget_lists()
 
     def remove_node(self, node_id: str) -> dict[int, str]:
@@ -546,6 +511,7 @@ class GpuLedger:
         held = self._held.pop(node_id)
         del self._free[node_id]
         self._all.remove(node_id, node.num_gpus, len(free))
+        self._labels.remove(node_id)
         del self._sorted_ids[bisect.bisect_left(self._sorted_ids, node_id)]
         self._node_set = frozenset(self._nodes)
         self._forget_lists()
@@ -557,8 +523,6 @@ class GpuLedger:
         self._left_out.clear()
         self._strangers.clear()
         self._scoped.clear()
-        self._labels = None
-        self._selected.clear()
 
     def _free_list(self, node_id: str) -> list[int]:
         try:

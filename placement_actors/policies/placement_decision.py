@@ -106,7 +106,7 @@ def decide_placement(
         raise InvalidSpecError(msg, field="constraints")
     key = egress_key(deployment)
     if key is not None:
-        return _remote(egress, gpus, deployment, constraints, key, rules=rules, indexes=indexes)
+        return _remote(egress, deployment, constraints, key, rules=rules, indexes=indexes)
     allowed = None
     if constraints.gpu_nodes is not None:
         allowed = gpus.scope_of(constraints.gpu_nodes)
@@ -166,7 +166,6 @@ def _shown(constraints: PlacementConstraints) -> str:
 
 def _remote(
     egress: EgressLedger,
-    gpus: GpuLedger,
     deployment: Deployment,
     constraints: PlacementConstraints,
     key: EgressKey,
@@ -185,7 +184,7 @@ def _remote(
         None if constraints.egress_nodes is None else egress.scope_of(constraints.egress_nodes)
     )
     if constraints.label_selector:
-        allowed = egress.scope_of(gpus.selected(constraints.selector(), within=allowed))
+        allowed = egress.selected(constraints.selector(), within=allowed)
     if not (len(egress) if allowed is None else allowed):
         rejections = tuple(
             Rejection(

@@ -2,12 +2,14 @@
 
 import queue
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pykka
 import pytest
 
 from placement_actors import (
+    ApiKey,
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
@@ -283,4 +285,27 @@ def test_a_replica_placed_by_labels_is_replaced_on_a_node_that_joins_with_those_
         assert [a.node for a in replaced.assignments] == ["c"]
     finally:
         listener.stop()
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_egress_nodes_without_gpus_are_picked_by_their_labels_also_after_they_rejoin() -> None:
+    egress = NodeTopology(node_id="ea", num_gpus=0, labels={"zone": "a"})
+    ref = DeploymentPlacementActor.start(
+        topology=(NodeTopology(node_id="g", num_gpus=8, labels={"zone": "a"}),),
+        egress_nodes=(egress, "eb"),  # eb: an id alone, so no labels known
+    )
+    api = Deployment(name="api", model="gpt-4o", api_key=ApiKey("sk-test"))
+    zone_a = {"label_selector": {"zone": "a"}}
+    try:
+        assert [a.node for a in place(ref, api, **zone_a).assignments] == ["ea"]
+        ref.ask(Release("api"), timeout=TIMEOUT)
+        ref.tell(NodeLost(node_id="ea"))
+        ref.tell(NodeJoined(node=egress, egress=True))
+        ref.tell(NodeJoined(node=replace(egress, node_id="ec"), egress=True))
+        chosen = place(ref, replace(api, replicas=2), **zone_a).assignments
+        assert sorted(a.node for a in chosen) == ["ea", "ec"]
+        ref.ask(Release("api"), timeout=TIMEOUT)
+        outside_a = place(ref, api, label_selector={"zone": "!a"}).assignments
+        assert [a.node for a in outside_a] == ["eb"]  # no labels: not "a"
+    finally:
         ref.stop(timeout=TIMEOUT)

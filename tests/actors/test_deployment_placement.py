@@ -15,6 +15,7 @@ from placement_actors import (
     GetPlacementFailure,
     GpuStrategy,
     InvalidSpecError,
+    LabelSelector,
     NodeAssignment,
     NodeTopology,
     NoEgressNodesError,
@@ -523,3 +524,52 @@ def test_a_largest_first_batch_naming_a_deployment_twice_is_refused() -> None:
     with pytest.raises(InvalidSpecError, match="each deployment once"):
         PlaceMany((place, Place(local("twice", gpus=2))), largest_first=True)
     assert len(PlaceMany((place, place)).places) == 2  # in order, a repeat is answered as sent
+
+
+def forged_selector(entries: object) -> LabelSelector:
+    selector = object.__new__(LabelSelector)
+    if entries is not None:
+        object.__setattr__(selector, "_entries", entries)
+    return selector
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        forged_selector(None),
+        forged_selector("ab"),
+        forged_selector(["abc"]),
+        forged_selector({"zone": "in("}),
+    ],
+    ids=["no-entries", "a-string", "a-list", "malformed-entry"],
+)
+def test_a_forged_selector_inside_a_place_is_refused_and_the_actor_keeps_serving(
+    actor: Ref, selector: LabelSelector
+) -> None:
+    constraints = PlacementConstraints()
+    object.__setattr__(constraints, "label_selector", selector)  # past every constructor
+    with pytest.raises(InvalidSpecError) as caught:
+        actor.ask(Place(local("forged"), constraints), timeout=TIMEOUT)
+    assert caught.value.field == "label_selector"
+    view = actor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
+    assert view.deployments == ()
+
+
+def test_a_selector_written_another_way_is_the_same_place() -> None:
+    topology = [NodeTopology(node_id=n, num_gpus=4, labels={"zone": n}) for n in ("a", "b", "c")]
+    ref = DeploymentPlacementActor.start(topology=topology)
+    try:
+        first = ref.ask(
+            Place(local("z", replicas=2), PlacementConstraints(label_selector={"zone": "in(b,a)"})),
+            timeout=TIMEOUT,
+        )
+        again = ref.ask(
+            Place(local("z", replicas=2), PlacementConstraints(label_selector={"zone": "in(a,b)"})),
+            timeout=TIMEOUT,
+        )
+        assert again == first  # not "already placed with a different spec"
+        assert isinstance(first, PlacementResult)
+        assert {a.node for a in first.assignments} <= {"a", "b"}
+    finally:
+        ref.stop(timeout=TIMEOUT)

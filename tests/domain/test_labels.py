@@ -19,7 +19,7 @@ from placement_actors.domain.labels import MAX_SELECTOR_VALUES
         ("!a", {"zone": "a"}, False),
         ("!a", {}, True),  # a node without the label is not "a"
         ("in(a,b)", {"zone": "b"}, True),
-        ("in(a, b)", {"zone": "c"}, False),
+        ("in(a,b)", {"zone": "c"}, False),
         ("in(a,b)", {}, False),
         ("!in(a,b)", {"zone": "c"}, True),
         ("!in(a,b)", {"zone": "a"}, False),
@@ -50,6 +50,9 @@ def test_every_entry_must_hold() -> None:
         {"zone": "a,b"},
         {"zone": "!!a"},
         {"zone": "in(a(b)"},
+        {"zone": "in(a, b)"},
+        {"zone": " a"},
+        {"zone key": "a"},
         {"": "a"},
         {"zone": 1},
         {1: "a"},
@@ -66,6 +69,9 @@ def test_every_entry_must_hold() -> None:
         "comma-outside-in",
         "double-negation",
         "paren-in-value",
+        "space-after-comma",
+        "space-before-value",
+        "space-in-key",
         "blank-key",
         "number-value",
         "number-key",
@@ -118,3 +124,11 @@ def test_in_and_its_negation_split_every_node_in_two(
     chosen = LabelSelector({key: form}).picks(node)
     assert chosen != LabelSelector({key: f"!{form}"}).picks(node)
     assert chosen == (node.get(key) in (listed[:1] if single else listed))
+
+
+def test_each_entry_is_kept_in_one_written_form() -> None:
+    selector = LabelSelector({"zone": "in(b,a,b)", "tier": "in(x)", "gpu": "!in(T4)"})
+    assert dict(selector) == {"gpu": "!T4", "tier": "x", "zone": "in(a,b)"}
+    assert selector == {"zone": "in(a,b)", "tier": "x", "gpu": "!T4"}
+    assert selector != {"zone": "in(a,c)", "tier": "x", "gpu": "!T4"}
+    assert selector != {"zone": "in("}  # malformed: equal to no selector

@@ -5,6 +5,7 @@ from placement_actors import (
     Deployment,
     EgressStrategy,
     InvalidSpecError,
+    LabelSelector,
     NodeTopology,
     NoEgressNodesError,
     NoGpuNodesError,
@@ -12,6 +13,7 @@ from placement_actors import (
     PlacementConstraints,
     ProviderKind,
 )
+from placement_actors.policies import label_index
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.placement_decision import (
@@ -136,7 +138,7 @@ def zoned() -> tuple[GpuLedger, EgressLedger]:
         NodeTopology(node_id=n, num_gpus=0 if n.startswith("e") else 8, labels={"zone": z})
         for n, z in zones.items()
     )
-    return gpus, EgressLedger(["ea", "eb"])
+    return gpus, EgressLedger(["ea", "eb"], {"ea": {"zone": "a"}, "eb": {"zone": "b"}})
 
 
 def test_a_label_selector_keeps_local_replicas_on_the_nodes_it_picks() -> None:
@@ -178,3 +180,14 @@ def test_a_selector_that_picks_no_node_is_refused_and_says_so() -> None:
             gpu_ledger, egress_ledger, local(), PlacementConstraints(label_selector={"zone": "c"})
         )
     assert gpu_ledger.total_free() == 32  # nothing was reserved
+
+
+def test_remembered_selector_answers_are_bounded_in_nodes_and_stay_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(label_index, "MAX_REMEMBERED_NODES", 10)
+    index = label_index.LabelIndex((f"n{i}", {"zone": f"z{i % 3}"}) for i in range(9))
+    for turn in range(20):  # new selectors, one after another: old answers are forgotten
+        picked = index.selected(LabelSelector({"zone": f"!in(z0,x{turn})"}))
+        assert picked == {f"n{i}" for i in range(9) if i % 3}
+    assert index._remembered <= 10
