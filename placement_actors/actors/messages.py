@@ -147,10 +147,16 @@ class PlaceMany(Checked):
         ):
             msg = f"PlaceMany needs a tuple of 1 to {MAX_BATCH} Place values"
             raise InvalidSpecError(msg, field="places")
-        if self.largest_first and len({p.deployment.name for p in self.places}) < len(self.places):
-            # Reordered, a later Place of a name could win over an earlier one: say which.
-            msg = "a PlaceMany with largest_first must name each deployment once"
-            raise InvalidSpecError(msg, field="places")
+        if self.largest_first:
+            try:
+                names = {p.deployment.name for p in self.places}
+            except (AttributeError, TypeError):  # a Place forged past its constructor
+                msg = "PlaceMany holds a Place whose deployment has no valid name"
+                raise InvalidSpecError(msg, field="places") from None
+            if len(names) < len(self.places):
+                # Reordered, a later Place of a name could win over an earlier one: say which.
+                msg = "a PlaceMany with largest_first must name each deployment once"
+                raise InvalidSpecError(msg, field="places")
         mark_checked(self)
 
 

@@ -3,9 +3,12 @@ from collections.abc import Callable
 import pytest
 
 from placement_actors import (
+    Deployment,
     GetPlacementFailure,
     InvalidSpecError,
     NodeAssignment,
+    Place,
+    PlaceMany,
     PlacementError,
     PlanReplica,
     Release,
@@ -95,3 +98,12 @@ def test_every_message_refuses_fields_of_the_wrong_type_or_range(
 ) -> None:
     with pytest.raises(InvalidSpecError):
         make()
+
+
+def test_a_batch_holding_a_forged_place_is_a_typed_error_not_a_crash() -> None:
+    forged_deployment = object.__new__(Deployment)
+    object.__setattr__(forged_deployment, "name", {"not": "hashable"})
+    forged_place = object.__new__(Place)
+    object.__setattr__(forged_place, "deployment", forged_deployment)
+    with pytest.raises(InvalidSpecError, match="no valid name"):
+        PlaceMany((forged_place,), largest_first=True)

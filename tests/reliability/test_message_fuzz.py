@@ -71,11 +71,25 @@ MESSAGES = 10_000
 TIMEOUT = 10
 
 TOPOLOGY = (
-    NodeTopology(node_id="head", num_gpus=2, is_head=True),
-    NodeTopology(node_id="gpu-a", num_gpus=4),
-    NodeTopology(node_id="gpu-b", num_gpus=4),
-    NodeTopology(node_id="gpu-c", num_gpus=8),
+    NodeTopology(node_id="head", num_gpus=2, is_head=True, labels={"zone": "a"}),
+    NodeTopology(node_id="gpu-a", num_gpus=4, labels={"zone": "a", "gpu-type": "A10G"}),
+    NodeTopology(node_id="gpu-b", num_gpus=4, labels={"zone": "b", "gpu-type": "A10G"}),
+    NodeTopology(node_id="gpu-c", num_gpus=8, labels={"zone": "b", "gpu-type": "H100"}),
     NodeTopology(node_id="cpu", num_gpus=0),
+)
+SELECTORS: tuple[object, ...] = (
+    {},
+    {"zone": "a"},
+    {"zone": "!b"},
+    {"zone": "in(a,b)", "gpu-type": "!in(T4)"},
+    {"gpu-type": "H100"},
+    {"rack": "r1"},  # a key no node has
+    {"zone": "in(a, b)"},  # malformed from here on
+    {"zone": ""},
+    {"": "a"},
+    {"zone": 1},
+    "zone=a",
+    {f"k{i}": "v" for i in range(65)},
 )
 EGRESS = ("head", "edge-1", "edge-2")
 NODES = (*(n.node_id for n in TOPOLOGY), "edge-1", "edge-2")
@@ -134,6 +148,7 @@ class Generator:
             "strategy": self.pick(tuple(GpuStrategy)),
             "egress_strategy": self.pick(tuple(EgressStrategy)),
             "keep_whole": self.rng.random() < 0.3,
+            "label_selector": self.pick(SELECTORS) if self.rng.random() < 0.3 else {},
         }
         if self.rng.random() < 0.1:
             key = (ProviderKind.OPENAI, ApiKey(SECRET))
@@ -157,7 +172,10 @@ class Generator:
         if self.rng.random() < 0.5:
             return NodeLost(node_id=node_id)
         gpus = self.pick((0, 1, 4, 8, 16))
-        node = NodeTopology(node_id=node_id, num_gpus=gpus, is_head=node_id == "head")
+        labels = {"zone": self.pick(("a", "b"))} if self.rng.random() < 0.7 else {}
+        node = NodeTopology(
+            node_id=node_id, num_gpus=gpus, is_head=node_id == "head", labels=labels
+        )
         return NodeJoined(node=node, egress=self.rng.random() < 0.3)
 
     def build(self, cls: type[Any], fields: dict[str, object]) -> Any:
