@@ -40,14 +40,28 @@ class Checked:
 _MARK = Checked.__dict__["_checked"]  # the slot's descriptor: reads the slot, nothing else
 
 
+_Reader = Callable[[object], tuple[object, ...]]
+
+
 class _Mark:
-    """What the constructor saw: each field's value, and which fields hold checked values."""
+    """What the constructor saw: each field's value, and every checked value inside them.
 
-    __slots__ = ("nested", "values")
+    ``inside`` lists each checked value within the fields, however deep (in the fields of
+    fields, in tuples and read-only mappings), with its reader and the field values its own
+    constructor saw: one flat pass over it re-reads them all, with no recursion. Tuples cannot
+    change and a read-only mapping wraps a dict only its constructor holds, so the values found
+    inside them at construction are the ones there still.
+    """
 
-    def __init__(self, values: tuple[object, ...], nested: tuple[int, ...]) -> None:
+    __slots__ = ("inside", "values")
+
+    def __init__(
+        self,
+        values: tuple[object, ...],
+        inside: tuple[tuple[object, _Reader, tuple[object, ...]], ...],
+    ) -> None:
         self.values = values  # held, so an identity test below can never meet a reused id
-        self.nested = nested
+        self.inside = inside
 
 
 def is_checked(value: object) -> bool:
@@ -58,19 +72,17 @@ def is_checked(value: object) -> bool:
     """
     if not isinstance(value, Checked):
         return False
+    is_ = operator.is_
     try:
-        mark = _MARK.__get__(value)
-    except AttributeError:  # never marked: unpickled, copied or built around the constructor
+        mark = _MARK.__get__(value)  # AttributeError: never marked (unpickled, copied, forged)
+        if type(mark) is not _Mark or not all(map(is_, _reader(type(value))(value), mark.values)):
+            return False
+        for inner, read, seen in mark.inside:  # one flat pass over every value inside
+            if not all(map(is_, read(inner), seen)):
+                return False
+    except AttributeError:  # never marked, or a field deleted behind the constructor's back
         return False
-    if type(mark) is not _Mark:
-        return False
-    try:
-        now = _reader(type(value))(value)
-    except AttributeError:  # a field deleted behind the constructor's back
-        return False
-    if not all(map(operator.is_, now, mark.values)):
-        return False
-    return all(_still_checked(mark.values[i], 0) for i in mark.nested)
+    return True
 
 
 def mark_checked(value: Checked) -> None:
@@ -83,15 +95,32 @@ def mark_checked(value: Checked) -> None:
     except AttributeError:  # a slot a subclass declares but its constructor never set
         _MARK.__set__(value, None)
         return
-    nested = []
-    for index, field_value in enumerate(values):
+    inside: list[tuple[object, _Reader, tuple[object, ...]]] = []
+    for field_value in values:
         kind = _kind(field_value, 0)
         if kind is _REFUSED:
             _MARK.__set__(value, None)
             return
         if kind is _NESTED:
-            nested.append(index)
-    _MARK.__set__(value, _Mark(values, tuple(nested)))
+            _collect(field_value, inside)
+    _MARK.__set__(value, _Mark(values, tuple(inside)))
+
+
+def _collect(value: object, inside: list[tuple[object, _Reader, tuple[object, ...]]]) -> None:
+    """Add the checked values in ``value`` (a field that holds some), each with its own inside."""
+    if isinstance(value, Checked):
+        mark = _MARK.__get__(value)  # checked: `_kind` found it so
+        inside.append((value, _reader(type(value)), mark.values))
+        inside.extend(mark.inside)
+    elif isinstance(value, tuple):
+        for part in value:
+            if type(part) not in _PLAIN:
+                _collect(part, inside)
+    elif isinstance(value, MappingProxyType):
+        for pair in value.items():
+            for part in pair:
+                if type(part) not in _PLAIN:
+                    _collect(part, inside)
 
 
 _PLAIN_ONLY, _NESTED, _REFUSED = "plain", "nested", "refused"
@@ -164,16 +193,3 @@ def _kind(value: object, depth: int) -> str:
         if kind is _NESTED:
             found = _NESTED
     return found
-
-
-def _still_checked(value: object, depth: int) -> bool:
-    """Whether the checked values inside ``value`` (a field marked nested) are still checked."""
-    if isinstance(value, Checked):
-        return is_checked(value)
-    if isinstance(value, tuple):
-        return all(type(v) in _PLAIN or _still_checked(v, depth + 1) for v in value)
-    if isinstance(value, MappingProxyType):
-        return all(
-            _still_checked(k, depth + 1) and _still_checked(v, depth + 1) for k, v in value.items()
-        )
-    return True  # plain, or an enum member

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import pickle
+from collections.abc import Callable
 
 import pytest
 
@@ -131,3 +132,27 @@ def test_an_api_key_cannot_be_changed() -> None:
         del key._secret
     assert key.reveal() == "sk-test"
     assert is_checked(key)
+
+
+@pytest.mark.parametrize(
+    "force",
+    [
+        lambda c: object.__setattr__(c.label_selector, "matches", ()),
+        lambda c: object.__setattr__(c.label_selector.matches[0], "values", ("b",)),
+        lambda c: object.__delattr__(c.label_selector.matches[0], "negated"),
+        lambda c: object.__setattr__(next(iter(c.egress_preference))[1], "_secret", "sk-other"),
+    ],
+    ids=["selector-field", "an-entry-of-the-selector", "a-deleted-field", "a-key-in-a-mapping"],
+)
+def test_a_change_forced_four_levels_down_unmarks_every_value_around_it(
+    force: Callable[[PlacementConstraints], None],
+) -> None:
+    key = (ProviderKind.OPENAI, ApiKey("sk-test"))
+    constraints = PlacementConstraints(
+        label_selector={"zone": "in(a,c)"}, egress_preference={key: ("e1",)}
+    )
+    batch = PlaceMany((Place(Deployment(name="ok", model="m"), constraints),))
+    assert is_checked(batch)
+    force(constraints)
+    assert not is_checked(constraints)
+    assert not is_checked(batch)  # batch -> tuple -> Place -> constraints -> ...
