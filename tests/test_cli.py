@@ -709,3 +709,22 @@ def test_watch_refuses_malformed_options_as_usage_errors(
     assert code == cli.EXIT_USAGE
     assert out == ""
     assert err.startswith("usage error: ")
+
+
+def test_place_keeps_a_deployment_on_the_nodes_its_label_selector_picks_in_the_cluster_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    deployments = tmp_path / "zoned.yaml"
+    deployments.write_text(
+        "deployments:\n"
+        "  - {name: zoned, model: meta-llama/x, gpus: 4, replicas: 3,"
+        " label_selector: {zone: b}}\n",
+        encoding="utf-8",
+    )
+    code, out, _ = run(
+        capsys, "--json", "place", str(deployments), "--cluster", str(EXAMPLES / "cluster.yaml")
+    )
+    assert code == 0
+    (placed,) = json.loads(out)["placed"]
+    nodes = [n["node"] for replica in placed["replicas"] for n in replica["nodes"]]
+    assert sorted(nodes) == ["gpu-b", "gpu-c", "gpu-c"]  # zone b; gpu-a is in zone a
