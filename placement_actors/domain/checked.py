@@ -12,7 +12,12 @@ that no field was set again since (frozen values can still be changed with
 The mark lives in a slot outside the dataclass fields, so nothing else sees it: it takes no part
 in equality, hashing or ``repr``; pickling and copying leave it behind (a value that crossed a
 process, or a copy, is checked again); and it is read from the slot itself, so neither a class
-attribute nor ``__getattr__`` can fake it.
+attribute nor ``__getattr__`` can fake it. A value whose class was swapped after construction
+(``object.__setattr__(value, "__class__", ...)``) is not checked either.
+
+What the mark does not look for: changes made through the interpreter's back doors (a dict
+reached with `gc.get_referents`, memory written with `ctypes`). Code in the process that goes
+that far can change a message after it was checked, too.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Checked", "is_checked", "mark_checked"]
+__all__ = ["MAX_INSIDE", "Checked", "is_checked", "mark_checked"]
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 _DEPTH = 3
 """How deeply `mark_checked` looks into a field's tuples and mappings (the protocol needs 2)."""
+MAX_INSIDE = 64
+"""The most checked values a mark lists inside its value (each listed once, however often it
+occurs). A value holding more (a batch of many messages, a map of many keys) is left unmarked:
+it is checked again on arrival, as any value without a mark is, so no message can make its
+mark grow with the product of its sizes."""
 
 
 class Checked:
@@ -41,25 +51,26 @@ _MARK = Checked.__dict__["_checked"]  # the slot's descriptor: reads the slot, n
 
 
 _Reader = Callable[[object], tuple[object, ...]]
+_Inside = tuple[object, type[Any], _Reader, tuple[object, ...]]
+"""A checked value inside another: itself, its class, its reader, its constructor's values."""
 
 
 class _Mark:
-    """What the constructor saw: each field's value, and every checked value inside them.
+    """What the constructor saw: the class, each field's value, and every checked value inside.
 
     ``inside`` lists each checked value within the fields, however deep (in the fields of
-    fields, in tuples and read-only mappings), with its reader and the field values its own
-    constructor saw: one flat pass over it re-reads them all, with no recursion. Tuples cannot
-    change and a read-only mapping wraps a dict only its constructor holds, so the values found
-    inside them at construction are the ones there still.
+    fields, in tuples and read-only mappings), once, with its class, its reader and the field
+    values its own constructor saw: one flat pass over it re-reads them all, with no recursion.
+    Tuples cannot change and a read-only mapping wraps a dict only its constructor holds, so the
+    values found inside them at construction are the ones there still.
     """
 
-    __slots__ = ("inside", "values")
+    __slots__ = ("cls", "inside", "values")
 
     def __init__(
-        self,
-        values: tuple[object, ...],
-        inside: tuple[tuple[object, _Reader, tuple[object, ...]], ...],
+        self, cls: type[Any], values: tuple[object, ...], inside: tuple[_Inside, ...]
     ) -> None:
+        self.cls = cls
         self.values = values  # held, so an identity test below can never meet a reused id
         self.inside = inside
 
@@ -75,10 +86,14 @@ def is_checked(value: object) -> bool:
     is_ = operator.is_
     try:
         mark = _MARK.__get__(value)  # AttributeError: never marked (unpickled, copied, forged)
-        if type(mark) is not _Mark or not all(map(is_, _reader(type(value))(value), mark.values)):
+        if (
+            type(mark) is not _Mark
+            or type(value) is not mark.cls
+            or not all(map(is_, _reader(mark.cls)(value), mark.values))
+        ):
             return False
-        for inner, read, seen in mark.inside:  # one flat pass over every value inside
-            if not all(map(is_, read(inner), seen)):
+        for inner, cls, read, seen in mark.inside:  # one flat pass over every value inside
+            if type(inner) is not cls or not all(map(is_, read(inner), seen)):
                 return False
     except AttributeError:  # never marked, or a field deleted behind the constructor's back
         return False
@@ -95,32 +110,32 @@ def mark_checked(value: Checked) -> None:
     except AttributeError:  # a slot a subclass declares but its constructor never set
         _MARK.__set__(value, None)
         return
-    inside: list[tuple[object, _Reader, tuple[object, ...]]] = []
+    inside: dict[int, _Inside] = {}  # by identity: each value once (the entries hold them)
     for field_value in values:
         kind = _kind(field_value, 0)
-        if kind is _REFUSED:
+        if kind is _REFUSED or (kind is _NESTED and not _collect(field_value, inside)):
             _MARK.__set__(value, None)
             return
-        if kind is _NESTED:
-            _collect(field_value, inside)
-    _MARK.__set__(value, _Mark(values, tuple(inside)))
+    _MARK.__set__(value, _Mark(type(value), values, tuple(inside.values())))
 
 
-def _collect(value: object, inside: list[tuple[object, _Reader, tuple[object, ...]]]) -> None:
-    """Add the checked values in ``value`` (a field that holds some), each with its own inside."""
+def _collect(value: object, inside: dict[int, _Inside]) -> bool:
+    """Add the checked values in ``value`` (a field that holds some), each with its own inside.
+
+    Returns False, early, once more than `MAX_INSIDE` are listed.
+    """
     if isinstance(value, Checked):
-        mark = _MARK.__get__(value)  # checked: `_kind` found it so
-        inside.append((value, _reader(type(value)), mark.values))
-        inside.extend(mark.inside)
-    elif isinstance(value, tuple):
-        for part in value:
-            if type(part) not in _PLAIN:
-                _collect(part, inside)
-    elif isinstance(value, MappingProxyType):
-        for pair in value.items():
-            for part in pair:
-                if type(part) not in _PLAIN:
-                    _collect(part, inside)
+        if id(value) not in inside:
+            mark = _MARK.__get__(value)  # checked: `_kind` found it so
+            inside[id(value)] = (value, mark.cls, _reader(mark.cls), mark.values)
+            for entry in mark.inside:
+                inside.setdefault(id(entry[0]), entry)
+        return len(inside) <= MAX_INSIDE
+    if isinstance(value, MappingProxyType):
+        value = tuple(part for pair in value.items() for part in pair)
+    if isinstance(value, tuple):
+        return all(type(part) in _PLAIN or _collect(part, inside) for part in value)
+    return True
 
 
 _PLAIN_ONLY, _NESTED, _REFUSED = "plain", "nested", "refused"

@@ -47,7 +47,7 @@ def revalidated(value: object, expected: type[_T]) -> _T:
     if not isinstance(value, expected):
         msg = f"expected a {expected.__name__}, got {type(value).__name__}"
         raise InvalidSpecError(msg, field="message")
-    rebuilt = _rebuilt(value, 0)
+    rebuilt = _rebuilt(value, 0, {})
     if not isinstance(rebuilt, expected):  # pragma: no cover - constructors return their type
         msg = f"expected a {expected.__name__}"
         raise InvalidSpecError(msg, field="message")
@@ -71,9 +71,31 @@ def _init_fields(cls: type[Any]) -> tuple[str, ...] | None:
     return _FIELDS[cls]
 
 
-def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return per kind
+_Seen = dict[int, tuple[object, object]]
+"""What one `revalidated` call rebuilt so far: id -> (the value, what it became).
+
+A value that occurs many times in one message (one constraints object shared by a thousand
+`Place`s, as pickling keeps it shared) is rebuilt once: the work stays O(distinct values), never
+O(product of the message's sizes). The value is held with its answer, so the id stays its own.
+"""
+
+
+def _rebuilt(value: object, depth: int, seen: _Seen) -> object:
     cls = type(value)
-    if cls in _PLAIN or isinstance(value, enum.Enum | BaseException) or is_checked(value):
+    if cls in _PLAIN:
+        return value
+    found = seen.get(id(value))
+    if found is not None:
+        return found[1]
+    rebuilt = _rebuilt_once(value, cls, depth, seen)
+    seen[id(value)] = (value, rebuilt)
+    return rebuilt
+
+
+def _rebuilt_once(  # noqa: PLR0911 - one return per kind
+    value: object, cls: type[Any], depth: int, seen: _Seen
+) -> object:
+    if isinstance(value, enum.Enum | BaseException) or is_checked(value):
         # Errors travel as they are (an event may carry one); a checked value was made here,
         # through its constructors all the way down.
         return value
@@ -82,17 +104,19 @@ def _rebuilt(value: object, depth: int) -> object:  # noqa: PLR0911 - one return
         raise InvalidSpecError(msg, field="message")
     names = _init_fields(cls)
     if names is not None:
-        return _rebuilt_dataclass(value, cls, names, depth)
+        return _rebuilt_dataclass(value, cls, names, depth, seen)
     if isinstance(value, ApiKey | LabelSelector):
         return _rebuilt_own(value)
     if isinstance(value, tuple):
         if cls is tuple and len(value) >= _LONG:
-            return _plain_tuple(value) or tuple(_rebuilt(v, depth + 1) for v in value)
-        return tuple(_rebuilt(v, depth + 1) for v in value)
+            return _plain_tuple(value) or tuple(_rebuilt(v, depth + 1, seen) for v in value)
+        return tuple(_rebuilt(v, depth + 1, seen) for v in value)
     if isinstance(value, list):
-        return [_rebuilt(v, depth + 1) for v in value]
+        return [_rebuilt(v, depth + 1, seen) for v in value]
     if isinstance(value, Mapping):
-        return {_rebuilt(k, depth + 1): _rebuilt(v, depth + 1) for k, v in value.items()}
+        return {
+            _rebuilt(k, depth + 1, seen): _rebuilt(v, depth + 1, seen) for k, v in value.items()
+        }
     return value
 
 
@@ -126,7 +150,9 @@ def _plain_tuple(value: tuple[object, ...]) -> tuple[object, ...] | None:
     return None
 
 
-def _rebuilt_dataclass(value: object, cls: type[Any], names: tuple[str, ...], depth: int) -> object:
+def _rebuilt_dataclass(
+    value: object, cls: type[Any], names: tuple[str, ...], depth: int, seen: _Seen
+) -> object:
     kwargs: dict[str, object] = {}
     for name in names:
         try:
@@ -134,7 +160,7 @@ def _rebuilt_dataclass(value: object, cls: type[Any], names: tuple[str, ...], de
         except AttributeError:
             msg = f"{cls.__name__}.{name} is missing"
             raise InvalidSpecError(msg, field=name) from None
-        kwargs[name] = _rebuilt(part, depth + 1)
+        kwargs[name] = _rebuilt(part, depth + 1, seen)
     try:
         return cls(**kwargs)
     except InvalidSpecError:

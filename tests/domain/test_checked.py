@@ -16,7 +16,7 @@ from placement_actors import (
     PlacementConstraints,
     ProviderKind,
 )
-from placement_actors.domain.checked import is_checked
+from placement_actors.domain.checked import MAX_INSIDE, is_checked
 from placement_actors.domain.validation import revalidated
 
 
@@ -156,3 +156,44 @@ def test_a_change_forced_four_levels_down_unmarks_every_value_around_it(
     force(constraints)
     assert not is_checked(constraints)
     assert not is_checked(batch)  # batch -> tuple -> Place -> constraints -> ...
+
+
+def test_a_value_whose_class_was_swapped_after_construction_is_not_checked() -> None:
+    class Posing(Deployment):
+        __slots__ = ()
+
+    deployment = Deployment(name="ok", model="m")
+    place = Place(deployment)
+    object.__setattr__(deployment, "__class__", Posing)
+    assert not is_checked(deployment)
+    assert not is_checked(place)
+    rebuilt = revalidated(place, Place)  # through the constructors of the class it has now
+    assert rebuilt == place
+    assert is_checked(rebuilt)
+
+
+def test_a_mark_lists_each_value_once_and_never_more_than_its_bound() -> None:
+    keys: dict[tuple[ProviderKind, ApiKey | None], tuple[str, ...]] = {
+        (ProviderKind.OPENAI, ApiKey(f"sk-{i}")): ("e1",) for i in range(MAX_INSIDE + 1)
+    }
+    shared = PlacementConstraints()
+    few = PlaceMany(tuple(Place(Deployment(name=f"d{i}", model="m"), shared) for i in range(20)))
+    assert is_checked(few)  # 20 places, 20 deployments, one constraints listed once: 41 values
+    many = PlacementConstraints(egress_preference=keys)  # more keys than a mark may list
+    assert not is_checked(many)
+    assert revalidated(many, PlacementConstraints) == many  # checked again, the plain way
+    batch = PlaceMany(tuple(Place(Deployment(name=f"d{i}", model="m")) for i in range(40)))
+    assert not is_checked(batch)  # 40 places, 40 deployments, 40 constraints
+    assert revalidated(batch, PlaceMany) == batch
+
+
+def test_a_value_shared_across_a_message_is_rebuilt_once_and_stays_shared() -> None:
+    keys: dict[tuple[ProviderKind, ApiKey | None], tuple[str, ...]] = {
+        (ProviderKind.OPENAI, ApiKey(f"sk-{i}")): ("e1",) for i in range(MAX_INSIDE + 1)
+    }
+    shared = PlacementConstraints(egress_preference=keys)  # too many keys to be marked
+    batch = PlaceMany(tuple(Place(Deployment(name=f"d{i}", model="m"), shared) for i in range(50)))
+    arrived = pickle.loads(pickle.dumps(batch))  # noqa: S301 - our own bytes; sharing survives
+    rebuilt = revalidated(arrived, PlaceMany)
+    assert rebuilt == batch
+    assert len({id(p.constraints) for p in rebuilt.places}) == 1  # one rebuild, not fifty
