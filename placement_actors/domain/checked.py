@@ -111,34 +111,44 @@ def mark_checked(value: Checked) -> None:
         _MARK.__set__(value, None)
         return
     inside: dict[int, _Inside] = {}  # by identity: each value once (the entries hold them)
-    for field_value in values:
-        kind = _kind(field_value, 0)
-        if kind is _REFUSED or (kind is _NESTED and not _collect(field_value, inside)):
-            _MARK.__set__(value, None)
-            return
-    _MARK.__set__(value, _Mark(type(value), values, tuple(inside.values())))
+    checked = all(_gather(field_value, 0, inside) for field_value in values)
+    _MARK.__set__(value, _Mark(type(value), values, tuple(inside.values())) if checked else None)
 
 
-def _collect(value: object, inside: dict[int, _Inside]) -> bool:
-    """Add the checked values in ``value`` (a field that holds some), each with its own inside.
+def _list_checked(value: Checked, inside: dict[int, _Inside]) -> bool:
+    """List ``value`` and what its mark lists, if it is checked; False if not, or over the bound."""
+    if not is_checked(value):
+        return False
+    mark = _MARK.__get__(value)
+    inside[id(value)] = (value, mark.cls, _reader(mark.cls), mark.values)
+    for entry in mark.inside:
+        inside.setdefault(id(entry[0]), entry)
+    return len(inside) <= MAX_INSIDE
 
-    Returns False, early, once more than `MAX_INSIDE` are listed.
+
+def _gather(value: object, depth: int, inside: dict[int, _Inside]) -> bool:
+    """Whether ``value`` holds only plain and checked values; lists the checked ones in ``inside``.
+
+    Each checked value is listed once, with what its own mark lists; False as soon as a value
+    is neither plain nor checked, nests deeper than `_DEPTH`, or more than `MAX_INSIDE` are
+    listed (so a large value costs no more than that before it is left unmarked).
     """
+    cls = type(value)
+    if cls in _PLAIN or isinstance(value, enum.Enum):
+        return True
     if isinstance(value, Checked):
-        if id(value) not in inside:
-            mark = _MARK.__get__(value)  # checked: `_kind` found it so
-            inside[id(value)] = (value, mark.cls, _reader(mark.cls), mark.values)
-            for entry in mark.inside:
-                inside.setdefault(id(entry[0]), entry)
-        return len(inside) <= MAX_INSIDE
-    if isinstance(value, MappingProxyType):
-        value = tuple(part for pair in value.items() for part in pair)
-    if isinstance(value, tuple):
-        return all(type(part) in _PLAIN or _collect(part, inside) for part in value)
-    return True
+        return id(value) in inside or _list_checked(value, inside)
+    if depth >= _DEPTH:
+        return False
+    if cls is tuple:
+        parts: Iterable[object] = value  # type: ignore[assignment]
+    elif isinstance(value, MappingProxyType):  # read-only, over a dict its constructor holds
+        parts = (part for pair in value.items() for part in pair)
+    else:
+        return False
+    return all(_gather(part, depth + 1, inside) for part in parts)
 
 
-_PLAIN_ONLY, _NESTED, _REFUSED = "plain", "nested", "refused"
 _NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
@@ -181,30 +191,3 @@ def _slots_of(klass: type[Any]) -> tuple[str, ...]:
     """The slots ``klass`` itself declares (``__slots__`` may be one string)."""
     slots = klass.__dict__.get("__slots__", ())
     return (slots,) if isinstance(slots, str) else tuple(slots)
-
-
-def _kind(value: object, depth: int) -> str:
-    """`_PLAIN_ONLY`, `_NESTED` (holds checked values) or `_REFUSED` (holds something else)."""
-    cls = type(value)
-    if cls in _PLAIN or isinstance(value, enum.Enum):
-        return _PLAIN_ONLY
-    if isinstance(value, Checked):
-        return _NESTED if is_checked(value) else _REFUSED
-    if depth >= _DEPTH:
-        return _REFUSED
-    if isinstance(value, tuple) and cls is tuple:
-        parts: Iterable[object] = value
-    elif isinstance(value, MappingProxyType):  # read-only, over a dict its constructor holds
-        parts = (part for pair in value.items() for part in pair)
-    else:
-        return _REFUSED
-    found = _PLAIN_ONLY
-    for part in parts:
-        if type(part) in _PLAIN:
-            continue
-        kind = _kind(part, depth + 1)
-        if kind is _REFUSED:
-            return _REFUSED
-        if kind is _NESTED:
-            found = _NESTED
-    return found
