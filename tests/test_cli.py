@@ -728,3 +728,22 @@ def test_place_keeps_a_deployment_on_the_nodes_its_label_selector_picks_in_the_c
     (placed,) = json.loads(out)["placed"]
     nodes = [n["node"] for replica in placed["replicas"] for n in replica["nodes"]]
     assert sorted(nodes) == ["gpu-b", "gpu-c", "gpu-c"]  # zone b; gpu-a is in zone a
+
+
+def test_status_shows_the_labels_a_selector_can_use_and_not_the_services_own() -> None:
+    labelled = dataclasses.replace(
+        lost_and_outside_view().nodes[0],
+        labels={"zone": "east", "gpu-type": "H100", "placement-actors.io/name": "gpu-a"},
+    )
+    view = dataclasses.replace(lost_and_outside_view(), nodes=(labelled,))
+    data = render.view_data(view, {})
+    assert data["nodes"][0]["labels"]["zone"] == "east"  # --json keeps every label
+    printed = io.StringIO()
+    render.print_cluster(Console(file=printed, width=160), data)
+    text = printed.getvalue()
+    assert re.search(r"│ gpu-type=H100, zone=east +│", text)
+    assert "placement-actors.io/name" not in text
+    unlabelled = dataclasses.replace(view, nodes=(dataclasses.replace(labelled, labels={}),))
+    printed = io.StringIO()
+    render.print_cluster(Console(file=printed, width=160), render.view_data(unlabelled, {}))
+    assert "labels" not in printed.getvalue()

@@ -983,6 +983,13 @@ class DeploymentPlacementActor(KeepServingActor):
                     egress=node_id in self._egress,
                     remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,
                     state=NodeState.LOST if node_id in self._lost else NodeState.ALIVE,
+                    labels=(
+                        self._gpus.topology(node_id).labels
+                        if in_ledger
+                        else self._egress.labels(node_id)
+                        if node_id in self._egress
+                        else {}
+                    ),
                 )
             )
         return ClusterView(

@@ -17,7 +17,9 @@ subclasses; the actor keeps serving after each.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -27,6 +29,7 @@ from placement_actors.domain.checkpoints import GroupCheckpoint
 from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
+from placement_actors.domain.frozen import reduce_frozen
 from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODES, MAX_PLAN_MOVES
 from placement_actors.domain.results import (
     DefragmentationPlan,
@@ -308,6 +311,8 @@ class NodeView:
         state: whether the node is alive, or was lost (a lost node holds nothing).
         outside: GPUs that something other than the service held when it started (other Ray
             users); never offered, not among ``free_gpus`` nor ``held``.
+        labels: the node's labels, as a ``label_selector`` reads them (empty for a node whose
+            labels the service does not know, and for a lost node).
     """
 
     node_id: str
@@ -319,6 +324,15 @@ class NodeView:
     remote_replicas: int
     state: NodeState = NodeState.ALIVE
     outside: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        """Keep a read-only copy of ``labels``."""
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def __reduce__(self) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
+        """Pickle through a plain copy of ``labels``."""
+        return reduce_frozen(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

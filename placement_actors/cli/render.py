@@ -215,6 +215,7 @@ def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
                 "outside": int(getattr(node, "outside", 0)),
                 "egress": node.egress,
                 "remote_replicas": node.remote_replicas,
+                "labels": dict(getattr(node, "labels", {})),
             }
         )
     return {
@@ -378,15 +379,29 @@ def print_failure(console: Console, failure: dict[str, Any]) -> None:
         print_advice(console, failure["moves"])
 
 
+_SHOWN_ELSEWHERE = ("placement-actors.io/", "ray.io/")
+"""Label prefixes the table does not repeat: the service's own (the name and egress columns
+show them) and Ray's automatic ``ray.io/node-id``."""
+
+
+def _own_labels(node: Mapping[str, Any]) -> dict[str, str]:
+    """A node's labels that a ``label_selector`` would be written with, for the table."""
+    return {
+        k: v for k, v in (node.get("labels") or {}).items() if not k.startswith(_SHOWN_ELSEWHERE)
+    }
+
+
 def print_cluster(console: Console, view: dict[str, Any]) -> None:
     """A row per node: state, free and total GPUs, holders, egress; then degraded deployments.
 
-    The ``outside`` column (GPUs other Ray users hold) is shown only when some node has any.
+    The ``outside`` column (GPUs other Ray users hold) is shown only when some node has any, and
+    the ``labels`` column only when some node has labels of its own.
     """
     outside = any(node.get("outside") for node in view["nodes"])
+    labelled = any(_own_labels(node) for node in view["nodes"])
     columns = ["node", "state", "free GPUs", "held by"]
     columns += ["outside"] if outside else []
-    table = _table("Nodes", [*columns, "egress", "remote"])
+    table = _table("Nodes", [*columns, "egress", "remote", *(["labels"] if labelled else [])])
     for node in view["nodes"]:
         lost = node.get("state") == NodeState.LOST.value
         row = [
@@ -401,6 +416,9 @@ def print_cluster(console: Console, view: dict[str, Any]) -> None:
             Text("yes" if node["egress"] else "-"),
             Text(str(node["remote_replicas"]) if node["egress"] else "-"),
         ]
+        if labelled:
+            own = _own_labels(node)
+            row.append(Text(", ".join(f"{k}={v}" for k, v in sorted(own.items())) or "-"))
         table.add_row(*row)
     console.print(table)
     degraded = view.get("degraded") or []

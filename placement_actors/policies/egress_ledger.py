@@ -262,6 +262,10 @@ class EgressLedger:
         """
         return self._labels.selected(selector, within)
 
+    def labels(self, node_id: str) -> Mapping[str, str]:
+        """The labels ``node_id`` was given with (empty when none were)."""
+        return self._labels.labels_of(node_id)
+
     def add_node(self, node_id: str, labels: Mapping[str, str] | None = None) -> None:
         """Take an egress node that joined the cluster (no-op when it is known already)."""
         if node_id not in self._load:

@@ -40,6 +40,10 @@ class LabelIndex:
             self._by_label.setdefault(key, {}).setdefault(value, set()).add(node_id)
         self._forget()
 
+    def labels_of(self, node_id: str) -> Mapping[str, str]:
+        """The labels a node was indexed with (empty for a node not indexed)."""
+        return self._labels.get(node_id, {})
+
     def remove(self, node_id: str) -> None:
         """Forget a node (nothing happens for a node not indexed)."""
         labels = self._labels.pop(node_id, None)

@@ -1,4 +1,5 @@
 import logging
+import pickle
 from collections.abc import Iterator
 
 import pykka
@@ -571,5 +572,23 @@ def test_a_selector_written_another_way_is_the_same_place() -> None:
         assert again == first  # not "already placed with a different spec"
         assert isinstance(first, PlacementResult)
         assert {a.node for a in first.assignments} <= {"a", "b"}
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_the_cluster_view_shows_each_nodes_labels_egress_nodes_included() -> None:
+    ref = DeploymentPlacementActor.start(
+        topology=[NodeTopology(node_id="g", num_gpus=4, labels={"zone": "a"})],
+        egress_nodes=[NodeTopology(node_id="e", num_gpus=0, labels={"zone": "b"}), "bare"],
+    )
+    try:
+        view = ref.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        assert {n.node_id: dict(n.labels) for n in view.nodes} == {
+            "bare": {},
+            "e": {"zone": "b"},
+            "g": {"zone": "a"},
+        }
+        assert pickle.loads(pickle.dumps(view)) == view  # noqa: S301 - our own bytes
     finally:
         ref.stop(timeout=TIMEOUT)
