@@ -79,6 +79,7 @@ from placement_actors.policies.placement_decision import (
     PlacementRules,
     decide_placement,
     egress_key,
+    gpu_scope,
     largest_first,
 )
 from placement_actors.policies.rearrangement import Resident, plan_defragmentation
@@ -164,12 +165,7 @@ class _PlacedResidents:
         """Whether the resident's deployment may use ``node`` (its constraints, head exclusion)."""
         if node in self._avoid or node not in self._gpus:
             return False
-        constraints = self._placed[resident.deployment].place.constraints
-        allowed = (
-            None if constraints.gpu_nodes is None else self._gpus.scope_of(constraints.gpu_nodes)
-        )
-        if constraints.label_selector:
-            allowed = self._gpus.selected(constraints.selector(), within=allowed)
+        allowed = gpu_scope(self._gpus, self._placed[resident.deployment].place.constraints)
         return allowed is None or node in allowed
 
 

@@ -28,7 +28,14 @@ from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.rearrangement import Residents, Room, find_move_set
 from placement_actors.policies.replica_placement import LocalRequest, reserve_local_replicas
 
-__all__ = ["PlacementRules", "decide_placement", "egress_key", "largest_first"]
+__all__ = [
+    "PlacementRules",
+    "decide_placement",
+    "egress_key",
+    "egress_scope",
+    "gpu_scope",
+    "largest_first",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +57,28 @@ def egress_key(deployment: Deployment) -> EgressKey | None:
     if isinstance(transport, RemoteNetwork):
         return (transport.provider, deployment.api_key)
     return None
+
+
+def gpu_scope(gpus: GpuLedger, constraints: PlacementConstraints) -> frozenset[str] | None:
+    """The GPU nodes ``constraints`` allow: ``gpu_nodes`` narrowed by the label selector.
+
+    ``None`` for every node. Both answers are remembered by the ledger, so the same constraints
+    get the very same set back (and its own index) on every `Place`.
+    """
+    allowed = None if constraints.gpu_nodes is None else gpus.scope_of(constraints.gpu_nodes)
+    if constraints.label_selector:
+        allowed = gpus.selected(constraints.selector(), within=allowed)
+    return allowed
+
+
+def egress_scope(egress: EgressLedger, constraints: PlacementConstraints) -> frozenset[str] | None:
+    """The egress nodes ``constraints`` allow: ``egress_nodes`` narrowed by the label selector."""
+    allowed = (
+        None if constraints.egress_nodes is None else egress.scope_of(constraints.egress_nodes)
+    )
+    if constraints.label_selector:
+        allowed = egress.selected(constraints.selector(), within=allowed)
+    return allowed
 
 
 def largest_first(deployments: Sequence[Deployment]) -> list[int]:
@@ -107,11 +136,7 @@ def decide_placement(
     key = egress_key(deployment)
     if key is not None:
         return _remote(egress, deployment, constraints, key, rules=rules, indexes=indexes)
-    allowed = None
-    if constraints.gpu_nodes is not None:
-        allowed = gpus.scope_of(constraints.gpu_nodes)
-    if constraints.label_selector:
-        allowed = gpus.selected(constraints.selector(), within=allowed)
+    allowed = gpu_scope(gpus, constraints)
     request = LocalRequest(
         deployment=deployment.name,
         gpus=deployment.gpus_per_replica,
@@ -180,11 +205,7 @@ def _remote(
             f"limit of {rules.max_remote_replicas}"
         )
         raise InvalidSpecError(msg, field="replicas")
-    allowed = (
-        None if constraints.egress_nodes is None else egress.scope_of(constraints.egress_nodes)
-    )
-    if constraints.label_selector:
-        allowed = egress.selected(constraints.selector(), within=allowed)
+    allowed = egress_scope(egress, constraints)
     if not (len(egress) if allowed is None else allowed):
         rejections = tuple(
             Rejection(
