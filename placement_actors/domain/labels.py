@@ -176,7 +176,13 @@ class LabelSelector(Checked, Mapping[str, str]):
         return all(match.matches(labels) for match in self.matches)
 
 
+_LONGEST = len("!in()") + MAX_SELECTOR_VALUES * (MAX_LABEL_TEXT + 1)
+"""The longest value text the forms allow: read no further than that."""
+
+
 def _parse(key: str, value: str) -> LabelMatch:
+    if len(value) > _LONGEST:
+        _refuse(f"{key}: a value may be at most {_LONGEST} characters, got {len(value)}")
     found = _IN.fullmatch(value)
     if found is not None:
         negated, listed = found.group(1) == "!", found.group(2).split(",")
