@@ -22,6 +22,7 @@ from placement_actors.actors.messages import (
     GetReplicaGroups,
     GpuHolding,
     GroupState,
+    MoveReplica,
     NodeView,
     Place,
     PlacedMany,
@@ -39,6 +40,7 @@ from placement_actors.actors.messages import (
     ReplicaGroupsRemoved,
     ReplicaGroupsView,
     ReplicaGroupView,
+    ReplicaMoved,
 )
 from placement_actors.actors.planning import PlanningActor, PlanningProxy, planning_proxy
 from placement_actors.domain.constraints import (
@@ -123,6 +125,7 @@ __all__ = [
     "InvalidSpecError",
     "LabelSelector",
     "LocalGpu",
+    "MoveReplica",
     "NoEgressNodesError",
     "NoGpuNodesError",
     "NodeAssignment",
@@ -157,6 +160,7 @@ __all__ = [
     "ReplicaGroupsRemoved",
     "ReplicaGroupsView",
     "ReplicaMove",
+    "ReplicaMoved",
     "ReplicaPlacement",
     "Runtime",
     "RuntimeKind",

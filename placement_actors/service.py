@@ -7,7 +7,8 @@ driver of the cluster send it the same message values and get the same replies. 
 ``get(timeout=...)`` or ``await`` them. The service, its ledger and its placement groups outlive
 every client.
 
-The cluster's events (`NodeJoined`, `NodeLost`, `ReplicaLost`, `ReplicaReplaced`) reach clients
+The cluster's events (`NodeJoined`, `NodeLost`, `ReplicaLost`, `ReplicaReplaced`, `ReplicaMoved`)
+reach clients
 in other processes too: a pykka `Subscribe` cannot cross processes, so the service subscribes a
 listener of its own at start, which keeps the last `EVENT_BUFFER` events, each numbered
 (`ServiceEvent`). `PlacementClient.events` long-polls them, `PlacementClient.watch` follows them
@@ -54,6 +55,7 @@ from placement_actors.actors.messages import (
     Release,
     ReplicaFailed,
     ReplicaLost,
+    ReplicaMoved,
     ReplicaReplaced,
     Subscribe,
     Unsubscribe,
@@ -160,8 +162,8 @@ class ServiceEvent:
             later one. An `EventsMissed` marker carries the number of the last missed event
             (0 when the service started again), so that passing it as ``after`` goes on.
         at: when the service recorded it, in seconds since the epoch (the service's clock).
-        event: a `NodeJoined`, `NodeLost`, `ReplicaLost` or `ReplicaReplaced` (whose
-            placement's futures resolve through the service, as a result's do), or an
+        event: a `NodeJoined`, `NodeLost`, `ReplicaLost`, `ReplicaReplaced` or `ReplicaMoved`
+            (whose placement's futures resolve through the service, as a result's do), or an
             `EventsMissed` marker.
     """
 
@@ -307,7 +309,9 @@ class _EventListener(KeepServingActor):
 
     def __init__(self, record: Callable[[Any], None]) -> None:
         super().__init__()
-        self._handlers = dict.fromkeys((NodeJoined, NodeLost, ReplicaLost, ReplicaReplaced), record)
+        self._handlers = dict.fromkeys(
+            (NodeJoined, NodeLost, ReplicaLost, ReplicaReplaced, ReplicaMoved), record
+        )
 
 
 # -- the host -----------------------------------------------------------------------------------
@@ -386,6 +390,8 @@ class PlacementHost:
             reply = self._portable_result(reply)
         elif isinstance(reply, Placement) and reply.result is not None:
             reply = dataclasses.replace(reply, result=self._portable_result(reply.result))
+        elif isinstance(reply, ReplicaMoved) and reply.placement is not None:
+            reply = dataclasses.replace(reply, placement=self._portable(reply.placement))
         elif isinstance(reply, PlacedMany):
             reply = PlacedMany(
                 outcomes=tuple(
@@ -440,9 +446,11 @@ class PlacementHost:
         """The sequence number of the latest event (0 before the first)."""
         return "ok", self._events.last
 
-    def _record(self, event: NodeJoined | NodeLost | ReplicaLost | ReplicaReplaced) -> None:
+    def _record(
+        self, event: NodeJoined | NodeLost | ReplicaLost | ReplicaReplaced | ReplicaMoved
+    ) -> None:
         """Keep an event the placement actor told the listener (in the listener's thread)."""
-        if isinstance(event, ReplicaReplaced) and event.placement is not None:
+        if isinstance(event, ReplicaReplaced | ReplicaMoved) and event.placement is not None:
             event = dataclasses.replace(event, placement=self._portable(event.placement))
         self._events.append(event)
 
@@ -694,6 +702,8 @@ class PlacementClient:
             reply = self._resolvable_result(reply)
         elif isinstance(reply, Placement) and reply.result is not None:
             reply = dataclasses.replace(reply, result=self._resolvable_result(reply.result))
+        elif isinstance(reply, ReplicaMoved) and reply.placement is not None:
+            reply = dataclasses.replace(reply, placement=self._resolvable(reply.placement))
         elif isinstance(reply, PlacedMany):
             reply = PlacedMany(
                 outcomes=tuple(
@@ -709,7 +719,7 @@ class PlacementClient:
 
     def _resolvable_event(self, item: ServiceEvent) -> ServiceEvent:
         event = item.event
-        if not isinstance(event, ReplicaReplaced) or event.placement is None:
+        if not isinstance(event, ReplicaReplaced | ReplicaMoved) or event.placement is None:
             return item
         placement = self._resolvable(event.placement)
         return dataclasses.replace(item, event=dataclasses.replace(event, placement=placement))

@@ -29,6 +29,7 @@ from placement_actors.actors.messages import (
     GetReplicaGroups,
     GpuHolding,
     GroupRescheduling,
+    MoveReplica,
     NodeJoined,
     NodeLost,
     NodeState,
@@ -46,6 +47,7 @@ from placement_actors.actors.messages import (
     ReplicaGroupsRemoved,
     ReplicaGroupsView,
     ReplicaLost,
+    ReplicaMoved,
     ReplicaReplaced,
     Subscribe,
     Unsubscribe,
@@ -63,12 +65,14 @@ from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
     InvalidSpecError,
+    NotEnoughGpusError,
     PlacementError,
 )
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     NodeAssignment,
     PlacementResult,
+    Rejection,
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
@@ -297,6 +301,7 @@ class DeploymentPlacementActor(KeepServingActor):
             Place: self.place,
             PlaceMany: self.place_many,
             Release: self.release,
+            MoveReplica: self.move_replica,
             GetClusterView: self.get_cluster_view,
             GetPlacementFailure: self.get_placement_failure,
             GetDefragmentationPlan: self.get_defragmentation_plan,
@@ -494,6 +499,140 @@ class DeploymentPlacementActor(KeepServingActor):
             gpus_freed=placed.result.total_gpus(),
             replicas_freed=len({a.replica_index for a in assignments}),
         )
+
+    @admits(MoveReplica)
+    def move_replica(self, message: MoveReplica) -> ReplicaMoved:
+        """Move one running replica, whole, to another node; see `MoveReplica`."""
+        if self._unwritten:  # also for proxy calls, which do not pass through on_receive
+            self._write_unwritten()
+        name, index, target = message.deployment, message.replica_index, message.to_node
+        placed, source = self._movable(message)
+        self._check_move_target(placed, source, target)
+        ordinals = self._gpus.reserve(target, len(source.gpus), name)  # first: room is kept
+        moved = NodeAssignment(replica_index=index, node=target, gpus=ordinals)
+        placement = None
+        if self._planner is not None:
+            try:
+                self._ask_planner([RemoveReplicaGroups(name, (index,))])
+            except PlacementError:  # the old group stands: nothing changed
+                self._gpus.release(target, ordinals, name)
+                raise
+            try:
+                (placement,) = self._ask_planner(
+                    [
+                        PlanReplica(
+                            deployment=name,
+                            replica_index=index,
+                            assignments=(moved,),
+                            notify=self.actor_ref,
+                        )
+                    ]
+                )
+            except PlacementError:  # the old group is gone, no new one stands: it is lost
+                self._gpus.release(target, ordinals, name)
+                self._lose_replicas(name, [index], None)
+                raise
+        self._gpus.release(source.node, source.gpus, name)
+        result = placed.result
+        placed.result = replace(
+            result,
+            assignments=tuple(
+                sorted(
+                    (*(a for a in result.assignments if a.replica_index != index), moved),
+                    key=lambda a: a.replica_index,
+                )
+            ),
+            replicas=tuple(
+                sorted(
+                    (
+                        *(r for r in result.replicas if r.replica_index != index),
+                        *(() if placement is None else (placement,)),
+                    ),
+                    key=lambda r: r.replica_index,
+                )
+            ),
+        )
+        self._rewrite(name)
+        done = ReplicaMoved(
+            deployment=name,
+            replica_index=index,
+            from_node=source.node,
+            to_node=target,
+            placement=placement,
+            assignments=(moved,),
+        )
+        logger.info("moved replica %d of %s from %s to %s", index, name, source.node, target)
+        self._notify(done)
+        self._retry_degraded()  # the GPUs given back may hold what was lost elsewhere
+        return done
+
+    def _movable(self, message: MoveReplica) -> tuple[_Placed, NodeAssignment]:
+        """The deployment and the one assignment a `MoveReplica` moves, or why it cannot."""
+        name, index = message.deployment, message.replica_index
+        placed = self._placed.get(name)
+        if placed is None:
+            msg = f"deployment {name} is not placed here"
+            raise InvalidSpecError(msg, field="deployment")
+        if placed.egress_key is not None:
+            msg = f"deployment {name} calls a remote provider: its replicas hold no GPUs to move"
+            raise InvalidSpecError(msg, field="deployment")
+        held = [a for a in placed.result.assignments if a.replica_index == index]
+        if not held:
+            msg = f"deployment {name} has no replica {index} placed now"
+            raise InvalidSpecError(msg, field="replica_index")
+        if len(held) > 1:
+            msg = (
+                f"replica {index} of {name} is split over {len(held)} nodes; only a replica "
+                "held on one node moves whole"
+            )
+            raise InvalidSpecError(msg, field="replica_index")
+        (source,) = held
+        if (message.from_node is not None and message.from_node != source.node) or (
+            message.gpus is not None and message.gpus != len(source.gpus)
+        ):
+            msg = (
+                f"the move is stale: replica {index} of {name} holds {len(source.gpus)} GPUs "
+                f"on {source.node} now"
+            )
+            raise InvalidSpecError(msg, field="from_node")
+        return placed, source
+
+    def _check_move_target(self, placed: _Placed, source: NodeAssignment, target: str) -> None:
+        """Raise unless ``target`` may take the replica held by ``source`` now."""
+        name, index, gpus = placed.place.deployment.name, source.replica_index, len(source.gpus)
+        if target == source.node:
+            msg = f"replica {index} of {name} runs on {target} already"
+            raise InvalidSpecError(msg, field="to_node")
+        if target not in self._gpus:
+            state = "has left the cluster" if target in self._lost else "is not a GPU node here"
+            msg = f"node {target[:80]} {state}"
+            raise InvalidSpecError(msg, field="to_node")
+        if target in self._avoid:
+            msg = f"node {target} is a head node, and head exclusion is on"
+            raise InvalidSpecError(msg, field="to_node")
+        allowed = gpu_scope(self._gpus, placed.place.constraints)
+        if allowed is not None and target not in allowed:
+            msg = f"deployment {name}'s constraints do not allow node {target}"
+            raise InvalidSpecError(msg, field="to_node")
+        free = self._gpus.free_count(target)
+        if free < gpus:
+            msg = f"replica {index} of {name} needs {gpus} free GPUs on {target}, which has {free}"
+            raise NotEnoughGpusError(
+                msg,
+                deployment=name,
+                requested=gpus,
+                available=free,
+                largest_node=self._gpus.capacity(target),
+                retryable=gpus <= self._gpus.capacity(target),
+                rejections=(
+                    Rejection(
+                        node_id=target,
+                        reason=f"{free} of {self._gpus.capacity(target)} GPUs free, {gpus} needed",
+                        requested=gpus,
+                        available=free,
+                    ),
+                ),
+            )
 
     # -- events ------------------------------------------------------------------------------
 
@@ -1073,6 +1212,7 @@ class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlac
     place = proxy_method(DeploymentPlacementActor.place)
     place_many = proxy_method(DeploymentPlacementActor.place_many)
     release = proxy_method(DeploymentPlacementActor.release)
+    move_replica = proxy_method(DeploymentPlacementActor.move_replica)
     get_cluster_view = proxy_method(DeploymentPlacementActor.get_cluster_view)
     get_placement_failure = proxy_method(DeploymentPlacementActor.get_placement_failure)
     get_defragmentation_plan = proxy_method(DeploymentPlacementActor.get_defragmentation_plan)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -30,11 +30,12 @@ from placement_actors.domain.constraints import PlacementConstraints
 from placement_actors.domain.deployments import Deployment
 from placement_actors.domain.errors import CapacityError, InvalidSpecError, PlacementError
 from placement_actors.domain.frozen import reduce_frozen
-from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODES, MAX_PLAN_MOVES
+from placement_actors.domain.limits import MAX_NODE_GPUS, MAX_NODE_ID, MAX_NODES, MAX_PLAN_MOVES
 from placement_actors.domain.results import (
     DefragmentationPlan,
     NodeAssignment,
     PlacementResult,
+    ReplicaMove,
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
@@ -60,6 +61,7 @@ __all__ = [
     "GpuHolding",
     "GroupRescheduling",
     "GroupState",
+    "MoveReplica",
     "NodeJoined",
     "NodeLost",
     "NodeState",
@@ -82,6 +84,7 @@ __all__ = [
     "ReplicaGroupsRemoved",
     "ReplicaGroupsView",
     "ReplicaLost",
+    "ReplicaMoved",
     "ReplicaPlacement",
     "ReplicaReplaced",
     "Subscribe",
@@ -265,6 +268,86 @@ class GetDefragmentationPlan(Checked):
             msg = f"max_moves must be at most {MAX_PLAN_MOVES}, got {self.max_moves}"
             raise InvalidSpecError(msg, field="max_moves")
         mark_checked(self)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReplica(Checked):
+    """Command: move one running replica, whole, to ``to_node``. Reply: `ReplicaMoved`.
+
+    What a controller sends to carry out a `ReplicaMove` (a refusal's `NotEnoughGpusError.moves`,
+    or a `DefragmentationPlan`'s): ``MoveReplica.of(move)``. The service checks the move against
+    the ledger as it is now, reserves the GPUs on ``to_node``, removes the replica's placement
+    group and builds one pinned to ``to_node`` (new IP, port and GPU-id futures), then gives
+    the old node's GPUs back. Whatever ran in the old group stops with it, as in Ray any task or
+    actor in a removed placement group does: the controller starts the replica again on the new
+    group, exactly as after a `ReplicaReplaced`. Subscribers are told the same `ReplicaMoved`.
+
+    Errors (nothing changes): `InvalidSpecError` when the deployment is not placed here, is
+    remote, has no such replica, the replica is split over nodes or is no longer where
+    ``from_node`` and ``gpus`` say (a stale move), or ``to_node`` is unknown, lost, avoided
+    (head exclusion) or outside the deployment's constraints; `NotEnoughGpusError` (retryable)
+    when ``to_node`` has too few GPUs free.
+
+    Attributes:
+        deployment: the deployment's name.
+        replica_index: the replica.
+        to_node: where it is to run.
+        from_node: where the sender believes it runs (``None``: wherever it runs).
+        gpus: the GPUs the sender believes it holds (``None``: however many it holds).
+    """
+
+    deployment: str
+    replica_index: int
+    to_node: str
+    _: KW_ONLY
+    from_node: str | None = None
+    gpus: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check every field's type and range."""
+        check_text(self.deployment, "deployment", longest=_NAME)
+        check_count(self.replica_index, "replica_index")
+        check_text(self.to_node, "to_node", longest=MAX_NODE_ID)
+        if self.from_node is not None:
+            check_text(self.from_node, "from_node", longest=MAX_NODE_ID)
+        if self.gpus is not None:
+            check_count(self.gpus, "gpus", minimum=1)
+            if self.gpus > MAX_NODE_GPUS:
+                msg = f"gpus must be at most {MAX_NODE_GPUS}, got {self.gpus}"
+                raise InvalidSpecError(msg, field="gpus")
+        mark_checked(self)
+
+    @classmethod
+    def of(cls, move: ReplicaMove) -> MoveReplica:
+        """The command that carries out ``move`` (refused if the replica is no longer there)."""
+        return cls(
+            deployment=move.deployment,
+            replica_index=move.replica_index,
+            to_node=move.to_node,
+            from_node=move.from_node,
+            gpus=move.gpus,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaMoved:
+    """Reply to `MoveReplica`, and the event its subscribers are told.
+
+    Attributes:
+        deployment: the deployment's name.
+        replica_index: the replica that moved.
+        from_node: where it ran.
+        to_node: where it runs now.
+        placement: its new placement group's futures (``None`` without a planner).
+        assignments: its GPUs on ``to_node``.
+    """
+
+    deployment: str
+    replica_index: int
+    from_node: str
+    to_node: str
+    placement: ReplicaPlacement | None
+    assignments: tuple[NodeAssignment, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -701,7 +784,8 @@ class ReplicaReplaced:
 class Subscribe:
     """Command: tell ``subscriber`` the cluster's events from now on. Reply: ``None``.
 
-    The events: `NodeJoined`, `NodeLost`, `ReplicaLost` and `ReplicaReplaced`. Idempotent.
+    The events: `NodeJoined`, `NodeLost`, `ReplicaLost`, `ReplicaReplaced` and `ReplicaMoved`.
+    Idempotent.
     """
 
     subscriber: pykka.ActorRef[Any]

@@ -23,6 +23,7 @@ from placement_actors.actors.messages import (
     NodeLost,
     NodeState,
     ReplicaLost,
+    ReplicaMoved,
     ReplicaReplaced,
 )
 from placement_actors.domain.deployments import CustomRuntime
@@ -268,6 +269,18 @@ def event_data(item: ServiceEvent, names: Mapping[str, str]) -> dict[str, Any]:
             ],
             group=None if event.placement is None else event.placement.group_name,
         )
+    elif isinstance(event, ReplicaMoved):
+        data.update(
+            kind="replica_moved",
+            deployment=event.deployment,
+            replica=event.replica_index,
+            from_node=event.from_node,
+            from_name=_name(names, event.from_node),
+            node=event.to_node,
+            name=_name(names, event.to_node),
+            gpus=[o for a in event.assignments for o in a.gpus],
+            group=None if event.placement is None else event.placement.group_name,
+        )
     elif isinstance(event, EventsMissed):
         data.update(kind="events_missed", after=event.after, missed=event.missed)
     else:  # a kind this command line does not know yet: named, not dropped
@@ -307,6 +320,12 @@ def _event_text(data: Mapping[str, Any]) -> str:  # noqa: PLR0911 - one return p
         gpus = " + ".join(_ordinals(n["gpus"]) for n in data["nodes"] if n["gpus"])
         return f"replica placed again: {data['deployment']} #{data['replica']} on {nodes}" + (
             f" (GPUs {gpus})" if gpus else ""
+        )
+    if kind == "replica_moved":
+        gpus = f" (GPUs {_ordinals(data['gpus'])})" if data["gpus"] else ""
+        return (
+            f"replica moved: {data['deployment']} #{data['replica']} "
+            f"from {data['from_name']} to {data['name']}{gpus}"
         )
     if kind == "events_missed":
         if data["missed"] is None:

@@ -1,12 +1,18 @@
-"""Random Place/Release sequences against a live DeploymentPlacementActor."""
+"""Random Place/Release/MoveReplica sequences against a live DeploymentPlacementActor."""
 
 from collections import Counter
 
 import pykka
 import pytest
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from placement_actors import (
     ApiKey,
@@ -17,12 +23,15 @@ from placement_actors import (
     GetClusterView,
     GpuStrategy,
     InvalidSpecError,
+    MoveReplica,
     NodeTopology,
     Place,
     PlacementConstraints,
     PlacementResult,
     Release,
+    ReplicaMoved,
 )
+from placement_actors.actors.messages import GetPlacement, Placement
 
 TIMEOUT = 5
 NAMES = st.sampled_from([f"d{i}" for i in range(6)])
@@ -103,6 +112,29 @@ class PlacementMachine(RuleBasedStateMachine):
         )
         assert released.was_placed == (earlier is not None)  # type: ignore[attr-defined]
         assert released.gpus_freed == expected  # type: ignore[attr-defined]
+
+    def local(self) -> list[str]:
+        return sorted(n for n, p in self.placed.items() if p.deployment.gpus_per_replica)
+
+    @precondition(lambda self: self.local())
+    @rule(data=st.data(), node=st.integers(0, 6))
+    def move(self, data: st.DataObject, node: int) -> None:
+        name = data.draw(st.sampled_from(self.local()))
+        replica = data.draw(st.integers(0, 3))
+        before = self.view()
+        try:
+            moved = self.ask(MoveReplica(name, replica, f"n{node}"))
+        except (InvalidSpecError, CapacityError) as refused:
+            event(f"move refused: {type(refused).__name__}")
+            assert self.view() == before  # a move that cannot be made changes nothing
+            return
+        event("moved")
+        assert isinstance(moved, ReplicaMoved)
+        found = self.ask(GetPlacement(name))
+        assert isinstance(found, Placement)
+        assert found.result is not None
+        now = [a.node for a in found.result.assignments if a.replica_index == replica]
+        assert now == [f"n{node}"] != [moved.from_node]
 
     @invariant()
     def no_ordinal_is_held_twice_and_free_plus_held_is_capacity(self) -> None:

@@ -13,13 +13,13 @@ from placement_actors import (
     GetPlacementFailure,
     GpuStrategy,
     InvalidSpecError,
+    MoveReplica,
     NodeTopology,
     NotEnoughGpusError,
     Place,
     PlacementConstraints,
     PlacementFailure,
     PlacementResult,
-    Release,
 )
 from placement_actors.actors.messages import GetPlacement, Placement
 
@@ -78,9 +78,9 @@ def test_a_kept_whole_replica_refused_on_scattered_gpus_is_told_which_replica_to
     assert isinstance(failure, PlacementFailure)
     assert isinstance(failure.error, NotEnoughGpusError)
     assert failure.error.moves == refusal.moves
-    # Carrying the move out (release, place on the node named) makes the refused Place fit.
-    actor.ask(Release(move.deployment), timeout=TIMEOUT)
-    place(actor, move.deployment, 2, gpu_nodes=(move.to_node,))
+    # Carrying the move out makes the refused Place fit.
+    actor.ask(MoveReplica.of(move), timeout=TIMEOUT)
+    assert node_of(actor, move.deployment) == move.to_node
     assert place(actor, "wide", 4, keep_whole=True).assignments[0].node == move.from_node
 
 

@@ -35,6 +35,7 @@ from placement_actors import (
     GetReplicaGroups,
     GpuStrategy,
     InvalidSpecError,
+    MoveReplica,
     NodeAssignment,
     NodeTopology,
     NotEnoughGpusError,
@@ -54,6 +55,7 @@ from placement_actors import (
     Released,
     RemoveReplicaGroups,
     ReplicaFailed,
+    ReplicaMoved,
     RuntimeKind,
     deployment_placement_proxy,
 )
@@ -111,8 +113,13 @@ def forged(cls: type[Any], **fields: object) -> Any:
 class Generator:
     """Messages of every type, from one seeded random source."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        placed: Callable[[], dict[str, PlacementResult]] = dict,
+    ) -> None:
         self.rng = rng
+        self.placed = placed  # what is placed now, for moves of running replicas
 
     def pick(self, options: tuple[Any, ...]) -> Any:
         return options[self.rng.randrange(len(options))]
@@ -185,6 +192,27 @@ class Generator:
         except PlacementError:
             return forged(cls, **fields)
 
+    def move(self) -> object:
+        placed = self.placed()
+        running = [(n, a) for n, r in placed.items() for a in r.assignments]
+        if running and self.rng.random() < 0.7:
+            name, held = self.pick(tuple(running))
+            return MoveReplica(
+                name,
+                held.replica_index,
+                self.pick(("gpu-a", "gpu-b", "gpu-c", "gpu-c", *NODES, "gpu-z")),
+                from_node=self.pick((held.node, held.node, None, "gpu-a")),
+                gpus=self.pick((len(held.gpus) or None, len(held.gpus) or None, None, 1)),
+            )
+        fields = {
+            "deployment": self.name(),
+            "replica_index": self.pick((0, 1, *HUGE, *WRONG)),
+            "to_node": self.pick((*NODES, "gpu-z", 5)),
+            "from_node": self.pick((None, *NODES, 5)),
+            "gpus": self.pick((None, 1, 4, 0, 10**9)),
+        }
+        return self.build(MoveReplica, fields)
+
     def message(self) -> object:  # noqa: C901, PLR0911 - one return per message type
         kind = self.rng.random()
         if kind < 0.03:  # the cluster changes under the service
@@ -250,6 +278,8 @@ class Generator:
                     PlacementFailure(deployment="d0", error=None),
                 )
             )
+        if kind < 0.97:  # a move: of a running replica (to anywhere), or stale, or malformed
+            return self.move()
         return self.pick((None, 42, "Place", {"deployment": "d0"}, [Place], b"\x00", 1.5))
 
 
@@ -277,6 +307,17 @@ class Model:
         elif isinstance(reply, Released):
             assert reply.was_placed == (reply.deployment in self.placed)
             self.placed.pop(reply.deployment, None)
+        elif isinstance(reply, ReplicaMoved):  # the replica's GPUs are on the new node only
+            assert isinstance(message, MoveReplica)
+            result = self.placed[reply.deployment]
+            held = [a for a in result.assignments if a.replica_index == reply.replica_index]
+            assert [a.node for a in held] == [reply.from_node] != [message.to_node]
+            assert [a.node for a in reply.assignments] == [message.to_node]
+            assert sum(len(a.gpus) for a in reply.assignments) == len(held[0].gpus)
+            kept = [a for a in result.assignments if a.replica_index != reply.replica_index]
+            self.placed[reply.deployment] = dataclasses.replace(
+                result, assignments=tuple(sorted((*kept, *reply.assignments), key=_replica))
+            )
         elif isinstance(reply, DefragmentationPlan):  # moves name placed replicas where they run
             for move in reply.moves:
                 result = self.placed[move.deployment]
@@ -340,7 +381,9 @@ def deliver(
     actor: pykka.ActorRef[DeploymentPlacementActor], model: Model, message: object, how: str
 ) -> str:
     """Send ``message`` the way ``how`` says; the outcome's name; the model follows the reply."""
-    if isinstance(message, NodeJoined | NodeLost):
+    if isinstance(message, NodeJoined | NodeLost) or (
+        how == "tell" and isinstance(message, MoveReplica)  # told: no reply says what moved
+    ):
         actor.tell(message)
         model.follow(view_of(actor), lambda m: actor.ask(m, timeout=TIMEOUT))
         return "cluster changed"
@@ -360,6 +403,10 @@ def deliver(
     return type(reply).__name__
 
 
+def _replica(assignment: NodeAssignment) -> int:
+    return assignment.replica_index
+
+
 def view_of(actor: pykka.ActorRef[DeploymentPlacementActor]) -> ClusterView:
     view = actor.ask(GetClusterView(), timeout=TIMEOUT)
     assert isinstance(view, ClusterView)
@@ -370,8 +417,8 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
     actor: pykka.ActorRef[DeploymentPlacementActor], caplog: pytest.LogCaptureFixture
 ) -> None:
     rng = random.Random(SEED)
-    generate = Generator(rng)
     model = Model()
+    generate = Generator(rng, lambda: model.placed)
     outcomes: Counter[str] = Counter()
     types: Counter[str] = Counter()
     for _ in range(MESSAGES):
@@ -407,6 +454,7 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
     assert outcomes["InvalidSpecError"] >= 500
     assert outcomes["NotEnoughGpusError"] >= 100
     assert outcomes["UnknownMessageError"] >= 100
+    assert outcomes["ReplicaMoved"] >= 5  # running replicas were moved, not only refused
 
 
 GOOD = Deployment(name="ok", model="meta-llama/x", gpus=1)

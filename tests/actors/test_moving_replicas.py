@@ -1,0 +1,224 @@
+"""`MoveReplica` carries out a move set or a defragmentation plan; a bad move changes nothing."""
+
+import pickle
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ApiKey,
+    ClusterView,
+    DefragmentationPlan,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    GetDefragmentationPlan,
+    GpuStrategy,
+    InvalidSpecError,
+    MoveReplica,
+    NodeTopology,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    ReplicaMove,
+    ReplicaMoved,
+)
+from placement_actors.actors.messages import GetPlacement, Placement, Subscribe
+
+TIMEOUT = 5
+Ref = pykka.ActorRef[DeploymentPlacementActor]
+
+
+class Listener(pykka.ThreadingActor):
+    """A subscriber that queues every event it is told."""
+
+    def __init__(self, events: "queue.Queue[object]") -> None:
+        super().__init__()
+        self.events = events
+
+    def on_receive(self, message: Any) -> None:
+        self.events.put(message)
+
+
+@pytest.fixture
+def actor() -> Iterator[Ref]:
+    topology = [
+        NodeTopology(node_id=f"gpu-{c}", num_gpus=4, labels={"zone": "east" if c < "c" else "west"})
+        for c in "abcd"
+    ]
+    topology.append(NodeTopology(node_id="head", num_gpus=4, is_head=True))
+    ref = DeploymentPlacementActor.start(
+        topology=topology, egress_nodes=("gpu-a",), ignore_head_node=True
+    )
+    yield ref
+    ref.stop(timeout=TIMEOUT)
+
+
+def place(actor: Ref, name: str, gpus: int, replicas: int = 1, **constraints: Any) -> None:
+    deployment = Deployment(name=name, model="meta-llama/x", gpus=gpus, replicas=replicas)
+    result = actor.ask(Place(deployment, PlacementConstraints(**constraints)), timeout=TIMEOUT)
+    assert isinstance(result, PlacementResult)
+
+
+def where(actor: Ref, name: str) -> dict[int, list[tuple[str, tuple[int, ...]]]]:
+    """Replica index -> [(node, GPU ordinals)] of a placed deployment, as the actor says now."""
+    found = actor.ask(GetPlacement(name), timeout=TIMEOUT)
+    assert isinstance(found, Placement)
+    assert found.result is not None
+    replicas: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+    for a in found.result.assignments:
+        replicas.setdefault(a.replica_index, []).append((a.node, a.gpus))
+    return replicas
+
+
+def view(actor: Ref) -> ClusterView:
+    found = actor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(found, ClusterView)
+    return found
+
+
+def free(actor: Ref) -> dict[str, int]:
+    return {n.node_id: len(n.free_gpus) for n in view(actor).nodes}
+
+
+def scatter(actor: Ref) -> None:
+    """Two GPUs held on each of gpu-a, gpu-b, gpu-c and gpu-d: no node with 4 free."""
+    for name in ("a", "b", "c", "d"):
+        place(actor, name, 2, strategy=GpuStrategy.SPREAD)
+
+
+def test_a_refusals_move_set_carried_out_makes_the_refused_place_fit(actor: Ref) -> None:
+    scatter(actor)
+    with pytest.raises(NotEnoughGpusError) as caught:
+        place(actor, "wide", 4, keep_whole=True)
+    assert caught.value.moves
+    for move in caught.value.moves:
+        moved = actor.ask(MoveReplica.of(move), timeout=TIMEOUT)
+        assert isinstance(moved, ReplicaMoved)
+        assert (moved.from_node, moved.to_node) == (move.from_node, move.to_node)
+        assert [a.node for a in moved.assignments] == [move.to_node]
+        assert where(actor, move.deployment)[move.replica_index][0][0] == move.to_node
+    place(actor, "wide", 4, keep_whole=True)
+    assert len(where(actor, "wide")[0]) == 1  # whole, on the node the move emptied
+
+
+def test_a_defragmentation_plan_carried_out_frees_the_nodes_it_names(actor: Ref) -> None:
+    scatter(actor)
+    plan = actor.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)
+    assert isinstance(plan, DefragmentationPlan)
+    assert plan.freed_nodes
+    for move in plan.moves:
+        actor.ask(MoveReplica.of(move), timeout=TIMEOUT)
+    after = free(actor)
+    assert all(after[node] == 4 for node in plan.freed_nodes)
+    assert sum(after.values()) == 5 * 4 - 4 * 2  # nothing gained, nothing lost
+
+
+def test_a_move_takes_the_gpus_on_the_new_node_and_gives_back_the_old_ones(actor: Ref) -> None:
+    place(actor, "pair", 2, replicas=2, gpu_nodes=("gpu-a", "gpu-d"))  # both on gpu-a
+    before = where(actor, "pair")
+    moved = actor.ask(MoveReplica("pair", 1, "gpu-d"), timeout=TIMEOUT)
+    assert isinstance(moved, ReplicaMoved)
+    assert moved.from_node == "gpu-a"
+    after = where(actor, "pair")
+    assert after[0] == before[0]  # the other replica stays where it was
+    assert after[1] == [("gpu-d", (0, 1))]
+    holders = {n.node_id: {h.deployment for h in n.held} for n in view(actor).nodes}
+    assert holders["gpu-d"] == {"pair"}
+    assert free(actor)["gpu-a"] == 2  # replica 1's two GPUs came back
+
+
+def test_subscribers_are_told_each_move(actor: Ref) -> None:
+    events: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(events)
+    try:
+        actor.ask(Subscribe(listener), timeout=TIMEOUT)
+        place(actor, "told", 1, gpu_nodes=("gpu-a", "gpu-b"))
+        reply = actor.ask(MoveReplica("told", 0, "gpu-b"), timeout=TIMEOUT)
+        assert events.get(timeout=TIMEOUT) == reply
+    finally:
+        listener.stop()
+
+
+def test_a_move_to_where_the_replica_is_not_allowed_is_refused_and_changes_nothing(
+    actor: Ref,
+) -> None:
+    place(actor, "east", 1, label_selector={"zone": "east"})  # gpu-a or gpu-b
+    place(actor, "pinned", 1, gpu_nodes=("gpu-a", "gpu-b"))
+    place(actor, "split", 8)  # over two nodes
+    actor.ask(
+        Place(Deployment(name="api", model="gpt-4o", api_key=ApiKey("sk-test"))), timeout=TIMEOUT
+    )
+    ((east_node, _),) = where(actor, "east")[0]
+    before = view(actor)
+    bad = [
+        (MoveReplica("nobody", 0, "gpu-c"), "not placed"),
+        (MoveReplica("api", 0, "gpu-c"), "remote provider"),
+        (MoveReplica("east", 1, "gpu-c"), "no replica 1"),
+        (MoveReplica("split", 0, "gpu-c"), "split over 2 nodes"),
+        (MoveReplica("east", 0, east_node), "already"),
+        (MoveReplica("east", 0, "gpu-z"), "not a GPU node"),
+        (MoveReplica("pinned", 0, "head"), "head node"),
+        (MoveReplica("east", 0, "gpu-d"), "constraints do not allow"),
+        (MoveReplica("pinned", 0, "gpu-c"), "constraints do not allow"),
+        (MoveReplica("east", 0, "gpu-b", from_node="gpu-d"), "stale"),
+        (MoveReplica("east", 0, "gpu-b", gpus=2), "stale"),
+    ]
+    for message, why in bad:
+        with pytest.raises(InvalidSpecError, match=why):
+            actor.ask(message, timeout=TIMEOUT)
+    assert view(actor) == before
+
+
+def test_a_move_to_a_node_without_room_is_a_retryable_refusal(actor: Ref) -> None:
+    place(actor, "big", 4, gpu_nodes=("gpu-a", "gpu-b"))  # on gpu-a
+    place(actor, "filler", 3, gpu_nodes=("gpu-b",))
+    before = view(actor)
+    with pytest.raises(NotEnoughGpusError, match="gpu-b, which has 1") as caught:
+        actor.ask(MoveReplica("big", 0, "gpu-b"), timeout=TIMEOUT)
+    assert caught.value.retryable
+    assert [r.node_id for r in caught.value.rejections] == ["gpu-b"]
+    assert view(actor) == before
+
+
+def test_a_move_is_checked_again_when_it_arrives_from_elsewhere(actor: Ref) -> None:
+    place(actor, "m", 1, gpu_nodes=("gpu-a", "gpu-b"))  # on gpu-a
+    forged = pickle.loads(pickle.dumps(MoveReplica("m", 0, "gpu-b")))  # noqa: S301 - own bytes
+    object.__setattr__(forged, "replica_index", -1)
+    with pytest.raises(InvalidSpecError, match="replica_index"):
+        actor.ask(forged, timeout=TIMEOUT)
+    object.__setattr__(forged, "replica_index", 0)
+    object.__setattr__(forged, "gpus", 10**9)
+    with pytest.raises(InvalidSpecError, match="gpus"):
+        actor.ask(forged, timeout=TIMEOUT)
+    assert where(actor, "m")[0][0][0] == "gpu-a"
+    moved = actor.ask(MoveReplica("m", 0, "gpu-b"), timeout=TIMEOUT)  # still serving
+    assert isinstance(moved, ReplicaMoved)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"deployment": 3}, "deployment"),
+        ({"replica_index": True}, "replica_index"),
+        ({"to_node": "x" * 10_000}, "to_node"),
+        ({"from_node": b"gpu-a"}, "from_node"),
+        ({"gpus": 0}, "gpus"),
+    ],
+)
+def test_a_malformed_move_is_refused_by_its_constructor(fields: dict[str, Any], field: str) -> None:
+    values: dict[str, Any] = {"deployment": "d", "replica_index": 0, "to_node": "gpu-a", **fields}
+    with pytest.raises(InvalidSpecError) as caught:
+        MoveReplica(**values)
+    assert caught.value.field == field
+
+
+def test_a_move_of_replica_move_keeps_every_field() -> None:
+    move = ReplicaMove(deployment="d", replica_index=2, gpus=4, from_node="a", to_node="b")
+    assert MoveReplica.of(move) == MoveReplica(
+        deployment="d", replica_index=2, to_node="b", from_node="a", gpus=4
+    )
