@@ -18,6 +18,7 @@ from placement_actors.actors.messages import (
     NodeState,
     NodeView,
     ReplicaLost,
+    ReplicaMoved,
     ReplicaReplaced,
 )
 from placement_actors.cli import commands, render
@@ -652,6 +653,18 @@ REPLACED = ReplicaReplaced(
             "replica placed again: llama #1 on gpu-b (GPUs 0-2)",
         ),
         (
+            ReplicaMoved(
+                deployment="llama",
+                replica_index=0,
+                from_node="n-1",
+                to_node="gpu-c",
+                placement=None,
+                assignments=(NodeAssignment(replica_index=0, node="gpu-c", gpus=(4, 5)),),
+            ),
+            {"kind": "replica_moved", "from_name": "gpu-new", "name": "gpu-c", "gpus": [4, 5]},
+            "replica moved: llama #0 from gpu-new to gpu-c (GPUs 4,5)",
+        ),
+        (
             EventsMissed(after=3, missed=12),
             {"kind": "events_missed", "after": 3, "missed": 12},
             "events missed: 12 (this watch fell behind the service's buffer)",
@@ -662,7 +675,7 @@ REPLACED = ReplicaReplaced(
             "events missed: the service started again; its earlier events are gone",
         ),
     ],
-    ids=["joined", "lost", "replica-lost", "replaced", "fell-behind", "restarted"],
+    ids=["joined", "lost", "replica-lost", "replaced", "moved", "fell-behind", "restarted"],
 )
 def test_each_event_is_one_json_object_and_one_readable_line(
     event: object, fields: dict[str, Any], text: str

@@ -19,6 +19,7 @@ from placement_actors import (
     PlacementConstraints,
     PlanReplica,
     cli,
+    group_prefix,
 )
 from placement_actors.actors.messages import NodeJoined
 from placement_actors.backends import ray as on_ray
@@ -131,6 +132,38 @@ def test_defrag_names_the_replica_to_move_to_free_a_node(
     code, _, err = run(capsys, "defrag", "--max-moves", "0", "--address", address)
     assert code == cli.EXIT_USAGE
     assert "must be at least 1" in err
+    code, out, _ = run(capsys, "defrag", "--gpus", "4", "--apply", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "1 move(s) will leave 4 GPUs free on: gpu-a" in out
+    assert "Made 1 move(s)" in out
+    status = json.loads(run(capsys, "status", "--address", address, "--json")[1])
+    held = {n["name"]: n["held"] for n in status["nodes"]}
+    assert held["gpu-a"] == {}
+    assert sorted(held["gpu-b"]) == ["cli-one", "cli-two"]
+    assert len(on_ray.bundle_nodes(group_prefix("cli-one"))) == 1  # its old group is gone
+
+
+def test_move_takes_a_replica_to_a_node_named_by_its_name(
+    capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
+) -> None:
+    path = tmp_path / "one.yaml"
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    path.write_text(f"deployments:\n  - {{name: cli-moved, model: m, gpu_nodes: [{a}, {b}]}}\n")
+    assert run(capsys, "place", str(path), "--address", address)[0] == cli.EXIT_OK
+    status = json.loads(run(capsys, "status", "--address", address, "--json")[1])
+    (now,) = [n["name"] for n in status["nodes"] if "cli-moved" in n["held"]]
+    other = "gpu-b" if now == "gpu-a" else "gpu-a"
+    code, out, _ = run(capsys, "move", "cli-moved", "0", other, "--address", address, "--json")
+    assert code == cli.EXIT_OK
+    moved = json.loads(out)
+    assert (moved["from_name"], moved["to_name"], moved["gpus"]) == (now, other, [0])
+    assert list(on_ray.bundle_nodes(group_prefix("cli-moved")).values()) == [{0: ray_nodes[other]}]
+    code, _, err = run(capsys, "move", "cli-moved", "0", "gpu-c", "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC  # gpu-c is not one of its gpu_nodes
+    assert "do not allow" in err
+    code, _, err = run(capsys, "move", "cli-moved", "0", "gpu-nowhere", "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC
+    assert "no node of the cluster" in err
 
 
 def test_status_saves_the_occupancy_picture_as_svg(

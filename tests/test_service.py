@@ -21,6 +21,7 @@ from placement_actors import (
     GetReplicaGroups,
     GroupState,
     InvalidSpecError,
+    MoveReplica,
     NoGpuNodesError,
     NotEnoughGpusError,
     Place,
@@ -31,6 +32,7 @@ from placement_actors import (
     Release,
     ReplicaFailed,
     ReplicaGroupsView,
+    ReplicaMoved,
     UnknownMessageError,
     group_prefix,
 )
@@ -460,3 +462,45 @@ def test_a_label_selector_places_replicas_where_ray_labels_say_and_ray_keeps_the
     )  # egress nodes are picked by the labels Ray reported for them
     assert [a.node for a in remote.assignments] == [ray_nodes["gpu-a"]] * 2
     client.ask(Release("zoned-api"))
+
+
+def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_restart(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    place = Place(
+        Deployment(name="mover", model="m", gpus=2, replicas=2),
+        PlacementConstraints(gpu_nodes=(a, b)),
+    )
+    result = client.ask(place)
+    nodes = [x.node for x in result.assignments]
+    assert nodes[0] == nodes[1]  # best fit: both on one node (which one: node ids decide)
+    a, b = (a, b) if nodes[0] == a else (b, a)
+    old_port = result.replicas[1].master.port.get(timeout=TIMEOUT)
+    stream = client.watch(after=client.last_event(), wait_s=5, timeout_s=TIMEOUT)
+    try:
+        moved = client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))
+        told = next_of(stream, ReplicaMoved)
+    finally:
+        stream.close()
+    assert isinstance(moved, ReplicaMoved)
+    assert (moved.from_node, moved.to_node) == (told.from_node, told.to_node) == (a, b)
+    assert moved.placement is not None
+    port = moved.placement.master.port.get(timeout=TIMEOUT)  # resolved through the service
+    assert port > 0
+    assert moved.placement.master.node_ip.get(timeout=TIMEOUT).count(".") == 3
+    landed = on_ray.bundle_nodes(group_prefix("mover"))
+    assert sorted(landed.values(), key=str) == [{0: a}, {0: b}]  # the old group is gone
+    view = client.ask(GetClusterView())
+    assert len(view.node(a).held) == len(view.node(b).held) == 2
+    with pytest.raises(InvalidSpecError, match="stale"):  # the same move again: it moved already
+        client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))
+    client.restart_service()  # as a crash would: the record and the new group are taken back
+    again = client.ask(GetPlacement("mover"))
+    assert again.result is not None
+    assert sorted(x.node for x in again.result.assignments) == sorted([a, b])
+    assert again.result.replicas[1].master.port.get(timeout=TIMEOUT) == port
+    assert old_port > 0
+    assert client.ask(Release("mover")).gpus_freed == 4

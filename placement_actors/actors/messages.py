@@ -245,8 +245,8 @@ class GetDefragmentationPlan(Checked):
     """Query: moves of running replicas that would free nodes. Reply: `DefragmentationPlan`.
 
     Nodes closest to empty are freed first, each only if every replica it must give up has a
-    node to go to (best fit, within its deployment's constraints). The plan is advice: nothing
-    moves until the replicas' controllers move them.
+    node to go to (best fit, within its deployment's constraints). Nothing moves until each move
+    is sent as a `MoveReplica`, in the plan's order.
 
     Attributes:
         gpus: the free GPUs a freed node must have; ``None``: the largest node's GPU count.

@@ -340,8 +340,8 @@ def _parser() -> argparse.ArgumentParser:
 
     defrag = command(
         "defrag",
-        "list moves of running replicas that would free whole nodes for large replicas (advice: "
-        "nothing moves until the replicas' controllers move them)",
+        "list moves of running replicas that would free whole nodes for large replicas; with "
+        "--apply, make them",
         commands.defrag,
         address="required",
     )
@@ -358,11 +358,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the most moves to list (default 16, at most 1000)",
     )
+    defrag.add_argument(
+        "--apply",
+        action="store_true",
+        help="make the moves, in order (each replica gets a new placement group on its new "
+        "node; what ran in the old one stops)",
+    )
+
+    move = command(
+        "move",
+        "move one running replica to another node (a new placement group there; what ran in "
+        "the old one stops, and its controller starts it again)",
+        commands.move,
+        address="required",
+    )
+    move.add_argument("name", help="the deployment's name")
+    move.add_argument("replica", type=_count(minimum=0), help="the replica's index")
+    move.add_argument("to", help="the node to move it to: its id, or its name")
 
     watch = command(
         "watch",
-        "stream the service's events (nodes that join or are lost, replicas lost and placed "
-        "again): one line each, or with --json one JSON object per line; Ctrl-C stops",
+        "stream the service's events (nodes that join or are lost, replicas lost, placed "
+        "again or moved): one line each, or with --json one JSON object per line; Ctrl-C stops",
         commands.watch,
         address="required",
     )

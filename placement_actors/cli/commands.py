@@ -25,12 +25,14 @@ from placement_actors.actors.messages import (
     GetDefragmentationPlan,
     GetPlacement,
     GetPlacementFailure,
+    MoveReplica,
     NodeJoined,
     Place,
     Placement,
     PlacementFailure,
     Release,
     Released,
+    ReplicaMoved,
     ReplicaReplaced,
     Subscribe,
 )
@@ -40,6 +42,7 @@ from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
+    InvalidSpecError,
     PlacementError,
     PlacementGroupTimeoutError,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "UsageError",
     "defrag",
     "demo",
+    "move",
     "place",
     "plan",
     "reap",
@@ -622,24 +626,73 @@ def why(args: argparse.Namespace, out: Output) -> int:
 
 
 def defrag(args: argparse.Namespace, out: Output) -> int:
-    """Moves of running replicas that would free whole nodes (the service's plan; advice only)."""
+    """Moves of running replicas that would free whole nodes; with ``--apply``, made too."""
+    client = _client(args.address)
     query = GetDefragmentationPlan(gpus=args.gpus, max_moves=args.max_moves)
-    plan = _client(args.address).ask(query, timeout=_REPLY_TIMEOUT_S)
+    plan = client.ask(query, timeout=_REPLY_TIMEOUT_S)
     assert isinstance(plan, DefragmentationPlan)  # noqa: S101 - the service's reply type
     names = _node_names()
     moves = render.moves_data(plan.moves, names)
     freed = [{"node": n, "name": names.get(n, n)} for n in plan.freed_nodes]
-    out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed})
     if not plan.moves:
+        out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed, "applied": 0})
         out.say(f"No moves found that would leave a node with {plan.gpus} GPUs free.")
         return EXIT_OK
     if not out.json:
         shown = ", ".join(n["name"] for n in freed)
+        verb = "will" if args.apply else "would"
         out.console.print(
-            Text(f"{len(plan.moves)} move(s) would leave {plan.gpus} GPUs free on: {shown}"),
+            Text(f"{len(plan.moves)} move(s) {verb} leave {plan.gpus} GPUs free on: {shown}"),
             soft_wrap=True,
         )
         render.print_advice(out.console, moves)
+    applied = 0
+    if args.apply:
+        for move in plan.moves:  # in the plan's order; the first that fails stops the rest
+            try:
+                client.ask(MoveReplica.of(move), timeout=_REPLY_TIMEOUT_S)
+            except PlacementError:
+                out.note(f"{applied} of {len(plan.moves)} move(s) made before this one failed")
+                raise
+            applied += 1
+        out.say(f"Made {applied} move(s): {_RESTART_NOTE}")
+    out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed, "applied": applied})
+    return EXIT_OK
+
+
+_RESTART_NOTE = (
+    "each moved replica has a new placement group; whatever ran in its old group stopped with "
+    "it, and its controller starts it again on the new one (`watch` shows ReplicaMoved)"
+)
+
+
+def move(args: argparse.Namespace, out: Output) -> int:
+    """Move one running replica of a deployment to another node, through the running service."""
+    names = _node_names()
+    by_name = {name: node for node, name in names.items()}
+    target = args.to if args.to in names else by_name.get(args.to)
+    if target is None:
+        msg = f"no node of the cluster has the id or name {args.to!r:.80}"
+        raise InvalidSpecError(msg, field="to_node")
+    moved = _client(args.address).ask(
+        MoveReplica(args.name, args.replica, target), timeout=_REPLY_TIMEOUT_S
+    )
+    assert isinstance(moved, ReplicaMoved)  # noqa: S101 - the service's reply type
+    data = {
+        "deployment": moved.deployment,
+        "replica": moved.replica_index,
+        "from": moved.from_node,
+        "from_name": names.get(moved.from_node, moved.from_node),
+        "to": moved.to_node,
+        "to_name": names.get(moved.to_node, moved.to_node),
+        "gpus": [o for a in moved.assignments for o in a.gpus],
+        "group": None if moved.placement is None else moved.placement.group_name,
+    }
+    out.emit(data)
+    out.say(
+        f"Moved {moved.deployment} #{moved.replica_index} from {data['from_name']} to "
+        f"{data['to_name']}: {_RESTART_NOTE}."
+    )
     return EXIT_OK
 
 

@@ -293,8 +293,8 @@ class ReplicaMove:
     """Moving one running replica, whole, from one node to another.
 
     A refusal that such moves would fix carries them (`NotEnoughGpusError.moves`), and
-    `PlanDefragmentation` answers a list of them. They are advice: the replica's controller
-    carries a move out (a new replica on ``to_node``, then the old one released).
+    `GetDefragmentationPlan` answers a list of them. Nothing moves until a move is sent as
+    ``MoveReplica.of(move)`` (a new placement group on ``to_node``, then the old GPUs given back).
 
     Attributes:
         deployment: the deployment the replica belongs to.

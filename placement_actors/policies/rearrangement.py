@@ -7,8 +7,8 @@ fit; `plan_defragmentation` lists moves that would give whole nodes back for lar
 
 Both work on free counts with a small overlay of the moves planned so far, never on a copy of
 the ledger, and read a bounded number of nodes (`MAX_SOURCE_NODES` to move from, `MAX_PROBES`
-per destination), so they cost about the same on 100 nodes and on 10,000. Moves are advice: the
-ledger is not changed.
+per destination), so they cost about the same on 100 nodes and on 10,000. The search does not
+change the ledger: a move is made only when it is sent as a `MoveReplica`.
 """
 
 from __future__ import annotations

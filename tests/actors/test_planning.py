@@ -27,6 +27,7 @@ from placement_actors import (
     GroupState,
     GroupStatus,
     InvalidSpecError,
+    MoveReplica,
     NodeAssignment,
     NodeTopology,
     Place,
@@ -604,5 +605,52 @@ def test_a_plain_query_sent_after_a_place_sees_it_placed() -> None:
     finally:
         backend.gate.set()
         placement.ask(Release("told"), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+class FailingOnceBackend(on_ray.RayBackend):
+    """Ray refuses to create the next group, once, when ``fail_next`` is set."""
+
+    fail_next = False
+
+    def create_group(self, spec: Any, *, name: str) -> object:
+        if self.fail_next:
+            self.fail_next = False
+            msg = "Ray refused the group (injected)"
+            raise BackendError(msg, operation="create placement group")
+        return super().create_group(spec, name=name)
+
+
+def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = FailingOnceBackend()
+    planner = PlanningActor.start(backend=backend)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    service = Service(placement=placement, planner=planner)
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    try:
+        placed = service.place(llama("moving", gpus=2), gpu_nodes=(a, b))
+        (source,) = {x.node for x in placed.assignments}
+        target = b if source == a else a
+        backend.fail_next = True
+        with pytest.raises(BackendError, match="injected"):
+            placement.ask(MoveReplica("moving", 0, target), timeout=TIMEOUT)
+        # Its old group was removed before Ray refused the new one: the replica was lost, and
+        # placed again at once (replace_lost), on the capacity there is: two GPUs held, once.
+        found = placement.ask(GetPlacement("moving"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result is not None
+        assert found.missing == ()
+        assert sum(len(x.gpus) for x in found.result.assignments) == 2
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        held = [h for n in service.view().nodes for h in n.held if h.deployment == "moving"]
+        assert len(held) == 2
+        assert [g.state for g in service.groups().groups] == [GroupState.READY]
+    finally:
+        placement.ask(Release("moving"), timeout=TIMEOUT)
         placement.stop(timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)
