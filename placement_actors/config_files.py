@@ -12,6 +12,7 @@
         gpu_nodes: [gpu-a, gpu-b]      # optional: only these GPU nodes
         label_selector: {zone: "in(a,b)"}  # optional: only nodes whose labels match (Ray's syntax)
         keep_whole: true               # never split a replica one node could hold (default false)
+        movable: true                  # may be moved to make room for others (default false)
       - name: gpt
         model: gpt-4o
         api_key_env: OPENAI_API_KEY    # the variable that holds the key, never the key itself
@@ -183,6 +184,7 @@ class _DeploymentEntry(_Entry):
     gpu_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
     egress_nodes: list[_NodeId] | None = Field(default=None, max_length=MAX_NODES)
     keep_whole: StrictBool = False
+    movable: StrictBool = False
     label_selector: dict[_LabelText, _LabelText] = Field(
         default_factory=dict, max_length=MAX_LABELS
     )
@@ -348,6 +350,7 @@ def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> Deploym
         strategy=entry.strategy,
         egress_strategy=entry.egress_strategy,
         keep_whole=entry.keep_whole,
+        movable=entry.movable,
     )
     if entry.api_key_env is not None and api_key is None:
         # The name passed `_env_name`: a variable's name, not a pasted key, so it may be shown.

@@ -86,7 +86,12 @@ from placement_actors.policies.placement_decision import (
     gpu_scope,
     largest_first,
 )
-from placement_actors.policies.rearrangement import Resident, plan_defragmentation
+from placement_actors.policies.rearrangement import (
+    Resident,
+    Room,
+    plan_defragmentation,
+    room_moves,
+)
 from placement_actors.policies.recovery import RecoveredDeployment
 
 __all__ = [
@@ -154,15 +159,26 @@ class _PlacedResidents:
     """
 
     def __init__(
-        self, gpus: GpuLedger, placed: Mapping[str, _Placed], avoid: frozenset[str]
+        self,
+        gpus: GpuLedger,
+        placed: Mapping[str, _Placed],
+        avoid: frozenset[str],
+        *,
+        movable_only: bool = False,
     ) -> None:
         self._gpus = gpus
         self._placed = placed
         self._avoid = avoid
+        self._movable_only = movable_only
 
     def on(self, node: str) -> Sequence[Resident]:
-        """The whole replicas of placed deployments on ``node``."""
-        names = sorted({d for d in self._gpus.holders(node).values() if d in self._placed})
+        """The whole replicas of placed deployments on ``node`` (``movable`` ones only, if so)."""
+        names = sorted(
+            d
+            for d in set(self._gpus.holders(node).values())
+            if d in self._placed
+            and (not self._movable_only or self._placed[d].place.constraints.movable)
+        )
         return [r for name in names for r in self._placed[name].residents_by_node().get(node, ())]
 
     def may_host(self, resident: Resident, node: str) -> bool:
@@ -285,6 +301,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self._degraded: set[str] = set()
         self._subscribers: list[pykka.ActorRef[Any]] = []
         self._placed: dict[str, _Placed] = {}
+        self._movable_names: set[str] = set()  # placed deployments whose constraints say movable
         self._failures: dict[str, CapacityError] = {}
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         self._checkpoints = checkpoints
@@ -414,7 +431,7 @@ class DeploymentPlacementActor(KeepServingActor):
         )
 
     def _place(self, message: Place) -> PlacementResult:
-        deployment, constraints = message.deployment, message.constraints
+        deployment = message.deployment
         if deployment.name in self._held:
             msg = (
                 f"placement groups of an earlier run still hold {deployment.name}; release it first"
@@ -432,14 +449,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._place_missing(earlier)
                 self._degraded.discard(deployment.name)
             return earlier.result
-        assignments = decide_placement(
-            self._gpus,
-            self._egress,
-            deployment,
-            constraints,
-            rules=self._rules,
-            residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
-        )
+        try:
+            assignments = self._decide(message)
+        except NotEnoughGpusError as refused:
+            if not self._made_room(message, refused):
+                raise
+            assignments = self._decide(message)  # once more: the moves made room
         key = egress_key(deployment)
         result = PlacementResult(deployment=deployment, assignments=assignments)
         if key is None:
@@ -454,7 +469,18 @@ class DeploymentPlacementActor(KeepServingActor):
             self._free(deployment.name, assignments, key)
             raise
         self._placed[deployment.name] = placed
+        self._movable_names.update([deployment.name] if message.constraints.movable else ())
         return result
+
+    def _decide(self, message: Place) -> tuple[NodeAssignment, ...]:
+        return decide_placement(
+            self._gpus,
+            self._egress,
+            message.deployment,
+            message.constraints,
+            rules=self._rules,
+            residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
+        )
 
     @admits(Release)
     def release(self, message: Release) -> Released:
@@ -489,6 +515,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
             )
         del self._placed[message.deployment]
+        self._movable_names.discard(message.deployment)
         self._degraded.discard(message.deployment)
         assignments = placed.result.assignments
         self._free(message.deployment, assignments, placed.egress_key)
@@ -505,9 +532,15 @@ class DeploymentPlacementActor(KeepServingActor):
         """Move one running replica, whole, to another node; see `MoveReplica`."""
         if self._unwritten:  # also for proxy calls, which do not pass through on_receive
             self._write_unwritten()
-        name, index, target = message.deployment, message.replica_index, message.to_node
         placed, source = self._movable(message)
-        self._check_move_target(placed, source, target)
+        self._check_move_target(placed, source, message.to_node)
+        done = self._carry_out(placed, source, message.to_node)
+        self._retry_degraded()  # the GPUs given back may hold what was lost elsewhere
+        return done
+
+    def _carry_out(self, placed: _Placed, source: NodeAssignment, target: str) -> ReplicaMoved:
+        """Move the replica ``source`` holds to ``target`` (checked already); see `MoveReplica`."""
+        name, index = placed.place.deployment.name, source.replica_index
         ordinals = self._gpus.reserve(target, len(source.gpus), name)  # first: room is kept
         moved = NodeAssignment(replica_index=index, node=target, gpus=ordinals)
         placement = None
@@ -563,8 +596,42 @@ class DeploymentPlacementActor(KeepServingActor):
         )
         logger.info("moved replica %d of %s from %s to %s", index, name, source.node, target)
         self._notify(done)
-        self._retry_degraded()  # the GPUs given back may hold what was lost elsewhere
         return done
+
+    def _made_room(self, message: Place, refused: NotEnoughGpusError) -> bool:
+        """Move ``movable`` replicas so that a refused `Place` fits; whether any moved.
+
+        The moves are `room_moves` among the movable replicas: a move set of one or two, else a
+        defragmentation plan of the requested nodes of at most `ROOM_PLAN_MOVES` moves, and only
+        if the request fits once they are made.
+        """
+        if not refused.retryable or not self._movable_names:
+            return False
+        deployment, constraints = message.deployment, message.constraints
+        allowed = gpu_scope(self._gpus, constraints)
+        room = Room(
+            gpus=deployment.gpus_per_replica,
+            replicas=deployment.replicas,
+            split=not constraints.keep_whole,
+            allowed=allowed,
+            avoid=self._avoid,
+        )
+        movable = _PlacedResidents(self._gpus, self._placed, self._avoid, movable_only=True)
+        moves = room_moves(self._gpus, movable, room)
+        if not moves:
+            return False
+        made = 0
+        for move in moves:  # each is checked again against the ledger as it is now
+            try:
+                placed, source = self._movable(MoveReplica.of(move))
+                self._check_move_target(placed, source, move.to_node)
+            except (InvalidSpecError, NotEnoughGpusError) as exc:  # pragma: no cover - planned
+                logger.warning("stopped making room for %s: %s", deployment.name, exc)
+                break
+            self._carry_out(placed, source, move.to_node)
+            made += 1
+        logger.info("moved %d replica(s) to make room for %s", made, deployment.name)
+        return made > 0
 
     def _movable(self, message: MoveReplica) -> tuple[_Placed, NodeAssignment]:
         """The deployment and the one assignment a `MoveReplica` moves, or why it cannot."""
@@ -1039,6 +1106,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._placed[name] = _Placed(
             place=Place(deployment, checkpoint.constraints), result=result, egress_key=key
         )
+        if checkpoint.constraints.movable:
+            self._movable_names.add(name)
         logger.info(
             "recovered %s: %d of %d replicas kept",
             name,

@@ -115,6 +115,14 @@ class PlacementConstraints(Checked):
             such node has the GPUs free, the `Place` is refused (retryable, with the move set
             that would make room, when one exists) instead of split over nodes. Replicas larger
             than every node are split evenly all the same. Default ``False``: split when needed.
+        movable: the service may move this deployment's replicas (each held whole on one node)
+            to make room for another deployment's `Place` that it would otherwise refuse: one or
+            two moves (a refusal's move set) or, when GPUs enough are free but scattered, up to
+            `ROOM_PLAN_MOVES` (a defragmentation plan of the requested nodes), each to a node
+            this deployment's own constraints allow, and only when they make the request fit.
+            Each move is a `MoveReplica`: a new placement group on the new node, and whatever
+            ran in the old group stops (subscribers are told `ReplicaMoved`). Default ``False``:
+            only an explicit `MoveReplica` moves it.
     """
 
     gpu_nodes: tuple[str, ...] | None = None
@@ -127,6 +135,7 @@ class PlacementConstraints(Checked):
     egress_strategy: EgressStrategy = EgressStrategy.SPREAD
     replace_lost: bool = True
     keep_whole: bool = False
+    movable: bool = False
 
     def __post_init__(self) -> None:
         """Normalise node lists to tuples (duplicates dropped) and freeze the preference map."""
@@ -145,9 +154,11 @@ class PlacementConstraints(Checked):
         if not isinstance(self.replace_lost, bool):
             msg = f"replace_lost must be true or false, got {type(self.replace_lost).__name__}"
             raise InvalidSpecError(msg, field="replace_lost")
-        if not isinstance(self.keep_whole, bool):
-            msg = f"keep_whole must be true or false, got {type(self.keep_whole).__name__}"
-            raise InvalidSpecError(msg, field="keep_whole")
+        for flag in ("keep_whole", "movable"):
+            given = getattr(self, flag)
+            if not isinstance(given, bool):
+                msg = f"{flag} must be true or false, got {type(given).__name__}"
+                raise InvalidSpecError(msg, field=flag)
         if not isinstance(self.egress_preference, Mapping):
             msg = "egress_preference must map (provider, api key) to node ids"
             raise InvalidSpecError(msg, field="egress_preference")

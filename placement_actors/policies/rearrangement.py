@@ -32,11 +32,14 @@ __all__ = [
     "MAX_READ",
     "MAX_SOURCE_NODES",
     "MAX_TRIES",
+    "ROOM_PLAN_MOVES",
     "Resident",
     "Residents",
     "Room",
     "find_move_set",
+    "moves_make_room",
     "plan_defragmentation",
+    "room_moves",
 ]
 
 MAX_SOURCE_NODES = 32
@@ -44,6 +47,10 @@ MAX_SOURCE_NODES = 32
 
 MAX_PROBES = 64
 """Nodes looked at to find where one moved replica would go."""
+
+ROOM_PLAN_MOVES = 8
+"""The most moves the service makes to fit one refused `Place` when no move set of one or two
+does: a defragmentation plan of the request's nodes, carried out only if it makes room."""
 
 _PAIRS_FROM = 24
 """Two moves off two nodes are tried among this many of the cheapest single moves."""
@@ -387,3 +394,41 @@ def plan_defragmentation(
         shut.add(source)
         touched.update(m.to_node for m in planned)
     return DefragmentationPlan(gpus=target, moves=tuple(moves), freed_nodes=tuple(freed))
+
+
+def moves_make_room(ledger: GpuLedger, moves: Sequence[ReplicaMove], room: Room) -> bool:
+    """Whether ``room`` fits the ledger once ``moves`` are made (worked out on free counts)."""
+    largest = ledger.max_capacity(room.allowed, room.avoid)
+    if not room.split and room.gpus > largest:  # kept whole only where a node can hold it
+        room = replace(room, split=True)
+    overlay = _Overlay(ledger)
+    for move in moves:
+        overlay.apply(move)
+    return _fits(overlay.histogram(ledger.free_histogram(room.allowed, room.avoid), room), room)
+
+
+def room_moves(
+    ledger: GpuLedger, residents: Residents, room: Room, *, max_plan_moves: int = ROOM_PLAN_MOVES
+) -> tuple[ReplicaMove, ...]:
+    """The moves that make ``room`` fit, to be carried out in order; ``()`` when none is found.
+
+    A move set of one or two (`find_move_set`) first; else, when GPUs enough are free on the
+    room's nodes (scattered), a defragmentation plan of those nodes (`plan_defragmentation`, at
+    most ``max_plan_moves`` moves) for one node's worth of the replica. Either is returned only
+    if the room fits once it is made (`moves_make_room`), so no move is made in vain.
+    """
+    moves = find_move_set(ledger, residents, room)
+    if not moves and ledger.total_free(room.allowed, room.avoid) >= room.gpus * room.replicas:
+        size = min(room.gpus, ledger.max_capacity(room.allowed, room.avoid))
+        if size == 0:
+            return ()
+        plan = plan_defragmentation(
+            ledger,
+            residents,
+            gpus=size,
+            max_moves=max_plan_moves,
+            allowed=room.allowed,
+            avoid=room.avoid,
+        )
+        moves = plan.moves
+    return moves if moves and moves_make_room(ledger, moves, room) else ()

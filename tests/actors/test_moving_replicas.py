@@ -222,3 +222,91 @@ def test_a_move_of_replica_move_keeps_every_field() -> None:
     assert MoveReplica.of(move) == MoveReplica(
         deployment="d", replica_index=2, to_node="b", from_node="a", gpus=4
     )
+
+
+# -- movable deployments: the service makes room by itself ---------------------------------------
+
+
+def small_nodes(count: int = 4) -> Ref:
+    topology = [NodeTopology(node_id=f"n{i}", num_gpus=4) for i in range(count)]
+    return DeploymentPlacementActor.start(topology=topology)
+
+
+def test_a_place_refused_on_scattered_gpus_is_placed_after_moving_movable_replicas() -> None:
+    actor = small_nodes(3)
+    events: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(events)
+    try:
+        actor.ask(Subscribe(listener), timeout=TIMEOUT)
+        for name in ("a", "b", "c"):  # 2 GPUs on each node: 6 free, no node with 4
+            place(actor, name, 2, strategy=GpuStrategy.SPREAD, movable=True)
+        before = {name: where(actor, name)[0][0][0] for name in ("a", "b", "c")}
+        place(actor, "wide", 4, keep_whole=True)
+        ((node, gpus),) = where(actor, "wide")[0]
+        assert len(gpus) == 4
+        moved = events.get(timeout=TIMEOUT)
+        assert isinstance(moved, ReplicaMoved)
+        assert moved.from_node == node  # the node it emptied is the one "wide" got
+        assert where(actor, moved.deployment)[0][0][0] == moved.to_node != before[moved.deployment]
+        assert sum(free(actor).values()) == 3 * 4 - 3 * 2 - 4
+    finally:
+        listener.stop()
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_replicas_not_marked_movable_are_never_moved_by_the_service() -> None:
+    actor = small_nodes(3)
+    try:
+        place(actor, "a", 2, strategy=GpuStrategy.SPREAD, movable=True)
+        for name in ("b", "c"):
+            place(actor, name, 2, strategy=GpuStrategy.SPREAD)
+        before = {name: where(actor, name) for name in ("a", "b", "c")}
+        place(actor, "wide", 4, keep_whole=True)
+        assert where(actor, "b") == before["b"]
+        assert where(actor, "c") == before["c"]
+        (((was, _),), ((now, _),)) = before["a"][0], where(actor, "a")[0]
+        assert now != was
+        assert where(actor, "wide")[0][0][0] == was  # a's node, emptied by moving a alone
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_without_movable_replicas_a_refusal_only_names_the_moves() -> None:
+    actor = small_nodes(3)
+    try:
+        for name in ("a", "b", "c"):
+            place(actor, name, 2, strategy=GpuStrategy.SPREAD)
+        before = view(actor)
+        with pytest.raises(NotEnoughGpusError) as caught:
+            place(actor, "wide", 4, keep_whole=True)
+        assert caught.value.moves  # advice only
+        assert view(actor) == before
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_when_no_two_moves_make_room_a_plan_of_more_moves_does() -> None:
+    actor = small_nodes(4)
+    try:
+        for i in range(12):  # three 1-GPU replicas on each node: one GPU free on each
+            place(actor, f"s{i}", 1, strategy=GpuStrategy.SPREAD, movable=True)
+        assert set(free(actor).values()) == {1}
+        place(actor, "wide", 4, keep_whole=True)  # three moves empty one node
+        ((_, gpus),) = where(actor, "wide")[0]
+        assert len(gpus) == 4
+        assert free(actor) == dict.fromkeys(free(actor), 0)
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_no_replica_moves_when_moving_could_not_make_room() -> None:
+    actor = small_nodes(2)
+    try:
+        for i in range(7):
+            place(actor, f"s{i}", 1, movable=True)
+        before = view(actor)
+        with pytest.raises(NotEnoughGpusError):  # 1 GPU free in all: no move helps
+            place(actor, "wide", 2, keep_whole=True)
+        assert view(actor) == before
+    finally:
+        actor.stop(timeout=TIMEOUT)
