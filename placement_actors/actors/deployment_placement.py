@@ -59,7 +59,7 @@ from placement_actors.domain.checkpoints import (
     deployment_key,
     encode,
 )
-from placement_actors.domain.constraints import EgressKey
+from placement_actors.domain.constraints import EgressKey, GpuStrategy
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, is_deployment_name
 from placement_actors.domain.errors import (
     BackendError,
@@ -182,11 +182,20 @@ class _PlacedResidents:
         return [r for name in names for r in self._placed[name].residents_by_node().get(node, ())]
 
     def may_host(self, resident: Resident, node: str) -> bool:
-        """Whether the resident's deployment may use ``node`` (its constraints, head exclusion)."""
+        """Whether the resident's deployment may use ``node``.
+
+        Its constraints and head exclusion say where; a SPREAD deployment's replica is also
+        kept off a node that holds another of its replicas.
+        """
         if node in self._avoid or node not in self._gpus:
             return False
-        allowed = gpu_scope(self._gpus, self._placed[resident.deployment].place.constraints)
-        return allowed is None or node in allowed
+        constraints = self._placed[resident.deployment].place.constraints
+        allowed = gpu_scope(self._gpus, constraints)
+        if allowed is not None and node not in allowed:
+            return False
+        return constraints.strategy is not GpuStrategy.SPREAD or resident.deployment not in set(
+            self._gpus.holders(node).values()
+        )
 
 
 def _egress_nodes(
@@ -547,9 +556,14 @@ class DeploymentPlacementActor(KeepServingActor):
         if self._planner is not None:
             try:
                 self._ask_planner([RemoveReplicaGroups(name, (index,))])
-            except PlacementError:  # the old group stands: nothing changed
+            except PlacementError as exc:
                 self._gpus.release(target, ordinals, name)
-                raise
+                if isinstance(exc.__cause__, pykka.Timeout | pykka.ActorDeadError):
+                    # No answer: the planner may still remove the group. Taken as lost (and
+                    # placed again, if its Place allows), never as still running.
+                    self._lose_replicas(name, [index], None)
+                    self._retry_degraded()
+                raise  # else Ray refused to remove it: it stands, tracked; nothing changed
             try:
                 (placement,) = self._ask_planner(
                     [
@@ -564,6 +578,7 @@ class DeploymentPlacementActor(KeepServingActor):
             except PlacementError:  # the old group is gone, no new one stands: it is lost
                 self._gpus.release(target, ordinals, name)
                 self._lose_replicas(name, [index], None)
+                self._retry_degraded()
                 raise
         self._gpus.release(source.node, source.gpus, name)
         result = placed.result
@@ -638,7 +653,12 @@ class DeploymentPlacementActor(KeepServingActor):
         name, index = message.deployment, message.replica_index
         placed = self._placed.get(name)
         if placed is None:
-            msg = f"deployment {name} is not placed here"
+            msg = (
+                f"deployment {name} is held by placement groups of an earlier run, not placed "
+                "by this service: release it, then place it"
+                if name in self._held
+                else f"deployment {name} is not placed here"
+            )
             raise InvalidSpecError(msg, field="deployment")
         if placed.egress_key is not None:
             msg = f"deployment {name} calls a remote provider: its replicas hold no GPUs to move"
@@ -654,14 +674,16 @@ class DeploymentPlacementActor(KeepServingActor):
             )
             raise InvalidSpecError(msg, field="replica_index")
         (source,) = held
-        if (message.from_node is not None and message.from_node != source.node) or (
-            message.gpus is not None and message.gpus != len(source.gpus)
+        for given, now, field in (
+            (message.from_node, source.node, "from_node"),
+            (message.gpus, len(source.gpus), "gpus"),
         ):
-            msg = (
-                f"the move is stale: replica {index} of {name} holds {len(source.gpus)} GPUs "
-                f"on {source.node} now"
-            )
-            raise InvalidSpecError(msg, field="from_node")
+            if given is not None and given != now:
+                msg = (
+                    f"the move is stale: replica {index} of {name} holds {len(source.gpus)} "
+                    f"GPUs on {source.node} now"
+                )
+                raise InvalidSpecError(msg, field=field)
         return placed, source
 
     def _check_move_target(self, placed: _Placed, source: NodeAssignment, target: str) -> None:

@@ -282,11 +282,16 @@ class MoveReplica(Checked):
     actor in a removed placement group does: the controller starts the replica again on the new
     group, exactly as after a `ReplicaReplaced`. Subscribers are told the same `ReplicaMoved`.
 
-    Errors (nothing changes): `InvalidSpecError` when the deployment is not placed here, is
+    Errors that change nothing: `InvalidSpecError` when the deployment is not placed here, is
     remote, has no such replica, the replica is split over nodes or is no longer where
     ``from_node`` and ``gpus`` say (a stale move), or ``to_node`` is unknown, lost, avoided
-    (head exclusion) or outside the deployment's constraints; `NotEnoughGpusError` (retryable)
-    when ``to_node`` has too few GPUs free.
+    (head exclusion) or outside the deployment's constraints (a SPREAD deployment's replica is
+    also kept off a node that holds another of its replicas); `NotEnoughGpusError` (retryable)
+    when ``to_node`` has too few GPUs free; `BackendError` when Ray refuses to remove the old
+    group (it still stands, and the move may be asked for again). A `BackendError` after the old
+    group is gone (Ray refused the new one, or the planner did not answer) means the replica is
+    lost: subscribers are told `ReplicaLost`, and it is placed again if its `Place` allows. As
+    with any group, a moved replica whose new group then fails is lost the same way.
 
     Attributes:
         deployment: the deployment's name.

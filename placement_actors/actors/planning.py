@@ -252,9 +252,16 @@ class PlanningActor(KeepServingActor):
         )
         removed = 0
         for name in names:
-            group = self._groups.pop(name, None)
+            group = self._groups.get(name)
             if group is None:
                 continue
+            if indexes is not None and group.state is not GroupState.FAILED:
+                # Ray first: should it fail, the group stays tracked (its ports still claimed,
+                # its futures unsettled), as it stays on the cluster, and the removal can be
+                # asked for again.
+                self._backend.remove_group(group.handle)
+                removed += 1
+            del self._groups[name]
             if group.timer is not None:
                 group.timer.cancel()
             self._ports.release(name)
@@ -265,9 +272,6 @@ class PlanningActor(KeepServingActor):
                 if message.lost_node is None
                 else NodeLostError(group=name, node_id=message.lost_node or None),
             )
-            if indexes is not None and group.state is not GroupState.FAILED:
-                self._backend.remove_group(group.handle)
-                removed += 1
         if indexes is None:
             removed = self._backend.remove_groups_with_prefix(prefix)
         return ReplicaGroupsRemoved(deployment=message.deployment, removed=removed)

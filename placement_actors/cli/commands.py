@@ -42,7 +42,6 @@ from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
-    InvalidSpecError,
     PlacementError,
     PlacementGroupTimeoutError,
 )
@@ -650,7 +649,8 @@ def defrag(args: argparse.Namespace, out: Output) -> int:
     if args.apply:
         for move in plan.moves:  # in the plan's order; the first that fails stops the rest
             try:
-                client.ask(MoveReplica.of(move), timeout=_REPLY_TIMEOUT_S)
+                moved = client.ask(MoveReplica.of(move), timeout=_REPLY_TIMEOUT_S)
+                _wait_moved(moved, out)  # one replica down at a time
             except PlacementError:
                 out.note(f"{applied} of {len(plan.moves)} move(s) made before this one failed")
                 raise
@@ -666,18 +666,34 @@ _RESTART_NOTE = (
 )
 
 
+_MOVED_READY_S = 120.0
+"""How long a command waits for a moved replica's new group and endpoints."""
+
+
+def _wait_moved(moved: ReplicaMoved, out: Output) -> None:
+    """Wait until a moved replica's new group is ready and each bundle has its endpoint."""
+    if moved.placement is None:
+        return
+    what = f"{moved.deployment} #{moved.replica_index} on its new node"
+    try:
+        with out.waiting(f"Waiting for {what}"):
+            for bundle in moved.placement.bundles:
+                bundle.port.get(timeout=_MOVED_READY_S)
+    except pykka.Timeout as exc:
+        msg = f"{what} moved, but its new group was not ready within {_MOVED_READY_S:g}s"
+        raise BackendError(msg, operation="wait for placement group") from exc
+
+
 def move(args: argparse.Namespace, out: Output) -> int:
     """Move one running replica of a deployment to another node, through the running service."""
+    client = _client(args.address)  # connects this process to Ray: names are read after
     names = _node_names()
     by_name = {name: node for node, name in names.items()}
-    target = args.to if args.to in names else by_name.get(args.to)
-    if target is None:
-        msg = f"no node of the cluster has the id or name {args.to!r:.80}"
-        raise InvalidSpecError(msg, field="to_node")
-    moved = _client(args.address).ask(
-        MoveReplica(args.name, args.replica, target), timeout=_REPLY_TIMEOUT_S
-    )
+    # A name status shows, else the text as given: the service refuses a node it does not know.
+    target = args.to if args.to in names else by_name.get(args.to, args.to)
+    moved = client.ask(MoveReplica(args.name, args.replica, target), timeout=_REPLY_TIMEOUT_S)
     assert isinstance(moved, ReplicaMoved)  # noqa: S101 - the service's reply type
+    _wait_moved(moved, out)
     data = {
         "deployment": moved.deployment,
         "replica": moved.replica_index,

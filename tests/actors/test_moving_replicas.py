@@ -310,3 +310,24 @@ def test_no_replica_moves_when_moving_could_not_make_room() -> None:
         assert view(actor) == before
     finally:
         actor.stop(timeout=TIMEOUT)
+
+
+def test_a_spread_deployments_replica_is_never_moved_onto_a_node_holding_another_of_its_own() -> (
+    None
+):
+    actor = small_nodes(3)
+    try:
+        place(actor, "sp", 2, replicas=2, strategy=GpuStrategy.SPREAD)  # 2 GPUs on n0 and n1
+        place(actor, "x", 2, gpu_nodes=("n2",))
+        with pytest.raises(NotEnoughGpusError) as caught:
+            place(actor, "wide", 4, keep_whole=True)
+        spread_on = {node for held in where(actor, "sp").values() for node, _ in held}
+        for move in caught.value.moves:
+            if move.deployment == "sp":
+                assert move.to_node not in spread_on
+        assert caught.value.moves  # sp can still go to n2, which holds only x
+        plan = actor.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)
+        assert isinstance(plan, DefragmentationPlan)
+        assert all(m.to_node not in spread_on for m in plan.moves if m.deployment == "sp")
+    finally:
+        actor.stop(timeout=TIMEOUT)

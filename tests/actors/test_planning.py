@@ -45,6 +45,7 @@ from placement_actors import (
     RemoveReplicaGroups,
     ReplicaFailed,
     ReplicaGroupsView,
+    ReplicaMoved,
     ReplicaPlacement,
     group_name,
 )
@@ -652,5 +653,57 @@ def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_agai
         assert [g.state for g in service.groups().groups] == [GroupState.READY]
     finally:
         placement.ask(Release("moving"), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+class RemoveFailingOnceBackend(on_ray.RayBackend):
+    """Ray refuses to remove the next group, once, when ``fail_next`` is set."""
+
+    fail_next = False
+
+    def remove_group(self, group: object) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            msg = "Ray refused to remove the group (injected)"
+            raise BackendError(msg, operation="remove placement group")
+        super().remove_group(group)
+
+
+def test_a_move_whose_old_group_ray_will_not_remove_changes_nothing(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RemoveFailingOnceBackend()
+    planner = PlanningActor.start(backend=backend)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    service = Service(placement=placement, planner=planner)
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    try:
+        placed = service.place(llama("staying", gpus=2), gpu_nodes=(a, b))
+        port = placed.replicas[0].master.port.get(timeout=TIMEOUT)
+        (source,) = {x.node for x in placed.assignments}
+        target = b if source == a else a
+        before = service.view()
+        backend.fail_next = True
+        with pytest.raises(BackendError, match="injected"):
+            placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
+        # The group still stands on Ray, and the planner still tracks it (its port too):
+        assert service.view() == before
+        assert [(g.state, g.nodes) for g in service.groups().groups] == [
+            (GroupState.READY, (source,))
+        ]
+        assert status(group_name("staying", 0)) is GroupStatus.CREATED
+        found = placement.ask(GetPlacement("staying"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result == placed
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) == port
+        # ... so the move can simply be asked for again.
+        moved = placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
+        assert isinstance(moved, ReplicaMoved)
+        assert [x.node for x in moved.assignments] == [target]
+    finally:
+        placement.ask(Release("staying"), timeout=TIMEOUT)
         placement.stop(timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)
