@@ -19,6 +19,7 @@ from placement_actors import (
     Deployment,
     GetClusterView,
     GetReplicaGroups,
+    GpuStrategy,
     GroupState,
     InvalidSpecError,
     MoveReplica,
@@ -504,3 +505,43 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     assert again.result.replicas[1].master.port.get(timeout=TIMEOUT) == port
     assert old_port > 0
     assert client.ask(Release("mover")).gpus_freed == 4
+
+
+def test_the_service_moves_movable_replicas_on_ray_to_make_room_for_a_refused_place(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    both = (a, b)
+    first = client.ask(
+        Place(
+            Deployment(name="roomy-1", model="m", gpus=2),
+            PlacementConstraints(gpu_nodes=both, movable=True),
+        )
+    )
+    client.ask(
+        Place(
+            Deployment(name="roomy-2", model="m", gpus=2),
+            PlacementConstraints(gpu_nodes=both, strategy=GpuStrategy.SPREAD, movable=True),
+        )
+    )
+    (x,) = {p.node for p in first.assignments}
+    y = b if x == a else a  # 2 GPUs held on each of gpu-a and gpu-b: no node with 4 free
+    after = client.last_event()
+    wide = client.ask(
+        Place(
+            Deployment(name="roomy-wide", model="m", gpus=4),
+            PlacementConstraints(gpu_nodes=both, keep_whole=True),
+        )
+    )
+    assert [p.node for p in wide.assignments] == [x]
+    assert wide.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+    found, _ = client.events(after, wait_s=5)
+    (moved,) = [e.event for e in found if isinstance(e.event, ReplicaMoved)]
+    assert (moved.deployment, moved.from_node, moved.to_node) == ("roomy-1", x, y)
+    assert moved.placement is not None
+    assert moved.placement.master.port.get(timeout=TIMEOUT) > 0
+    assert list(on_ray.bundle_nodes(group_prefix("roomy-1")).values()) == [{0: y}]
+    for name in ("roomy-1", "roomy-2", "roomy-wide"):
+        client.ask(Release(name))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import queue
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -66,6 +67,7 @@ from placement_actors.actors.messages import (
     NodeJoined,
     NodeLost,
     Placement,
+    Subscribe,
 )
 
 SEED = 20261122
@@ -155,6 +157,7 @@ class Generator:
             "strategy": self.pick(tuple(GpuStrategy)),
             "egress_strategy": self.pick(tuple(EgressStrategy)),
             "keep_whole": self.rng.random() < 0.3,
+            "movable": self.rng.random() < 0.4,
             "label_selector": self.pick(SELECTORS) if self.rng.random() < 0.3 else {},
         }
         if self.rng.random() < 0.1:
@@ -403,6 +406,32 @@ def deliver(
     return type(reply).__name__
 
 
+class Listener(pykka.ThreadingActor):
+    """Subscribed to the actor: queues each `ReplicaMoved` it is told."""
+
+    def __init__(self, found: queue.Queue[object]) -> None:
+        super().__init__()
+        self.found = found
+
+    def on_receive(self, message: object) -> None:
+        if isinstance(message, ReplicaMoved):
+            self.found.put(message)
+
+
+def _drained(listener: pykka.ActorRef[Listener], found: queue.Queue[object]) -> int:
+    """How many moves the listener was told so far (all taken out).
+
+    The actor tells an event before it answers the message that caused it, so an ask to the
+    listener, answered after every message already in its mailbox, sees them all.
+    """
+    listener.ask(None, timeout=TIMEOUT)
+    count = 0
+    while not found.empty():
+        found.get_nowait()
+        count += 1
+    return count
+
+
 def _replica(assignment: NodeAssignment) -> int:
     return assignment.replica_index
 
@@ -417,6 +446,9 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
     actor: pykka.ActorRef[DeploymentPlacementActor], caplog: pytest.LogCaptureFixture
 ) -> None:
     rng = random.Random(SEED)
+    moves: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(moves)
+    actor.ask(Subscribe(listener), timeout=TIMEOUT)
     model = Model()
     generate = Generator(rng, lambda: model.placed)
     outcomes: Counter[str] = Counter()
@@ -433,6 +465,9 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
         types[type(message).__name__] += 1
         outcomes[deliver(actor, model, message, how)] += 1
         view = view_of(actor)
+        if _drained(listener, moves):  # a MoveReplica, or moves the service made to make room
+            outcomes["moves told"] += 1
+            model.follow(view, lambda m: actor.ask(m, timeout=TIMEOUT))
         if view.degraded or model.degraded:  # lost replicas come back on any freed capacity
             model.follow(view, lambda m: actor.ask(m, timeout=TIMEOUT))
         model.degraded = view.degraded
