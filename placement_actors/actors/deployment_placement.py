@@ -139,7 +139,12 @@ class _Placed:
         for replica, held in replicas.items():
             if len(held) == 1 and held[0].gpus:
                 found.setdefault(held[0].node, []).append(
-                    Resident(self.place.deployment.name, replica, len(held[0].gpus))
+                    Resident(
+                        self.place.deployment.name,
+                        replica,
+                        len(held[0].gpus),
+                        self.place.deployment.replicas,
+                    )
                 )
         self.residents = (assignments, found)
         return found
@@ -419,7 +424,14 @@ class DeploymentPlacementActor(KeepServingActor):
                 outcomes[index] = self._place_checked(places[index])
             except PlacementError as exc:
                 outcomes[index] = exc
-        return PlacedMany(outcomes=tuple(outcomes[i] for i in range(len(places))))
+        return PlacedMany(outcomes=tuple(self._now(outcomes[i]) for i in range(len(places))))
+
+    def _now(self, outcome: PlacementResult | PlacementError) -> PlacementResult | PlacementError:
+        """A batch's result as it is now: a later `Place` of the batch may have moved replicas."""
+        if isinstance(outcome, PlacementError):
+            return outcome
+        placed = self._placed.get(outcome.deployment.name)
+        return outcome if placed is None else placed.result
 
     @admits(GetPlacementFailure)
     def get_placement_failure(self, message: GetPlacementFailure) -> PlacementFailure:
@@ -458,12 +470,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._place_missing(earlier)
                 self._degraded.discard(deployment.name)
             return earlier.result
-        try:
-            assignments = self._decide(message)
-        except NotEnoughGpusError as refused:
-            if not self._made_room(message, refused):
-                raise
-            assignments = self._decide(message)  # once more: the moves made room
+        assignments = self._decide(message)
         key = egress_key(deployment)
         result = PlacementResult(deployment=deployment, assignments=assignments)
         if key is None:
@@ -478,10 +485,20 @@ class DeploymentPlacementActor(KeepServingActor):
             self._free(deployment.name, assignments, key)
             raise
         self._placed[deployment.name] = placed
-        self._movable_names.update([deployment.name] if message.constraints.movable else ())
+        if message.constraints.movable and key is None:  # remote replicas hold no GPUs to move
+            self._movable_names.add(deployment.name)
         return result
 
     def _decide(self, message: Place) -> tuple[NodeAssignment, ...]:
+        """A new `Place`'s assignments, reserved; moves of movable replicas first, if they help."""
+        try:
+            return self._decide_once(message)
+        except NotEnoughGpusError as refused:
+            if not self._made_room(message, refused):
+                raise
+            return self._decide_once(message)  # once more: the moves made room
+
+    def _decide_once(self, message: Place) -> tuple[NodeAssignment, ...]:
         return decide_placement(
             self._gpus,
             self._egress,
@@ -640,10 +657,10 @@ class DeploymentPlacementActor(KeepServingActor):
             try:
                 placed, source = self._movable(MoveReplica.of(move))
                 self._check_move_target(placed, source, move.to_node)
-            except (InvalidSpecError, NotEnoughGpusError) as exc:  # pragma: no cover - planned
+                self._carry_out(placed, source, move.to_node)
+            except PlacementError as exc:  # Ray failed, say: the Place is decided on what moved
                 logger.warning("stopped making room for %s: %s", deployment.name, exc)
                 break
-            self._carry_out(placed, source, move.to_node)
             made += 1
         logger.info("moved %d replica(s) to make room for %s", made, deployment.name)
         return made > 0
@@ -699,9 +716,15 @@ class DeploymentPlacementActor(KeepServingActor):
         if target in self._avoid:
             msg = f"node {target} is a head node, and head exclusion is on"
             raise InvalidSpecError(msg, field="to_node")
-        allowed = gpu_scope(self._gpus, placed.place.constraints)
+        constraints = placed.place.constraints
+        allowed = gpu_scope(self._gpus, constraints)
         if allowed is not None and target not in allowed:
             msg = f"deployment {name}'s constraints do not allow node {target}"
+            raise InvalidSpecError(msg, field="to_node")
+        if constraints.strategy is GpuStrategy.SPREAD and name in set(
+            self._gpus.holders(target).values()
+        ):
+            msg = f"deployment {name} is spread, and node {target} holds another of its replicas"
             raise InvalidSpecError(msg, field="to_node")
         free = self._gpus.free_count(target)
         if free < gpus:
@@ -1128,7 +1151,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self._placed[name] = _Placed(
             place=Place(deployment, checkpoint.constraints), result=result, egress_key=key
         )
-        if checkpoint.constraints.movable:
+        if checkpoint.constraints.movable and key is None:
             self._movable_names.add(name)
         logger.info(
             "recovered %s: %d of %d replicas kept",

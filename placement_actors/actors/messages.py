@@ -100,8 +100,11 @@ class Place(Checked):
     for a name that is already placed with a different deployment or constraints is an
     `InvalidSpecError` until that name is released.
 
+    A new `Place` that would be refused on scattered GPUs may first move replicas of deployments
+    placed ``movable`` (`PlacementConstraints.movable`); their subscribers are told `ReplicaMoved`.
+
     Reply: `PlacementResult`. Errors: `InvalidSpecError`, `NoGpuNodesError`, `NoEgressNodesError`,
-    `NotEnoughGpusError`.
+    `NotEnoughGpusError`, and `BackendError` when Ray fails to reserve the replicas.
     """
 
     deployment: Deployment

@@ -116,13 +116,17 @@ class PlacementConstraints(Checked):
             that would make room, when one exists) instead of split over nodes. Replicas larger
             than every node are split evenly all the same. Default ``False``: split when needed.
         movable: the service may move this deployment's replicas (each held whole on one node)
-            to make room for another deployment's `Place` that it would otherwise refuse: one or
-            two moves (a refusal's move set) or, when GPUs enough are free but scattered, up to
-            `ROOM_PLAN_MOVES` (a defragmentation plan of the requested nodes), each to a node
-            this deployment's own constraints allow, and only when they make the request fit.
-            Each move is a `MoveReplica`: a new placement group on the new node, and whatever
-            ran in the old group stops (subscribers are told `ReplicaMoved`). Default ``False``:
-            only an explicit `MoveReplica` moves it.
+            to make room for another deployment's `Place` that it would otherwise refuse
+            although the requested nodes have GPUs enough free in all (scattered): one or two
+            moves (a refusal's move set) or up to `ROOM_PLAN_MOVES` (a defragmentation plan of
+            the requested nodes), each to a node this deployment's own constraints allow (a
+            SPREAD one never onto a node holding another of its replicas), never more than
+            ``replicas - 1`` of its replicas for one `Place` (one, if it has one), and only when
+            they make the request fit. Each move is a `MoveReplica`: a new placement group on
+            the new node, and whatever ran in the old group stops (subscribers are told
+            `ReplicaMoved`). The `Place` does not wait for a moved replica to be ready, so a
+            deployment whose every replica is needed at all times should not be movable.
+            Default ``False``: only an explicit `MoveReplica` moves it.
     """
 
     gpu_nodes: tuple[str, ...] | None = None

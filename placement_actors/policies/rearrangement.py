@@ -76,11 +76,19 @@ class Resident:
         deployment: its deployment.
         replica_index: the replica.
         gpus: the GPUs it holds on its node.
+        replicas: how many replicas its deployment has. A move set or a plan moves at most
+            ``replicas - 1`` of them (one, for a deployment of one replica), so that each
+            deployment keeps a replica serving while the moved ones start again.
     """
 
     deployment: str
     replica_index: int
     gpus: int
+    replicas: int = 1
+
+    def may_move(self, moved: int) -> bool:
+        """Whether it may move too, when ``moved`` replicas of its deployment already do."""
+        return moved < max(1, self.replicas - 1)
 
 
 class Residents(Protocol):
@@ -121,16 +129,35 @@ class Room:
 
 
 class _Overlay:
-    """Free counts as the ledger has them, with planned moves applied on top."""
+    """Free counts as the ledger has them, with planned moves applied on top.
 
-    __slots__ = ("_delta", "_ledger")
+    It also keeps which deployments the planned moves move, and where to: no two replicas of one
+    deployment are planned onto one node (a SPREAD deployment would lose its spread), and no
+    deployment has more of its replicas moved than `Resident.may_move` allows.
+    """
 
-    def __init__(self, ledger: GpuLedger, delta: dict[str, int] | None = None) -> None:
+    __slots__ = ("_delta", "_landed", "_ledger", "_moved")
+
+    def __init__(self, ledger: GpuLedger) -> None:
         self._ledger = ledger
-        self._delta = {} if delta is None else dict(delta)
+        self._delta: dict[str, int] = {}
+        self._moved: dict[str, int] = {}
+        self._landed: set[tuple[str, str]] = set()
 
     def copy(self) -> _Overlay:
-        return _Overlay(self._ledger, self._delta)
+        twin = _Overlay(self._ledger)
+        twin._delta = dict(self._delta)
+        twin._moved = dict(self._moved)
+        twin._landed = set(self._landed)
+        return twin
+
+    def may_move(self, resident: Resident) -> bool:
+        """Whether ``resident`` may be moved too (its deployment's budget of moves)."""
+        return resident.may_move(self._moved.get(resident.deployment, 0))
+
+    def lands_with_own(self, resident: Resident, node: str) -> bool:
+        """Whether a planned move already takes another replica of its deployment to ``node``."""
+        return (resident.deployment, node) in self._landed
 
     def free(self, node: str) -> int:
         return self._ledger.free_count(node) + self._delta.get(node, 0)
@@ -138,6 +165,8 @@ class _Overlay:
     def apply(self, move: ReplicaMove) -> None:
         self._delta[move.from_node] = self._delta.get(move.from_node, 0) + move.gpus
         self._delta[move.to_node] = self._delta.get(move.to_node, 0) - move.gpus
+        self._moved[move.deployment] = self._moved.get(move.deployment, 0) + 1
+        self._landed.add((move.deployment, move.to_node))
 
     def histogram(self, base: list[int], room: Room) -> list[int]:
         """``base`` (the ledger's free histogram of the request's nodes) with the moves made."""
@@ -207,7 +236,11 @@ def _destination(
         looked += 1
         if looked > MAX_PROBES:
             return None
-        if overlay.free(node) >= resident.gpus and residents.may_host(resident, node):
+        if (
+            overlay.free(node) >= resident.gpus
+            and not overlay.lands_with_own(resident, node)
+            and residents.may_host(resident, node)
+        ):
             return node
     return None
 
@@ -246,7 +279,9 @@ class _Search:
         overlay = _Overlay(self.ledger)
         moves: list[ReplicaMove] = []
         for resident, source in planned:
-            target = self.destination(overlay, resident, shut)
+            target = (
+                self.destination(overlay, resident, shut) if overlay.may_move(resident) else None
+            )
             if target is None:
                 return ()
             moves.append(_move(resident, source, target))
@@ -335,7 +370,7 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
     for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
         if trial.free(source) >= target:
             break
-        if len(planned) >= budget:
+        if len(planned) >= budget or not trial.may_move(resident):
             return None
         goes = _destination(ledger, residents, trial, resident, {*shut, source})
         if goes is None:

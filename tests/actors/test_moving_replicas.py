@@ -22,6 +22,8 @@ from placement_actors import (
     NodeTopology,
     NotEnoughGpusError,
     Place,
+    PlacedMany,
+    PlaceMany,
     PlacementConstraints,
     PlacementResult,
     ReplicaMove,
@@ -329,5 +331,74 @@ def test_a_spread_deployments_replica_is_never_moved_onto_a_node_holding_another
         plan = actor.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)
         assert isinstance(plan, DefragmentationPlan)
         assert all(m.to_node not in spread_on for m in plan.moves if m.deployment == "sp")
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_an_explicit_move_onto_a_node_holding_a_spread_sibling_is_refused() -> None:
+    actor = small_nodes(3)
+    try:
+        place(actor, "sp", 1, replicas=2, strategy=GpuStrategy.SPREAD)  # n0 and n1
+        (((other, _),),) = [where(actor, "sp")[1]]
+        before = view(actor)
+        with pytest.raises(InvalidSpecError, match="spread"):
+            actor.ask(MoveReplica("sp", 0, other), timeout=TIMEOUT)
+        assert view(actor) == before
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_making_room_never_moves_every_replica_of_a_deployment_nor_stacks_spread_ones() -> None:
+    actor = small_nodes(4)
+    try:
+        place(actor, "f3", 4, gpu_nodes=("n3",))
+        place(actor, "f2", 2, gpu_nodes=("n2",))
+        spread = {"strategy": GpuStrategy.SPREAD, "gpu_nodes": ("n0", "n1", "n2")}
+        place(actor, "s", 1, replicas=2, movable=True, **spread)  # one GPU on n0 and on n1
+        before = view(actor)
+        # Two whole nodes would need both replicas of s moved, both onto n2: neither is done.
+        with pytest.raises(NotEnoughGpusError):
+            place(actor, "big", 4, replicas=2, keep_whole=True)
+        assert view(actor) == before
+        place(actor, "one", 4, keep_whole=True)  # one replica of s moves: that is allowed
+        assert sorted(node for held in where(actor, "s").values() for node, _ in held) in (
+            ["n0", "n2"],
+            ["n1", "n2"],
+        )
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_a_batch_answers_each_result_as_it_is_after_the_moves_a_later_place_made() -> None:
+    actor = small_nodes(3)
+    try:
+        small = PlacementConstraints(strategy=GpuStrategy.SPREAD, movable=True)
+        wide = Place(
+            Deployment(name="wide", model="m/x", gpus=4), PlacementConstraints(keep_whole=True)
+        )
+        places = (*(Place(Deployment(name=n, model="m/x", gpus=2), small) for n in "abc"), wide)
+        batch = actor.ask(PlaceMany(places), timeout=TIMEOUT)
+        assert isinstance(batch, PlacedMany)
+        assert all(isinstance(o, PlacementResult) for o in batch.outcomes)
+        for outcome in batch.outcomes:
+            now = actor.ask(GetPlacement(outcome.deployment.name), timeout=TIMEOUT)  # type: ignore[union-attr]
+            assert isinstance(now, Placement)
+            assert now.result == outcome  # one of a, b, c moved for wide: its outcome says where
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_making_room_keeps_one_replica_of_each_deployment_serving() -> None:
+    actor = small_nodes(3)
+    try:
+        place(actor, "pair", 2, replicas=2, movable=True)  # both replicas on n0 (best fit)
+        place(actor, "x", 2, gpu_nodes=("n1",))
+        place(actor, "y", 2, gpu_nodes=("n2",))
+        assert [n for held in where(actor, "pair").values() for n, _ in held] == ["n0", "n0"]
+        before = view(actor)
+        # Emptying n0 would move both replicas of pair (one to n1, one to n2): never done.
+        with pytest.raises(NotEnoughGpusError):
+            place(actor, "wide", 4, keep_whole=True)
+        assert view(actor) == before
     finally:
         actor.stop(timeout=TIMEOUT)

@@ -22,6 +22,7 @@ from placement_actors import (
     DeploymentPlacementActor,
     GetClusterView,
     GetPlacement,
+    GetPlacementFailure,
     GetReplicaGroups,
     GpuStrategy,
     GroupState,
@@ -30,10 +31,12 @@ from placement_actors import (
     MoveReplica,
     NodeAssignment,
     NodeTopology,
+    NotEnoughGpusError,
     Place,
     Placement,
     PlacementCancelledError,
     PlacementConstraints,
+    PlacementFailure,
     PlacementGroupFailed,
     PlacementGroupTimedOut,
     PlacementGroupTimeoutError,
@@ -705,5 +708,38 @@ def test_a_move_whose_old_group_ray_will_not_remove_changes_nothing(
         assert [x.node for x in moved.assignments] == [target]
     finally:
         placement.ask(Release("staying"), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+def test_a_place_whose_room_making_move_ray_refuses_is_refused_as_before(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RemoveFailingOnceBackend()
+    planner = PlanningActor.start(backend=backend)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    service = Service(placement=placement, planner=planner)
+    both = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
+    try:
+        service.place(llama("mv-1", gpus=2), gpu_nodes=both, movable=True)
+        service.place(
+            llama("mv-2", gpus=2), gpu_nodes=both, movable=True, strategy=GpuStrategy.SPREAD
+        )
+        before = service.view()
+        backend.fail_next = True  # the room-making move's removal
+        with pytest.raises(NotEnoughGpusError):
+            service.place(llama("mv-wide", gpus=4), gpu_nodes=both, keep_whole=True)
+        assert service.view() == before
+        failure = placement.ask(GetPlacementFailure("mv-wide"), timeout=TIMEOUT)
+        assert isinstance(failure, PlacementFailure)
+        assert isinstance(failure.error, NotEnoughGpusError)
+        # Ray has room once it removes groups again: the same Place now makes room and fits.
+        wide = service.place(llama("mv-wide", gpus=4), gpu_nodes=both, keep_whole=True)
+        assert len(wide.assignments) == 1
+    finally:
+        for name in ("mv-1", "mv-2", "mv-wide"):
+            placement.ask(Release(name), timeout=TIMEOUT)
         placement.stop(timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)
