@@ -116,6 +116,52 @@ def timed(ask: Callable[[], object], after: Callable[[], object] = lambda: None)
     return statistics.median(samples) * 1e3
 
 
+def room_rows(floor: float) -> None:
+    """Refusals on a cluster of movable replicas: every node half used, none with 8 free."""
+    topology = [NodeTopology(node_id=f"node-{i:05d}", num_gpus=8) for i in range(NODES)]
+    actor = DeploymentPlacementActor.start(topology=topology)
+    movable = PlacementConstraints(strategy=GpuStrategy.SPREAD, movable=True)  # one per node
+    fillers = itertools.count()
+
+    def refill() -> None:
+        """Take back the node a move emptied (spread: the node with the most free)."""
+        actor.ask(Place(local(f"fill-{next(fillers)}", 4), movable), timeout=TIMEOUT)
+
+    try:
+        for i in range(NODES):
+            actor.ask(Place(local(f"mv-{i:05d}", 4), movable), timeout=TIMEOUT)
+        whole = PlacementConstraints(keep_whole=True)
+        rows = {
+            "8 GPUs whole: a move makes room": (Place(local("roomy", 8), whole), True),
+            "8 GPUs x 4,000 whole: no move helps": (
+                Place(local("roomless", 8, 4_000), whole),
+                False,
+            ),
+        }
+        print("\nthe same nodes, each half used by a movable deployment (none with 8 free):")
+        for label, (message, moved) in rows.items():
+
+            def ask(message: Place = message) -> object:
+                try:
+                    return actor.ask(message, timeout=TIMEOUT)
+                except PlacementError as exc:
+                    return exc
+
+            def release(message: Place = message, moved: bool = moved) -> None:  # noqa: FBT001
+                actor.ask(Release(message.deployment.name), timeout=TIMEOUT)
+                if moved:
+                    refill()
+
+            outcome = ask()
+            release()
+            cost = timed(ask, release)
+            answer = type(outcome).__name__
+            print(f"{label:<38} {answer:<22} {cost:>8.2f} {cost / floor:>9.0f}")
+            assert cost < 50, f"{label}: {cost:.1f} ms"  # noqa: PLR2004 - the issue's ceiling
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
 def main() -> None:
     topology = [
         NodeTopology(node_id=f"node-{i:05d}", num_gpus=8, labels={"zone": f"z{i % 4}"})
@@ -156,6 +202,8 @@ def main() -> None:
             answer = type(outcome).__name__
             print(f"{label:<38} {answer:<22} {cost:>8.2f} {cost / floor:>9.0f}")
             assert cost < 50, f"{label}: {cost:.1f} ms"  # noqa: PLR2004 - the issue's ceiling
+        actor.stop(timeout=TIMEOUT)
+        room_rows(floor)
     finally:
         pykka.ActorRegistry.stop_all(timeout=TIMEOUT)
 

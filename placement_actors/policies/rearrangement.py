@@ -186,6 +186,19 @@ def _fits(counts: list[int], room: Room) -> bool:
     return whole >= room.replicas
 
 
+def _out_of_reach(base: list[int], room: Room, moves: int, largest: int) -> bool:
+    """Whether ``moves`` moves could not make a room of whole replicas fit, however chosen.
+
+    Each move gives GPUs back on one node only, which can then hold at most ``largest //
+    gpus`` more replicas: a room short by more than that many per move is out of reach, and no
+    search is needed to say so (a refusal of thousands of replicas costs no more than one).
+    """
+    if room.split or room.gpus > largest:
+        return False
+    now = sum(base[k] * (k // room.gpus) for k in range(room.gpus, len(base)))
+    return now + moves * (largest // room.gpus) < room.replicas
+
+
 def _shares(room: Room, largest: int) -> list[int]:
     """The free GPUs one node needs to take a replica or its share of an even split, largest first.
 
@@ -339,7 +352,11 @@ def find_move_set(
         room = replace(room, split=True)
     base = ledger.free_histogram(room.allowed, room.avoid)
     free = sum(k * count for k, count in enumerate(base))
-    if free < room.gpus * room.replicas or _fits(base, room):
+    if (
+        free < room.gpus * room.replicas
+        or _fits(base, room)
+        or _out_of_reach(base, room, max_moves, largest)
+    ):
         return ()
     search = _Search(ledger, residents, room, base)
     ones, twos = search.options(largest)
@@ -454,8 +471,10 @@ def room_moves(
     """
     moves = find_move_set(ledger, residents, room)
     if not moves and ledger.total_free(room.allowed, room.avoid) >= room.gpus * room.replicas:
-        size = min(room.gpus, ledger.max_capacity(room.allowed, room.avoid))
-        if size == 0:
+        largest = ledger.max_capacity(room.allowed, room.avoid)
+        size = min(room.gpus, largest)
+        base = ledger.free_histogram(room.allowed, room.avoid)
+        if size == 0 or _out_of_reach(base, room, max_plan_moves, largest):
             return ()
         plan = plan_defragmentation(
             ledger,

@@ -207,3 +207,32 @@ def test_a_defragmentation_plan_frees_what_it_says_once_carried_out(
     assert not set(plan.freed_nodes) & {m.to_node for m in plan.moves}
     cluster.carry_out(plan.moves)
     assert all(cluster.ledger.free_count(n) >= plan.gpus for n in plan.freed_nodes)
+
+
+class Reading(Running):
+    """`Running`, counting the nodes whose replicas a search reads."""
+
+    reads = 0
+
+    def on(self, node: str) -> Sequence[Resident]:
+        self.reads += 1
+        return super().on(node)
+
+
+@pytest.mark.parametrize(("replicas", "reachable"), [(2, True), (3, False), (6, False)])
+def test_a_room_no_two_moves_could_make_is_refused_without_reading_a_replica(
+    replicas: int,
+    reachable: bool,  # noqa: FBT001 - a table column
+) -> None:
+    cluster = Reading(*[8] * 12)
+    for i in range(12):  # every node half used: 48 GPUs free, no node with 8
+        cluster.run(f"n{i}", 4)
+    # Each move frees at most one node, which then holds one replica of 8: two moves, two.
+    found = find_move_set(cluster.ledger, cluster, Room(gpus=8, replicas=replicas, split=False))
+    if reachable:
+        assert len(found) == 2  # one move per node freed
+        cluster.carry_out(found)
+        assert cluster.ledger.free_histogram()[8] == 2
+    else:
+        assert found == ()
+        assert cluster.reads == 0
