@@ -44,9 +44,13 @@ deployments:
     strategy: spread
     gpu_nodes: [a, b]
     label_selector: {zone: "in(x,y)", gpu-type: "!T4"}
+    keep_whole: true
+    movable: true
 """,
     )
     (spec,) = load_deployments(path, environ={})
+    assert spec.constraints.keep_whole
+    assert spec.constraints.movable
     assert spec.constraints.label_selector == {"zone": "in(x,y)", "gpu-type": "!T4"}
     assert (spec.deployment.replicas, spec.deployment.gpus) == (2, 4)
     assert spec.deployment.runtime is RuntimeKind.SGLANG
@@ -87,6 +91,10 @@ def test_api_keys_come_from_the_named_environment_variable(tmp_path: Path) -> No
             "deployments.yaml:3: name: appears twice in this file",
         ),
         (
+            "deployments:\n  - name: a\n    model: m\n    movable: maybe\n",
+            "deployments.yaml:4: movable: must be true or false",
+        ),
+        (
             "deployments:\n  - name: a\n    model: m\n    label_selector: {zone: 'in(a'}\n",
             "deployments.yaml:4: label_selector: label_selector zone: 'in(a' is not a value",
         ),
@@ -100,6 +108,7 @@ def test_api_keys_come_from_the_named_environment_variable(tmp_path: Path) -> No
         "unknown-field",
         "gpus-on-remote",
         "duplicate-name",
+        "movable-not-a-bool",
         "malformed-label-selector",
         "broken-yaml",
         "empty-file",
