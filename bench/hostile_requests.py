@@ -116,6 +116,39 @@ def timed(ask: Callable[[], object], after: Callable[[], object] = lambda: None)
     return statistics.median(samples) * 1e3
 
 
+def row(
+    actor: pykka.ActorRef[DeploymentPlacementActor],
+    label: str,
+    make: Callable[[], object],
+    floor: float,
+    *,
+    fresh: bool = False,
+    after: Callable[[], object] = lambda: None,
+) -> None:
+    """Print one row: the median ask of ``make()``'s message (made anew each round if
+    ``fresh``), its deployment released between rounds, then ``after``."""
+    message = make()
+
+    def ask() -> object:
+        try:
+            return actor.ask(make() if fresh else message, timeout=TIMEOUT)
+        except PlacementError as exc:
+            return exc
+
+    def release() -> None:
+        name = message.deployment.name  # type: ignore[attr-defined]
+        if isinstance(name, str):
+            actor.ask(Release(name), timeout=TIMEOUT)
+        after()
+
+    outcome = ask()
+    release()
+    cost = timed(ask, release)
+    answer = type(outcome).__name__
+    print(f"{label:<38} {answer:<22} {cost:>8.2f} {cost / floor:>9.0f}")
+    assert cost < 50, f"{label}: {cost:.1f} ms"  # noqa: PLR2004 - the issue's ceiling
+
+
 def room_rows(floor: float) -> None:
     """Refusals on a cluster of movable replicas: every node half used, none with 8 free."""
     topology = [NodeTopology(node_id=f"node-{i:05d}", num_gpus=8) for i in range(NODES)]
@@ -131,33 +164,20 @@ def room_rows(floor: float) -> None:
         for i in range(NODES):
             actor.ask(Place(local(f"mv-{i:05d}", 4), movable), timeout=TIMEOUT)
         whole = PlacementConstraints(keep_whole=True)
-        rows = {
-            "8 GPUs whole: a move makes room": (Place(local("roomy", 8), whole), True),
-            "8 GPUs x 4,000 whole: no move helps": (
-                Place(local("roomless", 8, 4_000), whole),
-                False,
-            ),
-        }
         print("\nthe same nodes, each half used by a movable deployment (none with 8 free):")
-        for label, (message, moved) in rows.items():
-
-            def ask(message: Place = message) -> object:
-                try:
-                    return actor.ask(message, timeout=TIMEOUT)
-                except PlacementError as exc:
-                    return exc
-
-            def release(message: Place = message, moved: bool = moved) -> None:  # noqa: FBT001
-                actor.ask(Release(message.deployment.name), timeout=TIMEOUT)
-                if moved:
-                    refill()
-
-            outcome = ask()
-            release()
-            cost = timed(ask, release)
-            answer = type(outcome).__name__
-            print(f"{label:<38} {answer:<22} {cost:>8.2f} {cost / floor:>9.0f}")
-            assert cost < 50, f"{label}: {cost:.1f} ms"  # noqa: PLR2004 - the issue's ceiling
+        row(
+            actor,
+            "8 GPUs whole: a move makes room",
+            lambda: Place(local("roomy", 8), whole),
+            floor,
+            after=refill,
+        )
+        row(
+            actor,
+            "8 GPUs x 4,000 whole: no move helps",
+            lambda: Place(local("roomless", 8, 4_000), whole),
+            floor,
+        )
     finally:
         actor.stop(timeout=TIMEOUT)
 
@@ -178,30 +198,8 @@ def main() -> None:
         print(f"floor (an actor that answers at once): {floor:.3f} ms")
         print(f"{'request':<38} {'answer':<22} {'ms':>8} {'x floor':>9}")
         for label, make in requests([t.node_id for t in topology]).items():
-            message = make()
-            fresh = label.startswith("new ")  # a new message (list, selector) every round
-
-            def ask(
-                message: object = message,
-                fresh: bool = fresh,  # noqa: FBT001 - bound per row
-                make: Callable[[], object] = make,
-            ) -> object:
-                try:
-                    return actor.ask(make() if fresh else message, timeout=TIMEOUT)
-                except PlacementError as exc:
-                    return exc
-
-            def release(message: object = message) -> None:
-                name = message.deployment.name  # type: ignore[attr-defined]
-                if isinstance(name, str):
-                    actor.ask(Release(name), timeout=TIMEOUT)
-
-            outcome = ask()
-            release()
-            cost = timed(ask, release)
-            answer = type(outcome).__name__
-            print(f"{label:<38} {answer:<22} {cost:>8.2f} {cost / floor:>9.0f}")
-            assert cost < 50, f"{label}: {cost:.1f} ms"  # noqa: PLR2004 - the issue's ceiling
+            # a row named "new ..." sends a new message (list, selector) every round
+            row(actor, label, make, floor, fresh=label.startswith("new "))
         actor.stop(timeout=TIMEOUT)
         room_rows(floor)
     finally:

@@ -1,6 +1,7 @@
 """The PlanningActor and the hand-off from the DeploymentPlacementActor, on a real Ray cluster."""
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
@@ -613,39 +614,64 @@ def test_a_plain_query_sent_after_a_place_sees_it_placed() -> None:
         planner.stop(timeout=TIMEOUT)
 
 
-class FailingOnceBackend(on_ray.RayBackend):
-    """Ray refuses to create the next group, once, when ``fail_next`` is set."""
+class RefusingBackend(on_ray.RayBackend):
+    """Ray, refusing the next group creation or removal (once each) when told to."""
 
-    fail_next = False
+    refuse_create = False
+    refuse_remove = False
 
     def create_group(self, spec: Any, *, name: str) -> object:
-        if self.fail_next:
-            self.fail_next = False
+        if self.refuse_create:
+            self.refuse_create = False
             msg = "Ray refused the group (injected)"
             raise BackendError(msg, operation="create placement group")
         return super().create_group(spec, name=name)
 
+    def remove_group(self, group: object) -> None:
+        if self.refuse_remove:
+            self.refuse_remove = False
+            msg = "Ray refused to remove the group (injected)"
+            raise BackendError(msg, operation="remove placement group")
+        super().remove_group(group)
 
-def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_again(
-    ray_nodes: dict[str, str],
-) -> None:
-    backend = FailingOnceBackend()
+
+@contextlib.contextmanager
+def served(backend: on_ray.RayBackend) -> Iterator[Service]:
+    """Both actors on ``backend``; afterwards every deployment released and both stopped."""
     planner = PlanningActor.start(backend=backend)
     placement = DeploymentPlacementActor.start(
         topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
     )
     service = Service(placement=placement, planner=planner)
-    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
     try:
-        placed = service.place(llama("moving", gpus=2), gpu_nodes=(a, b))
-        (source,) = {x.node for x in placed.assignments}
-        target = b if source == a else a
-        backend.fail_next = True
+        yield service
+    finally:
+        for name in service.view().deployments:
+            placement.ask(Release(name), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+
+
+def other_of(placed: PlacementResult, nodes: tuple[str, str]) -> tuple[str, str]:
+    """The node of a one-node replica among ``nodes``, and the other one."""
+    (source,) = {x.node for x in placed.assignments}
+    return source, nodes[1] if source == nodes[0] else nodes[0]
+
+
+def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    both = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
+    with served(backend) as service:
+        placed = service.place(llama("moving", gpus=2), gpu_nodes=both)
+        _, target = other_of(placed, both)
+        backend.refuse_create = True
         with pytest.raises(BackendError, match="injected"):
-            placement.ask(MoveReplica("moving", 0, target), timeout=TIMEOUT)
+            service.placement.ask(MoveReplica("moving", 0, target), timeout=TIMEOUT)
         # Its old group was removed before Ray refused the new one: the replica was lost, and
         # placed again at once (replace_lost), on the capacity there is: two GPUs held, once.
-        found = placement.ask(GetPlacement("moving"), timeout=TIMEOUT)
+        found = service.placement.ask(GetPlacement("moving"), timeout=TIMEOUT)
         assert isinstance(found, Placement)
         assert found.result is not None
         assert found.missing == ()
@@ -654,92 +680,55 @@ def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_agai
         held = [h for n in service.view().nodes for h in n.held if h.deployment == "moving"]
         assert len(held) == 2
         assert [g.state for g in service.groups().groups] == [GroupState.READY]
-    finally:
-        placement.ask(Release("moving"), timeout=TIMEOUT)
-        placement.stop(timeout=TIMEOUT)
-        planner.stop(timeout=TIMEOUT)
-
-
-class RemoveFailingOnceBackend(on_ray.RayBackend):
-    """Ray refuses to remove the next group, once, when ``fail_next`` is set."""
-
-    fail_next = False
-
-    def remove_group(self, group: object) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            msg = "Ray refused to remove the group (injected)"
-            raise BackendError(msg, operation="remove placement group")
-        super().remove_group(group)
 
 
 def test_a_move_whose_old_group_ray_will_not_remove_changes_nothing(
     ray_nodes: dict[str, str],
 ) -> None:
-    backend = RemoveFailingOnceBackend()
-    planner = PlanningActor.start(backend=backend)
-    placement = DeploymentPlacementActor.start(
-        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
-    )
-    service = Service(placement=placement, planner=planner)
-    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
-    try:
-        placed = service.place(llama("staying", gpus=2), gpu_nodes=(a, b))
+    backend = RefusingBackend()
+    both = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
+    with served(backend) as service:
+        placed = service.place(llama("staying", gpus=2), gpu_nodes=both)
         port = placed.replicas[0].master.port.get(timeout=TIMEOUT)
-        (source,) = {x.node for x in placed.assignments}
-        target = b if source == a else a
+        source, target = other_of(placed, both)
         before = service.view()
-        backend.fail_next = True
+        backend.refuse_remove = True
         with pytest.raises(BackendError, match="injected"):
-            placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
+            service.placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
         # The group still stands on Ray, and the planner still tracks it (its port too):
         assert service.view() == before
         assert [(g.state, g.nodes) for g in service.groups().groups] == [
             (GroupState.READY, (source,))
         ]
         assert status(group_name("staying", 0)) is GroupStatus.CREATED
-        found = placement.ask(GetPlacement("staying"), timeout=TIMEOUT)
+        found = service.placement.ask(GetPlacement("staying"), timeout=TIMEOUT)
         assert isinstance(found, Placement)
         assert found.result == placed
         assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) == port
         # ... so the move can simply be asked for again.
-        moved = placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
+        moved = service.placement.ask(MoveReplica("staying", 0, target), timeout=TIMEOUT)
         assert isinstance(moved, ReplicaMoved)
         assert [x.node for x in moved.assignments] == [target]
-    finally:
-        placement.ask(Release("staying"), timeout=TIMEOUT)
-        placement.stop(timeout=TIMEOUT)
-        planner.stop(timeout=TIMEOUT)
 
 
 def test_a_place_whose_room_making_move_ray_refuses_is_refused_as_before(
     ray_nodes: dict[str, str],
 ) -> None:
-    backend = RemoveFailingOnceBackend()
-    planner = PlanningActor.start(backend=backend)
-    placement = DeploymentPlacementActor.start(
-        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
-    )
-    service = Service(placement=placement, planner=planner)
+    backend = RefusingBackend()
     both = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
-    try:
+    with served(backend) as service:
         service.place(llama("mv-1", gpus=2), gpu_nodes=both, movable=True)
         service.place(
             llama("mv-2", gpus=2), gpu_nodes=both, movable=True, strategy=GpuStrategy.SPREAD
         )
         before = service.view()
-        backend.fail_next = True  # the room-making move's removal
+        backend.refuse_remove = True  # the room-making move's removal
         with pytest.raises(NotEnoughGpusError):
             service.place(llama("mv-wide", gpus=4), gpu_nodes=both, keep_whole=True)
         assert service.view() == before
-        failure = placement.ask(GetPlacementFailure("mv-wide"), timeout=TIMEOUT)
+        failure = service.placement.ask(GetPlacementFailure("mv-wide"), timeout=TIMEOUT)
         assert isinstance(failure, PlacementFailure)
         assert isinstance(failure.error, NotEnoughGpusError)
         # Ray has room once it removes groups again: the same Place now makes room and fits.
         wide = service.place(llama("mv-wide", gpus=4), gpu_nodes=both, keep_whole=True)
         assert len(wide.assignments) == 1
-    finally:
-        for name in ("mv-1", "mv-2", "mv-wide"):
-            placement.ask(Release(name), timeout=TIMEOUT)
-        placement.stop(timeout=TIMEOUT)
-        planner.stop(timeout=TIMEOUT)
