@@ -630,12 +630,21 @@ class DeploymentPlacementActor(KeepServingActor):
         self._notify(done)
         return done
 
-    def _made_room(self, message: Place, refused: NotEnoughGpusError) -> bool:
+    def _made_room(
+        self,
+        message: Place,
+        refused: NotEnoughGpusError,
+        *,
+        replicas: int | None = None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> bool:
         """Move ``movable`` replicas so that a refused `Place` fits; whether any moved.
 
         The moves are `room_moves` among the movable replicas: a move set of one or two, else a
         defragmentation plan of the requested nodes of at most `ROOM_PLAN_MOVES` moves, and only
-        if the request fits once they are made.
+        if the request fits once they are made. ``replicas``: how many of the deployment's
+        replicas are to be placed (all, by default; its missing ones when placed again), off
+        ``avoid`` as well as the avoided nodes.
         """
         if not refused.retryable or not self._movable_names:
             return False
@@ -643,10 +652,10 @@ class DeploymentPlacementActor(KeepServingActor):
         allowed = gpu_scope(self._gpus, constraints)
         room = Room(
             gpus=deployment.gpus_per_replica,
-            replicas=deployment.replicas,
+            replicas=deployment.replicas if replicas is None else replicas,
             split=not constraints.keep_whole,
             allowed=allowed,
-            avoid=self._avoid,
+            avoid=self._avoid | avoid,
         )
         movable = _PlacedResidents(self._gpus, self._placed, self._avoid, movable_only=True)
         moves = room_moves(self._gpus, movable, room)
@@ -1005,7 +1014,7 @@ class DeploymentPlacementActor(KeepServingActor):
             self._degraded.discard(name)
             return
         try:
-            more = self._place_missing(placed, avoid=avoid)
+            more = self._place_missing_making_room(placed, len(missing), avoid=avoid)
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
             return
@@ -1019,6 +1028,17 @@ class DeploymentPlacementActor(KeepServingActor):
                     assignments=tuple(a for a in more.assignments if a.replica_index == index),
                 )
             )
+
+    def _place_missing_making_room(
+        self, placed: _Placed, missing: int, *, avoid: frozenset[str]
+    ) -> PlacementResult:
+        """`_place_missing`, with movable replicas moved first if that makes the missing fit."""
+        try:
+            return self._place_missing(placed, avoid=avoid)
+        except NotEnoughGpusError as refused:
+            if not self._made_room(placed.place, refused, replicas=missing, avoid=avoid):
+                raise
+            return self._place_missing(placed, avoid=avoid)
 
     def _place_missing(
         self, placed: _Placed, *, avoid: frozenset[str] = frozenset()

@@ -116,7 +116,8 @@ class PlacementConstraints(Checked):
             that would make room, when one exists) instead of split over nodes. Replicas larger
             than every node are split evenly all the same. Default ``False``: split when needed.
         movable: the service may move this deployment's replicas (each held whole on one node)
-            to make room for another deployment's `Place` that it would otherwise refuse
+            to make room for another deployment's `Place` that it would otherwise refuse (or
+            for replicas it places again after their node was lost)
             although the requested nodes have GPUs enough free in all (scattered): one or two
             moves (a refusal's move set) or up to `ROOM_PLAN_MOVES` (a defragmentation plan of
             the requested nodes), each to a node this deployment's own constraints allow (a

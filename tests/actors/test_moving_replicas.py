@@ -29,7 +29,7 @@ from placement_actors import (
     ReplicaMove,
     ReplicaMoved,
 )
-from placement_actors.actors.messages import GetPlacement, Placement, Subscribe
+from placement_actors.actors.messages import GetPlacement, NodeLost, Placement, Subscribe
 
 TIMEOUT = 5
 Ref = pykka.ActorRef[DeploymentPlacementActor]
@@ -401,4 +401,25 @@ def test_making_room_keeps_one_replica_of_each_deployment_serving() -> None:
             place(actor, "wide", 4, keep_whole=True)
         assert view(actor) == before
     finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_a_replica_lost_with_its_node_is_placed_again_after_movable_replicas_make_room() -> None:
+    actor = small_nodes(3)
+    events: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(events)
+    try:
+        actor.ask(Subscribe(listener), timeout=TIMEOUT)
+        place(actor, "big", 4, keep_whole=True)  # n0
+        for name in ("a", "b"):  # 2 GPUs on each of n1 and n2
+            place(actor, name, 2, strategy=GpuStrategy.SPREAD, movable=True)
+        assert where(actor, "big")[0][0][0] == "n0"
+        actor.ask(NodeLost(node_id="n0"), timeout=TIMEOUT)
+        kinds = [type(events.get(timeout=TIMEOUT)).__name__ for _ in range(4)]
+        assert kinds == ["NodeLost", "ReplicaLost", "ReplicaMoved", "ReplicaReplaced"]
+        ((node, gpus),) = where(actor, "big")[0]
+        assert (node, len(gpus)) in {("n1", 4), ("n2", 4)}
+        assert view(actor).degraded == ()
+    finally:
+        listener.stop()
         actor.stop(timeout=TIMEOUT)
