@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
@@ -59,7 +60,7 @@ from placement_actors.domain.checkpoints import (
     deployment_key,
     encode,
 )
-from placement_actors.domain.constraints import EgressKey, GpuStrategy
+from placement_actors.domain.constraints import EgressKey, GpuStrategy, PlacementConstraints
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, is_deployment_name
 from placement_actors.domain.errors import (
     BackendError,
@@ -72,13 +73,13 @@ from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     NodeAssignment,
     PlacementResult,
-    Rejection,
     ReplicaPlacement,
 )
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.domain.validation import check_count, check_timeout, revalidated
 from placement_actors.policies.egress_ledger import EgressLedger
 from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.node_choice import gpu_fit
 from placement_actors.policies.placement_decision import (
     PlacementRules,
     decide_placement,
@@ -103,6 +104,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 OUTSIDE_HOLDER = "(outside the service)"
 """The ledger's holder of GPUs that other Ray users hold (not a deployment name: it has spaces)."""
@@ -198,9 +201,16 @@ class _PlacedResidents:
         allowed = gpu_scope(self._gpus, constraints)
         if allowed is not None and node not in allowed:
             return False
-        return constraints.strategy is not GpuStrategy.SPREAD or resident.deployment not in set(
-            self._gpus.holders(node).values()
-        )
+        return not _stacks_spread(self._gpus, resident.deployment, constraints, node)
+
+
+def _stacks_spread(
+    gpus: GpuLedger, deployment: str, constraints: PlacementConstraints, node: str
+) -> bool:
+    """Whether a replica of a SPREAD ``deployment`` on ``node`` would join one of its siblings."""
+    return constraints.strategy is GpuStrategy.SPREAD and deployment in set(
+        gpus.holders(node).values()
+    )
 
 
 def _egress_nodes(
@@ -491,22 +501,33 @@ class DeploymentPlacementActor(KeepServingActor):
 
     def _decide(self, message: Place) -> tuple[NodeAssignment, ...]:
         """A new `Place`'s assignments, reserved; moves of movable replicas first, if they help."""
-        try:
-            return self._decide_once(message)
-        except NotEnoughGpusError as refused:
-            if not self._made_room(message, refused):
-                raise
-            return self._decide_once(message)  # once more: the moves made room
-
-    def _decide_once(self, message: Place) -> tuple[NodeAssignment, ...]:
-        return decide_placement(
-            self._gpus,
-            self._egress,
-            message.deployment,
-            message.constraints,
-            rules=self._rules,
-            residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
+        return self._making_room(
+            lambda: decide_placement(
+                self._gpus,
+                self._egress,
+                message.deployment,
+                message.constraints,
+                rules=self._rules,
+                residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
+            ),
+            message,
         )
+
+    def _making_room(
+        self,
+        attempt: Callable[[], _T],
+        message: Place,
+        *,
+        replicas: int | None = None,
+        avoid: frozenset[str] = frozenset(),
+    ) -> _T:
+        """``attempt()``; if refused, once more after movable replicas made room (`_made_room`)."""
+        try:
+            return attempt()
+        except NotEnoughGpusError as refused:
+            if not self._made_room(message, refused, replicas=replicas, avoid=avoid):
+                raise
+            return attempt()
 
     @admits(Release)
     def release(self, message: Release) -> Released:
@@ -598,25 +619,10 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._retry_degraded()
                 raise
         self._gpus.release(source.node, source.gpus, name)
-        result = placed.result
-        placed.result = replace(
-            result,
-            assignments=tuple(
-                sorted(
-                    (*(a for a in result.assignments if a.replica_index != index), moved),
-                    key=lambda a: a.replica_index,
-                )
-            ),
-            replicas=tuple(
-                sorted(
-                    (
-                        *(r for r in result.replicas if r.replica_index != index),
-                        *(() if placement is None else (placement,)),
-                    ),
-                    key=lambda r: r.replica_index,
-                )
-            ),
+        now = replace(
+            placed.result, assignments=(moved,), replicas=() if placement is None else (placement,)
         )
+        placed.result = self._merge(self._without(placed.result, {index}), now)
         self._rewrite(name)
         done = ReplicaMoved(
             deployment=name,
@@ -730,29 +736,21 @@ class DeploymentPlacementActor(KeepServingActor):
         if allowed is not None and target not in allowed:
             msg = f"deployment {name}'s constraints do not allow node {target}"
             raise InvalidSpecError(msg, field="to_node")
-        if constraints.strategy is GpuStrategy.SPREAD and name in set(
-            self._gpus.holders(target).values()
-        ):
+        if _stacks_spread(self._gpus, name, constraints, target):
             msg = f"deployment {name} is spread, and node {target} holds another of its replicas"
             raise InvalidSpecError(msg, field="to_node")
-        free = self._gpus.free_count(target)
-        if free < gpus:
+        free, capacity = self._gpus.free_count(target), self._gpus.capacity(target)
+        rejection = gpu_fit(target, capacity=capacity, free=free, gpus=gpus)
+        if rejection is not None:  # too few free: the node's reason, as a Place gives it
             msg = f"replica {index} of {name} needs {gpus} free GPUs on {target}, which has {free}"
             raise NotEnoughGpusError(
                 msg,
                 deployment=name,
                 requested=gpus,
                 available=free,
-                largest_node=self._gpus.capacity(target),
-                retryable=gpus <= self._gpus.capacity(target),
-                rejections=(
-                    Rejection(
-                        node_id=target,
-                        reason=f"{free} of {self._gpus.capacity(target)} GPUs free, {gpus} needed",
-                        requested=gpus,
-                        available=free,
-                    ),
-                ),
+                largest_node=capacity,
+                retryable=gpus <= capacity,
+                rejections=(rejection,),
             )
 
     # -- events ------------------------------------------------------------------------------
@@ -790,15 +788,7 @@ class DeploymentPlacementActor(KeepServingActor):
             return  # about a group this record no longer holds (released, or planned again)
         lost = [a for a in placed.result.assignments if a.replica_index == event.replica_index]
         self._free(event.deployment, lost, None)
-        placed.result = replace(
-            placed.result,
-            assignments=tuple(
-                a for a in placed.result.assignments if a.replica_index != event.replica_index
-            ),
-            replicas=tuple(
-                r for r in placed.result.replicas if r.replica_index != event.replica_index
-            ),
-        )
+        placed.result = self._without(placed.result, {event.replica_index})
         logger.warning(
             "replica %d of %s failed and is missing: %s",
             event.replica_index,
@@ -982,11 +972,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._gpus.release(assignment.node, assignment.gpus, name)
             if placed.egress_key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, placed.egress_key)
-        placed.result = replace(
-            placed.result,
-            assignments=tuple(a for a in placed.result.assignments if a.replica_index not in gone),
-            replicas=tuple(r for r in placed.result.replicas if r.replica_index not in gone),
-        )
+        placed.result = self._without(placed.result, gone)
         if placed.egress_key is None and self._planner is not None:
             removal = RemoveReplicaGroups(name, tuple(sorted(gone)), lost_node=node_id or "")
             try:
@@ -1014,7 +1000,12 @@ class DeploymentPlacementActor(KeepServingActor):
             self._degraded.discard(name)
             return
         try:
-            more = self._place_missing_making_room(placed, len(missing), avoid=avoid)
+            more = self._making_room(
+                lambda: self._place_missing(placed, avoid=avoid),
+                placed.place,
+                replicas=len(missing),
+                avoid=avoid,
+            )
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
             return
@@ -1028,17 +1019,6 @@ class DeploymentPlacementActor(KeepServingActor):
                     assignments=tuple(a for a in more.assignments if a.replica_index == index),
                 )
             )
-
-    def _place_missing_making_room(
-        self, placed: _Placed, missing: int, *, avoid: frozenset[str]
-    ) -> PlacementResult:
-        """`_place_missing`, with movable replicas moved first if that makes the missing fit."""
-        try:
-            return self._place_missing(placed, avoid=avoid)
-        except NotEnoughGpusError as refused:
-            if not self._made_room(placed.place, refused, replicas=missing, avoid=avoid):
-                raise
-            return self._place_missing(placed, avoid=avoid)
 
     def _place_missing(
         self, placed: _Placed, *, avoid: frozenset[str] = frozenset()
@@ -1314,6 +1294,15 @@ class DeploymentPlacementActor(KeepServingActor):
         except pykka.ActorDeadError as exc:
             msg = "the planner has stopped"
             raise BackendError(msg, operation="plan") from exc
+
+    @staticmethod
+    def _without(result: PlacementResult, indexes: AbstractSet[int]) -> PlacementResult:
+        """``result`` less the replicas numbered ``indexes`` (their assignments and groups)."""
+        return replace(
+            result,
+            assignments=tuple(a for a in result.assignments if a.replica_index not in indexes),
+            replicas=tuple(r for r in result.replicas if r.replica_index not in indexes),
+        )
 
     @staticmethod
     def _merge(result: PlacementResult, more: PlacementResult) -> PlacementResult:

@@ -186,6 +186,17 @@ def _fits(counts: list[int], room: Room) -> bool:
     return whole >= room.replicas
 
 
+def _as_laid_out(ledger: GpuLedger, room: Room) -> tuple[Room, int]:
+    """``room`` as a replica is laid out, and the largest node it may use.
+
+    A replica kept whole is kept whole only where one node can hold it: larger, it is split.
+    """
+    largest = ledger.max_capacity(room.allowed, room.avoid)
+    if not room.split and room.gpus > largest:
+        room = replace(room, split=True)
+    return room, largest
+
+
 def _out_of_reach(base: list[int], room: Room, moves: int, largest: int) -> bool:
     """Whether ``moves`` moves could not make a room of whole replicas fit, however chosen.
 
@@ -292,9 +303,9 @@ class _Search:
         overlay = _Overlay(self.ledger)
         moves: list[ReplicaMove] = []
         for resident, source in planned:
-            target = (
-                self.destination(overlay, resident, shut) if overlay.may_move(resident) else None
-            )
+            if not overlay.may_move(resident):
+                return ()
+            target = self.destination(overlay, resident, shut)
             if target is None:
                 return ()
             moves.append(_move(resident, source, target))
@@ -347,9 +358,7 @@ def find_move_set(
     if max_moves not in (1, 2):
         msg = f"a move set holds 1 or 2 moves, got {max_moves!r}"
         raise InvalidSpecError(msg, field="max_moves")
-    largest = ledger.max_capacity(room.allowed, room.avoid)
-    if not room.split and room.gpus > largest:  # kept whole only where a node can hold it
-        room = replace(room, split=True)
+    room, largest = _as_laid_out(ledger, room)
     base = ledger.free_histogram(room.allowed, room.avoid)
     free = sum(k * count for k, count in enumerate(base))
     if (
@@ -450,9 +459,7 @@ def plan_defragmentation(
 
 def moves_make_room(ledger: GpuLedger, moves: Sequence[ReplicaMove], room: Room) -> bool:
     """Whether ``room`` fits the ledger once ``moves`` are made (worked out on free counts)."""
-    largest = ledger.max_capacity(room.allowed, room.avoid)
-    if not room.split and room.gpus > largest:  # kept whole only where a node can hold it
-        room = replace(room, split=True)
+    room, _ = _as_laid_out(ledger, room)
     overlay = _Overlay(ledger)
     for move in moves:
         overlay.apply(move)
