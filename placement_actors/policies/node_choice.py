@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
+from functools import lru_cache
 from itertools import islice
 
 from placement_actors.domain.constraints import GpuStrategy
@@ -25,8 +26,19 @@ __all__ = [
 ]
 
 
+REJECTIONS_REMEMBERED = 4096
+"""Per-node reasons kept for the next refusal that names the same node with the same counts."""
+
+
 def gpu_fit(node_id: str, *, capacity: int, free: int, gpus: int) -> Rejection | None:
     """Why a node of ``capacity`` GPUs, ``free`` of them free, cannot take ``gpus``; else None."""
+    return _fit(node_id, capacity, free, gpus)
+
+
+@lru_cache(maxsize=REJECTIONS_REMEMBERED)
+def _fit(node_id: str, capacity: int, free: int, gpus: int) -> Rejection | None:
+    # Remembered: a full cluster refuses again and again, naming the same first nodes by id with
+    # the same counts; a `Rejection` is frozen, so one value serves every refusal that names it.
     if capacity == 0:
         reason = "has no GPUs"
     elif capacity < gpus:
@@ -55,7 +67,7 @@ def gpu_rejections(
     for n in nodes if presorted else sorted(nodes):
         if limit is not None and len(rejections) >= limit:
             break
-        rejection = gpu_fit(n, capacity=ledger.capacity(n), free=ledger.free_count(n), gpus=gpus)
+        rejection = _fit(n, ledger.capacity(n), ledger.free_count(n), gpus)
         if rejection is not None:
             rejections.append(rejection)
     return tuple(rejections)
