@@ -343,7 +343,9 @@ class PlacementHost:
         """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
         self._events = EventBuffer(event_buffer)
         self._lock = threading.Lock()  # the listener's thread adds endpoints too
-        self._replicas: dict[tuple[str, int], ReplicaPlacement] = {}
+        # One entry per group: the latest attempt (a moved or replaced replica's group is made
+        # again under the same name), so the map grows with the groups, not with their history.
+        self._replicas: dict[str, ReplicaPlacement] = {}
         self._placement = start_on_ray(
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
@@ -405,9 +407,9 @@ class PlacementHost:
             )
             with self._lock:
                 self._replicas = {
-                    key: r
-                    for key, r in self._replicas.items()
-                    if not prefix or not key[0].startswith(prefix)
+                    name: r
+                    for name, r in self._replicas.items()
+                    if not prefix or not name.startswith(prefix)
                 }
         return "ok", reply
 
@@ -415,9 +417,15 @@ class PlacementHost:
         """A bundle's ``(node_ip, port, gpu_ids)``, once known; an unknown key is an error value."""
         try:
             with self._lock:
-                replica = self._replicas.get((group_name, attempt))
+                replica = self._replicas.get(group_name)
         except TypeError:  # an unhashable key from a misbehaving client
             replica = None
+        if replica is not None and replica.attempt != attempt:
+            msg = (
+                f"the replica's placement group was made again since (attempt {replica.attempt}"
+                f", asked for {attempt!r}): ask for the deployment's placement again"
+            )
+            return "error", InvalidSpecError(msg, field="attempt")
         if (
             replica is None
             or isinstance(bundle_index, bool)
@@ -461,7 +469,9 @@ class PlacementHost:
 
     def _portable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
         with self._lock:
-            self._replicas[(replica.group_name, replica.attempt)] = replica
+            kept = self._replicas.get(replica.group_name)
+            if kept is None or kept.attempt <= replica.attempt:  # a late reply keeps the newest
+                self._replicas[replica.group_name] = replica
         bundles = []
         for index, bundle in enumerate(replica.bundles):
             stand_in = _RemoteEndpoint(

@@ -480,6 +480,7 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     assert nodes[0] == nodes[1]  # best fit: both on one node (which one: node ids decide)
     a, b = (a, b) if nodes[0] == a else (b, a)
     old_port = result.replicas[1].master.port.get(timeout=TIMEOUT)
+    before = result.replicas[1]
     stream = client.watch(after=client.last_event(), wait_s=5, timeout_s=TIMEOUT)
     try:
         moved = client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))
@@ -492,6 +493,12 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     port = moved.placement.master.port.get(timeout=TIMEOUT)  # resolved through the service
     assert port > 0
     assert moved.placement.master.node_ip.get(timeout=TIMEOUT).count(".") == 3
+    assert moved.placement.group_name == before.group_name
+    assert moved.placement.attempt > before.attempt
+    with pytest.raises(InvalidSpecError, match="made again"):  # the host kept only the new one
+        client._host.later("endpoint", before.group_name, before.attempt, 0, transform=_unwrap).get(
+            timeout=TIMEOUT
+        )
     landed = on_ray.bundle_nodes(group_prefix("mover"))
     assert sorted(landed.values(), key=str) == [{0: a}, {0: b}]  # the old group is gone
     view = client.ask(GetClusterView())
