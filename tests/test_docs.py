@@ -1,5 +1,7 @@
-"""Every Python sample in the README and the docs runs, each in a fresh interpreter."""
+"""Every Python sample in the README and the docs runs, each in a fresh interpreter; every
+command of the CLI is in the README's list and the CLI reference."""
 
+import argparse
 import os
 import re
 import subprocess
@@ -63,3 +65,19 @@ def test_the_yaml_sample_is_a_valid_file(where: str, text: str, tmp_path: Path) 
         assert load_deployments(path, environ={}), where
     else:
         assert load_cluster(path).topology, where
+
+
+def _commands() -> list[str]:
+    from placement_actors import cli  # noqa: PLC0415 - only this test needs the parser
+
+    (sub,) = (a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_is_in_the_readmes_list_and_the_cli_reference(command: str) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (listing,) = re.findall(r"## Command line\n\n```sh\n(.*?)```", readme, re.DOTALL)
+    assert re.search(rf"^placement-actors {command}\b", listing, re.MULTILINE), command
+    reference = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert re.search(rf"^\| `{command}\b", reference, re.MULTILINE), command
