@@ -8,6 +8,7 @@ to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tre
 - `cluster`: the alive nodes, their GPUs, head flag and labels.
 - `groups`: create, wait for, remove and reap placement groups; Ray's states as `GroupStatus`.
 - `bundles`: tasks inside a bundle: its node's IP, free ports.
+- `engines`: options that run a controller's engine in a replica's bundle (`bundle_options`).
 - `backend`: `RayBackend`, what the actors use (every method returns at once).
 - `checkpoints`: `GcsCheckpoints`, the service's records in Ray's GCS key-value store.
 - `membership`: `ClusterWatcher`, nodes that join or die and groups Ray reschedules.
@@ -45,12 +46,14 @@ from placement_actors.backends.ray.cluster import (
     node_topology,
 )
 from placement_actors.backends.ray.connection import NAMESPACE, connect, connected
+from placement_actors.backends.ray.engines import bundle_options, replica_group
 from placement_actors.backends.ray.groups import (
     build_pg,
     build_replica_pg,
     bundle_nodes,
     create_group,
     find_group,
+    find_group_by_id,
     get_held_groups,
     group_states,
     groups_in,
@@ -90,10 +93,12 @@ __all__ = [
     "build_pg",
     "build_replica_pg",
     "bundle_nodes",
+    "bundle_options",
     "connect",
     "connected",
     "create_group",
     "find_group",
+    "find_group_by_id",
     "find_host",
     "get_bundle_node_ip",
     "get_cluster_topology",
@@ -113,6 +118,7 @@ __all__ = [
     "release_ports",
     "remove_group",
     "remove_named_pgs_with_prefix",
+    "replica_group",
     "run_in_bundle",
     "start_host",
     "start_port_agents",

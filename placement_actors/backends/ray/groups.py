@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import ray
+from ray import PlacementGroupID
 from ray.util.placement_group import (
     PlacementGroup,
     get_placement_group,
@@ -38,6 +39,7 @@ __all__ = [
     "bundle_nodes",
     "create_group",
     "find_group",
+    "find_group_by_id",
     "get_held_groups",
     "group_states",
     "groups_in",
@@ -319,6 +321,38 @@ def find_group(name: str, group_id: str) -> PlacementGroup | None:
         return None
     found: PlacementGroup = pg
     return found
+
+
+def find_group_by_id(group_id: str, name: str) -> PlacementGroup | None:
+    """The live group with Ray's id ``group_id`` if it is named ``name``, else ``None``.
+
+    Unlike `find_group`, this works for a group of any namespace: Ray's table is read by id.
+
+    Raises:
+        InvalidSpecError: ``group_id`` is not a Ray placement-group id.
+        BackendError: Ray could not be asked.
+    """
+    if not _is_group_id(group_id):  # Ray would log an error and hand back a nil id
+        msg = f"{group_id!r:.80} is not a Ray placement-group id"
+        raise InvalidSpecError(msg, field="group_id")
+    pg = PlacementGroup(PlacementGroupID.from_hex(group_id))
+    try:
+        info = placement_group_table(pg)
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot read placement group {name}: {exc}"
+        raise BackendError(msg, operation="read placement group") from exc
+    if info.get("name") != name or not _status_from(info).is_live:
+        return None
+    return pg
+
+
+def _is_group_id(text: object) -> bool:
+    """Whether ``text`` is the hex of a placement-group id (``2 * PlacementGroupID.size()``)."""
+    return (
+        isinstance(text, str)
+        and len(text) == 2 * PlacementGroupID.size()
+        and all(c in "0123456789abcdef" for c in text)
+    )
 
 
 def live_groups(root: str = GROUP_NAME_ROOT) -> dict[str, LiveGroup]:
