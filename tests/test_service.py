@@ -158,6 +158,11 @@ def test_get_placement_through_a_client_resolves_the_futures_of_its_result(
     master = now.result.replicas[0].master
     assert master.port.get(timeout=TIMEOUT) == port
     assert master.gpu_ids.get(timeout=TIMEOUT) == ()  # not learned: each node's agent gave the port
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    replica = now.result.replicas[0]  # a client's replica finds its group, to start an engine in
+    assert on_ray.replica_group(replica).id.hex() == replica.group_id
+    assert on_ray.bundle_options(replica, 0)["num_gpus"] == 2
     assert client.ask(GetPlacement("never-placed")).result is None
 
 
