@@ -75,6 +75,7 @@ from placement_actors.domain.errors import (
     PlacementCancelledError,
     PlacementError,
     PlacementGroupTimeoutError,
+    StalePlacementError,
     UnknownMessageError,
 )
 from placement_actors.domain.group_status import GroupStatus
@@ -164,6 +165,7 @@ __all__ = [
     "ReplicaPlacement",
     "Runtime",
     "RuntimeKind",
+    "StalePlacementError",
     "TransportKind",
     "UnknownMessageError",
     "deployment_placement_proxy",

@@ -28,8 +28,9 @@ import itertools
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -61,7 +62,12 @@ from placement_actors.actors.messages import (
     Unsubscribe,
 )
 from placement_actors.domain.deployments import group_prefix, is_deployment_name
-from placement_actors.domain.errors import BackendError, InvalidSpecError, PlacementError
+from placement_actors.domain.errors import (
+    BackendError,
+    InvalidSpecError,
+    PlacementError,
+    StalePlacementError,
+)
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
     BundleEndpoint,
@@ -69,7 +75,7 @@ from placement_actors.domain.results import (
     PlacementResult,
     ReplicaPlacement,
 )
-from placement_actors.domain.validation import check_count
+from placement_actors.domain.validation import check_count, check_text
 from placement_actors.wiring import start_on_ray
 
 if TYPE_CHECKING:
@@ -77,9 +83,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENT_BUFFER",
+    "MAX_CLIENT_SEQ",
     "MAX_EVENT_BATCH",
     "MAX_EVENT_WAIT_S",
+    "ORDERED_CLIENTS",
+    "ORDER_FIRST_WAIT_S",
+    "ORDER_WAIT_S",
     "SERVICE_NAME",
+    "ClientOrder",
     "EventBuffer",
     "EventsMissed",
     "PlacementClient",
@@ -95,6 +106,15 @@ MAX_EVENT_BATCH = 1_000
 """The most events one `PlacementClient.events` reply carries (ask again for the rest)."""
 MAX_EVENT_WAIT_S = 60.0
 """The longest one `PlacementClient.events` call may wait for an event."""
+
+ORDERED_CLIENTS = 4_096
+"""Clients whose message order the service keeps track of at once (`ClientOrder`)."""
+ORDER_WAIT_S = 5.0
+"""The longest a client's message waits for the one the client sent before it."""
+ORDER_FIRST_WAIT_S = 0.5
+"""The same, for a client the service has not seen before (or since it started again)."""
+MAX_CLIENT_SEQ = 2**63 - 1
+"""The largest message number a client may send."""
 
 _INTERNAL_EVENTS = (
     ReplicaFailed,
@@ -301,6 +321,75 @@ def _check_wait(wait_s: object, *, zero: bool) -> None:
         raise InvalidSpecError(msg, field="wait_s")
 
 
+class ClientOrder:
+    """Each client's messages reach the placement actor in the order the client sent them.
+
+    The service's Ray actor is an asyncio actor, and Ray does not keep the order of calls to such
+    an actor, not even from one caller: a query sent right behind a `Place` could otherwise reach
+    the placement actor first and miss it. A client numbers its messages (0, 1, 2, ...); a
+    message waits until the one before it has been handed to the actor, but never longer than
+    ``wait_s`` (the one before may be lost). A message of a client not seen before (or no longer
+    remembered) waits at most ``first_wait_s`` for the one before it: that one may be on its way,
+    or gone with an earlier run of the service.
+
+    Args:
+        clients: how many clients' positions are remembered (the least recent are forgotten).
+        wait_s: the longest a message waits for the one before it.
+        first_wait_s: the same, for a client not seen before.
+    """
+
+    def __init__(
+        self,
+        *,
+        clients: int = ORDERED_CLIENTS,
+        wait_s: float = ORDER_WAIT_S,
+        first_wait_s: float = ORDER_FIRST_WAIT_S,
+    ) -> None:
+        """Remember no client yet."""
+        check_count(clients, "clients", minimum=1)
+        self._clients = clients
+        self._wait_s = wait_s
+        self._first_wait_s = first_wait_s
+        self._next: OrderedDict[str, int] = OrderedDict()
+        self._changed = asyncio.Condition()
+
+    @staticmethod
+    def check(client: object, seq: object) -> None:
+        """Refuse a client id that is not short text, or a number that is not a count.
+
+        Raises:
+            InvalidSpecError: either is malformed.
+        """
+        check_text(client, "client", longest=64)
+        check_count(seq, "seq")
+        if isinstance(seq, int) and seq > MAX_CLIENT_SEQ:
+            msg = f"seq must be at most {MAX_CLIENT_SEQ}"
+            raise InvalidSpecError(msg, field="seq")
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: str, seq: int) -> AsyncIterator[None]:
+        """Wait for the turn of message ``seq`` of ``client``; the block hands it to the actor."""
+        if client and seq > 0:
+            async with self._changed:
+                known = self._next.get(client)
+                if known is None or known < seq:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._changed.wait_for(lambda: self._next.get(client, 0) >= seq),
+                            self._first_wait_s if known is None else self._wait_s,
+                        )
+        try:
+            yield
+        finally:
+            if client:
+                async with self._changed:
+                    self._next[client] = max(self._next.get(client, 0), seq + 1)
+                    self._next.move_to_end(client)
+                    while len(self._next) > self._clients:
+                        self._next.popitem(last=False)
+                    self._changed.notify_all()
+
+
 class _EventListener(KeepServingActor):
     """Subscribed to the placement actor in the service's process: records each event it is told.
 
@@ -342,6 +431,7 @@ class PlacementHost:
     ) -> None:
         """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
         self._events = EventBuffer(event_buffer)
+        self._order = ClientOrder()
         self._lock = threading.Lock()  # the listener's thread adds endpoints too
         # One entry per group: the latest attempt (a moved or replaced replica's group is made
         # again under the same name), so the map grows with the groups, not with their history.
@@ -372,8 +462,11 @@ class PlacementHost:
             if isinstance(found, Placement) and found.result is not None:
                 self._portable_result(found.result)
 
-    async def handle(self, message: object) -> _Outcome:
+    async def handle(self, message: object, client: str = "", seq: int = 0) -> _Outcome:
         """Ask the actor that handles ``message``; never raises (errors travel as values).
+
+        A client that numbers its messages (``client``, ``seq``: `PlacementClient` does) has
+        them reach the actor in its own order (`ClientOrder`), which Ray alone does not keep.
 
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
         Nor are the events the service raises itself (`ReplicaFailed`, the planner's group and
@@ -381,11 +474,17 @@ class PlacementHost:
         from a client they could only make the ledger disagree with Ray. `Subscribe` and
         `Unsubscribe` need an actor in the service's process: clients use `events` instead.
         """
-        refused = _refusal(message)
-        if refused is not None:
+        try:
+            ClientOrder.check(client, seq)
+        except InvalidSpecError as exc:
+            return "error", exc
+        async with self._order.turn(client, seq):
+            refused = _refusal(message)
+            pending = None if refused is not None else self._placement.ask(message, block=False)
+        if pending is None:
             return "error", refused
         try:
-            reply = await self._placement.ask(message, block=False)
+            reply = await pending
         except PlacementError as exc:
             return "error", exc
         if isinstance(reply, PlacementResult):
@@ -413,19 +512,27 @@ class PlacementHost:
                 }
         return "ok", reply
 
-    async def endpoint(self, group_name: str, attempt: int, bundle_index: int) -> _Outcome:
-        """A bundle's ``(node_ip, port, gpu_ids)``, once known; an unknown key is an error value."""
+    async def endpoint(
+        self, group_name: str, attempt: int, bundle_index: int, group_id: str = ""
+    ) -> _Outcome:
+        """A bundle's ``(node_ip, port, gpu_ids)``, once known; an unknown key is an error value.
+
+        Only the current group of each name is kept: an earlier attempt, or another Ray group
+        (``group_id``, which tells groups apart across restarts too), is a `StalePlacementError`.
+        """
         try:
             with self._lock:
                 replica = self._replicas.get(group_name)
         except TypeError:  # an unhashable key from a misbehaving client
             replica = None
-        if replica is not None and replica.attempt != attempt:
+        if replica is not None and (
+            replica.attempt != attempt or (group_id and replica.group_id != group_id)
+        ):
             msg = (
-                f"the replica's placement group was made again since (attempt {replica.attempt}"
-                f", asked for {attempt!r}): ask for the deployment's placement again"
+                f"placement group {replica.group_name} was made again since the result asked "
+                "about: ask for the deployment's placement again"
             )
-            return "error", InvalidSpecError(msg, field="attempt")
+            return "error", StalePlacementError(msg, field="group_id")
         if (
             replica is None
             or isinstance(bundle_index, bool)
@@ -536,6 +643,8 @@ class PlacementClient:
         """Wrap a host found by `connect` or started by `serve`."""
         self._host = host
         self._lock = threading.Lock()
+        self._id = uuid.uuid4().hex  # with _seq, numbers this client's messages (`ClientOrder`)
+        self._seq = itertools.count()
         self._commands: list[Any] = []  # this client's commands whose replies have not come
         self._look_at = _TRACKED  # how many of them before looking which have been answered
 
@@ -601,20 +710,22 @@ class PlacementClient:
             refused = _refusal(message)
             assert refused is not None  # noqa: S101 - _refusal refuses every subscription
             raise refused
-        if isinstance(message, PROMPT_QUERIES):
-            with self._lock:
+        with self._lock:  # numbered and sent in one step: the service keeps this order
+            if isinstance(message, PROMPT_QUERIES):
                 self._commands = self._host.unanswered(self._commands)
                 if not self._commands:  # nothing of ours under way: no need to wait in line
                     message = AnswerNow(message)
-            return self._host.later("handle", message, transform=self._reply)
-        sent = self._host.later("handle", message, transform=self._reply)
-        if not isinstance(message, AnswerNow):
-            with self._lock:
+                return self._send(message)
+            sent = self._send(message)
+            if not isinstance(message, AnswerNow):
                 self._commands.append(sent)
                 if len(self._commands) > self._look_at:  # a client that never queries: bounded
                     self._commands = self._host.unanswered(self._commands)
                     self._look_at = max(_TRACKED, 2 * len(self._commands))  # amortised O(1)
-        return sent
+            return sent
+
+    def _send(self, message: object) -> Eventual[Any]:
+        return self._host.later("handle", message, self._id, next(self._seq), transform=self._reply)
 
     def ask(self, message: object, *, timeout: float = 60.0) -> Any:  # noqa: ANN401 - a reply
         """Send ``message`` and wait for the reply; the actor's typed errors are raised here."""
@@ -742,7 +853,9 @@ class PlacementClient:
     def _resolvable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
         bundles = []
         for index, bundle in enumerate(replica.bundles):
-            known = _Endpoint(self._host, replica.group_name, replica.attempt, index)
+            known = _Endpoint(
+                self._host, replica.group_name, replica.attempt, index, replica.group_id
+            )
             bundles.append(
                 BundleEndpoint(
                     node=bundle.node,
@@ -761,8 +874,10 @@ class _Endpoint:
     `Place` a call per bundle whether or not the caller ever reads them.
     """
 
-    def __init__(self, host: RemoteHost, group_name: str, attempt: int, index: int) -> None:
-        self._call = (group_name, attempt, index)
+    def __init__(
+        self, host: RemoteHost, group_name: str, attempt: int, index: int, group_id: str
+    ) -> None:
+        self._call = (group_name, attempt, index, group_id)
         self._host = host
         self._lock = threading.Lock()
         self._known: Eventual[tuple[str, int, tuple[int, ...]]] | None = None

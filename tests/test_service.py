@@ -34,6 +34,7 @@ from placement_actors import (
     ReplicaFailed,
     ReplicaGroupsView,
     ReplicaMoved,
+    StalePlacementError,
     UnknownMessageError,
     group_prefix,
 )
@@ -50,6 +51,7 @@ from placement_actors.actors.messages import (
     Unsubscribe,
 )
 from placement_actors.service import (
+    ClientOrder,
     EventBuffer,
     EventsMissed,
     PlacementClient,
@@ -161,8 +163,10 @@ def test_get_placement_through_a_client_resolves_the_futures_of_its_result(
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
 
     replica = now.result.replicas[0]  # a client's replica finds its group, to start an engine in
-    assert on_ray.replica_group(replica).id.hex() == replica.group_id
-    assert on_ray.bundle_options(replica, 0)["num_gpus"] == 2
+    assert on_ray.status_of(on_ray.replica_group(replica)).is_live
+    options = on_ray.bundle_options(replica, 0)
+    assert (options["num_gpus"], options["num_cpus"]) == (2, 1)
+    assert options["scheduling_strategy"].placement_group_bundle_index == 0
     assert client.ask(GetPlacement("never-placed")).result is None
 
 
@@ -324,6 +328,85 @@ async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_lo
     started = time.monotonic()
     assert await buffer.wait(1, wait_s=0.2) == ((), 1)  # nothing new: back after wait_s
     assert time.monotonic() - started >= 0.2
+
+
+# -- each client's order, without Ray -------------------------------------------------------------
+
+
+async def test_a_clients_messages_take_their_turns_in_the_order_it_numbered_them() -> None:
+    order, handed = ClientOrder(), []
+
+    async def send(client: str, seq: int) -> None:
+        async with order.turn(client, seq):
+            handed.append((client, seq))
+
+    # Arriving 2, 1, 0 (as Ray may run an asyncio actor's calls), and another client between.
+    late = [asyncio.create_task(send("c", n)) for n in (2, 1, 0)]
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(send("c", n)) for n in (4, 3)]
+    await send("other", 0)
+    await asyncio.gather(*late, *waiting)
+    assert [n for c, n in handed if c == "c"] == [0, 1, 2, 3, 4]
+    assert ("other", 0) in handed
+
+
+async def test_a_message_whose_predecessor_never_comes_goes_after_the_longest_wait() -> None:
+    order, handed = ClientOrder(wait_s=0.2), []
+    async with order.turn("c", 0):
+        handed.append(0)
+    started = time.monotonic()
+    async with order.turn("c", 2):  # 1 was lost on the way
+        handed.append(2)
+    assert time.monotonic() - started >= 0.2
+    async with order.turn("c", 1):  # a late one is not held up
+        handed.append(1)
+    assert handed == [0, 2, 1]
+
+
+async def test_a_client_not_seen_before_waits_only_briefly_for_an_earlier_message() -> None:
+    order = ClientOrder(clients=2, wait_s=30, first_wait_s=0.2)
+    for client in ("a", "b", "c"):  # "a" is forgotten: only the 2 most recent are remembered
+        async with order.turn(client, 0):
+            pass
+    started = time.monotonic()
+    async with order.turn("a", 9):  # as after a restart of the service: 8 may never come
+        pass
+    assert 0.2 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("client", "seq"),
+    [(7, 0), ("x" * 65, 0), ("c", -1), ("c", True), ("c", 2**63), ("c", "1")],
+    ids=["not-text", "long-id", "negative", "bool", "huge", "text-seq"],
+)
+def test_a_malformed_client_number_is_refused(client: Any, seq: Any) -> None:
+    with pytest.raises(InvalidSpecError):
+        ClientOrder.check(client, seq)
+
+
+def test_the_service_hands_a_clients_messages_to_the_actor_in_its_order_whatever_ray_does(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    host, me = client._host, uuid.uuid4().hex
+    place = Place(
+        Deployment(name="in-order", model="m", gpus=1),
+        PlacementConstraints(gpu_nodes=(ray_nodes["gpu-c"],)),
+    )
+    view = host.later("handle", GetClusterView(), me, 0, transform=_unwrap).get(timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)  # the service knows this client now
+    # Sent in reverse: the query (number 2) must wait for the Place (number 1) and see it done.
+    query = host.later("handle", GetPlacement("in-order"), me, 2, transform=_unwrap)
+    time.sleep(1.0)  # the query reached the service first, and waits there
+    placed = host.later("handle", place, me, 1, transform=_unwrap)
+    seen = query.get(timeout=TIMEOUT)
+    assert isinstance(placed.get(timeout=TIMEOUT), PlacementResult)
+    assert isinstance(seen, Placement)
+    assert seen.result is not None
+    with pytest.raises(InvalidSpecError, match="seq"):
+        host.later("handle", GetPlacement("in-order"), me, -1, transform=_unwrap).get(
+            timeout=TIMEOUT
+        )
+    client.ask(Release("in-order"))
 
 
 def test_an_endpoint_the_service_does_not_hold_is_a_typed_error(client: PlacementClient) -> None:
@@ -500,7 +583,7 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     assert moved.placement.master.node_ip.get(timeout=TIMEOUT).count(".") == 3
     assert moved.placement.group_name == before.group_name
     assert moved.placement.attempt > before.attempt
-    with pytest.raises(InvalidSpecError, match="made again"):  # the host kept only the new one
+    with pytest.raises(StalePlacementError, match="made again"):  # the host kept only the new one
         client._host.later("endpoint", before.group_name, before.attempt, 0, transform=_unwrap).get(
             timeout=TIMEOUT
         )
@@ -508,7 +591,7 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     assert sorted(landed.values(), key=str) == [{0: a}, {0: b}]  # the old group is gone
     view = client.ask(GetClusterView())
     assert len(view.node(a).held) == len(view.node(b).held) == 2
-    with pytest.raises(InvalidSpecError, match="stale"):  # the same move again: it moved already
+    with pytest.raises(StalePlacementError, match="stale"):  # the same move again: it moved
         client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))
     client.restart_service()  # as a crash would: the record and the new group are taken back
     again = client.ask(GetPlacement("mover"))

@@ -68,6 +68,7 @@ from placement_actors.domain.errors import (
     InvalidSpecError,
     NotEnoughGpusError,
     PlacementError,
+    StalePlacementError,
 )
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
@@ -715,7 +716,7 @@ class DeploymentPlacementActor(KeepServingActor):
                     f"the move is stale: replica {index} of {name} holds {len(source.gpus)} "
                     f"GPUs on {source.node} now"
                 )
-                raise InvalidSpecError(msg, field=field)
+                raise StalePlacementError(msg, field=field)
         return placed, source
 
     def _check_move_target(self, placed: _Placed, source: NodeAssignment, target: str) -> None:

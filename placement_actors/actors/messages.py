@@ -287,7 +287,8 @@ class MoveReplica(Checked):
 
     Errors that change nothing: `InvalidSpecError` when the deployment is not placed here, is
     remote, has no such replica, the replica is split over nodes or is no longer where
-    ``from_node`` and ``gpus`` say (a stale move), or ``to_node`` is unknown, lost, avoided
+    ``from_node`` and ``gpus`` say (a stale move: `StalePlacementError`, a subclass), or
+    ``to_node`` is unknown, lost, avoided
     (head exclusion) or outside the deployment's constraints (a SPREAD deployment's replica is
     also kept off a node that holds another of its replicas); `NotEnoughGpusError` (retryable)
     when ``to_node`` has too few GPUs free; `BackendError` when Ray refuses to remove the old

@@ -45,6 +45,7 @@ __all__ = [
     "PlacementCancelledError",
     "PlacementError",
     "PlacementGroupTimeoutError",
+    "StalePlacementError",
     "UnknownMessageError",
 ]
 
@@ -87,6 +88,15 @@ class InvalidSpecError(PlacementError, ValueError):
         """Create the error; ``field`` names the offending field when there is one."""
         super().__init__(message)
         self.field = field
+
+
+class StalePlacementError(InvalidSpecError):
+    """A request refers to a placement that is no longer current.
+
+    The replica was released, moved or placed again since the caller learned of it (its group,
+    node or GPUs are not what the request says): ask for the deployment's placement
+    (`GetPlacement`) again. An `InvalidSpecError`, so code that catches those catches this too.
+    """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

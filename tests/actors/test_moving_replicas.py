@@ -28,6 +28,7 @@ from placement_actors import (
     PlacementResult,
     ReplicaMove,
     ReplicaMoved,
+    StalePlacementError,
 )
 from placement_actors.actors.messages import GetPlacement, NodeLost, Placement, Subscribe
 
@@ -171,8 +172,10 @@ def test_a_move_to_where_the_replica_is_not_allowed_is_refused_and_changes_nothi
         (MoveReplica("east", 0, "gpu-b", gpus=2), "stale"),
     ]
     for message, why in bad:
-        with pytest.raises(InvalidSpecError, match=why):
+        stale = why == "stale"  # the replica moved since: a typed error of its own
+        with pytest.raises(StalePlacementError if stale else InvalidSpecError, match=why) as e:
             actor.ask(message, timeout=TIMEOUT)
+        assert isinstance(e.value, StalePlacementError) == stale
     assert view(actor) == before
 
 

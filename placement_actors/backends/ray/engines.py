@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pykka
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from placement_actors.backends.ray.groups import find_group_by_id
-from placement_actors.domain.errors import InvalidSpecError
+from placement_actors.domain.errors import BackendError, InvalidSpecError, StalePlacementError
 from placement_actors.domain.results import ReplicaPlacement
-from placement_actors.domain.validation import check_count
+from placement_actors.domain.validation import check_count, check_timeout
 
 __all__ = ["bundle_options", "replica_group"]
 
@@ -31,9 +32,9 @@ def replica_group(replica: ReplicaPlacement) -> PlacementGroup:
     """The Ray handle of ``replica``'s placement group, from any driver of the cluster.
 
     Raises:
-        InvalidSpecError: the replica carries no group id (it was decided without a planner), or
-            its group is gone: the replica was released, moved or placed again since (ask for
-            the deployment's placement again).
+        InvalidSpecError: the replica carries no group id (it was decided without a planner).
+        StalePlacementError: its group is gone: the replica was released, moved or placed
+            again since (ask for the deployment's placement again).
         BackendError: Ray could not be asked.
     """
     if not replica.group_id:
@@ -42,35 +43,52 @@ def replica_group(replica: ReplicaPlacement) -> PlacementGroup:
             "it was decided without a planner"
         )
         raise InvalidSpecError(msg, field="group_id")
-    pg = find_group_by_id(replica.group_id, replica.group_name)
+    pg = find_group_by_id(group_id=replica.group_id, name=replica.group_name)
     if pg is None:
         msg = (
             f"placement group {replica.group_name} (id {replica.group_id}) is gone: the replica "
             "was released, moved or placed again since; ask for the deployment's placement again"
         )
-        raise InvalidSpecError(msg, field="group_id")
+        raise StalePlacementError(msg, field="group_id")
     return pg
 
 
 def bundle_options(
-    replica: ReplicaPlacement, bundle_index: int = 0, *, capture_child_tasks: bool = False
+    replica: ReplicaPlacement,
+    bundle_index: int = 0,
+    *,
+    capture_child_tasks: bool = False,
+    timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """Options for ``.options(**...)`` of a Ray actor or task that runs in one bundle, holding it.
 
-    The actor gets the bundle's GPUs and CPUs (``num_gpus``, ``num_cpus``) and a
-    ``PlacementGroupSchedulingStrategy`` for that bundle: Ray starts it once the group is ready,
-    on the bundle's node. With ``capture_child_tasks``, the tasks and actors it starts go into
-    the group too (they then need room in it: the engine holds the whole bundle).
+    First waits, up to ``timeout_s``, until the service is done with the bundle: its IP and port
+    are known (the port probe ran; with ``learn_gpu_ids`` that probe holds the bundle's GPUs
+    for a moment, so an engine started earlier could keep it from running). Then the actor gets
+    the bundle's GPUs and CPUs (``num_gpus``, ``num_cpus``) and a
+    ``PlacementGroupSchedulingStrategy`` for that bundle: Ray starts it on the bundle's node.
+    With ``capture_child_tasks``, the tasks and actors it starts go into the group too; they
+    then need room there, and the engine holds the whole bundle, so only those that ask for no
+    resources (``num_cpus=0``) can start.
 
     Raises:
-        InvalidSpecError: no such bundle, or the replica's group is gone (`replica_group`).
-        BackendError: Ray could not be asked.
+        InvalidSpecError: no such bundle, or the replica carries no group id.
+        StalePlacementError: the replica's group is gone (`replica_group`).
+        PlacementError: the bundle never became ready (its futures' error, for example a
+            `PlacementGroupTimeoutError` or a `NodeLostError`).
+        BackendError: the bundle was not ready within ``timeout_s``, or Ray could not be asked.
     """
     check_count(bundle_index, "bundle_index")
+    check_timeout(timeout_s, "timeout_s")
     bundles = replica.spec.bundles
-    if bundle_index >= len(bundles):
+    if bundle_index >= len(bundles) or bundle_index >= len(replica.bundles):
         msg = f"bundle {bundle_index} does not exist: the replica's group has {len(bundles)}"
         raise InvalidSpecError(msg, field="bundle_index")
+    try:
+        replica.bundles[bundle_index].port.get(timeout=timeout_s)
+    except pykka.Timeout as exc:
+        msg = f"bundle {bundle_index} of {replica.group_name} was not ready within {timeout_s:g}s"
+        raise BackendError(msg, operation="wait for bundle") from exc
     resources = bundles[bundle_index]
     return {
         "scheduling_strategy": PlacementGroupSchedulingStrategy(

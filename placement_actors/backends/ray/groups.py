@@ -323,7 +323,7 @@ def find_group(name: str, group_id: str) -> PlacementGroup | None:
     return found
 
 
-def find_group_by_id(group_id: str, name: str) -> PlacementGroup | None:
+def find_group_by_id(*, group_id: str, name: str) -> PlacementGroup | None:
     """The live group with Ray's id ``group_id`` if it is named ``name``, else ``None``.
 
     Unlike `find_group`, this works for a group of any namespace: Ray's table is read by id.

@@ -19,9 +19,11 @@ from placement_actors import (
     PlacementConstraints,
     PlacementResult,
     Release,
+    StalePlacementError,
     start_on_ray,
 )
 from placement_actors.backends import ray as on_ray
+from placement_actors.domain.group_status import GroupStatus
 
 TIMEOUT = 60
 
@@ -135,11 +137,17 @@ def test_a_released_replicas_group_is_gone_and_says_so(
     assert isinstance(result, PlacementResult)
     (replica,) = result.replicas
     assert replica.master.port.get(timeout=TIMEOUT) > 0
-    assert on_ray.replica_group(replica).id.hex() == replica.group_id
+    group = on_ray.replica_group(replica)
+    assert on_ray.status_of(group) is GroupStatus.CREATED
+    assert group.bundle_count == len(replica.spec.bundles) == 1
+    renamed = dataclasses.replace(replica, group_name="placement-actors:other:r0")
+    with pytest.raises(StalePlacementError):  # a live id, but not the group of that name
+        on_ray.replica_group(renamed)
     service.ask(Release("gone"), timeout=TIMEOUT)
-    with pytest.raises(InvalidSpecError, match="is gone") as gone:
+    with pytest.raises(StalePlacementError, match="is gone") as gone:
         on_ray.bundle_options(replica, 0)
     assert gone.value.field == "group_id"
+    assert isinstance(gone.value, InvalidSpecError)  # caught where bad input is caught
     with pytest.raises(InvalidSpecError, match="bundle 1 does not exist"):
         on_ray.bundle_options(replica, 1)
     for group_id, error in (
@@ -154,15 +162,23 @@ def test_a_released_replicas_group_is_gone_and_says_so(
 ELSEWHERE = """
 import sys
 import ray
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from placement_actors.backends.ray import find_group_by_id
+from placement_actors import NodeAssignment
+from placement_actors.backends.ray import bundle_options
+from placement_actors.domain.results import BundleEndpoint, Known, ReplicaPlacement
+from placement_actors.policies.bundle_shapes import pinned_bundle_spec
 
-address, group_id, name = sys.argv[1:]
+address, group_id, name, node = sys.argv[1:]
 ray.init(address=address, namespace="a-controllers-own-namespace")
-pg = find_group_by_id(group_id, name)
-strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=0)
-node = ray.remote(lambda: ray.get_runtime_context().get_node_id())
-print(ray.get(node.options(num_cpus=0, scheduling_strategy=strategy).remote(), timeout=60))
+replica = ReplicaPlacement(  # as a controller would hold it, from a client's reply
+    deployment="elsewhere",
+    replica_index=0,
+    group_name=name,
+    spec=pinned_bundle_spec([NodeAssignment(replica_index=0, node=node, gpus=(0,))]),
+    bundles=(BundleEndpoint(node=node, node_ip=Known("-"), port=Known(1)),),
+    group_id=group_id,
+)
+where = ray.remote(lambda: (ray.get_runtime_context().get_node_id(), len(ray.get_gpu_ids())))
+print(*ray.get(where.options(**bundle_options(replica)).remote(), timeout=60))
 """
 
 
@@ -187,6 +203,7 @@ def test_a_driver_in_another_namespace_finds_the_group_by_its_id(
             ray_cluster.address,
             replica.group_id,
             replica.group_name,
+            ray_nodes["gpu-b"],
         ],
         capture_output=True,
         text=True,
@@ -195,5 +212,5 @@ def test_a_driver_in_another_namespace_finds_the_group_by_its_id(
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-1] == ray_nodes["gpu-b"]
+    assert done.stdout.split()[-2:] == [ray_nodes["gpu-b"], "1"]  # its node, its one GPU
     service.ask(Release("elsewhere"), timeout=TIMEOUT)
