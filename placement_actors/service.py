@@ -350,7 +350,7 @@ class ClientOrder:
         self._clients = clients
         self._wait_s = wait_s
         self._first_wait_s = first_wait_s
-        self._next: OrderedDict[str, int] = OrderedDict()
+        self._positions: OrderedDict[str, _Position] = OrderedDict()
         self._changed = asyncio.Condition()
 
     @staticmethod
@@ -368,26 +368,84 @@ class ClientOrder:
 
     @contextlib.asynccontextmanager
     async def turn(self, client: str, seq: int) -> AsyncIterator[None]:
-        """Wait for the turn of message ``seq`` of ``client``; the block hands it to the actor."""
-        if client and seq > 0:
-            async with self._changed:
-                known = self._next.get(client)
-                if known is None or known < seq:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._changed.wait_for(lambda: self._next.get(client, 0) >= seq),
-                            self._first_wait_s if known is None else self._wait_s,
-                        )
+        """Wait for the turn of message ``seq`` of ``client``; the block hands it to the actor.
+
+        When the wait for a missing message ends, only that gap is skipped: the lowest-numbered
+        message waiting goes first, then the others in their order. A message whose wait is
+        cancelled, or whose block fails, gives up its turn: the next does not wait for it.
+        """
+        if not client:
+            yield
+            return
+        async with self._changed:
+            position = self._position(client)
+            position.waiting.add(seq)
+        went = False
         try:
+            async with self._changed:
+                while not position.may_go(seq):
+                    try:
+                        await asyncio.wait_for(
+                            self._changed.wait_for(lambda: position.may_go(seq)),
+                            self._first_wait_s if position.next is None else self._wait_s,
+                        )
+                    except TimeoutError:  # the one before never came: skip that gap only
+                        position.skip_to(min(position.waiting))
+                        self._changed.notify_all()
+            went = True
             yield
         finally:
-            if client:
-                async with self._changed:
-                    self._next[client] = max(self._next.get(client, 0), seq + 1)
-                    self._next.move_to_end(client)
-                    while len(self._next) > self._clients:
-                        self._next.popitem(last=False)
-                    self._changed.notify_all()
+            async with self._changed:
+                position.done(seq, went=went)
+                self._changed.notify_all()
+
+    def _position(self, client: str) -> _Position:
+        """``client``'s position, new for a client not seen before.
+
+        Beyond `ORDERED_CLIENTS`, the least recent clients with nothing waiting are forgotten.
+        """
+        position = self._positions.get(client)
+        if position is None:
+            position = self._positions[client] = _Position()
+        self._positions.move_to_end(client)
+        while len(self._positions) > self._clients:
+            oldest, kept = next(iter(self._positions.items()))
+            if kept.waiting:  # never forget a client with a message waiting
+                break
+            del self._positions[oldest]
+        return position
+
+
+@dataclass(slots=True)
+class _Position:
+    """Where one client's messages stand: the lowest number not handed over, and who waits."""
+
+    next: int | None = None
+    """``None`` until the first of the client's messages goes."""
+    waiting: set[int] = dataclasses.field(default_factory=set)
+    gone: set[int] = dataclasses.field(default_factory=set)
+    """Numbers above ``next`` that will never be handed over (their wait was cancelled)."""
+
+    def may_go(self, seq: int) -> bool:
+        """Whether message ``seq`` may be handed over now (every one before it was, or is gone)."""
+        return seq == 0 if self.next is None else seq <= self.next
+
+    def done(self, seq: int, *, went: bool) -> None:
+        """Message ``seq`` was handed over (``went``), or gave up its turn while waiting."""
+        self.waiting.discard(seq)
+        if went or (self.next is not None and seq < self.next):
+            self.skip_to(seq + 1)
+        else:
+            self.gone.add(seq)
+            if self.next is not None:
+                self.skip_to(self.next)
+
+    def skip_to(self, seq: int) -> None:
+        """Every number below ``seq`` is done; so is each next one that is gone."""
+        self.next = max(self.next or 0, seq)
+        while self.next in self.gone:
+            self.next += 1
+        self.gone = {g for g in self.gone if g > self.next}
 
 
 class _EventListener(KeepServingActor):
@@ -725,7 +783,12 @@ class PlacementClient:
             return sent
 
     def _send(self, message: object) -> Eventual[Any]:
-        return self._host.later("handle", message, self._id, next(self._seq), transform=self._reply)
+        seq = next(self._seq)
+        try:
+            return self._host.later("handle", message, self._id, seq, transform=self._reply)
+        except PlacementError:  # never sent: the next message takes this number
+            self._seq = itertools.count(seq)
+            raise
 
     def ask(self, message: object, *, timeout: float = 60.0) -> Any:  # noqa: ANN401 - a reply
         """Send ``message`` and wait for the reply; the actor's typed errors are raised here."""

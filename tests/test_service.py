@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import pykka
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from placement_actors import (
     BackendError,
@@ -361,6 +363,74 @@ async def test_a_message_whose_predecessor_never_comes_goes_after_the_longest_wa
     async with order.turn("c", 1):  # a late one is not held up
         handed.append(1)
     assert handed == [0, 2, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(range(8)), st.lists(st.booleans(), min_size=8, max_size=8))
+def test_whatever_order_messages_arrive_in_they_are_handed_over_in_the_clients_order(
+    arrival: list[int], pause: list[bool]
+) -> None:
+    async def run() -> list[int]:
+        order, handed = ClientOrder(), []
+
+        async def send(seq: int) -> None:
+            async with order.turn("c", seq):
+                handed.append(seq)
+
+        tasks = []
+        for seq, wait in zip(arrival, pause, strict=True):
+            tasks.append(asyncio.create_task(send(seq)))
+            if wait:  # let the ones that may go, go
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)  # none lost: nobody waits it out
+        return handed
+
+    assert asyncio.run(run()) == list(range(8))
+
+
+async def test_after_a_lost_message_the_later_ones_still_go_in_their_order() -> None:
+    order, handed = ClientOrder(wait_s=0.2), []
+
+    async def send(seq: int) -> None:
+        async with order.turn("c", seq):
+            handed.append(seq)
+
+    await send(0)
+    later = [asyncio.create_task(send(n)) for n in (3, 2)]  # 1 was lost; 3 arrived before 2
+    await asyncio.gather(*later)
+    assert handed == [0, 2, 3]
+
+
+async def test_messages_sent_again_to_a_restarted_service_go_in_their_order() -> None:
+    order, handed = ClientOrder(first_wait_s=0.2), []  # a new run: it never saw 0 to 4
+
+    async def send(seq: int) -> None:
+        async with order.turn("c", seq):
+            handed.append(seq)
+
+    await asyncio.gather(*(asyncio.create_task(send(n)) for n in (7, 6, 5)))
+    assert handed == [5, 6, 7]
+
+
+async def test_a_message_cancelled_while_it_waits_does_not_hold_up_the_next() -> None:
+    order, handed = ClientOrder(wait_s=30), []
+
+    async def send(seq: int) -> None:
+        async with order.turn("c", seq):
+            handed.append(seq)
+
+    await send(0)
+    blocked = asyncio.create_task(send(2))  # waits for 1
+    await asyncio.sleep(0.05)
+    blocked.cancel()
+    started = time.monotonic()
+    three = asyncio.create_task(send(3))  # still waits for 1, but not for 2, which gave up
+    await asyncio.sleep(0.05)
+    assert handed == [0]
+    await send(1)
+    await three
+    assert time.monotonic() - started < 5
+    assert handed == [0, 1, 3]
 
 
 async def test_a_client_not_seen_before_waits_only_briefly_for_an_earlier_message() -> None:
