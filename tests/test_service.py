@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pykka
@@ -335,6 +335,17 @@ async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_lo
 # -- each client's order, without Ray -------------------------------------------------------------
 
 
+def sender(order: ClientOrder) -> tuple[Callable[[int], Coroutine[Any, Any, None]], list[int]]:
+    """Sending client "c"'s message ``seq`` through ``order``, and who went, in turn."""
+    handed: list[int] = []
+
+    async def send(seq: int) -> None:
+        async with order.turn("c", seq):
+            handed.append(seq)
+
+    return send, handed
+
+
 async def test_a_clients_messages_take_their_turns_in_the_order_it_numbered_them() -> None:
     order, handed = ClientOrder(), []
 
@@ -353,15 +364,12 @@ async def test_a_clients_messages_take_their_turns_in_the_order_it_numbered_them
 
 
 async def test_a_message_whose_predecessor_never_comes_goes_after_the_longest_wait() -> None:
-    order, handed = ClientOrder(wait_s=0.2), []
-    async with order.turn("c", 0):
-        handed.append(0)
+    send, handed = sender(ClientOrder(wait_s=0.2))
+    await send(0)
     started = time.monotonic()
-    async with order.turn("c", 2):  # 1 was lost on the way
-        handed.append(2)
+    await send(2)  # 1 was lost on the way
     assert time.monotonic() - started >= 0.2
-    async with order.turn("c", 1):  # a late one is not held up
-        handed.append(1)
+    await send(1)  # a late one is not held up
     assert handed == [0, 2, 1]
 
 
@@ -371,13 +379,8 @@ def test_whatever_order_messages_arrive_in_they_are_handed_over_in_the_clients_o
     arrival: list[int], pause: list[bool]
 ) -> None:
     async def run() -> list[int]:
-        order, handed = ClientOrder(), []
-
-        async def send(seq: int) -> None:
-            async with order.turn("c", seq):
-                handed.append(seq)
-
-        tasks = []
+        send, handed = sender(ClientOrder())
+        tasks: list[asyncio.Task[None]] = []
         for seq, wait in zip(arrival, pause, strict=True):
             tasks.append(asyncio.create_task(send(seq)))
             if wait:  # let the ones that may go, go
@@ -389,12 +392,7 @@ def test_whatever_order_messages_arrive_in_they_are_handed_over_in_the_clients_o
 
 
 async def test_after_a_lost_message_the_later_ones_still_go_in_their_order() -> None:
-    order, handed = ClientOrder(wait_s=0.2), []
-
-    async def send(seq: int) -> None:
-        async with order.turn("c", seq):
-            handed.append(seq)
-
+    send, handed = sender(ClientOrder(wait_s=0.2))
     await send(0)
     later = [asyncio.create_task(send(n)) for n in (3, 2)]  # 1 was lost; 3 arrived before 2
     await asyncio.gather(*later)
@@ -402,23 +400,13 @@ async def test_after_a_lost_message_the_later_ones_still_go_in_their_order() -> 
 
 
 async def test_messages_sent_again_to_a_restarted_service_go_in_their_order() -> None:
-    order, handed = ClientOrder(first_wait_s=0.2), []  # a new run: it never saw 0 to 4
-
-    async def send(seq: int) -> None:
-        async with order.turn("c", seq):
-            handed.append(seq)
-
+    send, handed = sender(ClientOrder(first_wait_s=0.2))  # a new run: it never saw 0 to 4
     await asyncio.gather(*(asyncio.create_task(send(n)) for n in (7, 6, 5)))
     assert handed == [5, 6, 7]
 
 
 async def test_a_message_cancelled_while_it_waits_does_not_hold_up_the_next() -> None:
-    order, handed = ClientOrder(wait_s=30), []
-
-    async def send(seq: int) -> None:
-        async with order.turn("c", seq):
-            handed.append(seq)
-
+    send, handed = sender(ClientOrder(wait_s=30))
     await send(0)
     blocked = asyncio.create_task(send(2))  # waits for 1
     await asyncio.sleep(0.05)

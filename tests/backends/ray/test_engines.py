@@ -24,6 +24,7 @@ from placement_actors import (
 )
 from placement_actors.backends import ray as on_ray
 from placement_actors.domain.group_status import GroupStatus
+from placement_actors.domain.results import ReplicaPlacement
 
 TIMEOUT = 60
 
@@ -64,6 +65,18 @@ def service(ray_cluster: Any) -> Iterator[pykka.ActorRef[Any]]:
     ref = start_on_ray(ray_cluster.address, ready_timeout_s=30, learn_gpu_ids=True)
     yield ref
     ref.stop(timeout=TIMEOUT)
+
+
+def placed(service: pykka.ActorRef[Any], name: str, gpus: int, *nodes: str) -> ReplicaPlacement:
+    """The one replica of ``name``, placed on ``nodes``, once its master port is known."""
+    result = service.ask(
+        Place(Deployment(name=name, model="m", gpus=gpus), PlacementConstraints(gpu_nodes=nodes)),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(result, PlacementResult)
+    (replica,) = result.replicas
+    assert replica.master.port.get(timeout=TIMEOUT) > 0
+    return replica
 
 
 def test_an_engine_started_with_bundle_options_runs_on_the_chosen_node_with_the_bundles_gpus(
@@ -127,16 +140,7 @@ def test_the_ranks_of_a_split_replica_meet_at_its_master_address_and_port(
 def test_a_released_replicas_group_is_gone_and_says_so(
     service: pykka.ActorRef[Any], ray_nodes: dict[str, str]
 ) -> None:
-    result = service.ask(
-        Place(
-            Deployment(name="gone", model="m", gpus=1),
-            PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],)),
-        ),
-        timeout=TIMEOUT,
-    )
-    assert isinstance(result, PlacementResult)
-    (replica,) = result.replicas
-    assert replica.master.port.get(timeout=TIMEOUT) > 0
+    replica = placed(service, "gone", 1, ray_nodes["gpu-a"])
     group = on_ray.replica_group(replica)
     assert on_ray.status_of(group) is GroupStatus.CREATED
     assert group.bundle_count == len(replica.spec.bundles) == 1
@@ -185,16 +189,7 @@ print(*ray.get(where.options(**bundle_options(replica)).remote(), timeout=60))
 def test_a_driver_in_another_namespace_finds_the_group_by_its_id(
     service: pykka.ActorRef[Any], ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
-    result = service.ask(
-        Place(
-            Deployment(name="elsewhere", model="m", gpus=1),
-            PlacementConstraints(gpu_nodes=(ray_nodes["gpu-b"],)),
-        ),
-        timeout=TIMEOUT,
-    )
-    assert isinstance(result, PlacementResult)
-    (replica,) = result.replicas
-    assert replica.master.port.get(timeout=TIMEOUT) > 0
+    replica = placed(service, "elsewhere", 1, ray_nodes["gpu-b"])
     done = subprocess.run(  # noqa: S603 - this interpreter running the script above
         [
             sys.executable,
