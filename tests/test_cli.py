@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from placement_actors import cli
+from placement_actors import Deployment, cli
 from placement_actors.actors.messages import (
     ClusterView,
     GpuHolding,
@@ -23,7 +23,7 @@ from placement_actors.actors.messages import (
 )
 from placement_actors.cli import commands, render
 from placement_actors.domain.errors import NotEnoughGpusError
-from placement_actors.domain.results import NodeAssignment, Rejection
+from placement_actors.domain.results import NodeAssignment, PlacementResult, Rejection
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.service import EventsMissed, ServiceEvent
 
@@ -760,3 +760,18 @@ def test_status_shows_the_labels_a_selector_can_use_and_not_the_services_own() -
     printed = io.StringIO()
     render.print_cluster(Console(file=printed, width=160), render.view_data(unlabelled, {}))
     assert "labels" not in printed.getvalue()
+
+
+def test_a_replica_not_placed_now_is_shown_so_in_the_replicas_table() -> None:
+    result = PlacementResult(
+        deployment=Deployment(name="half", model="m", gpus=1, replicas=2),
+        assignments=(NodeAssignment(replica_index=0, node="n1", gpus=(3,)),),  # 1 was lost
+    )
+    data = render.result_data(result, {"n1": "gpu-a"}, {})
+    printed = io.StringIO()
+    render.print_replicas(Console(file=printed, width=120), [data], masters=True)
+    lines = [line for line in printed.getvalue().splitlines() if "half" in line]
+    assert "gpu-a" in lines[0]
+    assert "not placed now" not in lines[0]
+    assert "not placed now" in lines[1]
+    assert data["replicas"][1]["nodes"] == []

@@ -84,6 +84,35 @@ def test_place_status_why_release_through_the_service(
     assert "freed 2 GPUs of 1 replicas" in out
 
 
+def test_show_gives_a_deployments_replicas_with_their_masters_as_place_did(
+    capsys: pytest.CaptureFixture[str], address: str, ray_nodes: dict[str, str]
+) -> None:
+    nodes = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])  # 4 GPUs each: 8 are split 2 x 4
+    placed = PlacementClient.connect(address).ask(
+        Place(
+            Deployment(name="cli-split", model="m", gpus=8), PlacementConstraints(gpu_nodes=nodes)
+        )
+    )
+    (replica,) = placed.replicas
+    master = f"{replica.master.node_ip.get(timeout=60)}:{replica.master.port.get(timeout=60)}"
+    code, out, _ = run(capsys, "show", "cli-split", "--address", address, "--json")
+    assert code == cli.EXIT_OK
+    shown = json.loads(out)
+    (row,) = shown["replicas"]
+    assert row["master"] == master
+    assert [n["node"] for n in row["nodes"]] == [b.node for b in replica.bundles]  # rank order
+    assert [len(n["gpus"]) for n in row["nodes"]] == [4, 4]
+    assert shown["missing"] == []
+    code, out, _ = run(capsys, "show", "cli-split", "--address", address)
+    assert code == cli.EXIT_OK
+    assert master in out
+    assert "gpu-a" in out
+    assert "gpu-b" in out
+    code, out, err = run(capsys, "show", "cli-nowhere", "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC
+    assert "cli-nowhere is not placed" in err
+
+
 def test_every_service_command_speaks_json(
     capsys: pytest.CaptureFixture[str], address: str, tmp_path: Path, ray_nodes: dict[str, str]
 ) -> None:

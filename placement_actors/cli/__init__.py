@@ -237,8 +237,18 @@ def _parser() -> argparse.ArgumentParser:
     _global_options(parser, default=False)
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, function: Any, *, address: str) -> Any:  # noqa: ANN401
-        """Add a sub-command; ``address`` is "none", "optional" or "required" (a service)."""
+    def command(
+        name: str,
+        help_text: str,
+        function: Any,  # noqa: ANN401 - a command function
+        *,
+        address: str,
+        named: bool = False,
+    ) -> Any:  # noqa: ANN401
+        """Add a sub-command; ``address`` is "none", "optional" or "required" (a service).
+
+        ``named``: its first argument is a deployment's name.
+        """
         cmd = sub.add_parser(
             name, help=help_text, description=help_text, parents=[common], allow_abbrev=False
         )
@@ -249,6 +259,8 @@ def _parser() -> argparse.ArgumentParser:
                 help="the Ray cluster's address (default: RAY_ADDRESS)"
                 + ("" if address == "required" else "; without it, a local cluster is started"),
             )
+        if named:
+            cmd.add_argument("name", help="the deployment's name")
         return cmd
 
     demo = command(
@@ -313,13 +325,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--svg", type=Path, metavar="FILE", help="also save the picture as SVG")
 
-    release = command(
+    command(
         "release",
         "release a deployment (frees its GPUs, removes its groups)",
         commands.release,
         address="required",
+        named=True,
     )
-    release.add_argument("name", help="the deployment's name")
 
     reap = command(
         "reap",
@@ -330,13 +342,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     reap.add_argument("prefix", help="a deployment-name prefix (not empty)")
 
-    why = command(
+    command(
         "why",
         "show each node's reason for rejecting a deployment that did not fit",
         commands.why,
         address="required",
+        named=True,
     )
-    why.add_argument("name", help="the deployment's name")
+
+    show = command(
+        "show",
+        "show where a deployment's replicas run now: each replica's nodes (its master's node "
+        "first), GPUs and master address, and the replicas not placed now",
+        commands.show,
+        address="required",
+        named=True,
+    )
+    _ready_timeout(show)
 
     defrag = command(
         "defrag",
@@ -371,8 +393,8 @@ def _parser() -> argparse.ArgumentParser:
         "the old one stops, and its controller starts it again)",
         commands.move,
         address="required",
+        named=True,
     )
-    move.add_argument("name", help="the deployment's name")
     move.add_argument("replica", type=_count(minimum=0), help="the replica's index")
     move.add_argument("to", help="the node to move it to: its id, or its name")
 

@@ -42,6 +42,7 @@ from placement_actors.domain.deployments import GROUP_NAME_ROOT, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
+    InvalidSpecError,
     PlacementError,
     PlacementGroupTimeoutError,
 )
@@ -622,6 +623,30 @@ def why(args: argparse.Namespace, out: Output) -> int:
     if not out.json:
         render.print_failure(out.console, data)
     return EXIT_NO_CAPACITY
+
+
+def show(args: argparse.Namespace, out: Output) -> int:
+    """Where a deployment's replicas run now: nodes (bundle 0 first), GPUs, master addresses."""
+    found = _client(args.address).ask(GetPlacement(args.name), timeout=_REPLY_TIMEOUT_S)
+    assert isinstance(found, Placement)  # noqa: S101 - the service's reply type
+    if found.result is None:
+        msg = f"deployment {args.name} is not placed (`why {args.name}` says why a Place failed)"
+        raise InvalidSpecError(msg, field="name")
+    placed = _Placed(results=[found.result], failures=[])
+    endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
+    data = {**render.result_data(found.result, _node_names(), endpoints)}
+    data["missing"] = list(found.missing)
+    shortfall = _shortfall(placed, endpoints)
+    out.emit({**data, **shortfall})
+    if not out.json:
+        render.print_replicas(out.console, [data], masters=True)
+        if found.missing:
+            listed = ", ".join(str(i) for i in found.missing)
+            out.say(
+                f"Not placed now: replica(s) {listed} of {args.name} (their node was lost); the "
+                "service places them again when capacity returns."
+            )
+    return EXIT_NO_CAPACITY if shortfall else EXIT_OK
 
 
 def defrag(args: argparse.Namespace, out: Output) -> int:

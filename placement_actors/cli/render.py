@@ -369,7 +369,16 @@ def print_replicas(console: Console, results: Sequence[dict[str, Any]], *, maste
                 " + ".join(_ordinals(n["gpus"]) for n in replica["nodes"] if n["gpus"]) or "-",
             ]
             if masters:
-                row.append(replica["master"] or ("- (remote API)" if result["remote"] else "?"))
+                row.append(
+                    replica["master"]
+                    or (
+                        "- (remote API)"
+                        if result["remote"]
+                        else "not placed now"
+                        if not replica["nodes"]
+                        else "?"
+                    )
+                )
             table.add_row(*map(Text, row))
     console.print(table)
 
