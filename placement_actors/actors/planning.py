@@ -140,6 +140,7 @@ class PlanningActor(KeepServingActor):
         self._ready_timeout_s = ready_timeout_s
         self._checkpoints = checkpoints
         self._groups: dict[str, _Group] = {}
+        self._unremoved: dict[str, object] = {}  # failed groups Ray would not remove yet
         self._ports = PortBook()
         self._next_attempt = 1
         self._handlers = {
@@ -165,6 +166,7 @@ class PlanningActor(KeepServingActor):
     def plan_replica(self, message: PlanReplica) -> ReplicaPlacement:
         """Create the replica's group and answer at once; see `PlanReplica`."""
         name = group_name(message.deployment, message.replica_index)
+        self._remove_unremoved()  # a failed group of this name must not stand in the way
         known = self._groups.get(name)
         if known is not None and known.state is not GroupState.FAILED:
             if known.assignments == message.assignments:
@@ -250,15 +252,17 @@ class PlanningActor(KeepServingActor):
             if indexes is None
             else [group_name(message.deployment, i) for i in indexes]
         )
-        removed = 0
+        self._remove_unremoved()
+        # Ray first: should it fail, the groups stay tracked (their ports still claimed, their
+        # futures unsettled), as they stay on the cluster, and the removal can be asked for again.
+        removed = 0 if indexes is not None else self._backend.remove_groups_with_prefix(prefix)
+        if indexes is None:  # Ray removed those too
+            self._unremoved = {n: h for n, h in self._unremoved.items() if not n.startswith(prefix)}
         for name in names:
             group = self._groups.get(name)
             if group is None:
                 continue
             if indexes is not None and group.state is not GroupState.FAILED:
-                # Ray first: should it fail, the group stays tracked (its ports still claimed,
-                # its futures unsettled), as it stays on the cluster, and the removal can be
-                # asked for again.
                 self._backend.remove_group(group.handle)
                 removed += 1
             del self._groups[name]
@@ -272,9 +276,21 @@ class PlanningActor(KeepServingActor):
                 if message.lost_node is None
                 else NodeLostError(group=name, node_id=message.lost_node or None),
             )
-        if indexes is None:
-            removed = self._backend.remove_groups_with_prefix(prefix)
         return ReplicaGroupsRemoved(deployment=message.deployment, removed=removed)
+
+    def _remove_unremoved(self) -> None:
+        """Try again to remove the failed groups Ray would not remove when they failed.
+
+        Their GPUs were given back to the ledger when they failed; until Ray removes them, a
+        group pinned to those GPUs would wait, and one of the same name could not be made.
+        """
+        for name, handle in list(self._unremoved.items()):
+            try:
+                self._backend.remove_group(handle)
+            except BackendError:
+                logger.warning("still could not remove failed placement group %s", name)
+            else:
+                del self._unremoved[name]
 
     def get_replica_groups(self, message: GetReplicaGroups | None = None) -> ReplicaGroupsView:
         """Every tracked group and its state."""
@@ -310,6 +326,8 @@ class PlanningActor(KeepServingActor):
         group.state = GroupState.PROBING
         self._arm_timer(group)  # the probes get a deadline of their own
         for index in range(len(group.assignments)):
+            if group.state is GroupState.FAILED:  # a bundle before this one failed the group
+                return
             known = group.known[index]
             if known is not None and index in group.claimed:
                 # An adopted group's recorded port: its replica may be listening on it already.
@@ -402,6 +420,8 @@ class PlanningActor(KeepServingActor):
         Written first: whoever is told the port may start a replica on it at once, and a service
         that dies a moment later must give the same port again.
         """
+        if group.state is GroupState.FAILED:  # its futures were failed already
+            return
         group.known = (*group.known[:index], endpoint, *group.known[index + 1 :])
         if not self._record(group):
             # Nobody may be told a port that a restarted service would not give back: the
@@ -532,6 +552,7 @@ class PlanningActor(KeepServingActor):
         try:
             self._backend.remove_group(group.handle)
         except BackendError:
+            self._unremoved[group.name] = group.handle  # tried again at the next command
             logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
         finally:
             if group.notify is not None:

@@ -54,6 +54,8 @@ from placement_actors import (
     group_name,
 )
 from placement_actors.backends import ray as on_ray
+from placement_actors.backends.protocol import MemoryCheckpoints
+from placement_actors.domain.checkpoints import GroupCheckpoint, decode
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 
 TIMEOUT = 30
@@ -619,6 +621,7 @@ class RefusingBackend(on_ray.RayBackend):
 
     refuse_create = False
     refuse_remove = False
+    refuse_listing = False
 
     def create_group(self, spec: Any, *, name: str) -> object:
         if self.refuse_create:
@@ -633,6 +636,13 @@ class RefusingBackend(on_ray.RayBackend):
             msg = "Ray refused to remove the group (injected)"
             raise BackendError(msg, operation="remove placement group")
         super().remove_group(group)
+
+    def remove_groups_with_prefix(self, prefix: str) -> int:
+        if self.refuse_listing:
+            self.refuse_listing = False
+            msg = "Ray could not list the groups (injected)"
+            raise BackendError(msg, operation="list placement groups")
+        return super().remove_groups_with_prefix(prefix)
 
 
 @contextlib.contextmanager
@@ -732,3 +742,124 @@ def test_a_place_whose_room_making_move_ray_refuses_is_refused_as_before(
         # Ray has room once it removes groups again: the same Place now makes room and fits.
         wide = service.place(llama("mv-wide", gpus=4), gpu_nodes=both, keep_whole=True)
         assert len(wide.assignments) == 1
+
+
+def test_a_release_ray_cannot_carry_out_forgets_nothing_and_can_be_asked_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    with served(backend) as service:
+        placed = service.place(llama("kept", gpus=2), gpu_nodes=(ray_nodes["gpu-a"],))
+        port = placed.replicas[0].master.port.get(timeout=TIMEOUT)
+        backend.refuse_listing = True
+        with pytest.raises(BackendError, match="injected"):
+            service.placement.ask(Release("kept"), timeout=TIMEOUT)
+        # Nothing was forgotten: the ledger, the planner (its port too) and Ray agree it stands.
+        assert [g.state for g in service.groups().groups] == [GroupState.READY]
+        assert status(group_name("kept", 0)) is GroupStatus.CREATED
+        found = service.placement.ask(GetPlacement("kept"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result is not None
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) == port
+        released = service.placement.ask(Release("kept"), timeout=TIMEOUT)  # asked again
+        assert isinstance(released, Released)
+        assert released.gpus_freed == 2
+        assert service.groups().groups == ()
+        assert status(group_name("kept", 0)) is GroupStatus.REMOVED
+
+
+def test_a_failed_group_ray_would_not_remove_is_removed_before_its_name_is_used_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    holder = hold_gpus(ray_nodes["gpu-b"], 4, name="t-outside-holder-3")
+    backend = RefusingBackend()
+    planner = PlanningActor.start(backend=backend, ready_timeout_s=1.5)
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+    )
+    service = Service(placement=placement, planner=planner)
+    try:
+        backend.refuse_remove = True  # when the group times out, Ray will not remove it
+        first = service.place(llama("zombie", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
+        with pytest.raises(PlacementGroupTimeoutError):
+            first.replicas[0].master.port.get(timeout=TIMEOUT)
+        assert status(group_name("zombie", 0)).is_live  # still on Ray, its GPUs given back
+        assert not backend.refuse_remove
+        remove_placement_group(holder)
+        second = service.place(llama("zombie", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
+        assert second.replicas[0].master.port.get(timeout=TIMEOUT) > 0  # not "already exists"
+        live = [s for s in on_ray.group_states(group_name("zombie", 0)).values() if s.is_live]
+        assert len(live) == 1
+    finally:
+        for name in service.view().deployments:
+            placement.ask(Release(name), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
+        with contextlib.suppress(Exception):
+            remove_placement_group(holder)
+
+
+class FlakyCheckpoints(MemoryCheckpoints):
+    """A record store whose next write fails (as a GCS hiccup would), once."""
+
+    fail_next = False
+
+    def save(self, key: str, value: bytes) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            msg = "the record store did not answer (injected)"
+            raise BackendError(msg, operation="write checkpoint")
+        super().save(key, value)
+
+
+class Told(pykka.ThreadingActor):
+    """Keeps every message it is told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[object] = []
+
+    def on_receive(self, message: Any) -> None:
+        self.seen.append(message)
+
+    def count(self, kind: type) -> int:
+        return sum(isinstance(m, kind) for m in self.seen)
+
+
+def test_an_adopted_group_that_fails_on_its_first_bundle_is_failed_once_and_leaves_no_record(
+    ray_nodes: dict[str, str],
+) -> None:
+    both = tuple(
+        NodeAssignment(replica_index=0, node=ray_nodes[n], gpus=(0,)) for n in ("gpu-a", "gpu-b")
+    )
+    store = FlakyCheckpoints()
+    earlier = PlanningActor.start(backend=on_ray.RayBackend(), checkpoints=store)
+    placed = earlier.ask(
+        PlanReplica(deployment="adopted", replica_index=0, assignments=both), timeout=TIMEOUT
+    )
+    assert isinstance(placed, ReplicaPlacement)
+    assert all(b.port.get(timeout=TIMEOUT) > 0 for b in placed.bundles)
+    earlier.stop(timeout=TIMEOUT)  # as a service that stopped: its group stays on Ray
+    (record,) = (decode(v, GroupCheckpoint) for v in store.load("").values())
+    told = Told.start()
+    later = PlanningActor.start(backend=on_ray.RayBackend(), checkpoints=store)
+    try:
+        store.fail_next = True  # the first bundle's endpoint cannot be written down again
+        again = later.ask(
+            PlanReplica(
+                deployment="adopted", replica_index=0, assignments=both, notify=told, adopt=record
+            ),
+            timeout=TIMEOUT,
+        )
+        assert isinstance(again, ReplicaPlacement)
+        for bundle in again.bundles:
+            with pytest.raises(BackendError, match="could not write"):
+                bundle.port.get(timeout=TIMEOUT)
+        later.ask(GetReplicaGroups(), timeout=TIMEOUT)  # every event before this was handled
+        assert told.proxy().count(ReplicaFailed).get(timeout=TIMEOUT) == 1  # failed once
+        assert store.load("") == {}  # no record of a group that is gone
+        assert status(group_name("adopted", 0)) is GroupStatus.REMOVED
+    finally:
+        later.ask(RemoveReplicaGroups("adopted"), timeout=TIMEOUT)
+        later.stop(timeout=TIMEOUT)
+        told.stop()
