@@ -111,6 +111,9 @@ _T = TypeVar("_T")
 OUTSIDE_HOLDER = "(outside the service)"
 """The ledger's holder of GPUs that other Ray users hold (not a deployment name: it has spaces)."""
 
+_INDEX_DIGITS = 9
+"""The most digits of a replica index in a group name Ray reports (more: no group of ours)."""
+
 SERVED_WHILE_WAITING: frozenset[type[Any]] = frozenset({AnswerNow})
 """Answered while a command waits for the planner (its Ray work can take a while).
 
@@ -331,6 +334,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         self._checkpoints = checkpoints
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
+        # Replicas lost while Ray would not remove their groups: tried again (see _lose_replicas).
+        self._losing: dict[str, tuple[frozenset[int], str | None, frozenset[str]]] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
@@ -403,14 +408,14 @@ class DeploymentPlacementActor(KeepServingActor):
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
         """Retry any record whose rewrite failed, then handle ``message``."""
-        if self._unwritten:
-            self._write_unwritten()
+        if self._unwritten or self._losing:
+            self._catch_up()
         return super().on_receive(message)
 
     def _place_checked(self, message: Place) -> PlacementResult:
         """`place` of a message already rebuilt through its constructors."""
-        if self._unwritten:  # also for proxy calls, which do not pass through on_receive
-            self._write_unwritten()
+        if self._unwritten or self._losing:  # also for proxy calls, which skip on_receive
+            self._catch_up()
         name = message.deployment.name
         try:
             result = self._place(message)
@@ -578,8 +583,8 @@ class DeploymentPlacementActor(KeepServingActor):
     @admits(MoveReplica)
     def move_replica(self, message: MoveReplica) -> ReplicaMoved:
         """Move one running replica, whole, to another node; see `MoveReplica`."""
-        if self._unwritten:  # also for proxy calls, which do not pass through on_receive
-            self._write_unwritten()
+        if self._unwritten or self._losing:  # also for proxy calls, which skip on_receive
+            self._catch_up()
         placed, source = self._movable(message)
         self._check_move_target(placed, source, message.to_node)
         done = self._carry_out(placed, source, message.to_node)
@@ -931,6 +936,7 @@ class DeploymentPlacementActor(KeepServingActor):
             lost = sorted({a.replica_index for a in placed.result.assignments if a.node == node_id})
             if lost:
                 self._lose_replicas(name, lost, node_id)
+        self._retry_degraded()  # the lost replicas' GPUs on other nodes are free again
 
     @admits(GroupRescheduling)
     def _on_group_rescheduling(self, event: GroupRescheduling) -> None:
@@ -938,7 +944,11 @@ class DeploymentPlacementActor(KeepServingActor):
         prefix, _, index = event.group_name.rpartition(":r")
         name = prefix.removeprefix(GROUP_NAME_ROOT)
         placed = self._placed.get(name)
-        if placed is None or not index.isdigit() or not prefix.startswith(GROUP_NAME_ROOT):
+        if (
+            placed is None
+            or not (index.isascii() and index.isdecimal() and len(index) <= _INDEX_DIGITS)
+            or not prefix.startswith(GROUP_NAME_ROOT)
+        ):
             return
         replica = int(index)
         if any(
@@ -951,6 +961,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 a.node for a in placed.result.assignments if a.replica_index == replica
             )
             self._lose_replicas(name, [replica], None, suspect=suspect)
+            self._retry_degraded()  # its GPUs are free again, off the suspect nodes too
 
     def _lose_replicas(
         self,
@@ -965,21 +976,24 @@ class DeploymentPlacementActor(KeepServingActor):
         ``suspect`` nodes are not used for the immediate re-placement.
         """
         placed = self._placed[name]
-        gone = set(indexes)
-        for assignment in placed.result.assignments:
-            if assignment.replica_index not in gone:
-                continue
-            if assignment.gpus and assignment.node in self._gpus:
-                self._gpus.release(assignment.node, assignment.gpus, name)
-            if placed.egress_key is not None and assignment.node in self._egress:
-                self._egress.remove(assignment.node, placed.egress_key)
-        placed.result = self._without(placed.result, gone)
+        earlier = self._losing.pop(name, None)
+        gone = set(indexes) | (earlier[0] if earlier else frozenset())
+        gone &= {a.replica_index for a in placed.result.assignments}  # still on the record
+        if not gone:
+            return
         if placed.egress_key is None and self._planner is not None:
             removal = RemoveReplicaGroups(name, tuple(sorted(gone)), lost_node=node_id or "")
             try:
                 self._ask_planner([removal])
-            except PlacementError as exc:  # an event handler is total: log, go on
+            except PlacementError as exc:  # an event handler is total: log, try again later
+                # Ray first: the groups stand, so their GPUs stay held and the replicas stay on
+                # the record; the loss is carried out with a later message (`_catch_up`).
                 logger.warning("could not remove the lost groups of %s: %s", name, exc)
+                self._losing[name] = (frozenset(gone), node_id, suspect)
+                return
+        lost = [a for a in placed.result.assignments if a.replica_index in gone]
+        self._free(name, lost, placed.egress_key)  # a node that left holds nothing any more
+        placed.result = self._without(placed.result, gone)
         will = placed.place.constraints.replace_lost
         for index in sorted(gone):
             self._notify(
@@ -1088,6 +1102,19 @@ class DeploymentPlacementActor(KeepServingActor):
             logger.warning("could not write %s down again (will retry): %s", name, exc)
         else:
             self._unwritten.discard(name)
+
+    def _catch_up(self) -> None:
+        """Carry out what Ray or the record store refused before: losses, then records."""
+        for name, (indexes, node_id, suspect) in sorted(self._losing.items()):
+            if name not in self._placed:  # released since: its groups went with it
+                self._losing.pop(name, None)
+                continue
+            self._lose_replicas(name, sorted(indexes), node_id, suspect=suspect)
+            if name in self._losing:  # Ray still refuses: the rest waits for the next message
+                break
+        else:
+            if self._unwritten:
+                self._write_unwritten()
 
     def _write_unwritten(self) -> None:
         """Retry the records whose rewrite failed; stop at the first failure (the store is down)."""
@@ -1321,9 +1348,9 @@ class DeploymentPlacementActor(KeepServingActor):
         self, name: str, assignments: Iterable[NodeAssignment], key: EgressKey | None
     ) -> None:
         for assignment in assignments:
-            if assignment.gpus:
+            if assignment.gpus and assignment.node in self._gpus:
                 self._gpus.release(assignment.node, assignment.gpus, name)
-            if key is not None:
+            if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
 
 

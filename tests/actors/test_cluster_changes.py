@@ -309,3 +309,37 @@ def test_egress_nodes_without_gpus_are_picked_by_their_labels_also_after_they_re
         assert [a.node for a in outside_a] == ["eb"]  # no labels: not "a"
     finally:
         ref.stop(timeout=TIMEOUT)
+
+
+def test_a_node_loss_that_frees_room_places_another_degraded_deployment_again() -> None:
+    three = tuple(NodeTopology(node_id=n, num_gpus=2) for n in ("a", "b", "c"))
+    ref = DeploymentPlacementActor.start(topology=three)
+    try:
+        split = place(ref, local("split"))  # 4 GPUs: 2 + 2 over two of the nodes
+        whole = place(ref, local("whole", gpus=2))  # the third node
+        ref.ask(NodeLost(node_id=whole.assignments[0].node), timeout=TIMEOUT)
+        assert current(ref, "whole").missing == (0,)  # nowhere to go: degraded
+        survivor = split.assignments[1].node
+        ref.ask(NodeLost(node_id=split.assignments[0].node), timeout=TIMEOUT)
+        # The split replica cannot come back (4 GPUs, 2 left), but its GPUs on the node that
+        # stayed are free again: the degraded deployment goes there.
+        assert current(ref, "split").missing == (0,)
+        again = current(ref, "whole")
+        assert again.missing == ()
+        assert again.result is not None
+        assert [a.node for a in again.result.assignments] == [survivor]
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("index", ["²", "٣", "9" * 10, "-1", ""])
+def test_a_rescheduling_event_with_a_strange_replica_index_is_ignored(
+    actor: Ref, index: str
+) -> None:
+    place(actor, local("odd"))
+    before = view(actor)
+    actor.ask(
+        GroupRescheduling(group_name=f"placement-actors:odd:r{index}", group_id="g"),
+        timeout=TIMEOUT,
+    )
+    assert view(actor) == before

@@ -53,6 +53,7 @@ from placement_actors import (
     ReplicaPlacement,
     group_name,
 )
+from placement_actors.actors.messages import NodeLost
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import MemoryCheckpoints
 from placement_actors.domain.checkpoints import GroupCheckpoint, decode
@@ -620,7 +621,7 @@ class RefusingBackend(on_ray.RayBackend):
     """Ray, refusing the next group creation or removal (once each) when told to."""
 
     refuse_create = False
-    refuse_remove = False
+    refuse_remove = 0  # how many removals to refuse (True: one)
     refuse_listing = False
 
     def create_group(self, spec: Any, *, name: str) -> object:
@@ -632,7 +633,7 @@ class RefusingBackend(on_ray.RayBackend):
 
     def remove_group(self, group: object) -> None:
         if self.refuse_remove:
-            self.refuse_remove = False
+            self.refuse_remove -= 1
             msg = "Ray refused to remove the group (injected)"
             raise BackendError(msg, operation="remove placement group")
         super().remove_group(group)
@@ -863,3 +864,25 @@ def test_an_adopted_group_that_fails_on_its_first_bundle_is_failed_once_and_leav
         later.ask(RemoveReplicaGroups("adopted"), timeout=TIMEOUT)
         later.stop(timeout=TIMEOUT)
         told.stop()
+
+
+def test_a_lost_replica_whose_group_ray_will_not_remove_keeps_its_gpus_until_ray_does(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    with served(backend) as service:
+        placed = service.place(llama("halves", gpus=8), gpu_nodes=(a, b))  # 4 + 4
+        assert placed.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        backend.refuse_remove = 2  # when the loss is told, and when it is tried again
+        service.placement.ask(NodeLost(node_id=a), timeout=TIMEOUT)  # as the watcher tells it
+        # Ray first: the group stands, so its GPUs on gpu-b stay held and the replica stays.
+        assert len(service.view().node(b).held) == 4
+        assert status(group_name("halves", 0)) is GroupStatus.CREATED
+        # The next message carries the loss out: the group goes, gpu-b's GPUs come back.
+        assert backend.refuse_remove == 0
+        found = service.placement.ask(GetPlacement("halves"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.missing == (0,)  # 8 GPUs no longer fit gpu-b alone: degraded
+        assert service.view().node(b).held == ()
+        assert status(group_name("halves", 0)) is GroupStatus.REMOVED
