@@ -40,7 +40,7 @@ from placement_actors.domain.checkpoints import (
     group_key,
 )
 from placement_actors.domain.deployments import group_name
-from placement_actors.service import PlacementClient
+from placement_actors.service import PlacementClient, _unwrap
 
 TIMEOUT = 60
 
@@ -252,6 +252,24 @@ def test_a_client_finds_a_service_that_was_stopped_and_served_again(ray_cluster:
     PlacementClient.serve(ray_cluster.address, name="served-twice")
     try:
         assert isinstance(client.ask(GetClusterView()), ClusterView)  # the old client, unchanged
+    finally:
+        client.stop_service()
+
+
+def test_every_call_on_its_way_when_the_service_was_served_again_goes_to_the_new_one(
+    ray_cluster: Any,
+) -> None:
+    client = PlacementClient.serve(ray_cluster.address, name="served-thrice")
+    host = client._host
+    # Two long polls on their way to the first service (each waits 5 s for an event).
+    polls = [host.later("events", 0, 5.0, 10, transform=_unwrap) for _ in range(2)]
+    time.sleep(0.5)
+    client.stop_service()
+    PlacementClient.serve(ray_cluster.address, name="served-thrice")
+    try:
+        for poll in polls:  # each is sent again to the new service, which has no events yet
+            found, position = poll.get(timeout=60)
+            assert (found, position) == ((), 0)
     finally:
         client.stop_service()
 

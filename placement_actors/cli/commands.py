@@ -68,6 +68,7 @@ __all__ = [
     "reap",
     "release",
     "serve",
+    "show",
     "status",
     "watch",
     "why",

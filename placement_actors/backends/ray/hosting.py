@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -72,15 +73,23 @@ class RayEventual(Generic[_T]):
         self._transform = transform
         self._resend = resend
         self._done: tuple[_T] | None = None
+        self._lock = threading.Lock()  # threads waiting on one call resend it once
 
-    def _again(self) -> bool:
-        """Send the call to the host's successor, once; whether there was one."""
-        resend, self._resend = self._resend, None
-        ref = None if resend is None else resend()
-        if ref is None:
-            return False
-        self._ref = ref
-        return True
+    def _again(self, failed: ray.ObjectRef[Any]) -> bool:
+        """Send the call to the host's successor, once; whether there was one.
+
+        ``failed`` is the reference whose wait failed: a thread that waited on it while another
+        already sent the call again waits on the new one.
+        """
+        with self._lock:
+            if self._ref is not failed:  # another thread sent it again already
+                return True
+            resend, self._resend = self._resend, None
+            ref = None if resend is None else resend()
+            if ref is None:
+                return False
+            self._ref = ref
+            return True
 
     def _settle(self, raw: object) -> _T:
         if self._done is None:  # transform once: a reply's own futures are made once
@@ -90,26 +99,28 @@ class RayEventual(Generic[_T]):
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
         while self._done is None:
+            ref = self._ref
             try:
-                return self._settle(ray.get(self._ref, timeout=timeout))
+                return self._settle(ray.get(ref, timeout=timeout))
             except GetTimeoutError as exc:
                 msg = f"{timeout} seconds"
                 raise pykka.Timeout(msg) from exc
             except RayError as exc:
-                self._failed(exc)
+                self._failed(exc, ref)
         return self._done[0]
 
     async def _resolve(self) -> _T:
         while self._done is None:
+            ref = self._ref
             try:
-                return self._settle(await self._ref)
+                return self._settle(await ref)
             except RayError as exc:
-                self._failed(exc)
+                self._failed(exc, ref)
         return self._done[0]
 
-    def _failed(self, exc: RayError) -> None:
+    def _failed(self, exc: RayError, ref: ray.ObjectRef[Any]) -> None:
         """Return when the call went to the host's successor; else raise the failure."""
-        if isinstance(exc, ActorDiedError) and self._again():
+        if isinstance(exc, ActorDiedError) and self._again(ref):
             return
         msg = f"the service failed to answer: {exc}"
         raise BackendError(msg, operation="call service") from exc
@@ -151,25 +162,31 @@ class RemoteHost:
         Ray restarts a host whose process died and sends it the calls on their way; if the host
         was stopped and another of its name started since, the call goes to that one instead.
         """
+        sent_to = self._handle
         try:
-            ref = self._handle.call.remote(method, *args)
+            ref = sent_to.call.remote(method, *args)
         except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
             msg = f"cannot send this to the service {self.name}: {exc}"
             raise InvalidSpecError(msg, field="message") from exc
         except RayError as exc:
             msg = f"cannot reach the service {self.name}: {exc}"
             raise BackendError(msg, operation="call service") from exc
-        return RayEventual(ref, transform, resend=lambda: self._resend(method, args))
+        return RayEventual(ref, transform, resend=lambda: self._resend(method, args, sent_to))
 
-    def _resend(self, method: str, args: tuple[object, ...]) -> ray.ObjectRef[Any] | None:
-        """Send a call again to the host of this name now running, if it is a new one."""
+    def _resend(
+        self,
+        method: str,
+        args: tuple[object, ...],
+        sent_to: Any,  # noqa: ANN401 - the Ray ActorHandle the call first went to
+    ) -> ray.ObjectRef[Any] | None:
+        """Send a call again to the host of this name now running, if it is not ``sent_to``."""
         try:
             handle = ray.get_actor(self.name, namespace=NAMESPACE)
         except ValueError:
             return None  # stopped, and nothing runs under its name
-        if handle._actor_id == self._handle._actor_id:  # noqa: SLF001 - Ray's handle identity
+        if handle._actor_id == sent_to._actor_id:  # noqa: SLF001 - Ray's handle identity
             return None  # the same actor, which died for good
-        self._handle = handle
+        self._handle = handle  # later calls go to it at once
         try:
             ref: ray.ObjectRef[Any] = handle.call.remote(method, *args)
         except RayError:
