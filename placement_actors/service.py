@@ -34,6 +34,8 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import pykka
+
 from placement_actors.actors.mailbox import KeepServingActor
 from placement_actors.actors.messages import (
     PROMPT_QUERIES,
@@ -820,7 +822,11 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=True)
         pending = self._host.later("events", after, wait_s, limit, transform=self._event_reply)
-        found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
+        try:
+            found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
+        except pykka.Timeout as exc:  # the caller chose no timeout: the service did not answer
+            msg = f"the service {self.name} did not answer within {wait_s + _REPLY_PAD_S:g}s"
+            raise BackendError(msg, operation="read events") from exc
         return found
 
     def last_event(self, *, timeout: float = 60.0) -> int:
@@ -849,7 +855,11 @@ class PlacementClient:
             BackendError: the service went away (its actor stopped, or the cluster is gone).
         """
         _check_wait(wait_s, zero=False)
-        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s >= 0):
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not (math.isfinite(timeout_s) and timeout_s >= 0)
+        ):
             msg = "timeout_s must be a finite number of seconds, or None"
             raise InvalidSpecError(msg, field="timeout_s")
         return self._watch(after, wait_s, timeout_s)

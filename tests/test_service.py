@@ -698,3 +698,12 @@ def test_the_service_moves_movable_replicas_on_ray_to_make_room_for_a_refused_pl
     assert list(on_ray.bundle_nodes(group_prefix("roomy-1")).values()) == [{0: y}]
     for name in ("roomy-1", "roomy-2", "roomy-wide"):
         client.ask(Release(name))
+
+
+@pytest.mark.parametrize("timeout_s", ["5", [1], True, float("nan"), -1.0])
+def test_a_malformed_watch_timeout_is_an_invalid_spec_before_anything_is_sent(
+    timeout_s: Any,
+) -> None:
+    client = PlacementClient(host=None)  # type: ignore[arg-type]  # nothing may reach a host
+    with pytest.raises(InvalidSpecError, match="timeout_s"):
+        client.watch(timeout_s=timeout_s)
