@@ -146,12 +146,8 @@ class _Placed:
         for replica, held in replicas.items():
             if len(held) == 1 and held[0].gpus:
                 found.setdefault(held[0].node, []).append(
-                    Resident(
-                        self.place.deployment.name,
-                        replica,
-                        len(held[0].gpus),
-                        self.place.deployment.replicas,
-                    )
+                    # The move budget counts the replicas serving now, not those asked for.
+                    Resident(self.place.deployment.name, replica, len(held[0].gpus), len(replicas))
                 )
         self.residents = (assignments, found)
         return found
@@ -177,11 +173,13 @@ class _PlacedResidents:
         avoid: frozenset[str],
         *,
         movable_only: bool = False,
+        exclude: str = "",
     ) -> None:
         self._gpus = gpus
         self._placed = placed
         self._avoid = avoid
         self._movable_only = movable_only
+        self._exclude = exclude
 
     def on(self, node: str) -> Sequence[Resident]:
         """The whole replicas of placed deployments on ``node`` (``movable`` ones only, if so)."""
@@ -189,6 +187,7 @@ class _PlacedResidents:
             d
             for d in set(self._gpus.holders(node).values())
             if d in self._placed
+            and d != self._exclude
             and (not self._movable_only or self._placed[d].place.constraints.movable)
         )
         return [r for name in names for r in self._placed[name].residents_by_node().get(node, ())]
@@ -669,7 +668,15 @@ class DeploymentPlacementActor(KeepServingActor):
             allowed=allowed,
             avoid=self._avoid | avoid,
         )
-        movable = _PlacedResidents(self._gpus, self._placed, self._avoid, movable_only=True)
+        # Never onto the nodes to avoid (a node Ray reports failing), and never the deployment's
+        # own replicas: moving one to make room for another of them gains nothing.
+        movable = _PlacedResidents(
+            self._gpus,
+            self._placed,
+            self._avoid | avoid,
+            movable_only=True,
+            exclude=deployment.name,
+        )
         moves = room_moves(self._gpus, movable, room)
         if not moves:
             return False
@@ -961,7 +968,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 a.node for a in placed.result.assignments if a.replica_index == replica
             )
             self._lose_replicas(name, [replica], None, suspect=suspect)
-            self._retry_degraded()  # its GPUs are free again, off the suspect nodes too
+            self._retry_degraded(avoid=suspect)  # its GPUs elsewhere are free again
 
     def _lose_replicas(
         self,
@@ -1062,13 +1069,14 @@ class DeploymentPlacementActor(KeepServingActor):
         self._rewrite(deployment.name)
         return more
 
-    def _retry_degraded(self) -> None:
+    def _retry_degraded(self, *, avoid: frozenset[str] = frozenset()) -> None:
+        """Place the degraded deployments' missing replicas again where they fit, off ``avoid``."""
         for name in sorted(self._degraded):
             placed = self._placed.get(name)
             if placed is None:
                 self._degraded.discard(name)
             elif placed.place.constraints.replace_lost:
-                self._replace_missing(name)
+                self._replace_missing(name, avoid=avoid)
 
     # -- what a restart must not lose ------------------------------------------------------------
 

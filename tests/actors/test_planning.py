@@ -53,7 +53,7 @@ from placement_actors import (
     ReplicaPlacement,
     group_name,
 )
-from placement_actors.actors.messages import NodeLost
+from placement_actors.actors.messages import GroupRescheduling, NodeLost
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import MemoryCheckpoints
 from placement_actors.domain.checkpoints import GroupCheckpoint, decode
@@ -886,3 +886,35 @@ def test_a_lost_replica_whose_group_ray_will_not_remove_keeps_its_gpus_until_ray
         assert found.missing == (0,)  # 8 GPUs no longer fit gpu-b alone: degraded
         assert service.view().node(b).held == ()
         assert status(group_name("halves", 0)) is GroupStatus.REMOVED
+
+
+def test_a_rescheduled_replica_is_placed_off_its_node_and_no_room_is_made_on_that_node(
+    ray_nodes: dict[str, str],
+) -> None:
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    with served(on_ray.RayBackend()) as service:
+        service.place(llama("pinned", gpus=1), gpu_nodes=(a,))
+        both = service.place(
+            llama("pair", gpus=2, replicas=2),
+            gpu_nodes=(a, b),
+            strategy=GpuStrategy.SPREAD,
+            keep_whole=True,
+            movable=True,
+        )
+        on = {x.replica_index: x.node for x in both.assignments}
+        assert sorted(on.values()) == sorted((a, b))
+        (stays,) = (i for i, node in on.items() if node == a)
+        (hit,) = (r for r in both.replicas if on[r.replica_index] == b)
+        assert hit.master.port.get(timeout=TIMEOUT) > 0
+        # Ray reports the group on gpu-b rescheduling: gpu-b is suspect. The lost replica does not
+        # fit gpu-a (1 GPU free there), and no replica is moved onto gpu-b to make room: not the
+        # pair's own one on gpu-a, which keeps serving.
+        service.placement.ask(
+            GroupRescheduling(group_name=hit.group_name, group_id=hit.group_id), timeout=TIMEOUT
+        )
+        found = service.placement.ask(GetPlacement("pair"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.missing == (hit.replica_index,)
+        assert found.result is not None
+        assert [(x.replica_index, x.node) for x in found.result.assignments] == [(stays, a)]
+        assert all(h.deployment != "pair" for h in service.view().node(b).held)
