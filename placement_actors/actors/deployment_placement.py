@@ -334,6 +334,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._checkpoints = checkpoints
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
         # Replicas lost while Ray would not remove their groups: tried again (see _lose_replicas).
+        # GPUs of groups an undone Place left because Ray would not remove them (see _unplan).
+        self._stranded: dict[str, tuple[NodeAssignment, ...]] = {}
         self._losing: dict[str, tuple[frozenset[int], str | None, frozenset[str]]] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
@@ -406,14 +408,14 @@ class DeploymentPlacementActor(KeepServingActor):
         return self._place_checked(message)
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
-        """Retry any record whose rewrite failed, then handle ``message``."""
-        if self._unwritten or self._losing:
+        """Carry out what was refused before (`_catch_up`), then handle ``message``."""
+        if self._behind():
             self._catch_up()
         return super().on_receive(message)
 
     def _place_checked(self, message: Place) -> PlacementResult:
         """`place` of a message already rebuilt through its constructors."""
-        if self._unwritten or self._losing:  # also for proxy calls, which skip on_receive
+        if self._behind():  # also for proxy calls, which do not pass through on_receive
             self._catch_up()
         name = message.deployment.name
         try:
@@ -473,6 +475,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 f"placement groups of an earlier run still hold {deployment.name}; release it first"
             )
             raise InvalidSpecError(msg, field="name")
+        if deployment.name in self._stranded:
+            msg = (
+                f"groups of an undone Place of {deployment.name} still stand on the cluster; "
+                "the service removes them with its next messages: try again"
+            )
+            raise BackendError(msg, operation="remove placement group")
         earlier = self._placed.get(deployment.name)
         if earlier is not None:
             if earlier.place != message:
@@ -494,9 +502,8 @@ class DeploymentPlacementActor(KeepServingActor):
         try:
             self._write(placed)
         except PlacementError:  # not written down, not accepted: undo it all
-            if key is None and self._planner is not None:
-                with contextlib.suppress(PlacementError):
-                    self._ask_planner([RemoveReplicaGroups(deployment.name)])
+            if key is None and not self._unplan(deployment.name, assignments):
+                raise  # Ray keeps the groups for now: so does the ledger keep their GPUs
             self._free(deployment.name, assignments, key)
             raise
         self._placed[deployment.name] = placed
@@ -553,6 +560,8 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._rewrite(message.deployment)
                 raise
         self._failures.pop(message.deployment, None)
+        stranded = self._stranded.pop(message.deployment, ())  # its groups went with the rest
+        self._free(message.deployment, stranded, None)
         adopted = self._held.pop(message.deployment, ())
         if adopted:
             self._free(message.deployment, adopted, None)
@@ -582,7 +591,7 @@ class DeploymentPlacementActor(KeepServingActor):
     @admits(MoveReplica)
     def move_replica(self, message: MoveReplica) -> ReplicaMoved:
         """Move one running replica, whole, to another node; see `MoveReplica`."""
-        if self._unwritten or self._losing:  # also for proxy calls, which skip on_receive
+        if self._behind():  # also for proxy calls, which do not pass through on_receive
             self._catch_up()
         placed, source = self._movable(message)
         self._check_move_target(placed, source, message.to_node)
@@ -1111,8 +1120,20 @@ class DeploymentPlacementActor(KeepServingActor):
         else:
             self._unwritten.discard(name)
 
+    def _behind(self) -> bool:
+        """Whether something Ray or the record store refused is still to be carried out."""
+        return bool(self._unwritten or self._losing or self._stranded)
+
     def _catch_up(self) -> None:
-        """Carry out what Ray or the record store refused before: losses, then records."""
+        """Carry out what Ray or the record store refused before: removals, then records."""
+        for name, stranded in sorted(self._stranded.items()):
+            replicas = tuple(sorted({a.replica_index for a in stranded}))
+            try:
+                self._ask_planner([RemoveReplicaGroups(name, replicas)])
+            except PlacementError:
+                return  # Ray still refuses: the rest waits for the next message
+            del self._stranded[name]
+            self._free(name, stranded, None)
         for name, (indexes, node_id, suspect) in sorted(self._losing.items()):
             if name not in self._placed:  # released since: its groups went with it
                 self._losing.pop(name, None)
@@ -1293,9 +1314,27 @@ class DeploymentPlacementActor(KeepServingActor):
         try:
             replicas = self._plan(name, list(result.assignments))
         except PlacementError:
-            self._free(name, result.assignments, None)
+            if self._unplan(name, result.assignments):
+                self._free(name, result.assignments, None)
             raise
         return replace(result, replicas=replicas)
+
+    def _unplan(self, name: str, assignments: Sequence[NodeAssignment]) -> bool:
+        """Remove the groups planned for ``assignments`` (a Place being undone); whether Ray did.
+
+        Ray first: if it will not remove them, their GPUs stay held on the ledger (``_stranded``)
+        and the removal is tried again with later messages (`_catch_up`), or by a `Release`.
+        """
+        if self._planner is None:
+            return True
+        indexes = tuple(sorted({a.replica_index for a in assignments}))
+        try:
+            self._ask_planner([RemoveReplicaGroups(name, indexes)])
+        except PlacementError as exc:
+            logger.warning("could not remove the groups of an undone Place of %s: %s", name, exc)
+            self._stranded[name] = (*self._stranded.get(name, ()), *assignments)
+            return False
+        return True
 
     def _plan(self, name: str, assignments: list[NodeAssignment]) -> tuple[ReplicaPlacement, ...]:
         """Hand each replica to the planner, which answers at once (it never waits on Ray)."""
@@ -1311,11 +1350,7 @@ class DeploymentPlacementActor(KeepServingActor):
             )
             for replica, chosen in sorted(by_replica.items())
         ]
-        try:
-            return tuple(self._ask_planner(messages))
-        except PlacementError:  # undo this call's groups only: earlier replicas stay
-            self._ask_planner([RemoveReplicaGroups(name, tuple(sorted(by_replica)))])
-            raise
+        return tuple(self._ask_planner(messages))  # undone by the caller (`_unplan`) if it fails
 
     def _ask_planner(self, messages: list[Any]) -> list[Any]:
         if self._planner is None:  # pragma: no cover - callers check

@@ -621,11 +621,13 @@ class RefusingBackend(on_ray.RayBackend):
     """Ray, refusing the next group creation or removal (once each) when told to."""
 
     refuse_create = False
+    refuse_create_at = 0  # refuse the creation of this number, counting from here
     refuse_remove = 0  # how many removals to refuse (True: one)
     refuse_listing = False
 
     def create_group(self, spec: Any, *, name: str) -> object:
-        if self.refuse_create:
+        self.refuse_create_at -= 1
+        if self.refuse_create or self.refuse_create_at == 0:
             self.refuse_create = False
             msg = "Ray refused the group (injected)"
             raise BackendError(msg, operation="create placement group")
@@ -918,3 +920,25 @@ def test_a_rescheduled_replica_is_placed_off_its_node_and_no_room_is_made_on_tha
         assert found.result is not None
         assert [(x.replica_index, x.node) for x in found.result.assignments] == [(stays, a)]
         assert all(h.deployment != "pair" for h in service.view().node(b).held)
+
+
+def test_an_undone_place_whose_groups_ray_will_not_remove_keeps_their_gpus_until_it_does(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a = ray_nodes["gpu-a"]
+    with served(backend) as service:
+        backend.refuse_create_at = 2  # replica 1's group is refused, after replica 0's was made
+        backend.refuse_remove = 1_000  # and Ray will not remove replica 0's group, for now
+        with pytest.raises(BackendError, match="refused the group"):  # the Place's own error
+            service.place(llama("undone", gpus=2, replicas=2), gpu_nodes=(a,))
+        assert status(group_name("undone", 0)).is_live
+        # Its group stands, so the Place's GPUs stay held; each message tries again, in vain.
+        assert [h.deployment for h in service.view().node(a).held] == ["undone"] * 4
+        with pytest.raises(BackendError, match="still stand"):  # the same name: not yet
+            service.place(llama("undone", gpus=2, replicas=2), gpu_nodes=(a,))
+        backend.refuse_remove = 0  # Ray is back
+        assert service.view().node(a).held == ()  # the next message removed the group at last
+        assert status(group_name("undone", 0)) is GroupStatus.REMOVED
+        again = service.place(llama("undone", gpus=2, replicas=2), gpu_nodes=(a,))
+        assert len(again.replicas) == 2
