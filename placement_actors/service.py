@@ -215,6 +215,8 @@ class EventBuffer:
         self._lock = threading.Lock()
         self._kept: deque[ServiceEvent] = deque(maxlen=capacity)
         self._last = 0
+        self.run = uuid.uuid4().hex
+        """Which run of the service numbers these events (a new one for each buffer)."""
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
@@ -236,9 +238,12 @@ class EventBuffer:
         return kept
 
     def after(
-        self, after: int, limit: int = MAX_EVENT_BATCH
+        self, after: int, limit: int = MAX_EVENT_BATCH, *, run: str = ""
     ) -> tuple[tuple[ServiceEvent, ...], int]:
         """The events numbered after ``after`` (at most ``limit``), and where to go on from.
+
+        ``run``: the `run` that numbered ``after``, if the asker knows it; another run's number
+        gets the restart marker, however it compares with this run's numbers.
 
         Returns:
             The events, oldest first, behind an `EventsMissed` marker when some are gone; and
@@ -248,25 +253,25 @@ class EventBuffer:
         Raises:
             InvalidSpecError: ``after`` is not a count, or ``limit`` not in 1..`MAX_EVENT_BATCH`.
         """
-        _check_after(after, limit)
+        _check_after(after, limit, run)
         with self._lock:
-            return self._after(after, limit)
+            return self._after(after, limit, run)
 
     async def wait(
-        self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH
+        self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH, *, run: str = ""
     ) -> tuple[tuple[ServiceEvent, ...], int]:
         """As `after`, but wait up to ``wait_s`` seconds for an event when there is none yet.
 
         Raises:
             InvalidSpecError: a malformed argument; ``wait_s`` must be in 0..`MAX_EVENT_WAIT_S`.
         """
-        _check_after(after, limit)
+        _check_after(after, limit, run)
         _check_wait(wait_s, zero=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             with self._lock:
-                found = self._after(after, limit)
+                found = self._after(after, limit, run)
                 remaining = deadline - loop.time()
                 if found[0] or remaining <= 0:
                     return found
@@ -280,10 +285,10 @@ class EventBuffer:
                 with self._lock:
                     self._waiters = [(lp, w) for lp, w in self._waiters if w is not waiter]
 
-    def _after(self, after: int, limit: int) -> tuple[tuple[ServiceEvent, ...], int]:
+    def _after(self, after: int, limit: int, run: str) -> tuple[tuple[ServiceEvent, ...], int]:
         oldest = self._kept[0].sequence if self._kept else self._last + 1
         marker: ServiceEvent | None = None
-        if after > self._last:  # numbered by an earlier run of the service
+        if after > self._last or (run and run != self.run):  # numbered by an earlier run
             marker = self._marker(after, None, oldest)
             after = oldest - 1
         elif after < oldest - 1:  # fell behind: the events in between were dropped
@@ -302,8 +307,9 @@ class EventBuffer:
         )
 
 
-def _check_after(after: object, limit: object) -> None:
+def _check_after(after: object, limit: object, run: object = "") -> None:
     check_count(after, "after")
+    check_text(run, "run", longest=64)
     check_count(limit, "limit", minimum=1)
     if isinstance(limit, int) and limit > MAX_EVENT_BATCH:
         msg = f"limit must be at most {MAX_EVENT_BATCH}"
@@ -607,19 +613,24 @@ class PlacementHost:
         except PlacementError as exc:
             return "error", exc
 
-    async def events(self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH) -> _Outcome:
+    async def events(
+        self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH, run: str = ""
+    ) -> _Outcome:
         """The events numbered after ``after``, waiting up to ``wait_s`` for one; see `EventBuffer`.
 
-        Never blocks the host's event loop; errors travel as values, as in `handle`.
+        ``run``: the run of the service that numbered ``after``, as the asker last heard it.
+        The reply is the events, the number to go on from, and this run. Never blocks the
+        host's event loop; errors travel as values, as in `handle`.
         """
         try:
-            return "ok", await self._events.wait(after, wait_s, limit)
+            found, position = await self._events.wait(after, wait_s, limit, run=run)
         except InvalidSpecError as exc:
             return "error", exc
+        return "ok", (found, position, self._events.run)
 
     def last_event(self) -> _Outcome:
-        """The sequence number of the latest event (0 before the first)."""
-        return "ok", self._events.last
+        """The sequence number of the latest event (0 before the first), and this run."""
+        return "ok", (self._events.last, self._events.run)
 
     def _record(
         self, event: NodeJoined | NodeLost | ReplicaLost | ReplicaReplaced | ReplicaMoved
@@ -704,6 +715,7 @@ class PlacementClient:
         self._host = host
         self._lock = threading.Lock()
         self._id = uuid.uuid4().hex  # with _seq, numbers this client's messages (`ClientOrder`)
+        self._run = ""  # the run of the service whose event numbers this client last heard
         self._seq = itertools.count()
         self._commands: list[Any] = []  # this client's commands whose replies have not come
         self._look_at = _TRACKED  # how many of them before looking which have been answered
@@ -805,6 +817,9 @@ class PlacementClient:
         keeps). A client more than that behind gets an `EventsMissed` marker first, then the
         oldest events still kept; so does a client whose ``after`` comes from an earlier run of
         the service (the marker's ``missed`` is then ``None``, and the new run's events follow).
+        The client remembers which run numbered the events it was last given, so it tells that
+        whatever the numbers; a number from elsewhere (another client, a command line) is known
+        to be another run's only while it is above the new run's last number.
         A `ReplicaReplaced`'s placement resolves through the service, as a result's does.
 
         Args:
@@ -821,7 +836,9 @@ class PlacementClient:
             BackendError: the service does not answer (it stopped, or the cluster is gone).
         """
         _check_wait(wait_s, zero=True)
-        pending = self._host.later("events", after, wait_s, limit, transform=self._event_reply)
+        pending = self._host.later(
+            "events", after, wait_s, limit, self._run, transform=self._event_reply
+        )
         try:
             found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
         except pykka.Timeout as exc:  # the caller chose no timeout: the service did not answer
@@ -831,8 +848,8 @@ class PlacementClient:
 
     def last_event(self, *, timeout: float = 60.0) -> int:
         """The sequence number of the service's latest event (0 before the first)."""
-        number: int = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
-        return number
+        number, self._run = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
+        return int(number)
 
     def watch(
         self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
@@ -908,7 +925,7 @@ class PlacementClient:
         return reply
 
     def _event_reply(self, outcome: _Outcome) -> tuple[tuple[ServiceEvent, ...], int]:
-        found, position = _unwrap(outcome)
+        found, position, self._run = _unwrap(outcome)  # numbers from now on are that run's
         return tuple(self._resolvable_event(e) for e in found), position
 
     def _resolvable_event(self, item: ServiceEvent) -> ServiceEvent:

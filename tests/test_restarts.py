@@ -268,7 +268,7 @@ def test_every_call_on_its_way_when_the_service_was_served_again_goes_to_the_new
     PlacementClient.serve(ray_cluster.address, name="served-thrice")
     try:
         for poll in polls:  # each is sent again to the new service, which has no events yet
-            found, position = poll.get(timeout=60)
+            found, position, _ = poll.get(timeout=60)
             assert (found, position) == ((), 0)
     finally:
         client.stop_service()

@@ -295,6 +295,20 @@ def test_a_reader_numbered_by_an_earlier_run_of_the_service_gets_a_restart_marke
     assert last == 1
 
 
+def test_a_reader_numbered_by_another_run_gets_the_restart_marker_even_past_that_number() -> None:
+    earlier, now = EventBuffer(10), EventBuffer(10)
+    for index in range(5):
+        earlier.append(NodeLost(node_id=f"old{index}"))
+    for index in range(7):  # the new run has recorded more events than the reader saw
+        now.append(NodeLost(node_id=f"new{index}"))
+    found, last = now.after(5, run=earlier.run)
+    assert found[0].event == EventsMissed(after=5, missed=None)
+    assert [e.event for e in found[1:]] == [NodeLost(node_id=f"new{i}") for i in range(7)]
+    assert last == 7
+    assert [e.sequence for e in now.after(5, run=now.run)[0]] == [6, 7]  # this run's own number
+    assert now.run != earlier.run
+
+
 @pytest.mark.parametrize(
     ("after", "wait_s", "limit"),
     [(-1, 0, 10), (True, 0, 10), (0, -1, 10), (0, float("nan"), 10), (0, 61, 10), (0, 0, 0)],
