@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import ray
 from ray._private import state as ray_state
 
+from placement_actors.domain.limits import MAX_LABEL_TEXT, MAX_LABELS
 from placement_actors.domain.results import NodeAssignment
 from placement_actors.domain.topology import NodeTopology
 
@@ -27,6 +29,8 @@ __all__ = [
 
 HEAD_RESOURCE = "node:__internal_head__"
 """The resource only the head node carries (open-source Ray sets no node-type label)."""
+logger = logging.getLogger(__name__)
+
 EGRESS_LABEL = "placement-actors.io/egress"
 """A node labelled ``placement-actors.io/egress=true`` may run remote (API) deployments."""
 NAME_LABEL = "placement-actors.io/name"
@@ -65,12 +69,37 @@ def node_topology(record: Mapping[str, Any], *, is_head: bool | None = None) -> 
     ``is_head`` defaults to whether the record holds Ray's head resource.
     """
     resources = record.get("Resources") or {}
+    node_id = str(record["NodeID"])
     return NodeTopology(
-        node_id=str(record["NodeID"]),
+        node_id=node_id,
         num_gpus=int(resources.get("GPU", 0)),
         is_head=HEAD_RESOURCE in resources if is_head is None else is_head,
-        labels={str(k): str(v) for k, v in (record.get("Labels") or {}).items()},
+        labels=_labels(node_id, record.get("Labels") or {}),
     )
+
+
+def _labels(node_id: str, given: Mapping[Any, Any]) -> dict[str, str]:
+    """The node's labels that a `NodeTopology` holds; the others are dropped, with a warning.
+
+    Ray accepts longer keys (317 characters) and more labels than placement reads
+    (`MAX_LABEL_TEXT`, `MAX_LABELS`): one such node must not keep the service from taking the
+    cluster in. The service's own labels are kept first.
+    """
+    fitting = {
+        str(k): str(v)
+        for k, v in given.items()
+        if len(str(k)) <= MAX_LABEL_TEXT and len(str(v)) <= MAX_LABEL_TEXT
+    }
+    order = sorted(fitting, key=lambda k: (k not in (EGRESS_LABEL, NAME_LABEL), k))
+    kept = {k: fitting[k] for k in order[:MAX_LABELS]}
+    if len(kept) < len(given):
+        logger.warning(
+            "node %s: %d of its %d labels are too long or too many to select by; left out",
+            node_id,
+            len(given) - len(kept),
+            len(given),
+        )
+    return kept
 
 
 def is_egress(record: Mapping[str, Any]) -> bool:
@@ -93,7 +122,8 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
     outside: dict[str, int] = {}
     for node_id, record in alive_nodes().items():
         total = int((record.get("Resources") or {}).get("GPU", 0))
-        free = int(available.get(node_id, {}).get("GPU", total))
+        # Ray leaves a resource with nothing free out of a node's free resources altogether.
+        free = int(available[node_id].get("GPU", 0)) if node_id in available else total
         in_use = max(0, total - free - ours.get(node_id, 0))
         if in_use:
             outside[node_id] = in_use

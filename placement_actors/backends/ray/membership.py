@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from placement_actors.backends.ray.cluster import alive_nodes, is_egress, node_topology
 from placement_actors.backends.ray.groups import groups_in
 from placement_actors.domain.deployments import GROUP_NAME_ROOT
+from placement_actors.domain.errors import PlacementError
 from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.topology import NodeTopology
 
@@ -37,6 +39,9 @@ class ClusterWatcher:
         alive: polled before each round; the watcher stops when it returns ``False`` (the actor
             it reports to has stopped).
         interval_s: seconds between two rounds.
+        nodes: reads the alive nodes' ``ray.nodes()`` records by node id (Ray's, by default).
+        rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
+            (Ray's, by default).
     """
 
     def __init__(
@@ -48,14 +53,21 @@ class ClusterWatcher:
         on_rescheduling: Callable[[str, str], None],
         alive: Callable[[], bool] = lambda: True,
         interval_s: float = 0.25,
+        nodes: Callable[[], Mapping[str, Mapping[str, Any]]] = alive_nodes,
+        rescheduling: Callable[[], Mapping[str, str]] = lambda: groups_in(
+            GroupStatus.RESCHEDULING, GROUP_NAME_ROOT
+        ),
     ) -> None:
         """Remember the known nodes; nothing is polled until `start`."""
         self._known = set(known)
+        self._refused: set[str] = set()  # joined nodes the service cannot take in (told once)
         self._on_joined = on_joined
         self._on_lost = on_lost
         self._on_rescheduling = on_rescheduling
         self._alive = alive
         self._interval_s = interval_s
+        self._nodes = nodes
+        self._rescheduling = rescheduling
         self._reported: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -75,14 +87,24 @@ class ClusterWatcher:
 
     def poll(self) -> None:
         """One round: compare Ray's tables with what was seen, and report each change once."""
-        nodes = alive_nodes()
+        nodes = self._nodes()
+        joined = set()
         for node_id in sorted(set(nodes) - self._known):
             record = nodes[node_id]
-            self._on_joined(node_topology(record), is_egress(record))
+            try:
+                topology = node_topology(record)
+            except PlacementError as exc:  # one odd node must not hide the others' changes
+                if node_id not in self._refused:
+                    logger.warning("node %s cannot be placed on: %s", node_id, exc)
+                    self._refused.add(node_id)
+                continue
+            self._on_joined(topology, is_egress(record))
+            joined.add(node_id)
         for node_id in sorted(self._known - set(nodes)):
             self._on_lost(node_id)
-        self._known = set(nodes)
-        moving = groups_in(GroupStatus.RESCHEDULING, GROUP_NAME_ROOT)
+        self._known = (self._known & set(nodes)) | joined
+        self._refused &= set(nodes)
+        moving = self._rescheduling()
         for group_id in sorted(set(moving) - self._reported):
             self._on_rescheduling(moving[group_id], group_id)
         self._reported = set(moving)

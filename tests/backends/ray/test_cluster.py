@@ -42,3 +42,48 @@ def test_a_node_that_left_keeps_its_name_for_views_that_show_it_lost(ray_cluster
         time.sleep(0.05)  # Ray marks it dead a moment after remove_node returns
     assert node_id not in on_ray.node_names()
     assert on_ray.node_names(include_dead=True)[node_id] == "gpu-gone"
+
+
+def test_labels_a_node_may_carry_but_placement_cannot_read_are_left_out_not_the_node() -> None:
+    long_key = ".".join(["x" * 63] * 3 + ["x" * 61]) + "/zone"  # Ray takes 253 + 1 + 63 chars
+    labels = {f"k{i:02d}": "v" for i in range(70)}  # more than a node's labels are read
+    labels |= {long_key: "east", on_ray.NAME_LABEL: "gpu-x", on_ray.EGRESS_LABEL: "true"}
+    records = [{"NodeID": "a", "Alive": True, "Resources": {"GPU": 2.0}, "Labels": labels}]
+    (node,) = on_ray.get_cluster_topology(head_node_id="h", nodes=records)
+    assert long_key not in node.labels
+    assert node.labels[on_ray.NAME_LABEL] == "gpu-x"  # the service's own labels come first
+    assert node.labels[on_ray.EGRESS_LABEL] == "true"
+    assert len(node.labels) == 64
+
+
+def test_a_joined_node_the_service_cannot_take_in_hides_no_other_change() -> None:
+    old, odd = "o" * 56, "d" * 56
+    told: list[tuple[str, str]] = []
+    watcher = on_ray.ClusterWatcher(
+        known=[old],
+        on_joined=lambda node, _: told.append(("joined", node.node_id)),
+        on_lost=lambda node_id: told.append(("lost", node_id)),
+        on_rescheduling=lambda name, _: told.append(("rescheduling", name)),
+        nodes=lambda: {odd: {"NodeID": odd, "Alive": True, "Resources": {"GPU": 10.0**6}}},
+        rescheduling=lambda: {"g1": "placement-actors:d:r0"},
+    )
+    for _ in range(3):  # the odd node (a million GPUs) is refused each round, told once
+        watcher.poll()
+    assert told == [("lost", old), ("rescheduling", "placement-actors:d:r0")]
+
+
+def test_a_node_whose_gpus_another_ray_user_holds_all_of_counts_them_outside(
+    ray_nodes: dict[str, str],
+) -> None:
+    node = ray_nodes["gpu-a"]
+    other = on_ray.build_pg(
+        [{"GPU": 4}],
+        "STRICT_PACK",
+        name="someone-elses-all",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=30,
+    )
+    try:  # Ray then leaves GPU out of the node's free resources altogether
+        assert on_ray.gpus_held_outside({}).get(node) == 4
+    finally:
+        on_ray.remove_group(other)
