@@ -334,6 +334,12 @@ def _collector_paused() -> Iterator[None]:
 
 def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> DeploymentSpec:
     secret = None if entry.api_key_env is None else env.get(entry.api_key_env)
+    if secret:
+        try:
+            secret.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes in the environment: never shown
+            msg = f"the value of {entry.api_key_env} is not UTF-8 text (not shown)"
+            raise InvalidSpecError(msg, field="api_key_env") from None
     api_key = ApiKey(secret) if secret else None
     deployment = Deployment(
         name=entry.name,

@@ -775,3 +775,47 @@ def test_a_replica_not_placed_now_is_shown_so_in_the_replicas_table() -> None:
     assert "not placed now" not in lines[0]
     assert "not placed now" in lines[1]
     assert data["replicas"][1]["nodes"] == []
+
+
+def test_an_api_key_variable_that_is_not_utf8_is_a_problem_of_the_file_never_shown(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ODD_KEY", "sk-SECRET\udcffTAIL")  # an undecodable byte, as Python reads it
+    deployments = tmp_path / "d.yaml"
+    deployments.write_text("deployments:\n  - {name: api, model: gpt-4o, api_key_env: ODD_KEY}\n")
+    code, out, err = run(
+        capsys, "place", str(deployments), "--cluster", str(EXAMPLES / "cluster.yaml")
+    )
+    assert code == cli.EXIT_INVALID_SPEC
+    assert "d.yaml:2: api_key_env: the value of ODD_KEY is not UTF-8 text" in err
+    assert "SECRET" not in out + err
+
+
+def test_place_on_a_cluster_file_keeps_replicas_off_heads_as_the_service_would(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PLACEMENT_ACTORS_IGNORE_HEAD_NODE", "1")
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("nodes:\n  - {id: h, gpus: 8, head: true}\n  - {id: w, gpus: 4}\n")
+    deployments = tmp_path / "d.yaml"
+    deployments.write_text("deployments:\n  - {name: big, model: m, gpus: 8}\n")
+    code, out, _ = run(capsys, "place", str(deployments), "--cluster", str(cluster))
+    assert code == cli.EXIT_NO_CAPACITY
+    assert "h: is a head node (head exclusion is on)" in out
+
+
+def test_a_tp_size_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "--tp", "0", "--cluster", str(EXAMPLES / "cluster.yaml"))
+    assert code == cli.EXIT_USAGE
+    assert "--tp" in err
+
+
+def test_a_file_path_with_a_newline_still_gives_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(
+        capsys, "place", "no\nsuch.yaml", "--cluster", str(EXAMPLES / "cluster.yaml")
+    )
+    assert code == cli.EXIT_INVALID_SPEC
+    assert err.count("\n") == 1
+    assert "no\\nsuch.yaml" in err

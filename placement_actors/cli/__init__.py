@@ -311,7 +311,9 @@ def _parser() -> argparse.ArgumentParser:
         commands.plan,
         address="optional",
     )
-    plan.add_argument("--tp", type=int, required=True, metavar="N", help="GPUs per replica")
+    plan.add_argument(
+        "--tp", type=_count(minimum=1), required=True, metavar="N", help="GPUs per replica"
+    )
     plan.add_argument("--cluster", type=Path, help="a cluster YAML file instead of a Ray cluster")
     plan.add_argument(
         "--ignore-head-node", action="store_true", help="keep the replica off head nodes"

@@ -488,7 +488,9 @@ def _place_on_file(args: argparse.Namespace, out: Output) -> int:
     cluster = load_cluster(args.cluster)
     specs = load_deployments(args.file, known_nodes=[n.node_id for n in cluster.topology])
     ref = DeploymentPlacementActor.start(
-        topology=cluster.topology, egress_nodes=cluster.egress_nodes
+        topology=cluster.topology,
+        egress_nodes=cluster.egress_nodes,
+        ignore_head_node=head_exclusion(),  # what the service would decide
     )
     placed = _Placed(results=[], failures=[])
     try:

@@ -125,8 +125,9 @@ class ConfigFileError(InvalidSpecError):
     def __init__(self, *, path: str, problems: tuple[ConfigProblem, ...]) -> None:
         """Create the error for ``problems`` found in ``path``."""
         lines = []
+        shown = path if path.isprintable() else repr(path)[1:-1]  # one line per problem
         for found in problems:
-            where = path if found.line is None else f"{path}:{found.line}"
+            where = shown if found.line is None else f"{shown}:{found.line}"
             lines.append(
                 f"{where}: {found.field}: {found.problem}"
                 if found.field
