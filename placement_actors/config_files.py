@@ -30,7 +30,9 @@
 
 A file with any error yields nothing: every problem of the file, from its YAML to the values it
 describes (schema and domain checks alike), is reported in one `ConfigFileError`, one
-``file:line: field: problem`` each, in file order; past the first 100, a last line counts the rest.
+``file:line: field: problem`` each, in file order. Past 100 problems, the first 100 found are
+shown (the YAML's own, such as duplicate keys, are found before the values are checked) and a
+last line counts the rest.
 
 The files are human-written specs, so the loader refuses, with the line, what YAML would
 otherwise let through silently: a key that appears twice in one mapping (YAML keeps the last;
