@@ -2,6 +2,8 @@ import dataclasses
 import io
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -819,3 +821,26 @@ def test_a_file_path_with_a_newline_still_gives_one_line(
     assert code == cli.EXIT_INVALID_SPEC
     assert err.count("\n") == 1
     assert "no\\nsuch.yaml" in err
+
+
+def test_a_reader_that_closes_the_output_early_leaves_the_exit_code_and_standard_error_whole(
+    tmp_path: Path,
+) -> None:
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("nodes:\n" + "".join(f"  - {{id: n{i:03d}, gpus: 8}}\n" for i in range(400)))
+    deployments = tmp_path / "d.yaml"
+    deployments.write_text(
+        "deployments:\n" + "".join(f"  - {{name: d{i:04d}, model: m}}\n" for i in range(3000))
+    )
+    command = [sys.executable, "-m", "placement_actors", "place", str(deployments)]
+    with subprocess.Popen(  # noqa: S603 - this interpreter running the command line
+        [*command, "--cluster", str(cluster)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as reader:
+        assert reader.stdout is not None
+        assert reader.stderr is not None
+        assert reader.stdout.readline()  # as `| head -1` would: one line, then the pipe is closed
+        reader.stdout.close()
+        err = reader.stderr.read().decode()
+        assert reader.wait(timeout=120) == cli.EXIT_OK  # every deployment fitted
+    assert "unexpected failure" not in err
+    assert "Traceback" not in err

@@ -108,9 +108,25 @@ def _global_flags(arguments: Sequence[str]) -> tuple[bool, bool]:
     return _JSON in given, any(flag in given for flag in _VERBOSE)
 
 
+class _StdoutConsole(Console):
+    """Standard output's console: closed early by its reader (``| head``), it stops printing.
+
+    The command goes on and its exit code still tells, as with ``--json``. Rich's own reaction
+    would point the process's current ``sys.stdout`` at /dev/null, which, while a command runs,
+    is standard error (see `main`), and exit 1 without a word.
+    """
+
+    def on_broken_pipe(self) -> None:
+        """Print nothing more: point this console's own stream at /dev/null."""
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())
+
+
 def _output(errors: Console, *, json_mode: bool) -> commands.Output:
     return commands.Output(
-        console=Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120),
+        console=_StdoutConsole(file=sys.stdout, width=None if sys.stdout.isatty() else 120),
         progress=errors,
         json=json_mode,
     )
