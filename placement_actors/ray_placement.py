@@ -21,8 +21,8 @@ Where this is deliberately stricter or different from Curator:
   `BackendError`, a `RuntimeError`. ``except ValueError`` / ``except RuntimeError`` keep working.
 - **An empty prefix is refused.** ``remove_named_pgs_with_prefix("")`` would remove every named
   group of the namespace; it raises `InvalidSpecError` instead.
-- **A default ready timeout.** ``build_pg`` and ``build_replica_pg`` wait at most 60 s unless told
-  otherwise; ``bundle_label_selector`` defaults to ``None``.
+- **A default ready timeout.** ``build_pg`` and ``build_replica_pg`` wait at most 180 s (as
+  Curator does) unless told otherwise; ``bundle_label_selector`` defaults to ``None``.
 - **Head exclusion by node id.** ``CURATOR_IGNORE_RAY_HEAD_NODE`` is honoured as well as
   ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` (either one set to ``1``, ``true`` or ``yes`` turns it on).
   Curator selects ``ray.io/node-type: worker``, a label open-source Ray never sets, so its bundles

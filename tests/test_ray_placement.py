@@ -90,11 +90,11 @@ def test_the_spec_is_ours_re_exported() -> None:
     assert ReplicaBundleSpec.__module__ == "placement_actors.domain.results"
 
 
-def test_build_functions_wait_sixty_seconds_by_default_and_select_no_labels() -> None:
+def test_build_functions_wait_as_long_as_curators_by_default_and_select_no_labels() -> None:
     build = inspect.signature(build_pg).parameters
-    assert build["ready_timeout_s"].default == 60.0
+    assert build["ready_timeout_s"].default == 180.0  # Curator's PLACEMENT_GROUP_READY_TIMEOUT_S
     assert build["bundle_label_selector"].default is None
-    assert inspect.signature(build_replica_pg).parameters["ready_timeout_s"].default == 60.0
+    assert inspect.signature(build_replica_pg).parameters["ready_timeout_s"].default == 180.0
 
 
 def test_start_port_is_optional_and_get_next_free_port_stays_positional() -> None:
@@ -307,7 +307,28 @@ def test_build_pg_takes_the_strategy_as_a_string() -> None:
 @pytest.mark.usefixtures("ray_nodes")
 def test_an_unknown_strategy_string_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="strategy"):
-        build_pg([{"GPU": 1}], "PACK", name="curator-t-bad", ready_timeout_s=5)
+        build_pg([{"GPU": 1}], "PACKED", name="curator-t-bad", ready_timeout_s=5)
+
+
+@pytest.mark.usefixtures("ray_nodes")
+def test_build_pg_takes_rays_best_effort_strategies_too_as_curator_does() -> None:
+    try:
+        for strategy in ("PACK", "SPREAD"):
+            pg = build_pg(
+                [{"CPU": 1, "GPU": 1}],
+                strategy,
+                name=f"curator-t-soft-{strategy}",
+                ready_timeout_s=30,
+            )
+            assert pg.bundle_count == 1
+    finally:
+        assert remove_named_pgs_with_prefix("curator-t-soft-") == 2
+
+
+def test_a_spec_can_be_built_positionally_as_curators_can() -> None:
+    spec = ReplicaBundleSpec([{"CPU": 1, "GPU": 4}], "STRICT_PACK", 1, 4)  # type: ignore[arg-type]
+    assert spec.strategy == "STRICT_PACK"
+    assert (spec.nnodes, spec.per_node_gpus, spec.total_gpus) == (1, 4, 4)
 
 
 @pytest.mark.usefixtures("ray_nodes")

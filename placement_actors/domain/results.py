@@ -157,7 +157,7 @@ class PlacementResult:
         return sum(len(a.gpus) for a in self.assignments)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)  # positional too: ``ReplicaBundleSpec(bundles, strategy, ...)``
 class ReplicaBundleSpec:
     """The Ray placement-group shape of one replica.
 

@@ -10,6 +10,7 @@ from typing import Any
 import ray
 from ray._private import state as ray_state
 
+from placement_actors.domain.errors import BackendError
 from placement_actors.domain.limits import MAX_LABEL_TEXT, MAX_LABELS
 from placement_actors.domain.results import NodeAssignment
 from placement_actors.domain.topology import NodeTopology
@@ -38,8 +39,17 @@ NAME_LABEL = "placement-actors.io/name"
 
 
 def _alive_nodes(nodes: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
-    listed = list(ray.nodes()) if nodes is None else list(nodes)  # type: ignore[no-untyped-call]
+    listed = _ray_nodes() if nodes is None else list(nodes)
     return [n for n in listed if n.get("Alive", n.get("alive", False))]
+
+
+def _ray_nodes() -> list[Mapping[str, Any]]:
+    """``ray.nodes()``; a failure (Ray not connected, say) is a `BackendError`."""
+    try:
+        return list(ray.nodes())  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the Ray error-mapping boundary
+        msg = f"cannot read Ray's node table: {exc}"
+        raise BackendError(msg, operation="read nodes") from exc
 
 
 def get_cluster_topology(
@@ -58,7 +68,11 @@ def get_cluster_topology(
             (n["NodeID"] for n in alive if HEAD_RESOURCE in n.get("Resources", {})), None
         )
     if head_node_id is None:
-        head_node_id = ray.get_runtime_context().get_node_id()
+        try:
+            head_node_id = ray.get_runtime_context().get_node_id()
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"no node holds Ray's head resource, and Ray cannot say which is this: {exc}"
+            raise BackendError(msg, operation="read nodes") from exc
     topology = [node_topology(node, is_head=node["NodeID"] == head_node_id) for node in alive]
     return tuple(sorted((n for n in topology if n.num_gpus >= 1), key=lambda n: n.node_id))
 

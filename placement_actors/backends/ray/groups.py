@@ -70,13 +70,23 @@ _SCHEDULING = {
 """The reasons in ``stats.scheduling_state`` that tell why a pending group waits."""
 
 
+_SOFT = frozenset({"PACK", "SPREAD"})
+"""Ray's best-effort strategies: taken by `build_pg` as Ray takes them (the planner pins)."""
+
+
+READY_TIMEOUT_S = 180.0
+"""How long `build_pg` waits for a group by default (as NeMo Curator's placement module does)."""
+
+
 def _strategy(strategy: BundleStrategy | str) -> str:
     if isinstance(strategy, BundleStrategy):
         return _STRATEGY[strategy]
+    if strategy in _SOFT:
+        return str(strategy)
     try:
         return _STRATEGY[BundleStrategy(strategy)]
     except ValueError:
-        msg = f"strategy must be STRICT_PACK or STRICT_SPREAD, got {strategy!r}"
+        msg = f"strategy must be STRICT_PACK, STRICT_SPREAD, PACK or SPREAD, got {strategy!r}"
         raise InvalidSpecError(msg, field="strategy") from None
 
 
@@ -163,7 +173,7 @@ def build_pg(
     *,
     name: str,
     bundle_label_selector: Sequence[Mapping[str, str]] | None = None,
-    ready_timeout_s: float = 60.0,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> PlacementGroup:
     """Create a detached, named placement group and wait until it is ready (blocking).
 
@@ -193,7 +203,7 @@ def build_pg(
 
 
 def build_replica_pg(
-    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float = 60.0
+    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float = READY_TIMEOUT_S
 ) -> PlacementGroup:
     """`build_pg` for one replica's `ReplicaBundleSpec`."""
     return build_pg(
@@ -270,6 +280,9 @@ def remove_named_pgs_with_prefix(prefix: str) -> int:
             pg = get_placement_group(name)
         except ValueError:
             continue  # not in this namespace
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot look up placement group {name}: {exc}"
+            raise BackendError(msg, operation="find placement group") from exc
         remove_group(pg)
         removed += 1
     return removed
