@@ -334,9 +334,9 @@ class DeploymentPlacementActor(KeepServingActor):
         self._checkpoints = checkpoints
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
         # Replicas lost while Ray would not remove their groups: tried again (see _lose_replicas).
+        self._losing: dict[str, tuple[frozenset[int], str | None, frozenset[str]]] = {}
         # GPUs of groups an undone Place left because Ray would not remove them (see _unplan).
         self._stranded: dict[str, tuple[NodeAssignment, ...]] = {}
-        self._losing: dict[str, tuple[frozenset[int], str | None, frozenset[str]]] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
