@@ -114,6 +114,9 @@ OUTSIDE_HOLDER = "(outside the service)"
 _INDEX_DIGITS = 9
 """The most digits of a replica index in a group name Ray reports (more: no group of ours)."""
 
+_CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica})
+"""The commands whose handlers catch up themselves (`_catch_up`)."""
+
 SERVED_WHILE_WAITING: frozenset[type[Any]] = frozenset({AnswerNow})
 """Answered while a command waits for the planner (its Ray work can take a while).
 
@@ -335,7 +338,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
         # Replicas lost while Ray would not remove their groups: tried again (see _lose_replicas).
         self._losing: dict[str, tuple[frozenset[int], str | None, frozenset[str]]] = {}
-        # GPUs of groups an undone Place left because Ray would not remove them (see _unplan).
+        # GPUs of groups Ray would not remove: an undone Place's (see _unplan) or a failed
+        # replica's (see _on_replica_failed); held until a removal succeeds (_catch_up).
         self._stranded: dict[str, tuple[NodeAssignment, ...]] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
@@ -408,8 +412,12 @@ class DeploymentPlacementActor(KeepServingActor):
         return self._place_checked(message)
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
-        """Carry out what was refused before (`_catch_up`), then handle ``message``."""
-        if self._behind():
+        """Carry out what was refused before (`_catch_up`), then handle ``message``.
+
+        The commands that catch up themselves (reached through a proxy too) are not caught up
+        twice: a removal Ray refused once is tried once per message.
+        """
+        if self._behind() and type(message) not in _CATCHING_UP:
             self._catch_up()
         return super().on_receive(message)
 
@@ -477,8 +485,8 @@ class DeploymentPlacementActor(KeepServingActor):
             raise InvalidSpecError(msg, field="name")
         if deployment.name in self._stranded:
             msg = (
-                f"groups of an undone Place of {deployment.name} still stand on the cluster; "
-                "the service removes them with its next messages: try again"
+                f"failed or undone placement groups of {deployment.name} still stand on the "
+                "cluster; the service removes them with its next messages: try again"
             )
             raise BackendError(msg, operation="remove placement group")
         earlier = self._placed.get(deployment.name)
@@ -797,7 +805,12 @@ class DeploymentPlacementActor(KeepServingActor):
 
     @admits(ReplicaFailed)
     def _on_replica_failed(self, event: ReplicaFailed) -> None:
-        """A replica's group failed after it was planned: give its GPUs back to the ledger."""
+        """A replica's group failed after it was planned: give its GPUs back to the ledger.
+
+        Ray first: if Ray would not remove the failed group, it still holds those GPUs, so they
+        stay held here (``_stranded``) until a later removal succeeds (`_catch_up`, or a
+        `Release`); the replica is off the record at once.
+        """
         placed = self._placed.get(event.deployment)
         if placed is None:
             return
@@ -809,7 +822,10 @@ class DeploymentPlacementActor(KeepServingActor):
         if not current:
             return  # about a group this record no longer holds (released, or planned again)
         lost = [a for a in placed.result.assignments if a.replica_index == event.replica_index]
-        self._free(event.deployment, lost, None)
+        if event.group_removed:
+            self._free(event.deployment, lost, None)
+        else:
+            self._stranded[event.deployment] = (*self._stranded.get(event.deployment, ()), *lost)
         placed.result = self._without(placed.result, {event.replica_index})
         logger.warning(
             "replica %d of %s failed and is missing: %s",
@@ -1030,6 +1046,8 @@ class DeploymentPlacementActor(KeepServingActor):
         if not missing:
             self._degraded.discard(name)
             return
+        if name in self._stranded:  # a failed group of it still stands: placed again once gone
+            return
         try:
             more = self._making_room(
                 lambda: self._place_missing(placed, avoid=avoid),
@@ -1126,6 +1144,7 @@ class DeploymentPlacementActor(KeepServingActor):
 
     def _catch_up(self) -> None:
         """Carry out what Ray or the record store refused before: removals, then records."""
+        freed = False
         for name, stranded in sorted(self._stranded.items()):
             replicas = tuple(sorted({a.replica_index for a in stranded}))
             try:
@@ -1134,6 +1153,9 @@ class DeploymentPlacementActor(KeepServingActor):
                 return  # Ray still refuses: the rest waits for the next message
             del self._stranded[name]
             self._free(name, stranded, None)
+            freed = True
+        if freed:  # a failed replica's GPUs are back: it (or another) may be placed again
+            self._retry_degraded()
         for name, (indexes, node_id, suspect) in sorted(self._losing.items()):
             if name not in self._placed:  # released since: its groups went with it
                 self._losing.pop(name, None)

@@ -514,7 +514,9 @@ class RemoveReplicaGroups:
     """Command: remove a deployment's placement groups.
 
     Without ``replica_indexes``: every group of the deployment, also ones an earlier run of the
-    service left behind (found by name prefix). With them: only those replicas' tracked groups.
+    service left behind (found by name prefix). With them: only those replicas' tracked groups,
+    and their failed groups Ray would not remove before (`ReplicaFailed.group_removed`); if Ray
+    still will not, the reply is a `BackendError` and nothing is removed.
     Unresolved futures of removed groups fail with `PlacementCancelledError`, or with
     `NodeLostError` when ``lost_node`` is given (``""``: Ray rescheduled the group, node unknown);
     their ports are forgotten.
@@ -587,7 +589,9 @@ class ReplicaFailed:
     """Event: a replica's group failed after it was planned; its reservation should be freed.
 
     ``attempt`` is the failed group's `ReplicaPlacement.attempt`: a late event about an older
-    group of the same replica changes nothing.
+    group of the same replica changes nothing. ``group_removed`` is false when Ray would not
+    remove the failed group: it still holds its GPUs on the cluster, so they stay held until a
+    later `RemoveReplicaGroups` of that replica succeeds.
     """
 
     deployment: str
@@ -595,6 +599,7 @@ class ReplicaFailed:
     group_name: str
     attempt: int
     error: PlacementError
+    group_removed: bool = True
 
     def __post_init__(self) -> None:
         """Check every field's type."""
@@ -604,6 +609,9 @@ class ReplicaFailed:
         if not isinstance(self.error, PlacementError):
             msg = f"error must be a PlacementError, got {type(self.error).__name__}"
             raise InvalidSpecError(msg, field="error")
+        if not isinstance(self.group_removed, bool):
+            msg = f"group_removed must be true or false, got {type(self.group_removed).__name__}"
+            raise InvalidSpecError(msg, field="group_removed")
 
 
 def _check_group(group_name: object, attempt: object) -> None:

@@ -253,6 +253,10 @@ class PlanningActor(KeepServingActor):
             else [group_name(message.deployment, i) for i in indexes]
         )
         self._remove_unremoved()
+        stuck = [n for n in names if n in self._unremoved] if indexes is not None else []
+        if stuck:  # failed groups of these replicas that Ray still will not remove
+            msg = f"Ray would not remove the failed placement group {stuck[0]}"
+            raise BackendError(msg, operation="remove placement group")
         # Ray first: should it fail, the groups stay tracked (their ports still claimed, their
         # futures unsettled), as they stay on the cluster, and the removal can be asked for again.
         removed = 0 if indexes is not None else self._backend.remove_groups_with_prefix(prefix)
@@ -281,8 +285,9 @@ class PlanningActor(KeepServingActor):
     def _remove_unremoved(self) -> None:
         """Try again to remove the failed groups Ray would not remove when they failed.
 
-        Their GPUs were given back to the ledger when they failed; until Ray removes them, a
-        group pinned to those GPUs would wait, and one of the same name could not be made.
+        Until Ray removes them, a group of the same name cannot be made, and their GPUs stay
+        held on the cluster (the placement actor keeps them held on its ledger, told so by
+        `ReplicaFailed.group_removed`, until a `RemoveReplicaGroups` of them succeeds).
         """
         for name, handle in list(self._unremoved.items()):
             try:
@@ -549,8 +554,10 @@ class PlanningActor(KeepServingActor):
             group.timer.cancel()
         self._ports.release(group.name)
         self._forget(group.name)
+        removed = False
         try:
             self._backend.remove_group(group.handle)
+            removed = True
         except BackendError:
             self._unremoved[group.name] = group.handle  # tried again at the next command
             logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
@@ -564,6 +571,7 @@ class PlanningActor(KeepServingActor):
                         group_name=group.name,
                         attempt=group.attempt,
                         error=error,
+                        group_removed=removed,
                     ),
                 )
             self._settle_all(group, error)

@@ -49,6 +49,14 @@ ASSIGNMENT = NodeAssignment(replica_index=0, node="n", gpus=(0,))
             attempt=1,
             error="lost",  # type: ignore[arg-type]
         ),
+        lambda: ReplicaFailed(
+            deployment="d",
+            replica_index=0,
+            group_name="g",
+            attempt=1,
+            error=PlacementError("x"),
+            group_removed="no",  # type: ignore[arg-type]
+        ),
         lambda: PlanReplica(deployment="d", replica_index=True, assignments=(ASSIGNMENT,)),
         lambda: PlanReplica(deployment="d", replica_index=0, assignments=[ASSIGNMENT]),  # type: ignore[arg-type]
         lambda: PlanReplica(deployment="d", replica_index=0, assignments=(ASSIGNMENT,), notify=1),  # type: ignore[arg-type]
@@ -76,6 +84,7 @@ ASSIGNMENT = NodeAssignment(replica_index=0, node="n", gpus=(0,))
         "replica-failed-list",
         "replica-failed-negative-index",
         "replica-failed-text-error",
+        "replica-failed-text-removed",
         "plan-bool-index",
         "plan-list-assignments",
         "plan-notify-not-a-ref",

@@ -771,10 +771,11 @@ def test_a_release_ray_cannot_carry_out_forgets_nothing_and_can_be_asked_again(
         assert status(group_name("kept", 0)) is GroupStatus.REMOVED
 
 
-def test_a_failed_group_ray_would_not_remove_is_removed_before_its_name_is_used_again(
+def test_a_failed_group_ray_would_not_remove_keeps_its_gpus_until_ray_removes_it(
     ray_nodes: dict[str, str],
 ) -> None:
-    holder = hold_gpus(ray_nodes["gpu-b"], 4, name="t-outside-holder-3")
+    b = ray_nodes["gpu-b"]
+    holder = hold_gpus(b, 4, name="t-outside-holder-3")
     backend = RefusingBackend()
     planner = PlanningActor.start(backend=backend, ready_timeout_s=1.5)
     placement = DeploymentPlacementActor.start(
@@ -782,17 +783,31 @@ def test_a_failed_group_ray_would_not_remove_is_removed_before_its_name_is_used_
     )
     service = Service(placement=placement, planner=planner)
     try:
-        backend.refuse_remove = True  # when the group times out, Ray will not remove it
-        first = service.place(llama("zombie", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
+        backend.refuse_remove = 3  # when the group times out, and at the next two messages
+        first = service.place(llama("zombie", gpus=4), gpu_nodes=(b,))
         with pytest.raises(PlacementGroupTimeoutError):
             first.replicas[0].master.port.get(timeout=TIMEOUT)
-        assert status(group_name("zombie", 0)).is_live  # still on Ray, its GPUs given back
-        assert not backend.refuse_remove
+        planner.ask(GetReplicaGroups(), timeout=TIMEOUT)  # the failure was handled and told
+        # Ray first: the failed group still stands on Ray, so its GPUs stay held on the ledger.
+        assert [h.deployment for h in service.view().node(b).held] == ["zombie"] * 4
+        assert status(group_name("zombie", 0)).is_live
+        with pytest.raises(BackendError, match="still stand"):  # its name is not free yet
+            service.place(llama("zombie", gpus=4), gpu_nodes=(b,))
+        assert backend.refuse_remove == 0
         remove_placement_group(holder)
-        second = service.place(llama("zombie", gpus=4), gpu_nodes=(ray_nodes["gpu-b"],))
-        assert second.replicas[0].master.port.get(timeout=TIMEOUT) > 0  # not "already exists"
-        live = [s for s in on_ray.group_states(group_name("zombie", 0)).values() if s.is_live]
-        assert len(live) == 1
+        # The next message carries the removal out, and the replica is placed again at once
+        # (replace_lost) in a new group of that name: not "already exists".
+        found = service.placement.ask(GetPlacement("zombie"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.missing == ()
+        assert found.result is not None
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        name = group_name("zombie", 0)
+        assert on_ray.groups_in(GroupStatus.CREATED, name) == {
+            found.result.replicas[0].group_id: name
+        }
+        assert first.replicas[0].group_id in on_ray.groups_in(GroupStatus.REMOVED, name)
+        assert len(service.view().node(b).held) == 4
     finally:
         for name in service.view().deployments:
             placement.ask(Release(name), timeout=TIMEOUT)
