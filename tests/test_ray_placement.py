@@ -1,6 +1,8 @@
 """The NeMo Curator-compatible functions: a Curator-style script runs unchanged on our package."""
 
+import _thread
 import inspect
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +19,9 @@ from placement_actors import (
     PlacementGroupTimeoutError,
 )
 from placement_actors import ray_placement as rp
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.backends import ray as on_ray
+from placement_actors.backends.ray import groups
 from placement_actors.domain.errors import CapacityError
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.ray_placement import (
@@ -338,6 +342,33 @@ def test_a_group_never_ready_is_a_timeout_error_and_is_removed() -> None:
     assert isinstance(caught.value, PlacementGroupTimeoutError)
     assert not caught.value.retryable  # no node can ever hold it
     assert remove_named_pgs_with_prefix("curator-t-huge") == 0
+
+
+@pytest.mark.usefixtures("ray_nodes")
+def test_a_group_whose_state_cannot_be_read_after_its_timeout_is_still_removed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreadable(pg: object) -> GroupStatus:
+        msg = "Ray could not be asked (injected)"
+        raise BackendError(msg, operation="read placement group")
+
+    monkeypatch.setattr(groups, "status_of", unreadable)
+    with pytest.raises(PlacementGroupTimeoutError) as caught:
+        build_pg([{"GPU": 1000}], "STRICT_PACK", name="curator-t-unread", ready_timeout_s=1)
+    assert caught.value.scheduling_state is GroupStatus.UNKNOWN
+    assert remove_named_pgs_with_prefix("curator-t-unread") == 0  # Ray has it as removed
+
+
+@pytest.mark.usefixtures("ray_nodes")
+def test_a_wait_interrupted_by_ctrl_c_removes_the_group_before_the_interrupt_goes_on() -> None:
+    interrupt = threading.Timer(1.0, _thread.interrupt_main)  # as Ctrl-C in a script's wait
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_pg([{"GPU": 1000}], "STRICT_PACK", name="curator-t-ctrl-c", ready_timeout_s=20)
+    finally:
+        interrupt.cancel()
+    assert remove_named_pgs_with_prefix("curator-t-ctrl-c") == 0  # Ray has it as removed
 
 
 def test_tp_8_fits_one_node_of_the_real_cluster(ray_nodes: dict[str, str]) -> None:

@@ -193,13 +193,29 @@ def build_pg(
         if ready:
             ray.get(ready[0])
             return pg
+        try:
+            state = status_of(pg)
+        except BackendError:  # why it waits is unknown; the group goes all the same
+            state = GroupStatus.UNKNOWN
     except Exception as exc:  # the Ray error-mapping boundary
-        remove_group(pg)
-        msg = f"placement group {name} failed: {exc}"
-        raise BackendError(msg, operation="wait for placement group") from exc
-    state = status_of(pg)
+        error = BackendError(
+            f"placement group {name} failed: {exc}", operation="wait for placement group"
+        )
+        _remove_failed(pg, error)
+        raise error from exc
+    except BaseException as exc:  # interrupted while waiting: the group must not outlive the call
+        _remove_failed(pg, exc)
+        raise
     remove_group(pg)
     raise PlacementGroupTimeoutError(group=name, timeout_s=ready_timeout_s, scheduling_state=state)
+
+
+def _remove_failed(pg: PlacementGroup, error: BaseException) -> None:
+    """Remove a group `build_pg` gives up on; if Ray will not, say so on ``error`` (raised next)."""
+    try:
+        remove_group(pg)
+    except BackendError as exc:
+        error.add_note(f"placement group {pg.id.hex()} could not be removed either: {exc}")
 
 
 def build_replica_pg(
