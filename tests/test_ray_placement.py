@@ -19,10 +19,10 @@ from placement_actors import (
     PlacementGroupTimeoutError,
 )
 from placement_actors import ray_placement as rp
-from placement_actors.domain.group_status import GroupStatus
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.ray import groups
 from placement_actors.domain.errors import CapacityError
+from placement_actors.domain.group_status import GroupStatus
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.ray_placement import (
     ReplicaBundleSpec,
@@ -348,7 +348,7 @@ def test_a_group_never_ready_is_a_timeout_error_and_is_removed() -> None:
 def test_a_group_whose_state_cannot_be_read_after_its_timeout_is_still_removed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def unreadable(pg: object) -> GroupStatus:
+    def unreadable(_: object) -> GroupStatus:
         msg = "Ray could not be asked (injected)"
         raise BackendError(msg, operation="read placement group")
 
