@@ -78,6 +78,7 @@ from placement_actors.domain.results import (
     ReplicaPlacement,
 )
 from placement_actors.domain.validation import check_count, check_text
+from placement_actors.settings import head_exclusion
 from placement_actors.wiring import start_on_ray
 
 if TYPE_CHECKING:
@@ -751,7 +752,9 @@ class PlacementClient:
         """Start the service on the cluster at ``address`` (or find it, if it runs already).
 
         The settings are `PlacementHost`'s; ``learn_gpu_ids`` makes each replica's ``gpu_ids``
-        the ids Ray gave its bundles, at the price of a probe task per bundle.
+        the ids Ray gave its bundles, at the price of a probe task per bundle. With
+        ``ignore_head_node`` ``None``, ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` in *this* process
+        decides (the service's Ray worker does not see the caller's environment).
         """
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
 
@@ -759,7 +762,7 @@ class PlacementClient:
         factory = functools.partial(
             PlacementHost,
             ready_timeout_s=ready_timeout_s,
-            ignore_head_node=ignore_head_node,
+            ignore_head_node=head_exclusion(ignore_head_node),
             max_remote_replicas=max_remote_replicas,
             event_buffer=event_buffer,
             learn_gpu_ids=learn_gpu_ids,

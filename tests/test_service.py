@@ -60,6 +60,7 @@ from placement_actors.service import (
     ServiceEvent,
     _unwrap,
 )
+from placement_actors.settings import IGNORE_HEAD_NODE_ENV
 
 TIMEOUT = 60
 E = TypeVar("E")
@@ -565,6 +566,26 @@ def test_a_second_driver_places_and_the_state_outlives_it(
 def test_connecting_to_a_service_that_does_not_run_is_a_backend_error(ray_cluster: Any) -> None:
     with pytest.raises(BackendError, match="placement-actors serve"):
         PlacementClient.connect(ray_cluster.address, name="no-such-service")
+
+
+def test_head_exclusion_set_in_the_callers_environment_holds_in_the_service(
+    ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+
+    (head,) = (n.node_id for n in on_ray.get_cluster_topology() if n.is_head)
+    monkeypatch.setenv(IGNORE_HEAD_NODE_ENV, "1")  # the caller's shell, not the service's worker
+    client = PlacementClient.serve(ray_cluster.address, name=f"test-head-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(NoGpuNodesError, match="head"):
+            client.ask(
+                Place(
+                    Deployment(name="on-head", model="m", gpus=1),
+                    PlacementConstraints(gpu_nodes=(head,)),
+                )
+            )
+    finally:
+        client.stop_service()
 
 
 def test_a_restarted_service_counts_the_gpus_its_groups_still_hold(
