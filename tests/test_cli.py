@@ -806,6 +806,35 @@ def test_place_on_a_cluster_file_keeps_replicas_off_heads_as_the_service_would(
     assert "h: is a head node (head exclusion is on)" in out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("plan", "--tp", "8"), ("place", str(EXAMPLES / "deployments.yaml"))],
+    ids=["plan", "place"],
+)
+def test_without_a_cluster_file_or_an_address_nothing_is_made_up(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, out, err = run(capsys, *command)
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert "needs --cluster FILE" in err
+    assert "--address ADDR" in err
+    assert "Local Ray cluster" not in err  # no demo cluster started behind the user's back
+
+
+def test_the_address_help_of_place_and_plan_says_a_cluster_file_will_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in ("place", "plan"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == cli.EXIT_OK
+        assert "needed unless --cluster is given" in " ".join(out.split())
+        assert "local cluster is started" not in " ".join(out.split())
+
+
 def test_a_tp_size_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "plan", "--tp", "0", "--cluster", str(EXAMPLES / "cluster.yaml"))
     assert code == cli.EXIT_USAGE

@@ -261,7 +261,8 @@ def _parser() -> argparse.ArgumentParser:
         address: str,
         named: bool = False,
     ) -> Any:  # noqa: ANN401
-        """Add a sub-command; ``address`` is "none", "optional" or "required" (a service).
+        """Add a sub-command; ``address`` is "none", "optional" (else a local cluster is
+        started), "or-cluster" (else ``--cluster FILE``) or "required" (a service).
 
         ``named``: its first argument is a deployment's name.
         """
@@ -273,7 +274,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--address",
                 help="the Ray cluster's address (default: RAY_ADDRESS)"
-                + ("" if address == "required" else "; without it, a local cluster is started"),
+                + {
+                    "optional": "; without it, a local cluster is started",
+                    "or-cluster": "; needed unless --cluster is given",
+                }.get(address, ""),
             )
         if named:
             cmd.add_argument("name", help="the deployment's name")
@@ -315,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
         "place the deployments of FILE: through the running service (--address), or, with "
         "--cluster, decide on a cluster file without reserving anything",
         commands.place,
-        address="optional",
+        address="or-cluster",
     )
     place.add_argument("file", type=Path, help="a deployments YAML file")
     place.add_argument("--cluster", type=Path, help="a cluster YAML file (decide only, no Ray)")
@@ -325,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
         "plan",
         "plan the placement-group shape of one replica of TP size N",
         commands.plan,
-        address="optional",
+        address="or-cluster",
     )
     plan.add_argument(
         "--tp", type=_count(minimum=1), required=True, metavar="N", help="GPUs per replica"

@@ -515,7 +515,11 @@ def plan(args: argparse.Namespace, out: Output) -> int:
     else:
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
-        with _ray_cluster(args.address or _ray_address_from_env() or None, out):
+        address = args.address or _ray_address_from_env()
+        if address is None:  # a plan for a made-up cluster would mislead
+            msg = "plan needs --cluster FILE or --address ADDR (a running Ray cluster)"
+            raise UsageError(msg, prog="placement-actors plan")
+        with _ray_cluster(address, out):
             topology = on_ray.get_cluster_topology()
     spec = plan_replica_bundle_shape(
         args.tp, topology=topology, ignore_head_node=head_exclusion(args.ignore_head_node or None)
