@@ -261,8 +261,10 @@ def _parser() -> argparse.ArgumentParser:
         address: str,
         named: bool = False,
     ) -> Any:  # noqa: ANN401
-        """Add a sub-command; ``address`` is "none", "optional" (else a local cluster is
-        started), "or-cluster" (else ``--cluster FILE``) or "required" (a service).
+        """Add a sub-command, with ``--address`` unless ``address`` is "none".
+
+        ``address``: "optional" (without it, a local cluster is started), "or-cluster" (without
+        it, ``--cluster FILE``) or "required" (a running service).
 
         ``named``: its first argument is a deployment's name.
         """
