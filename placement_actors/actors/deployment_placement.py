@@ -221,21 +221,28 @@ def _stacks_spread(
 
 def _egress_nodes(
     given: Iterable[str | NodeTopology] | str, topology: Sequence[NodeTopology]
-) -> tuple[list[str], dict[str, Mapping[str, str]]]:
-    """The egress node ids, and each one's labels (its own, else its topology entry's)."""
+) -> tuple[list[str], dict[str, Mapping[str, str]], frozenset[str]]:
+    """The egress node ids, each one's labels, and the heads among them.
+
+    A node's labels are its own, else its topology entry's; the heads are those given as a
+    `NodeTopology` that says so (a head without GPUs is often an egress node).
+    """
     entries = [given] if isinstance(given, str | NodeTopology) else list(given)
     labels = {n.node_id: n.labels for n in topology}
     ids: list[str] = []
+    heads: set[str] = set()
     for entry in entries:
         if isinstance(entry, NodeTopology):
             ids.append(entry.node_id)
             labels[entry.node_id] = entry.labels
+            if entry.is_head:
+                heads.add(entry.node_id)
         elif isinstance(entry, str) and entry:
             ids.append(entry)
         else:
             msg = f"egress_nodes must be node ids or NodeTopology values, got {entry!r:.80}"
             raise InvalidSpecError(msg, field="egress_nodes")
-    return ids, {n: labels[n] for n in ids if n in labels}
+    return ids, {n: labels[n] for n in ids if n in labels}, frozenset(heads)
 
 
 class DeploymentPlacementActor(KeepServingActor):
@@ -312,9 +319,9 @@ class DeploymentPlacementActor(KeepServingActor):
             if not isinstance(node, NodeTopology):
                 msg = f"topology must hold NodeTopology values, got {type(node).__name__}"
                 raise InvalidSpecError(msg, field="topology")
-        egress, egress_labels = _egress_nodes(egress_nodes, nodes)
+        egress, egress_labels, egress_heads = _egress_nodes(egress_nodes, nodes)
         self._gpus = GpuLedger(nodes)
-        self._heads = frozenset(n.node_id for n in nodes if n.is_head)
+        self._heads = frozenset(n.node_id for n in nodes if n.is_head) | egress_heads
         if not isinstance(ignore_head_node, bool):
             msg = f"ignore_head_node must be true or false, got {type(ignore_head_node).__name__}"
             raise InvalidSpecError(msg, field="ignore_head_node")
@@ -927,11 +934,11 @@ class DeploymentPlacementActor(KeepServingActor):
             return  # known and alive: nothing changed
         if node.num_gpus > 0 and node.node_id not in self._gpus:
             self._gpus.add_node(node)
-            if node.is_head:
-                self._heads |= {node.node_id}
-                if self._exclude_heads:
-                    self._avoid |= {node.node_id}
-                    self._rules = replace(self._rules, avoid=self._avoid)
+        if node.is_head and node.node_id not in self._heads:  # shown as the head, GPUs or not
+            self._heads |= {node.node_id}
+            if self._exclude_heads:
+                self._avoid |= {node.node_id}
+                self._rules = replace(self._rules, avoid=self._avoid)
         if event.egress:
             self._egress.add_node(node.node_id, node.labels)
         self._lost.discard(node.node_id)

@@ -34,6 +34,7 @@ from placement_actors import (
     UnknownMessageError,
     deployment_placement_proxy,
 )
+from placement_actors.actors.messages import NodeJoined
 
 TIMEOUT = 5
 TOPOLOGY = (
@@ -445,6 +446,18 @@ def test_head_exclusion_keeps_local_replicas_off_the_head() -> None:
         "w": "0 of 2 GPUs free, 2 needed",
         "head": "is a head node (head exclusion is on)",
     }
+
+
+def test_a_head_without_gpus_is_shown_as_the_head_whether_given_or_joined_later() -> None:
+    gpu = NodeTopology(node_id="w", num_gpus=2)
+    head = NodeTopology(node_id="head", num_gpus=0, is_head=True)
+    given = DeploymentPlacementActor.start(topology=(gpu,), egress_nodes=(head,))
+    assert cluster_view(given).node("head").is_head
+    joined = DeploymentPlacementActor.start(topology=(gpu,))
+    joined.tell(NodeJoined(node=head, egress=True))
+    view = cluster_view(joined)
+    assert view.node("head").is_head
+    assert not view.node("w").is_head
 
 
 def test_without_head_exclusion_the_head_is_a_gpu_node_like_any_other() -> None:
