@@ -247,7 +247,7 @@ def test_rich_markup_in_a_node_id_is_printed_literally_and_does_not_crash(
     lines = out.splitlines()
     assert any(line.startswith("│ fits ") and f" {node_id} " in line for line in lines)  # Replicas
     assert any(line.startswith(f"│ {node_id} ") and " 2/4 " in line for line in lines)  # Nodes
-    assert f"  {node_id}: has 4 GPUs in all, 64 needed on one node" in lines  # did not fit
+    assert f"  {node_id}: has 4 GPUs in all; a whole replica needs 64" in lines  # did not fit
 
 
 @pytest.mark.parametrize("node_id", MARKUP_IDS, ids=MARKUP_IDS)
@@ -274,7 +274,7 @@ def test_a_sixty_character_node_id_appears_whole_in_every_table_and_reason(
     assert code == cli.EXIT_NO_CAPACITY
     # one replica row, one node row, one reason: all whole, nothing cut, no ellipsis
     assert out.count(node_id) == 3
-    assert f"  {node_id}: has 4 GPUs in all, 64 needed on one node" in out.splitlines()
+    assert f"  {node_id}: has 4 GPUs in all; a whole replica needs 64" in out.splitlines()
     assert "…" not in out
 
 

@@ -77,7 +77,7 @@ def test_place_status_why_release_through_the_service(
 
     code, out, _ = run(capsys, "why", "cli-huge", "--address", address)
     assert code == cli.EXIT_NO_CAPACITY
-    assert "gpu-bulk: has 64 GPUs in all, 1000 needed on one node" in out
+    assert "gpu-bulk: has 64 GPUs in all; a whole replica needs 1000" in out
 
     code, out, _ = run(capsys, "release", "cli-small", "--address", address)
     assert code == cli.EXIT_OK

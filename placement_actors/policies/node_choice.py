@@ -42,7 +42,7 @@ def _fit(node_id: str, capacity: int, free: int, gpus: int) -> Rejection | None:
     if capacity == 0:
         reason = "has no GPUs"
     elif capacity < gpus:
-        reason = f"has {capacity} GPUs in all, {gpus} needed on one node"
+        reason = f"has {capacity} GPUs in all; a whole replica needs {gpus}"
     elif free < gpus:
         reason = f"{free} of {capacity} GPUs free, {gpus} needed"
     else:

@@ -100,8 +100,7 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
             ledger,
             request,
             progress="",
-            never=f"{_NEVER}no allowed node, nor an even split over up to "
-            f"{MAX_REPLICA_NODES} of them, holds one replica",
+            never=_NEVER + _no_even_split(gpus, capacities),
         )
     ceiling = (ledger.total_capacity(allowed, avoid) - _own_in_scope(ledger, request)) // gpus
     if wanted > ceiling:
@@ -255,6 +254,40 @@ def _no_gpu_nodes(ledger: GpuLedger, request: LocalRequest) -> NoGpuNodesError:
         ),
         rejections_omitted=omitted,
     )
+
+
+_SPLITS_NAMED = 3
+"""The even splits a refusal names when none fits even an empty cluster (the fewest nodes first)."""
+
+
+def _no_even_split(gpus: int, capacities: Sequence[int]) -> str:
+    """Why one replica of ``gpus`` fits no node of these capacities, nor any even split over them.
+
+    ``capacities[k]`` counts the allowed nodes of ``k`` GPUs. Names the splits with the fewest
+    nodes (at most `_SPLITS_NAMED`) and how many nodes could take each share; bounded by
+    `MAX_REPLICA_NODES`, whatever ``gpus``.
+    """
+    at_least = list(capacities)  # becomes: nodes of k GPUs or more
+    for k in range(len(at_least) - 2, -1, -1):
+        at_least[k] += at_least[k + 1]
+    largest = max((k for k in range(1, len(capacities)) if capacities[k]), default=0)
+    fewest = max(2, -(-gpus // max(largest, 1)))
+    splits = [
+        (n, gpus // n, at_least[gpus // n] if gpus // n < len(at_least) else 0)
+        for n in range(fewest, min(gpus, MAX_REPLICA_NODES) + 1)
+        if gpus % n == 0
+    ][:_SPLITS_NAMED]
+    whole = f"no allowed node has {gpus} GPUs, the largest has {largest}"
+    if not splits:
+        return f"{whole}; an even split would need more than {MAX_REPLICA_NODES} nodes"
+    named = "; ".join(
+        f"{n} nodes of {share}{(' GPU' if share == 1 else ' GPUs') if i == 0 else ''}, "
+        f"but only {have}"
+        f"{' allowed' if i == 0 else ''} {'node has' if have == 1 else 'nodes have'} "
+        f"{share} or more"
+        for i, (n, share, have) in enumerate(splits)
+    )
+    return f"{whole}; no even split fits either: {named}"
 
 
 def _not_enough(

@@ -13,7 +13,7 @@ def ledger_of(**gpus: int) -> GpuLedger:
     ("capacity", "free", "gpus", "reason"),
     [
         (0, 0, 1, "has no GPUs"),
-        (4, 4, 8, "has 4 GPUs in all, 8 needed on one node"),
+        (4, 4, 8, "has 4 GPUs in all; a whole replica needs 8"),
         (8, 2, 4, "2 of 8 GPUs free, 4 needed"),
         (8, 4, 4, None),  # exactly enough
     ],

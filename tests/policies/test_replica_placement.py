@@ -53,6 +53,53 @@ def test_even_split_nodes_finds_the_fewest_equal_shares(
     assert even_split_nodes(gpus, histogram(*nodes)) == expected
 
 
+@pytest.mark.parametrize(
+    ("gpus", "nodes", "says"),
+    [
+        (
+            16,
+            (4, 4, 8),
+            (
+                "no allowed node has 16 GPUs, the largest has 8; no even split fits either: "
+                "2 nodes of 8 GPUs, but only 1 allowed node has 8 or more; "
+                "4 nodes of 4, but only 3 nodes have 4 or more; "
+                "8 nodes of 2, but only 3 nodes have 2 or more"
+            ),
+        ),
+        (
+            7,
+            (4, 4),
+            (
+                "no allowed node has 7 GPUs, the largest has 4; no even split fits either: "
+                "7 nodes of 1 GPU, but only 2 allowed nodes have 1 or more"
+            ),
+        ),
+        (
+            2 * MAX_REPLICA_NODES + 2,
+            (2,) * 3,
+            f"the largest has 2; an even split would need more than {MAX_REPLICA_NODES} nodes",
+        ),
+        (
+            10**18,
+            (8, 8),
+            f"the largest has 8; an even split would need more than {MAX_REPLICA_NODES} nodes",
+        ),
+    ],
+    ids=["no-split-of-three-nodes", "prime", "too-wide", "huge"],
+)
+def test_a_replica_that_never_fits_says_which_even_splits_fall_short(
+    gpus: int, nodes: tuple[int, ...], says: str
+) -> None:
+    with pytest.raises(NotEnoughGpusError) as caught:
+        reserve_local_replicas(
+            ledger_of(*nodes), LocalRequest(deployment="d", gpus=gpus, replicas=1)
+        )
+    assert "(not even on an empty cluster: no allowed node has" in str(caught.value)
+    assert says in str(caught.value)
+    assert not caught.value.retryable
+    assert all("a whole replica needs" in r.reason for r in caught.value.rejections)
+
+
 def test_a_replica_no_split_of_the_capacity_holds_is_refused_before_any_work() -> None:
     ledger = ledger_of(8, 8)
     with pytest.raises(NotEnoughGpusError, match="not even on an empty cluster") as caught:
