@@ -206,6 +206,9 @@ def _report(
     line = Text(what, style="bold red")
     if exc is not None:
         detail = str(exc) if what != "unexpected failure" else f"{type(exc).__name__}: {exc}"
+        for node_id, name in out.node_names.items():  # as `status` names them (--json: ids)
+            if name != node_id and node_id in detail:
+                detail = detail.replace(node_id, name)
         line.append(f": {detail}", style="default")
         if isinstance(exc, commands.UsageError):
             line.append(f" (see `{exc.prog or _PROG} --help`)", style="default")

@@ -10,7 +10,7 @@ import os
 import queue
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -118,6 +118,8 @@ class Output:
     document: dict[str, Any] | None = None
     stream: bool = False
     """A streaming command: with ``--json``, standard output holds `line` objects only."""
+    node_names: Mapping[str, str] = field(default_factory=dict)
+    """Node id -> name, once a command has read them: an error line names nodes as `status`."""
 
     def emit(self, data: Mapping[str, Any]) -> None:
         """Keep ``data`` as the command's JSON document (only in ``--json`` mode)."""
@@ -181,10 +183,13 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
         out.note("Local Ray cluster stopped.")
 
 
-def _node_names() -> dict[str, str]:
+def _node_names(out: Output) -> dict[str, str]:
+    """Node id -> name on the connected cluster; kept on ``out``, so errors name nodes too."""
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
-    return on_ray.node_names(include_dead=True)  # a lost node is shown by its name too
+    names = on_ray.node_names(include_dead=True)  # a lost node is shown by its name too
+    out.node_names = names
+    return names
 
 
 def _place_all(
@@ -299,7 +304,7 @@ def demo(args: argparse.Namespace, out: Output) -> int:
         try:
             _place_all(lambda m: ref.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
             endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
-            names = _node_names()
+            names = _node_names(out)
             if cluster is not None:  # the embedded cluster: show the service following it
                 moved = _a_node_leaves(
                     cluster, ref, placed, names, out=out, timeout_s=args.ready_timeout
@@ -480,7 +485,7 @@ def place(args: argparse.Namespace, out: Output) -> int:
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
     shortfall = _shortfall(placed, endpoints)
-    _report_placements(out, placed, _node_names(), endpoints, shortfall)
+    _report_placements(out, placed, _node_names(out), endpoints, shortfall)
     return EXIT_NO_CAPACITY if shortfall else EXIT_OK
 
 
@@ -558,7 +563,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
 def status(args: argparse.Namespace, out: Output) -> int:
     """Every node of the running service: a table and an occupancy picture."""
     view = _client(args.address).ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
-    data = render.view_data(view, _node_names())
+    data = render.view_data(view, _node_names(out))
     if args.svg is not None:  # first: a file that cannot be written is the only thing reported
         picture = Console(record=True, width=100, file=io.StringIO())
         render.print_cluster(picture, data)
@@ -625,7 +630,7 @@ def why(args: argparse.Namespace, out: Output) -> int:
         out.emit({"deployment": args.name, "did_not_fit": None})
         out.say(f"{args.name}: its last Place did not fail (or it was never placed).")
         return EXIT_OK
-    data = render.failure_data(failure.error, _node_names())
+    data = render.failure_data(failure.error, _node_names(out))
     out.emit(data)
     if not out.json:
         render.print_failure(out.console, data)
@@ -641,7 +646,7 @@ def show(args: argparse.Namespace, out: Output) -> int:
         raise InvalidSpecError(msg, field="name")
     placed = _Placed(results=[found.result], failures=[])
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
-    data = {**render.result_data(found.result, _node_names(), endpoints)}
+    data = {**render.result_data(found.result, _node_names(out), endpoints)}
     data["missing"] = list(found.missing)
     shortfall = _shortfall(placed, endpoints)
     out.emit({**data, **shortfall})
@@ -662,7 +667,7 @@ def defrag(args: argparse.Namespace, out: Output) -> int:
     query = GetDefragmentationPlan(gpus=args.gpus, max_moves=args.max_moves)
     plan = client.ask(query, timeout=_REPLY_TIMEOUT_S)
     assert isinstance(plan, DefragmentationPlan)  # noqa: S101 - the service's reply type
-    names = _node_names()
+    names = _node_names(out)
     moves = render.moves_data(plan.moves, names)
     freed = [{"node": n, "name": names.get(n, n)} for n in plan.freed_nodes]
     if not plan.moves:
@@ -719,7 +724,7 @@ def _wait_moved(moved: ReplicaMoved, out: Output) -> None:
 def move(args: argparse.Namespace, out: Output) -> int:
     """Move one running replica of a deployment to another node, through the running service."""
     client = _client(args.address)  # connects this process to Ray: names are read after
-    names = _node_names()
+    names = _node_names(out)
     by_name = {name: node for node, name in names.items()}
     # A name status shows, else the text as given: the service refuses a node it does not know.
     target = args.to if args.to in names else by_name.get(args.to, args.to)
@@ -750,7 +755,7 @@ def watch(args: argparse.Namespace, out: Output) -> int:
 
     out.stream = True  # from here on, standard output holds the stream only
     client = _client(args.address)
-    names = _node_names()
+    names = _node_names(out)
     stream = client.watch(None if args.new else args.after, timeout_s=args.timeout)
     seen = 0
     try:
