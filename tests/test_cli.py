@@ -705,7 +705,7 @@ def test_watch_json_stops_on_ctrl_c_with_only_event_lines_on_stdout(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(commands, "_client", lambda _: _InterruptedClient())
-    monkeypatch.setattr(commands, "_node_names", dict)
+    monkeypatch.setattr(commands, "_node_names", lambda _: {})
     code, out, err = run(capsys, "watch", "--address", "ray://nowhere:1", "--json")
     assert code == cli.EXIT_INTERRUPTED
     assert [json.loads(line)["kind"] for line in out.splitlines()] == ["node_lost"]

@@ -50,6 +50,23 @@ def address(ray_cluster: Any, capsys: pytest.CaptureFixture[str]) -> Iterator[st
     client.stop_service()
 
 
+def test_serving_a_service_that_runs_says_so_and_stopping_one_that_does_not_is_no_error(
+    capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    code, out, _ = run(capsys, "serve", "--address", address, "--ignore-head-node")
+    assert code == cli.EXIT_OK
+    assert "already runs on" in out
+    assert "stop it first" in " ".join(out.split())  # --ignore-head-node did not apply
+    code, out, _ = run(capsys, "--json", "serve", "--address", address, "--stop")
+    assert code == cli.EXIT_OK
+    assert json.loads(out)["was_running"] is True
+    code, out, _ = run(capsys, "serve", "--address", address, "--stop")
+    assert code == cli.EXIT_OK
+    assert "was not running" in out
+    code, out, _ = run(capsys, "--json", "serve", "--address", address)  # for the fixture
+    assert (code, json.loads(out)["started"]) == (cli.EXIT_OK, True)
+
+
 def deployments_file(tmp_path: Path, ray_nodes: dict[str, str]) -> Path:
     path = tmp_path / "d.yaml"
     path.write_text(
@@ -81,7 +98,7 @@ def test_place_status_why_release_through_the_service(
 
     code, out, _ = run(capsys, "release", "cli-small", "--address", address)
     assert code == cli.EXIT_OK
-    assert "freed 2 GPUs of 1 replicas" in out
+    assert "freed 2 GPUs of 1 replica." in out
 
 
 def test_show_gives_a_deployments_replicas_with_their_masters_as_place_did(

@@ -538,12 +538,31 @@ def plan(args: argparse.Namespace, out: Output) -> int:
 
 def serve(args: argparse.Namespace, out: Output) -> int:
     """Start (or stop) the placement service on a Ray cluster."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
     from placement_actors.service import SERVICE_NAME, PlacementClient  # noqa: PLC0415
 
+    with out.waiting(f"Connecting to Ray at {args.address}"):
+        on_ray.connect(args.address)
+    running = _service_runs(SERVICE_NAME)
     if args.stop:
-        _client(args.address).stop_service()
-        out.emit({"service": SERVICE_NAME, "running": False})
-        out.say(f"Stopped {SERVICE_NAME}; its placement groups stay.")
+        if running:
+            _client(args.address).stop_service()
+        out.emit({"service": SERVICE_NAME, "running": False, "was_running": running})
+        out.say(
+            f"Stopped {SERVICE_NAME}; its placement groups stay."
+            if running
+            else f"{SERVICE_NAME} was not running on {args.address}; nothing to stop."
+        )
+        return EXIT_OK
+    if running:  # found, not started: the settings given here do not apply
+        client = PlacementClient.connect(args.address)
+        out.emit(
+            {"service": client.name, "address": args.address, "running": True, "started": False}
+        )
+        out.say(
+            f"{client.name} already runs on {args.address} (namespace placement-actors), with "
+            "the settings it was started with; stop it first (serve --stop) to change them."
+        )
         return EXIT_OK
     with out.waiting(f"Starting {SERVICE_NAME} on {args.address}"):
         client = PlacementClient.serve(
@@ -552,7 +571,7 @@ def serve(args: argparse.Namespace, out: Output) -> int:
             ignore_head_node=args.ignore_head_node or None,
             learn_gpu_ids=args.learn_gpu_ids,
         )
-    out.emit({"service": client.name, "address": args.address, "running": True})
+    out.emit({"service": client.name, "address": args.address, "running": True, "started": True})
     out.say(
         f"{client.name} runs on {args.address} (namespace placement-actors). "
         "Drivers reach it with PlacementClient.connect(address)."
@@ -592,8 +611,10 @@ def release(args: argparse.Namespace, out: Output) -> int:
             "replicas_freed": released.replicas_freed,
         }
     )
+    gpus, replicas = released.gpus_freed, released.replicas_freed
     what = (
-        f"freed {released.gpus_freed} GPUs of {released.replicas_freed} replicas"
+        f"freed {gpus} GPU{'' if gpus == 1 else 's'} of {replicas} "
+        f"replica{'' if replicas == 1 else 's'}"
         if released.was_placed
         else "was not placed (any leftover groups were removed)"
     )
