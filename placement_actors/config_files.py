@@ -82,7 +82,13 @@ from pydantic_core import PydanticCustomError
 from yaml.reader import ReaderError
 
 from placement_actors.domain.constraints import EgressStrategy, GpuStrategy, PlacementConstraints
-from placement_actors.domain.deployments import ApiKey, Deployment, RemoteNetwork, RuntimeKind
+from placement_actors.domain.deployments import (
+    ApiKey,
+    Deployment,
+    RemoteNetwork,
+    RuntimeKind,
+    deployment_name_problem,
+)
 from placement_actors.domain.errors import ConfigFileError, ConfigProblem, InvalidSpecError
 from placement_actors.domain.limits import (
     DEFAULT_MAX_REMOTE_REPLICAS,
@@ -162,6 +168,14 @@ def _env_name(value: str) -> str:
     return value
 
 
+def _deployment_name(value: str) -> str:
+    problem = deployment_name_problem(value)
+    if problem is not None:  # checked with the other fields: every problem is reported at once
+        kind = "deployment_name"
+        raise PydanticCustomError(kind, problem)
+    return value
+
+
 _NodeId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_NODE_ID), AfterValidator(_not_blank)
 ]
@@ -175,7 +189,7 @@ class _Entry(BaseModel):
 
 
 class _DeploymentEntry(_Entry):
-    name: str
+    name: Annotated[str, AfterValidator(_deployment_name)]
     model: _Text
     replicas: StrictInt = Field(default=1, ge=1, le=MAX_FILE_COUNT)
     gpus: StrictInt | None = Field(default=None, ge=1, le=MAX_FILE_COUNT)

@@ -134,6 +134,18 @@ def test_every_problem_in_a_file_is_reported_and_nothing_is_returned(tmp_path: P
     assert [(p.line, p.field) for p in caught.value.problems] == [(2, "replicas"), (3, "gpus")]
 
 
+def test_a_bad_name_is_reported_with_the_other_bad_fields_of_its_entry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "deployments:\n  - name: bad name\n    model: m\n    gpus: -1\n    strategy: sprad\n",
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    problems = [(p.line, p.field) for p in caught.value.problems]
+    assert problems == [(2, "name"), (4, "gpus"), (5, "strategy")]
+    assert "must be 1-128 letters" in caught.value.problems[0].problem
+
+
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="cannot read"):
         load_deployments(tmp_path / "nope.yaml")

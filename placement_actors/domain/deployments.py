@@ -23,6 +23,7 @@ __all__ = [
     "Runtime",
     "RuntimeKind",
     "TransportKind",
+    "deployment_name_problem",
     "group_name",
     "group_prefix",
     "infer_runtime",
@@ -225,13 +226,9 @@ class Deployment(Checked):
 
     def __post_init__(self) -> None:
         """Check every field; a `Deployment` that exists is valid."""
-        if not is_deployment_name(self.name):
-            shown = repr(self.name[:40]) if isinstance(self.name, str) else "a non-string"
-            msg = (
-                f"deployment name {shown} must be 1-128 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
-            raise InvalidSpecError(msg, field="name")
+        problem = deployment_name_problem(self.name)
+        if problem is not None:
+            raise InvalidSpecError(problem, field="name")
         if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > MAX_TEXT:
             msg = f"deployment {self.name}: model must be a string of 1-{MAX_TEXT} characters"
             raise InvalidSpecError(msg, field="model")
@@ -287,6 +284,17 @@ def _shown(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value) if abs(value) < 10**12 else "a huge integer"
     return type(value).__name__
+
+
+def deployment_name_problem(value: object) -> str | None:
+    """Why ``value`` cannot name a deployment, or ``None`` if it can."""
+    if is_deployment_name(value):
+        return None
+    shown = repr(value[:40]) if isinstance(value, str) else "a non-string"
+    return (
+        f"deployment name {shown} must be 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
 
 
 def is_deployment_name(value: object) -> bool:
