@@ -390,8 +390,14 @@ def test_without_json_every_failure_is_one_line_on_stderr_without_a_traceback(
         return
     assert out == ""
     assert err.startswith(line)
-    if "ConfigFileError" not in str(failure):  # a file error has one line per problem
-        assert len(err.splitlines()) == 1
+    _, *more = err.splitlines()
+    if "ConfigFileError" in str(failure):  # a file error has one line per problem
+        return
+    if expected == cli.EXIT_NO_CAPACITY:  # then one indented line per node and its reason
+        assert more
+        assert all(m.startswith("  ") and ": " in m for m in more)
+    else:
+        assert more == []
 
 
 def test_the_message_of_an_error_is_printed_literally(
@@ -833,6 +839,27 @@ def test_the_address_help_of_place_and_plan_says_a_cluster_file_will_do(
         assert code == cli.EXIT_OK
         assert "needed unless --cluster is given" in " ".join(out.split())
         assert "local cluster is started" not in " ".join(out.split())
+
+
+def test_a_shape_no_node_or_split_holds_names_each_nodes_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = ("plan", "--tp", "16", "--cluster", str(EXAMPLES / "cluster.yaml"))
+    code, out, err = run(capsys, *plan)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert out == ""
+    assert "  gpu-c: has 8 GPUs in all; a whole replica needs 16" in err.splitlines()
+    code, out, _ = run(capsys, "--json", *plan)
+    data = json.loads(out)
+    assert code == data["exit_code"] == cli.EXIT_NO_CAPACITY
+    assert "deployment" not in data  # a shape is no deployment's
+    assert {r["name"]: r["available"] for r in data["rejections"]} == {
+        "edge-1": 0,
+        "gpu-a": 4,
+        "gpu-b": 4,
+        "gpu-c": 8,
+        "head": 0,
+    }
 
 
 def test_a_tp_size_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -212,8 +212,12 @@ def _report(
         line.append(f": {detail}", style="default")
         if isinstance(exc, commands.UsageError):
             line.append(f" (see `{exc.prog or _PROG} --help`)", style="default")
+    reasons = exc.rejections if isinstance(exc, CapacityError) else ()
     with contextlib.suppress(OSError):  # standard error is gone: the exit code still tells
         errors.print(line, soft_wrap=True)
+        for rejection in reasons:  # each node's reason, as `place` and `why` print them
+            name = out.node_names.get(rejection.node_id, rejection.node_id)
+            errors.print(Text(f"  {name}: {rejection.reason}"), soft_wrap=True)
 
 
 def _print_json(data: object, file: IO[str] | None = None) -> None:

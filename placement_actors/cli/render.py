@@ -135,11 +135,9 @@ def error_data(error: BaseException, exit_code: int) -> dict[str, Any]:
         ]
     elif isinstance(error, CapacityError):
         failure = failure_data(error, {})
-        data.update(
-            deployment=failure["deployment"],
-            retryable=failure["retryable"],
-            rejections=failure["rejections"],
-        )
+        if failure["deployment"]:  # a bundle shape (`plan`) is no deployment's
+            data["deployment"] = failure["deployment"]
+        data.update(retryable=failure["retryable"], rejections=failure["rejections"])
     return data
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from placement_actors.domain.errors import InvalidSpecError, NoGpuNodesError, NotEnoughGpusError
+from placement_actors.domain.errors import (
+    MAX_REJECTIONS,
+    InvalidSpecError,
+    NoGpuNodesError,
+    NotEnoughGpusError,
+)
 from placement_actors.domain.results import BundleStrategy, NodeAssignment, ReplicaBundleSpec
 from placement_actors.domain.topology import NodeTopology
-from placement_actors.policies.node_choice import even_split_nodes
+from placement_actors.policies.node_choice import even_split_nodes, gpu_fit
 
 __all__ = [
     "NODE_ID_LABEL",
@@ -78,12 +83,21 @@ def plan_replica_bundle_shape(
             f"no node has {tp_size} GPUs and no even split of TP size {tp_size} fits "
             f"{eligible} eligible node(s)"
         )
+        # Every node refuses a whole replica (none holds tp_size); the first by id are named.
+        ordered = sorted(nodes, key=lambda n: n.node_id)
+        named = (
+            gpu_fit(n.node_id, capacity=n.num_gpus, free=n.num_gpus, gpus=tp_size)
+            for n in ordered[:MAX_REJECTIONS]
+        )
+        rejections = tuple(r for r in named if r is not None)
         raise NotEnoughGpusError(
             msg,
             deployment="",
             requested=tp_size,
             available=max((n.num_gpus for n in nodes), default=0),
             largest_node=max((n.num_gpus for n in nodes), default=0),
+            rejections=rejections,
+            rejections_omitted=max(0, len(nodes) - len(rejections)),
         )
     per_node = tp_size // nnodes
     selector = None
