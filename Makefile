@@ -9,6 +9,7 @@ ARGS ?=
 .PHONY: run test lint typecheck unit bench docs clean
 
 $(INSTALLED): pyproject.toml constraints.txt
+	@echo "Installing placement-actors and its pinned dependencies into $(VENV) (first use: about a minute)"
 	$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' && touch $(INSTALLED)
 
 run: $(INSTALLED)

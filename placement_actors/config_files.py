@@ -58,11 +58,12 @@ out is a `ConfigFileError`. A 5 MB file of 50,000 deployments loads in a few sec
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
@@ -469,7 +470,13 @@ class _Document:
             self.add((), None, f"must be a mapping with a '{key}' list")
             return _UNREADABLE
         for other in self.value:
-            if other != key:
+            if other in _FILE_KINDS and other != key:  # the other kind of file, given by mistake
+                problem = (
+                    f"is not a known field: this looks like a {_FILE_KINDS[other]} file, where a "
+                    f"{_FILE_KINDS[key]} file is wanted"
+                )
+                self.add((other,), _shown_field(other), problem)
+            elif other != key:
                 self.add((other,), _shown_field(other), "is not a known field")
         if key not in self.value:
             self.add((), key, "is required")
@@ -486,7 +493,10 @@ class _Document:
         entry, errors = _validate(model, item)
         for err in errors:
             where = (*loc, *err["loc"])
-            self.add(where, _field_name(err["loc"]), _explain(err))
+            problem = _explain(err)
+            if err["type"] == "extra_forbidden" and err["loc"]:
+                problem += _did_you_mean(err["loc"][-1], model.model_fields)
+            self.add(where, _field_name(err["loc"]), problem)
         return entry
 
     def add_domain(
@@ -530,6 +540,18 @@ def _field_name(loc: Sequence[str | int]) -> str | None:
     """The entry's field an error is about (a label key is part of the ``labels`` field)."""
     first = next((part for part in loc if isinstance(part, str)), None)
     return None if first is None else _shown_field(first)
+
+
+_FILE_KINDS = {"deployments": "deployments", "nodes": "cluster"}
+"""Each kind of file by its top-level key."""
+
+
+def _did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean replicas?)`` for a field name close to a known one, else ``""``."""
+    if not isinstance(name, str) or len(name) > _SHOWN:
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _shown_field(name: object) -> str:

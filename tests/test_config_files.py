@@ -146,6 +146,32 @@ def test_a_bad_name_is_reported_with_the_other_bad_fields_of_its_entry(tmp_path:
     assert "must be 1-128 letters" in caught.value.problems[0].problem
 
 
+def test_a_misspelt_field_names_the_field_it_is_close_to(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "deployments:\n  - {name: a, model: m, replica: 2, stratgy: pack, colour: red}\n"
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    assert {p.field: p.problem for p in caught.value.problems} == {
+        "replica": "is not a known field (did you mean replicas?)",
+        "stratgy": "is not a known field (did you mean strategy?)",
+        "colour": "is not a known field",
+    }
+
+
+def test_a_cluster_file_given_for_a_deployments_file_says_so_and_the_other_way_round(
+    tmp_path: Path,
+) -> None:
+    cluster = write(tmp_path, "nodes:\n  - {id: a, gpus: 8}\n", name="cluster.yaml")
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(cluster, environ={})
+    assert "this looks like a cluster file, where a deployments file is wanted" in str(caught.value)
+    deployments = write(tmp_path, "deployments:\n  - {name: a, model: m}\n")
+    with pytest.raises(ConfigFileError) as caught:
+        load_cluster(deployments)
+    assert "this looks like a deployments file, where a cluster file is wanted" in str(caught.value)
+
+
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="cannot read"):
         load_deployments(tmp_path / "nope.yaml")

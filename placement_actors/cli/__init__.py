@@ -301,7 +301,13 @@ def _parser() -> argparse.ArgumentParser:
         commands.demo,
         address="optional",
     )
-    demo.add_argument("--deployments", type=Path, default=Path("examples/deployments.yaml"))
+    demo.add_argument(
+        "--deployments",
+        type=Path,
+        default=Path("examples/deployments.yaml"),
+        metavar="FILE",
+        help="the deployments YAML file to place (default: %(default)s)",
+    )
     _ready_timeout(demo)
 
     serve = command(
