@@ -471,11 +471,11 @@ class _Document:
             return _UNREADABLE
         for other in self.value:
             if other in _FILE_KINDS and other != key:  # the other kind of file, given by mistake
-                problem = (
+                mistaken = (
                     f"is not a known field: this looks like a {_FILE_KINDS[other]} file, where a "
                     f"{_FILE_KINDS[key]} file is wanted"
                 )
-                self.add((other,), _shown_field(other), problem)
+                self.add((other,), _shown_field(other), mistaken)
             elif other != key:
                 self.add((other,), _shown_field(other), "is not a known field")
         if key not in self.value:
