@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -417,3 +418,41 @@ def test_watch_exits_with_a_backend_failure_when_the_service_goes_away(
     # (Ray's own messages about the killed actor go to standard error too, before it)
     failure = err[err.index("cluster backend failed:") :]
     assert failure.startswith("cluster backend failed: the service stopped answering after 0 event")
+
+
+def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "placement_actors", "--json", "sandbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(sandbox.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=180)
+        assert first, "the sandbox printed no address within 180 s"
+        address = json.loads(first[0])["address"]
+        status = subprocess.run(  # noqa: S603 - as an operator in another terminal
+            [sys.executable, "-m", "placement_actors", "--json", "status", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+        assert status.returncode == cli.EXIT_OK, status.stderr[-2000:]
+        nodes = {n["name"]: n["capacity"] for n in json.loads(status.stdout)["nodes"]}
+        assert {k: v for k, v in nodes.items() if k.startswith("gpu-")} == {
+            "gpu-a": 4,
+            "gpu-b": 4,
+            "gpu-c": 8,
+        }
+    finally:
+        sandbox.send_signal(signal.SIGINT)  # as Ctrl-C
+        _, err = sandbox.communicate(timeout=120)
+    assert sandbox.returncode == cli.EXIT_OK, err[-2000:]
+    assert "Local Ray cluster stopped." in err

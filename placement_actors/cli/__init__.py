@@ -246,6 +246,17 @@ def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None
     )
 
 
+def _serving_options(cmd: argparse.ArgumentParser) -> None:
+    """Add what a command that starts the service takes: a ready timeout, GPU-id probes."""
+    _ready_timeout(cmd)
+    cmd.add_argument(
+        "--learn-gpu-ids",
+        action="store_true",
+        help="probe each bundle with a task that holds its GPUs, so that each replica's GPU ids "
+        "are the ones Ray gave it (slower: a task per bundle instead of each node's port agent)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     # The sub-commands repeat the global flags so that they may also follow the command. Their
     # copies default to SUPPRESS: a flag not given after the command leaves the value parsed
@@ -310,6 +321,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _ready_timeout(demo)
 
+    _serving_options(
+        command(
+            "sandbox",
+            "start a local Ray cluster with logical GPUs (gpu-a 4, gpu-b 4, gpu-c 8, edge-1 "
+            "egress) and the placement service on it, print its address for the other commands, "
+            "and keep both until Ctrl-C, which stops both",
+            commands.sandbox,
+            address="none",
+        )
+    )
+
     serve = command(
         "serve",
         "start the placement service on a Ray cluster: both actors in a named, detached Ray "
@@ -317,15 +339,9 @@ def _parser() -> argparse.ArgumentParser:
         commands.serve,
         address="required",
     )
-    _ready_timeout(serve)
+    _serving_options(serve)
     serve.add_argument(
         "--ignore-head-node", action="store_true", help="keep local replicas off head nodes"
-    )
-    serve.add_argument(
-        "--learn-gpu-ids",
-        action="store_true",
-        help="probe each bundle with a task that holds its GPUs, so that each replica's GPU ids "
-        "are the ones Ray gave it (slower: a task per bundle instead of each node's port agent)",
     )
     serve.add_argument("--stop", action="store_true", help="stop the running service instead")
 

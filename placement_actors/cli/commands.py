@@ -8,6 +8,8 @@ import io
 import json
 import os
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -355,6 +357,40 @@ class _Events(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:  # noqa: ANN401 - any event
         self._found.put(message)
+
+
+def sandbox(args: argparse.Namespace, out: Output) -> int:
+    """Start a local Ray cluster and the service on it; keep both until Ctrl-C, then stop both."""
+    from placement_actors.service import PlacementClient  # noqa: PLC0415 - Ray loads here
+
+    out.stream = True  # one line (one JSON object) as soon as the service runs
+    interrupt = signal.getsignal(signal.SIGINT)
+    try:
+        with _ray_cluster(None, out) as cluster:
+            with out.waiting("Starting the placement service on it"):
+                client = PlacementClient.serve(
+                    cluster.address,
+                    ready_timeout_s=args.ready_timeout,
+                    learn_gpu_ids=args.learn_gpu_ids,
+                )
+            out.line(
+                {"address": cluster.address, "service": client.name, "nodes": dict(DEMO_WORKERS)},
+                f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
+                f"another terminal: placement-actors place examples/deployments.yaml --address "
+                f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",
+            )
+            try:
+                threading.Event().wait()  # until Ctrl-C: the cluster serves the other terminal
+            except KeyboardInterrupt:
+                # A second Ctrl-C must not cut the clean-up short and leave raylets running.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                out.note("Stopping the service and the local cluster (their groups go with them).")
+            finally:
+                with contextlib.suppress(PlacementError):
+                    client.stop_service()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+    return EXIT_OK
 
 
 def _a_node_leaves(
