@@ -173,6 +173,20 @@ class GpuLedger:
             return ()
         return _ReadOnly(self._all.by_free[count])
 
+    def with_free(self, count: int, allowed: frozenset[str] | None = None) -> Iterator[str]:
+        """The nodes (of ``allowed``) with exactly ``count`` free GPUs, by id, lazily.
+
+        From an index when the list has one (or leaves out few nodes); a short list is walked.
+        """
+        if not 0 <= count <= self._max_capacity:
+            return iter(())
+        index, nodes, avoid = self._view(allowed, frozenset())
+        if index is None:
+            assert nodes is not None  # noqa: S101 - a view is an index or a list
+            return (n for n in sorted(nodes) if n in self._nodes and self.free_count(n) == count)
+        bucket = index.by_free[count] if count < len(index.by_free) else []
+        return (n for n in bucket if n not in avoid) if avoid else iter(bucket)
+
     def refusing(
         self,
         gpus: int,

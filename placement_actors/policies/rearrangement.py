@@ -26,6 +26,7 @@ from placement_actors.domain.results import DefragmentationPlan, ReplicaMove
 from placement_actors.domain.validation import check_count
 from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.replica_placement import fits_on_counts
+from placement_actors.policies.scopes import SCOPE_INDEX_MIN
 
 __all__ = [
     "MAX_PROBES",
@@ -118,6 +119,11 @@ class Room:
     split: bool = True
     allowed: frozenset[str] | None = None
     avoid: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        """A room of no GPUs or no replicas is no request: an `InvalidSpecError`."""
+        check_count(self.gpus, "gpus", minimum=1)
+        check_count(self.replicas, "replicas", minimum=1)
 
     def covers(self, ledger: GpuLedger, node: str) -> bool:
         """Whether the request may use ``node``."""
@@ -227,17 +233,18 @@ def _fullest_below(ledger: GpuLedger, share: int, room: Room) -> Iterator[str]:
     """Nodes of the request with fewer than ``share`` free but room for it: most free first.
 
     At most `MAX_READ` nodes are read, whatever the cluster: nodes too small for the share, or
-    outside the request, are passed over within that budget.
+    avoided, are passed over within that budget. A long node list is read from the ledger's
+    index of it, most free first: the same nodes whatever order the list is in.
     """
     allowed = room.allowed
-    if allowed is not None and len(allowed) * 2 <= len(ledger):
-        nodes = (n for n in islice(allowed, MAX_READ) if room.covers(ledger, n))
+    if allowed is not None and len(allowed) < SCOPE_INDEX_MIN:  # a short list: read it all
+        nodes = (n for n in allowed if room.covers(ledger, n))
         fitting = [n for n in nodes if ledger.capacity(n) >= share > ledger.free_count(n)]
         yield from sorted(fitting, key=lambda n: (-ledger.free_count(n), n))
         return
     read = 0
     for free in range(min(share, ledger.max_capacity() + 1) - 1, -1, -1):
-        for node in ledger.nodes_with_free(free):
+        for node in ledger.with_free(free, allowed):
             read += 1
             if read > MAX_READ:
                 return
@@ -473,9 +480,12 @@ def room_moves(
 
     A move set of one or two (`find_move_set`) first; else, when GPUs enough are free on the
     room's nodes (scattered), a defragmentation plan of those nodes (`plan_defragmentation`, at
-    most ``max_plan_moves`` moves) for one node's worth of the replica. Either is returned only
-    if the room fits once it is made (`moves_make_room`), so no move is made in vain.
+    most ``max_plan_moves`` moves) for one node's worth of the replica, cut after the first
+    node it frees with which the room fits. Either is returned only if the room fits once it is
+    made (`moves_make_room`), so no move is made in vain; a room that fits already needs none.
     """
+    if moves_make_room(ledger, (), room):
+        return ()
     moves = find_move_set(ledger, residents, room)
     if not moves and ledger.total_free(room.allowed, room.avoid) >= room.gpus * room.replicas:
         largest = ledger.max_capacity(room.allowed, room.avoid)
@@ -491,5 +501,20 @@ def room_moves(
             allowed=room.allowed,
             avoid=room.avoid,
         )
-        moves = plan.moves
+        return _enough_of(plan.moves, ledger, room)
     return moves if moves and moves_make_room(ledger, moves, room) else ()
+
+
+def _enough_of(
+    plan: Sequence[ReplicaMove], ledger: GpuLedger, room: Room
+) -> tuple[ReplicaMove, ...]:
+    """The shortest prefix of ``plan``, cut where a node is freed, with which ``room`` fits.
+
+    A plan frees its nodes one after another (each node's moves together), and keeps freeing
+    nodes while it has moves left: the nodes after the first ones that make room are not needed.
+    """
+    for end in range(1, len(plan) + 1):
+        node_done = end == len(plan) or plan[end].from_node != plan[end - 1].from_node
+        if node_done and moves_make_room(ledger, plan[:end], room):
+            return tuple(plan[:end])
+    return ()

@@ -267,6 +267,11 @@ def assert_agrees_with_a_scan(
         fits, key=lambda n: (-free[n], n)
     )
     assert list(ledger.refusing(gpus, allowed, avoid)) == [n for n in nodes if free[n] < gpus]
+    in_list = [n for n in ledger.node_ids() if allowed is None or n in allowed]
+    for k in (0, gpus, ledger.max_capacity()):
+        assert list(ledger.with_free(k, allowed)) == [
+            n for n in in_list if ledger.free_count(n) == k
+        ]
 
 
 def test_a_long_node_list_is_read_from_its_own_index_not_node_by_node() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -18,6 +21,7 @@ from placement_actors.policies.rearrangement import (
     Room,
     find_move_set,
     plan_defragmentation,
+    room_moves,
 )
 
 
@@ -236,3 +240,72 @@ def test_a_room_no_two_moves_could_make_is_refused_without_reading_a_replica(
     else:
         assert found == ()
         assert cluster.reads == 0
+
+
+def test_room_made_by_a_plan_stops_at_the_first_node_that_makes_it_fit() -> None:
+    # Nine nodes pinned at 3 of 4 GPUs; four nodes each run three movable one-GPU replicas.
+    cluster = Running(*[4] * 13)
+    for i in range(9):
+        cluster.run(f"n{i}", 3)
+    small = [f"n{i}" for i in range(9, 13)]
+    for node in small:
+        for _ in range(3):
+            cluster.run(node, 1)
+    pinned = {f"d{i}" for i in range(9)}
+
+    def on(node: str) -> Sequence[Resident]:
+        return [r for r in Running.on(cluster, node) if r.deployment not in pinned]
+
+    cluster.on = on  # type: ignore[method-assign]
+    room = Room(gpus=4, split=False, allowed=frozenset(small))
+    moves = room_moves(cluster.ledger, cluster, room)
+    assert 0 < len(moves) <= 3  # one node emptied is room enough: no more replicas restart
+    assert len({m.from_node for m in moves}) == 1
+    cluster.carry_out(moves)
+    assert max(cluster.ledger.free_count(n) for n in small) == 4
+
+
+def test_room_that_fits_already_needs_no_move_even_from_a_plan() -> None:
+    cluster = Running(8, 8, 8)
+    cluster.run("n1", 2)
+    cluster.run("n2", 6)  # n0 has all 8 free
+    assert room_moves(cluster.ledger, cluster, Room(gpus=8, split=False)) == ()
+
+
+@pytest.mark.parametrize(("gpus", "replicas"), [(0, 1), (-1, 1), (8, 0), (True, 1)])
+def test_a_room_of_no_gpus_or_no_replicas_is_an_invalid_spec(gpus: int, replicas: int) -> None:
+    with pytest.raises(InvalidSpecError):
+        Room(gpus=gpus, replicas=replicas)
+
+
+_SEARCH_OF_A_LONG_LIST = """
+from placement_actors import NodeTopology
+from placement_actors.policies.gpu_ledger import GpuLedger
+from placement_actors.policies.rearrangement import Resident, Room, find_move_set
+ids = [f"n{i:04d}" for i in range(5000)]
+ledger = GpuLedger(NodeTopology(node_id=n, num_gpus=8) for n in ids)
+ledger.reserve("n0000", 1, "small")
+for n in ids[1:]:
+    ledger.reserve(n, 7, "pinned")
+class Residents:
+    def on(self, n): return [Resident("small", 0, 1)] if n == "n0000" else []
+    def may_host(self, r, n): return True
+print(find_move_set(ledger, Residents(), Room(gpus=8, split=False, allowed=frozenset(ids[:2500]))))
+"""
+
+
+def test_a_search_over_a_long_node_list_finds_the_same_moves_whatever_the_hash_seed() -> None:
+    # 2,500 allowed nodes, more than a search reads: which it reads must not hang on set order.
+    found = {
+        subprocess.run(  # noqa: S603 - this interpreter running a fixed snippet
+            [sys.executable, "-c", _SEARCH_OF_A_LONG_LIST],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (0, 4, 5, 7)
+    }
+    assert len(found) == 1
+    assert "from_node='n0000', to_node='n0001'" in found.pop()
