@@ -177,15 +177,21 @@ class _PlacedResidents:
         *,
         movable_only: bool = False,
         exclude: str = "",
+        losing: Mapping[str, AbstractSet[int]] | None = None,
     ) -> None:
         self._gpus = gpus
         self._placed = placed
         self._avoid = avoid
         self._movable_only = movable_only
         self._exclude = exclude
+        self._losing = losing or {}
 
     def on(self, node: str) -> Sequence[Resident]:
-        """The whole replicas of placed deployments on ``node`` (``movable`` ones only, if so)."""
+        """The whole replicas of placed deployments on ``node`` (``movable`` ones only, if so).
+
+        Replicas being lost (their group not removed yet: ``losing``) are not offered: their
+        loss is carried out with a later message.
+        """
         names = sorted(
             d
             for d in set(self._gpus.holders(node).values())
@@ -193,7 +199,12 @@ class _PlacedResidents:
             and d != self._exclude
             and (not self._movable_only or self._placed[d].place.constraints.movable)
         )
-        return [r for name in names for r in self._placed[name].residents_by_node().get(node, ())]
+        return [
+            r
+            for name in names
+            for r in self._placed[name].residents_by_node().get(node, ())
+            if r.replica_index not in self._losing.get(name, ())
+        ]
 
     def may_host(self, resident: Resident, node: str) -> bool:
         """Whether the resident's deployment may use ``node``.
@@ -477,7 +488,7 @@ class DeploymentPlacementActor(KeepServingActor):
         """Moves that would give nodes back whole; see `GetDefragmentationPlan`."""
         return plan_defragmentation(
             self._gpus,
-            _PlacedResidents(self._gpus, self._placed, self._avoid),
+            _PlacedResidents(self._gpus, self._placed, self._avoid, losing=self._pending_losses()),
             gpus=message.gpus,
             max_moves=message.max_moves,
             avoid=self._avoid,
@@ -535,7 +546,9 @@ class DeploymentPlacementActor(KeepServingActor):
                 message.deployment,
                 message.constraints,
                 rules=self._rules,
-                residents=_PlacedResidents(self._gpus, self._placed, self._avoid),
+                residents=_PlacedResidents(
+                    self._gpus, self._placed, self._avoid, losing=self._pending_losses()
+                ),
             ),
             message,
         )
@@ -700,6 +713,7 @@ class DeploymentPlacementActor(KeepServingActor):
             self._avoid | avoid,
             movable_only=True,
             exclude=deployment.name,
+            losing=self._pending_losses(),
         )
         moves = room_moves(self._gpus, movable, room)
         if not moves:
@@ -743,6 +757,12 @@ class DeploymentPlacementActor(KeepServingActor):
             )
             raise InvalidSpecError(msg, field="replica_index")
         (source,) = held
+        if index in self._pending_losses().get(name, ()):
+            msg = (
+                f"replica {index} of {name} is being lost (its node or group is gone) and Ray has "
+                "not removed its group yet; the service tries again with its next messages"
+            )
+            raise BackendError(msg, operation="remove placement group")
         for given, now, field in (
             (message.from_node, source.node, "from_node"),
             (message.gpus, len(source.gpus), "gpus"),
@@ -1144,6 +1164,10 @@ class DeploymentPlacementActor(KeepServingActor):
             logger.warning("could not write %s down again (will retry): %s", name, exc)
         else:
             self._unwritten.discard(name)
+
+    def _pending_losses(self) -> dict[str, frozenset[int]]:
+        """The replicas still on the record whose loss waits for Ray to remove their groups."""
+        return {name: losing[0] for name, losing in self._losing.items()}
 
     def _behind(self) -> bool:
         """Whether something Ray or the record store refused is still to be carried out."""

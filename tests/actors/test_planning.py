@@ -19,9 +19,11 @@ from placement_actors import (
     BackendError,
     BundleStrategy,
     ClusterView,
+    DefragmentationPlan,
     Deployment,
     DeploymentPlacementActor,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacement,
     GetPlacementFailure,
     GetReplicaGroups,
@@ -935,6 +937,37 @@ def test_a_rescheduled_replica_is_placed_off_its_node_and_no_room_is_made_on_tha
         assert found.result is not None
         assert [(x.replica_index, x.node) for x in found.result.assignments] == [(stays, a)]
         assert all(h.deployment != "pair" for h in service.view().node(b).held)
+
+
+def test_a_replica_whose_loss_waits_for_ray_is_not_moved_by_hand_or_to_make_room(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    with served(backend) as service:
+        placed = service.place(llama("losing", gpus=2), gpu_nodes=(a, b), movable=True)
+        (replica,) = placed.replicas
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+        source, target = other_of(placed, (a, b))
+        backend.refuse_remove = 3  # when the rescheduling is told, and at the next two messages
+        service.placement.ask(
+            GroupRescheduling(group_name=replica.group_name, group_id=replica.group_id),
+            timeout=TIMEOUT,
+        )
+        plan = service.placement.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)
+        assert isinstance(plan, DefragmentationPlan)
+        assert all(m.deployment != "losing" for m in plan.moves)  # not offered for a move
+        # Its loss waits for Ray: moving it now would have its new group taken for the lost one.
+        with pytest.raises(BackendError, match="being lost"):
+            service.placement.ask(MoveReplica("losing", 0, target), timeout=TIMEOUT)
+        assert backend.refuse_remove == 0
+        # The next message carries the loss out, and the replica is placed again off its node.
+        found = service.placement.ask(GetPlacement("losing"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result is not None
+        assert [x.node for x in found.result.assignments] == [target]
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        assert service.view().node(source).held == ()
 
 
 def test_an_undone_place_whose_groups_ray_will_not_remove_keeps_their_gpus_until_it_does(
