@@ -69,6 +69,7 @@ __all__ = [
     "plan",
     "reap",
     "release",
+    "sandbox",
     "serve",
     "show",
     "status",
