@@ -924,6 +924,8 @@ class DeploymentPlacementActor(KeepServingActor):
             )
         if holder in self._held:
             self._held[holder] = tuple(moved_on(a) for a in self._held[holder])
+        if holder in self._stranded:  # a failed replica's GPUs, held until Ray removes its group
+            self._stranded[holder] = tuple(moved_on(a) for a in self._stranded[holder])
 
     # -- the cluster as it changes -------------------------------------------------------------
 
@@ -1174,14 +1176,19 @@ class DeploymentPlacementActor(KeepServingActor):
         return bool(self._unwritten or self._losing or self._stranded)
 
     def _catch_up(self) -> None:
-        """Carry out what Ray or the record store refused before: removals, then records."""
+        """Carry out what Ray or the record store refused before: removals, then records.
+
+        Each kind stops at its first refusal (Ray or the store is likely still down), without
+        holding up the others: GPUs freed are offered to degraded deployments, and records are
+        written even while a removal waits.
+        """
         freed = False
         for name, stranded in sorted(self._stranded.items()):
             replicas = tuple(sorted({a.replica_index for a in stranded}))
             try:
                 self._ask_planner([RemoveReplicaGroups(name, replicas)])
             except PlacementError:
-                return  # Ray still refuses: the rest waits for the next message
+                break  # Ray still refuses: the rest waits for the next message
             del self._stranded[name]
             self._free(name, stranded, None)
             freed = True
@@ -1194,9 +1201,8 @@ class DeploymentPlacementActor(KeepServingActor):
             self._lose_replicas(name, sorted(indexes), node_id, suspect=suspect)
             if name in self._losing:  # Ray still refuses: the rest waits for the next message
                 break
-        else:
-            if self._unwritten:
-                self._write_unwritten()
+        if self._unwritten:
+            self._write_unwritten()
 
     def _write_unwritten(self) -> None:
         """Retry the records whose rewrite failed; stop at the first failure (the store is down)."""

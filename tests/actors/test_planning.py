@@ -39,6 +39,7 @@ from placement_actors import (
     Placement,
     PlacementCancelledError,
     PlacementConstraints,
+    PlacementError,
     PlacementFailure,
     PlacementGroupFailed,
     PlacementGroupTimedOut,
@@ -55,7 +56,7 @@ from placement_actors import (
     ReplicaPlacement,
     group_name,
 )
-from placement_actors.actors.messages import GroupRescheduling, NodeLost
+from placement_actors.actors.messages import BundleGpusKnown, GroupRescheduling, NodeLost
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import MemoryCheckpoints
 from placement_actors.domain.checkpoints import GroupCheckpoint, decode
@@ -625,6 +626,7 @@ class RefusingBackend(on_ray.RayBackend):
     refuse_create = False
     refuse_create_at = 0  # refuse the creation of this number, counting from here
     refuse_remove = 0  # how many removals to refuse (True: one)
+    refuse_remove_of = ""  # refuse every removal of the groups whose names hold this text
     refuse_listing = False
 
     def create_group(self, spec: Any, *, name: str) -> object:
@@ -636,6 +638,10 @@ class RefusingBackend(on_ray.RayBackend):
         return super().create_group(spec, name=name)
 
     def remove_group(self, group: object) -> None:
+        named = str(ray.util.placement_group_table(group).get("name", ""))
+        if self.refuse_remove_of and self.refuse_remove_of in named:
+            msg = f"Ray refused to remove {named} (injected)"
+            raise BackendError(msg, operation="remove placement group")
         if self.refuse_remove:
             self.refuse_remove -= 1
             msg = "Ray refused to remove the group (injected)"
@@ -968,6 +974,79 @@ def test_a_replica_whose_loss_waits_for_ray_is_not_moved_by_hand_or_to_make_room
         assert [x.node for x in found.result.assignments] == [target]
         assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
         assert service.view().node(source).held == ()
+
+
+def failed_unremoved(replica: ReplicaPlacement) -> ReplicaFailed:
+    """What the planner tells when ``replica``'s group failed and Ray would not remove it."""
+    return ReplicaFailed(
+        deployment=replica.deployment,
+        replica_index=replica.replica_index,
+        group_name=replica.group_name,
+        attempt=replica.attempt,
+        error=PlacementError("the group failed (injected)"),
+        group_removed=False,
+    )
+
+
+def test_a_removal_ray_still_refuses_does_not_keep_freed_gpus_from_a_degraded_deployment(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    with served(backend) as service:
+        first = service.place(llama("stuck-a", gpus=2), gpu_nodes=(a,))
+        second = service.place(llama("stuck-b", gpus=2), gpu_nodes=(b,))
+        assert all(p.replicas[0].master.port.get(timeout=TIMEOUT) > 0 for p in (first, second))
+        backend.refuse_remove = 1_000  # both failed groups stand, for now
+        service.placement.tell(failed_unremoved(first.replicas[0]))
+        service.placement.tell(failed_unremoved(second.replicas[0]))
+        service.view()  # both failures handled; their removals refused
+        backend.refuse_remove, backend.refuse_remove_of = 0, "stuck-b"  # stuck-a's goes now
+        service.view()
+        # stuck-a's GPUs came back while stuck-b's removal was still refused: it is placed again.
+        found = service.placement.ask(GetPlacement("stuck-a"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.missing == ()
+        assert found.result is not None
+        assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        assert [h.deployment for h in service.view().node(b).held] == ["stuck-b"] * 2
+        backend.refuse_remove_of = ""  # for the release at the end
+
+
+def test_a_failed_replicas_held_gpus_follow_a_renumbering_of_its_sibling(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a = ray_nodes["gpu-a"]
+    with served(backend) as service:
+        placed = service.place(llama("renumbered", gpus=2, replicas=2), gpu_nodes=(a,))
+        zero, one = placed.replicas
+        assert [x.gpus for x in placed.assignments] == [(0, 1), (2, 3)]
+        backend.refuse_remove = 1_000
+        service.placement.tell(failed_unremoved(one))  # (2, 3) stay held for its group
+        # Ray says replica 0 got devices 2 and 3: the ledger swaps, and the failed replica's
+        # held GPUs must become 0 and 1.
+        service.placement.tell(
+            BundleGpusKnown(
+                deployment="renumbered",
+                replica_index=0,
+                attempt=zero.attempt,
+                node=a,
+                gpu_ids=(2, 3),
+            )
+        )
+        service.view()
+        backend.refuse_remove = 0  # the next message removes the failed group, frees its GPUs
+        found = service.placement.ask(GetPlacement("renumbered"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.result is not None
+        by_replica = {x.replica_index: x.gpus for x in found.result.assignments}
+        assert by_replica[0] == (2, 3)
+        assert sorted(o for gpus in by_replica.values() for o in gpus) == [0, 1, 2, 3]
+        released = service.placement.ask(Release("renumbered"), timeout=TIMEOUT)
+        assert isinstance(released, Released)
+        assert released.gpus_freed == 4
+        assert service.view().node(a).held == ()
 
 
 def test_an_undone_place_whose_groups_ray_will_not_remove_keeps_their_gpus_until_it_does(
