@@ -33,7 +33,7 @@ def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> bool:
     """
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
-        if address not in {None, "auto", current}:
+        if address not in {None, "auto", current} and _canonical(address) != current:
             msg = f"this process is already connected to Ray at {current}, not {address}"
             raise BackendError(msg, operation="connect")
         return False
@@ -50,6 +50,20 @@ def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> bool:
         msg = f"cannot connect to Ray at {address or 'the default address'}: {exc}"
         raise BackendError(msg, operation="connect") from exc
     return True
+
+
+def _canonical(address: str) -> str:
+    """``address`` as Ray writes a cluster's address (``localhost:6379`` -> this host's IP).
+
+    Ray rewrites loopback and host names when it connects, so one cluster may be named in two
+    ways; an address Ray cannot read is left as it is.
+    """
+    try:
+        from ray._private.services import canonicalize_bootstrap_address  # noqa: PLC0415
+
+        return canonicalize_bootstrap_address(address) or address
+    except Exception:  # noqa: BLE001 - Ray's own reading of the text; none: compared as given
+        return address
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
