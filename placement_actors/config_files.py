@@ -470,7 +470,7 @@ class _Document:
             self.add((), None, f"must be a mapping with a '{key}' list")
             return _UNREADABLE
         for other in self.value:
-            if other in _FILE_KINDS and other != key:  # the other kind of file, given by mistake
+            if other in _FILE_KINDS and other != key and key not in self.value:  # the other kind
                 mistaken = (
                     f"is not a known field: this looks like a {_FILE_KINDS[other]} file, where a "
                     f"{_FILE_KINDS[key]} file is wanted"

@@ -862,6 +862,39 @@ def test_a_shape_no_node_or_split_holds_names_each_nodes_reason(
     }
 
 
+@pytest.mark.parametrize(
+    ("text", "names", "named"),
+    [
+        ("on abcdef and abc", {"abc": "gpu-1", "abcdef": "gpu-2"}, "on gpu-2 and gpu-1"),
+        ("n2 then n3", {"n2": "n3", "n3": "n4"}, "n3 then n4"),  # one pass, no chains
+        ("node n10 is not n1", {"n1": "gpu-1"}, "node n10 is not gpu-1"),  # whole ids only
+        ("runs on x already", {"y": "gpu-y"}, "runs on x already"),
+    ],
+    ids=["longest-first", "no-chain", "whole-ids", "none"],
+)
+def test_an_error_line_names_nodes_by_their_names_in_one_pass(
+    text: str, names: dict[str, str], named: str
+) -> None:
+    assert cli._named(text, names) == named
+
+
+def test_a_refusal_over_more_nodes_than_it_lists_says_how_many_more(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cluster = tmp_path / "wide.yaml"
+    cluster.write_text(
+        "nodes:\n" + "".join(f"  - {{id: n{i:02d}, gpus: 2}}\n" for i in range(30)),
+        encoding="utf-8",
+    )
+    plan = ("plan", "--tp", "64", "--cluster", str(cluster))
+    code, _, err = run(capsys, *plan)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert err.splitlines()[-1] == "  ... and 10 more nodes"
+    code, out, _ = run(capsys, "--json", *plan)
+    data = json.loads(out)
+    assert (len(data["rejections"]), data["rejections_omitted"]) == (20, 10)
+
+
 def test_a_tp_size_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "plan", "--tp", "0", "--cluster", str(EXAMPLES / "cluster.yaml"))
     assert code == cli.EXIT_USAGE

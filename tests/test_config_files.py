@@ -172,6 +172,17 @@ def test_a_cluster_file_given_for_a_deployments_file_says_so_and_the_other_way_r
     assert "this looks like a deployments file, where a cluster file is wanted" in str(caught.value)
 
 
+def test_a_deployments_file_with_a_stray_nodes_key_is_not_called_a_cluster_file(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "deployments:\n  - {name: a, model: m}\nnodes: []\n")
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    assert [(p.field, p.problem) for p in caught.value.problems] == [
+        ("nodes", "is not a known field")
+    ]
+
+
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="cannot read"):
         load_deployments(tmp_path / "nope.yaml")

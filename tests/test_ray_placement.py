@@ -360,6 +360,22 @@ def test_a_group_whose_state_cannot_be_read_after_its_timeout_is_still_removed(
 
 
 @pytest.mark.usefixtures("ray_nodes")
+def test_a_timed_out_group_ray_will_not_remove_is_still_a_timeout_that_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(_: object) -> None:
+        msg = "Ray refused to remove it (injected)"
+        raise BackendError(msg, operation="remove placement group")
+
+    monkeypatch.setattr(groups, "remove_group", refused)
+    with pytest.raises(PlacementGroupTimeoutError) as caught:
+        build_pg([{"GPU": 1000}], "STRICT_PACK", name="curator-t-stuck", ready_timeout_s=1)
+    assert any("could not be removed either" in n for n in caught.value.__notes__)
+    monkeypatch.undo()
+    assert remove_named_pgs_with_prefix("curator-t-stuck") == 1  # it was left, as the note says
+
+
+@pytest.mark.usefixtures("ray_nodes")
 def test_a_wait_interrupted_by_ctrl_c_removes_the_group_before_the_interrupt_goes_on() -> None:
     interrupt = threading.Timer(1.0, _thread.interrupt_main)  # as Ctrl-C in a script's wait
     interrupt.start()

@@ -22,8 +22,9 @@ import json
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -206,18 +207,32 @@ def _report(
     line = Text(what, style="bold red")
     if exc is not None:
         detail = str(exc) if what != "unexpected failure" else f"{type(exc).__name__}: {exc}"
-        for node_id, name in out.node_names.items():  # as `status` names them (--json: ids)
-            if name != node_id and node_id in detail:
-                detail = detail.replace(node_id, name)
+        detail = _named(detail, out.node_names)
         line.append(f": {detail}", style="default")
         if isinstance(exc, commands.UsageError):
             line.append(f" (see `{exc.prog or _PROG} --help`)", style="default")
     reasons = exc.rejections if isinstance(exc, CapacityError) else ()
+    omitted = exc.rejections_omitted if isinstance(exc, CapacityError) else 0
     with contextlib.suppress(OSError):  # standard error is gone: the exit code still tells
         errors.print(line, soft_wrap=True)
         for rejection in reasons:  # each node's reason, as `place` and `why` print them
             name = out.node_names.get(rejection.node_id, rejection.node_id)
             errors.print(Text(f"  {name}: {rejection.reason}"), soft_wrap=True)
+        if reasons and omitted:
+            errors.print(Text(f"  ... and {omitted} more nodes"), soft_wrap=True)
+
+
+def _named(text: str, names: Mapping[str, str]) -> str:
+    """``text`` with each node id in it written as its name, as `status` shows nodes.
+
+    One pass, longest ids first, whole ids only: an id inside a longer one, or a name that is
+    another node's id, is left alone.
+    """
+    found = sorted((n for n in names if names[n] != n and n in text), key=len, reverse=True)
+    if not found:
+        return text
+    pattern = re.compile(r"(?<![\w.:-])(" + "|".join(re.escape(n) for n in found) + r")(?![\w.:-])")
+    return pattern.sub(lambda m: names[m.group(1)], text)
 
 
 def _print_json(data: object, file: IO[str] | None = None) -> None:

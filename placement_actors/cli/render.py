@@ -137,7 +137,11 @@ def error_data(error: BaseException, exit_code: int) -> dict[str, Any]:
         failure = failure_data(error, {})
         if failure["deployment"]:  # a bundle shape (`plan`) is no deployment's
             data["deployment"] = failure["deployment"]
-        data.update(retryable=failure["retryable"], rejections=failure["rejections"])
+        data.update(
+            retryable=failure["retryable"],
+            rejections=failure["rejections"],
+            rejections_omitted=error.rejections_omitted,
+        )
     return data
 
 

@@ -206,8 +206,11 @@ def build_pg(
     except BaseException as exc:  # interrupted while waiting: the group must not outlive the call
         _remove_failed(pg, exc)
         raise
-    remove_group(pg)
-    raise PlacementGroupTimeoutError(group=name, timeout_s=ready_timeout_s, scheduling_state=state)
+    timed_out = PlacementGroupTimeoutError(
+        group=name, timeout_s=ready_timeout_s, scheduling_state=state
+    )
+    _remove_failed(pg, timed_out)
+    raise timed_out
 
 
 def _remove_failed(pg: PlacementGroup, error: BaseException) -> None:
