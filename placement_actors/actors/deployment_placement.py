@@ -439,9 +439,12 @@ class DeploymentPlacementActor(KeepServingActor):
             self._catch_up()
         return super().on_receive(message)
 
-    def _place_checked(self, message: Place) -> PlacementResult:
-        """`place` of a message already rebuilt through its constructors."""
-        if self._behind():  # also for proxy calls, which do not pass through on_receive
+    def _place_checked(self, message: Place, *, caught_up: bool = False) -> PlacementResult:
+        """`place` of a message already rebuilt through its constructors.
+
+        ``caught_up``: the caller has just caught up (a `PlaceMany` does, once for its batch).
+        """
+        if not caught_up and self._behind():  # also for proxy calls, not through on_receive
             self._catch_up()
         name = message.deployment.name
         try:
@@ -454,7 +457,12 @@ class DeploymentPlacementActor(KeepServingActor):
 
     @admits(PlaceMany)
     def place_many(self, message: PlaceMany) -> PlacedMany:
-        """Each `Place` of the batch, as if sent alone; see `PlaceMany`."""
+        """Each `Place` of the batch, as if sent alone; see `PlaceMany`.
+
+        What Ray refused before is tried again once for the batch, not once per `Place`.
+        """
+        if self._behind():  # also for proxy calls, which do not pass through on_receive
+            self._catch_up()
         places = message.places
         order = (
             largest_first([p.deployment for p in places])
@@ -464,7 +472,7 @@ class DeploymentPlacementActor(KeepServingActor):
         outcomes: dict[int, PlacementResult | PlacementError] = {}
         for index in order:
             try:
-                outcomes[index] = self._place_checked(places[index])
+                outcomes[index] = self._place_checked(places[index], caught_up=True)
             except PlacementError as exc:
                 outcomes[index] = exc
         return PlacedMany(outcomes=tuple(self._now(outcomes[i]) for i in range(len(places))))
@@ -599,9 +607,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 gpus_freed=sum(len(a.gpus) for a in adopted),
                 replicas_freed=len({a.replica_index for a in adopted}),
             )
-        if placed is None:
+        if placed is None:  # GPUs of an undone Place's groups may have waited for Ray, though
             return Released(
-                deployment=message.deployment, was_placed=False, gpus_freed=0, replicas_freed=0
+                deployment=message.deployment,
+                was_placed=False,
+                gpus_freed=sum(len(a.gpus) for a in stranded),
+                replicas_freed=0,
             )
         del self._placed[message.deployment]
         self._movable_names.discard(message.deployment)
@@ -612,7 +623,7 @@ class DeploymentPlacementActor(KeepServingActor):
         return Released(
             deployment=message.deployment,
             was_placed=True,
-            gpus_freed=placed.result.total_gpus(),
+            gpus_freed=placed.result.total_gpus() + sum(len(a.gpus) for a in stranded),
             replicas_freed=len({a.replica_index for a in assignments}),
         )
 

@@ -181,9 +181,22 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
     try:
         yield cluster
     finally:
-        with out.waiting("Stopping the local Ray cluster"):
+        with _no_interrupts(), out.waiting("Stopping the local Ray cluster"):
             cluster.__exit__(None, None, None)
         out.note("Local Ray cluster stopped.")
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Ctrl-C is ignored in the block (in the main thread): a clean-up is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _node_names(out: Output) -> dict[str, str]:
@@ -365,32 +378,27 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
     from placement_actors.service import PlacementClient  # noqa: PLC0415 - Ray loads here
 
     out.stream = True  # one line (one JSON object) as soon as the service runs
-    interrupt = signal.getsignal(signal.SIGINT)
-    try:
-        with _ray_cluster(None, out) as cluster:
-            with out.waiting("Starting the placement service on it"):
-                client = PlacementClient.serve(
-                    cluster.address,
-                    ready_timeout_s=args.ready_timeout,
-                    learn_gpu_ids=args.learn_gpu_ids,
-                )
-            out.line(
-                {"address": cluster.address, "service": client.name, "nodes": dict(DEMO_WORKERS)},
-                f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
-                f"another terminal: placement-actors place examples/deployments.yaml --address "
-                f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",
+    with _ray_cluster(None, out) as cluster:
+        with out.waiting("Starting the placement service on it"):
+            client = PlacementClient.serve(
+                cluster.address,
+                ready_timeout_s=args.ready_timeout,
+                learn_gpu_ids=args.learn_gpu_ids,
             )
-            try:
-                threading.Event().wait()  # until Ctrl-C: the cluster serves the other terminal
-            except KeyboardInterrupt:
-                # A second Ctrl-C must not cut the clean-up short and leave raylets running.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                out.note("Stopping the service and the local cluster (their groups go with them).")
-            finally:
-                with contextlib.suppress(PlacementError):
-                    client.stop_service()
-    finally:
-        signal.signal(signal.SIGINT, interrupt)
+        out.line(
+            {"address": cluster.address, "service": client.name, "nodes": dict(DEMO_WORKERS)},
+            f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
+            f"another terminal: placement-actors place examples/deployments.yaml --address "
+            f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",
+        )
+        try:
+            threading.Event().wait()  # until Ctrl-C: the cluster serves the other terminal
+        except KeyboardInterrupt:
+            out.note("Stopping the service and the local cluster (their groups go with them).")
+        finally:
+            # A second Ctrl-C must not cut the clean-up short and leave raylets running.
+            with _no_interrupts(), contextlib.suppress(PlacementError):
+                client.stop_service()
     return EXIT_OK
 
 

@@ -36,6 +36,8 @@ from placement_actors import (
     NodeTopology,
     NotEnoughGpusError,
     Place,
+    PlacedMany,
+    PlaceMany,
     Placement,
     PlacementCancelledError,
     PlacementConstraints,
@@ -1010,7 +1012,32 @@ def test_a_removal_ray_still_refuses_does_not_keep_freed_gpus_from_a_degraded_de
         assert found.result is not None
         assert found.result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
         assert [h.deployment for h in service.view().node(b).held] == ["stuck-b"] * 2
-        backend.refuse_remove_of = ""  # for the release at the end
+        # Released whole (by name prefix), its failed group goes too, and its GPUs are counted.
+        released = service.placement.ask(Release("stuck-b"), timeout=TIMEOUT)
+        assert isinstance(released, Released)
+        assert (released.was_placed, released.gpus_freed) == (True, 2)
+        assert service.view().node(b).held == ()
+        backend.refuse_remove_of = ""
+
+
+def test_a_batch_of_places_tries_a_refused_removal_again_once_not_once_per_place(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a = ray_nodes["gpu-a"]
+    with served(backend) as service:
+        placed = service.place(llama("stuck", gpus=1), gpu_nodes=(a,))
+        assert placed.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        backend.refuse_remove = 1_000
+        service.placement.tell(failed_unremoved(placed.replicas[0]))
+        service.view()  # the failure handled, its removal refused once
+        tries = backend.refuse_remove
+        batch = PlaceMany(tuple(Place(llama(f"batch-{i}")) for i in range(3)))
+        done = service.placement.ask(batch, timeout=TIMEOUT)
+        assert isinstance(done, PlacedMany)
+        assert all(isinstance(o, PlacementResult) for o in done.outcomes)
+        assert tries - backend.refuse_remove == 1
+        backend.refuse_remove = 0
 
 
 def test_a_failed_replicas_held_gpus_follow_a_renumbering_of_its_sibling(
