@@ -258,8 +258,14 @@ def _destination(
     overlay: _Overlay,
     resident: Resident,
     shut: AbstractSet[str],
+    *,
+    keep: int = 0,
 ) -> str | None:
-    """Where ``resident`` would go: the best fit of the nodes it may use, none of ``shut``."""
+    """Where ``resident`` would go: the best fit of the nodes it may use, none of ``shut``.
+
+    With ``keep``, never a node it would take from ``keep`` free GPUs or more to fewer: a plan
+    that frees nodes must not undo a node that has that many free already.
+    """
     looked = 0
     for node in ledger.candidates(resident.gpus):
         if node in shut:
@@ -267,8 +273,10 @@ def _destination(
         looked += 1
         if looked > MAX_PROBES:
             return None
+        free = overlay.free(node)
         if (
-            overlay.free(node) >= resident.gpus
+            free >= resident.gpus
+            and not (keep and free >= keep > free - resident.gpus)
             and not overlay.lands_with_own(resident, node)
             and residents.may_host(resident, node)
         ):
@@ -405,7 +413,7 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
             break
         if len(planned) >= budget or not trial.may_move(resident):
             return None
-        goes = _destination(ledger, residents, trial, resident, {*shut, source})
+        goes = _destination(ledger, residents, trial, resident, {*shut, source}, keep=target)
         if goes is None:
             return None
         planned.append(_move(resident, source, goes))

@@ -309,3 +309,31 @@ def test_a_search_over_a_long_node_list_finds_the_same_moves_whatever_the_hash_s
     }
     assert len(found) == 1
     assert "from_node='n0000', to_node='n0001'" in found.pop()
+
+
+def test_a_plan_never_fills_a_node_that_has_the_free_gpus_asked_for_already() -> None:
+    # n0 has 2 of 4 free; n1 none (two replicas of 2). Moving one from n1 to n0 frees n1 to 2
+    # but takes n0 below 2: one node with 2 free either way, and a replica restarted for nothing.
+    cluster = Running(4, 4)
+    cluster.run("n0", 2)
+    cluster.run("n1", 2)
+    cluster.run("n1", 2)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=2)
+    assert plan.moves == ()
+    # With a third node that keeps fewer than 2 free, the move lands there and n1 is freed.
+    wider = Running(4, 4, 3)
+    wider.run("n0", 2)
+    wider.run("n1", 2)
+    wider.run("n1", 2)
+    wider.run("n2", 1)  # 2 free: n2 has the share already; 2 - 2 < 2 would undo it
+    assert plan_defragmentation(wider.ledger, wider, gpus=2).moves == ()
+    roomy = Running(4, 4, 8)
+    roomy.run("n0", 2)
+    roomy.run("n1", 2)
+    roomy.run("n1", 2)
+    roomy.run("n2", 4)  # 4 free: it keeps 2 after taking a replica of 2
+    plan = plan_defragmentation(roomy.ledger, roomy, gpus=2)
+    assert [(m.from_node, m.to_node) for m in plan.moves] == [("n1", "n2")]
+    before = sum(roomy.ledger.free_histogram()[2:])
+    roomy.carry_out(plan.moves)
+    assert sum(roomy.ledger.free_histogram()[2:]) == before + 1
