@@ -875,7 +875,7 @@ def test_a_shape_no_node_or_split_holds_names_each_nodes_reason(
 def test_an_error_line_names_nodes_by_their_names_in_one_pass(
     text: str, names: dict[str, str], named: str
 ) -> None:
-    assert cli._named(text, names) == named
+    assert render.named(text, names) == named
 
 
 def test_a_refusal_over_more_nodes_than_it_lists_says_how_many_more(

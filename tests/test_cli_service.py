@@ -216,6 +216,9 @@ def test_move_takes_a_replica_to_a_node_named_by_its_name(
     assert code == cli.EXIT_INVALID_SPEC
     assert f"runs on {other} already" in " ".join(err.split())  # named as the user named it
     assert ray_nodes[other] not in err
+    code, out, _ = run(capsys, "--json", "move", "cli-moved", "0", other, "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC
+    assert f"runs on {other} already" in json.loads(out)["message"]  # --json too
     code, _, err = run(capsys, "move", "cli-moved", "0", "gpu-nowhere", "--address", address)
     assert code == cli.EXIT_INVALID_SPEC
     assert "not a GPU node here" in err

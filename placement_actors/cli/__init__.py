@@ -22,9 +22,8 @@ import json
 import logging
 import math
 import os
-import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -200,14 +199,14 @@ def _report(
         data = (
             {"error": "KeyboardInterrupt", "message": what, "exit_code": code}
             if exc is None
-            else render.error_data(exc, code)
+            else render.error_data(exc, code, out.node_names)
         )
         _print_json(data, out.console.file)
         return
     line = Text(what, style="bold red")
     if exc is not None:
         detail = str(exc) if what != "unexpected failure" else f"{type(exc).__name__}: {exc}"
-        detail = _named(detail, out.node_names)
+        detail = render.named(detail, out.node_names)
         line.append(f": {detail}", style="default")
         if isinstance(exc, commands.UsageError):
             line.append(f" (see `{exc.prog or _PROG} --help`)", style="default")
@@ -220,19 +219,6 @@ def _report(
             errors.print(Text(f"  {name}: {rejection.reason}"), soft_wrap=True)
         if reasons and omitted:
             errors.print(Text(f"  ... and {omitted} more nodes"), soft_wrap=True)
-
-
-def _named(text: str, names: Mapping[str, str]) -> str:
-    """``text`` with each node id in it written as its name, as `status` shows nodes.
-
-    One pass, longest ids first, whole ids only: an id inside a longer one, or a name that is
-    another node's id, is left alone.
-    """
-    found = sorted((n for n in names if names[n] != n and n in text), key=len, reverse=True)
-    if not found:
-        return text
-    pattern = re.compile(r"(?<![\w.:-])(" + "|".join(re.escape(n) for n in found) + r")(?![\w.:-])")
-    return pattern.sub(lambda m: names[m.group(1)], text)
 
 
 def _print_json(data: object, file: IO[str] | None = None) -> None:

@@ -9,6 +9,7 @@ fit wrap (``overflow="fold"``) instead of being cut.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "event_line",
     "failure_data",
     "moves_data",
+    "named",
     "print_advice",
     "print_cluster",
     "print_failure",
@@ -118,14 +120,18 @@ def result_data(
     }
 
 
-def error_data(error: BaseException, exit_code: int) -> dict[str, Any]:
+def error_data(
+    error: BaseException, exit_code: int, names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The one JSON object of a command that failed: its type, message and exit code.
 
-    A file's problems and a capacity failure's node-by-node reasons come along as fields.
+    A file's problems and a capacity failure's node-by-node reasons come along as fields. With
+    ``names`` (node id -> name), the message names nodes as `status` does, and each rejection
+    has its node's name (its ``node`` stays the id).
     """
     data: dict[str, Any] = {
         "error": type(error).__name__,
-        "message": str(error),
+        "message": named(str(error), names or {}),
         "exit_code": exit_code,
     }
     if isinstance(error, ConfigFileError):
@@ -134,7 +140,7 @@ def error_data(error: BaseException, exit_code: int) -> dict[str, Any]:
             for p in error.problems
         ]
     elif isinstance(error, CapacityError):
-        failure = failure_data(error, {})
+        failure = failure_data(error, names or {})
         if failure["deployment"]:  # a bundle shape (`plan`) is no deployment's
             data["deployment"] = failure["deployment"]
         data.update(
@@ -523,3 +529,16 @@ def print_moves(console: Console, moves: Sequence[dict[str, Any]]) -> None:
             Text(str(move["master"])),
         )
     console.print(table)
+
+
+def named(text: str, names: Mapping[str, str]) -> str:
+    """``text`` with each node id in it written as its name, as `status` shows nodes.
+
+    One pass, longest ids first, whole ids only: an id inside a longer one, or a name that is
+    another node's id, is left alone.
+    """
+    found = sorted((n for n in names if names[n] != n and n in text), key=len, reverse=True)
+    if not found:
+        return text
+    pattern = re.compile(r"(?<![\w.:-])(" + "|".join(re.escape(n) for n in found) + r")(?![\w.:-])")
+    return pattern.sub(lambda m: names[m.group(1)], text)
