@@ -455,8 +455,21 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
             "gpu-b": 4,
             "gpu-c": 8,
         }
+        watch = subprocess.Popen(  # noqa: S603 - a third terminal, watching as the sandbox stops
+            [sys.executable, "-m", "placement_actors", "watch", "--address", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        time.sleep(5)  # most likely connected and waiting by then; either way it must end well
     finally:
         sandbox.send_signal(signal.SIGINT)  # as Ctrl-C
         _, err = sandbox.communicate(timeout=120)
     assert sandbox.returncode == cli.EXIT_OK, err[-2000:]
     assert "Local Ray cluster stopped." in err
+    try:  # the watch ends at once with the service gone, not after Ray's minute of retries
+        _, watched = watch.communicate(timeout=45)
+    finally:
+        watch.kill()
+    assert watch.returncode == cli.EXIT_BACKEND, watched[-2000:]

@@ -563,6 +563,18 @@ def test_a_second_driver_places_and_the_state_outlives_it(
     assert ip.count(".") == 3
 
 
+def test_stopping_through_a_client_of_a_service_served_again_stops_the_one_running_now(
+    client: PlacementClient, ray_cluster: Any
+) -> None:
+    client.stop_service()
+    PlacementClient.serve(ray_cluster.address, name=client.name)  # another of the same name
+    client.stop_service()  # this client's handle is of the first: the running one stops
+    with pytest.raises(BackendError, match="placement-actors serve"):
+        PlacementClient.connect(ray_cluster.address, name=client.name)
+    client.stop_service()  # nothing runs under the name: nothing to do
+    PlacementClient.serve(ray_cluster.address, name=client.name)  # for the fixture's clean-up
+
+
 def test_connecting_to_a_service_that_does_not_run_is_a_backend_error(ray_cluster: Any) -> None:
     with pytest.raises(BackendError, match="placement-actors serve"):
         PlacementClient.connect(ray_cluster.address, name="no-such-service")

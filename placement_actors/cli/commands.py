@@ -397,9 +397,24 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
             out.note("Stopping the service and the local cluster (their groups go with them).")
         finally:
             # A second Ctrl-C must not cut the clean-up short and leave raylets running.
-            with _no_interrupts(), contextlib.suppress(PlacementError):
-                client.stop_service()
+            with _no_interrupts():
+                _stop_for_good(client)
     return EXIT_OK
+
+
+_GRACE_S = 2.0
+"""How long clients (a `watch`) get to see the service gone before the cluster goes too."""
+
+
+def _stop_for_good(client: Any) -> None:  # noqa: ANN401 - a PlacementClient
+    """Stop the service running now (served again since, maybe), then give its clients a moment.
+
+    A client whose call is in flight learns the service is gone and ends (exit 5) while Ray still
+    answers: once the cluster is gone, Ray would end it only after a minute, with its own error.
+    """
+    with contextlib.suppress(PlacementError):
+        client.stop_service()
+        time.sleep(_GRACE_S)
 
 
 def _a_node_leaves(

@@ -230,21 +230,36 @@ class RemoteHost:
         raise BackendError(msg, operation="restart service")
 
     def kill(self, *, timeout_s: float = 30.0) -> None:
-        """Stop the hosted object's actor and wait until its name is free again.
+        """Stop the host running under this name now, and wait until its name is free again.
 
-        Its detached placement groups stay. Ray kills asynchronously: without the wait, starting
-        a host of the same name at once could find the dying actor.
+        The one running now: if the host this handle first found was stopped and another of its
+        name started since, that one is stopped (as calls go to it too). Its detached placement
+        groups stay. Ray kills asynchronously: without the wait, starting a host of the same name
+        at once could find the dying actor.
         """
-        ray.kill(self._handle)
+        running = self._running()
+        if running is None:
+            return  # nothing runs under its name
+        self._handle = running
+        ray.kill(running)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                ray.get_actor(self.name, namespace=NAMESPACE)
-            except ValueError:
-                return
+            named = self._running()
+            if named is None or named._actor_id != running._actor_id:  # noqa: SLF001 - identity
+                return  # gone (or its name is another actor's already)
             time.sleep(0.05)
         msg = f"the service {self.name} did not stop within {timeout_s:g}s"
         raise BackendError(msg, operation="stop service")
+
+    def _running(self) -> Any:  # noqa: ANN401 - a Ray ActorHandle
+        """The handle of the host running under this name now, or ``None``."""
+        try:
+            return ray.get_actor(self.name, namespace=NAMESPACE)
+        except ValueError:
+            return None
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot look up the service {self.name}: {exc}"
+            raise BackendError(msg, operation="stop service") from exc
 
 
 def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 120.0) -> RemoteHost:
