@@ -439,7 +439,9 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
         reader.start()
         reader.join(timeout=180)
         assert first, "the sandbox printed no address within 180 s"
-        address = json.loads(first[0])["address"]
+        started = json.loads(first[0])
+        address = started["address"]
+        assert (started["gpus"]["gpu-c"], started["egress"]) == (8, ["edge-1"])
         status = subprocess.run(  # noqa: S603 - as an operator in another terminal
             [sys.executable, "-m", "placement_actors", "--json", "status", "--address", address],
             capture_output=True,

@@ -810,7 +810,10 @@ class DeploymentPlacementActor(KeepServingActor):
         free, capacity = self._gpus.free_count(target), self._gpus.capacity(target)
         rejection = gpu_fit(target, capacity=capacity, free=free, gpus=gpus)
         if rejection is not None:  # too few free: the node's reason, as a Place gives it
-            msg = f"replica {index} of {name} needs {gpus} free GPUs on {target}, which has {free}"
+            msg = (
+                f"replica {index} of {name} needs {gpus} free GPU{'' if gpus == 1 else 's'} on "
+                f"{target}, which has {free}"
+            )
             raise NotEnoughGpusError(
                 msg,
                 deployment=name,

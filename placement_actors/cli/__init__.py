@@ -450,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
         named=True,
     )
     move.add_argument("replica", type=_count(minimum=0), help="the replica's index")
-    move.add_argument("to", help="the node to move it to: its id, or its name")
+    move.add_argument("to", metavar="NODE", help="the node to move it to: its id, or its name")
 
     watch = command(
         "watch",

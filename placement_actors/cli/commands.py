@@ -174,7 +174,11 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
         worker_names=tuple(DEMO_WORKERS),
         egress_workers=tuple(i for i, n in enumerate(DEMO_WORKERS) if n in DEMO_EGRESS),
     )
-    layout = ", ".join(f"{name} ({gpus} GPUs)" for name, gpus in DEMO_WORKERS.items())
+    layout = ", ".join(
+        f"{name} ({'egress, ' if name in DEMO_EGRESS else ''}"
+        f"{f'{gpus} GPUs' if gpus else 'no GPUs'})"
+        for name, gpus in DEMO_WORKERS.items()
+    )
     with out.waiting(f"Starting a local Ray cluster: head + {layout}"):
         cluster.__enter__()
     out.note(f"Local Ray cluster at {cluster.address}: head + {layout}")
@@ -386,7 +390,12 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
                 learn_gpu_ids=args.learn_gpu_ids,
             )
         out.line(
-            {"address": cluster.address, "service": client.name, "nodes": dict(DEMO_WORKERS)},
+            {
+                "address": cluster.address,
+                "service": client.name,
+                "gpus": dict(DEMO_WORKERS),
+                "egress": list(DEMO_EGRESS),
+            },
             f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
             f"another terminal: placement-actors place examples/deployments.yaml --address "
             f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",

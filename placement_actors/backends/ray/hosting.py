@@ -297,7 +297,8 @@ def find_host(name: str) -> RemoteHost:
         handle = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError as exc:
         msg = (
-            f"no service named {name} runs on this cluster; start it with `placement-actors serve`"
+            f"no service named {name} runs on this cluster; start it with "
+            "`placement-actors serve --address ADDR`"
         )
         raise BackendError(msg, operation="find service") from exc
     return RemoteHost(handle, name)
