@@ -101,6 +101,12 @@ def test_place_status_why_release_through_the_service(
     code, out, _ = run(capsys, "release", "cli-small", "--address", address)
     assert code == cli.EXIT_OK
     assert "freed 2 GPUs of 1 replica." in out
+    code, out, _ = run(capsys, "why", "cli-small", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "cli-small: not placed, and no failed Place of it is on record." in out
+    code, _, err = run(capsys, "show", "cli-huge", "--address", address)
+    assert code == cli.EXIT_INVALID_SPEC
+    assert "its last Place failed: `why cli-huge` says why" in " ".join(err.split())
 
 
 def test_show_gives_a_deployments_replicas_with_their_masters_as_place_did(
@@ -130,6 +136,7 @@ def test_show_gives_a_deployments_replicas_with_their_masters_as_place_did(
     code, out, err = run(capsys, "show", "cli-nowhere", "--address", address)
     assert code == cli.EXIT_INVALID_SPEC
     assert "cli-nowhere is not placed" in err
+    assert "why" not in err  # no Place of it failed: nothing for `why` to say
 
 
 def test_every_service_command_speaks_json(

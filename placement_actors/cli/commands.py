@@ -714,11 +714,18 @@ def reap(args: argparse.Namespace, out: Output) -> int:
 
 def why(args: argparse.Namespace, out: Output) -> int:
     """Each node's reason for rejecting a deployment's last Place."""
-    failure = _client(args.address).ask(GetPlacementFailure(args.name), timeout=_REPLY_TIMEOUT_S)
+    client = _client(args.address)
+    failure = client.ask(GetPlacementFailure(args.name), timeout=_REPLY_TIMEOUT_S)
     assert isinstance(failure, PlacementFailure)  # noqa: S101 - the service's reply type
     if failure.error is None:
-        out.emit({"deployment": args.name, "did_not_fit": None})
-        out.say(f"{args.name}: its last Place did not fail (or it was never placed).")
+        found = client.ask(GetPlacement(args.name), timeout=_REPLY_TIMEOUT_S)
+        placed = isinstance(found, Placement) and found.result is not None
+        out.emit({"deployment": args.name, "did_not_fit": None, "placed": placed})
+        out.say(
+            f"{args.name}: placed, and its last Place did not fail."
+            if placed
+            else f"{args.name}: not placed, and no failed Place of it is on record."
+        )
         return EXIT_OK
     data = render.failure_data(failure.error, _node_names(out))
     out.emit(data)
@@ -729,10 +736,14 @@ def why(args: argparse.Namespace, out: Output) -> int:
 
 def show(args: argparse.Namespace, out: Output) -> int:
     """Where a deployment's replicas run now: nodes (bundle 0 first), GPUs, master addresses."""
-    found = _client(args.address).ask(GetPlacement(args.name), timeout=_REPLY_TIMEOUT_S)
+    client = _client(args.address)
+    found = client.ask(GetPlacement(args.name), timeout=_REPLY_TIMEOUT_S)
     assert isinstance(found, Placement)  # noqa: S101 - the service's reply type
     if found.result is None:
-        msg = f"deployment {args.name} is not placed (`why {args.name}` says why a Place failed)"
+        failure = client.ask(GetPlacementFailure(args.name), timeout=_REPLY_TIMEOUT_S)
+        failed = isinstance(failure, PlacementFailure) and failure.error is not None
+        hint = f" (its last Place failed: `why {args.name}` says why)" if failed else ""
+        msg = f"deployment {args.name} is not placed{hint}"
         raise InvalidSpecError(msg, field="name")
     placed = _Placed(results=[found.result], failures=[])
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
