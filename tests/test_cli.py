@@ -605,8 +605,20 @@ def test_status_tables_show_lost_nodes_outside_gpus_and_degraded_deployments() -
     assert re.search(r"│ gpu-gone +│ lost +│ - ", text)
     assert re.search(r"│ gpu-a +│ alive +│ 1/4 +│ kept \[0\] +│ 2 ", text)
     assert "Degraded (replicas missing): kept" in text
-    assert re.search(r"^gpu-a +■ ▣ ▣ □ $", text, re.MULTILINE)  # held, outside, outside, free
+    # Held by kept (its letter: no colours in a file), outside, outside, free.
+    assert re.search(r"^gpu-a +A ▣ ▣ □ $", text, re.MULTILINE)
+    assert "A kept" in text  # the legend names the letter's holder
     assert "▣ outside the service" in text
+
+
+def test_in_colour_each_holders_gpus_are_squares_of_its_colour() -> None:
+    printed = io.StringIO()
+    console = Console(file=printed, width=120, force_terminal=True, color_system="truecolor")
+    render.print_occupancy(console, render.view_data(lost_and_outside_view(), {}))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", printed.getvalue())  # the colours taken off
+    assert re.search(r"^gpu-a +■ ▣ ▣ □ $", text, re.MULTILINE)
+    assert "■ kept" in text
+    assert "\x1b[" in printed.getvalue()  # coloured indeed
 
 
 def test_status_shows_no_outside_column_when_no_node_has_outside_gpus() -> None:

@@ -468,9 +468,22 @@ def print_cluster(console: Console, view: dict[str, Any]) -> None:
         )
 
 
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+"""Each holder's mark where colours do not show (a file, a pipe): its letter in the legend."""
+
+
 def print_occupancy(console: Console, view: dict[str, Any]) -> None:
-    """A row per node, a cell per GPU, coloured by the deployment holding it."""
-    colours = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(sorted(view["deployments"]))}
+    """A row per node, a cell per GPU, coloured by the deployment holding it.
+
+    Where colours do not show (output to a file or a pipe, ``NO_COLOR``), each deployment's
+    cells carry its own letter instead, named in the legend (``■`` past the 62nd).
+    """
+    holders = sorted(view["deployments"])
+    colours = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(holders)}
+    lettered = console.color_system is None and not console.record
+    marks = {
+        d: _LETTERS[i] if lettered and i < len(_LETTERS) else "■" for i, d in enumerate(holders)
+    }
     width = max((len(n["name"]) for n in view["nodes"]), default=4)
     console.print(Text("GPU occupancy", style="bold"))
     for node in view["nodes"]:
@@ -482,7 +495,7 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
         for ordinal in range(node["capacity"]):
             holder = owner.get(ordinal)
             if holder is not None:
-                line.append("■ ", style=colours.get(holder, "grey50"))
+                line.append(f"{marks.get(holder, '■')} ", style=colours.get(holder, "grey50"))
             elif ordinal in free:
                 line.append("□ ", style="grey50")
             else:  # neither free nor held by a deployment: another Ray user holds it
@@ -491,7 +504,7 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
     legend = Text("legend: ")
     for deployment, colour in colours.items():
         if any(deployment in n["held"] for n in view["nodes"]):
-            legend.append(f"■ {deployment}  ", style=colour)
+            legend.append(f"{marks[deployment]} {deployment}  ", style=colour)
     if any(n.get("outside") for n in view["nodes"]):
         legend.append("▣ outside the service  ", style="grey50")
     legend.append("□ free", style="grey50")
