@@ -186,7 +186,10 @@ def test_defrag_names_the_replica_to_move_to_free_a_node(
     code, out, _ = run(capsys, "defrag", "--gpus", "4", "--address", address)
     assert code == cli.EXIT_OK
     assert "1 move(s) would leave 4 GPUs free on: gpu-a" in out
-    assert "move cli-one/r0 (1 GPUs): gpu-a -> gpu-b" in out
+    assert "move cli-one/r0 (1 GPU): gpu-a -> gpu-b" in out
+    code, out, _ = run(capsys, "defrag", "--gpus", "100", "--address", address)
+    assert code == cli.EXIT_OK
+    assert "No node has 100 GPUs in all (the largest has 64): no move frees one." in out
     code, _, err = run(capsys, "defrag", "--max-moves", "0", "--address", address)
     assert code == cli.EXIT_USAGE
     assert "must be at least 1" in err

@@ -773,7 +773,13 @@ def defrag(args: argparse.Namespace, out: Output) -> int:
     freed = [{"node": n, "name": names.get(n, n)} for n in plan.freed_nodes]
     if not plan.moves:
         out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed, "applied": 0})
-        out.say(f"No moves found that would leave a node with {plan.gpus} GPUs free.")
+        view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+        largest = max((n.capacity for n in view.nodes), default=0)
+        out.say(
+            f"No node has {plan.gpus} GPUs in all (the largest has {largest}): no move frees one."
+            if plan.gpus > largest
+            else f"No moves found that would leave a node with {plan.gpus} GPUs free."
+        )
         return EXIT_OK
     if not out.json:
         shown = ", ".join(n["name"] for n in freed)
@@ -799,8 +805,8 @@ def defrag(args: argparse.Namespace, out: Output) -> int:
 
 
 _RESTART_NOTE = (
-    "each moved replica has a new placement group; whatever ran in its old group stopped with "
-    "it, and its controller starts it again on the new one (`watch` shows ReplicaMoved)"
+    "a moved replica has a new placement group; whatever ran in its old group stopped with "
+    "it, and its controller starts it again on the new one (`watch` shows it as replica moved)"
 )
 
 

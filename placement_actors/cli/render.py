@@ -198,7 +198,8 @@ def print_advice(console: Console, moves: Sequence[dict[str, Any]], *, indent: s
     for move in moves:
         console.print(
             Text(
-                f"{indent}move {move['deployment']}/r{move['replica']} ({move['gpus']} GPUs): "
+                f"{indent}move {move['deployment']}/r{move['replica']} "
+                f"({move['gpus']} GPU{'' if move['gpus'] == 1 else 's'}): "
                 f"{move['from_name']} -> {move['to_name']}"
             ),
             soft_wrap=True,
