@@ -259,24 +259,34 @@ def _destination(
     resident: Resident,
     shut: AbstractSet[str],
     *,
-    keep: int = 0,
+    keep: Room | None = None,
 ) -> str | None:
     """Where ``resident`` would go: the best fit of the nodes it may use, none of ``shut``.
 
-    With ``keep``, never a node it would take from ``keep`` free GPUs or more to fewer: a plan
-    that frees nodes must not undo a node that has that many free already.
+    With ``keep`` (a plan's room), never a node of that room it would take from ``keep.gpus``
+    free GPUs or more to fewer: a plan that frees nodes must not undo a node that has that many
+    free already. Such nodes are passed over within `MAX_READ` reads, beside the `MAX_PROBES`
+    nodes tried.
     """
-    looked = 0
+    looked = passed = 0
     for node in ledger.candidates(resident.gpus):
         if node in shut:
+            continue
+        free = overlay.free(node)
+        if (
+            keep is not None
+            and free >= keep.gpus > free - resident.gpus
+            and keep.covers(ledger, node)
+        ):
+            passed += 1
+            if passed > MAX_READ:
+                return None
             continue
         looked += 1
         if looked > MAX_PROBES:
             return None
-        free = overlay.free(node)
         if (
             free >= resident.gpus
-            and not (keep and free >= keep > free - resident.gpus)
             and not overlay.lands_with_own(resident, node)
             and residents.may_host(resident, node)
         ):
@@ -401,11 +411,12 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
     residents: Residents,
     overlay: _Overlay,
     source: str,
-    target: int,
+    room: Room,
     shut: AbstractSet[str],
     budget: int,
 ) -> tuple[_Overlay, list[ReplicaMove]] | None:
-    """The moves (at most ``budget``) that leave ``source`` with ``target`` free, or ``None``."""
+    """The moves (at most ``budget``) that leave ``source`` with ``room.gpus`` free, or ``None``."""
+    target = room.gpus
     trial = overlay.copy()
     planned: list[ReplicaMove] = []
     for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
@@ -413,7 +424,7 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
             break
         if len(planned) >= budget or not trial.may_move(resident):
             return None
-        goes = _destination(ledger, residents, trial, resident, {*shut, source}, keep=target)
+        goes = _destination(ledger, residents, trial, resident, {*shut, source}, keep=room)
         if goes is None:
             return None
         planned.append(_move(resident, source, goes))
@@ -461,7 +472,7 @@ def plan_defragmentation(
             break
         if source in touched:
             continue
-        emptied = _empty(ledger, residents, overlay, source, target, shut, max_moves - len(moves))
+        emptied = _empty(ledger, residents, overlay, source, room, shut, max_moves - len(moves))
         if emptied is None:
             continue
         overlay, planned = emptied

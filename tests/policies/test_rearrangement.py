@@ -320,13 +320,14 @@ def test_a_plan_never_fills_a_node_that_has_the_free_gpus_asked_for_already() ->
     cluster.run("n1", 2)
     plan = plan_defragmentation(cluster.ledger, cluster, gpus=2)
     assert plan.moves == ()
-    # With a third node that keeps fewer than 2 free, the move lands there and n1 is freed.
+    # A third node with exactly 2 free would drop below 2 too: still no move.
     wider = Running(4, 4, 3)
     wider.run("n0", 2)
     wider.run("n1", 2)
     wider.run("n1", 2)
     wider.run("n2", 1)  # 2 free: n2 has the share already; 2 - 2 < 2 would undo it
     assert plan_defragmentation(wider.ledger, wider, gpus=2).moves == ()
+    # With a node that keeps 2 free after taking a replica of 2, the move lands there.
     roomy = Running(4, 4, 8)
     roomy.run("n0", 2)
     roomy.run("n1", 2)
@@ -337,3 +338,32 @@ def test_a_plan_never_fills_a_node_that_has_the_free_gpus_asked_for_already() ->
     before = sum(roomy.ledger.free_histogram()[2:])
     roomy.carry_out(plan.moves)
     assert sum(roomy.ledger.free_histogram()[2:]) == before + 1
+
+
+def test_room_making_may_fill_a_node_outside_the_room_that_has_the_share_free() -> None:
+    # Room for 4 whole GPUs on n0-n3, each running three 1-GPU replicas barred from n0-n3;
+    # n4 (outside the room) has 4 free: it may take them, it is no node the room counts.
+    inside = {f"n{i}" for i in range(4)}
+    cluster = Running(4, 4, 4, 4, 8, barred={f"d{i}": inside for i in range(12)})
+    for node in sorted(inside):
+        for _ in range(3):
+            cluster.run(node, 1)
+    cluster.run("n4", 4)
+    room = Room(gpus=4, split=False, allowed=frozenset(inside))
+    moves = room_moves(cluster.ledger, cluster, room)
+    assert moves
+    assert {m.to_node for m in moves} == {"n4"}
+    cluster.carry_out(moves)
+    assert max(cluster.ledger.free_count(n) for n in inside) == 4
+
+
+def test_nodes_a_plan_must_not_fill_do_not_use_up_the_nodes_it_tries() -> None:
+    # Seventy nodes with exactly 2 of 4 free come first in best-fit order; the one that can
+    # take the replica (8 free) comes after them.
+    cluster = Running(*[4] * 70, 4, 8)
+    for i in range(70):
+        cluster.run(f"n{i}", 2)
+    cluster.run("n70", 2)
+    cluster.run("n70", 2)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=2)
+    assert [(m.from_node, m.to_node) for m in plan.moves] == [("n70", "n71")]
