@@ -621,6 +621,14 @@ def test_in_colour_each_holders_gpus_are_squares_of_its_colour() -> None:
     assert "\x1b[" in printed.getvalue()  # coloured indeed
 
 
+def test_with_no_color_on_a_terminal_each_holders_gpus_carry_its_letter() -> None:
+    printed = io.StringIO()
+    console = Console(file=printed, width=120, force_terminal=True, no_color=True)
+    render.print_occupancy(console, render.view_data(lost_and_outside_view(), {}))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", printed.getvalue())
+    assert re.search(r"^gpu-a +A ▣ ▣ □ $", text, re.MULTILINE)
+
+
 def test_status_shows_no_outside_column_when_no_node_has_outside_gpus() -> None:
     view = dataclasses.replace(
         lost_and_outside_view(),
@@ -881,8 +889,10 @@ def test_a_shape_no_node_or_split_holds_names_each_nodes_reason(
         ("n2 then n3", {"n2": "n3", "n3": "n4"}, "n3 then n4"),  # one pass, no chains
         ("node n10 is not n1", {"n1": "gpu-1"}, "node n10 is not gpu-1"),  # whole ids only
         ("runs on x already", {"y": "gpu-y"}, "runs on x already"),
+        ("on abc: 0 free, or on abc.", {"abc": "gpu-a"}, "on gpu-a: 0 free, or on gpu-a."),
+        ("n1.5 and n1:x", {"n1": "gpu-1"}, "n1.5 and n1:x"),  # parts of longer words
     ],
-    ids=["longest-first", "no-chain", "whole-ids", "none"],
+    ids=["longest-first", "no-chain", "whole-ids", "none", "punctuation", "inside-words"],
 )
 def test_an_error_line_names_nodes_by_their_names_in_one_pass(
     text: str, names: dict[str, str], named: str

@@ -727,7 +727,9 @@ def why(args: argparse.Namespace, out: Output) -> int:
             else f"{args.name}: not placed, and no failed Place of it is on record."
         )
         return EXIT_OK
-    data = render.failure_data(failure.error, _node_names(out))
+    names = _node_names(out)
+    data = render.failure_data(failure.error, names)
+    data["message"] = render.named(data["message"], names)  # as error lines name nodes
     out.emit(data)
     if not out.json:
         render.print_failure(out.console, data)
@@ -773,13 +775,15 @@ def defrag(args: argparse.Namespace, out: Output) -> int:
     freed = [{"node": n, "name": names.get(n, n)} for n in plan.freed_nodes]
     if not plan.moves:
         out.emit({"gpus": plan.gpus, "moves": moves, "freed_nodes": freed, "applied": 0})
-        view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
-        largest = max((n.capacity for n in view.nodes), default=0)
-        out.say(
-            f"No node has {plan.gpus} GPUs in all (the largest has {largest}): no move frees one."
-            if plan.gpus > largest
-            else f"No moves found that would leave a node with {plan.gpus} GPUs free."
-        )
+        if not out.json:  # only the line for people needs the largest node
+            view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
+            largest = max((n.capacity for n in view.nodes), default=0)
+            out.say(
+                f"No node has {plan.gpus} GPUs in all (the largest has {largest}): no move frees "
+                "one."
+                if plan.gpus > largest
+                else f"No moves found that would leave a node with {plan.gpus} GPUs free."
+            )
         return EXIT_OK
     if not out.json:
         shown = ", ".join(n["name"] for n in freed)

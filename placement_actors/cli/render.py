@@ -481,7 +481,7 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
     """
     holders = sorted(view["deployments"])
     colours = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(holders)}
-    lettered = console.color_system is None and not console.record
+    lettered = (console.color_system is None or console.no_color) and not console.record
     marks = {
         d: _LETTERS[i] if lettered and i < len(_LETTERS) else "■" for i, d in enumerate(holders)
     }
@@ -554,5 +554,6 @@ def named(text: str, names: Mapping[str, str]) -> str:
     found = sorted((n for n in names if names[n] != n and n in text), key=len, reverse=True)
     if not found:
         return text
-    pattern = re.compile(r"(?<![\w.:-])(" + "|".join(re.escape(n) for n in found) + r")(?![\w.:-])")
+    ids = "|".join(re.escape(n) for n in found)
+    pattern = re.compile(rf"(?<![\w.:-])({ids})(?![\w-]|[.:]\w)")  # "on n1: ..." and "n1." too
     return pattern.sub(lambda m: names[m.group(1)], text)

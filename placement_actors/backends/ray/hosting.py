@@ -241,7 +241,11 @@ class RemoteHost:
         if running is None:
             return  # nothing runs under its name
         self._handle = running
-        ray.kill(running)
+        try:
+            ray.kill(running)
+        except Exception as exc:  # the Ray error-mapping boundary
+            msg = f"cannot stop the service {self.name}: {exc}"
+            raise BackendError(msg, operation="stop service") from exc
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             named = self._running()
