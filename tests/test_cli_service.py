@@ -474,7 +474,7 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
             text=True,
             env=env,
         )
-        time.sleep(5)  # most likely connected and waiting by then; either way it must end well
+        time.sleep(10)  # most likely connected and waiting by then; either way it must end well
     finally:
         sandbox.send_signal(signal.SIGINT)  # as Ctrl-C
         _, err = sandbox.communicate(timeout=120)
