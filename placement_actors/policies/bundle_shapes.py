@@ -15,7 +15,12 @@ from placement_actors.domain.errors import (
     NoGpuNodesError,
     NotEnoughGpusError,
 )
-from placement_actors.domain.results import BundleStrategy, NodeAssignment, ReplicaBundleSpec
+from placement_actors.domain.results import (
+    BundleStrategy,
+    NodeAssignment,
+    Rejection,
+    ReplicaBundleSpec,
+)
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.node_choice import even_split_nodes, gpu_fit
 
@@ -83,13 +88,23 @@ def plan_replica_bundle_shape(
             f"no node has {tp_size} GPUs and no even split of TP size {tp_size} fits "
             f"{eligible} eligible node(s)"
         )
-        # Every node refuses a whole replica (none holds tp_size); the first by id are named.
+        # Every node refuses a whole replica (none holds tp_size), heads left out first (as the
+        # placement actor names them); the first by id are named.
+        left_out = [
+            Rejection(
+                node_id=head,
+                reason="is a head node (head exclusion is on)",
+                requested=tp_size,
+                available=0,
+            )
+            for head in (heads if exclude else ())
+        ]
         ordered = sorted(nodes, key=lambda n: n.node_id)
         named = (
             gpu_fit(n.node_id, capacity=n.num_gpus, free=n.num_gpus, gpus=tp_size)
-            for n in ordered[:MAX_REJECTIONS]
+            for n in ordered[: max(0, MAX_REJECTIONS - len(left_out))]
         )
-        rejections = tuple(r for r in named if r is not None)
+        rejections = (*left_out, *(r for r in named if r is not None))[:MAX_REJECTIONS]
         raise NotEnoughGpusError(
             msg,
             deployment="",
@@ -97,7 +112,7 @@ def plan_replica_bundle_shape(
             available=max((n.num_gpus for n in nodes), default=0),
             largest_node=max((n.num_gpus for n in nodes), default=0),
             rejections=rejections,
-            rejections_omitted=max(0, len(nodes) - len(rejections)),
+            rejections_omitted=max(0, len(nodes) + len(left_out) - len(rejections)),
         )
     per_node = tp_size // nnodes
     selector = None

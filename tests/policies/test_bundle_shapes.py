@@ -82,6 +82,16 @@ def test_head_exclusion_selects_every_node_but_the_heads() -> None:
     assert spec.nnodes == 1  # n1 holds it; n0 (the head, with 8) is not counted
 
 
+def test_a_shape_refused_with_head_exclusion_names_the_head_and_why_it_was_left_out() -> None:
+    with pytest.raises(NotEnoughGpusError) as caught:
+        plan_replica_bundle_shape(8, topology=nodes(8, 4, head=0), ignore_head_node=True)
+    assert [(r.node_id, r.reason) for r in caught.value.rejections] == [
+        ("n0", "is a head node (head exclusion is on)"),
+        ("n1", "has 4 GPUs in all; a whole replica needs 8"),
+    ]
+    assert caught.value.rejections_omitted == 0
+
+
 def test_order_of_checks_tp_before_topology() -> None:
     with pytest.raises(InvalidSpecError):
         plan_replica_bundle_shape(0, topology=[])
