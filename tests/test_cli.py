@@ -917,6 +917,23 @@ def test_a_refusal_over_more_nodes_than_it_lists_says_how_many_more(
     assert (len(data["rejections"]), data["rejections_omitted"]) == (20, 10)
 
 
+@pytest.mark.parametrize(
+    ("argv", "points_at"),
+    [
+        (("sandbox", "--address", "x"), "placement-actors sandbox --help"),
+        (("-v", "status", "--bogus"), "placement-actors status --help"),
+        (("--bogus",), "placement-actors --help"),
+    ],
+    ids=["sandbox", "status-after-a-global-flag", "no-command"],
+)
+def test_an_unknown_flag_points_at_the_help_of_the_command_it_was_given_to(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], points_at: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.rstrip().endswith(f"(see `{points_at}`)")
+
+
 def test_a_tp_size_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "plan", "--tp", "0", "--cluster", str(EXAMPLES / "cluster.yaml"))
     assert code == cli.EXIT_USAGE

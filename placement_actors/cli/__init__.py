@@ -80,10 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = _output(errors, json_mode=json_mode)
     with _logging(errors, verbose=verbose):
         try:
+            parser = _parser()
             try:
-                args = _parser().parse_args(arguments)
+                args = parser.parse_args(arguments)
             except SystemExit as exc:  # --help: argparse printed it and asks to stop
                 return exc.code if isinstance(exc.code, int) else EXIT_OK
+            except commands.UsageError as exc:
+                _point_at_the_command(exc, parser, arguments)
+                raise
             _require_address(args)
             # Standard output is the command's alone (a JSON stream, say): whatever else prints
             # there while it runs (Ray's messages from the cluster) goes to standard error.
@@ -97,6 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.json and not out.stream:
             _print_json({**(out.document or {}), "exit_code": code}, out.console.file)
         return code
+
+
+def _point_at_the_command(
+    error: commands.UsageError, parser: argparse.ArgumentParser, arguments: Sequence[str]
+) -> None:
+    """Point a usage error the top level raised (an unknown flag) at the command's own help."""
+    if error.prog not in {None, _PROG}:
+        return
+    names = next(
+        (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)),  # noqa: SLF001 - argparse's own
+        {},
+    )
+    given = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    command = next((a for a in given if a in names), None)
+    if command is not None:
+        error.prog = f"{_PROG} {command}"
 
 
 def _global_flags(arguments: Sequence[str]) -> tuple[bool, bool]:
