@@ -768,7 +768,7 @@ class DeploymentPlacementActor(KeepServingActor):
             )
             raise InvalidSpecError(msg, field="replica_index")
         (source,) = held
-        if index in self._pending_losses().get(name, ()):
+        if name in self._losing and index in self._losing[name][0]:
             msg = (
                 f"replica {index} of {name} is being lost (its node or group is gone) and Ray has "
                 "not removed its group yet; the service tries again with its next messages"

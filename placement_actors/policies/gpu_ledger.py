@@ -167,12 +167,6 @@ class GpuLedger:
         """Every node id, sorted: a read-only view (no copy), for walks that stop early."""
         return _ReadOnly(self._sorted_ids)
 
-    def nodes_with_free(self, count: int) -> Sequence[str]:
-        """The nodes with exactly ``count`` free GPUs, sorted: a read-only view of the index."""
-        if not 0 <= count <= self._max_capacity:
-            return ()
-        return _ReadOnly(self._all.by_free[count])
-
     def with_free(self, count: int, allowed: frozenset[str] | None = None) -> Iterator[str]:
         """The nodes (of ``allowed``) with exactly ``count`` free GPUs, by id, lazily.
 

@@ -23,6 +23,7 @@ __all__ = [
     "even_split_nodes",
     "gpu_fit",
     "gpu_rejections",
+    "nodes_at_least",
 ]
 
 
@@ -158,6 +159,14 @@ def choose_replica_nodes(
     return tuple((n, share) for n in islice(found, nnodes))
 
 
+def nodes_at_least(histogram: Sequence[int]) -> list[int]:
+    """``histogram`` (nodes offering ``k`` GPUs, by ``k``) as nodes offering ``k`` or more."""
+    at_least = list(histogram)
+    for k in range(len(at_least) - 2, -1, -1):
+        at_least[k] += at_least[k + 1]
+    return at_least
+
+
 def even_split_nodes(gpus: int, histogram: Sequence[int], *, minimum: int = 1) -> int | None:
     """The fewest nodes (at least ``minimum``) that can hold ``gpus`` in equal shares.
 
@@ -166,9 +175,7 @@ def even_split_nodes(gpus: int, histogram: Sequence[int], *, minimum: int = 1) -
     ``gpus // nnodes``; at most `MAX_REPLICA_NODES` nodes. The search is bounded by that, never
     by ``gpus``: it costs O(len(histogram) + MAX_REPLICA_NODES) whatever the numbers.
     """
-    at_least = list(histogram)  # becomes: nodes offering k or more
-    for k in range(len(at_least) - 2, -1, -1):
-        at_least[k] += at_least[k + 1]
+    at_least = nodes_at_least(histogram)
     largest = next((k for k in range(len(at_least) - 1, 0, -1) if histogram[k]), 0)
     if gpus < 1 or largest == 0:
         return None

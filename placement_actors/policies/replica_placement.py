@@ -27,6 +27,7 @@ from placement_actors.policies.node_choice import (
     choose_replica_nodes,
     even_split_nodes,
     gpu_rejections,
+    nodes_at_least,
 )
 
 __all__ = ["LocalRequest", "fits_on_counts", "reserve_local_replicas"]
@@ -267,9 +268,7 @@ def _no_even_split(gpus: int, capacities: Sequence[int]) -> str:
     nodes (at most `_SPLITS_NAMED`) and how many nodes could take each share; bounded by
     `MAX_REPLICA_NODES`, whatever ``gpus``.
     """
-    at_least = list(capacities)  # becomes: nodes of k GPUs or more
-    for k in range(len(at_least) - 2, -1, -1):
-        at_least[k] += at_least[k + 1]
+    at_least = nodes_at_least(capacities)
     largest = max((k for k in range(1, len(capacities)) if capacities[k]), default=0)
     fewest = max(2, -(-gpus // max(largest, 1)))
     splits = [
