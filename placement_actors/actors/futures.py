@@ -5,6 +5,11 @@ is a `CallbackFuture`: a `pykka.ThreadingFuture` (so ``.get(timeout=...)`` works
 expect) that also runs callbacks when it settles. That makes ``await future`` loop-aware: the
 awaiting task is resumed through ``loop.call_soon_threadsafe`` when the value arrives, instead of
 pykka's default ``__await__``, which calls the blocking ``get()`` on the event loop's own thread.
+
+It waits on a lock instead of pykka's condition variable, and keeps its outcome in the type
+pykka's `ThreadingFuture` declares for it (``ThreadingFutureResult``, from ``pykka._threading``):
+this leans on pykka 4 internals; pyproject pins ``pykka<5`` and ``tests/actors/test_futures.py``
+holds pykka's contract.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import queue
+import sys
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pykka
+from pykka._threading import ThreadingFutureResult
 
 from placement_actors.domain.results import Eventual
 
 if TYPE_CHECKING:
+    from pykka._future import GetHookFunc
     from pykka._types import OptExcInfo
 
 __all__ = ["CallbackFuture", "pipe_to"]
@@ -32,17 +41,49 @@ T = TypeVar("T")
 
 
 class CallbackFuture(pykka.ThreadingFuture[T]):
-    """A `pykka.ThreadingFuture` with done-callbacks and an ``__await__`` that never blocks."""
+    """A `pykka.ThreadingFuture` with done-callbacks and an ``__await__`` that never blocks.
+
+    It keeps pykka's contract (``get(timeout=...)`` returns the value or raises the error, any
+    number of times; a second ``set`` raises `queue.Full`; a get hook settles it) on two plain
+    locks instead of pykka's condition variable: a getter waits on a gate the setter opens, which
+    makes an ask about a third cheaper (`bench/decision_paths.py` prints the mailbox's cost).
+    """
 
     def __init__(self) -> None:
         """Create an unsettled future."""
-        super().__init__()
-        self._callback_lock = threading.Lock()
+        pykka.Future.__init__(self)  # not ThreadingFuture's: its condition is replaced by the gate
+        self._result: ThreadingFutureResult | None = None
+        self._state = threading.Lock()  # guards _result, _callbacks and the get hook
+        self._gate = threading.Lock()  # held until the future settles (or gets a get hook)
+        self._gate.acquire()
         self._callbacks: list[Callable[[CallbackFuture[T]], object]] | None = []
+
+    def get(self, *, timeout: float | None = None) -> T:
+        """The value, once set (or the error, raised); `pykka.Timeout` after ``timeout`` seconds."""
+        result = self._result
+        if result is None:
+            if self._get_hook is None:
+                wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
+                if not self._gate.acquire(timeout=wait):
+                    msg = f"{timeout} seconds"
+                    raise pykka.Timeout(msg)
+                self._gate.release()  # open for every other getter
+                result = self._result
+            if result is None:  # settled by a get hook
+                return pykka.Future.get(self, timeout=timeout)
+        if result.exc_info is None:
+            return cast("T", result.value)
+        exc_type, exc_value, traceback = result.exc_info
+        if exc_value is None:
+            assert exc_type is not None  # noqa: S101 - pykka's exc_info carries a type
+            exc_value = exc_type()
+        if exc_value.__traceback__ is not traceback:
+            raise exc_value.with_traceback(traceback)
+        raise exc_value
 
     def add_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
         """Call ``callback(self)`` once the future settles (at once if it has)."""
-        with self._callback_lock:
+        with self._state:
             if self._callbacks is not None:
                 self._callbacks.append(callback)
                 return
@@ -50,22 +91,42 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
 
     def done(self) -> bool:
         """Whether a value or an error has been set."""
-        with self._callback_lock:
-            return self._callbacks is None
+        return self._callbacks is None
 
     def set(self, value: Any = None) -> None:  # noqa: ANN401 - pykka's signature
-        """Set the value and run the callbacks."""
-        super().set(value)
-        self._run_callbacks()
+        """Set the value and run the callbacks; `queue.Full` if it was settled before."""
+        self._settle(ThreadingFutureResult(value=value))
 
     def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
         """Set the error (the one being handled when ``exc_info`` is None) and run the callbacks."""
-        super().set_exception(exc_info)
-        self._run_callbacks()
+        self._settle(ThreadingFutureResult(exc_info=exc_info or sys.exc_info()))
+
+    def set_get_hook(self, func: GetHookFunc[T]) -> None:
+        """Let ``func(timeout)`` give the value (pykka's ``stop`` and ``map`` do this)."""
+        with self._state:
+            if self._result is not None:
+                raise queue.Full
+            first = self._get_hook is None
+            pykka.Future.set_get_hook(self, func)
+        if first:
+            self._gate.release()  # a getter waiting on the gate goes on to the hook
+
+    def _settle(self, result: ThreadingFutureResult) -> None:
+        with self._state:
+            if self._result is not None or self._get_hook is not None:
+                raise queue.Full
+            self._result = result
+            callbacks, self._callbacks = self._callbacks or [], None
+        self._gate.release()
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a callback's failure must not reach the code that set the value
+                logger.exception("a future callback failed")
 
     def remove_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
         """Forget ``callback`` if it has not run yet."""
-        with self._callback_lock:
+        with self._state:
             if self._callbacks is not None and callback in self._callbacks:
                 self._callbacks.remove(callback)
 
@@ -101,15 +162,6 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
     def join(self, *futures: pykka.Future[Any]) -> CallbackFuture[Any]:
         """A future of the list of this future's value and ``futures``' values."""
         return self._derive(lambda value: [value, *(f.get() for f in futures)])
-
-    def _run_callbacks(self) -> None:
-        with self._callback_lock:
-            callbacks, self._callbacks = self._callbacks or [], None
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:  # a callback's failure must not reach the code that set the value
-                logger.exception("a future callback failed")
 
     def __await__(self) -> Generator[Any, None, T]:
         """Wait without blocking the event loop."""

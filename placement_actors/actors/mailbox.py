@@ -17,6 +17,7 @@ pyproject pins ``pykka<5`` and ``tests/actors/test_mailbox.py`` fails if they ch
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import queue
@@ -65,8 +66,10 @@ def admits(message_type: type[_M]) -> Callable[[Callable[[_S, _M], _R]], Callabl
     return wrap
 
 
-class _ToldReply(pykka.ThreadingFuture[Any]):
+class _ToldReply(pykka.Future[Any]):
     """The reply slot of a told message: drops the value, logs an error instead of raising it."""
+
+    __slots__ = ("_message_type",)
 
     def __init__(self, message: object) -> None:
         super().__init__()
@@ -97,26 +100,45 @@ class _Wake:
 _WAKE = _Wake()
 
 
-class _KeepServingInbox(queue.Queue[Envelope[Any]]):
+class _KeepServingInbox:
+    """pykka's actor inbox (``put``, ``get``, ``empty``) on a `queue.SimpleQueue`.
+
+    Senders put envelopes on the C queue directly. Only the actor's own thread gets from the
+    inbox, and only it puts envelopes back (`put_back`), into a front queue read first.
+    """
+
+    __slots__ = ("_front", "_queue", "put")
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
+        self._front: collections.deque[Envelope[Any]] = collections.deque()
+        self.put = self._queue.put
+
     def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
         """The next envelope; a told message gets a reply slot that logs instead of raising.
 
         A wake-up that arrives after its wait ended is handed out too (and ignored by
         `KeepServingActor.on_receive`): skipping it here could block pykka's teardown, which
         reads the inbox only while it is not empty.
+
+        Raises:
+            queue.Empty: nothing came within ``timeout`` seconds (or at once, if not ``block``).
         """
-        envelope = super().get(block, timeout)
+        envelope = self._front.popleft() if self._front else self._queue.get(block, timeout)
         if envelope.reply_to is None:
             envelope.reply_to = _ToldReply(envelope.message)
         return envelope
 
+    def empty(self) -> bool:
+        """Whether no envelope is waiting."""
+        return not self._front and self._queue.empty()
+
     def put_back(self, envelopes: Sequence[Envelope[Any]]) -> None:
-        """Put ``envelopes`` back at the head of the queue, in their order (before later ones)."""
-        if not envelopes:
-            return
-        with self.mutex:
-            self.queue.extendleft(reversed(envelopes))
-            self.not_empty.notify()
+        """Put ``envelopes`` back at the head of the inbox, in their order (before later ones).
+
+        Called from the actor's own thread only, as `get` is.
+        """
+        self._front.extendleft(reversed(envelopes))
 
 
 def _count_settling(

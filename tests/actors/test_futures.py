@@ -1,6 +1,7 @@
 """CallbackFuture: one future for threads (.get) and asyncio (await), never blocking a loop."""
 
 import asyncio
+import queue
 import threading
 import time
 
@@ -67,6 +68,67 @@ def test_threads_still_block_on_get_with_a_timeout() -> None:
         future.get(timeout=0.01)
     set_later(future, 3, 0.01)
     assert future.get(timeout=TIMEOUT) == 3
+
+
+def test_every_getter_waiting_on_one_future_gets_its_value() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    got: list[int] = []
+    getters = [
+        threading.Thread(target=lambda: got.append(future.get(timeout=TIMEOUT))) for _ in range(4)
+    ]
+    for getter in getters:
+        getter.start()
+    future.set(9)
+    for getter in getters:
+        getter.join(TIMEOUT)
+    assert got == [9, 9, 9, 9]
+    assert future.get(timeout=0) == 9  # and again, as often as asked
+
+
+def test_a_future_settles_once_as_pykka_futures_do() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    future.set(1)
+    with pytest.raises(queue.Full):
+        future.set(2)
+    with pytest.raises(queue.Full):
+        future.set_exception((ValueError, ValueError("late"), None))
+    with pytest.raises(queue.Full):
+        future.set_get_hook(lambda _: 3)
+    assert future.get(timeout=0) == 1
+
+
+def test_a_zero_timeout_on_an_unsettled_future_raises_at_once() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    started = time.monotonic()
+    with pytest.raises(pykka.Timeout, match="0 seconds"):
+        future.get(timeout=0)
+    assert time.monotonic() - started < TIMEOUT
+
+
+def test_a_timeout_beyond_what_the_platform_can_wait_is_waited_as_forever() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    set_later(future, 4, 0.01)
+    assert future.get(timeout=1e12) == 4
+
+
+def test_a_get_hook_set_while_a_thread_waits_answers_that_thread() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    got: list[int] = []
+    getter = threading.Thread(target=lambda: got.append(future.get(timeout=TIMEOUT)))
+    getter.start()
+    time.sleep(0.01)
+    future.set_get_hook(lambda timeout: 11 if timeout == TIMEOUT else -1)
+    getter.join(TIMEOUT)
+    assert got == [11]
+    with pytest.raises(queue.Full):
+        future.set(12)  # a future with a get hook is settled by it
+
+
+def test_an_error_given_as_a_type_alone_is_raised_as_a_new_one() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    future.set_exception((KeyError, None, None))
+    with pytest.raises(KeyError):
+        future.get(timeout=0)
 
 
 async def test_awaiting_gives_the_value_or_raises_the_error() -> None:
