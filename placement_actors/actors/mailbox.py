@@ -31,7 +31,7 @@ import pykka
 from pykka._envelope import Envelope
 
 from placement_actors.actors.futures import CallbackFuture
-from placement_actors.domain.errors import UnknownMessageError
+from placement_actors.domain.errors import PlacementError, UnknownMessageError
 from placement_actors.domain.validation import revalidated
 
 if TYPE_CHECKING:
@@ -91,6 +91,23 @@ class _ToldReply(pykka.Future[Any]):
             getattr(exc_type, "__name__", exc_type),
             exc_value,
         )
+
+
+class _Reply(CallbackFuture[Any]):
+    """The reply to an ask: a `PlacementError` in it ends its traceback at the ask.
+
+    A typed error is an answer about the request, not a fault of the actor: the asker's
+    traceback shows where it asked, and the reply does not keep the actor's frames (and all they
+    refer to) alive for as long as the asker keeps the error. pykka logs the whole traceback at
+    INFO level before the reply is set; any other error keeps it, for whoever debugs it.
+    """
+
+    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
+        """Set the error (the one being handled when ``exc_info`` is None) and run the callbacks."""
+        exc_type, exc_value, traceback = exc_info or sys.exc_info()
+        if isinstance(exc_value, PlacementError):
+            exc_value.__traceback__ = traceback = None
+        super().set_exception((exc_type, exc_value, traceback))
 
 
 class _Wake:
@@ -267,4 +284,4 @@ class KeepServingActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_future() -> CallbackFuture[Any]:
-        return CallbackFuture()
+        return _Reply()

@@ -200,8 +200,9 @@ class GpuLedger:
                 for n in sorted(nodes)
                 if n in self._nodes and n not in avoid and self.free_count(n) < gpus
             )
-        below = heapq.merge(*index.by_free[: max(0, min(gpus, len(index.by_free)))])
-        return (n for n in below if n not in avoid)
+        buckets = [b for b in index.by_free[: max(0, min(gpus, len(index.by_free)))] if b]
+        below = iter(buckets[0]) if len(buckets) == 1 else heapq.merge(*buckets)
+        return (n for n in below if n not in avoid) if avoid else below
 
     def node_set(self) -> frozenset[str]:
         """Every node id, as a set (for set operations on node lists)."""

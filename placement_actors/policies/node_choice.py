@@ -65,12 +65,15 @@ def gpu_rejections(
     ``presorted`` (``nodes`` come in node-id order already), only as many nodes are read.
     """
     rejections: list[Rejection] = []
+    capacity, free_count, add = ledger.capacity, ledger.free_count, rejections.append
+    left = -1 if limit is None else limit  # -1: no limit
     for n in nodes if presorted else sorted(nodes):
-        if limit is not None and len(rejections) >= limit:
+        if left == 0:
             break
-        rejection = _fit(n, ledger.capacity(n), ledger.free_count(n), gpus)
+        rejection = _fit(n, capacity(n), free_count(n), gpus)
         if rejection is not None:
-            rejections.append(rejection)
+            add(rejection)
+            left -= 1
     return tuple(rejections)
 
 

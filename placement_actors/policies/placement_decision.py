@@ -153,11 +153,16 @@ def decide_placement(
     try:
         return reserve_local_replicas(gpus, request)
     except NotEnoughGpusError as refused:
-        if residents is None or not refused.retryable:
+        replicas = deployment.replicas if indexes is None else len(request.indexes or ())
+        if (
+            residents is None
+            or not refused.retryable
+            or gpus.total_free(allowed, rules.avoid) < request.gpus * replicas  # moves free none
+        ):
             raise
         room = Room(
             gpus=request.gpus,
-            replicas=deployment.replicas if indexes is None else len(request.indexes or ()),
+            replicas=replicas,
             split=not request.keep_whole,
             allowed=allowed,
             avoid=rules.avoid,

@@ -100,16 +100,17 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
         raise _not_enough(
             ledger,
             request,
+            capacities,
             progress="",
             never=_NEVER + _no_even_split(gpus, capacities),
         )
-    ceiling = (ledger.total_capacity(allowed, avoid) - _own_in_scope(ledger, request)) // gpus
+    total, own = ledger.total_capacity(allowed, avoid), _own_in_scope(ledger, request)
+    ceiling = (total - own) // gpus
     if wanted > ceiling:
         never = f"{_NEVER}the allowed nodes could hold at most {ceiling} such replicas"
-        raise _not_enough(ledger, request, progress="", never=never)
-    retryable = _others_hold_gpus(ledger, request) and _fits_when_empty(
-        ledger, request, split=split
-    )
+        raise _not_enough(ledger, request, capacities, progress="", never=never)
+    others_hold_gpus = free + own < total
+    retryable = others_hold_gpus and _fits_when_empty(ledger, request, capacities, split=split)
     why_not = None if retryable else _NEVER + "releasing every other deployment would not help"
     progress = (
         f"; {free} GPUs are free on the allowed nodes, {wanted * gpus} needed"
@@ -118,7 +119,7 @@ def reserve_local_replicas(ledger: GpuLedger, request: LocalRequest) -> tuple[No
         if fitted
         else ""
     ) + ("" if split else "; keep_whole: a replica is not split over nodes")
-    raise _not_enough(ledger, request, progress=progress, never=why_not)
+    raise _not_enough(ledger, request, capacities, progress=progress, never=why_not)
 
 
 def _reserve_all(
@@ -169,20 +170,17 @@ def _own_in_scope(ledger: GpuLedger, request: LocalRequest) -> int:
     )
 
 
-def _others_hold_gpus(ledger: GpuLedger, request: LocalRequest) -> bool:
-    free = ledger.total_free(request.allowed, request.avoid)
-    own = _own_in_scope(ledger, request)
-    return free + own < ledger.total_capacity(request.allowed, request.avoid)
-
-
-def _fits_when_empty(ledger: GpuLedger, request: LocalRequest, *, split: bool) -> bool:
+def _fits_when_empty(
+    ledger: GpuLedger, request: LocalRequest, capacities: Sequence[int], *, split: bool
+) -> bool:
     """Whether the request fits the allowed nodes when nobody but the deployment holds GPUs.
 
     Worked out on counts of nodes by free GPUs, as best fit would place the replicas on an
     empty copy of the allowed nodes (the deployment's own holdings kept): no node ids, so it
-    costs O(max GPUs per node) per bucket and per split replica, not per node.
+    costs O(max GPUs per node) per bucket and per split replica, not per node. ``capacities``
+    is the allowed nodes' `GpuLedger.capacity_histogram` (not changed).
     """
-    free = ledger.capacity_histogram(request.allowed, request.avoid)
+    free = list(capacities)
     own: dict[str, int] = {}
     for assignment in request.own:
         own[assignment.node] = own.get(assignment.node, 0) + len(assignment.gpus)
@@ -290,13 +288,20 @@ def _no_even_split(gpus: int, capacities: Sequence[int]) -> str:
 
 
 def _not_enough(
-    ledger: GpuLedger, request: LocalRequest, *, progress: str, never: str | None
+    ledger: GpuLedger,
+    request: LocalRequest,
+    capacities: Sequence[int],
+    *,
+    progress: str,
+    never: str | None,
 ) -> NotEnoughGpusError:
-    """The refusal, worked out on the ledger as it is now (without this call's reservations)."""
+    """The refusal, worked out on the ledger as it is now (without this call's reservations).
+
+    ``capacities`` is the allowed nodes' `GpuLedger.capacity_histogram`.
+    """
     allowed, avoid, gpus = request.allowed, request.avoid, request.gpus
     free = ledger.free_histogram(allowed, avoid)
     available = next((k for k in range(len(free) - 1, -1, -1) if free[k]), 0)
-    capacities = ledger.capacity_histogram(allowed, avoid)
     largest = next((k for k in range(len(capacities) - 1, -1, -1) if capacities[k]), 0)
     nodes = _refusing_nodes(ledger, request)
     heads = tuple(

@@ -9,6 +9,7 @@ import pytest
 
 from placement_actors.actors.futures import CallbackFuture
 from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.domain.errors import InvalidSpecError
 
 TIMEOUT = 5
 
@@ -64,6 +65,49 @@ def test_a_plain_pykka_actor_dies_of_the_same_tell() -> None:
     ref.tell("boom")
     with pytest.raises(pykka.ActorDeadError):
         ref.ask("anything", timeout=TIMEOUT)
+
+
+class Refuser(KeepServingActor):
+    """Refuses every message with a typed error, or fails of a bug on "bug"."""
+
+    def on_receive(self, message: object) -> object:
+        if message == "bug":
+            return self.broken()
+        return self.refuse(message)
+
+    def refuse(self, message: object) -> object:
+        msg = f"no {message}"
+        raise InvalidSpecError(msg, field="name")
+
+    def broken(self) -> object:
+        known: dict[str, object] = {}
+        return known["missing"]
+
+
+def frames_of(error: BaseException) -> list[str]:
+    names, traceback = [], error.__traceback__
+    while traceback is not None:
+        names.append(traceback.tb_frame.f_code.co_name)
+        traceback = traceback.tb_next
+    return names
+
+
+def test_a_typed_refusal_reaches_the_asker_without_the_actors_frames() -> None:
+    """A refusal is an answer about the request: its traceback ends where it was asked."""
+    ref = Refuser.start()
+    with pytest.raises(InvalidSpecError, match="no thing") as refused:
+        ref.ask("thing", timeout=TIMEOUT)
+    assert "refuse" not in frames_of(refused.value)
+    assert refused.value.field == "name"
+
+
+def test_an_unexpected_error_keeps_the_actors_frames_for_whoever_debugs_it() -> None:
+    ref = Refuser.start()
+    with pytest.raises(KeyError) as failed:
+        ref.ask("bug", timeout=TIMEOUT)
+    assert "broken" in frames_of(failed.value)
+    with pytest.raises(InvalidSpecError):  # and the actor serves on
+        ref.ask("again", timeout=TIMEOUT)
 
 
 # -- waiting for other actors' replies while answering queries -----------------------------------
