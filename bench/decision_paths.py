@@ -149,6 +149,16 @@ PATHS = (
         lambda n: Place(local(gpus=8, replicas=n)),  # more than the free GPUs: refused at once
         refused=True,
     ),
+    Path(
+        # GPUs enough are free, but 4 on each node of zone z1 (the half-used nodes): the refusal
+        # also searches for a move set (the replicas there are pinned: none is found).
+        "refusal, free GPUs scattered",
+        lambda _: Place(
+            local(gpus=8),
+            PlacementConstraints(label_selector={"zone": "z1"}, keep_whole=True),
+        ),
+        refused=True,
+    ),
 )
 
 

@@ -145,6 +145,9 @@ class ClusterResidents:
     def may_host(self, resident: Resident, node: str) -> bool:  # noqa: ARG002 - any node
         return node in self._cluster.ledger
 
+    def scope(self, resident: Resident) -> frozenset[str] | None:  # noqa: ARG002 - any node
+        return None
+
 
 def node_name(i: int) -> str:
     return f"n{i:03d}"

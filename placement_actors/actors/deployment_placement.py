@@ -185,6 +185,7 @@ class _PlacedResidents:
         self._movable_only = movable_only
         self._exclude = exclude
         self._losing = losing or {}
+        self._scopes: dict[str, frozenset[str] | None] = {}
 
     def on(self, node: str) -> Sequence[Resident]:
         """The whole replicas of placed deployments on ``node`` (``movable`` ones only, if so).
@@ -214,11 +215,18 @@ class _PlacedResidents:
         """
         if node in self._avoid or node not in self._gpus:
             return False
-        constraints = self._placed[resident.deployment].place.constraints
-        allowed = gpu_scope(self._gpus, constraints)
+        allowed = self.scope(resident)
         if allowed is not None and node not in allowed:
             return False
+        constraints = self._placed[resident.deployment].place.constraints
         return not _stacks_spread(self._gpus, resident.deployment, constraints, node)
+
+    def scope(self, resident: Resident) -> frozenset[str] | None:
+        """The nodes the resident's deployment's constraints allow (``None``: any node)."""
+        name = resident.deployment
+        if name not in self._scopes:
+            self._scopes[name] = gpu_scope(self._gpus, self._placed[name].place.constraints)
+        return self._scopes[name]
 
 
 def _stacks_spread(

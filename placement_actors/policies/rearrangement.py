@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Protocol
 
@@ -100,6 +100,13 @@ class Residents(Protocol):
 
     def may_host(self, resident: Resident, node: str) -> bool:
         """Whether ``node`` is one the resident's deployment may use."""
+
+    def scope(self, resident: Resident) -> frozenset[str] | None:
+        """The nodes the resident's deployment may use at most (``None``: any node).
+
+        A search reads only these for the resident's destination; `may_host` still has the last
+        word on each.
+        """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,7 +276,7 @@ def _destination(
     nodes tried.
     """
     looked = passed = 0
-    for node in ledger.candidates(resident.gpus):
+    for node in ledger.candidates(resident.gpus, allowed=residents.scope(resident)):
         if node in shut:
             continue
         free = overlay.free(node)
@@ -316,6 +323,8 @@ class _Search:
     residents: Residents
     room: Room
     base: list[int]
+    stuck: set[_Planned] = field(default_factory=set)
+    """Replicas found to have nowhere to go from their node: not looked at again."""
 
     def destination(
         self, overlay: _Overlay, resident: Resident, shut: AbstractSet[str]
@@ -332,6 +341,10 @@ class _Search:
                 return ()
             target = self.destination(overlay, resident, shut)
             if target is None:
+                # Nowhere to go with only its own node shut and no other move made: nor in any
+                # other set (a move made first only takes GPUs, another node shut only hides).
+                if not moves and shut == {source}:
+                    self.stuck.add((resident, source))
                 return ()
             moves.append(_move(resident, source, target))
             overlay.apply(moves[-1])
@@ -394,15 +407,28 @@ def find_move_set(
         return ()
     search = _Search(ledger, residents, room, base)
     ones, twos = search.options(largest)
-    tries: list[tuple[_Planned, ...]] = [(one,) for one in ones]
-    if max_moves == 2:  # noqa: PLR2004 - two moves: off one node, or one off each of two
-        cheapest = ones[:_PAIRS_FROM]
-        apart = [(a, b) for i, a in enumerate(cheapest) for b in cheapest[i + 1 :] if a[1] != b[1]]
-        tries.extend(sorted(twos + apart, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus))
-    for planned in tries[:MAX_TRIES]:
-        found = search.makes_room(planned)
+    tries = MAX_TRIES
+    for one in ones[:tries]:
+        found = search.makes_room((one,))
         if found:
             return found
+    tries -= min(tries, len(ones))
+    if max_moves == 1 or not tries:
+        return ()
+    # Two moves: off one node, or one off each of two. A replica found to have nowhere to go
+    # is left out of the pairs before they are tried (nor does such a pair use up a try).
+    cheapest = [one for one in ones[:_PAIRS_FROM] if one not in search.stuck]
+    apart = [(a, b) for i, a in enumerate(cheapest) for b in cheapest[i + 1 :] if a[1] != b[1]]
+    pairs = sorted(twos + apart, key=lambda pair: pair[0][0].gpus + pair[1][0].gpus)
+    for pair in pairs:
+        if pair[0] in search.stuck or pair[1] in search.stuck:
+            continue
+        found = search.makes_room(pair)
+        if found:
+            return found
+        tries -= 1
+        if not tries:
+            break
     return ()
 
 

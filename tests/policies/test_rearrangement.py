@@ -47,6 +47,9 @@ class Running:
     def may_host(self, resident: Resident, node: str) -> bool:
         return node not in self.barred.get(resident.deployment, set())
 
+    def scope(self, resident: Resident) -> frozenset[str] | None:  # noqa: ARG002 - any node
+        return None
+
     def carry_out(self, moves: Sequence[ReplicaMove]) -> None:
         """Make each move on the ledger; fails if a move is not possible as stated."""
         for move in moves:
@@ -149,6 +152,46 @@ def test_a_search_that_finds_nothing_looks_at_as_many_nodes_on_2000_nodes_as_on_
     looked = nodes_looked_at(200)
     assert looked == nodes_looked_at(2000)
     assert looked <= MAX_SOURCE_NODES * 2 * MAX_PROBES
+
+
+class Scoped(Counting):
+    """`Counting`, with deployments that may use only the nodes listed for them."""
+
+    def __init__(self, *capacities: int) -> None:
+        super().__init__(*capacities)
+        self.allowed: dict[str, frozenset[str]] = {}
+
+    def may_host(self, resident: Resident, node: str) -> bool:
+        allowed = self.scope(resident)
+        return super().may_host(resident, node) and (allowed is None or node in allowed)
+
+    def scope(self, resident: Resident) -> frozenset[str] | None:
+        return self.allowed.get(resident.deployment)
+
+
+def test_a_replica_allowed_on_one_far_node_is_moved_there() -> None:
+    # Every node has 4 of 8 free, so 70 nodes fit a 4-GPU replica better than or as well as
+    # n69; only d0, on n0, may move, and only to n69.
+    cluster = Scoped(*([8] * 70))
+    mover = cluster.run("n0", 4)
+    pinned = [cluster.run(f"n{i}", 4) for i in range(1, 70)]
+    cluster.allowed = {name: frozenset({cluster.where[name][0]}) for name in pinned}
+    cluster.allowed[mover] = frozenset({"n0", "n69"})
+    moves = find_move_set(cluster.ledger, cluster, Room(gpus=8, split=False))
+    assert [(m.deployment, m.from_node, m.to_node) for m in moves] == [(mover, "n0", "n69")]
+    cluster.carry_out(moves)
+    assert cluster.ledger.free_count("n0") == 8
+
+
+def test_replicas_pinned_to_their_nodes_are_not_offered_elsewhere_again_and_again() -> None:
+    # 400 nodes with 4 of 8 free, every replica pinned: no move set, and no node is asked about
+    # (each replica's own node, the only one it may use, is the one it would leave).
+    cluster = Scoped(*([8] * 400))
+    for i in range(400):
+        name = cluster.run(f"n{i}", 4)
+        cluster.allowed[name] = frozenset({f"n{i}"})
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=8, split=False)) == ()
+    assert cluster.asked == 0
 
 
 def test_a_defragmentation_plan_frees_the_nodes_closest_to_empty() -> None:
@@ -290,6 +333,7 @@ for n in ids[1:]:
 class Residents:
     def on(self, n): return [Resident("small", 0, 1)] if n == "n0000" else []
     def may_host(self, r, n): return True
+    def scope(self, r): return None
 print(find_move_set(ledger, Residents(), Room(gpus=8, split=False, allowed=frozenset(ids[:2500]))))
 """
 
