@@ -275,8 +275,11 @@ def _destination(
     free already. Such nodes are passed over within `MAX_READ` reads, beside the `MAX_PROBES`
     nodes tried.
     """
+    allowed = residents.scope(resident)
+    if allowed is not None and len(allowed) <= len(shut) and allowed <= shut:
+        return None  # every node it may use is shut (one pinned to the node it would leave)
     looked = passed = 0
-    for node in ledger.candidates(resident.gpus, allowed=residents.scope(resident)):
+    for node in ledger.candidates(resident.gpus, allowed=allowed):
         if node in shut:
             continue
         free = overlay.free(node)
