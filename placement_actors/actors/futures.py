@@ -21,6 +21,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -62,15 +63,14 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         """The value, once set (or the error, raised); `pykka.Timeout` after ``timeout`` seconds."""
         result = self._result
         if result is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
             if self._get_hook is None:
-                wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
-                if not self._gate.acquire(timeout=wait):
-                    msg = f"{timeout} seconds"
-                    raise pykka.Timeout(msg)
-                self._gate.release()  # open for every other getter
+                self._wait(timeout)
                 result = self._result
-            if result is None:  # settled by a get hook
-                return pykka.Future.get(self, timeout=timeout)
+            if result is None:  # settled by a get hook: run once, whoever asks (as pykka does)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with self._state:
+                    return pykka.Future.get(self, timeout=left)
         if result.exc_info is None:
             return cast("T", result.value)
         exc_type, exc_value, traceback = result.exc_info
@@ -80,6 +80,23 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         if exc_value.__traceback__ is not traceback:
             raise exc_value.with_traceback(traceback)
         raise exc_value
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait for the gate to open; `pykka.Timeout` if it stays shut ``timeout`` seconds.
+
+        Waiting getters pass the gate on, one to the next: a getter whose wait runs out while
+        another holds the gate for a moment looks at the future itself before giving up.
+        """
+        wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
+        opened = False
+        try:
+            opened = self._gate.acquire(timeout=wait)
+        finally:
+            if opened:
+                self._gate.release()  # open for every other getter
+        if not opened and self._result is None and self._get_hook is None:
+            msg = f"{timeout} seconds"
+            raise pykka.Timeout(msg)
 
     def add_done_callback(self, callback: Callable[[CallbackFuture[T]], object]) -> None:
         """Call ``callback(self)`` once the future settles (at once if it has)."""
@@ -115,9 +132,11 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         with self._state:
             if self._result is not None or self._get_hook is not None:
                 raise queue.Full
-            self._result = result
-            callbacks, self._callbacks = self._callbacks or [], None
-        self._gate.release()
+            try:
+                self._result = result
+                callbacks, self._callbacks = self._callbacks or [], None
+            finally:  # once the result is in, the gate opens, whatever interrupts this
+                self._gate.release()
         for callback in callbacks:
             try:
                 callback(self)

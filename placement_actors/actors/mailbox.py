@@ -97,9 +97,10 @@ class _Reply(CallbackFuture[Any]):
     """The reply to an ask: a `PlacementError` in it ends its traceback at the ask.
 
     A typed error is an answer about the request, not a fault of the actor: the asker's
-    traceback shows where it asked, and the reply does not keep the actor's frames (and all they
-    refer to) alive for as long as the asker keeps the error. pykka logs the whole traceback at
-    INFO level before the reply is set; any other error keeps it, for whoever debugs it.
+    traceback shows where it asked, and the error's own traceback does not keep the actor's
+    frames (and all they refer to) alive for as long as the asker keeps it. A cause it carries
+    (the Ray error behind a `BackendError`) keeps its own traceback, as does any other error,
+    for whoever debugs it. pykka logs the whole traceback at INFO level before the reply is set.
     """
 
     def set_exception(self, exc_info: OptExcInfo | None = None) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import queue
 import threading
 import time
+from typing import Any
 
 import pykka
 import pytest
@@ -117,11 +118,77 @@ def test_a_get_hook_set_while_a_thread_waits_answers_that_thread() -> None:
     getter = threading.Thread(target=lambda: got.append(future.get(timeout=TIMEOUT)))
     getter.start()
     time.sleep(0.01)
-    future.set_get_hook(lambda timeout: 11 if timeout == TIMEOUT else -1)
+    # The hook is given what is left of the getter's wait.
+    future.set_get_hook(lambda left: 11 if left is not None and 0 < left < TIMEOUT else -1)
     getter.join(TIMEOUT)
     assert got == [11]
     with pytest.raises(queue.Full):
         future.set(12)  # a future with a get hook is settled by it
+
+
+class HeldGate:
+    """A future's gate whose first getter is held between taking it and giving it back."""
+
+    def __init__(self, gate: Any, setter: int) -> None:
+        self._gate, self._setter = gate, setter
+        self.let_go = threading.Event()
+        self.holding = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:  # noqa: FBT001, FBT002 - a lock's signature
+        return bool(self._gate.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        if threading.get_ident() != self._setter and not self.holding.is_set():
+            self.holding.set()
+            assert self.let_go.wait(TIMEOUT)
+        self._gate.release()
+
+
+def test_a_getter_whose_wait_ends_while_another_holds_the_gate_still_gets_the_value() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    gate = HeldGate(future._gate, threading.get_ident())
+    future._gate = gate  # type: ignore[assignment]
+    got: list[object] = []
+
+    def get(timeout: float) -> None:
+        try:
+            got.append(future.get(timeout=timeout))
+        except pykka.Timeout as exc:
+            got.append(exc)
+
+    getters = [threading.Thread(target=get, args=(0.3,)) for _ in range(2)]
+    for getter in getters:
+        getter.start()
+    time.sleep(0.05)
+    future.set(42)  # one getter takes the gate and is held there; the other's wait runs out
+    assert gate.holding.wait(TIMEOUT)
+    time.sleep(0.4)
+    gate.let_go.set()
+    for getter in getters:
+        getter.join(TIMEOUT)
+    assert got == [42, 42]
+
+
+def test_a_get_hook_runs_once_however_many_threads_get_at_once() -> None:
+    future: CallbackFuture[int] = CallbackFuture()
+    calls: list[float | None] = []
+
+    def hook(timeout: float | None) -> int:
+        calls.append(timeout)
+        time.sleep(0.05)
+        return 5
+
+    future.set_get_hook(hook)
+    got: list[int] = []
+    getters = [
+        threading.Thread(target=lambda: got.append(future.get(timeout=TIMEOUT))) for _ in range(4)
+    ]
+    for getter in getters:
+        getter.start()
+    for getter in getters:
+        getter.join(TIMEOUT)
+    assert got == [5, 5, 5, 5]
+    assert len(calls) == 1
 
 
 def test_an_error_given_as_a_type_alone_is_raised_as_a_new_one() -> None:
