@@ -22,7 +22,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pykka
@@ -150,10 +150,14 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
                 self._callbacks.remove(callback)
 
     # Derived futures settle through callbacks too (pykka's own map/filter/reduce/join use a get
-    # hook, which would run no callback and could only be awaited from a thread).
+    # hook, which would run no callback and could only be awaited from a thread). A future that
+    # a get hook settles runs no callback either: what is derived from it gets a hook in turn.
 
     def _derive(self, compute: Callable[[Any], Any]) -> CallbackFuture[Any]:
         derived: CallbackFuture[Any] = CallbackFuture()
+        if self._get_hook is not None:
+            derived.set_get_hook(lambda timeout: compute(self.get(timeout=timeout)))
+            return derived
 
         def settle(source: CallbackFuture[T]) -> None:
             try:
@@ -179,8 +183,32 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         return self._derive(lambda value: functools.reduce(func, value, *args))
 
     def join(self, *futures: pykka.Future[Any]) -> CallbackFuture[Any]:
-        """A future of the list of this future's value and ``futures``' values."""
-        return self._derive(lambda value: [value, *(f.get() for f in futures)])
+        """A future of the list of this future's value and ``futures``' values.
+
+        It settles once every one of them has (with the first error, in their order), without
+        blocking the thread that sets any of them; futures that run no callbacks (of another
+        kind, or settled by a get hook) are read when the joined future is.
+        """
+        joined: CallbackFuture[Any] = CallbackFuture()
+        everyone: tuple[pykka.Future[Any], ...] = (self, *futures)
+        if not all(isinstance(f, CallbackFuture) and f._get_hook is None for f in everyone):  # noqa: SLF001 - our own class
+            joined.set_get_hook(lambda timeout: _values(everyone, timeout))
+            return joined
+        pending = _count_down(len(everyone))
+
+        def settled(_: object) -> None:
+            if pending():
+                return
+            try:
+                value = _values(everyone, 0)
+            except BaseException:  # noqa: BLE001 - the error belongs to the joined future
+                joined.set_exception()
+            else:
+                joined.set(value)
+
+        for future in everyone:
+            future.add_done_callback(settled)  # type: ignore[attr-defined]
+        return joined
 
     def __await__(self) -> Generator[Any, None, T]:
         """Wait without blocking the event loop."""
@@ -200,6 +228,28 @@ class CallbackFuture(pykka.ThreadingFuture[T]):
         return bridge.__await__()
 
     __iter__ = __await__
+
+
+def _values(futures: Sequence[pykka.Future[Any]], timeout: float | None) -> list[Any]:
+    """Each future's value, in order (the first error raised), within ``timeout`` in all."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return [
+        f.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for f in futures
+    ]
+
+
+def _count_down(count: int) -> Callable[[], int]:
+    """A countdown from ``count`` for many threads: each call takes one off, says how many left."""
+    left = [count]
+    lock = threading.Lock()
+
+    def tick() -> int:
+        with lock:
+            left[0] -= 1
+            return left[0]
+
+    return tick
 
 
 def _transfer(source: CallbackFuture[T], target: asyncio.Future[T]) -> None:

@@ -18,8 +18,14 @@ from placement_actors import (
     deployment_placement_proxy,
 )
 from placement_actors.actors.futures import CallbackFuture, pipe_to
+from placement_actors.actors.mailbox import KeepServingActor
 
 TIMEOUT = 5
+
+
+class Echo(KeepServingActor):
+    def on_receive(self, message: object) -> object:
+        return message
 
 
 def set_later(future: CallbackFuture[int], value: int, delay_s: float) -> None:
@@ -267,6 +273,34 @@ def test_derived_futures_settle_and_run_their_callbacks() -> None:
     assert seen == [3]
     assert kept.get(timeout=0) == [2, 3]
     assert summed.get(timeout=0) == 6
+
+
+def test_a_future_settled_by_a_get_hook_can_be_mapped_too() -> None:
+    """pykka's ``stop(block=False)`` answers through a get hook, which runs no callbacks."""
+    ref = Echo.start()
+    stopped = ref.stop(block=False)
+    assert isinstance(stopped, CallbackFuture)
+    assert stopped.map(lambda value: f"stopped: {value}").get(timeout=TIMEOUT) == "stopped: True"
+
+
+def test_a_join_settles_once_every_future_has_without_blocking_the_setter() -> None:
+    first: CallbackFuture[int] = CallbackFuture()
+    second: CallbackFuture[int] = CallbackFuture()
+    joined = first.join(second)
+    first.set(1)  # the other is not in yet: setting this one returns at once
+    assert not joined.done()
+    second.set(2)
+    assert joined.get(timeout=0) == [1, 2]
+
+
+def test_a_join_carries_the_first_error_in_its_order() -> None:
+    first: CallbackFuture[int] = CallbackFuture()
+    second: CallbackFuture[int] = CallbackFuture()
+    joined = first.join(second)
+    second.set_exception((KeyError, KeyError("second"), None))
+    first.set(1)
+    with pytest.raises(KeyError, match="second"):
+        joined.get(timeout=0)
 
 
 def test_a_derived_future_carries_the_error_of_its_function() -> None:
