@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import io
 import json
@@ -24,7 +25,7 @@ from placement_actors.actors.messages import (
     ReplicaReplaced,
 )
 from placement_actors.cli import commands, render
-from placement_actors.domain.errors import NotEnoughGpusError
+from placement_actors.domain.errors import BackendError, NotEnoughGpusError
 from placement_actors.domain.results import NodeAssignment, PlacementResult, Rejection
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.service import EventsMissed, ServiceEvent
@@ -736,6 +737,44 @@ def test_watch_json_stops_on_ctrl_c_with_only_event_lines_on_stdout(
     assert code == cli.EXIT_INTERRUPTED
     assert [json.loads(line)["kind"] for line in out.splitlines()] == ["node_lost"]
     assert err == "interrupted\n"
+
+
+def no_service(_: str) -> Any:
+    msg = "no placement service runs on this cluster; start one with placement-actors serve"
+    raise BackendError(msg, operation="connect")
+
+
+def test_watch_json_that_cannot_reach_the_service_prints_its_error_object_on_stdout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the stream runs, an error is reported as for every command: one JSON object."""
+    monkeypatch.setattr(commands, "_client", no_service)
+    code, out, err = run(capsys, "watch", "--address", "ray://nowhere:1", "--json")
+    assert code == cli.EXIT_BACKEND
+    report = json.loads(out)
+    assert report["error"] == "BackendError"
+    assert report["message"].startswith("no placement service runs on this cluster")
+    assert report["exit_code"] == cli.EXIT_BACKEND
+    assert "no placement service" not in err
+
+
+@contextlib.contextmanager
+def cluster_that_does_not_start(address: str | None, out: Any) -> Iterator[Any]:
+    del address, out
+    msg = "the local Ray cluster did not start: raylet exited"
+    raise BackendError(msg, operation="start cluster")
+    yield  # pragma: no cover - a generator that never gets this far
+
+
+def test_a_sandbox_json_that_cannot_start_prints_its_error_object_on_stdout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commands, "_ray_cluster", cluster_that_does_not_start)
+    code, out, _ = run(capsys, "--json", "sandbox")
+    assert code == cli.EXIT_BACKEND
+    report = json.loads(out)
+    assert (report["error"], report["exit_code"]) == ("BackendError", cli.EXIT_BACKEND)
+    assert "did not start" in report["message"]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,11 @@ Every input ends in a result or in one typed error, never in a traceback (that t
 - The global flags ``--json`` and ``-v`` may stand before or after the command.
 - With ``--json``, standard output holds exactly one JSON object on every path: the command's
   document (with its ``exit_code``), or ``{"error": type, "message": text, "exit_code": code}``.
-  Without it, an error is one readable line on standard error. A streaming command (``watch``)
-  prints one JSON object per line instead, and nothing else: once it runs, its end (an error,
-  an interruption) is one readable line on standard error, and the exit code tells.
+  Without it, an error is one readable line on standard error. A streaming command (``watch``,
+  ``sandbox``) prints one JSON object per line instead, and nothing else, once it runs (the
+  service reached, the sandbox's cluster and service up): from then on its end (an error, an
+  interruption) is one readable line on standard error, and the exit code tells. An error
+  before that is the one JSON object, as for every command.
 - User text (names, node ids, reasons, addresses) is printed literally, never read as markup.
 """
 

@@ -381,7 +381,6 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
     """Start a local Ray cluster and the service on it; keep both until Ctrl-C, then stop both."""
     from placement_actors.service import PlacementClient  # noqa: PLC0415 - Ray loads here
 
-    out.stream = True  # one line (one JSON object) as soon as the service runs
     with _ray_cluster(None, out) as cluster:
         with out.waiting("Starting the placement service on it"):
             client = PlacementClient.serve(
@@ -389,6 +388,7 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
                 ready_timeout_s=args.ready_timeout,
                 learn_gpu_ids=args.learn_gpu_ids,
             )
+        out.stream = True  # it runs: one line (one JSON object), then only its end on stderr
         out.line(
             {
                 "address": cluster.address,
@@ -864,10 +864,10 @@ def watch(args: argparse.Namespace, out: Output) -> int:
     """Stream the service's events until ``--count``, ``--timeout``, Ctrl-C or the service ends."""
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only when used
 
-    out.stream = True  # from here on, standard output holds the stream only
-    client = _client(args.address)
+    client = _client(args.address)  # until the service is reached, an error is one object
     names = _node_names(out)
     stream = client.watch(None if args.new else args.after, timeout_s=args.timeout)
+    out.stream = True  # from here on, standard output holds the stream only
     seen = 0
     try:
         for item in stream:
