@@ -8,10 +8,11 @@ gives every told message a stand-in reply future that logs the error and drops t
 It also makes every reply a `CallbackFuture`, awaitable without blocking an event loop, and lets
 a handler that must wait for another actor's replies keep answering read-only queries meanwhile
 (`KeepServingActor._wait_serving`, Erlang's selective receive): other messages are held back and
-handled afterwards, in the order they came.
+handled afterwards, in the order they came. An ask that reaches the mailbox after the actor
+stopped is answered `pykka.ActorDeadError` (pykka's would wait for good).
 
-This leans on pykka 4 internals (``_create_actor_inbox``, ``_create_future`` and the envelope's
-``reply_to``);
+This leans on pykka 4 internals (``_create_actor_inbox``, ``_create_future``,
+``_actor_loop_teardown``, the envelope's ``reply_to`` and ``pykka.messages._ActorStop``);
 pyproject pins ``pykka<5`` and ``tests/actors/test_mailbox.py`` fails if they change.
 """
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
 
 from placement_actors.actors.futures import CallbackFuture
 from placement_actors.domain.errors import PlacementError, UnknownMessageError
@@ -121,23 +123,31 @@ _WAKE = _Wake()
 class _KeepServingInbox:
     """pykka's actor inbox (``put``, ``get``, ``empty``) on a `queue.SimpleQueue`.
 
-    Senders put envelopes on the C queue directly. Only the actor's own thread gets from the
-    inbox, and only it puts envelopes back (`put_back`), into a front queue read first.
+    Senders put envelopes on the C queue. Only the actor's own thread gets from the inbox, and
+    only it puts envelopes back (`put_back`), into a front queue read first. Once the actor has
+    stopped (`close`), every ask still in the inbox, or put after (pykka's ``ask`` checks that
+    the actor lives, then sends: a stop can come in between), is answered `pykka.ActorDeadError`
+    instead of waiting for good.
     """
 
-    __slots__ = ("_front", "_queue", "put")
+    __slots__ = ("_closed", "_front", "_queue")
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
         self._front: collections.deque[Envelope[Any]] = collections.deque()
-        self.put = self._queue.put
+        self._closed = ""  # why the actor stopped, once it has
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        """Send ``envelope``; to an actor that has stopped, it is answered at once."""
+        self._queue.put(envelope)
+        if self._closed:  # the actor's last look at its inbox may have come before this
+            self._turn_away()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:  # noqa: FBT001, FBT002 - queue.Queue's signature
         """The next envelope; a told message gets a reply slot that logs instead of raising.
 
         A wake-up that arrives after its wait ended is handed out too (and ignored by
-        `KeepServingActor.on_receive`): skipping it here could block pykka's teardown, which
-        reads the inbox only while it is not empty.
+        `KeepServingActor.on_receive`).
 
         Raises:
             queue.Empty: nothing came within ``timeout`` seconds (or at once, if not ``block``).
@@ -157,6 +167,34 @@ class _KeepServingInbox:
         Called from the actor's own thread only, as `get` is.
         """
         self._front.extendleft(reversed(envelopes))
+
+    def close(self, why: str) -> None:
+        """The actor has stopped (``why`` says so): answer what waits, and all that comes later.
+
+        Called from the actor's own thread, at its end; senders answer what they put after.
+        """
+        self._closed = why
+        while self._front:
+            _turn_away(self._front.popleft(), why)
+        self._turn_away()
+
+    def _turn_away(self) -> None:
+        while True:
+            try:
+                envelope = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            _turn_away(envelope, self._closed)
+
+
+def _turn_away(envelope: Envelope[Any], why: str) -> None:
+    """Answer an envelope the stopped actor will never handle, as pykka's teardown does."""
+    if envelope.reply_to is None:  # told: nobody waits
+        return
+    if isinstance(envelope.message, _ActorStop):
+        envelope.reply_to.set(None)  # stopped indeed
+    else:
+        envelope.reply_to.set_exception((pykka.ActorDeadError, pykka.ActorDeadError(why), None))
 
 
 def _count_settling(
@@ -197,7 +235,11 @@ class KeepServingActor(pykka.ThreadingActor):
         super()._actor_loop_setup()
 
     def _actor_loop_teardown(self) -> None:
-        super()._actor_loop_teardown()
+        inbox = self.actor_inbox
+        if isinstance(inbox, _KeepServingInbox):  # answers what comes after the stop, too
+            inbox.close(f"{self.actor_ref} stopped before handling the message")
+        else:
+            super()._actor_loop_teardown()
         self._loop_thread = None  # thread ids are reused: a later thread is not this actor's
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox

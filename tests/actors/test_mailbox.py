@@ -6,6 +6,7 @@ import time
 
 import pykka
 import pytest
+from pykka._envelope import Envelope
 
 from placement_actors.actors.futures import CallbackFuture
 from placement_actors.actors.mailbox import KeepServingActor
@@ -65,6 +66,49 @@ def test_a_plain_pykka_actor_dies_of_the_same_tell() -> None:
     ref.tell("boom")
     with pytest.raises(pykka.ActorDeadError):
         ref.ask("anything", timeout=TIMEOUT)
+
+
+def test_an_ask_that_reaches_the_mailbox_after_the_actor_stopped_is_told_so() -> None:
+    """pykka checks that the actor lives, then sends: a stop can come in between."""
+    ref = Echo.start()
+    inbox = ref.actor_inbox
+    ref.stop()
+    late: CallbackFuture[object] = CallbackFuture()
+    inbox.put(Envelope("late", reply_to=late))  # sent by an ask that saw the actor alive
+    with pytest.raises(pykka.ActorDeadError):
+        late.get(timeout=TIMEOUT)
+
+
+def test_asks_racing_a_stop_are_all_answered() -> None:
+    ref = Echo.start()
+    sent: list[pykka.Future[object]] = []
+    lock = threading.Lock()
+
+    def ask_on() -> None:
+        for i in range(2000):
+            try:
+                reply = ref.ask(i, block=False)
+            except pykka.ActorDeadError:
+                continue
+            with lock:
+                sent.append(reply)
+
+    senders = [threading.Thread(target=ask_on) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    time.sleep(0.002)
+    ref.stop()
+    for sender in senders:
+        sender.join(TIMEOUT)
+    unanswered = 0
+    for reply in sent:
+        try:
+            reply.get(timeout=TIMEOUT)
+        except pykka.ActorDeadError:
+            pass
+        except pykka.Timeout:
+            unanswered += 1
+    assert unanswered == 0
 
 
 class Refuser(KeepServingActor):
