@@ -3,7 +3,8 @@
 Each round sends a `Place` and its `Release` to a DeploymentPlacementActor (no Ray: the ledger
 decision and the actor hop are what is measured) on nodes of 8 GPUs, every other one half used,
 labelled by zone (four zones, in turn).
-The floor is the same number of asks to a pykka actor that answers at once, measured in turns
+The floor is the same number of asks to a stock pykka actor (a plain `pykka.ThreadingActor`,
+with pykka's own inbox and futures) that answers at once, measured in turns
 with each path (floor, path, floor, path, ...): absolute times on a shared machine move by 3x
 between runs and drift within one, ratios taken side by side do not.
 
