@@ -104,8 +104,8 @@ class Residents(Protocol):
     def scope(self, resident: Resident) -> frozenset[str] | None:
         """The nodes the resident's deployment may use at most (``None``: any node).
 
-        A search reads only these for the resident's destination; `may_host` still has the last
-        word on each.
+        A search for the resident's destination reads only these when they are few (fewer than
+        `SCOPE_INDEX_MIN`); `may_host` still has the last word on each node.
         """
 
 
@@ -279,7 +279,7 @@ def _destination(
     if allowed is not None and len(allowed) <= len(shut) and allowed <= shut:
         return None  # every node it may use is shut (one pinned to the node it would leave)
     looked = passed = 0
-    for node in ledger.candidates(resident.gpus, allowed=allowed):
+    for node in _best_fits(ledger, resident.gpus, allowed):
         if node in shut:
             continue
         free = overlay.free(node)
@@ -302,6 +302,20 @@ def _destination(
         ):
             return node
     return None
+
+
+def _best_fits(ledger: GpuLedger, gpus: int, allowed: frozenset[str] | None) -> Iterator[str]:
+    """Nodes with ``gpus`` free, fewest free first (then by id): of ``allowed`` when it is short.
+
+    A short list is read whole; a long one (or none) is read from the ledger's own index, and
+    the caller's `Residents.may_host` keeps to the list. No index of a list is built, nor any
+    other remembered: a search reads replicas of many deployments, and must not push out the
+    indexes their placements use.
+    """
+    if allowed is None or len(allowed) >= SCOPE_INDEX_MIN:
+        return ledger.candidates(gpus)
+    fitting = [n for n in allowed if n in ledger and ledger.free_count(n) >= gpus]
+    return iter(sorted(fitting, key=lambda n: (ledger.free_count(n), n)))
 
 
 def _move(resident: Resident, source: str, target: str) -> ReplicaMove:

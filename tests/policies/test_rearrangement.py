@@ -194,6 +194,29 @@ def test_replicas_pinned_to_their_nodes_are_not_offered_elsewhere_again_and_agai
     assert cluster.asked == 0
 
 
+def test_a_search_builds_no_index_of_the_node_lists_its_replicas_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 300 nodes with 4 of 8 free; 30 deployments, each allowed its own 150 nodes (a list long
+    # enough for an index of its own): the ledger keeps 16 such indexes, for the placements
+    # that use them, and a search must not churn through them.
+    built: list[int] = []
+    build = GpuLedger._build  # counted, not changed
+
+    def counting(ledger: GpuLedger, allowed: frozenset[str]) -> object:
+        built.append(len(allowed))
+        return build(ledger, allowed)
+
+    monkeypatch.setattr(GpuLedger, "_build", counting)
+    cluster = Scoped(*([8] * 300))
+    for i in range(300):
+        name = cluster.run(f"n{i}", 4)
+        cluster.allowed[name] = frozenset(f"n{(i + k) % 300}" for k in range(0, 300, 2))
+    cluster.barred = {name: {f"n{i}" for i in range(300)} for name in cluster.where}
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=8, split=False)) == ()
+    assert built == []
+
+
 def test_a_defragmentation_plan_frees_the_nodes_closest_to_empty() -> None:
     cluster = Running(8, 8, 8)
     cluster.run("n0", 2)
