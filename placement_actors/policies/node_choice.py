@@ -66,7 +66,7 @@ def gpu_rejections(
     """
     rejections: list[Rejection] = []
     capacity, free_count, add = ledger.capacity, ledger.free_count, rejections.append
-    left = -1 if limit is None else limit  # -1: no limit
+    left = -1 if limit is None else max(limit, 0)  # -1: no limit
     for n in nodes if presorted else sorted(nodes):
         if left == 0:
             break
