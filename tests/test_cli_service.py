@@ -485,3 +485,28 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
     finally:
         watch.kill()
     assert watch.returncode == cli.EXIT_BACKEND, watched[-2000:]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["kill", "terminal-closed"])
+def test_a_sandbox_told_to_terminate_stops_everything_as_ctrl_c_does(stop: signal.Signals) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "placement_actors", "--json", "sandbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(sandbox.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=180)
+        assert first, "the sandbox printed no address within 180 s"
+        assert json.loads(first[0])["address"]
+    finally:
+        sandbox.send_signal(stop)
+        _, err = sandbox.communicate(timeout=120)
+    assert sandbox.returncode == cli.EXIT_OK, err[-2000:]
+    assert "Stopping the service and the local cluster" in err
+    assert "Local Ray cluster stopped." in err

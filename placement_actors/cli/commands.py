@@ -192,15 +192,46 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
-    """Ctrl-C is ignored in the block (in the main thread): a clean-up is not cut short."""
+    """Ctrl-C (and `_STOPPING` signals) are ignored in the block: a clean-up is not cut short.
+
+    In the main thread only, where signals are handled.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *_STOPPING)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+_STOPPING = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that ask a long-running command to stop: a ``kill``, the terminal closed."""
+
+
+@contextlib.contextmanager
+def _stopped_as_by_ctrl_c() -> Iterator[None]:
+    """`_STOPPING` signals raise `KeyboardInterrupt` in the block, so they stop it as Ctrl-C does.
+
+    Installed once Ray runs in this process (Ray's driver installs handlers of its own), in the
+    main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        del signum, frame
+        raise KeyboardInterrupt
+
+    before = {sig: signal.signal(sig, interrupt) for sig in _STOPPING}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _node_names(out: Output) -> dict[str, str]:
@@ -378,10 +409,13 @@ class _Events(pykka.ThreadingActor):
 
 
 def sandbox(args: argparse.Namespace, out: Output) -> int:
-    """Start a local Ray cluster and the service on it; keep both until Ctrl-C, then stop both."""
+    """Start a local Ray cluster and the service on it; keep both until Ctrl-C, then stop both.
+
+    A ``kill`` (SIGTERM) or a closed terminal (SIGHUP) stops them the same way.
+    """
     from placement_actors.service import PlacementClient  # noqa: PLC0415 - Ray loads here
 
-    with _ray_cluster(None, out) as cluster:
+    with _ray_cluster(None, out) as cluster, _stopped_as_by_ctrl_c():
         with out.waiting("Starting the placement service on it"):
             client = PlacementClient.serve(
                 cluster.address,
