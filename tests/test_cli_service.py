@@ -434,22 +434,36 @@ def test_watch_exits_with_a_backend_failure_when_the_service_goes_away(
     assert failure.startswith("cluster backend failed: the service stopped answering after 0 event")
 
 
-def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-    sandbox = subprocess.Popen(
+SANDBOX_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+
+
+def start_sandbox() -> subprocess.Popen[str]:
+    """``placement-actors --json sandbox`` in a process of its own, as in another terminal."""
+    return subprocess.Popen(
         [sys.executable, "-m", "placement_actors", "--json", "sandbox"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=SANDBOX_ENV,
     )
+
+
+def first_line(sandbox: subprocess.Popen[str]) -> dict[str, Any]:
+    """The sandbox's one JSON line, once its cluster and service are up (at most 180 s)."""
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(sandbox.stdout.readline()))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout=180)
+    assert first, "the sandbox printed no address within 180 s"
+    started: dict[str, Any] = json.loads(first[0])
+    return started
+
+
+def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() -> None:
+    env = SANDBOX_ENV
+    sandbox = start_sandbox()
     try:
-        first: list[str] = []
-        reader = threading.Thread(target=lambda: first.append(sandbox.stdout.readline()))  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout=180)
-        assert first, "the sandbox printed no address within 180 s"
-        started = json.loads(first[0])
+        started = first_line(sandbox)
         address = started["address"]
         assert (started["gpus"]["gpu-c"], started["egress"]) == (8, ["edge-1"])
         status = subprocess.run(  # noqa: S603 - as an operator in another terminal
@@ -489,21 +503,9 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["kill", "terminal-closed"])
 def test_a_sandbox_told_to_terminate_stops_everything_as_ctrl_c_does(stop: signal.Signals) -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "placement_actors", "--json", "sandbox"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    sandbox = start_sandbox()
     try:
-        first: list[str] = []
-        reader = threading.Thread(target=lambda: first.append(sandbox.stdout.readline()))  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout=180)
-        assert first, "the sandbox printed no address within 180 s"
-        assert json.loads(first[0])["address"]
+        assert first_line(sandbox)["address"]
     finally:
         sandbox.send_signal(stop)
         _, err = sandbox.communicate(timeout=120)
