@@ -11,7 +11,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,47 +191,44 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Ctrl-C (and `_STOPPING` signals) are ignored in the block: a clean-up is not cut short.
+def _signals_handled(
+    signals: Sequence[signal.Signals], handler: Callable[[int, Any], None] | signal.Handlers
+) -> Iterator[None]:
+    """``signals`` go to ``handler`` in the block, then to what handled them before.
 
-    In the main thread only, where signals are handled.
+    In the main thread only, where Python handles signals; elsewhere the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *_STOPPING)}
+    before = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+        for sig, previous in before.items():
+            signal.signal(sig, previous)
 
 
 _STOPPING = (signal.SIGTERM, signal.SIGHUP)
 """Signals that ask a long-running command to stop: a ``kill``, the terminal closed."""
 
 
-@contextlib.contextmanager
-def _stopped_as_by_ctrl_c() -> Iterator[None]:
+def _no_interrupts() -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C (and `_STOPPING` signals) are ignored in the block: a clean-up is not cut short."""
+    return _signals_handled((signal.SIGINT, *_STOPPING), signal.SIG_IGN)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
+
+
+def _stopped_as_by_ctrl_c() -> contextlib.AbstractContextManager[None]:
     """`_STOPPING` signals raise `KeyboardInterrupt` in the block, so they stop it as Ctrl-C does.
 
-    Installed once Ray runs in this process (Ray's driver installs handlers of its own), in the
-    main thread only.
+    Installed once Ray runs in this process (Ray's driver installs handlers of its own).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        del signum, frame
-        raise KeyboardInterrupt
-
-    before = {sig: signal.signal(sig, interrupt) for sig in _STOPPING}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    return _signals_handled(_STOPPING, _interrupt)
 
 
 def _node_names(out: Output) -> dict[str, str]:
