@@ -193,19 +193,28 @@ class _PlacedResidents:
         Replicas being lost (their group not removed yet: ``losing``) are not offered: their
         loss is carried out with a later message.
         """
-        names = sorted(
-            d
-            for d in set(self._gpus.holders(node).values())
-            if d in self._placed
-            and d != self._exclude
-            and (not self._movable_only or self._placed[d].place.constraints.movable)
-        )
-        return [
-            r
-            for name in names
-            for r in self._placed[name].residents_by_node().get(node, ())
-            if r.replica_index not in self._losing.get(name, ())
-        ]
+        found: list[Resident] = []
+        for name in sorted(self._gpus.holder_names(node)):
+            placed = self._placed.get(name)
+            if (
+                placed is None
+                or name == self._exclude
+                or (self._movable_only and not placed.place.constraints.movable)
+                or self._pinned(name, placed.place.constraints, node)
+            ):
+                continue
+            losing = self._losing.get(name, ())
+            found.extend(
+                r for r in placed.residents_by_node().get(node, ()) if r.replica_index not in losing
+            )
+        return found
+
+    def _pinned(self, name: str, constraints: PlacementConstraints, node: str) -> bool:
+        """Whether the deployment may use no node but ``node``: its replicas there cannot move."""
+        if constraints.gpu_nodes is not None and len(constraints.gpu_nodes) == 1:
+            return True  # the usual case, told without the ledger
+        allowed = self._scope(name)
+        return allowed is not None and allowed <= {node}
 
     def may_host(self, resident: Resident, node: str) -> bool:
         """Whether the resident's deployment may use ``node``.
@@ -223,7 +232,9 @@ class _PlacedResidents:
 
     def scope(self, resident: Resident) -> frozenset[str] | None:
         """The nodes the resident's deployment's constraints allow (``None``: any node)."""
-        name = resident.deployment
+        return self._scope(resident.deployment)
+
+    def _scope(self, name: str) -> frozenset[str] | None:
         if name not in self._scopes:
             self._scopes[name] = gpu_scope(self._gpus, self._placed[name].place.constraints)
         return self._scopes[name]
@@ -233,9 +244,7 @@ def _stacks_spread(
     gpus: GpuLedger, deployment: str, constraints: PlacementConstraints, node: str
 ) -> bool:
     """Whether a replica of a SPREAD ``deployment`` on ``node`` would join one of its siblings."""
-    return constraints.strategy is GpuStrategy.SPREAD and deployment in set(
-        gpus.holders(node).values()
-    )
+    return constraints.strategy is GpuStrategy.SPREAD and deployment in gpus.holder_names(node)
 
 
 def _egress_nodes(

@@ -228,6 +228,10 @@ class GpuLedger:
         """Held ordinal -> holder on ``node_id`` (a copy)."""
         return dict(sorted(self._held[node_id].items()))
 
+    def holder_names(self, node_id: str) -> set[str]:
+        """The holders of GPUs on ``node_id`` (a new set)."""
+        return set(self._held[node_id].values())
+
     def max_free(
         self, allowed: frozenset[str] | None = None, avoid: AbstractSet[str] = frozenset()
     ) -> int:

@@ -376,8 +376,10 @@ class _Search:
         twos: list[tuple[_Planned, _Planned]] = []
         for share in _shares(self.room, largest):
             for source in islice(_fullest_below(self.ledger, share, self.room), MAX_SOURCE_NODES):
-                short = share - self.ledger.free_count(source)
                 on = sorted(self.residents.on(source), key=lambda r: r.gpus)
+                if not on:
+                    continue
+                short = share - self.ledger.free_count(source)
                 sizes = [r.gpus for r in on]
                 enough = bisect.bisect_left(sizes, short)  # on[enough:] free the share alone
                 ones.extend((r, source) for r in on[enough : enough + _PER_SOURCE])

@@ -20,6 +20,7 @@ from placement_actors import (
     PlacementConstraints,
     PlacementFailure,
     PlacementResult,
+    Release,
 )
 from placement_actors.actors.messages import GetPlacement, Placement
 
@@ -138,3 +139,25 @@ def test_a_plan_query_out_of_range_is_refused_and_the_actor_keeps_serving(
         actor.ask(forged, timeout=TIMEOUT)
     plan = actor.ask(GetDefragmentationPlan(), timeout=TIMEOUT)
     assert isinstance(plan, DefragmentationPlan)
+
+
+def test_a_move_set_names_no_replica_whose_deployment_may_use_only_its_own_node() -> None:
+    topology = [NodeTopology(node_id=f"gpu-{c}", num_gpus=4, labels={"rack": c}) for c in "abcd"]
+    ref = DeploymentPlacementActor.start(topology=topology)
+    try:
+        place(ref, "listed", 2, gpu_nodes=("gpu-a", "gpu-a"))
+        place(ref, "labelled", 2, label_selector={"rack": "b"})
+        place(ref, "pinned", 2, gpu_nodes=("gpu-c",))
+        place(ref, "filler", 2, gpu_nodes=("gpu-a",))
+        place(ref, "free", 2, gpu_nodes=("gpu-d", "gpu-a"))
+        assert node_of(ref, "free") == "gpu-d"
+        with pytest.raises(NotEnoughGpusError) as caught:
+            place(ref, "wide", 4, keep_whole=True, gpu_nodes=("gpu-b", "gpu-c", "gpu-d"))
+        assert caught.value.moves == ()  # "free" could go only to gpu-a, which is full
+        ref.ask(Release("filler"), timeout=TIMEOUT)
+        with pytest.raises(NotEnoughGpusError) as caught:
+            place(ref, "wide", 4, keep_whole=True, gpu_nodes=("gpu-b", "gpu-c", "gpu-d"))
+        (move,) = caught.value.moves
+        assert (move.deployment, move.from_node, move.to_node) == ("free", "gpu-d", "gpu-a")
+    finally:
+        ref.stop(timeout=TIMEOUT)

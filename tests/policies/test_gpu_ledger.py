@@ -26,6 +26,7 @@ def test_reserve_hands_out_the_lowest_free_ordinals() -> None:
     assert ledger.reserve("a", 1, "y") == (2,)
     assert ledger.holders("a") == {0: "x", 1: "x", 2: "y"}
     assert ledger.free_ordinals("a") == (3,)
+    assert ledger.holder_names("a") == {"x", "y"}
 
 
 def test_released_ordinals_are_reused_in_order() -> None:
