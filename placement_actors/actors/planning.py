@@ -38,7 +38,14 @@ from placement_actors.actors.messages import (
 )
 from placement_actors.backends.protocol import BundleProbe, CheckpointStore, ClusterBackend
 from placement_actors.backends.timers import Deadline, Deadlines
-from placement_actors.domain.checkpoints import GroupCheckpoint, KnownEndpoint, encode, group_key
+from placement_actors.domain.checkpoints import (
+    GROUP_KEYS,
+    GroupCheckpoint,
+    KnownEndpoint,
+    decode,
+    encode,
+    group_key,
+)
 from placement_actors.domain.deployments import group_name, group_prefix
 from placement_actors.domain.errors import (
     BackendError,
@@ -74,6 +81,13 @@ def _tell(ref: pykka.ActorRef[Any], message: object) -> None:
 
 def _fail_future(future: pykka.Future[Any], error: BaseException) -> None:
     future.set_exception(exc_info=(type(error), error, error.__traceback__))
+
+
+@dataclass(frozen=True, slots=True)
+class _Unfound:
+    """A group of an earlier run that Ray could not be asked about: removed by name and id."""
+
+    group_id: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -142,6 +156,7 @@ class PlanningActor(KeepServingActor):
         self._groups: dict[str, _Group] = {}
         self._unremoved: dict[str, object] = {}  # failed groups Ray would not remove yet
         self._ports = PortBook()
+        self._hold_recorded_ports()
         self._next_attempt = 1
         self._handlers = {
             PlanReplica: self.plan_replica,
@@ -176,11 +191,20 @@ class PlanningActor(KeepServingActor):
         spec = pinned_bundle_spec(message.assignments)
         adopt = message.adopt
         if adopt is None:
+            self._ports.release(name)  # ports recorded for an earlier run's group of this name
             handle = self._backend.create_group(spec, name=name)
             attempt, self._next_attempt = self._next_attempt, self._next_attempt + 1
         else:
-            found = self._backend.find_group(name, adopt.group_id)
+            try:
+                found = self._backend.find_group(name, adopt.group_id)
+            except BackendError:
+                # It may stand still, untracked, holding its GPUs and its name: the replica is
+                # placed again, so that group goes as soon as Ray answers (`_remove_unremoved`).
+                self._ports.release(name)
+                self._unremoved[name] = _Unfound(adopt.group_id)
+                raise
             if found is None:
+                self._ports.release(name)
                 msg = f"placement group {name} of an earlier run is gone"
                 raise BackendError(msg, operation="adopt placement group")
             handle = found
@@ -231,13 +255,20 @@ class PlanningActor(KeepServingActor):
         except BackendError:
             # A group that cannot be watched cannot be kept, adopted or not: the replica is
             # placed again, and a group of this name must not stand in the way.
-            self._backend.remove_group(handle)
+            self._ports.release(name)
+            try:
+                self._backend.remove_group(handle)
+            except BackendError:
+                self._unremoved[name] = handle  # tried again at the next command
             raise
         self._groups[name] = group
         for index, recorded in enumerate(group.known):
-            # An adopted group's recorded ports are taken back at once, before any other
-            # group's probe can be given one of them.
-            if recorded is not None and self._ports.claim(recorded.node_ip, recorded.port, name):
+            # An adopted group's recorded ports are its own: held for it since this planner
+            # started (`_hold_recorded_ports`), or taken back now if still free.
+            if recorded is not None and (
+                self._ports.holder(recorded.node_ip, recorded.port) == name
+                or self._ports.claim(recorded.node_ip, recorded.port, name)
+            ):
                 group.claimed.add(index)
         self._arm_timer(group)
         return placement
@@ -262,9 +293,12 @@ class PlanningActor(KeepServingActor):
         removed = 0 if indexes is not None else self._backend.remove_groups_with_prefix(prefix)
         if indexes is None:  # Ray removed those too
             self._unremoved = {n: h for n, h in self._unremoved.items() if not n.startswith(prefix)}
+        if indexes is None:  # ports held for an earlier run's groups of the deployment
+            names.extend(h for h in self._ports.holders() if h.startswith(prefix))
         for name in names:
             group = self._groups.get(name)
             if group is None:
+                self._ports.release(name)
                 continue
             if indexes is not None and group.state is not GroupState.FAILED:
                 self._backend.remove_group(group.handle)
@@ -291,11 +325,41 @@ class PlanningActor(KeepServingActor):
         """
         for name, handle in list(self._unremoved.items()):
             try:
-                self._backend.remove_group(handle)
+                if isinstance(handle, _Unfound):  # a group Ray could not be asked about
+                    found = self._backend.find_group(name, handle.group_id)
+                    if found is not None:
+                        self._backend.remove_group(found)
+                else:
+                    self._backend.remove_group(handle)
             except BackendError:
                 logger.warning("still could not remove failed placement group %s", name)
             else:
                 del self._unremoved[name]
+
+    def _hold_recorded_ports(self) -> None:
+        """Hold each port an earlier run's groups were told, for its group, from the start.
+
+        A restarted service adopts its groups one after another, and a group adopted first is
+        probed as soon as it is ready: it must not be given a port recorded for a group adopted
+        after it (whose replica may be about to listen on it again). A held port is kept when
+        its group is adopted, and let go when it is not (gone, or placed anew) or is removed.
+        """
+        if self._checkpoints is None:
+            return
+        try:
+            records = self._checkpoints.load(GROUP_KEYS)
+        except PlacementError as exc:
+            logger.warning("could not read the groups' records; their ports are not held: %s", exc)
+            return
+        for data in records.values():
+            try:
+                record = decode(data, GroupCheckpoint)
+            except PlacementError:
+                continue  # a damaged record: the service's start drops it
+            name = group_name(record.deployment, record.replica_index)
+            for endpoint in record.endpoints:
+                if endpoint is not None:
+                    self._ports.claim(endpoint.node_ip, endpoint.port, name)
 
     def get_replica_groups(self, message: GetReplicaGroups | None = None) -> ReplicaGroupsView:
         """Every tracked group and its state."""

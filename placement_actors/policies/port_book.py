@@ -45,6 +45,14 @@ class PortBook:
         ports[port] = holder
         return True
 
+    def holder(self, host: str, port: int) -> str | None:
+        """Who holds ``port`` on ``host``; ``None`` if it is free."""
+        return self._given.get(host, {}).get(port)
+
+    def holders(self) -> set[str]:
+        """Everyone who holds a port."""
+        return {h for ports in self._given.values() for h in ports.values()}
+
     def release(self, holder: str) -> int:
         """Forget every port ``holder`` was given; returns how many."""
         freed = 0

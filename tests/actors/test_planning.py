@@ -60,7 +60,7 @@ from placement_actors import (
 )
 from placement_actors.actors.messages import BundleGpusKnown, GroupRescheduling, NodeLost
 from placement_actors.backends import ray as on_ray
-from placement_actors.backends.protocol import MemoryCheckpoints
+from placement_actors.backends.protocol import BundleProbe, MemoryCheckpoints
 from placement_actors.domain.checkpoints import GroupCheckpoint, decode
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 
@@ -1096,3 +1096,111 @@ def test_an_undone_place_whose_groups_ray_will_not_remove_keeps_their_gpus_until
         assert status(group_name("undone", 0)) is GroupStatus.REMOVED
         again = service.place(llama("undone", gpus=2, replicas=2), gpu_nodes=(a,))
         assert len(again.replicas) == 2
+
+
+class LookupFailsOnce(on_ray.RayBackend):
+    """Ray, failing the next look-up of a group by name (as a GCS that times out would)."""
+
+    fail_lookup = False
+
+    def find_group(self, name: str, group_id: str) -> object | None:
+        if self.fail_lookup:
+            self.fail_lookup = False
+            msg = f"cannot look up placement group {name}: GCS timed out (injected)"
+            raise BackendError(msg, operation="find placement group")
+        return super().find_group(name, group_id)
+
+
+def a_group_left_by_an_earlier_run(
+    assignments: tuple[NodeAssignment, ...], deployment: str = "adopted"
+) -> tuple[MemoryCheckpoints, GroupCheckpoint]:
+    """A group an earlier planner made and left on Ray (stopped), and its record."""
+    store = MemoryCheckpoints()
+    earlier = PlanningActor.start(backend=on_ray.RayBackend(), checkpoints=store)
+    placed = earlier.ask(
+        PlanReplica(deployment=deployment, replica_index=0, assignments=assignments),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(placed, ReplicaPlacement)
+    assert all(b.port.get(timeout=TIMEOUT) > 0 for b in placed.bundles)
+    earlier.stop(timeout=TIMEOUT)
+    (record,) = (decode(v, GroupCheckpoint) for v in store.load("").values())
+    return store, record
+
+
+def test_a_group_whose_adoption_failed_is_removed_so_its_replica_can_be_placed_again(
+    ray_nodes: dict[str, str],
+) -> None:
+    one = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(0,)),)
+    store, record = a_group_left_by_an_earlier_run(one)
+    backend = LookupFailsOnce()
+    later = PlanningActor.start(backend=backend, checkpoints=store)
+    try:
+        backend.fail_lookup = True
+        adopt = PlanReplica(deployment="adopted", replica_index=0, assignments=one, adopt=record)
+        with pytest.raises(BackendError, match="GCS timed out"):
+            later.ask(adopt, timeout=TIMEOUT)
+        # The replica is placed again (as the placement actor does): the earlier group, which
+        # nobody tracks now, must not keep its GPUs or stand in the way of the new one's name.
+        again = later.ask(
+            PlanReplica(deployment="adopted", replica_index=0, assignments=one), timeout=TIMEOUT
+        )
+        assert isinstance(again, ReplicaPlacement)
+        assert again.master.port.get(timeout=TIMEOUT) > 0
+        assert again.group_id != record.group_id
+        assert on_ray.find_group(group_name("adopted", 0), record.group_id) is None
+    finally:
+        later.ask(RemoveReplicaGroups("adopted"), timeout=TIMEOUT)
+        later.stop(timeout=TIMEOUT)
+
+
+class ProbesOffer(on_ray.RayBackend):
+    """Ray, whose next probe of a bundle finds ``port`` free first (a port is free by chance)."""
+
+    port = 0
+
+    def probe_bundle(self, group: object, bundle_index: int, **kwargs: Any) -> None:
+        callback, port = kwargs["callback"], self.port
+        if port and port not in kwargs["exclude_ports"]:
+            self.port = 0
+            node_ip = on_ray.get_bundle_node_ip(group, bundle_index)  # type: ignore[arg-type]
+            threading.Thread(
+                target=callback, args=(BundleProbe(node_ip=node_ip, port=port),)
+            ).start()
+            return
+        super().probe_bundle(group, bundle_index, **kwargs)
+
+
+def test_a_port_recorded_for_a_group_adopted_later_is_not_given_to_one_adopted_first(
+    ray_nodes: dict[str, str],
+) -> None:
+    one = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(0,)),)
+    two = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(1,)),)
+    store, first = a_group_left_by_an_earlier_run(one, "first")
+    more, second = a_group_left_by_an_earlier_run(two, "second")
+    for key, value in more.load("").items():
+        store.save(key, value)
+    recorded = second.endpoints[0]
+    assert recorded is not None
+    unrecorded = dataclasses.replace(first, endpoints=(None,))  # its port was never written
+    backend = ProbesOffer()
+    backend.port = recorded.port  # the second's engine is restarting: its port is free now
+    later = PlanningActor.start(backend=backend, checkpoints=store)
+    try:
+        a = later.ask(
+            PlanReplica(deployment="first", replica_index=0, assignments=one, adopt=unrecorded),
+            timeout=TIMEOUT,
+        )
+        assert isinstance(a, ReplicaPlacement)
+        a_port = a.master.port.get(timeout=TIMEOUT)  # probed before the second is adopted
+        b = later.ask(
+            PlanReplica(deployment="second", replica_index=0, assignments=two, adopt=second),
+            timeout=TIMEOUT,
+        )
+        assert isinstance(b, ReplicaPlacement)
+        assert b.master.port.get(timeout=TIMEOUT) == recorded.port
+        assert a_port != recorded.port
+    finally:
+        for name in ("first", "second"):
+            later.ask(RemoveReplicaGroups(name), timeout=TIMEOUT)
+        later.stop(timeout=TIMEOUT)

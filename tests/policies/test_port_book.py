@@ -10,6 +10,10 @@ def test_a_port_is_given_once_per_host() -> None:
     assert book.claim("10.0.0.2", 5000, "b")  # another host may reuse it
     assert book.given("10.0.0.1") == {5000}
     assert book.given() == {5000}
+    assert book.holder("10.0.0.1", 5000) == "a"
+    assert book.holder("10.0.0.2", 5000) == "b"
+    assert book.holder("10.0.0.1", 5001) is None
+    assert book.holders() == {"a", "b"}
 
 
 def test_releasing_a_holder_frees_only_its_ports() -> None:
