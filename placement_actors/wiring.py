@@ -141,7 +141,7 @@ def start_on_ray(
             on_joined=lambda node, egress: _joined(
                 service, node, egress=egress, agent=not learn_gpu_ids
             ),
-            on_lost=lambda node_id: _tell(service, NodeLost(node_id=node_id)),
+            on_lost=lambda node_id: _lost(service, node_id),
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
             ),
@@ -196,6 +196,14 @@ def _joined(service: pykka.ActorRef[Any], node: NodeTopology, *, egress: bool, a
         except PlacementError as exc:  # its first probe starts one, or fails as a probe does
             logger.warning("no port agent on node %s yet: %s", node.node_id, exc)
     _tell(service, NodeJoined(node=node, egress=egress))
+
+
+def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:
+    """A node died or left: forget its port agent (gone with it), then tell the service."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415
+
+    on_ray.forget_port_agent(node_id)
+    _tell(service, NodeLost(node_id=node_id))
 
 
 def _tell(ref: pykka.ActorRef[Any], event: object) -> None:

@@ -68,6 +68,7 @@ from placement_actors.backends.ray.membership import ClusterWatcher
 from placement_actors.backends.ray.port_agents import (
     AGENT_NAME_ROOT,
     AGENT_TIMEOUT_S,
+    forget_port_agent,
     port_agent,
     probe_with_agent,
     start_port_agents,
@@ -100,6 +101,7 @@ __all__ = [
     "find_group",
     "find_group_by_id",
     "find_host",
+    "forget_port_agent",
     "get_bundle_node_ip",
     "get_cluster_topology",
     "get_egress_nodes",

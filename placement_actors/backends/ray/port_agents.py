@@ -32,6 +32,7 @@ from placement_actors.domain.errors import BackendError
 __all__ = [
     "AGENT_NAME_ROOT",
     "AGENT_TIMEOUT_S",
+    "forget_port_agent",
     "port_agent",
     "probe_with_agent",
     "start_port_agents",
@@ -109,6 +110,15 @@ def start_port_agents(node_ids: list[str]) -> None:
     """Start the agents of ``node_ids`` now, so that the first `Place` there does not wait."""
     for node_id in node_ids:
         port_agent(node_id)
+
+
+def forget_port_agent(node_id: str) -> None:
+    """Drop this process's handle to ``node_id``'s agent (the node left: its agent went with it).
+
+    A node that comes back gets a new agent at its first probe, or when it joins.
+    """
+    with _LOCK:
+        _AGENTS.pop(node_id, None)
 
 
 def _forget(node_id: str, handle: Any) -> None:  # noqa: ANN401 - a Ray ActorHandle

@@ -113,3 +113,15 @@ def test_a_dead_agent_is_replaced_and_its_bundle_probed_with_a_task_meanwhile(
         ask_agent(node)
     finally:
         remove_placement_group(pg)
+
+
+def test_a_forgotten_agent_is_looked_up_again_and_still_serves(ray_nodes: dict[str, str]) -> None:
+    node = ray_nodes["gpu-c"]
+    kept = on_ray.port_agent(node)
+    ask_agent(node)
+    on_ray.forget_port_agent(node)  # as when its node is lost
+    again = on_ray.port_agent(node)
+    assert again is not kept  # a new handle: the process no longer keeps the old one
+    assert again._actor_id == kept._actor_id  # the node's agent still runs: the same one serves
+    ask_agent(node)
+    on_ray.forget_port_agent("f" * 56)  # a node never seen: nothing to forget
