@@ -70,7 +70,7 @@ from placement_actors.domain.errors import (
     PlacementError,
     StalePlacementError,
 )
-from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
+from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS, MAX_FAILURES_KEPT
 from placement_actors.domain.results import (
     NodeAssignment,
     PlacementResult,
@@ -367,7 +367,9 @@ class DeploymentPlacementActor(KeepServingActor):
         self._subscribers: list[pykka.ActorRef[Any]] = []
         self._placed: dict[str, _Placed] = {}
         self._movable_names: set[str] = set()  # placed deployments whose constraints say movable
-        self._failures: dict[str, CapacityError] = {}
+        self._failures: dict[
+            str, CapacityError
+        ] = {}  # the latest `MAX_FAILURES_KEPT`, oldest first
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         self._checkpoints = checkpoints
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)
@@ -467,7 +469,10 @@ class DeploymentPlacementActor(KeepServingActor):
         try:
             result = self._place(message)
         except CapacityError as exc:
+            self._failures.pop(name, None)  # the latest refused last: the oldest goes first
             self._failures[name] = exc
+            if len(self._failures) > MAX_FAILURES_KEPT:
+                del self._failures[next(iter(self._failures))]
             raise
         self._failures.pop(name, None)
         return result

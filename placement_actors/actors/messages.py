@@ -233,7 +233,11 @@ class GetClusterView(Checked):
 
 @dataclass(frozen=True, slots=True)
 class GetPlacementFailure(Checked):
-    """Query: why the last `Place` of a deployment did not fit. Reply: `PlacementFailure`."""
+    """Query: why the last `Place` of a deployment did not fit. Reply: `PlacementFailure`.
+
+    The refusal is kept until the deployment is placed, for the latest `MAX_FAILURES_KEPT`
+    refused deployments (`placement_actors.domain.limits`); of an older one, none is told.
+    """
 
     deployment: str
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_MAX_REMOTE_REPLICAS",
+    "MAX_FAILURES_KEPT",
     "MAX_LABELS",
     "MAX_LABEL_TEXT",
     "MAX_NODES",
@@ -24,6 +25,9 @@ __all__ = [
     "MAX_TEXT",
     "MAX_TIMEOUT_S",
 ]
+
+MAX_FAILURES_KEPT = 1024
+"""Refused deployments whose last refusal `GetPlacementFailure` can tell (the latest refused)."""
 
 MAX_NODE_GPUS = 1024
 """GPUs one node may report (the ledger keeps one entry per GPU ordinal)."""

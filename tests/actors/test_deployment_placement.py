@@ -35,6 +35,7 @@ from placement_actors import (
     deployment_placement_proxy,
 )
 from placement_actors.actors.messages import NodeJoined
+from placement_actors.domain.limits import MAX_FAILURES_KEPT
 
 TIMEOUT = 5
 TOPOLOGY = (
@@ -479,6 +480,29 @@ def test_the_last_failure_of_a_deployment_can_be_asked_for_and_is_forgotten_on_s
     assert actor.ask(GetPlacementFailure("big"), timeout=TIMEOUT) == PlacementFailure(
         deployment="big", error=None
     )
+
+
+def failure_of(actor: Ref, name: str) -> CapacityError | None:
+    failure = actor.ask(GetPlacementFailure(name), timeout=TIMEOUT)
+    assert isinstance(failure, PlacementFailure)
+    return failure.error
+
+
+def test_failures_are_kept_for_the_latest_refused_deployments_only(actor: Ref) -> None:
+    names = [f"refused-{i}" for i in range(MAX_FAILURES_KEPT + 1)]
+    for name in names:  # as a controller that tries ever new names
+        with pytest.raises(NotEnoughGpusError):
+            actor.ask(Place(local(name, gpus=16)), timeout=TIMEOUT)
+    with pytest.raises(NotEnoughGpusError):  # refused again: now the latest
+        actor.ask(Place(local(names[1], gpus=16)), timeout=TIMEOUT)
+    with pytest.raises(NotEnoughGpusError):
+        actor.ask(Place(local("one-more", gpus=16)), timeout=TIMEOUT)
+    kept = {name: failure_of(actor, name) is not None for name in (*names, "one-more")}
+    assert sum(kept.values()) == MAX_FAILURES_KEPT
+    assert not kept[names[0]]  # the oldest went first, then the oldest not refused since
+    assert not kept[names[2]]
+    assert kept[names[1]]
+    assert kept["one-more"]
 
 
 def test_gpus_held_by_an_earlier_run_are_reserved_until_released() -> None:
