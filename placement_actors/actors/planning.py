@@ -56,7 +56,12 @@ from placement_actors.domain.errors import (
     PlacementGroupTimeoutError,
 )
 from placement_actors.domain.group_status import GroupStatus
-from placement_actors.domain.results import BundleEndpoint, NodeAssignment, ReplicaPlacement
+from placement_actors.domain.results import (
+    BundleEndpoint,
+    NodeAssignment,
+    ReplicaBundleSpec,
+    ReplicaPlacement,
+)
 from placement_actors.domain.validation import check_timeout, revalidated
 from placement_actors.policies.bundle_shapes import pinned_bundle_spec
 from placement_actors.policies.port_book import (
@@ -190,26 +195,7 @@ class PlanningActor(KeepServingActor):
             raise InvalidSpecError(msg, field="assignments")
         spec = pinned_bundle_spec(message.assignments)
         adopt = message.adopt
-        if adopt is None:
-            self._ports.release(name)  # ports recorded for an earlier run's group of this name
-            handle = self._backend.create_group(spec, name=name)
-            attempt, self._next_attempt = self._next_attempt, self._next_attempt + 1
-        else:
-            try:
-                found = self._backend.find_group(name, adopt.group_id)
-            except BackendError:
-                # It may stand still, untracked, holding its GPUs and its name: the replica is
-                # placed again, so that group goes as soon as Ray answers (`_remove_unremoved`).
-                self._ports.release(name)
-                self._unremoved[name] = _Unfound(adopt.group_id)
-                raise
-            if found is None:
-                self._ports.release(name)
-                msg = f"placement group {name} of an earlier run is gone"
-                raise BackendError(msg, operation="adopt placement group")
-            handle = found
-            attempt = adopt.attempt
-            self._next_attempt = max(self._next_attempt, attempt + 1)
+        handle, attempt = self._create(spec, name) if adopt is None else self._adopt(adopt, name)
         ips: list[pykka.Future[str]] = [CallbackFuture() for _ in message.assignments]
         ports: list[pykka.Future[int]] = [CallbackFuture() for _ in message.assignments]
         gpu_ids: list[pykka.Future[tuple[int, ...]]] = [
@@ -255,11 +241,12 @@ class PlanningActor(KeepServingActor):
         except BackendError:
             # A group that cannot be watched cannot be kept, adopted or not: the replica is
             # placed again, and a group of this name must not stand in the way.
-            self._ports.release(name)
             try:
                 self._backend.remove_group(handle)
             except BackendError:
-                self._unremoved[name] = handle  # tried again at the next command
+                self._unremoved[name] = handle  # tried again; its ports held until then
+            else:
+                self._ports.release(name)
             raise
         self._groups[name] = group
         for index, recorded in enumerate(group.known):
@@ -272,6 +259,31 @@ class PlanningActor(KeepServingActor):
                 group.claimed.add(index)
         self._arm_timer(group)
         return placement
+
+    def _create(self, spec: ReplicaBundleSpec, name: str) -> tuple[object, int]:
+        """A new group named ``name`` on Ray, and its attempt number."""
+        if name not in self._unremoved:  # (a group Ray would not remove keeps its ports)
+            self._ports.release(name)  # ports recorded for an earlier run's group of this name
+        handle = self._backend.create_group(spec, name=name)
+        attempt, self._next_attempt = self._next_attempt, self._next_attempt + 1
+        return handle, attempt
+
+    def _adopt(self, adopt: GroupCheckpoint, name: str) -> tuple[object, int]:
+        """The earlier run's group ``adopt`` on Ray, and its attempt number."""
+        try:
+            found = self._backend.find_group(name, adopt.group_id)
+        except BackendError:
+            # It may stand still, untracked, with its GPUs, its name and a replica on its
+            # recorded ports (held until then): the replica is placed again, so that group
+            # goes as soon as Ray answers (`_remove_unremoved`).
+            self._unremoved[name] = _Unfound(adopt.group_id)
+            raise
+        if found is None:
+            self._ports.release(name)
+            msg = f"placement group {name} of an earlier run is gone"
+            raise BackendError(msg, operation="adopt placement group")
+        self._next_attempt = max(self._next_attempt, adopt.attempt + 1)
+        return found, adopt.attempt
 
     @admits(RemoveReplicaGroups)
     def remove_replica_groups(self, message: RemoveReplicaGroups) -> ReplicaGroupsRemoved:
@@ -335,6 +347,8 @@ class PlanningActor(KeepServingActor):
                 logger.warning("still could not remove failed placement group %s", name)
             else:
                 del self._unremoved[name]
+                if name not in self._groups or self._groups[name].state is GroupState.FAILED:
+                    self._ports.release(name)  # the ports its bundles were told are free now
 
     def _hold_recorded_ports(self) -> None:
         """Hold each port an earlier run's groups were told, for its group, from the start.
@@ -616,14 +630,16 @@ class PlanningActor(KeepServingActor):
         group.state = GroupState.FAILED
         if group.timer is not None:
             group.timer.cancel()
-        self._ports.release(group.name)
         self._forget(group.name)
         removed = False
         try:
             self._backend.remove_group(group.handle)
             removed = True
+            self._ports.release(group.name)
         except BackendError:
-            self._unremoved[group.name] = group.handle  # tried again at the next command
+            # Tried again at the next command. Its ports stay held meanwhile: a bundle told its
+            # port may have a replica listening on it, in a group that still stands.
+            self._unremoved[group.name] = group.handle
             logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
         finally:
             if group.notify is not None:

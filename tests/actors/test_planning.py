@@ -1204,3 +1204,57 @@ def test_a_port_recorded_for_a_group_adopted_later_is_not_given_to_one_adopted_f
         for name in ("first", "second"):
             later.ask(RemoveReplicaGroups(name), timeout=TIMEOUT)
         later.stop(timeout=TIMEOUT)
+
+
+class SecondBundleFails(RefusingBackend):
+    """Ray, whose probes find ``port`` on bundle 0 and fail on bundle 1 (a moment later)."""
+
+    port = 0
+
+    def probe_bundle(self, group: object, bundle_index: int, **kwargs: Any) -> None:
+        callback = kwargs["callback"]
+        if bundle_index == 1:
+            error = BackendError("the probe failed (injected)", operation="probe bundle")
+            threading.Timer(0.5, callback, args=(error,)).start()
+            return
+        if self.port and self.port not in kwargs["exclude_ports"]:
+            node_ip = on_ray.get_bundle_node_ip(group, bundle_index)  # type: ignore[arg-type]
+            answer = BundleProbe(node_ip=node_ip, port=self.port)
+            threading.Thread(target=callback, args=(answer,)).start()
+            return
+        super().probe_bundle(group, bundle_index, **kwargs)
+
+
+def test_a_failed_group_that_ray_will_not_remove_keeps_the_ports_it_was_told(
+    ray_nodes: dict[str, str],
+) -> None:
+    halves = tuple(
+        NodeAssignment(replica_index=0, node=ray_nodes[n], gpus=(0,)) for n in ("gpu-a", "gpu-b")
+    )
+    one = (NodeAssignment(replica_index=0, node=ray_nodes["gpu-a"], gpus=(1,)),)
+    backend = SecondBundleFails()
+    backend.port = 40123
+    backend.refuse_remove_of = "halves"
+    planner = PlanningActor.start(backend=backend)
+    try:
+        placed = planner.ask(
+            PlanReplica(deployment="halves", replica_index=0, assignments=halves), timeout=TIMEOUT
+        )
+        assert isinstance(placed, ReplicaPlacement)
+        assert placed.master.port.get(timeout=TIMEOUT) == 40123  # rank 0 may listen on it now
+        with pytest.raises(BackendError, match="injected"):
+            placed.bundles[1].port.get(timeout=TIMEOUT)
+        assert status(group_name("halves", 0)) is GroupStatus.CREATED  # Ray would not remove it
+        other = planner.ask(
+            PlanReplica(deployment="other", replica_index=0, assignments=one), timeout=TIMEOUT
+        )
+        assert isinstance(other, ReplicaPlacement)
+        assert other.master.port.get(timeout=TIMEOUT) != 40123  # the same host: not given twice
+        backend.refuse_remove_of = ""
+        planner.ask(RemoveReplicaGroups("other"), timeout=TIMEOUT)  # the failed group goes too
+        assert status(group_name("halves", 0)) is GroupStatus.REMOVED
+    finally:
+        backend.refuse_remove_of = ""
+        for name in ("halves", "other"):
+            planner.ask(RemoveReplicaGroups(name), timeout=TIMEOUT)
+        planner.stop(timeout=TIMEOUT)
