@@ -1,10 +1,12 @@
 import contextlib
 import dataclasses
+import http.server
 import io
 import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,36 @@ def test_an_unreachable_cluster_is_a_backend_failure(capsys: pytest.CaptureFixtu
     )
     assert code == cli.EXIT_BACKEND
     assert "cluster backend failed" in err
+
+
+class Quiet(http.server.BaseHTTPRequestHandler):
+    """A web server's handler that logs nothing (it answers every GET with a 404)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        del format, args
+
+
+def test_an_address_where_another_server_answers_fails_at_once_instead_of_waiting_for_ray() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        done = subprocess.run(  # noqa: S603 - this interpreter running the command line
+            [sys.executable, "-m", "placement_actors", "status", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=60,  # Ray itself would wait for ever
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == cli.EXIT_BACKEND
+    assert done.stdout == ""
+    assert done.stderr.startswith(
+        f"cluster backend failed: something answers at {address}, but not as a Ray cluster's GCS"
+    )
+    assert len(done.stderr.splitlines()) == 1
 
 
 def test_place_exits_zero_when_everything_fits(

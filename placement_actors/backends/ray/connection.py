@@ -66,16 +66,54 @@ def _canonical(address: str) -> str:
         return address
 
 
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
+"""What an HTTP/2 client sends first: the connection preface, then an empty SETTINGS frame."""
+_SETTINGS = 4
+"""The type of an HTTP/2 SETTINGS frame: a server's first frame."""
+_TYPE_AT = 3
+"""Where a frame's type is: after its three bytes of length."""
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast where ``ray.init`` would wait: nothing listens, or not a Ray GCS.
+
+    The GCS speaks gRPC, so it answers an HTTP/2 preface with a SETTINGS frame at once; another
+    server (the dashboard's port, any web server) answers otherwise or hangs up. A server that
+    does not answer in time is left to Ray.
+    """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
         return  # "auto", "ray://..." and the like: Ray resolves them itself
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            first = _first_bytes(sock)
     except OSError as exc:
         msg = f"nothing answers at {address} ({exc.strerror or exc}); is the Ray head running?"
         raise BackendError(msg, operation="connect") from exc
+    if first is not None and (len(first) <= _TYPE_AT or first[_TYPE_AT] != _SETTINGS):
+        msg = (
+            f"something answers at {address}, but not as a Ray cluster's GCS does; give the "
+            "head's GCS port (6379 unless `ray start --port` said otherwise), not the "
+            "dashboard's (8265)"
+        )
+        raise BackendError(msg, operation="connect")
+
+
+def _first_bytes(sock: socket.socket) -> bytes | None:
+    """What a server answers an HTTP/2 preface with (``b""``: it hung up; ``None``: silence)."""
+    try:
+        sock.sendall(_HTTP2_PREFACE)
+        got = b""
+        while len(got) <= _TYPE_AT:
+            chunk = sock.recv(_TYPE_AT + 1 - len(got))
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:
+        return None
+    except OSError:
+        return b""  # reset: no GCS hangs up on a client's preface
+    return got
 
 
 @contextlib.contextmanager
