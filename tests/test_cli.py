@@ -221,6 +221,51 @@ def test_demo_speaks_json(
     del ray_nodes
 
 
+def test_demo_json_on_the_embedded_cluster_prints_its_moves_in_the_one_object(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ray_nodes: dict[str, str],
+) -> None:
+    """On the embedded cluster a node leaves: its moves are data, not a table above the JSON."""
+    deployments = tmp_path / "d.yaml"
+    deployments.write_text("deployments:\n  - {name: cli-moves, model: m, gpus: 1}\n")
+    row = {
+        "deployment": "cli-moves",
+        "replica": 0,
+        "from": ray_nodes["gpu-a"],
+        "from_name": "gpu-a",
+        "to": [ray_nodes["gpu-b"]],
+        "to_names": ["gpu-b"],
+        "gpus": [[0]],
+        "master": "10.0.0.1:5000",
+    }
+
+    @contextlib.contextmanager
+    def embedded(address: str | None, out: Any) -> Iterator[Any]:
+        del address, out
+        yield object()  # the session's cluster stands in for a new one (connected already)
+
+    monkeypatch.setattr(commands, "_ray_cluster", embedded)
+    monkeypatch.setattr(commands, "_a_node_leaves", lambda *_, **__: [row])
+    monkeypatch.setattr(
+        commands,
+        "_the_service_restarts",
+        lambda ref, **_: (ref, {"seconds": 0.1, "recovered": 1, "masters_unchanged": True}),
+    )
+    code, out, _ = run(capsys, "--json", "demo", "--deployments", str(deployments))
+    assert code == cli.EXIT_OK
+    data = json.loads(out)  # the one object, nothing before it
+    assert data["moved"] == [row]
+    assert data["groups_left_alive"] == 0
+    code, out, _ = run(capsys, "demo", "--deployments", str(deployments))
+    assert code == cli.EXIT_OK
+    assert "Moved when a node left" in out
+    assert "gpu-a left the cluster" in out
+    table_row = next(line for line in out.splitlines() if "cli-moves" in line and "gpu-b" in line)
+    assert "10.0.0.1:5000" in table_row
+
+
 # -- every input: a result or one typed error, never a traceback ---------------------------------
 
 PLACE = ("place", str(EXAMPLES / "deployments.yaml"), "--cluster", str(EXAMPLES / "cluster.yaml"))

@@ -316,7 +316,8 @@ def _report_placements(
     failures = [render.failure_data(e, names) for e in placed.failures]
     out.emit({"placed": results, "did_not_fit": failures, **(extra or {})})
     if not out.json:
-        render.print_replicas(out.console, results, masters=endpoints is not None)
+        if results or not failures:  # no table of nothing placed above the refusals
+            render.print_replicas(out.console, results, masters=endpoints is not None)
         for failure in failures:
             render.print_failure(out.console, failure)
 
@@ -377,10 +378,11 @@ def demo(args: argparse.Namespace, out: Output) -> int:
             endpoints,
             {"moved": moved, "restart": restart, "groups_left_alive": len(alive)},
         )
-        if moved:
+        if moved and not out.json:
             out.say(
-                f"Then a spare node (gpu-spare, 4 GPUs) joined and {moved[0]['from']} left the "
-                f"cluster: the service placed its {len(moved)} replica(s) again, with new masters."
+                f"Then a spare node (gpu-spare, 4 GPUs) joined and {moved[0]['from_name']} left "
+                f"the cluster: the service placed its {len(moved)} replica(s) again, with new "
+                "masters."
             )
             render.print_moves(out.console, moved)
         if restart is not None:
@@ -559,9 +561,11 @@ def _move_row(
     return {
         "deployment": replaced.deployment,
         "replica": replaced.replica_index,
-        "from": names.get(leaving, leaving),
-        "to": " + ".join(names.get(a.node, a.node) for a in replaced.assignments),
-        "gpus": [list(a.gpus) for a in replaced.assignments],
+        "from": leaving,
+        "from_name": names.get(leaving, leaving),
+        "to": [a.node for a in replaced.assignments],  # one node, or each of a split's
+        "to_names": [names.get(a.node, a.node) for a in replaced.assignments],
+        "gpus": [list(a.gpus) for a in replaced.assignments],  # the ordinals on each of them
         "master": master,
     }
 

@@ -537,8 +537,8 @@ def print_moves(console: Console, moves: Sequence[dict[str, Any]]) -> None:
         table.add_row(
             Text(str(move["deployment"])),
             Text(str(move["replica"])),
-            Text(str(move["from"])),
-            Text(str(move["to"])),
+            Text(str(move["from_name"])),
+            Text(" + ".join(move["to_names"])),
             Text(" + ".join(_ordinals(g) for g in move["gpus"]) or "-"),
             Text(str(move["master"])),
         )
