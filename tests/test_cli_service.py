@@ -465,7 +465,7 @@ def test_a_sandbox_serves_other_commands_until_ctrl_c_then_stops_everything() ->
     try:
         started = first_line(sandbox)
         address = started["address"]
-        assert (started["gpus"]["gpu-c"], started["egress"]) == (8, ["edge-1"])
+        assert (started["gpus"]["gpu-c"], started["egress"]) == (8, ["head", "edge-1"])
         status = subprocess.run(  # noqa: S603 - as an operator in another terminal
             [sys.executable, "-m", "placement_actors", "--json", "status", "--address", address],
             capture_output=True,

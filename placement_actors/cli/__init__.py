@@ -347,9 +347,10 @@ def _parser() -> argparse.ArgumentParser:
     _serving_options(
         command(
             "sandbox",
-            "start a local Ray cluster with logical GPUs (gpu-a 4, gpu-b 4, gpu-c 8, edge-1 "
-            "egress) and the placement service on it, print its address for the other commands, "
-            "and keep both until Ctrl-C (or a kill, or the terminal closing), which stops both",
+            "start a local Ray cluster with logical GPUs (gpu-a 4, gpu-b 4, gpu-c 8; the head and "
+            "edge-1 are egress nodes) and the placement service on it, print its address for the "
+            "other commands, and keep both until Ctrl-C (or a kill, or the terminal closing), "
+            "which stops both",
             commands.sandbox,
             address="none",
         )

@@ -83,6 +83,7 @@ EXIT_NO_CAPACITY = 4
 DEMO_WORKERS: Mapping[str, int] = {"gpu-a": 4, "gpu-b": 4, "gpu-c": 8, "edge-1": 0}
 """The embedded demo cluster: a CPU-only head (with egress) and these raylets (name: GPUs)."""
 DEMO_EGRESS = ("edge-1",)
+"""The embedded cluster's egress workers (its head is an egress node too, without GPUs)."""
 
 _REPLY_TIMEOUT_S = 30.0
 _PROBE_PAD_S = 10.0
@@ -179,9 +180,10 @@ def _ray_cluster(address: str | None, out: Output) -> Iterator[Any]:
         f"{f'{gpus} GPUs' if gpus else 'no GPUs'})"
         for name, gpus in DEMO_WORKERS.items()
     )
-    with out.waiting(f"Starting a local Ray cluster: head + {layout}"):
+    layout = f"head (egress, no GPUs), {layout}"
+    with out.waiting(f"Starting a local Ray cluster: {layout}"):
         cluster.__enter__()
-    out.note(f"Local Ray cluster at {cluster.address}: head + {layout}")
+    out.note(f"Local Ray cluster at {cluster.address}: {layout}")
     try:
         yield cluster
     finally:
@@ -427,7 +429,7 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
                 "address": cluster.address,
                 "service": client.name,
                 "gpus": dict(DEMO_WORKERS),
-                "egress": list(DEMO_EGRESS),
+                "egress": ["head", *DEMO_EGRESS],
             },
             f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
             f"another terminal: placement-actors place examples/deployments.yaml --address "
