@@ -555,6 +555,16 @@ def test_a_ready_timeout_that_is_not_a_positive_number_of_seconds_is_a_usage_err
     assert err.startswith("usage error: argument --ready-timeout:")
 
 
+@pytest.mark.parametrize("command", [PLACE, PLAN], ids=["place", "plan"])
+def test_an_address_and_a_cluster_file_together_are_a_usage_error(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *command, "--address", "10.0.0.1:6379")
+    assert code == cli.EXIT_USAGE  # which one would be used is not obvious: neither is
+    assert out == ""
+    assert err.startswith("usage error: argument --address: not allowed with argument --cluster")
+
+
 def test_flags_after_a_double_dash_are_arguments_not_flags(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -193,6 +193,9 @@ def test_defrag_names_the_replica_to_move_to_free_a_node(
     code, _, err = run(capsys, "defrag", "--max-moves", "0", "--address", address)
     assert code == cli.EXIT_USAGE
     assert "must be at least 1" in err
+    code, _, err = run(capsys, "defrag", "--max-moves", "5000", "--address", address)
+    assert code == cli.EXIT_USAGE  # a flag out of its range, as the one below its range
+    assert "must be at most 1000" in err
     code, out, _ = run(capsys, "defrag", "--gpus", "4", "--apply", "--address", address)
     assert code == cli.EXIT_OK
     assert "1 move(s) will leave 4 GPUs free on: gpu-a" in out

@@ -35,7 +35,7 @@ from rich.text import Text
 
 from placement_actors.cli import commands, render
 from placement_actors.domain.errors import BackendError, CapacityError, InvalidSpecError
-from placement_actors.domain.limits import MAX_TIMEOUT_S
+from placement_actors.domain.limits import MAX_PLAN_MOVES, MAX_TIMEOUT_S
 
 __all__ = [
     "EXIT_BACKEND",
@@ -280,7 +280,7 @@ def _serving_options(cmd: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a statement per command and flag
     # The sub-commands repeat the global flags so that they may also follow the command. Their
     # copies default to SUPPRESS: a flag not given after the command leaves the value parsed
     # before it alone (a default of False would overwrite it).
@@ -314,13 +314,21 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.set_defaults(command=function, command_name=name, needs_address=address == "required")
         if address != "none":
-            cmd.add_argument(
+            # "--address" or "--cluster", never both (which would be used is not obvious).
+            where = cmd.add_mutually_exclusive_group() if address == "or-cluster" else cmd
+            where.add_argument(
                 "--address",
                 help="the Ray cluster's address (default: RAY_ADDRESS)"
                 + {
                     "optional": "; without it, a local cluster is started",
                     "or-cluster": "; needed unless --cluster is given",
                 }.get(address, ""),
+            )
+        if address == "or-cluster":
+            where.add_argument(
+                "--cluster",
+                type=Path,
+                help="a cluster YAML file to decide on instead of a Ray cluster (no Ray)",
             )
         if named:
             cmd.add_argument("name", help="the deployment's name")
@@ -377,7 +385,6 @@ def _parser() -> argparse.ArgumentParser:
         address="or-cluster",
     )
     place.add_argument("file", type=Path, help="a deployments YAML file")
-    place.add_argument("--cluster", type=Path, help="a cluster YAML file (decide only, no Ray)")
     _ready_timeout(place)
 
     plan = command(
@@ -389,7 +396,6 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--tp", type=_count(minimum=1), required=True, metavar="N", help="GPUs per replica"
     )
-    plan.add_argument("--cluster", type=Path, help="a cluster YAML file instead of a Ray cluster")
     plan.add_argument(
         "--ignore-head-node", action="store_true", help="keep the replica off head nodes"
     )
@@ -452,10 +458,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     defrag.add_argument(
         "--max-moves",
-        type=_count(minimum=1),
+        type=_count(minimum=1, maximum=MAX_PLAN_MOVES),
         default=16,
         metavar="N",
-        help="the most moves to list (default 16, at most 1000)",
+        help=f"the most moves to list (default 16, at most {MAX_PLAN_MOVES})",
     )
     defrag.add_argument(
         "--apply",
@@ -503,8 +509,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(*, minimum: int) -> Any:  # noqa: ANN401 - an argparse type: Callable[[str], int]
-    """An argparse type: a whole number, at least ``minimum``."""
+def _count(*, minimum: int, maximum: int | None = None) -> Any:  # noqa: ANN401 - an argparse type
+    """An argparse type: a whole number, at least ``minimum`` (and at most ``maximum``)."""
 
     def parse(text: str) -> int:
         try:
@@ -514,6 +520,9 @@ def _count(*, minimum: int) -> Any:  # noqa: ANN401 - an argparse type: Callable
             raise argparse.ArgumentTypeError(msg) from None
         if value < minimum:
             msg = f"must be at least {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        if maximum is not None and value > maximum:
+            msg = f"must be at most {maximum}, got {text!r}"
             raise argparse.ArgumentTypeError(msg)
         return value
 
