@@ -377,7 +377,7 @@ def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> Deploym
     )
     if entry.api_key_env is not None and api_key is None:
         # The name passed `_env_name`: a variable's name, not a pasted key, so it may be shown.
-        logger.info(
+        logger.warning(
             "deployment %s: %s is not set; placing it without an API key",
             deployment.name,
             entry.api_key_env,
