@@ -221,6 +221,8 @@ class DeploymentSpec:
 
     deployment: Deployment
     constraints: PlacementConstraints
+    unset_key_env: str | None = None
+    """The variable its ``api_key_env`` names when that is not set (its name: never a key)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -375,14 +377,13 @@ def _deployment_spec(entry: _DeploymentEntry, env: Mapping[str, str]) -> Deploym
         keep_whole=entry.keep_whole,
         movable=entry.movable,
     )
-    if entry.api_key_env is not None and api_key is None:
+    unset = entry.api_key_env if entry.api_key_env is not None and api_key is None else None
+    if unset is not None:
         # The name passed `_env_name`: a variable's name, not a pasted key, so it may be shown.
-        logger.warning(
-            "deployment %s: %s is not set; placing it without an API key",
-            deployment.name,
-            entry.api_key_env,
+        logger.info(
+            "deployment %s: %s is not set; placing it without an API key", deployment.name, unset
         )
-    return DeploymentSpec(deployment=deployment, constraints=constraints)
+    return DeploymentSpec(deployment=deployment, constraints=constraints, unset_key_env=unset)
 
 
 # -- one file's problems ----------------------------------------------------------------------
@@ -666,8 +667,10 @@ def _yaml_problem(exc: yaml.YAMLError, data: bytes, text: str) -> ConfigProblem:
         return ConfigProblem(line=line, field=None, problem=f"not valid YAML: {exc.reason}{code}")
     mark = getattr(exc, "problem_mark", None)
     reason = getattr(exc, "problem", None) or type(exc).__name__
+    # At the end of the file the parser marks the line after the last newline: name the last.
+    last = max(1, text.count("\n") + (not text.endswith("\n")))
     return ConfigProblem(
-        line=None if mark is None else int(mark.line) + 1,
+        line=None if mark is None else min(int(mark.line) + 1, last),
         field=None,
         problem=f"not valid YAML: {reason}",
     )

@@ -96,6 +96,18 @@ def test_place_exits_with_no_capacity_when_a_deployment_does_not_fit(
     assert code == cli.EXIT_NO_CAPACITY
 
 
+def test_keys_that_are_not_set_are_named_in_one_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-set")
+    code, _, err = run(capsys, *PLACE)
+    assert code == cli.EXIT_NO_CAPACITY
+    assert err == "not set: OPENAI_API_KEY; placed without an API key: gpt-4o, gpt-4o-mini\n"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    assert run(capsys, *PLACE)[2] == ""  # every key set: nothing to say
+
+
 def test_demo_with_an_invalid_file_exits_before_starting_ray(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -437,6 +449,8 @@ def failure(
 ) -> tuple[tuple[str, ...], int, str, str | None]:
     _, argv, replacement, code, error, line = request.param
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # the example file's keys: set
+        monkeypatch.setenv(variable, "sk-test-key")
     if replacement is not None:
         monkeypatch.setattr(commands, "load_cluster", replacement)
     return argv(tmp_path), code, error, line

@@ -98,7 +98,7 @@ def test_api_keys_come_from_the_named_environment_variable(tmp_path: Path) -> No
             "deployments:\n  - name: a\n    model: m\n    label_selector: {zone: 'in(a'}\n",
             "deployments.yaml:4: label_selector: label_selector zone: 'in(a' is not a value",
         ),
-        ("deployments: [\n", "deployments.yaml:2: not valid YAML"),
+        ("deployments: [\n", "deployments.yaml:1: not valid YAML"),  # the last line, not past it
         ("", "deployments.yaml: the file is empty"),
     ],
     ids=[
@@ -673,14 +673,17 @@ def test_an_api_key_env_that_is_no_variable_name_is_refused_and_never_shown(
     assert "the-real-secret" not in everything + caplog.text
 
 
-def test_an_unset_variable_is_a_warning_that_names_it_only(
+def test_an_unset_variable_is_named_on_its_entry_and_logged_by_name_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING)  # what the command line shows without -v
+    caplog.set_level(logging.DEBUG)
     path = write(tmp_path, "deployments:\n  - {name: g, model: gpt-4o, api_key_env: MY_KEY}\n")
     (spec,) = load_deployments(path, environ={})
     assert spec.deployment.api_key is None
+    assert spec.unset_key_env == "MY_KEY"
     assert "deployment g: MY_KEY is not set" in caplog.text
+    (spec,) = load_deployments(path, environ={"MY_KEY": "sk-set"})
+    assert spec.unset_key_env is None
 
 
 # -- new fields and the C parser's stand-in --------------------------------------------------------
@@ -724,7 +727,7 @@ def test_an_unknown_egress_strategy_names_the_choices(tmp_path: Path) -> None:
             "deployments.yaml:3: not valid YAML: special characters are not allowed (#x0000)",
         ),
         (b"[" * 10_000, "deployments.yaml:1: nested more than 32 levels"),
-        (b"deployments: [\n", "deployments.yaml:2: not valid YAML"),
+        (b"deployments: [\n", "deployments.yaml:1: not valid YAML"),
     ],
     ids=["duplicate-key", "nul-after-accents", "deep", "broken"],
 )

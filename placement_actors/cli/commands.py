@@ -307,6 +307,17 @@ def _shortfall(placed: _Placed, endpoints: Mapping[str, str] | None) -> dict[str
     return {}
 
 
+def _load(out: Output, path: str | os.PathLike[str], **kwargs: Any) -> list[DeploymentSpec]:  # noqa: ANN401
+    """A deployments file's entries; one line on standard error names the keys that are unset."""
+    specs = load_deployments(os.fspath(path), **kwargs)
+    unset = [s for s in specs if s.unset_key_env is not None]
+    if unset:  # variables' names only: never a key
+        variables = ", ".join(sorted({str(s.unset_key_env) for s in unset}))
+        names = ", ".join(s.deployment.name for s in unset)
+        out.note(f"not set: {variables}; placed without an API key: {names}")
+    return list(specs)
+
+
 def _report_placements(
     out: Output,
     placed: _Placed,
@@ -335,7 +346,7 @@ def _wait_for_masters(out: Output, placed: _Placed, timeout_s: float) -> dict[st
 
 def demo(args: argparse.Namespace, out: Output) -> int:
     """Place a deployments file end to end on Ray, print, then remove everything it made."""
-    specs = load_deployments(args.deployments)  # a bad file stops us before Ray starts
+    specs = _load(out, args.deployments)  # a bad file stops us before Ray starts
     with _ray_cluster(args.address, out) as cluster:
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415
         from placement_actors.service import SERVICE_NAME  # noqa: PLC0415
@@ -580,13 +591,13 @@ def place(args: argparse.Namespace, out: Output) -> int:
     if address is None:
         msg = "place needs --cluster FILE (decide only) or --address ADDR (a running service)"
         raise UsageError(msg, prog="placement-actors place")
-    specs = load_deployments(args.file)  # a bad file stops us before Ray is reached
+    specs = _load(out, args.file)  # a bad file stops us before Ray is reached
     client = _client(address)
     view = client.ask(GetClusterView(), timeout=_REPLY_TIMEOUT_S)
     known = {n.node_id for n in view.nodes}
     if any(spec.constraints.named_nodes() - known for spec in specs):
         # Read again to name the file and line of each node the service does not know.
-        specs = load_deployments(args.file, known_nodes=known)
+        specs = _load(out, args.file, known_nodes=known)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)
@@ -597,7 +608,7 @@ def place(args: argparse.Namespace, out: Output) -> int:
 
 def _place_on_file(args: argparse.Namespace, out: Output) -> int:
     cluster = load_cluster(args.cluster)
-    specs = load_deployments(args.file, known_nodes=[n.node_id for n in cluster.topology])
+    specs = _load(out, args.file, known_nodes=[n.node_id for n in cluster.topology])
     ref = DeploymentPlacementActor.start(
         topology=cluster.topology,
         egress_nodes=cluster.egress_nodes,
