@@ -348,7 +348,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a statement per com
         type=Path,
         default=Path("examples/deployments.yaml"),
         metavar="FILE",
-        help="the deployments YAML file to place (default: %(default)s)",
+        help="the deployments YAML file to place (default: %(default)s, from the current "
+        "folder: the project's, as `make run` runs it)",
     )
     _ready_timeout(demo)
 
