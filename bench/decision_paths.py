@@ -205,7 +205,7 @@ def main() -> int:
         f"the placement actors' mailbox, answering at once: {mailbox:.0f} us per round, "
         f"{mailbox / floor:.2f}x the floor ({floor:.0f} us)\n"
     )
-    head = f"{'path':<32}" + "".join(f"{n:>10,}" for n in SIZES)
+    head = f"{'path':<40}" + "".join(f"{n:>10,}" for n in SIZES)
     print(f"{head}{'10k/100':>9}{'floor@10k':>11}{'10k/floor':>11}")
     misses = []
     for path in (p for p in PATHS if args.only in p.name):
@@ -214,7 +214,7 @@ def main() -> int:
         floor = measured[SIZES[-1]][1]
         growth, over_floor = cost[SIZES[-1]] / cost[SIZES[0]], cost[SIZES[-1]] / floor
         cells = "".join(f"{cost[n]:>8.0f}us" for n in SIZES)
-        print(f"{path.name:<32}{cells}{growth:>8.2f}x{floor:>9.0f}us{over_floor:>10.2f}x")
+        print(f"{path.name:<40}{cells}{growth:>8.2f}x{floor:>9.0f}us{over_floor:>10.2f}x")
         if growth > BOUND or over_floor > BOUND:
             misses.append(path.name)
     if not args.only:
