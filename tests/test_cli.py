@@ -713,6 +713,16 @@ def test_status_tables_show_lost_nodes_outside_gpus_and_degraded_deployments() -
     assert "▣ outside the service" in text
 
 
+def test_letters_go_to_the_deployments_that_hold_gpus_only() -> None:
+    printed = io.StringIO()
+    view = dataclasses.replace(lost_and_outside_view(), deployments=("an-api", "kept"))
+    render.print_occupancy(Console(file=printed, width=120), render.view_data(view, {}))
+    text = printed.getvalue()
+    assert re.search(r"^gpu-a +A ▣ ▣ □ $", text, re.MULTILINE)  # not B: the remote one holds none
+    assert "A kept" in text
+    assert "an-api" not in text
+
+
 def test_in_colour_each_holders_gpus_are_squares_of_its_colour() -> None:
     printed = io.StringIO()
     console = Console(file=printed, width=120, force_terminal=True, color_system="truecolor")

@@ -479,7 +479,7 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
     Where colours do not show (output to a file or a pipe, ``NO_COLOR``), each deployment's
     cells carry its own letter instead, named in the legend (``■`` past the 62nd).
     """
-    holders = sorted(view["deployments"])
+    holders = sorted({d for node in view["nodes"] for d in node["held"]})  # remote ones hold none
     colours = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(holders)}
     lettered = (console.color_system is None or console.no_color) and not console.record
     marks = {
@@ -504,8 +504,7 @@ def print_occupancy(console: Console, view: dict[str, Any]) -> None:
         console.print(line)
     legend = Text("legend: ")
     for deployment, colour in colours.items():
-        if any(deployment in n["held"] for n in view["nodes"]):
-            legend.append(f"{marks[deployment]} {deployment}  ", style=colour)
+        legend.append(f"{marks[deployment]} {deployment}  ", style=colour)
     if any(n.get("outside") for n in view["nodes"]):
         legend.append("▣ outside the service  ", style="grey50")
     legend.append("□ free", style="grey50")
