@@ -668,7 +668,7 @@ def _yaml_problem(exc: yaml.YAMLError, data: bytes, text: str) -> ConfigProblem:
     mark = getattr(exc, "problem_mark", None)
     reason = getattr(exc, "problem", None) or type(exc).__name__
     # At the end of the file the parser marks the line after the last newline: name the last.
-    last = max(1, text.count("\n") + (not text.endswith("\n")))
+    last = max(1, len(text.splitlines()))  # the parser's line breaks: \r too
     return ConfigProblem(
         line=None if mark is None else min(int(mark.line) + 1, last),
         field=None,

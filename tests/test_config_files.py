@@ -770,3 +770,16 @@ def test_a_5_mb_file_of_50000_deployments_loads(tmp_path: Path) -> None:
     specs = load_deployments(path, environ={})
     assert len(specs) == 50_000
     assert specs[-1].deployment.name == "dep-049999"
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_a_yaml_error_names_its_line_whatever_the_line_endings(
+    tmp_path: Path, newline: str
+) -> None:
+    lines = ["deployments:", "  - name: a", "    model: m", "  - name: b", "    model: [", ""]
+    path = tmp_path / "deployments.yaml"
+    path.write_bytes(newline.join(lines).encode())
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    (problem,) = problems_of(caught, tmp_path)
+    assert problem.startswith("deployments.yaml:5: not valid YAML")  # the last line, not past it

@@ -597,7 +597,7 @@ def place(args: argparse.Namespace, out: Output) -> int:
     known = {n.node_id for n in view.nodes}
     if any(spec.constraints.named_nodes() - known for spec in specs):
         # Read again to name the file and line of each node the service does not know.
-        specs = _load(out, args.file, known_nodes=known)
+        specs = list(load_deployments(args.file, known_nodes=known))  # (unset keys told)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 
@@ -72,25 +73,34 @@ _SETTINGS = 4
 """The type of an HTTP/2 SETTINGS frame: a server's first frame."""
 _TYPE_AT = 3
 """Where a frame's type is: after its three bytes of length."""
+_TLS_RECORDS = frozenset({0x15, 0x16})
+"""The first byte of a TLS alert or handshake record: a GCS with TLS may answer so."""
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast where ``ray.init`` would wait: nothing listens, or not a Ray GCS.
 
     The GCS speaks gRPC, so it answers an HTTP/2 preface with a SETTINGS frame at once; another
-    server (the dashboard's port, any web server) answers otherwise or hangs up. A server that
-    does not answer in time is left to Ray.
+    server (the dashboard's port, any web server) answers something else. A server that hangs
+    up, answers as TLS does, or says nothing in time is left to Ray, as is every address of a
+    cluster with TLS (``RAY_USE_TLS``: only the TCP connection is tried).
     """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
         return  # "auto", "ray://..." and the like: Ray resolves them itself
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: [::1]:6379
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in {"1", "true"}
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
-            first = _first_bytes(sock)
+            first = None if tls else _first_bytes(sock)  # (a TLS GCS wants a handshake first)
     except OSError as exc:
         msg = f"nothing answers at {address} ({exc.strerror or exc}); is the Ray head running?"
         raise BackendError(msg, operation="connect") from exc
-    if first is not None and (len(first) <= _TYPE_AT or first[_TYPE_AT] != _SETTINGS):
+    if (
+        first
+        and first[0] not in _TLS_RECORDS
+        and (len(first) <= _TYPE_AT or first[_TYPE_AT] != _SETTINGS)
+    ):
         msg = (
             f"something answers at {address}, but not as a Ray cluster's GCS does; give the "
             "head's GCS port (6379 unless `ray start --port` said otherwise), not the "
@@ -112,7 +122,7 @@ def _first_bytes(sock: socket.socket) -> bytes | None:
     except TimeoutError:
         return None
     except OSError:
-        return b""  # reset: no GCS hangs up on a client's preface
+        return b""  # reset (a TLS server may): left to Ray
     return got
 
 
