@@ -794,6 +794,7 @@ class PlacementClient:
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
 
         on_ray.connect(address)
+        on_ray.check_namespace()  # the host, and the groups it makes, are named in this one
         factory = functools.partial(
             PlacementHost,
             ready_timeout_s=ready_timeout_s,

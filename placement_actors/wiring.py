@@ -93,6 +93,7 @@ def start_on_ray(
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only here
 
     on_ray.connect(address)
+    on_ray.check_namespace()
     known = on_ray.alive_nodes()
     store = on_ray.GcsCheckpoints()
     live = on_ray.live_groups()

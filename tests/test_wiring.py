@@ -1,5 +1,7 @@
 """`start_on_ray`: both actors wired together on the real Ray test cluster."""
 
+import subprocess
+import sys
 from typing import Any
 
 import pykka
@@ -84,3 +86,40 @@ def test_gpus_another_ray_user_holds_are_never_offered(
         service.stop(timeout=TIMEOUT)
     finally:
         on_ray.remove_group(other)
+
+
+OTHER_NAMESPACE = """
+import sys
+
+import ray
+
+from placement_actors import BackendError, start_on_ray
+from placement_actors.service import PlacementClient
+
+ray.init(address=sys.argv[1], namespace="an-app-of-its-own", log_to_driver=False)
+for start in (start_on_ray, lambda: PlacementClient.serve(name="never-served")):
+    try:
+        start()
+    except BackendError as exc:
+        print("refused:", exc)
+"""
+
+
+def test_a_service_is_not_started_from_another_namespace_where_its_groups_would_be_lost(
+    ray_cluster: Any,
+) -> None:
+    done = subprocess.run(  # noqa: S603 - this interpreter running the script above
+        [sys.executable, "-c", OTHER_NAMESPACE, ray_cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    refusals = done.stdout.splitlines()
+    assert len(refusals) == 2
+    for line in refusals:
+        assert line.startswith(
+            "refused: this process is connected to Ray in namespace 'an-app-of-its-own'"
+        )
+        assert "namespace='placement-actors'" in line

@@ -45,7 +45,12 @@ from placement_actors.backends.ray.cluster import (
     node_names,
     node_topology,
 )
-from placement_actors.backends.ray.connection import NAMESPACE, connect, connected
+from placement_actors.backends.ray.connection import (
+    NAMESPACE,
+    check_namespace,
+    connect,
+    connected,
+)
 from placement_actors.backends.ray.engines import bundle_options, replica_group
 from placement_actors.backends.ray.groups import (
     build_pg,
@@ -95,6 +100,7 @@ __all__ = [
     "build_replica_pg",
     "bundle_nodes",
     "bundle_options",
+    "check_namespace",
     "connect",
     "connected",
     "create_group",

@@ -13,7 +13,7 @@ from ray.exceptions import RayError
 
 from placement_actors.domain.errors import BackendError
 
-__all__ = ["NAMESPACE", "connect", "connected"]
+__all__ = ["NAMESPACE", "check_namespace", "connect", "connected"]
 
 NAMESPACE = "placement-actors"
 """The Ray namespace the service's detached placement groups and its host actor live in."""
@@ -51,6 +51,27 @@ def connect(address: str | None = None, *, namespace: str = NAMESPACE) -> bool:
         msg = f"cannot connect to Ray at {address or 'the default address'}: {exc}"
         raise BackendError(msg, operation="connect") from exc
     return True
+
+
+def check_namespace() -> None:
+    """Refuse a connection in another namespace than the service's: its groups would be lost.
+
+    Ray names a placement group (and an actor such as the service's host, and whatever that
+    actor makes) in the namespace of the driver that made it, and finds it by name only there.
+    The service keeps its records in `NAMESPACE` and takes its groups back by name; groups made
+    from another namespace would be placed twice and held for good after a restart.
+
+    Raises:
+        BackendError: this process is connected in another namespace.
+    """
+    current = ray.get_runtime_context().namespace
+    if current != NAMESPACE:
+        msg = (
+            f"this process is connected to Ray in namespace {current!r}; the service names its "
+            f"placement groups in {NAMESPACE!r}, where a restarted service finds them: connect "
+            f"with ray.init(..., namespace={NAMESPACE!r}), or let placement-actors connect"
+        )
+        raise BackendError(msg, operation="connect")
 
 
 def _canonical(address: str) -> str:
