@@ -134,11 +134,6 @@ _INTERNAL_EVENTS = (
 """Events the service raises itself (its actors, its cluster watcher): never taken from a client."""
 _SUBSCRIPTIONS = (Subscribe, Unsubscribe)
 _REPLY_PAD_S = 30.0
-_CLOSE_GRACE_S = 0.2
-_CLOSE_TIMEOUT_S = 5.0
-"""How long `PlacementClient.stop_service` waits for the service to answer its waiting askers."""
-"""How long a stopping service waits for the replies of the askers it woke to leave its process
-before it is killed (a call in flight when its actor is killed makes Ray report a failed task)."""
 """How much longer than its own wait a client waits for an `events` reply."""
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
 
@@ -224,23 +219,6 @@ class EventBuffer:
         self.run = uuid.uuid4().hex
         """Which run of the service numbers these events (a new one for each buffer)."""
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._closed = False
-
-    def close(self) -> None:
-        """The service stops: wake every waiting asker, and answer every later one, that it does.
-
-        Events not yet read are still given first; then `wait` raises a `BackendError`.
-        """
-        with self._lock:
-            self._closed = True
-            waiters, self._waiters = self._waiters, []
-        self._wake(waiters)
-
-    @staticmethod
-    def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-        for loop, waiter in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there
-                loop.call_soon_threadsafe(_wake, waiter)
 
     @property
     def last(self) -> int:
@@ -255,7 +233,9 @@ class EventBuffer:
             kept = ServiceEvent(sequence=self._last, at=time.time(), event=event)
             self._kept.append(kept)
             waiters, self._waiters = self._waiters, []
-        self._wake(waiters)
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there
+                loop.call_soon_threadsafe(_wake, waiter)
         return kept
 
     def after(
@@ -285,7 +265,6 @@ class EventBuffer:
 
         Raises:
             InvalidSpecError: a malformed argument; ``wait_s`` must be in 0..`MAX_EVENT_WAIT_S`.
-            BackendError: the buffer was closed (the service stops) and no event is left to read.
         """
         _check_after(after, limit, run)
         _check_wait(wait_s, zero=True)
@@ -297,9 +276,6 @@ class EventBuffer:
                 remaining = deadline - loop.time()
                 if found[0] or remaining <= 0:
                     return found
-                if self._closed:
-                    msg = "the service is stopping"
-                    raise BackendError(msg, operation="read events")
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, waiter))
             try:
@@ -649,20 +625,9 @@ class PlacementHost:
         """
         try:
             found, position = await self._events.wait(after, wait_s, limit, run=run)
-        except PlacementError as exc:  # a malformed argument, or the service stops
+        except InvalidSpecError as exc:
             return "error", exc
         return "ok", (found, position, self._events.run)
-
-    async def close(self) -> _Outcome:
-        """The service is about to be stopped: answer every waiting `events` call now.
-
-        Their replies leave the host's process before it is killed (`PlacementClient.
-        stop_service`), so no call is in flight when it is, and a client that follows the
-        events hears that the service stops rather than that its process died.
-        """
-        self._events.close()
-        await asyncio.sleep(_CLOSE_GRACE_S)
-        return "ok", None
 
     def last_event(self) -> _Outcome:
         """The sequence number of the latest event (0 before the first), and this run."""
@@ -935,13 +900,7 @@ class PlacementClient:
             yield from found
 
     def stop_service(self) -> None:
-        """Stop the service's actor. Its placement groups stay: release deployments first.
-
-        The service first answers the clients that wait for events (`events` raises a
-        `BackendError` saying it stops); one that does not answer in time is stopped all the same.
-        """
-        with contextlib.suppress(PlacementError, pykka.Timeout):
-            self._host.later("close", transform=_unwrap).get(timeout=_CLOSE_TIMEOUT_S)
+        """Stop the service's actor. Its placement groups stay: release deployments first."""
         self._host.kill()
 
     def restart_service(self, *, timeout_s: float = 120.0) -> None:

@@ -347,22 +347,6 @@ async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_lo
     assert time.monotonic() - started >= 0.2
 
 
-async def test_a_closed_buffer_wakes_its_readers_gives_what_is_left_then_says_it_stops() -> None:
-    buffer = EventBuffer()
-    waiting = asyncio.create_task(buffer.wait(0, wait_s=30))
-    await asyncio.sleep(0.05)  # the reader waits
-    threading.Timer(0.1, buffer.close).start()  # from another thread, as the host's caller
-    started = time.monotonic()
-    with pytest.raises(BackendError, match="the service is stopping"):
-        await waiting
-    assert time.monotonic() - started < 5  # woken, not left to its 30 seconds
-    buffer.append(NodeLost(node_id="last"))
-    found, last = await buffer.wait(0, wait_s=30)  # what is left is still given first
-    assert ([e.event for e in found], last) == ([NodeLost(node_id="last")], 1)
-    with pytest.raises(BackendError, match="the service is stopping"):
-        await buffer.wait(last, wait_s=30)
-
-
 # -- each client's order, without Ray -------------------------------------------------------------
 
 
