@@ -33,6 +33,7 @@ from placement_actors import (
     PlacementGroupReady,
     PlacementResult,
     Release,
+    Released,
     ReplicaFailed,
     ReplicaGroupsView,
     ReplicaMoved,
@@ -573,6 +574,30 @@ def test_stopping_through_a_client_of_a_service_served_again_stops_the_one_runni
         PlacementClient.connect(ray_cluster.address, name=client.name)
     client.stop_service()  # nothing runs under the name: nothing to do
     PlacementClient.serve(ray_cluster.address, name=client.name)  # for the fixture's clean-up
+
+
+def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_they_were_sent(
+    client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    pinned = PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],))
+    place = Place(Deployment(name="cut-off", model="m", gpus=1), pinned)
+    other = PlacementClient.connect(ray_cluster.address, name=client.name)
+    other.ask(GetClusterView(), timeout=TIMEOUT)  # its handle is the running host's
+    client.stop_service()
+    PlacementClient.serve(ray_cluster.address, name=client.name)  # another of the same name
+    placed = other.ask_later(place)  # both go to the stopped host first
+    released = other.ask_later(Release("cut-off"))
+    assert isinstance(released.get(timeout=TIMEOUT), Released)  # read first: sent again first?
+    assert isinstance(placed.get(timeout=TIMEOUT), PlacementResult)
+    assert "cut-off" not in other.ask(GetClusterView(), timeout=TIMEOUT).deployments  # released
+
+    client.stop_service()
+    PlacementClient.serve(ray_cluster.address, name=client.name)
+    other.ask_later(place)  # never read: it reaches the new host with the next call
+    found = other.ask(GetPlacement("cut-off"), timeout=TIMEOUT)
+    assert isinstance(found, Placement)
+    assert found.result is not None  # the query went after the Place it follows
+    other.ask(Release("cut-off"), timeout=TIMEOUT)
 
 
 def test_connecting_to_a_service_that_does_not_run_is_a_backend_error(ray_cluster: Any) -> None:

@@ -59,42 +59,35 @@ class RayEventual(Generic[_T]):
     """A hosted call's result as an `Eventual`: ``get(timeout=...)`` or ``await``.
 
     When the host's actor died for good and another of its name runs now (the service was
-    stopped and served again), the call is sent once more, to the new one (``resend``).
+    stopped and served again), the call is sent once more, to the new one, together with every
+    other call of its `RemoteHost` the stopped host did not answer, in the order they were sent
+    (`RemoteHost.forward`).
     """
 
     def __init__(
         self,
         ref: ray.ObjectRef[Any],
         transform: Callable[[Any], _T],
-        resend: Callable[[], ray.ObjectRef[Any] | None] | None = None,
+        host: RemoteHost | None = None,
+        call: tuple[str, tuple[object, ...]] = ("", ()),
     ) -> None:
-        """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises)."""
+        """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises).
+
+        ``host`` and ``call`` (the method and its arguments): what to send again, and where,
+        should the host that ``ref`` was sent to be stopped; without ``host``, nothing is.
+        """
         self._ref = ref
         self._transform = transform
-        self._resend = resend
+        self._host = host
+        self._call = call
         self._done: tuple[_T] | None = None
-        self._lock = threading.Lock()  # threads waiting on one call resend it once
-
-    def _again(self, failed: ray.ObjectRef[Any]) -> bool:
-        """Send the call to the host's successor, once; whether there was one.
-
-        ``failed`` is the reference whose wait failed: a thread that waited on it while another
-        already sent the call again waits on the new one.
-        """
-        with self._lock:
-            if self._ref is not failed:  # another thread sent it again already
-                return True
-            resend, self._resend = self._resend, None
-            ref = None if resend is None else resend()
-            if ref is None:
-                return False
-            self._ref = ref
-            return True
+        self._lock = threading.Lock()  # two threads reading one reply transform it once
 
     def _settle(self, raw: object) -> _T:
-        if self._done is None:  # transform once: a reply's own futures are made once
-            self._done = (self._transform(raw),)
-        return self._done[0]
+        with self._lock:
+            if self._done is None:  # transform once: a reply's own futures are made once
+                self._done = (self._transform(raw),)
+            return self._done[0]
 
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
@@ -120,7 +113,11 @@ class RayEventual(Generic[_T]):
 
     def _failed(self, exc: RayError, ref: ray.ObjectRef[Any]) -> None:
         """Return when the call went to the host's successor; else raise the failure."""
-        if isinstance(exc, ActorDiedError) and self._again(ref):
+        if (
+            isinstance(exc, ActorDiedError)
+            and self._host is not None
+            and self._host.forward(self, ref)
+        ):
             return
         msg = f"the service failed to answer: {exc}"
         raise BackendError(msg, operation="call service") from exc
@@ -130,6 +127,10 @@ class RayEventual(Generic[_T]):
         return self._resolve().__await__()
 
 
+_KEPT_CALLS = 64
+"""Calls a `RemoteHost` keeps for sending again before it looks which were answered."""
+
+
 class RemoteHost:
     """A handle on a hosted service object, usable from any driver of the cluster."""
 
@@ -137,13 +138,21 @@ class RemoteHost:
         """Wrap the Ray actor handle of the host named ``name``."""
         self._handle = handle
         self.name = name
+        self._lock = threading.Lock()  # sending, and sending again, in one order
+        self._sent: list[tuple[RayEventual[Any], Any]] = []  # (call, the handle it went to)
+        self._look_at = _KEPT_CALLS
+
+    def __reduce__(self) -> tuple[type[RemoteHost], tuple[Any, str]]:
+        """Pickled as its Ray handle and name (its calls stay with the process that made them)."""
+        return (RemoteHost, (self._handle, self.name))
 
     @staticmethod
     def unanswered(calls: Sequence[RayEventual[Any]]) -> list[RayEventual[Any]]:
         """Those of ``calls`` (made with `later`) whose result has not arrived yet.
 
         One look at Ray, no waiting; when Ray cannot tell, they are taken as unanswered (the
-        safe side: a query then waits behind them).
+        safe side: a query then waits behind them). A call whose host was stopped before it
+        answered is unanswered too: it will be sent again (`forward`).
         """
         pending = [c for c in calls if c._done is None]  # noqa: SLF001 - this module's own class
         if not pending:
@@ -153,7 +162,7 @@ class RemoteHost:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         except (RayError, ValueError):
             return pending
-        arrived = set(ready)
+        arrived = {r for r in ready if not _cut_off(r)}
         return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
     def later(self, method: str, *args: object, transform: Callable[[Any], _T]) -> RayEventual[_T]:
@@ -162,36 +171,59 @@ class RemoteHost:
         Ray restarts a host whose process died and sends it the calls on their way; if the host
         was stopped and another of its name started since, the call goes to that one instead.
         """
-        sent_to = self._handle
-        try:
-            ref = sent_to.call.remote(method, *args)
-        except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
-            msg = f"cannot send this to the service {self.name}: {exc}"
-            raise InvalidSpecError(msg, field="message") from exc
-        except RayError as exc:
-            msg = f"cannot reach the service {self.name}: {exc}"
-            raise BackendError(msg, operation="call service") from exc
-        return RayEventual(ref, transform, resend=lambda: self._resend(method, args, sent_to))
+        with self._lock:
+            sent_to = self._handle
+            try:
+                ref = sent_to.call.remote(method, *args)
+            except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
+                msg = f"cannot send this to the service {self.name}: {exc}"
+                raise InvalidSpecError(msg, field="message") from exc
+            except RayError as exc:
+                msg = f"cannot reach the service {self.name}: {exc}"
+                raise BackendError(msg, operation="call service") from exc
+            call = RayEventual(ref, transform, self, (method, args))
+            self._sent.append((call, sent_to))
+            if len(self._sent) > self._look_at:  # bounded: forget the answered ones
+                waiting = set(self.unanswered([c for c, _ in self._sent]))
+                self._sent = [(c, h) for c, h in self._sent if c in waiting]
+                self._look_at = max(_KEPT_CALLS, 2 * len(self._sent))  # amortised O(1)
+            return call
 
-    def _resend(
-        self,
-        method: str,
-        args: tuple[object, ...],
-        sent_to: Any,  # noqa: ANN401 - the Ray ActorHandle the call first went to
-    ) -> ray.ObjectRef[Any] | None:
-        """Send a call again to the host of this name now running, if it is not ``sent_to``."""
-        try:
-            handle = ray.get_actor(self.name, namespace=NAMESPACE)
-        except ValueError:
-            return None  # stopped, and nothing runs under its name
-        if handle._actor_id == sent_to._actor_id:  # noqa: SLF001 - Ray's handle identity
-            return None  # the same actor, which died for good
-        self._handle = handle  # later calls go to it at once
-        try:
-            ref: ray.ObjectRef[Any] = handle.call.remote(method, *args)
-        except RayError:
-            return None
-        return ref
+    def forward(self, call: RayEventual[Any], failed: ray.ObjectRef[Any]) -> bool:
+        """``call`` failed as its host died: send it to the host of this name now running.
+
+        Every call sent to the stopped host that it did not answer goes too, in the order they
+        were sent (a client's commands must reach the new host in its order, whichever reply is
+        read first). Whether ``call`` went to a successor (else there is none).
+        """
+        with self._lock:
+            if call._ref is not failed:  # noqa: SLF001 - sent again already, with the others
+                return True
+            dead = next((h for c, h in self._sent if c is call), None)
+            try:
+                handle = ray.get_actor(self.name, namespace=NAMESPACE)
+            except ValueError:
+                return False  # stopped, and nothing runs under its name
+            if dead is None or handle._actor_id == dead._actor_id:  # noqa: SLF001 - identity
+                return False  # the same actor, which died for good
+            self._handle = handle  # later calls go to it at once
+            kept: list[tuple[RayEventual[Any], Any]] = []
+            for other, sent_to in self._sent:
+                if other._done is not None:  # noqa: SLF001
+                    continue
+                if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
+                    other is call or _cut_off(other._ref)  # noqa: SLF001
+                ):
+                    method, args = other._call  # noqa: SLF001
+                    try:
+                        other._ref = handle.call.remote(method, *args)  # noqa: SLF001
+                    except RayError:
+                        continue  # its reader finds it failed, and cannot forward it again
+                    kept.append((other, handle))
+                else:
+                    kept.append((other, sent_to))
+            self._sent = kept
+            return call._ref is not failed  # noqa: SLF001
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
         """Which start of the host answers now (a new value after each restart)."""
@@ -264,6 +296,24 @@ class RemoteHost:
         except Exception as exc:  # the Ray error-mapping boundary
             msg = f"cannot look up the service {self.name}: {exc}"
             raise BackendError(msg, operation="stop service") from exc
+
+
+def _cut_off(ref: ray.ObjectRef[Any]) -> bool:
+    """Whether ``ref``'s call will never be answered by the host it went to (the host died).
+
+    A call not answered yet is taken as cut off only when its host is dead, which the caller
+    knows; one answered tells by its result.
+    """
+    ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
+    if not ready:
+        return True
+    try:
+        ray.get(ref, timeout=0)
+    except ActorDiedError:
+        return True
+    except RayError:
+        return False
+    return False
 
 
 def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 120.0) -> RemoteHost:
