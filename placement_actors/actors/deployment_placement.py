@@ -428,13 +428,24 @@ class DeploymentPlacementActor(KeepServingActor):
     ) -> ReplicaGroupsView | ReplicaGroupsRemoved:
         """Pass a query or command of the planner's to it; its reply comes back.
 
+        A removal is only for groups that no placed deployment holds (an earlier run's, or a
+        released deployment's that Ray kept): a placed deployment's groups go with its `Release`,
+        which frees its GPUs on the ledger too.
+
         Raises:
-            InvalidSpecError: this actor has no planner, or the message is not for the planner.
+            InvalidSpecError: this actor has no planner, the message is not for the planner, or
+                it would remove a placed deployment's groups.
         """
         if isinstance(message, GetReplicaGroups):
             message = revalidated(message, GetReplicaGroups)
         else:
             message = revalidated(message, RemoveReplicaGroups)
+            if message.deployment in self._placed:
+                msg = (
+                    f"deployment {message.deployment} is placed: send Release, which removes its "
+                    "placement groups and frees their GPUs on the ledger"
+                )
+                raise InvalidSpecError(msg, field="deployment")
         if self._planner is None:
             msg = f"{type(message).__name__} needs a planner, and this service has none"
             raise InvalidSpecError(msg, field="message")

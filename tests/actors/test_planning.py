@@ -53,6 +53,7 @@ from placement_actors import (
     Released,
     RemoveReplicaGroups,
     ReplicaFailed,
+    ReplicaGroupsRemoved,
     ReplicaGroupsView,
     ReplicaMoved,
     ReplicaPlacement,
@@ -1258,3 +1259,17 @@ def test_a_failed_group_that_ray_will_not_remove_keeps_the_ports_it_was_told(
         for name in ("halves", "other"):
             planner.ask(RemoveReplicaGroups(name), timeout=TIMEOUT)
         planner.stop(timeout=TIMEOUT)
+
+
+def test_the_groups_of_a_placed_deployment_are_not_removed_behind_the_ledger(
+    service: Service, ray_nodes: dict[str, str]
+) -> None:
+    placed = service.place(llama("kept-whole"), gpu_nodes=(ray_nodes["gpu-a"],))
+    assert placed.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+    for message in (RemoveReplicaGroups("kept-whole"), RemoveReplicaGroups("kept-whole", (0,))):
+        with pytest.raises(InvalidSpecError, match="Release"):
+            service.placement.ask(message, timeout=TIMEOUT)
+    assert status(group_name("kept-whole", 0)) is GroupStatus.CREATED  # still there, as held
+    removed = service.placement.ask(RemoveReplicaGroups("never-placed"), timeout=TIMEOUT)
+    assert isinstance(removed, ReplicaGroupsRemoved)  # a name no placed deployment holds: asked
+    assert removed.removed == 0
