@@ -841,7 +841,7 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=True)
         pending = self._host.later(
-            "events", after, wait_s, limit, self._run, transform=self._event_reply
+            "events", after, wait_s, limit, self._run, transform=self._event_reply, waits=True
         )
         try:
             found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
@@ -979,7 +979,9 @@ class _Endpoint:
     def eventual(self) -> Eventual[tuple[str, int, tuple[int, ...]]]:
         with self._lock:
             if self._known is None:
-                self._known = self._host.later("endpoint", *self._call, transform=_unwrap)
+                self._known = self._host.later(
+                    "endpoint", *self._call, transform=_unwrap, waits=True
+                )
             return self._known
 
 

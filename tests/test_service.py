@@ -1,6 +1,7 @@
 """The service hosted in a named, detached Ray actor, used from this and from another driver."""
 
 import asyncio
+import functools
 import pickle
 import subprocess
 import sys
@@ -53,11 +54,14 @@ from placement_actors.actors.messages import (
     Subscribe,
     Unsubscribe,
 )
+from placement_actors.backends.ray import hosting
+from placement_actors.backends.ray.connection import NAMESPACE
 from placement_actors.service import (
     ClientOrder,
     EventBuffer,
     EventsMissed,
     PlacementClient,
+    PlacementHost,
     ServiceEvent,
     _unwrap,
 )
@@ -598,6 +602,31 @@ def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_the
     assert isinstance(found, Placement)
     assert found.result is not None  # the query went after the Place it follows
     other.ask(Release("cut-off"), timeout=TIMEOUT)
+
+
+def test_clients_waiting_for_events_never_hold_up_another_clients_command() -> None:
+    name = f"test-waits-{uuid.uuid4().hex[:8]}"
+    handle = hosting._Host.options(  # type: ignore[attr-defined]  # two at a time but waits
+        name=name, namespace=NAMESPACE, lifetime="detached", max_concurrency=2
+    ).remote(functools.partial(PlacementHost, ready_timeout_s=60))
+    client = PlacementClient(hosting.RemoteHost(handle, name))
+    try:
+        assert isinstance(client.ask(GetClusterView(), timeout=TIMEOUT), ClusterView)
+        waiting = [
+            threading.Thread(target=client.events, kwargs={"wait_s": 6.0}, daemon=True)
+            for _ in range(4)
+        ]
+        for thread in waiting:
+            thread.start()
+        time.sleep(1.0)  # four long polls wait on the host now, for 6 s
+        assert all(thread.is_alive() for thread in waiting)
+        view = client.ask(GetClusterView(), timeout=4)  # within their wait, not after it
+        assert isinstance(view, ClusterView)
+        assert all(thread.is_alive() for thread in waiting)  # (they did wait)
+        for thread in waiting:
+            thread.join(timeout=TIMEOUT)
+    finally:
+        client.stop_service()
 
 
 def test_connecting_to_a_service_that_does_not_run_is_a_backend_error(ray_cluster: Any) -> None:

@@ -25,7 +25,18 @@ _HEAD_SHARE = 0.001
 """How much of the head node's own resource the host asks for: enough to pin it there."""
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+WAITING_CALLS = 10_000
+"""Calls that wait (long polls, endpoints not known yet) the host runs at once, beside the
+1,000 of every other kind (Ray's default for an asyncio actor): waiting calls never hold up
+commands and queries, however many clients wait."""
+
+
+@ray.remote(  # type: ignore[call-overload]  # Ray's stubs leave concurrency_groups out
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=-1,
+    concurrency_groups={"waits": WAITING_CALLS},
+)
 class _Host:
     """A named, detached Ray actor that holds one service object and calls its methods.
 
@@ -54,6 +65,14 @@ class _Host:
             result = await result
         return result
 
+    @ray.method(concurrency_group="waits")
+    async def wait(self, method: str, *args: object) -> object:
+        """As `call`, for a call that may wait long: in a concurrency group (a loop) of its own."""
+        result = getattr(self._target, method)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
 
 class RayEventual(Generic[_T]):
     """A hosted call's result as an `Eventual`: ``get(timeout=...)`` or ``await``.
@@ -69,12 +88,13 @@ class RayEventual(Generic[_T]):
         ref: ray.ObjectRef[Any],
         transform: Callable[[Any], _T],
         host: RemoteHost | None = None,
-        call: tuple[str, tuple[object, ...]] = ("", ()),
+        call: tuple[str, str, tuple[object, ...]] = ("call", "", ()),
     ) -> None:
         """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises).
 
-        ``host`` and ``call`` (the method and its arguments): what to send again, and where,
-        should the host that ``ref`` was sent to be stopped; without ``host``, nothing is.
+        ``host`` and ``call`` (the host's method, the object's, and its arguments): what to send
+        again, and where, should the host that ``ref`` went to be stopped; without ``host``,
+        nothing is.
         """
         self._ref = ref
         self._transform = transform
@@ -165,23 +185,28 @@ class RemoteHost:
         arrived = {r for r in ready if not _cut_off(r)}
         return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
-    def later(self, method: str, *args: object, transform: Callable[[Any], _T]) -> RayEventual[_T]:
+    def later(
+        self, method: str, *args: object, transform: Callable[[Any], _T], waits: bool = False
+    ) -> RayEventual[_T]:
         """Call ``method(*args)`` on the hosted object; the result arrives later.
 
         Ray restarts a host whose process died and sends it the calls on their way; if the host
         was stopped and another of its name started since, the call goes to that one instead.
+        ``waits``: a call that may wait long (a long poll), run apart from the others
+        (`WAITING_CALLS`).
         """
+        runs = "wait" if waits else "call"
         with self._lock:
             sent_to = self._handle
             try:
-                ref = sent_to.call.remote(method, *args)
+                ref = getattr(sent_to, runs).remote(method, *args)
             except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
                 msg = f"cannot send this to the service {self.name}: {exc}"
                 raise InvalidSpecError(msg, field="message") from exc
             except RayError as exc:
                 msg = f"cannot reach the service {self.name}: {exc}"
                 raise BackendError(msg, operation="call service") from exc
-            call = RayEventual(ref, transform, self, (method, args))
+            call = RayEventual(ref, transform, self, (runs, method, args))
             self._sent.append((call, sent_to))
             if len(self._sent) > self._look_at:  # bounded: forget the answered ones
                 waiting = set(self.unanswered([c for c, _ in self._sent]))
@@ -214,9 +239,9 @@ class RemoteHost:
                 if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
                     other is call or _cut_off(other._ref)  # noqa: SLF001
                 ):
-                    method, args = other._call  # noqa: SLF001
+                    runs, method, args = other._call  # noqa: SLF001
                     try:
-                        other._ref = handle.call.remote(method, *args)  # noqa: SLF001
+                        other._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
                     except RayError:
                         continue  # its reader finds it failed, and cannot forward it again
                     kept.append((other, handle))
