@@ -604,6 +604,25 @@ def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_the
     other.ask(Release("cut-off"), timeout=TIMEOUT)
 
 
+def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(
+    client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    pinned = PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],))
+    lost = Place(Deployment(name="told-failed", model="m", gpus=1), pinned)
+    other = PlacementClient.connect(ray_cluster.address, name=client.name)
+    other.ask(GetClusterView(), timeout=TIMEOUT)
+    client.stop_service()  # nothing runs under the name now
+    refused = other.ask_later(lost)
+    with pytest.raises(BackendError, match="failed to answer"):
+        refused.get(timeout=TIMEOUT)
+    PlacementClient.serve(ray_cluster.address, name=client.name)
+    view = other.ask(GetClusterView(), timeout=TIMEOUT)  # goes to the new one
+    assert isinstance(view, ClusterView)
+    assert "told-failed" not in view.deployments  # the caller was told it failed: it did
+    with pytest.raises(BackendError, match="failed to answer"):
+        refused.get(timeout=TIMEOUT)  # and stays failed
+
+
 def test_clients_waiting_for_events_never_hold_up_another_clients_command() -> None:
     name = f"test-waits-{uuid.uuid4().hex[:8]}"
     handle = hosting._Host.options(  # type: ignore[attr-defined]  # two at a time but waits

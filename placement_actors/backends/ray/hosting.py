@@ -101,6 +101,7 @@ class RayEventual(Generic[_T]):
         self._host = host
         self._call = call
         self._done: tuple[_T] | None = None
+        self._error: BackendError | None = None  # failed for good: never sent again
         self._lock = threading.Lock()  # two threads reading one reply transform it once
 
     def _settle(self, raw: object) -> _T:
@@ -112,6 +113,8 @@ class RayEventual(Generic[_T]):
     def get(self, *, timeout: float | None = None) -> _T:
         """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
         while self._done is None:
+            if self._error is not None:
+                raise self._error
             ref = self._ref
             try:
                 return self._settle(ray.get(ref, timeout=timeout))
@@ -124,6 +127,8 @@ class RayEventual(Generic[_T]):
 
     async def _resolve(self) -> _T:
         while self._done is None:
+            if self._error is not None:
+                raise self._error
             ref = self._ref
             try:
                 return self._settle(await ref)
@@ -132,7 +137,10 @@ class RayEventual(Generic[_T]):
         return self._done[0]
 
     def _failed(self, exc: RayError, ref: ray.ObjectRef[Any]) -> None:
-        """Return when the call went to the host's successor; else raise the failure."""
+        """Return when the call went to the host's successor; else raise the failure.
+
+        A call told failed stays failed: no later successor gets it (its caller was told).
+        """
         if (
             isinstance(exc, ActorDiedError)
             and self._host is not None
@@ -140,7 +148,10 @@ class RayEventual(Generic[_T]):
         ):
             return
         msg = f"the service failed to answer: {exc}"
-        raise BackendError(msg, operation="call service") from exc
+        error = BackendError(msg, operation="call service")
+        error.__cause__ = exc
+        self._error = error
+        raise error
 
     def __await__(self) -> Generator[Any, None, _T]:
         """Wait in a coroutine without blocking the event loop."""
@@ -174,7 +185,11 @@ class RemoteHost:
         safe side: a query then waits behind them). A call whose host was stopped before it
         answered is unanswered too: it will be sent again (`forward`).
         """
-        pending = [c for c in calls if c._done is None]  # noqa: SLF001 - this module's own class
+        pending = [
+            c
+            for c in calls
+            if c._done is None and c._error is None  # noqa: SLF001 - this module's own class
+        ]
         if not pending:
             return []
         refs = [c._ref for c in pending]  # noqa: SLF001
@@ -228,13 +243,16 @@ class RemoteHost:
             try:
                 handle = ray.get_actor(self.name, namespace=NAMESPACE)
             except ValueError:
-                return False  # stopped, and nothing runs under its name
-            if dead is None or handle._actor_id == dead._actor_id:  # noqa: SLF001 - identity
-                return False  # the same actor, which died for good
+                handle = None  # stopped, and nothing runs under its name
+            if dead is None or handle is None or handle._actor_id == dead._actor_id:  # noqa: SLF001
+                # No successor: ``call`` fails for good (its caller is told so), and is not sent
+                # to one that starts later; the others cut off wait for their own turn.
+                self._sent = [(c, h) for c, h in self._sent if c is not call]
+                return False
             self._handle = handle  # later calls go to it at once
             kept: list[tuple[RayEventual[Any], Any]] = []
             for other, sent_to in self._sent:
-                if other._done is not None:  # noqa: SLF001
+                if other._done is not None or other._error is not None:  # noqa: SLF001
                     continue
                 if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
                     other is call or _cut_off(other._ref)  # noqa: SLF001
