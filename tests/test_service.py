@@ -580,13 +580,20 @@ def test_stopping_through_a_client_of_a_service_served_again_stops_the_one_runni
     PlacementClient.serve(ray_cluster.address, name=client.name)  # for the fixture's clean-up
 
 
+def a_place_and_another_client(
+    client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str], name: str
+) -> tuple[Place, PlacementClient]:
+    """A one-GPU `Place` on gpu-a, and a second client whose handle is the running host's."""
+    pinned = PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],))
+    other = PlacementClient.connect(ray_cluster.address, name=client.name)
+    other.ask(GetClusterView(), timeout=TIMEOUT)
+    return Place(Deployment(name=name, model="m", gpus=1), pinned), other
+
+
 def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_they_were_sent(
     client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
-    pinned = PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],))
-    place = Place(Deployment(name="cut-off", model="m", gpus=1), pinned)
-    other = PlacementClient.connect(ray_cluster.address, name=client.name)
-    other.ask(GetClusterView(), timeout=TIMEOUT)  # its handle is the running host's
+    place, other = a_place_and_another_client(client, ray_cluster, ray_nodes, "cut-off")
     client.stop_service()
     PlacementClient.serve(ray_cluster.address, name=client.name)  # another of the same name
     placed = other.ask_later(place)  # both go to the stopped host first
@@ -607,10 +614,7 @@ def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_the
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(
     client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
-    pinned = PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],))
-    lost = Place(Deployment(name="told-failed", model="m", gpus=1), pinned)
-    other = PlacementClient.connect(ray_cluster.address, name=client.name)
-    other.ask(GetClusterView(), timeout=TIMEOUT)
+    lost, other = a_place_and_another_client(client, ray_cluster, ray_nodes, "told-failed")
     client.stop_service()  # nothing runs under the name now
     refused = other.ask_later(lost)
     with pytest.raises(BackendError, match="failed to answer"):
