@@ -367,9 +367,8 @@ class DeploymentPlacementActor(KeepServingActor):
         self._subscribers: list[pykka.ActorRef[Any]] = []
         self._placed: dict[str, _Placed] = {}
         self._movable_names: set[str] = set()  # placed deployments whose constraints say movable
-        self._failures: dict[
-            str, CapacityError
-        ] = {}  # the latest `MAX_FAILURES_KEPT`, oldest first
+        # The refusals of the latest `MAX_FAILURES_KEPT` refused deployments, oldest first.
+        self._failures: dict[str, CapacityError] = {}
         self._held: dict[str, tuple[NodeAssignment, ...]] = {}
         self._checkpoints = checkpoints
         self._unwritten: set[str] = set()  # records whose rewrite failed: retried (see _rewrite)

@@ -303,9 +303,8 @@ class PlanningActor(KeepServingActor):
         # Ray first: should it fail, the groups stay tracked (their ports still claimed, their
         # futures unsettled), as they stay on the cluster, and the removal can be asked for again.
         removed = 0 if indexes is not None else self._backend.remove_groups_with_prefix(prefix)
-        if indexes is None:  # Ray removed those too
+        if indexes is None:  # Ray removed those too, and the earlier run's ones held ports
             self._unremoved = {n: h for n, h in self._unremoved.items() if not n.startswith(prefix)}
-        if indexes is None:  # ports held for an earlier run's groups of the deployment
             names.extend(h for h in self._ports.holders() if h.startswith(prefix))
         for name in names:
             group = self._groups.get(name)

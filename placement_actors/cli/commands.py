@@ -11,8 +11,9 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -307,15 +308,17 @@ def _shortfall(placed: _Placed, endpoints: Mapping[str, str] | None) -> dict[str
     return {}
 
 
-def _load(out: Output, path: str | os.PathLike[str], **kwargs: Any) -> list[DeploymentSpec]:  # noqa: ANN401
+def _load(
+    out: Output, path: str | Path, known_nodes: Collection[str] | None = None
+) -> tuple[DeploymentSpec, ...]:
     """A deployments file's entries; one line on standard error names the keys that are unset."""
-    specs = load_deployments(os.fspath(path), **kwargs)
+    specs = load_deployments(path, known_nodes=known_nodes)
     unset = [s for s in specs if s.unset_key_env is not None]
     if unset:  # variables' names only: never a key
         variables = ", ".join(sorted({str(s.unset_key_env) for s in unset}))
         names = ", ".join(s.deployment.name for s in unset)
         out.note(f"not set: {variables}; placed without an API key: {names}")
-    return list(specs)
+    return specs
 
 
 def _report_placements(
@@ -597,7 +600,7 @@ def place(args: argparse.Namespace, out: Output) -> int:
     known = {n.node_id for n in view.nodes}
     if any(spec.constraints.named_nodes() - known for spec in specs):
         # Read again to name the file and line of each node the service does not know.
-        specs = list(load_deployments(args.file, known_nodes=known))  # (unset keys told)
+        specs = load_deployments(args.file, known_nodes=known)  # (its unset keys told above)
     placed = _Placed(results=[], failures=[])
     _place_all(lambda m: client.ask(m, timeout=_REPLY_TIMEOUT_S), specs, placed)
     endpoints = _wait_for_masters(out, placed, args.ready_timeout + _PROBE_PAD_S)

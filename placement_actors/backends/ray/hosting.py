@@ -60,18 +60,20 @@ class _Host:
         return str(ray.get_runtime_context().get_node_id())
 
     async def call(self, method: str, *args: object) -> object:
-        result = getattr(self._target, method)(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await _invoke(self._target, method, args)
 
     @ray.method(concurrency_group="waits")
     async def wait(self, method: str, *args: object) -> object:
         """As `call`, for a call that may wait long: in a concurrency group (a loop) of its own."""
-        result = getattr(self._target, method)(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await _invoke(self._target, method, args)
+
+
+async def _invoke(target: object, method: str, args: tuple[object, ...]) -> object:
+    """``target.method(*args)``, awaited if it is a coroutine."""
+    result = getattr(target, method)(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 class RayEventual(Generic[_T]):
@@ -197,7 +199,7 @@ class RemoteHost:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         except (RayError, ValueError):
             return pending
-        arrived = {r for r in ready if not _cut_off(r)}
+        arrived = {r for r in ready if not _died_on(r)}
         return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
     def later(
@@ -255,7 +257,7 @@ class RemoteHost:
                 if other._done is not None or other._error is not None:  # noqa: SLF001
                     continue
                 if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
-                    other is call or _cut_off(other._ref)  # noqa: SLF001
+                    other is call or not _answered(other._ref)  # noqa: SLF001
                 ):
                     runs, method, args = other._call  # noqa: SLF001
                     try:
@@ -341,21 +343,23 @@ class RemoteHost:
             raise BackendError(msg, operation="stop service") from exc
 
 
-def _cut_off(ref: ray.ObjectRef[Any]) -> bool:
-    """Whether ``ref``'s call will never be answered by the host it went to (the host died).
+def _answered(ref: ray.ObjectRef[Any]) -> bool:
+    """Whether ``ref``'s call was answered by the host it went to (not: the host died first).
 
-    A call not answered yet is taken as cut off only when its host is dead, which the caller
-    knows; one answered tells by its result.
+    One not answered yet counts as not answered: the caller knows its host is dead.
     """
     ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
-    if not ready:
-        return True
+    return bool(ready) and not _died_on(ref)
+
+
+def _died_on(ref: ray.ObjectRef[Any]) -> bool:
+    """Whether a ready ``ref`` holds its host's death, not a reply (or the call's own error)."""
     try:
         ray.get(ref, timeout=0)
     except ActorDiedError:
         return True
     except RayError:
-        return False
+        pass  # the call failed on its own: that is its answer
     return False
 
 
