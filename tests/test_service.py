@@ -580,6 +580,16 @@ def test_stopping_through_a_client_of_a_service_served_again_stops_the_one_runni
     PlacementClient.serve(ray_cluster.address, name=client.name)  # for the fixture's clean-up
 
 
+def test_restarting_through_a_client_of_a_service_served_again_restarts_the_one_running_now(
+    client: PlacementClient, ray_cluster: Any
+) -> None:
+    other = PlacementClient.connect(ray_cluster.address, name=client.name)  # the first's handle
+    client.stop_service()
+    PlacementClient.serve(ray_cluster.address, name=client.name)  # another of the same name
+    other.restart_service(timeout_s=TIMEOUT)  # not "did not answer": it follows the name
+    assert isinstance(other.ask(GetClusterView(), timeout=TIMEOUT), ClusterView)
+
+
 def a_place_and_another_client(
     client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str], name: str
 ) -> tuple[Place, PlacementClient]:

@@ -279,9 +279,23 @@ class RemoteHost:
         return self._ask_actor("node_id", timeout_s)
 
     def _ask_actor(self, method: str, timeout_s: float) -> str:
-        """One of the host actor's own methods (not the hosted object's), waited for."""
+        """One of the host actor's own methods (not the hosted object's), waited for.
+
+        Asked of the host running under the name now: if the one this handle holds was
+        stopped and another of its name started since, of that one (as calls go to it too).
+        """
+        handle = self._handle
         try:
-            found: str = ray.get(getattr(self._handle, method).remote(), timeout=timeout_s)
+            try:
+                found: str = ray.get(getattr(handle, method).remote(), timeout=timeout_s)
+            except ActorDiedError:
+                running = self._running()
+                if running is None or running._actor_id == handle._actor_id:  # noqa: SLF001
+                    raise
+                with self._lock:
+                    if self._handle is handle:  # later calls go to it at once, as on a forward
+                        self._handle = running
+                found = ray.get(getattr(running, method).remote(), timeout=timeout_s)
         except Exception as exc:  # the Ray error-mapping boundary
             msg = f"the service {self.name} did not answer: {exc}"
             raise BackendError(msg, operation="call service") from exc
