@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import placement_actors
+from placement_actors.domain import errors
 
 PACKAGE = Path(placement_actors.__file__).parent
 RAY_PACKAGE = "placement_actors.backends.ray"
@@ -107,6 +108,17 @@ def test_public_modules_declare_complete_all() -> None:
 def test_the_package_root_exports_its_whole_all() -> None:
     assert all(hasattr(placement_actors, name) for name in placement_actors.__all__)
     assert len(set(placement_actors.__all__)) == len(placement_actors.__all__)
+
+
+def test_every_error_of_the_tree_and_every_event_a_subscriber_is_told_is_at_the_root() -> None:
+    tree = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.PlacementError)
+    }
+    told = {"NodeJoined", "NodeLost", "ReplicaLost", "ReplicaReplaced", "ReplicaMoved"}
+    subscribing = {"Subscribe", "Unsubscribe"}
+    assert tree | told | subscribing <= set(placement_actors.__all__)
 
 
 IMPURE = {"os", "threading", "time", "random", "socket", "subprocess", "asyncio", "logging"}

@@ -318,11 +318,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a statement per com
             where = cmd.add_mutually_exclusive_group() if address == "or-cluster" else cmd
             where.add_argument(
                 "--address",
-                help="the Ray cluster's address (default: RAY_ADDRESS)"
-                + {
-                    "optional": "; without it, a local cluster is started",
-                    "or-cluster": "; needed unless --cluster is given",
-                }.get(address, ""),
+                help={
+                    # RAY_ADDRESS is not read: `make run` keeps to a cluster of its own.
+                    "optional": "the Ray cluster's address; without it, a local cluster is "
+                    "started (RAY_ADDRESS is not read)",
+                    "or-cluster": "the Ray cluster's address (default: RAY_ADDRESS); needed "
+                    "unless --cluster is given",
+                }.get(address, "the Ray cluster's address (default: RAY_ADDRESS)"),
             )
         if address == "or-cluster":
             where.add_argument(
