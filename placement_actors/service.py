@@ -363,22 +363,33 @@ class ClientOrder:
         self._changed = asyncio.Condition()
 
     @staticmethod
-    def check(client: object, seq: object) -> None:
+    def check(client: object, seq: object, after: object = None) -> None:
         """Refuse a client id that is not short text, or a number that is not a count.
 
+        ``after``, when given, must be -1 or a number below ``seq``.
+
         Raises:
-            InvalidSpecError: either is malformed.
+            InvalidSpecError: one of them is malformed.
         """
         check_text(client, "client", longest=64)
         check_count(seq, "seq")
         if isinstance(seq, int) and seq > MAX_CLIENT_SEQ:
             msg = f"seq must be at most {MAX_CLIENT_SEQ}"
             raise InvalidSpecError(msg, field="seq")
+        below = seq if isinstance(seq, int) else 0  # a count by now
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, int) or not -1 <= after < below
+        ):
+            msg = f"after must be -1 or a number below seq, got {after!r:.40}"
+            raise InvalidSpecError(msg, field="after")
 
     @contextlib.asynccontextmanager
-    async def turn(self, client: str, seq: int) -> AsyncIterator[None]:
+    async def turn(self, client: str, seq: int, after: int | None = None) -> AsyncIterator[None]:
         """Wait for the turn of message ``seq`` of ``client``; the block hands it to the actor.
 
+        A message waits for the one numbered ``after`` (by default ``seq - 1``; -1: none), and
+        so for every one before that: a client's calls sent again to a successor of a stopped
+        service name the one sent again before them, as the others were answered already.
         When the wait for a missing message ends, only that gap is skipped: the lowest-numbered
         message waiting goes first, then the others in their order. A message whose wait is
         cancelled, or whose block fails, gives up its turn: the next does not wait for it.
@@ -392,10 +403,10 @@ class ClientOrder:
         went = False
         try:
             async with self._changed:
-                while not position.may_go(seq):
+                while not position.may_go(seq, after):
                     try:
                         await asyncio.wait_for(
-                            self._changed.wait_for(lambda: position.may_go(seq)),
+                            self._changed.wait_for(lambda: position.may_go(seq, after)),
                             self._first_wait_s if position.next is None else self._wait_s,
                         )
                     except TimeoutError:  # the one before never came: skip that gap only
@@ -435,9 +446,12 @@ class _Position:
     gone: set[int] = dataclasses.field(default_factory=set)
     """Numbers above ``next`` that will never be handed over (their wait was cancelled)."""
 
-    def may_go(self, seq: int) -> bool:
-        """Whether message ``seq`` may be handed over now (every one before it was, or is gone)."""
-        return seq == 0 if self.next is None else seq <= self.next
+    def may_go(self, seq: int, after: int | None = None) -> bool:
+        """Whether message ``seq`` may be handed over now.
+
+        So when every one up to ``after`` (``seq - 1`` unless given) was, or is gone.
+        """
+        return (self.next or 0) > (seq - 1 if after is None else after)
 
     def done(self, seq: int, *, went: bool) -> None:
         """Message ``seq`` was handed over (``went``), or gave up its turn while waiting."""
@@ -529,11 +543,15 @@ class PlacementHost:
             if isinstance(found, Placement) and found.result is not None:
                 self._portable_result(found.result)
 
-    async def handle(self, message: object, client: str = "", seq: int = 0) -> _Outcome:
+    async def handle(
+        self, message: object, client: str = "", seq: int = 0, after: int | None = None
+    ) -> _Outcome:
         """Ask the actor that handles ``message``; never raises (errors travel as values).
 
         A client that numbers its messages (``client``, ``seq``: `PlacementClient` does) has
         them reach the actor in its own order (`ClientOrder`), which Ray alone does not keep.
+        ``after``: the number of the message this one follows, when not ``seq - 1`` (a call
+        sent again to this service after the one it went to was stopped).
 
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
         Nor are the events the service raises itself (`ReplicaFailed`, the planner's group and
@@ -542,10 +560,10 @@ class PlacementHost:
         `Unsubscribe` need an actor in the service's process: clients use `events` instead.
         """
         try:
-            ClientOrder.check(client, seq)
+            ClientOrder.check(client, seq, after)
         except InvalidSpecError as exc:
             return "error", exc
-        async with self._order.turn(client, seq):
+        async with self._order.turn(client, seq, after):
             refused = _refusal(message)
             pending = None if refused is not None else self._placement.ask(message, block=False)
         if pending is None:
@@ -803,7 +821,9 @@ class PlacementClient:
     def _send(self, message: object) -> Eventual[Any]:
         seq = next(self._seq)
         try:
-            return self._host.later("handle", message, self._id, seq, transform=self._reply)
+            return self._host.later(
+                "handle", message, self._id, seq, transform=self._reply, ordered=True
+            )
         except PlacementError:  # never sent: the next message takes this number
             self._seq = itertools.count(seq)
             raise

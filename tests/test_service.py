@@ -425,6 +425,23 @@ async def test_messages_sent_again_to_a_restarted_service_go_in_their_order() ->
     assert handed == [5, 6, 7]
 
 
+async def test_messages_sent_again_naming_the_one_they_follow_skip_the_answered_ones_at_once() -> (
+    None
+):
+    order, handed = ClientOrder(wait_s=30, first_wait_s=30), []  # a new run; 3 and 5 answered
+
+    async def send(seq: int, after: int) -> None:
+        async with order.turn("c", seq, after):
+            handed.append(seq)
+
+    started = time.monotonic()
+    sent_again = [asyncio.create_task(send(n, a)) for n, a in ((6, 4), (4, 2), (2, -1))]
+    await asyncio.wait_for(asyncio.gather(*sent_again), 5)
+    await asyncio.wait_for(send(7, 6), 5)  # sent after them, as usual: it follows 6
+    assert handed == [2, 4, 6, 7]
+    assert time.monotonic() - started < 5  # nobody waited for 3 or 5
+
+
 async def test_a_message_cancelled_while_it_waits_does_not_hold_up_the_next() -> None:
     send, handed = sender(ClientOrder(wait_s=30))
     await send(0)
@@ -460,6 +477,14 @@ async def test_a_client_not_seen_before_waits_only_briefly_for_an_earlier_messag
 def test_a_malformed_client_number_is_refused(client: Any, seq: Any) -> None:
     with pytest.raises(InvalidSpecError):
         ClientOrder.check(client, seq)
+
+
+@pytest.mark.parametrize("after", [-2, 5, 6, True, 1.0, "1"])
+def test_a_number_to_follow_that_is_not_below_the_message_is_refused(after: Any) -> None:
+    ClientOrder.check("c", 5, 4)  # the usual one, given
+    ClientOrder.check("c", 5, -1)  # none
+    with pytest.raises(InvalidSpecError, match="after"):
+        ClientOrder.check("c", 5, after)
 
 
 def test_the_service_hands_a_clients_messages_to_the_actor_in_its_order_whatever_ray_does(
@@ -619,6 +644,60 @@ def test_calls_cut_off_by_a_stop_reach_the_service_served_again_in_the_order_the
     assert isinstance(found, Placement)
     assert found.result is not None  # the query went after the Place it follows
     other.ask(Release("cut-off"), timeout=TIMEOUT)
+
+
+class Recorder:
+    """A hosted object that answers each call with its arguments; a "hang" call, if told to,
+    never (as a stopped host leaves calls unanswered)."""
+
+    def __init__(self, *, hang: bool) -> None:
+        self._hang = hang
+
+    async def handle(
+        self, message: str, client: str, seq: int, after: int | None = None
+    ) -> tuple[str, int, int | None]:
+        if self._hang and message == "hang":
+            await asyncio.sleep(3600)
+        return f"{client}:{message}", seq, after
+
+
+def test_calls_sent_again_to_a_successor_name_the_one_sent_again_before_them() -> None:
+    name = f"test-resend-{uuid.uuid4().hex[:8]}"
+    host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
+
+    def send(message: str, seq: int) -> hosting.RayEventual[Any]:
+        return host.later("handle", message, "c", seq, transform=lambda r: r, ordered=True)
+
+    try:
+        first, answered, third = send("hang", 0), send("now", 1), send("hang", 2)
+        deadline = time.monotonic() + TIMEOUT
+        while host.unanswered([answered]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # answered by this host, not read yet
+        host.kill()
+        hosting.start_host(name, functools.partial(Recorder, hang=False), timeout_s=TIMEOUT)
+        assert first.get(timeout=TIMEOUT) == ("c:hang", 0, -1)  # follows nothing sent again
+        assert third.get(timeout=TIMEOUT) == ("c:hang", 2, 0)  # not 1: the stopped host answered it
+        assert answered.get(timeout=TIMEOUT) == ("c:now", 1, None)  # kept, not sent again
+        assert send("new", 3).get(timeout=TIMEOUT) == ("c:new", 3, None)  # later ones as usual
+    finally:
+        host.kill()
+
+
+def test_asking_which_host_runs_sends_the_calls_cut_off_to_the_successor_unread() -> None:
+    name = f"test-resend-{uuid.uuid4().hex[:8]}"
+    host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
+    try:
+        cut_off = host.later("handle", "hang", "c", 0, transform=lambda r: r, ordered=True)
+        host.kill()
+        hosting.start_host(name, functools.partial(Recorder, hang=False), timeout_s=TIMEOUT)
+        host.incarnation(timeout_s=TIMEOUT)  # the successor's: later calls go there
+        deadline = time.monotonic() + TIMEOUT
+        while host.unanswered([cut_off]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not host.unanswered([cut_off])  # went with the switch, before later calls
+        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0, -1)
+    finally:
+        host.kill()
 
 
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(

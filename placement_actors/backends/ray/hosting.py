@@ -90,13 +90,14 @@ class RayEventual(Generic[_T]):
         ref: ray.ObjectRef[Any],
         transform: Callable[[Any], _T],
         host: RemoteHost | None = None,
-        call: tuple[str, str, tuple[object, ...]] = ("call", "", ()),
+        call: tuple[str, str, tuple[object, ...], bool] = ("call", "", (), False),
     ) -> None:
         """Wrap ``ref``; ``transform`` turns the raw result into the value (or raises).
 
-        ``host`` and ``call`` (the host's method, the object's, and its arguments): what to send
-        again, and where, should the host that ``ref`` went to be stopped; without ``host``,
-        nothing is.
+        ``host`` and ``call`` (the host's method, the object's, its arguments, and whether they
+        end with a client's id and sequence number: `RemoteHost.later`'s ``ordered``): what to
+        send again, and where, should the host that ``ref`` went to be stopped; without
+        ``host``, nothing is.
         """
         self._ref = ref
         self._transform = transform
@@ -203,14 +204,22 @@ class RemoteHost:
         return [c for c in pending if c._ref not in arrived]  # noqa: SLF001
 
     def later(
-        self, method: str, *args: object, transform: Callable[[Any], _T], waits: bool = False
+        self,
+        method: str,
+        *args: object,
+        transform: Callable[[Any], _T],
+        waits: bool = False,
+        ordered: bool = False,
     ) -> RayEventual[_T]:
         """Call ``method(*args)`` on the hosted object; the result arrives later.
 
         Ray restarts a host whose process died and sends it the calls on their way; if the host
         was stopped and another of its name started since, the call goes to that one instead.
         ``waits``: a call that may wait long (a long poll), run apart from the others
-        (`WAITING_CALLS`).
+        (`WAITING_CALLS`). ``ordered``: the last two of ``args`` are a client's id and the
+        call's number in that client's order; sent to a successor, the call gets one more
+        argument, the number of the client's call sent there before it (-1: none), so that the
+        successor does not wait for the calls the stopped host answered.
         """
         runs = "wait" if waits else "call"
         with self._lock:
@@ -223,7 +232,7 @@ class RemoteHost:
             except RayError as exc:
                 msg = f"cannot reach the service {self.name}: {exc}"
                 raise BackendError(msg, operation="call service") from exc
-            call = RayEventual(ref, transform, self, (runs, method, args))
+            call = RayEventual(ref, transform, self, (runs, method, args, ordered))
             self._sent.append((call, sent_to))
             if len(self._sent) > self._look_at:  # bounded: forget the answered ones
                 waiting = set(self.unanswered([c for c, _ in self._sent]))
@@ -251,24 +260,36 @@ class RemoteHost:
                 # to one that starts later; the others cut off wait for their own turn.
                 self._sent = [(c, h) for c, h in self._sent if c is not call]
                 return False
-            self._handle = handle  # later calls go to it at once
-            kept: list[tuple[RayEventual[Any], Any]] = []
-            for other, sent_to in self._sent:
-                if other._done is not None or other._error is not None:  # noqa: SLF001
-                    continue
-                if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
-                    other is call or not _answered(other._ref)  # noqa: SLF001
-                ):
-                    runs, method, args = other._call  # noqa: SLF001
-                    try:
-                        other._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
-                    except RayError:
-                        continue  # its reader finds it failed, and cannot forward it again
-                    kept.append((other, handle))
-                else:
-                    kept.append((other, sent_to))
-            self._sent = kept
+            self._move_to(handle, dead, call)
             return call._ref is not failed  # noqa: SLF001
+
+    def _move_to(self, handle: Any, dead: Any, call: RayEventual[Any] | None = None) -> None:  # noqa: ANN401 - Ray ActorHandles
+        """Send later calls to ``handle``, and to it now every call ``dead`` did not answer.
+
+        In the order they were sent; ``call`` (whose reader found ``dead`` gone) among them.
+        Called with the lock held.
+        """
+        self._handle = handle
+        kept: list[tuple[RayEventual[Any], Any]] = []
+        resent: dict[object, object] = {}  # client -> its number last sent to ``handle``
+        for other, sent_to in self._sent:
+            if other._done is not None or other._error is not None:  # noqa: SLF001
+                continue
+            if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
+                other is call or not _answered(other._ref)  # noqa: SLF001
+            ):
+                runs, method, args, ordered = other._call  # noqa: SLF001
+                if ordered:  # the calls ``dead`` answered are not waited for
+                    client, seq = args[-2:]
+                    args, resent[client] = (*args, resent.get(client, -1)), seq
+                try:
+                    other._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
+                except RayError:
+                    continue  # its reader finds it failed, and cannot forward it again
+                kept.append((other, handle))
+            else:
+                kept.append((other, sent_to))
+        self._sent = kept
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
         """Which start of the host answers now (a new value after each restart)."""
@@ -293,8 +314,8 @@ class RemoteHost:
                 if running is None or running._actor_id == handle._actor_id:  # noqa: SLF001
                     raise
                 with self._lock:
-                    if self._handle is handle:  # later calls go to it at once, as on a forward
-                        self._handle = running
+                    if self._handle is handle:  # as on a forward: calls cut off go there too
+                        self._move_to(running, handle)
                 found = ray.get(getattr(running, method).remote(), timeout=timeout_s)
         except Exception as exc:  # the Ray error-mapping boundary
             msg = f"the service {self.name} did not answer: {exc}"
