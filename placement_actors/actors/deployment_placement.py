@@ -8,6 +8,7 @@ module only keeps the state and makes each `Place` all-or-nothing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -480,7 +481,9 @@ class DeploymentPlacementActor(KeepServingActor):
             result = self._place(message)
         except CapacityError as exc:
             self._failures.pop(name, None)  # the latest refused last: the oldest goes first
-            self._failures[name] = exc
+            # A copy, without the traceback the raised one gathers: its frames would keep the
+            # message (a whole `PlaceMany` batch) and the asker's locals alive while it is kept.
+            self._failures[name] = copy.copy(exc)
             if len(self._failures) > MAX_FAILURES_KEPT:
                 del self._failures[next(iter(self._failures))]
             raise
@@ -505,8 +508,8 @@ class DeploymentPlacementActor(KeepServingActor):
         for index in order:
             try:
                 outcomes[index] = self._place_checked(places[index], caught_up=True)
-            except PlacementError as exc:
-                outcomes[index] = exc
+            except PlacementError as exc:  # an answer, not a fault: no frames of this actor
+                outcomes[index] = exc.with_traceback(None)
         return PlacedMany(outcomes=tuple(self._now(outcomes[i]) for i in range(len(places))))
 
     def _now(self, outcome: PlacementResult | PlacementError) -> PlacementResult | PlacementError:

@@ -488,6 +488,23 @@ def failure_of(actor: Ref, name: str) -> CapacityError | None:
     return failure.error
 
 
+@pytest.mark.parametrize("sent", ["asked", "told", "in a batch"])
+def test_a_kept_refusal_holds_no_frames_of_the_message_that_brought_it(
+    actor: Ref, sent: str
+) -> None:
+    refused = Place(local("big", gpus=16))
+    if sent == "asked":
+        with pytest.raises(NotEnoughGpusError):
+            actor.ask(refused, timeout=TIMEOUT)
+    elif sent == "told":
+        actor.tell(refused)
+    else:
+        actor.ask(PlaceMany((refused, Place(local("small")))), timeout=TIMEOUT)
+    error = failure_of(actor, "big")
+    assert isinstance(error, NotEnoughGpusError)
+    assert error.__traceback__ is None  # its frames would keep the whole message alive
+
+
 def test_failures_are_kept_for_the_latest_refused_deployments_only(actor: Ref) -> None:
     names = [f"refused-{i}" for i in range(MAX_FAILURES_KEPT + 1)]
     for name in names:  # as a controller that tries ever new names
