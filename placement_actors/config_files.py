@@ -491,14 +491,22 @@ class _Document:
         if not isinstance(item, dict):
             self.add(loc, str(loc[0]), f"entry {int(loc[1]) + 1} must be a mapping")
             return None
+        # Unknown fields are told here, not by the schema: an entry may hold half a million, and
+        # only the problems shown are worth a suggestion (or an error value from pydantic).
+        fields = model.model_fields
+        unknown = [key for key in item if key not in fields]
+        for key in unknown:
+            if self.problems.wanted():
+                problem = "is not a known field" + _did_you_mean(key, fields)
+                self.add((*loc, key), _shown_field(key), problem)
+            else:
+                self.problems.count()
+        if unknown:
+            item = {key: value for key, value in item.items() if key in fields}
         entry, errors = _validate(model, item)
         for err in errors:
-            where = (*loc, *err["loc"])
-            problem = _explain(err)
-            if err["type"] == "extra_forbidden" and err["loc"]:
-                problem += _did_you_mean(err["loc"][-1], model.model_fields)
-            self.add(where, _field_name(err["loc"]), problem)
-        return entry
+            self.add((*loc, *err["loc"]), _field_name(err["loc"]), _explain(err))
+        return None if unknown else entry
 
     def add_domain(
         self,

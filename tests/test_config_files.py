@@ -591,6 +591,33 @@ def test_a_file_with_thousands_of_problems_shows_the_first_hundred_and_counts_th
     )
 
 
+def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suggested: list[object] = []
+    suggest = config_files._did_you_mean
+    monkeypatch.setattr(
+        config_files,
+        "_did_you_mean",
+        lambda name, known: suggested.append(name) or suggest(name, known),
+    )
+    path = write(
+        tmp_path,
+        "deployments:\n  - name: a\n    model: m\n"
+        + "".join(f"    replicaz{i}: 1\n" for i in range(5_000)),
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    shown = problems_of(caught, tmp_path)
+    assert shown[0] == (
+        "deployments.yaml:4: replicaz0: is not a known field (did you mean replicas?)"
+    )
+    assert shown[-1] == (
+        "deployments.yaml:104: and 4,900 more problems (not shown; the first is on this line)"
+    )
+    assert len(suggested) == 101  # the hundred shown and the first counted, not 5,000
+
+
 # -- one round of problems ------------------------------------------------------------------------
 
 
