@@ -92,7 +92,7 @@ def _rebuilt(value: object, depth: int, seen: _Seen) -> object:
     return rebuilt
 
 
-def _rebuilt_once(  # noqa: PLR0911 - one return per kind
+def _rebuilt_once(
     value: object, cls: type[Any], depth: int, seen: _Seen
 ) -> object:
     if isinstance(value, enum.Enum | BaseException) or is_checked(value):
@@ -107,6 +107,18 @@ def _rebuilt_once(  # noqa: PLR0911 - one return per kind
         return _rebuilt_dataclass(value, cls, names, depth, seen)
     if isinstance(value, ApiKey | LabelSelector):
         return _rebuilt_own(value)
+    try:
+        return _rebuilt_container(value, cls, depth, seen)
+    except InvalidSpecError:
+        raise
+    except (RecursionError, TypeError, ValueError, AttributeError, LookupError):
+        # A container that cannot be read (a ChainMap over itself, or over a number): the
+        # sender's fault, told without its frames (they may be thousands deep).
+        msg = f"malformed {cls.__name__} in the message: it cannot be read"
+        raise InvalidSpecError(msg, field="message") from None
+
+
+def _rebuilt_container(value: object, cls: type[Any], depth: int, seen: _Seen) -> object:
     if isinstance(value, tuple):
         if cls is tuple and len(value) >= _LONG:
             return _plain_tuple(value) or tuple(_rebuilt(v, depth + 1, seen) for v in value)

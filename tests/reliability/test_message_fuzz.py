@@ -11,6 +11,7 @@ everything gives a full ledger back. The counts are printed (``pytest -s``) and 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pickle
 import queue
@@ -523,6 +524,37 @@ def test_a_place_that_skipped_its_constructor_is_checked_on_arrival(
         actor.ask(message, timeout=TIMEOUT)
     assert "sk-raw" not in str(caught.value)
     assert view_of(actor).deployments == ()
+
+
+def a_mapping_that_holds_itself() -> collections.ChainMap[Any, Any]:
+    looped: collections.ChainMap[Any, Any] = collections.ChainMap()
+    looped.maps.append(looped)  # reading it never ends (a stdlib Mapping; it pickles)
+    return looped
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [a_mapping_that_holds_itself(), collections.ChainMap(5), collections.ChainMap([[1]])],
+    ids=["holds-itself", "over-a-number", "over-a-list"],
+)
+def test_a_mapping_that_cannot_be_read_is_an_invalid_spec_and_the_actor_serves_on(
+    actor: pykka.ActorRef[DeploymentPlacementActor], inside: object
+) -> None:
+    for message in (
+        forged(Release, deployment=inside),
+        forged(NodeLost, node_id=inside),
+        forged(
+            Place,
+            deployment=GOOD,
+            constraints=forged(
+                PlacementConstraints,
+                **{**_fields(PlacementConstraints()), "label_selector": inside},
+            ),
+        ),
+    ):
+        with pytest.raises(InvalidSpecError, match="malformed"):
+            actor.ask(message, timeout=TIMEOUT)  # forged: checked on arrival
+    assert view_of(actor).deployments == ()  # and it answers
 
 
 def test_a_place_without_its_fields_is_an_invalid_spec(
