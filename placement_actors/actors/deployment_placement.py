@@ -991,10 +991,23 @@ class DeploymentPlacementActor(KeepServingActor):
             self._subscribers.remove(message.subscriber)
 
     def _notify(self, event: object) -> None:
+        """Tell every subscriber ``event``; one that cannot be told is dropped, the rest are.
+
+        Never raises: the change the event tells of is carried out whatever a subscriber does.
+        """
         for subscriber in list(self._subscribers):
             try:
                 subscriber.tell(event)
             except pykka.ActorDeadError:
+                self._subscribers.remove(subscriber)
+            except Exception as exc:  # noqa: BLE001 - a subscriber's fault, not this actor's
+                logger.warning(
+                    "subscriber %s dropped: telling it %s failed: %s: %s",
+                    getattr(subscriber, "actor_urn", "?"),
+                    type(event).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
                 self._subscribers.remove(subscriber)
 
     @admits(NodeJoined)

@@ -630,6 +630,11 @@ def _check_subscriber(subscriber: object) -> None:
     if not isinstance(subscriber, pykka.ActorRef):
         msg = f"a subscriber is a pykka ActorRef, got {type(subscriber).__name__}"
         raise InvalidSpecError(msg, field="subscriber")
+    if not isinstance(getattr(subscriber, "actor_urn", None), str) or not hasattr(
+        subscriber, "actor_inbox"
+    ):  # made without its actor (unpickled, or built by hand): it can be told nothing
+        msg = "a subscriber is the ActorRef of a started pykka actor"
+        raise InvalidSpecError(msg, field="subscriber")
 
 
 def _check_gpu_ids(gpu_ids: object) -> None:

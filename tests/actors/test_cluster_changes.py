@@ -14,6 +14,7 @@ from placement_actors import (
     Deployment,
     DeploymentPlacementActor,
     GetClusterView,
+    InvalidSpecError,
     NodeTopology,
     NotEnoughGpusError,
     Place,
@@ -213,6 +214,41 @@ def test_an_unsubscribed_listener_hears_nothing_more(
     with pytest.raises(queue.Empty):
         events.get(timeout=0.2)
     listener.stop()
+
+
+def test_a_subscriber_ref_that_was_never_made_by_pykka_is_refused(actor: Ref) -> None:
+    forged = object.__new__(pykka.ActorRef)  # as unpickled from a crafted message
+    with pytest.raises(InvalidSpecError, match="subscriber"):
+        actor.ask(Subscribe(forged), timeout=TIMEOUT)
+
+
+class BrokenRef(pykka.ActorRef[Any]):
+    """A subscriber whose every tell fails with something other than a dead actor."""
+
+    def tell(self, message: Any) -> None:
+        msg = f"cannot take {type(message).__name__}"
+        raise RuntimeError(msg)
+
+
+def test_a_subscriber_that_fails_to_be_told_is_dropped_and_the_loss_is_carried_out(
+    actor: Ref, events: "queue.Queue[object]"
+) -> None:
+    broken = Listener.start(queue.Queue())
+    broken.__class__ = BrokenRef
+    actor.ask(Subscribe(broken), timeout=TIMEOUT)
+    first = place(actor, local("llama"))
+    lost_node = first.assignments[0].node
+    actor.tell(NodeLost(node_id=lost_node))
+    assert next_event(events) == NodeLost(node_id=lost_node)  # the others are still told
+    assert isinstance(next_event(events), ReplicaLost)
+    assert isinstance(next_event(events), ReplicaReplaced)
+    now = current(actor, "llama").result
+    assert now is not None
+    assert lost_node not in {a.node for a in now.assignments}  # the loss was carried out
+    actor.tell(NodeJoined(node=NodeTopology(node_id=lost_node, num_gpus=4)))
+    assert next_event(events) == NodeJoined(node=NodeTopology(node_id=lost_node, num_gpus=4))
+    broken.__class__ = pykka.ActorRef
+    broken.stop()
 
 
 def test_a_replica_pinned_to_a_list_of_nodes_moves_to_a_survivor_of_the_list(
