@@ -92,9 +92,7 @@ def _rebuilt(value: object, depth: int, seen: _Seen) -> object:
     return rebuilt
 
 
-def _rebuilt_once(
-    value: object, cls: type[Any], depth: int, seen: _Seen
-) -> object:
+def _rebuilt_once(value: object, cls: type[Any], depth: int, seen: _Seen) -> object:
     if isinstance(value, enum.Enum | BaseException) or is_checked(value):
         # Errors travel as they are (an event may carry one); a checked value was made here,
         # through its constructors all the way down.

@@ -15,9 +15,13 @@ from placement_actors.domain.labels import LabelSelector
 
 __all__ = ["MAX_REMEMBERED_NODES", "LabelIndex"]
 
-MAX_REMEMBERED_NODES = 1_000_000
-"""Node ids the remembered answers may hold in all (then all are forgotten and worked out again
-when asked): new selectors sent one after another cannot grow memory past this."""
+MAX_REMEMBERED_NODES = 250_000
+"""What the remembered answers may hold in all, keys included: node ids (those picked, and those
+of the node set a selector narrows), and a unit per `_SELECTOR_UNIT` characters of selector
+text. Past it, all are forgotten and worked out again when asked: new selectors and node lists
+sent one after another cannot grow memory past this (about 25 MB)."""
+
+_SELECTOR_UNIT = 32
 
 
 class LabelIndex:
@@ -72,10 +76,11 @@ class LabelIndex:
             found = self._pick(selector)
             if within is not None:
                 found &= within
-            if self._remembered + len(found) > MAX_REMEMBERED_NODES:
+            held = len(found) + len(within or ()) + _text_units(selector) + 1
+            if self._remembered + held > MAX_REMEMBERED_NODES:
                 self._forget()
             self._answers[key] = found
-            self._remembered += len(found) + 1
+            self._remembered += held
         return found
 
     def _pick(self, selector: LabelSelector) -> frozenset[str]:
@@ -96,3 +101,9 @@ class LabelIndex:
     def _forget(self) -> None:
         self._answers.clear()
         self._remembered = 0
+
+
+def _text_units(selector: LabelSelector) -> int:
+    """The selector's text (keys and values), in units of `_SELECTOR_UNIT` characters."""
+    text = sum(len(m.key) + sum(len(v) + 1 for v in m.values) for m in selector.matches)
+    return text // _SELECTOR_UNIT

@@ -188,10 +188,18 @@ def _unknown_nodes(
     return sorted(unknown)
 
 
+_SHOWN_SELECTOR = 200
+"""Characters of a label selector a refusal shows (one may hold over a megabyte of text)."""
+
+
 def _shown(constraints: PlacementConstraints) -> str:
     """The constraints' label selector, as a refusal names it ("" when there is none)."""
     selector = constraints.label_selector
-    return f"label_selector {dict(selector)}" if selector else ""
+    if not selector:
+        return ""
+    text = str(dict(selector))
+    cut = f"{text[:_SHOWN_SELECTOR]}... ({len(text):,} characters)"
+    return f"label_selector {text if len(text) <= _SHOWN_SELECTOR else cut}"
 
 
 def _remote(

@@ -182,6 +182,15 @@ def test_a_selector_that_picks_no_node_is_refused_and_says_so() -> None:
     assert gpu_ledger.total_free() == 32  # nothing was reserved
 
 
+def test_a_refusal_names_a_huge_selector_by_its_start_and_size() -> None:
+    gpu_ledger, egress_ledger = zoned()
+    wide = "in(" + ",".join(f"{'v' * 250}{i}" for i in range(100)) + ")"
+    huge = PlacementConstraints(label_selector={f"k{i}": wide for i in range(64)})
+    with pytest.raises(NoGpuNodesError, match="characters") as caught:
+        decide_placement(gpu_ledger, egress_ledger, local(), huge)
+    assert len(str(caught.value)) < 500  # not the 1.6 MB of the selector
+
+
 def test_remembered_selector_answers_are_bounded_in_nodes_and_stay_right(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -191,3 +200,24 @@ def test_remembered_selector_answers_are_bounded_in_nodes_and_stay_right(
         picked = index.selected(LabelSelector({"zone": f"!in(z0,x{turn})"}))
         assert picked == {f"n{i}" for i in range(9) if i % 3}
     assert index._remembered <= 10
+
+
+def held_by_answers(index: label_index.LabelIndex) -> int:
+    """Node ids remembered answers hold, keys included, and a unit per 32 selector characters."""
+    return sum(
+        len(found) + len(within or ()) + len(repr(selector)) // 32
+        for (within, selector), found in index._answers.items()
+    )
+
+
+def test_what_remembered_answers_hold_is_bounded_by_their_keys_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(label_index, "MAX_REMEMBERED_NODES", 1_000)
+    index = label_index.LabelIndex((f"n{i}", {"zone": f"z{i % 3}"}) for i in range(9))
+    within = frozenset({"n1", *(f"gone-{i}" for i in range(600))})  # a long node list
+    wide = "in(" + ",".join(f"{'v' * 200}{i}" for i in range(100)) + ")"  # a long selector
+    for turn in range(30):  # each new, each picking one node
+        assert index.selected(LabelSelector({"zone": f"in(z1,x{turn})"}), within) == {"n1"}
+        assert index.selected(LabelSelector({f"k{turn}": wide, "zone": "z1"})) == frozenset()
+    assert held_by_answers(index) <= 1_000
