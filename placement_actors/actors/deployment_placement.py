@@ -1018,6 +1018,7 @@ class DeploymentPlacementActor(KeepServingActor):
             return  # known and alive: nothing changed
         if node.num_gpus > 0 and node.node_id not in self._gpus:
             self._gpus.add_node(node)
+            self._hold_standing(node.node_id)
         if node.is_head and node.node_id not in self._heads:  # shown as the head, GPUs or not
             self._heads |= {node.node_id}
             if self._exclude_heads:
@@ -1032,6 +1033,25 @@ class DeploymentPlacementActor(KeepServingActor):
         logger.info("node %s joined with %d GPUs", node.node_id, node.num_gpus)
         self._notify(event)
         self._retry_degraded()
+
+    def _hold_standing(self, node_id: str) -> None:
+        """A node joined again: hold its GPUs that groups Ray has not removed yet still take.
+
+        Those of replicas whose loss waits for Ray (`_losing`, still on the record there) and of
+        failed groups Ray would not remove (``_stranded``): they are given back when the
+        removal succeeds, as on any node.
+        """
+        standing = [
+            (name, a)
+            for name, (indexes, _, _) in self._losing.items()
+            if name in self._placed
+            for a in self._placed[name].result.assignments
+            if a.replica_index in indexes
+        ]
+        standing += [(name, a) for name, kept in self._stranded.items() for a in kept]
+        for name, assignment in standing:
+            if assignment.node == node_id and assignment.gpus:
+                self._gpus.hold(node_id, assignment.gpus, name)
 
     @admits(NodeLost)
     def _on_node_lost(self, event: NodeLost) -> None:
@@ -1513,7 +1533,12 @@ class DeploymentPlacementActor(KeepServingActor):
     ) -> None:
         for assignment in assignments:
             if assignment.gpus and assignment.node in self._gpus:
-                self._gpus.release(assignment.node, assignment.gpus, name)
+                try:
+                    self._gpus.release(assignment.node, assignment.gpus, name)
+                except InvalidSpecError:  # the node left and joined again since: what it holds
+                    holders = self._gpus.holders(assignment.node)
+                    mine = [o for o in assignment.gpus if holders.get(o) == name]
+                    self._gpus.release(assignment.node, mine, name)
             if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
 

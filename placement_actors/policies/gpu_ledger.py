@@ -425,6 +425,26 @@ class GpuLedger:
             held[ordinal] = holder
         return tuple(taken)
 
+    def hold(self, node_id: str, ordinals: Iterable[int], holder: str) -> tuple[int, ...]:
+        """Hand ``holder`` those of ``ordinals`` of ``node_id`` that are free; returns them.
+
+        For GPUs known to be taken already (a placement group that still stands on a node that
+        joined again): ordinals held by someone else, or that the node does not have, are left.
+
+        Raises:
+            InvalidSpecError: the node is unknown.
+        """
+        free = self._free_list(node_id)
+        taken = tuple(sorted(set(ordinals) & set(free)))
+        if taken:
+            before = len(free)
+            self._free[node_id] = [o for o in free if o not in taken]
+            held = self._held[node_id]
+            for ordinal in taken:
+                held[ordinal] = holder
+            self._move(node_id, before, before - len(taken))
+        return taken
+
     def release(self, node_id: str, ordinals: Iterable[int], holder: str) -> None:
         """Give back ``ordinals`` of ``node_id`` that ``holder`` holds.
 

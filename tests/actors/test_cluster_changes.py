@@ -1,6 +1,8 @@
 """Nodes that join and leave, told to a DeploymentPlacementActor as messages (no Ray)."""
 
+import itertools
 import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -10,6 +12,9 @@ import pytest
 
 from placement_actors import (
     ApiKey,
+    BackendError,
+    BundleEndpoint,
+    BundleStrategy,
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
@@ -20,7 +25,14 @@ from placement_actors import (
     Place,
     PlacementConstraints,
     PlacementResult,
+    PlanReplica,
     Release,
+    RemoveReplicaGroups,
+    ReplicaBundleSpec,
+    ReplicaFailed,
+    ReplicaGroupsRemoved,
+    ReplicaPlacement,
+    group_name,
 )
 from placement_actors.actors.messages import (
     GetPlacement,
@@ -34,6 +46,7 @@ from placement_actors.actors.messages import (
     Subscribe,
     Unsubscribe,
 )
+from placement_actors.domain.results import Known
 
 TIMEOUT = 5
 TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
@@ -249,6 +262,83 @@ def test_a_subscriber_that_fails_to_be_told_is_dropped_and_the_loss_is_carried_o
     assert next_event(events) == NodeJoined(node=NodeTopology(node_id=lost_node, num_gpus=4))
     broken.__class__ = pykka.ActorRef
     broken.stop()
+
+
+class Planner(pykka.ThreadingActor):
+    """Plans every replica at once; refuses removals while ``refusing`` is set (Ray down)."""
+
+    def __init__(self, refusing: threading.Event) -> None:
+        super().__init__()
+        self.refusing = refusing
+        self.attempts = itertools.count(1)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, RemoveReplicaGroups):
+            if self.refusing.is_set():
+                msg = "Ray is down (injected)"
+                raise BackendError(msg, operation="remove placement group")
+            return ReplicaGroupsRemoved(deployment=message.deployment, removed=1)
+        assert isinstance(message, PlanReplica)
+        attempt = next(self.attempts)
+        return ReplicaPlacement(
+            deployment=message.deployment,
+            replica_index=message.replica_index,
+            group_name=group_name(message.deployment, message.replica_index),
+            spec=ReplicaBundleSpec(
+                bundles=tuple({"GPU": len(a.gpus)} for a in message.assignments),
+                strategy=BundleStrategy.STRICT_PACK,
+                nnodes=1,
+                per_node_gpus=len(message.assignments[0].gpus),
+            ),
+            bundles=tuple(
+                BundleEndpoint(node=a.node, node_ip=Known("10.0.0.1"), port=Known(9000))
+                for a in message.assignments
+            ),
+            attempt=attempt,
+            group_id=f"group-{attempt}",
+        )
+
+
+def held_by(actor: Ref, node: str) -> list[str]:
+    return [h.deployment for h in view(actor).node(node).held]
+
+
+@pytest.mark.parametrize("how", ["its node lost", "its group failed"])
+def test_a_node_back_under_its_id_keeps_the_gpus_of_groups_ray_has_not_removed_yet(
+    how: str,
+) -> None:
+    refusing = threading.Event()
+    planner = Planner.start(refusing)
+    actor = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner)
+    try:
+        x = place(actor, local("x"), gpu_nodes=("a",))
+        refusing.set()  # Ray will not remove x's group: it stands, and holds a's GPUs
+        if how == "its node lost":
+            actor.tell(NodeLost(node_id="a"))  # x's loss waits for Ray
+        else:
+            actor.tell(
+                ReplicaFailed(
+                    deployment="x",
+                    replica_index=0,
+                    group_name=x.replicas[0].group_name,
+                    attempt=x.replicas[0].attempt,
+                    error=BackendError("failed (injected)", operation="create placement group"),
+                    group_removed=False,
+                )
+            )
+            actor.tell(NodeLost(node_id="a"))
+        actor.tell(NodeJoined(node=NodeTopology(node_id="a", num_gpus=4)))
+        assert held_by(actor, "a") == ["x"] * 4  # not offered to another deployment
+        with pytest.raises(NotEnoughGpusError):
+            actor.ask(Place(local("y"), PlacementConstraints(gpu_nodes=("a",))), timeout=TIMEOUT)
+        refusing.clear()  # Ray is back: the next message carries the removal out
+        assert isinstance(view(actor), ClusterView)  # not "x does not hold GPUs ..."
+        actor.ask(Release("x"), timeout=TIMEOUT)
+        assert held_by(actor, "a") == []
+        assert view(actor).deployments == ()
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        planner.stop()
 
 
 def test_a_replica_pinned_to_a_list_of_nodes_moves_to_a_survivor_of_the_list(

@@ -37,6 +37,18 @@ def test_released_ordinals_are_reused_in_order() -> None:
     assert ledger.reserve("a", 1, "z") == (0,)
 
 
+def test_hold_takes_the_named_ordinals_that_are_free_and_leaves_the_rest() -> None:
+    ledger = ledger_of(a=4, b=4)
+    ledger.reserve("a", 1, "y")  # ordinal 0
+    assert ledger.hold("a", (0, 2, 3, 7), "x") == (2, 3)  # 0 is y's; the node has no 7
+    assert ledger.holders("a") == {0: "y", 2: "x", 3: "x"}
+    assert ledger.free_ordinals("a") == (1,)
+    assert list(ledger.with_free(1)) == ["a"]  # its free count moved in the index
+    assert list(ledger.with_free(4)) == ["b"]
+    assert ledger.best_fit(2) == "b"
+    assert ledger.hold("a", (), "x") == ()
+
+
 @pytest.mark.parametrize(
     ("gpus", "expected"),
     [
