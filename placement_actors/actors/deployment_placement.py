@@ -112,6 +112,11 @@ _T = TypeVar("_T")
 OUTSIDE_HOLDER = "(outside the service)"
 """The ledger's holder of GPUs that other Ray users hold (not a deployment name: it has spaces)."""
 
+BATCH_REMOTE_LIMITS = 10
+"""A `PlaceMany` may ask for at most this many times ``max_remote_replicas`` remote replicas in
+all (100,000 by default), counting those within the limit of one deployment: a batch is one
+message, and its work is bounded before any of it is done."""
+
 _INDEX_DIGITS = 9
 """The most digits of a replica index in a group name Ray reports (more: no group of ours)."""
 
@@ -496,9 +501,22 @@ class DeploymentPlacementActor(KeepServingActor):
 
         What Ray refused before is tried again once for the batch, not once per `Place`.
         """
+        places = message.places
+        remote = sum(
+            p.deployment.replicas
+            for p in places
+            if p.deployment.replicas <= self._max_remote_replicas  # else refused on its own
+            and egress_key(p.deployment) is not None
+        )
+        if remote > BATCH_REMOTE_LIMITS * self._max_remote_replicas:
+            msg = (
+                f"the batch asks for {remote:,} remote replicas in all; a PlaceMany may ask for "
+                f"{BATCH_REMOTE_LIMITS} times the limit of one deployment "
+                f"({BATCH_REMOTE_LIMITS * self._max_remote_replicas:,}): send it in parts"
+            )
+            raise InvalidSpecError(msg, field="places")
         if self._behind():  # also for proxy calls, which do not pass through on_receive
             self._catch_up()
-        places = message.places
         order = (
             largest_first([p.deployment for p in places])
             if message.largest_first

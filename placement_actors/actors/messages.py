@@ -138,7 +138,9 @@ class PlaceMany(Checked):
     with the most GPUs per replica first (ties in order), so that small replicas placed before a
     large one cannot leave it only a split. The outcomes come back in the batch's order either way.
 
-    Reply: `PlacedMany`. Errors: `InvalidSpecError` for a malformed batch (then nothing is placed).
+    Reply: `PlacedMany`. Errors: `InvalidSpecError` for a malformed batch, or one that asks for
+    more than ten times the actor's ``max_remote_replicas`` remote replicas in all (then nothing
+    is placed).
     """
 
     places: tuple[Place, ...]

@@ -574,6 +574,27 @@ def test_a_malformed_batch_is_refused_whole(actor: Ref, places: tuple[object, ..
     assert cluster_view(actor).deployments == ()
 
 
+def test_a_batch_asking_for_more_remote_replicas_than_ten_deployments_at_the_limit_is_refused() -> (
+    None
+):
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, egress_nodes=EGRESS, max_remote_replicas=10
+    )
+    try:
+        over = PlaceMany(tuple(Place(remote(f"api-{i}", replicas=10)) for i in range(11)))
+        with pytest.raises(InvalidSpecError, match="110 remote replicas"):
+            ref.ask(over, timeout=TIMEOUT)  # refused before any is decided
+        assert cluster_view(ref).deployments == ()
+        beyond = Place(remote("beyond", replicas=11))  # refused on its own: not counted
+        at = PlaceMany((*over.places[:10], beyond))
+        reply = ref.ask(at, timeout=TIMEOUT)
+        assert isinstance(reply, PlacedMany)
+        assert isinstance(reply.outcomes[-1], InvalidSpecError)
+        assert len(reply.results) == 10
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
 def test_a_largest_first_batch_naming_a_deployment_twice_is_refused() -> None:
     place = Place(local("twice", gpus=1))
     with pytest.raises(InvalidSpecError, match="each deployment once"):
