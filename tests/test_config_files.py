@@ -1,4 +1,5 @@
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -596,11 +597,12 @@ def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
 ) -> None:
     suggested: list[object] = []
     suggest = config_files._did_you_mean
-    monkeypatch.setattr(
-        config_files,
-        "_did_you_mean",
-        lambda name, known: suggested.append(name) or suggest(name, known),
-    )
+
+    def counted(name: object, known: Iterable[str]) -> str:
+        suggested.append(name)
+        return suggest(name, known)
+
+    monkeypatch.setattr(config_files, "_did_you_mean", counted)
     path = write(
         tmp_path,
         "deployments:\n  - name: a\n    model: m\n"

@@ -534,7 +534,11 @@ def a_mapping_that_holds_itself() -> collections.ChainMap[Any, Any]:
 
 @pytest.mark.parametrize(
     "inside",
-    [a_mapping_that_holds_itself(), collections.ChainMap(5), collections.ChainMap([[1]])],
+    [
+        a_mapping_that_holds_itself(),
+        collections.ChainMap(5),  # type: ignore[arg-type]  # malformed on purpose
+        collections.ChainMap([[1]]),  # type: ignore[arg-type]
+    ],
     ids=["holds-itself", "over-a-number", "over-a-list"],
 )
 def test_a_mapping_that_cannot_be_read_is_an_invalid_spec_and_the_actor_serves_on(
