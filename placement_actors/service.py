@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -63,7 +63,7 @@ from placement_actors.actors.messages import (
     Subscribe,
     Unsubscribe,
 )
-from placement_actors.domain.deployments import group_prefix, is_deployment_name
+from placement_actors.domain.deployments import is_deployment_name
 from placement_actors.domain.errors import (
     BackendError,
     InvalidSpecError,
@@ -471,6 +471,56 @@ class _Position:
         self.gone = {g for g in self.gone if g > self.next}
 
 
+class _KnownReplicas:
+    """The group of each name the service last answered with, by deployment: what `endpoint` reads.
+
+    Thread-safe: the listener's thread adds what events tell, the host's loop the rest. Only
+    the latest attempt of a name is kept (a moved or replaced replica's group is made again under
+    the same name), so it grows with the groups, not with their history; a deployment's groups
+    go when it is released.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_group: dict[str, ReplicaPlacement] = {}
+        self._by_deployment: dict[str, set[str]] = {}
+
+    def keep(self, deployment: str, replicas: Iterable[ReplicaPlacement] = ()) -> None:
+        """A reply placed ``deployment`` with ``replicas`` (a late reply keeps the newest)."""
+        with self._lock:
+            names = self._by_deployment.setdefault(deployment, set())
+            for replica in replicas:
+                self._put(replica, names)
+
+    def keep_if_placed(self, replica: ReplicaPlacement) -> None:
+        """An event told of ``replica``: kept unless its deployment was released before.
+
+        The event may come after the `Release` that forgot the deployment was answered (the
+        listener runs on its own thread): it must not bring the released groups back.
+        """
+        with self._lock:
+            names = self._by_deployment.get(replica.deployment)
+            if names is not None:
+                self._put(replica, names)
+
+    def _put(self, replica: ReplicaPlacement, names: set[str]) -> None:
+        kept = self._by_group.get(replica.group_name)
+        if kept is None or kept.attempt <= replica.attempt:
+            self._by_group[replica.group_name] = replica
+            names.add(replica.group_name)
+
+    def forget(self, deployment: str) -> None:
+        """``deployment`` was released: its groups are no longer resolvable."""
+        with self._lock:
+            for name in self._by_deployment.pop(deployment, ()):
+                self._by_group.pop(name, None)
+
+    def get(self, group_name: object) -> ReplicaPlacement | None:
+        """The latest group of that name, if the service answered with one."""
+        with self._lock:
+            return self._by_group.get(group_name) if isinstance(group_name, str) else None
+
+
 class _EventListener(KeepServingActor):
     """Subscribed to the placement actor in the service's process: records each event it is told.
 
@@ -513,10 +563,7 @@ class PlacementHost:
         """Start the actors on the cluster this process belongs to (`start_on_ray`)."""
         self._events = EventBuffer(event_buffer)
         self._order = ClientOrder()
-        self._lock = threading.Lock()  # the listener's thread adds endpoints too
-        # One entry per group: the latest attempt (a moved or replaced replica's group is made
-        # again under the same name), so the map grows with the groups, not with their history.
-        self._replicas: dict[str, ReplicaPlacement] = {}
+        self._replicas = _KnownReplicas()
         self._placement = start_on_ray(
             ready_timeout_s=ready_timeout_s,
             ignore_head_node=ignore_head_node,
@@ -585,16 +632,8 @@ class PlacementHost:
                     for o in reply.outcomes
                 )
             )
-        if isinstance(message, Release):  # forget the released replicas' endpoints
-            prefix = (
-                group_prefix(message.deployment) if is_deployment_name(message.deployment) else None
-            )
-            with self._lock:
-                self._replicas = {
-                    name: r
-                    for name, r in self._replicas.items()
-                    if not prefix or not name.startswith(prefix)
-                }
+        if isinstance(message, Release) and is_deployment_name(message.deployment):
+            self._replicas.forget(message.deployment)  # its endpoints are no longer resolvable
         return "ok", reply
 
     async def endpoint(
@@ -605,11 +644,7 @@ class PlacementHost:
         Only the current group of each name is kept: an earlier attempt, or another Ray group
         (``group_id``, which tells groups apart across restarts too), is a `StalePlacementError`.
         """
-        try:
-            with self._lock:
-                replica = self._replicas.get(group_name)
-        except TypeError:  # an unhashable key from a misbehaving client
-            replica = None
+        replica = self._replicas.get(group_name)
         if replica is not None and (
             replica.attempt != attempt or (group_id and replica.group_id != group_id)
         ):
@@ -656,33 +691,35 @@ class PlacementHost:
     ) -> None:
         """Keep an event the placement actor told the listener (in the listener's thread)."""
         if isinstance(event, ReplicaReplaced | ReplicaMoved) and event.placement is not None:
-            event = dataclasses.replace(event, placement=self._portable(event.placement))
+            self._replicas.keep_if_placed(event.placement)
+            event = dataclasses.replace(event, placement=_stand_ins(event.placement))
         self._events.append(event)
 
     def _portable_result(self, result: PlacementResult) -> PlacementResult:
-        return dataclasses.replace(
-            result, replicas=tuple(self._portable(r) for r in result.replicas)
-        )
+        self._replicas.keep(result.deployment.name, result.replicas)
+        return dataclasses.replace(result, replicas=tuple(_stand_ins(r) for r in result.replicas))
 
     def _portable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
-        with self._lock:
-            kept = self._replicas.get(replica.group_name)
-            if kept is None or kept.attempt <= replica.attempt:  # a late reply keeps the newest
-                self._replicas[replica.group_name] = replica
-        bundles = []
-        for index, bundle in enumerate(replica.bundles):
-            stand_in = _RemoteEndpoint(
-                group_name=replica.group_name, attempt=replica.attempt, bundle_index=index
-            )
-            bundles.append(
-                dataclasses.replace(bundle, node_ip=stand_in, port=stand_in, gpu_ids=stand_in)
-            )
-        return dataclasses.replace(replica, bundles=tuple(bundles))
+        self._replicas.keep(replica.deployment, (replica,))
+        return _stand_ins(replica)
 
     def stop(self) -> None:
         """Stop both actors and the listener (the placement groups stay)."""
         self._listener.stop()
         self._placement.stop(timeout=30)
+
+
+def _stand_ins(replica: ReplicaPlacement) -> ReplicaPlacement:
+    """``replica`` with each bundle's futures replaced by what a client resolves through us."""
+    bundles = []
+    for index, bundle in enumerate(replica.bundles):
+        stand_in = _RemoteEndpoint(
+            group_name=replica.group_name, attempt=replica.attempt, bundle_index=index
+        )
+        bundles.append(
+            dataclasses.replace(bundle, node_ip=stand_in, port=stand_in, gpu_ids=stand_in)
+        )
+    return dataclasses.replace(replica, bundles=tuple(bundles))
 
 
 def _refusal(message: object) -> InvalidSpecError | None:

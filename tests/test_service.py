@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from placement_actors import (
     BackendError,
+    BundleEndpoint,
+    BundleStrategy,
     ClusterView,
     Deployment,
     GetClusterView,
@@ -35,11 +37,14 @@ from placement_actors import (
     PlacementResult,
     Release,
     Released,
+    ReplicaBundleSpec,
     ReplicaFailed,
     ReplicaGroupsView,
     ReplicaMoved,
+    ReplicaPlacement,
     StalePlacementError,
     UnknownMessageError,
+    group_name,
     group_prefix,
 )
 from placement_actors.actors.messages import (
@@ -56,6 +61,7 @@ from placement_actors.actors.messages import (
 )
 from placement_actors.backends.ray import hosting
 from placement_actors.backends.ray.connection import NAMESPACE
+from placement_actors.domain.results import Known
 from placement_actors.service import (
     ClientOrder,
     EventBuffer,
@@ -63,6 +69,7 @@ from placement_actors.service import (
     PlacementClient,
     PlacementHost,
     ServiceEvent,
+    _KnownReplicas,
     _unwrap,
 )
 from placement_actors.settings import IGNORE_HEAD_NODE_ENV
@@ -350,6 +357,46 @@ async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_lo
     started = time.monotonic()
     assert await buffer.wait(1, wait_s=0.2) == ((), 1)  # nothing new: back after wait_s
     assert time.monotonic() - started >= 0.2
+
+
+# -- the endpoints the service resolves, without Ray -------------------------------------------
+
+
+def replica_of(deployment: str, attempt: int, index: int = 0) -> ReplicaPlacement:
+    return ReplicaPlacement(
+        deployment=deployment,
+        replica_index=index,
+        group_name=group_name(deployment, index),
+        spec=ReplicaBundleSpec(
+            bundles=({"GPU": 1},), strategy=BundleStrategy.STRICT_PACK, nnodes=1, per_node_gpus=1
+        ),
+        bundles=(BundleEndpoint(node="n", node_ip=Known("10.0.0.1"), port=Known(9000)),),
+        attempt=attempt,
+        group_id=f"g-{deployment}-{attempt}",
+    )
+
+
+def test_an_event_told_after_its_deployment_was_released_brings_no_endpoint_back() -> None:
+    known = _KnownReplicas()
+    known.keep("d", (replica_of("d", 1),))
+    known.forget("d")  # the Release was answered ...
+    known.keep_if_placed(replica_of("d", 2))  # ... before the listener heard of a replacement
+    assert known.get(group_name("d", 0)) is None
+
+
+def test_the_latest_attempt_of_a_group_is_kept_whoever_tells_it_first() -> None:
+    known = _KnownReplicas()
+    known.keep("d", ())  # placed, its replica missing (a node lost at a restart)
+    known.keep_if_placed(replica_of("d", 3))  # placed again later: an event tells it
+    known.keep("d", (replica_of("d", 2),))  # a late reply of an earlier attempt
+    kept = known.get(group_name("d", 0))
+    assert kept is not None
+    assert kept.attempt == 3
+    known.keep("e", (replica_of("e", 1),))
+    known.forget("d")
+    assert known.get(group_name("d", 0)) is None
+    assert known.get(group_name("e", 0)) is not None  # another deployment's stay
+    assert known.get({"not": "hashable"}) is None  # from a misbehaving client
 
 
 # -- each client's order, without Ray -------------------------------------------------------------
