@@ -688,7 +688,9 @@ class DeploymentPlacementActor(KeepServingActor):
         placed, source = self._movable(message)
         self._check_move_target(placed, source, message.to_node)
         done = self._carry_out(placed, source, message.to_node)
-        self._retry_degraded()  # the GPUs given back may hold what was lost elsewhere
+        # The GPUs given back may hold what was lost elsewhere (lost replicas come first), but
+        # no other replica is moved for it: the caller may be carrying out a plan move by move.
+        self._retry_degraded(make_room=False)
         return done
 
     def _carry_out(self, placed: _Placed, source: NodeAssignment, target: str) -> ReplicaMoved:
@@ -1168,8 +1170,13 @@ class DeploymentPlacementActor(KeepServingActor):
         if name in self._placed:
             self._rewrite(name)
 
-    def _replace_missing(self, name: str, *, avoid: frozenset[str] = frozenset()) -> None:
-        """Place a deployment's missing replicas again, on what capacity there is now."""
+    def _replace_missing(
+        self, name: str, *, avoid: frozenset[str] = frozenset(), make_room: bool = True
+    ) -> None:
+        """Place a deployment's missing replicas again, on what capacity there is now.
+
+        ``make_room``: movable replicas may be moved to make room (`_making_room`).
+        """
         placed = self._placed[name]
         missing = placed.missing_replicas()
         if not missing:
@@ -1178,11 +1185,15 @@ class DeploymentPlacementActor(KeepServingActor):
         if name in self._stranded:  # a failed group of it still stands: placed again once gone
             return
         try:
-            more = self._making_room(
-                lambda: self._place_missing(placed, avoid=avoid),
-                placed.place,
-                replicas=len(missing),
-                avoid=avoid,
+            more = (
+                self._making_room(
+                    lambda: self._place_missing(placed, avoid=avoid),
+                    placed.place,
+                    replicas=len(missing),
+                    avoid=avoid,
+                )
+                if make_room
+                else self._place_missing(placed, avoid=avoid)
             )
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
@@ -1225,14 +1236,19 @@ class DeploymentPlacementActor(KeepServingActor):
         self._rewrite(deployment.name)
         return more
 
-    def _retry_degraded(self, *, avoid: frozenset[str] = frozenset()) -> None:
-        """Place the degraded deployments' missing replicas again where they fit, off ``avoid``."""
+    def _retry_degraded(
+        self, *, avoid: frozenset[str] = frozenset(), make_room: bool = True
+    ) -> None:
+        """Place the degraded deployments' missing replicas again where they fit, off ``avoid``.
+
+        ``make_room``: movable replicas may be moved to make room for them.
+        """
         for name in sorted(self._degraded):
             placed = self._placed.get(name)
             if placed is None:
                 self._degraded.discard(name)
             elif placed.place.constraints.replace_lost:
-                self._replace_missing(name, avoid=avoid)
+                self._replace_missing(name, avoid=avoid, make_room=make_room)
 
     # -- what a restart must not lose ------------------------------------------------------------
 

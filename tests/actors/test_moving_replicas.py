@@ -426,3 +426,37 @@ def test_a_replica_lost_with_its_node_is_placed_again_after_movable_replicas_mak
     finally:
         listener.stop()
         actor.stop(timeout=TIMEOUT)
+
+
+def test_a_plan_carried_out_move_by_move_is_not_undone_by_the_actor_moving_replicas_itself() -> (
+    None
+):
+    spread, pack = GpuStrategy.SPREAD, GpuStrategy.PACK
+    topology = [NodeTopology(node_id=f"n{i}", num_gpus=n) for i, n in enumerate((8, 8, 4, 8, 8, 8))]
+    ref = DeploymentPlacementActor.start(topology=topology)
+    try:
+        for name, gpus, replicas, constraints in (
+            ("d0", 1, 1, {}),
+            ("d1", 4, 2, {"keep_whole": True, "strategy": spread}),
+            ("d2", 1, 1, {"keep_whole": True, "strategy": spread}),
+            ("d3", 4, 2, {"strategy": spread}),
+            ("d4", 4, 1, {"movable": True, "keep_whole": True, "strategy": spread}),
+            ("d5", 1, 2, {"movable": True, "keep_whole": True, "strategy": spread}),
+            ("d6", 1, 1, {"movable": True, "keep_whole": True, "strategy": pack}),
+            ("d7", 1, 1, {"keep_whole": True, "strategy": spread}),
+            ("d8", 1, 2, {"keep_whole": True}),
+            ("d9", 1, 2, {"strategy": spread}),
+            ("d10", 2, 1, {"keep_whole": True, "strategy": spread}),
+            ("d11", 1, 1, {"movable": True, "keep_whole": True, "strategy": spread}),
+        ):
+            place(ref, name, gpus, replicas, **constraints)
+        ref.tell(NodeLost(node_id="n0"))
+        assert view(ref).degraded == ("d1",)  # a replica lost, no room for it even by moving
+        plan = ref.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)
+        assert isinstance(plan, DefragmentationPlan)
+        assert len(plan.moves) == 3
+        for move in plan.moves:  # as `defrag --apply` does: each one as planned
+            assert isinstance(ref.ask(MoveReplica.of(move), timeout=TIMEOUT), ReplicaMoved)
+        assert view(ref).degraded == ()  # the lost replica took the room: lost ones come first
+    finally:
+        ref.stop(timeout=TIMEOUT)
