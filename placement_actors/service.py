@@ -112,6 +112,10 @@ MAX_EVENT_WAIT_S = 60.0
 
 ORDERED_CLIENTS = 4_096
 """Clients whose message order the service keeps track of at once (`ClientOrder`)."""
+RELEASED_REMEMBERED = 4096
+"""Released deployments the service remembers, so that an event sent before a `Release` and
+recorded after it cannot bring their endpoints back (the latest released are kept)."""
+
 ORDER_WAIT_S = 5.0
 """The longest a client's message waits for the one the client sent before it."""
 ORDER_FIRST_WAIT_S = 0.5
@@ -480,40 +484,50 @@ class _KnownReplicas:
     go when it is released.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, released: int = RELEASED_REMEMBERED) -> None:
         self._lock = threading.Lock()
         self._by_group: dict[str, ReplicaPlacement] = {}
         self._by_deployment: dict[str, set[str]] = {}
+        self._released: OrderedDict[str, None] = OrderedDict()
+        self._released_kept = released
 
-    def keep(self, deployment: str, replicas: Iterable[ReplicaPlacement] = ()) -> None:
-        """A reply placed ``deployment`` with ``replicas`` (a late reply keeps the newest)."""
-        with self._lock:
-            names = self._by_deployment.setdefault(deployment, set())
-            for replica in replicas:
-                self._put(replica, names)
+    def keep(self, replicas: Iterable[ReplicaPlacement], *, placed: str | None = None) -> None:
+        """A reply told of ``replicas`` (a late one keeps the newest); ``placed``: of its Place.
 
-    def keep_if_placed(self, replica: ReplicaPlacement) -> None:
-        """An event told of ``replica``: kept unless its deployment was released before.
-
-        The event may come after the `Release` that forgot the deployment was answered (the
-        listener runs on its own thread): it must not bring the released groups back.
+        A `Place` (or a query) answered after a `Release` places its deployment again.
         """
         with self._lock:
-            names = self._by_deployment.get(replica.deployment)
-            if names is not None:
-                self._put(replica, names)
+            if placed is not None:
+                self._released.pop(placed, None)
+            for replica in replicas:
+                self._put(replica)
 
-    def _put(self, replica: ReplicaPlacement, names: set[str]) -> None:
+    def keep_unless_released(self, replica: ReplicaPlacement) -> None:
+        """An event told of ``replica``: kept unless its deployment's `Release` came first.
+
+        The listener runs on its own thread: an event sent before a `Release` was handled may
+        be recorded after its reply was, and must not bring the released groups back. One sent
+        before the `Place` reply is read is kept (the reply's older attempt does not win).
+        """
+        with self._lock:
+            if replica.deployment not in self._released:
+                self._put(replica)
+
+    def _put(self, replica: ReplicaPlacement) -> None:
         kept = self._by_group.get(replica.group_name)
         if kept is None or kept.attempt <= replica.attempt:
             self._by_group[replica.group_name] = replica
-            names.add(replica.group_name)
+            self._by_deployment.setdefault(replica.deployment, set()).add(replica.group_name)
 
     def forget(self, deployment: str) -> None:
         """``deployment`` was released: its groups are no longer resolvable."""
         with self._lock:
             for name in self._by_deployment.pop(deployment, ()):
                 self._by_group.pop(name, None)
+            self._released[deployment] = None  # events on their way: not kept
+            self._released.move_to_end(deployment)
+            while len(self._released) > self._released_kept:
+                self._released.popitem(last=False)
 
     def get(self, group_name: object) -> ReplicaPlacement | None:
         """The latest group of that name, if the service answered with one."""
@@ -691,16 +705,16 @@ class PlacementHost:
     ) -> None:
         """Keep an event the placement actor told the listener (in the listener's thread)."""
         if isinstance(event, ReplicaReplaced | ReplicaMoved) and event.placement is not None:
-            self._replicas.keep_if_placed(event.placement)
+            self._replicas.keep_unless_released(event.placement)
             event = dataclasses.replace(event, placement=_stand_ins(event.placement))
         self._events.append(event)
 
     def _portable_result(self, result: PlacementResult) -> PlacementResult:
-        self._replicas.keep(result.deployment.name, result.replicas)
+        self._replicas.keep(result.replicas, placed=result.deployment.name)
         return dataclasses.replace(result, replicas=tuple(_stand_ins(r) for r in result.replicas))
 
     def _portable(self, replica: ReplicaPlacement) -> ReplicaPlacement:
-        self._replicas.keep(replica.deployment, (replica,))
+        self._replicas.keep((replica,))
         return _stand_ins(replica)
 
     def stop(self) -> None:

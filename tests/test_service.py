@@ -378,25 +378,39 @@ def replica_of(deployment: str, attempt: int, index: int = 0) -> ReplicaPlacemen
 
 def test_an_event_told_after_its_deployment_was_released_brings_no_endpoint_back() -> None:
     known = _KnownReplicas()
-    known.keep("d", (replica_of("d", 1),))
+    known.keep((replica_of("d", 1),), placed="d")
     known.forget("d")  # the Release was answered ...
-    known.keep_if_placed(replica_of("d", 2))  # ... before the listener heard of a replacement
+    known.keep_unless_released(replica_of("d", 2))  # ... before the listener heard of a replacement
     assert known.get(group_name("d", 0)) is None
-
-
-def test_the_latest_attempt_of_a_group_is_kept_whoever_tells_it_first() -> None:
-    known = _KnownReplicas()
-    known.keep("d", ())  # placed, its replica missing (a node lost at a restart)
-    known.keep_if_placed(replica_of("d", 3))  # placed again later: an event tells it
-    known.keep("d", (replica_of("d", 2),))  # a late reply of an earlier attempt
+    known.keep((replica_of("d", 1),), placed="d")  # placed again: its events count again
+    known.keep_unless_released(replica_of("d", 2))
     kept = known.get(group_name("d", 0))
     assert kept is not None
-    assert kept.attempt == 3
-    known.keep("e", (replica_of("e", 1),))
+    assert kept.attempt == 2
+
+
+def test_an_event_told_before_the_place_reply_is_read_is_kept_over_the_reply() -> None:
+    known = _KnownReplicas()
+    known.keep_unless_released(replica_of("d", 2))  # the replica was lost and placed again ...
+    known.keep((replica_of("d", 1),), placed="d")  # ... before the Place reply was read
+    kept = known.get(group_name("d", 0))
+    assert kept is not None
+    assert kept.attempt == 2  # the newest
+    known.keep((replica_of("e", 1),), placed="e")
     known.forget("d")
     assert known.get(group_name("d", 0)) is None
     assert known.get(group_name("e", 0)) is not None  # another deployment's stay
     assert known.get({"not": "hashable"}) is None  # from a misbehaving client
+
+
+def test_released_deployments_are_remembered_up_to_a_bound() -> None:
+    known = _KnownReplicas(released=2)
+    for name in ("a", "b", "c"):
+        known.forget(name)
+    known.keep_unless_released(replica_of("a", 1))  # "a" is forgotten: the oldest of three
+    known.keep_unless_released(replica_of("c", 1))
+    assert known.get(group_name("a", 0)) is not None
+    assert known.get(group_name("c", 0)) is None
 
 
 # -- each client's order, without Ray -------------------------------------------------------------
