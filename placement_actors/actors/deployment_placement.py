@@ -527,7 +527,7 @@ class DeploymentPlacementActor(KeepServingActor):
             try:
                 outcomes[index] = self._place_checked(places[index], caught_up=True)
             except PlacementError as exc:  # an answer, not a fault: no frames of this actor
-                outcomes[index] = exc.with_traceback(None)
+                outcomes[index] = _without_frames(exc)
         return PlacedMany(outcomes=tuple(self._now(outcomes[i]) for i in range(len(places))))
 
     def _now(self, outcome: PlacementResult | PlacementError) -> PlacementResult | PlacementError:
@@ -1575,6 +1575,21 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._gpus.release(assignment.node, mine, name)
             if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
+
+
+def _without_frames(error: PlacementError) -> PlacementError:
+    """``error``, and the errors it was raised from, without their tracebacks.
+
+    Their frames would keep this actor's locals (a whole `PlaceMany` batch) alive for as long as
+    the asker keeps the reply; the causes themselves, and their messages, stay.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
 
 
 class DeploymentPlacementProxy(ActorMemberMixin, pykka.ActorProxy[DeploymentPlacementActor]):

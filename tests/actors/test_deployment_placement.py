@@ -7,6 +7,7 @@ import pytest
 
 from placement_actors import (
     ApiKey,
+    BackendError,
     CapacityError,
     ClusterView,
     Deployment,
@@ -503,6 +504,30 @@ def test_a_kept_refusal_holds_no_frames_of_the_message_that_brought_it(
     error = failure_of(actor, "big")
     assert isinstance(error, NotEnoughGpusError)
     assert error.__traceback__ is None  # its frames would keep the whole message alive
+
+
+class Gone(pykka.ThreadingActor):
+    """A planner that has stopped."""
+
+
+def test_a_batchs_errors_carry_no_frames_down_their_causes() -> None:
+    planner = Gone.start()
+    planner.stop()  # each Place is a BackendError, caused by pykka's ActorDeadError
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner)
+    try:
+        reply = ref.ask(PlaceMany((Place(local("a")), Place(local("b")))), timeout=TIMEOUT)
+        assert isinstance(reply, PlacedMany)
+        for outcome in reply.outcomes:
+            assert isinstance(outcome, BackendError)
+            chain: list[BaseException] = []
+            error: BaseException | None = outcome
+            while error is not None and len(chain) < 10:
+                chain.append(error)
+                error = error.__cause__ or error.__context__
+            assert len(chain) > 1  # the cause is kept, for whoever debugs it ...
+            assert all(e.__traceback__ is None for e in chain)  # ... but not the batch's frames
+    finally:
+        ref.stop(timeout=TIMEOUT)
 
 
 def test_failures_are_kept_for_the_latest_refused_deployments_only(actor: Ref) -> None:
