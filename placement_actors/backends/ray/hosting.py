@@ -279,13 +279,15 @@ class RemoteHost:
                 other is call or not _answered(other._ref)  # noqa: SLF001
             ):
                 runs, method, args, ordered = other._call  # noqa: SLF001
+                client, seq = args[-2:] if ordered else (None, None)
                 if ordered:  # the calls ``dead`` answered are not waited for
-                    client, seq = args[-2:]
-                    args, resent[client] = (*args, resent.get(client, -1)), seq
+                    args = (*args, resent.get(client, -1))
                 try:
                     other._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
                 except RayError:
                     continue  # its reader finds it failed, and cannot forward it again
+                if ordered:  # the next names this one: it was sent
+                    resent[client] = seq
                 kept.append((other, handle))
             else:
                 kept.append((other, sent_to))
