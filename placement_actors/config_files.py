@@ -493,19 +493,19 @@ class _Document:
             return None
         # Unknown fields are told here, not by the schema: an entry may hold half a million, and
         # only the problems shown are worth a suggestion (or an error value from pydantic).
+        # They come after the schema's problems, as the schema would list them.
         fields = model.model_fields
         unknown = [key for key in item if key not in fields]
+        known = {key: value for key, value in item.items() if key in fields} if unknown else item
+        entry, errors = _validate(model, known)
+        for err in errors:
+            self.add((*loc, *err["loc"]), _field_name(err["loc"]), _explain(err))
         for key in unknown:
             if self.problems.wanted():
                 problem = "is not a known field" + _did_you_mean(key, fields)
                 self.add((*loc, key), _shown_field(key), problem)
             else:
                 self.problems.count()
-        if unknown:
-            item = {key: value for key, value in item.items() if key in fields}
-        entry, errors = _validate(model, item)
-        for err in errors:
-            self.add((*loc, *err["loc"]), _field_name(err["loc"]), _explain(err))
         return None if unknown else entry
 
     def add_domain(

@@ -620,6 +620,24 @@ def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
     assert len(suggested) == 101  # the hundred shown and the first counted, not 5,000
 
 
+def test_a_bad_value_above_a_hundred_unknown_fields_is_among_the_problems_shown(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "deployments:\n  - name: a\n    model: m\n    replicas: zero\n"
+        + "".join(f"    zz{i}: 1\n" for i in range(100)),
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    shown = problems_of(caught, tmp_path)
+    assert shown[0].startswith("deployments.yaml:4: replicas: ")
+    assert shown[1] == "deployments.yaml:5: zz0: is not a known field"
+    assert shown[-1] == (
+        "deployments.yaml:104: and 1 more problems (not shown; the first is on this line)"
+    )
+
+
 # -- one round of problems ------------------------------------------------------------------------
 
 
