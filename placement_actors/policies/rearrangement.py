@@ -33,6 +33,7 @@ __all__ = [
     "MAX_READ",
     "MAX_SOURCE_NODES",
     "MAX_TRIES",
+    "PLAN_READS",
     "ROOM_PLAN_MOVES",
     "Resident",
     "Residents",
@@ -58,6 +59,23 @@ _PAIRS_FROM = 24
 
 MAX_READ = MAX_SOURCE_NODES * 64
 """Nodes read while looking for the nodes to move from."""
+
+PLAN_READS = MAX_READ * 4
+"""Nodes one defragmentation plan reads in all, looking where its moved replicas would go
+(those tried, and those passed over as nodes with the free GPUs asked for already)."""
+
+
+@dataclass(slots=True)
+class _Reads:
+    """What a plan may still read to place its moved replicas, shared by all its steps."""
+
+    left: int = PLAN_READS
+
+    def take(self) -> bool:
+        """One more node read; whether that was within the budget."""
+        self.left -= 1
+        return self.left >= 0
+
 
 MAX_TRIES = 256
 """Move sets tried, at most (each looks at up to `MAX_PROBES` nodes per move)."""
@@ -267,13 +285,14 @@ def _destination(
     shut: AbstractSet[str],
     *,
     keep: Room | None = None,
+    reads: _Reads | None = None,
 ) -> str | None:
     """Where ``resident`` would go: the best fit of the nodes it may use, none of ``shut``.
 
     With ``keep`` (a plan's room), never a node of that room it would take from ``keep.gpus``
     free GPUs or more to fewer: a plan that frees nodes must not undo a node that has that many
     free already. Such nodes are passed over within `MAX_READ` reads, beside the `MAX_PROBES`
-    nodes tried.
+    nodes tried; with ``reads``, every node read counts against the plan's budget too.
     """
     allowed = residents.scope(resident)
     if allowed is not None and len(allowed) <= len(shut) and allowed <= shut:
@@ -282,6 +301,8 @@ def _destination(
     for node in _best_fits(ledger, resident.gpus, allowed):
         if node in shut:
             continue
+        if reads is not None and not reads.take():
+            return None
         free = overlay.free(node)
         if (
             keep is not None
@@ -459,6 +480,7 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
     room: Room,
     shut: AbstractSet[str],
     budget: int,
+    reads: _Reads,
 ) -> tuple[_Overlay, list[ReplicaMove]] | None:
     """The moves (at most ``budget``) that leave ``source`` with ``room.gpus`` free, or ``None``."""
     target = room.gpus
@@ -469,7 +491,9 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
             break
         if len(planned) >= budget or not trial.may_move(resident):
             return None
-        goes = _destination(ledger, residents, trial, resident, {*shut, source}, keep=room)
+        goes = _destination(
+            ledger, residents, trial, resident, {*shut, source}, keep=room, reads=reads
+        )
         if goes is None:
             return None
         planned.append(_move(resident, source, goes))
@@ -490,8 +514,9 @@ def plan_defragmentation(
 
     The nodes closest to that are emptied first, each only if every replica it must give up has
     somewhere to go (best fit, never onto a node the plan frees or moves from). At most
-    ``max_moves`` moves; at most `MAX_READ` nodes are read to find the nodes to free. With no
-    GPU node, the plan is empty (``gpus`` 0).
+    ``max_moves`` moves; at most `MAX_READ` nodes are read to find the nodes to free, and
+    `PLAN_READS` to find where their replicas would go. With no GPU node, the plan is empty
+    (``gpus`` 0).
 
     Raises:
         InvalidSpecError: ``gpus`` or ``max_moves`` is not a count in range.
@@ -512,12 +537,14 @@ def plan_defragmentation(
     freed: list[str] = []
     shut: set[str] = set()
     touched: set[str] = set()
+    reads = _Reads()
     for source in islice(_fullest_below(ledger, target, room), MAX_SOURCE_NODES * 8):
-        if len(moves) >= max_moves:
+        if len(moves) >= max_moves or reads.left <= 0:
             break
         if source in touched:
             continue
-        emptied = _empty(ledger, residents, overlay, source, room, shut, max_moves - len(moves))
+        budget = max_moves - len(moves)
+        emptied = _empty(ledger, residents, overlay, source, room, shut, budget, reads)
         if emptied is None:
             continue
         overlay, planned = emptied

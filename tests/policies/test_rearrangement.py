@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement_actors import InvalidSpecError, NodeTopology, ReplicaMove
+from placement_actors.policies import rearrangement
 from placement_actors.policies.gpu_ledger import GpuLedger
 from placement_actors.policies.node_choice import choose_replica_nodes
 from placement_actors.policies.rearrangement import (
     MAX_PROBES,
     MAX_SOURCE_NODES,
+    PLAN_READS,
     Resident,
     Room,
     find_move_set,
@@ -152,6 +154,30 @@ def test_a_search_that_finds_nothing_looks_at_as_many_nodes_on_2000_nodes_as_on_
     looked = nodes_looked_at(200)
     assert looked == nodes_looked_at(2000)
     assert looked <= MAX_SOURCE_NODES * 2 * MAX_PROBES
+
+
+def test_a_plan_whose_replicas_could_only_fill_whole_free_nodes_reads_a_bounded_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 2,100 nodes are free whole, 300 full of one-GPU replicas: each replica could only go to a
+    # whole-free node, which a plan must not fill. No plan; how much is read to find that out?
+    cluster = Running(*([8] * 2_400))
+    for i in range(2_100, 2_400):
+        for _ in range(8):
+            cluster.run(f"n{i}", 1)
+    read = 0
+    best_fits = rearrangement._best_fits
+
+    def counted(*args: object) -> Iterator[str]:
+        nonlocal read
+        for node in best_fits(*args):  # type: ignore[arg-type]
+            read += 1
+            yield node
+
+    monkeypatch.setattr(rearrangement, "_best_fits", counted)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=8, max_moves=1_000)
+    assert plan.moves == ()
+    assert read <= PLAN_READS + 1  # not 2,048 for each of 256 nodes it tries to empty
 
 
 class Scoped(Counting):
