@@ -1,5 +1,5 @@
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -592,6 +592,17 @@ def test_a_file_with_thousands_of_problems_shows_the_first_hundred_and_counts_th
     )
 
 
+def problems_of_one_entry(tmp_path: Path, lines: Sequence[str]) -> list[str]:
+    """The problems shown for a file of one entry (``name: a``, ``model: m``, then ``lines``)."""
+    path = write(
+        tmp_path,
+        "deployments:\n  - name: a\n    model: m\n" + "".join(f"    {x}\n" for x in lines),
+    )
+    with pytest.raises(ConfigFileError) as caught:
+        load_deployments(path, environ={})
+    return problems_of(caught, tmp_path)
+
+
 def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -603,14 +614,7 @@ def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
         return suggest(name, known)
 
     monkeypatch.setattr(config_files, "_did_you_mean", counted)
-    path = write(
-        tmp_path,
-        "deployments:\n  - name: a\n    model: m\n"
-        + "".join(f"    replicaz{i}: 1\n" for i in range(5_000)),
-    )
-    with pytest.raises(ConfigFileError) as caught:
-        load_deployments(path, environ={})
-    shown = problems_of(caught, tmp_path)
+    shown = problems_of_one_entry(tmp_path, [f"replicaz{i}: 1" for i in range(5_000)])
     assert shown[0] == (
         "deployments.yaml:4: replicaz0: is not a known field (did you mean replicas?)"
     )
@@ -623,14 +627,7 @@ def test_unknown_fields_past_the_hundred_shown_are_counted_without_a_suggestion(
 def test_a_bad_value_above_a_hundred_unknown_fields_is_among_the_problems_shown(
     tmp_path: Path,
 ) -> None:
-    path = write(
-        tmp_path,
-        "deployments:\n  - name: a\n    model: m\n    replicas: zero\n"
-        + "".join(f"    zz{i}: 1\n" for i in range(100)),
-    )
-    with pytest.raises(ConfigFileError) as caught:
-        load_deployments(path, environ={})
-    shown = problems_of(caught, tmp_path)
+    shown = problems_of_one_entry(tmp_path, ["replicas: zero", *(f"zz{i}: 1" for i in range(100))])
     assert shown[0].startswith("deployments.yaml:4: replicas: ")
     assert shown[1] == "deployments.yaml:5: zz0: is not a known field"
     assert shown[-1] == (
