@@ -744,6 +744,25 @@ def test_calls_sent_again_to_a_successor_name_the_one_sent_again_before_them() -
         host.kill()
 
 
+class EarlierRecorder:
+    """A hosted object of an earlier version: its method takes no number to follow."""
+
+    async def handle(self, message: str, client: str, seq: int) -> tuple[str, int]:
+        return f"{client}:{message}", seq
+
+
+def test_a_call_sent_again_to_a_successor_of_an_earlier_version_still_reaches_it() -> None:
+    name = f"test-resend-{uuid.uuid4().hex[:8]}"
+    host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
+    try:
+        cut_off = host.later("handle", "hang", "c", 0, transform=lambda r: r, ordered=True)
+        host.kill()
+        hosting.start_host(name, EarlierRecorder, timeout_s=TIMEOUT)
+        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0)  # not "failed to answer"
+    finally:
+        host.kill()
+
+
 def test_asking_which_host_runs_sends_the_calls_cut_off_to_the_successor_unread() -> None:
     name = f"test-resend-{uuid.uuid4().hex[:8]}"
     host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)

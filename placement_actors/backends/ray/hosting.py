@@ -105,6 +105,7 @@ class RayEventual(Generic[_T]):
         self._call = call
         self._done: tuple[_T] | None = None
         self._error: BackendError | None = None  # failed for good: never sent again
+        self._after = False  # sent again with the number it follows (`RemoteHost.later`)
         self._lock = threading.Lock()  # two threads reading one reply transform it once
 
     def _settle(self, raw: object) -> _T:
@@ -150,6 +151,13 @@ class RayEventual(Generic[_T]):
             and self._host.forward(self, ref)
         ):
             return
+        if (
+            isinstance(exc, TypeError)  # Ray's task error is also its cause's type
+            and self._after
+            and self._host is not None
+            and self._host.send_again_plain(self, ref)
+        ):
+            return  # a successor of an earlier version, which takes no number to follow
         msg = f"the service failed to answer: {exc}"
         error = BackendError(msg, operation="call service")
         error.__cause__ = exc
@@ -288,10 +296,32 @@ class RemoteHost:
                     continue  # its reader finds it failed, and cannot forward it again
                 if ordered:  # the next names this one: it was sent
                     resent[client] = seq
+                other._after = ordered  # noqa: SLF001
                 kept.append((other, handle))
             else:
                 kept.append((other, sent_to))
         self._sent = kept
+
+    def send_again_plain(self, call: RayEventual[Any], failed: ray.ObjectRef[Any]) -> bool:
+        """Send ``call`` again without the number it follows; whether it was sent.
+
+        For a successor of an earlier version, whose method takes no such number: it then
+        waits for the calls its predecessor answered, as such a service always did.
+        """
+        with self._lock:
+            if call._ref is not failed:  # noqa: SLF001 - sent again already
+                return True
+            kept = next((h for c, h in self._sent if c is call), None)
+            sent_to = self._handle if kept is None else kept  # kept: not forgotten as answered
+            runs, method, args, _ = call._call  # noqa: SLF001
+            try:
+                call._ref = getattr(sent_to, runs).remote(method, *args)  # noqa: SLF001
+            except RayError:
+                return False
+            call._after = False  # noqa: SLF001
+            if kept is None:
+                self._sent.append((call, sent_to))
+            return True
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
         """Which start of the host answers now (a new value after each restart)."""
