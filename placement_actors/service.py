@@ -32,7 +32,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pykka
 
@@ -319,6 +319,25 @@ def _check_after(after: object, limit: object, run: object = "") -> None:
     if isinstance(limit, int) and limit > MAX_EVENT_BATCH:
         msg = f"limit must be at most {MAX_EVENT_BATCH}"
         raise InvalidSpecError(msg, field="limit")
+
+
+_R = TypeVar("_R")
+
+
+async def _awaited(eventual: Eventual[_R]) -> _R:
+    """``await eventual`` as a coroutine (what ``asyncio.wait_for`` takes)."""
+    return await eventual
+
+
+def _check_total(timeout_s: object) -> None:
+    """Refuse a ``timeout_s`` that is neither ``None`` nor a finite number of seconds >= 0."""
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not (math.isfinite(timeout_s) and timeout_s >= 0)
+    ):
+        msg = "timeout_s must be a finite number of seconds, or None"
+        raise InvalidSpecError(msg, field="timeout_s")
 
 
 def _check_wait(wait_s: object, *, zero: bool) -> None:
@@ -910,16 +929,31 @@ class PlacementClient:
             InvalidSpecError: a malformed argument.
             BackendError: the service does not answer (it stopped, or the cluster is gone).
         """
-        _check_wait(wait_s, zero=True)
-        pending = self._host.later(
-            "events", after, wait_s, limit, self._run, transform=self._event_reply, waits=True
-        )
+        pending = self.events_later(after, wait_s=wait_s, limit=limit)
         try:
             found: tuple[tuple[ServiceEvent, ...], int] = pending.get(timeout=wait_s + _REPLY_PAD_S)
         except pykka.Timeout as exc:  # the caller chose no timeout: the service did not answer
-            msg = f"the service {self.name} did not answer within {wait_s + _REPLY_PAD_S:g}s"
-            raise BackendError(msg, operation="read events") from exc
+            raise self._silent(wait_s) from exc
         return found
+
+    def events_later(
+        self, after: int = 0, *, wait_s: float = 0.0, limit: int = MAX_EVENT_BATCH
+    ) -> Eventual[tuple[tuple[ServiceEvent, ...], int]]:
+        """`events` without waiting here: the reply arrives later (``await`` it, or ``get``).
+
+        For asyncio callers: ``found, after = await client.events_later(after, wait_s=10)``
+        long-polls without holding up the event loop. The reply never takes much longer than
+        ``wait_s``, unless the service stopped answering (then ``await`` waits on: bound it
+        with ``asyncio.wait_for``, as `awatch` does).
+        """
+        _check_wait(wait_s, zero=True)
+        return self._host.later(
+            "events", after, wait_s, limit, self._run, transform=self._event_reply, waits=True
+        )
+
+    def _silent(self, wait_s: float) -> BackendError:
+        msg = f"the service {self.name} did not answer within {wait_s + _REPLY_PAD_S:g}s"
+        return BackendError(msg, operation="read events")
 
     def last_event(self, *, timeout: float = 60.0) -> int:
         """The sequence number of the service's latest event (0 before the first)."""
@@ -947,14 +981,44 @@ class PlacementClient:
             BackendError: the service went away (its actor stopped, or the cluster is gone).
         """
         _check_wait(wait_s, zero=False)
-        if timeout_s is not None and (
-            isinstance(timeout_s, bool)
-            or not isinstance(timeout_s, int | float)
-            or not (math.isfinite(timeout_s) and timeout_s >= 0)
-        ):
-            msg = "timeout_s must be a finite number of seconds, or None"
-            raise InvalidSpecError(msg, field="timeout_s")
+        _check_total(timeout_s)
         return self._watch(after, wait_s, timeout_s)
+
+    def awatch(
+        self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
+    ) -> AsyncIterator[ServiceEvent]:
+        """`watch` for asyncio: ``async for item in client.awatch(): ...``.
+
+        The same events, in the same order, each long poll awaited without holding up the
+        event loop. Arguments and errors as for `watch`; leaving the loop (or cancelling the
+        task that runs it) stops it.
+        """
+        _check_wait(wait_s, zero=False)
+        _check_total(timeout_s)
+        return self._awatch(after, wait_s, timeout_s)
+
+    async def _awatch(
+        self, after: int | None, wait_s: float, timeout_s: float | None
+    ) -> AsyncIterator[ServiceEvent]:
+        if after is None:
+            latest = self._host.later("last_event", transform=_unwrap)
+            number, self._run = await asyncio.wait_for(_awaited(latest), 60.0)
+            after = int(number)
+        position = after
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = wait_s
+            if deadline is not None:
+                wait = min(wait_s, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            pending = self.events_later(position, wait_s=wait)
+            try:
+                found, position = await asyncio.wait_for(_awaited(pending), wait + _REPLY_PAD_S)
+            except TimeoutError as exc:
+                raise self._silent(wait) from exc
+            for item in found:
+                yield item
 
     def _watch(
         self, after: int | None, wait_s: float, timeout_s: float | None

@@ -1000,3 +1000,44 @@ def test_a_malformed_watch_timeout_is_an_invalid_spec_before_anything_is_sent(
     client = PlacementClient(host=None)  # type: ignore[arg-type]  # nothing may reach a host
     with pytest.raises(InvalidSpecError, match="timeout_s"):
         client.watch(timeout_s=timeout_s)
+    with pytest.raises(InvalidSpecError, match="timeout_s"):
+        client.awatch(timeout_s=timeout_s)
+
+
+async def test_an_asyncio_controller_follows_events_while_its_loop_keeps_running(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    placed = await client.ask_later(
+        Place(Deployment(name="followed", model="m"), PlacementConstraints(gpu_nodes=(a, b)))
+    )
+    (source,) = {x.node for x in placed.assignments}
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def follow() -> list[ServiceEvent]:
+        seen = []
+        async for item in client.awatch(after=None, wait_s=1.0, timeout_s=TIMEOUT):
+            seen.append(item)
+            if isinstance(item.event, ReplicaMoved):
+                return seen
+        return seen
+
+    ticker = asyncio.create_task(tick())
+    following = asyncio.create_task(follow())
+    await asyncio.sleep(1.5)  # a long poll or two, with nothing to tell
+    moved = await client.ask_later(MoveReplica("followed", 0, b if source == a else a))
+    seen = await following
+    ticker.cancel()
+    (item,) = seen
+    assert isinstance(item.event, ReplicaMoved)
+    assert item.event.to_node == moved.to_node
+    assert ticks > 20  # the loop ran through the polls (a blocked one ticks once or twice)
+    found, _ = await client.events_later(0)
+    assert ReplicaMoved in {type(item.event) for item in found}
+    await client.ask_later(Release("followed"))
