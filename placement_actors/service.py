@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -327,6 +327,16 @@ _R = TypeVar("_R")
 async def _awaited(eventual: Eventual[_R]) -> _R:
     """``await eventual`` as a coroutine (what ``asyncio.wait_for`` takes)."""
     return await eventual
+
+
+def _poll_waits(wait_s: float, timeout_s: float | None) -> Iterator[float]:
+    """How long each long poll of a watch waits: ``wait_s``, less as ``timeout_s`` runs out."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait = wait_s if deadline is None else min(wait_s, deadline - time.monotonic())
+        if wait <= 0:
+            return
+        yield wait
 
 
 def _check_total(timeout_s: object) -> None:
@@ -1005,13 +1015,7 @@ class PlacementClient:
             number, self._run = await asyncio.wait_for(_awaited(latest), 60.0)
             after = int(number)
         position = after
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            wait = wait_s
-            if deadline is not None:
-                wait = min(wait_s, deadline - time.monotonic())
-                if wait <= 0:
-                    return
+        for wait in _poll_waits(wait_s, timeout_s):
             pending = self.events_later(position, wait_s=wait)
             try:
                 found, position = await asyncio.wait_for(_awaited(pending), wait + _REPLY_PAD_S)
@@ -1024,13 +1028,7 @@ class PlacementClient:
         self, after: int | None, wait_s: float, timeout_s: float | None
     ) -> Generator[ServiceEvent, None, None]:
         position = self.last_event() if after is None else after
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            wait = wait_s
-            if deadline is not None:
-                wait = min(wait_s, deadline - time.monotonic())
-                if wait <= 0:
-                    return
+        for wait in _poll_waits(wait_s, timeout_s):
             found, position = self.events(position, wait_s=wait)
             yield from found
 

@@ -1,6 +1,7 @@
 """The service hosted in a named, detached Ray actor, used from this and from another driver."""
 
 import asyncio
+import contextlib
 import functools
 import pickle
 import subprocess
@@ -751,33 +752,35 @@ class EarlierRecorder:
         return f"{client}:{message}", seq
 
 
-def test_a_call_sent_again_to_a_successor_of_an_earlier_version_still_reaches_it() -> None:
+@contextlib.contextmanager
+def a_call_cut_off_then(
+    successor: Callable[[], object],
+) -> Iterator[tuple[hosting.RemoteHost, hosting.RayEventual[Any]]]:
+    """A call its host never answers; the host stopped, and ``successor`` served in its name."""
     name = f"test-resend-{uuid.uuid4().hex[:8]}"
     host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
     try:
         cut_off = host.later("handle", "hang", "c", 0, transform=lambda r: r, ordered=True)
         host.kill()
-        hosting.start_host(name, EarlierRecorder, timeout_s=TIMEOUT)
-        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0)  # not "failed to answer"
+        hosting.start_host(name, successor, timeout_s=TIMEOUT)
+        yield host, cut_off
     finally:
         host.kill()
 
 
+def test_a_call_sent_again_to_a_successor_of_an_earlier_version_still_reaches_it() -> None:
+    with a_call_cut_off_then(EarlierRecorder) as (_, cut_off):
+        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0)  # not "failed to answer"
+
+
 def test_asking_which_host_runs_sends_the_calls_cut_off_to_the_successor_unread() -> None:
-    name = f"test-resend-{uuid.uuid4().hex[:8]}"
-    host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
-    try:
-        cut_off = host.later("handle", "hang", "c", 0, transform=lambda r: r, ordered=True)
-        host.kill()
-        hosting.start_host(name, functools.partial(Recorder, hang=False), timeout_s=TIMEOUT)
+    with a_call_cut_off_then(functools.partial(Recorder, hang=False)) as (host, cut_off):
         host.incarnation(timeout_s=TIMEOUT)  # the successor's: later calls go there
         deadline = time.monotonic() + TIMEOUT
         while host.unanswered([cut_off]) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not host.unanswered([cut_off])  # went with the switch, before later calls
         assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0, -1)
-    finally:
-        host.kill()
 
 
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(
