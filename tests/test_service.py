@@ -748,19 +748,29 @@ def test_calls_sent_again_to_a_successor_name_the_one_sent_again_before_them() -
 class EarlierRecorder:
     """A hosted object of an earlier version: its method takes no number to follow."""
 
+    def __init__(self) -> None:
+        self.handled: list[int] = []
+
     async def handle(self, message: str, client: str, seq: int) -> tuple[str, int]:
+        self.handled.append(seq)
         return f"{client}:{message}", seq
+
+    def seen(self) -> list[int]:
+        return sorted(self.handled)
 
 
 @contextlib.contextmanager
-def a_call_cut_off_then(
+def calls_cut_off_then(
     successor: Callable[[], object],
-) -> Iterator[tuple[hosting.RemoteHost, hosting.RayEventual[Any]]]:
-    """A call its host never answers; the host stopped, and ``successor`` served in its name."""
+) -> Iterator[tuple[hosting.RemoteHost, list[hosting.RayEventual[Any]]]]:
+    """Two calls their host never answers; the host stopped, ``successor`` served in its name."""
     name = f"test-resend-{uuid.uuid4().hex[:8]}"
     host = hosting.start_host(name, functools.partial(Recorder, hang=True), timeout_s=TIMEOUT)
     try:
-        cut_off = host.later("handle", "hang", "c", 0, transform=lambda r: r, ordered=True)
+        cut_off = [
+            host.later("handle", "hang", "c", seq, transform=lambda r: r, ordered=True)
+            for seq in (0, 1)
+        ]
         host.kill()
         hosting.start_host(name, successor, timeout_s=TIMEOUT)
         yield host, cut_off
@@ -768,19 +778,29 @@ def a_call_cut_off_then(
         host.kill()
 
 
-def test_a_call_sent_again_to_a_successor_of_an_earlier_version_still_reaches_it() -> None:
-    with a_call_cut_off_then(EarlierRecorder) as (_, cut_off):
-        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0)  # not "failed to answer"
+def eventually_answered(host: hosting.RemoteHost, call: hosting.RayEventual[Any]) -> bool:
+    """Whether ``call`` is answered within the test's timeout, without reading it."""
+    deadline = time.monotonic() + TIMEOUT
+    while host.unanswered([call]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not host.unanswered([call])
+
+
+def test_calls_sent_again_to_a_successor_of_an_earlier_version_still_reach_it_in_order() -> None:
+    with calls_cut_off_then(EarlierRecorder) as (host, (first, second)):
+        assert second.get(timeout=TIMEOUT) == ("c:hang", 1)  # not "failed to answer"
+        deadline, seen = time.monotonic() + TIMEOUT, list[int]()
+        while seen != [0, 1] and time.monotonic() < deadline:
+            seen = host.later("seen", transform=lambda r: r).get(timeout=TIMEOUT)
+        assert seen == [0, 1]  # the first went again with it, unread
+        assert first.get(timeout=TIMEOUT) == ("c:hang", 0)
 
 
 def test_asking_which_host_runs_sends_the_calls_cut_off_to_the_successor_unread() -> None:
-    with a_call_cut_off_then(functools.partial(Recorder, hang=False)) as (host, cut_off):
+    with calls_cut_off_then(functools.partial(Recorder, hang=False)) as (host, cut_off):
         host.incarnation(timeout_s=TIMEOUT)  # the successor's: later calls go there
-        deadline = time.monotonic() + TIMEOUT
-        while host.unanswered([cut_off]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not host.unanswered([cut_off])  # went with the switch, before later calls
-        assert cut_off.get(timeout=TIMEOUT) == ("c:hang", 0, -1)
+        assert all(eventually_answered(host, c) for c in cut_off)  # went with the switch
+        assert [c.get(timeout=TIMEOUT) for c in cut_off] == [("c:hang", 0, -1), ("c:hang", 1, 0)]
 
 
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(

@@ -153,6 +153,7 @@ class RayEventual(Generic[_T]):
             return
         if (
             isinstance(exc, TypeError)  # Ray's task error is also its cause's type
+            and "positional argument" in str(exc)  # a method that takes fewer arguments
             and self._after
             and self._host is not None
             and self._host.send_again_plain(self, ref)
@@ -305,23 +306,28 @@ class RemoteHost:
     def send_again_plain(self, call: RayEventual[Any], failed: ray.ObjectRef[Any]) -> bool:
         """Send ``call`` again without the number it follows; whether it was sent.
 
-        For a successor of an earlier version, whose method takes no such number: it then
-        waits for the calls its predecessor answered, as such a service always did.
+        For a successor of an earlier version, whose method takes no such number: every call
+        sent to it with one goes again, in the order they were sent (read or not, as a forward
+        sends them), and then waits for the calls its predecessor answered, as such a service
+        always did.
         """
         with self._lock:
             if call._ref is not failed:  # noqa: SLF001 - sent again already
                 return True
             kept = next((h for c, h in self._sent if c is call), None)
-            sent_to = self._handle if kept is None else kept  # kept: not forgotten as answered
-            runs, method, args, _ = call._call  # noqa: SLF001
-            try:
-                call._ref = getattr(sent_to, runs).remote(method, *args)  # noqa: SLF001
-            except RayError:
-                return False
-            call._after = False  # noqa: SLF001
-            if kept is None:
-                self._sent.append((call, sent_to))
-            return True
+            if kept is None:  # forgotten as answered: it goes again with the others
+                kept = self._handle
+                self._sent.append((call, kept))
+            for other, sent_to in self._sent:
+                if not other._after or sent_to._actor_id != kept._actor_id:  # noqa: SLF001
+                    continue
+                runs, method, args, _ = other._call  # noqa: SLF001
+                other._after = False  # noqa: SLF001
+                try:
+                    other._ref = getattr(sent_to, runs).remote(method, *args)  # noqa: SLF001
+                except RayError:
+                    continue  # its reader finds it failed
+            return call._ref is not failed  # noqa: SLF001
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
         """Which start of the host answers now (a new value after each restart)."""
