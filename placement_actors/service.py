@@ -112,6 +112,10 @@ MAX_EVENT_WAIT_S = 60.0
 
 ORDERED_CLIENTS = 4_096
 """Clients whose message order the service keeps track of at once (`ClientOrder`)."""
+_HELD_EVENTS = 256
+"""Events of a released name held until it is placed again (one per replica replaced or moved
+in between: a few)."""
+
 RELEASED_REMEMBERED = 4096
 """Released deployments the service remembers, so that an event sent before a `Release` and
 recorded after it cannot bring their endpoints back (the latest released are kept)."""
@@ -517,17 +521,24 @@ class _KnownReplicas:
         self._lock = threading.Lock()
         self._by_group: dict[str, ReplicaPlacement] = {}
         self._by_deployment: dict[str, set[str]] = {}
-        self._released: OrderedDict[str, None] = OrderedDict()
+        # Released names -> events told of them since (held until a Place of the name again).
+        self._released: OrderedDict[str, list[ReplicaPlacement]] = OrderedDict()
         self._released_kept = released
+        self._since: dict[str, int] = {}  # placed again: its first attempt (older ones are gone)
 
     def keep(self, replicas: Iterable[ReplicaPlacement], *, placed: str | None = None) -> None:
         """A reply told of ``replicas`` (a late one keeps the newest); ``placed``: of its Place.
 
-        A `Place` (or a query) answered after a `Release` places its deployment again.
+        A `Place` (or a query) answered after a `Release` places its deployment again: events
+        told of its new groups before the reply was read are kept then, the older ones dropped
+        (the planner numbers attempts in the order it makes groups).
         """
+        replicas = tuple(replicas)
         with self._lock:
-            if placed is not None:
-                self._released.pop(placed, None)
+            held = self._released.pop(placed, None) if placed is not None else None
+            if held is not None and placed is not None and replicas:
+                self._since[placed] = since = min(r.attempt for r in replicas)
+                replicas += tuple(r for r in held if r.attempt >= since)
             for replica in replicas:
                 self._put(replica)
 
@@ -535,11 +546,15 @@ class _KnownReplicas:
         """An event told of ``replica``: kept unless its deployment's `Release` came first.
 
         The listener runs on its own thread: an event sent before a `Release` was handled may
-        be recorded after its reply was, and must not bring the released groups back. One sent
-        before the `Place` reply is read is kept (the reply's older attempt does not win).
+        be recorded after its reply was, and must not bring the released groups back. One
+        recorded before the reply of a `Place` of the name again is held until that reply.
         """
         with self._lock:
-            if replica.deployment not in self._released:
+            held = self._released.get(replica.deployment)
+            if held is not None:
+                if len(held) < _HELD_EVENTS:
+                    held.append(replica)
+            elif replica.attempt >= self._since.get(replica.deployment, 0):
                 self._put(replica)
 
     def _put(self, replica: ReplicaPlacement) -> None:
@@ -553,7 +568,8 @@ class _KnownReplicas:
         with self._lock:
             for name in self._by_deployment.pop(deployment, ()):
                 self._by_group.pop(name, None)
-            self._released[deployment] = None  # events on their way: not kept
+            self._since.pop(deployment, None)
+            self._released[deployment] = []  # events on their way: held, not kept
             self._released.move_to_end(deployment)
             while len(self._released) > self._released_kept:
                 self._released.popitem(last=False)

@@ -404,6 +404,19 @@ def test_an_event_told_before_the_place_reply_is_read_is_kept_over_the_reply() -
     assert known.get({"not": "hashable"}) is None  # from a misbehaving client
 
 
+def test_a_name_placed_again_keeps_its_new_groups_events_and_drops_the_old_ones() -> None:
+    known = _KnownReplicas()
+    known.keep((replica_of("d", 1), replica_of("d", 1, index=1)), placed="d")
+    known.forget("d")
+    known.keep_unless_released(replica_of("d", 3))  # placed again (2), then replaced (3) ...
+    known.keep((replica_of("d", 2),), placed="d")  # ... before the Place reply was read
+    kept = known.get(group_name("d", 0))
+    assert kept is not None
+    assert kept.attempt == 3
+    known.keep_unless_released(replica_of("d", 1, index=1))  # the old run's, recorded late
+    assert known.get(group_name("d", 1)) is None  # not brought back
+
+
 def test_released_deployments_are_remembered_up_to_a_bound() -> None:
     known = _KnownReplicas(released=2)
     for name in ("a", "b", "c"):
