@@ -287,13 +287,11 @@ class RemoteHost:
             if sent_to._actor_id == dead._actor_id and (  # noqa: SLF001
                 other is call or not _answered(other._ref)  # noqa: SLF001
             ):
-                runs, method, args, ordered = other._call  # noqa: SLF001
+                _, _, args, ordered = other._call  # noqa: SLF001
                 client, seq = args[-2:] if ordered else (None, None)
                 if ordered:  # the calls ``dead`` answered are not waited for
                     args = (*args, resent.get(client, -1))
-                try:
-                    other._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
-                except RayError:
+                if not _send_again(other, handle, args):
                     continue  # its reader finds it failed, and cannot forward it again
                 if ordered:  # the next names this one: it was sent
                     resent[client] = seq
@@ -321,12 +319,9 @@ class RemoteHost:
             for other, sent_to in self._sent:
                 if not other._after or sent_to._actor_id != kept._actor_id:  # noqa: SLF001
                     continue
-                runs, method, args, _ = other._call  # noqa: SLF001
                 other._after = False  # noqa: SLF001
-                try:
-                    other._ref = getattr(sent_to, runs).remote(method, *args)  # noqa: SLF001
-                except RayError:
-                    continue  # its reader finds it failed
+                # Without the number; one Ray does not take, its reader finds failed.
+                _send_again(other, sent_to, other._call[2])  # noqa: SLF001
             return call._ref is not failed  # noqa: SLF001
 
     def incarnation(self, *, timeout_s: float = 60.0) -> str:
@@ -414,6 +409,19 @@ class RemoteHost:
         except Exception as exc:  # the Ray error-mapping boundary
             msg = f"cannot look up the service {self.name}: {exc}"
             raise BackendError(msg, operation="stop service") from exc
+
+
+def _send_again(call: RayEventual[Any], handle: Any, args: tuple[object, ...]) -> bool:  # noqa: ANN401 - a Ray ActorHandle
+    """Send ``call`` (its host's method and the object's) to ``handle`` again, with ``args``.
+
+    Whether Ray took it; if not, ``call`` keeps the reference that failed.
+    """
+    runs, method, _, _ = call._call  # noqa: SLF001 - this module's own class
+    try:
+        call._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
+    except RayError:
+        return False
+    return True
 
 
 def _answered(ref: ray.ObjectRef[Any]) -> bool:
