@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
-from placement_actors.actors.messages import GroupRescheduling, NodeJoined, NodeLost
+from placement_actors.actors.messages import GpusInUse, GroupRescheduling, NodeJoined, NodeLost
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends.protocol import CheckpointStore
 from placement_actors.domain.checkpoints import (
@@ -34,6 +34,7 @@ from placement_actors.policies.recovery import RecoveryPlan, plan_recovery
 from placement_actors.settings import head_exclusion
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from collections.abc import Set as AbstractSet
 
     from placement_actors.domain.checkpoints import LiveGroup
@@ -57,10 +58,12 @@ def start_on_ray(
 
     Connects to the cluster at ``address`` (``None``: the one this process is connected to, else
     ``RAY_ADDRESS``, else a new local one), reads its alive nodes, egress labels and the GPUs
-    other Ray users hold (never offered, shown as ``outside`` in `GetClusterView`), and starts a
-    `PlanningActor` and the `DeploymentPlacementActor` wired to it, and a `ClusterWatcher` that
-    tells it every node that joins or dies and every group Ray reschedules (`NodeJoined`,
-    `NodeLost`, `GroupRescheduling`). Stopping the returned actor stops the planner and the
+    other Ray users hold (not offered while they hold them, shown as ``outside`` in
+    `GetClusterView`), and starts a `PlanningActor` and the `DeploymentPlacementActor` wired to
+    it, and a `ClusterWatcher` that tells it every node that joins or dies, every group Ray
+    reschedules, and the GPUs in use once a change has settled (`NodeJoined`, `NodeLost`,
+    `GroupRescheduling`, `GpusInUse`): GPUs other Ray users take or give back later are held or
+    offered again within about a second. Stopping the returned actor stops the planner and the
     watcher too; the placement groups are detached and stay until released. The connection to
     Ray stays open (``ray.shutdown()`` or the `LocalCluster` context closes it).
 
@@ -146,6 +149,7 @@ def start_on_ray(
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
             ),
+            on_gpu_use=lambda use: _tell(service, _gpus_in_use(*use)),
             alive=service.is_alive,
             interval_s=watch_s,
         ).start()
@@ -205,6 +209,16 @@ def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:
 
     on_ray.forget_port_agent(node_id)
     _tell(service, NodeLost(node_id=node_id))
+
+
+def _gpus_in_use(in_use: Mapping[str, int], groups: Mapping[str, Mapping[str, int]]) -> GpusInUse:
+    """The watcher's reading of the GPUs in use, as the message the service takes."""
+    return GpusInUse(
+        in_use=tuple(sorted(in_use.items())),
+        groups=tuple(
+            (name, node, gpus) for name in sorted(groups) for node, gpus in groups[name].items()
+        ),
+    )
 
 
 def _tell(ref: pykka.ActorRef[Any], event: object) -> None:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pykka
@@ -86,6 +87,62 @@ def test_gpus_another_ray_user_holds_are_never_offered(
         service.stop(timeout=TIMEOUT)
     finally:
         on_ray.remove_group(other)
+
+
+def _outside_until(
+    service: pykka.ActorRef[Any], node: str, wanted: int, timeout_s: float = 20.0
+) -> int:
+    """The node's GPUs held outside the service, read until ``wanted`` (or time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = service.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        outside = view.node(node).outside
+        if outside == wanted or time.monotonic() > deadline:
+            return outside
+        time.sleep(0.1)
+
+
+def test_gpus_another_ray_user_takes_and_gives_back_after_the_start_are_followed(
+    ray_cluster: Any, ray_nodes: dict[str, str]
+) -> None:
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only
+    from placement_actors.policies.bundle_shapes import NODE_ID_LABEL  # noqa: PLC0415
+
+    node = ray_nodes["gpu-a"]
+    service = start_on_ray(ray_cluster.address)
+    mine = Place(
+        Deployment(name="mine-beside", model="m", gpus=1),
+        PlacementConstraints(gpu_nodes=(node,)),
+    )
+    result = service.ask(mine, timeout=TIMEOUT)
+    assert isinstance(result, PlacementResult)
+    assert result.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+    other = on_ray.build_pg(
+        [{"GPU": 2}],
+        "STRICT_PACK",
+        name="someone-elses-later",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=30,
+    )
+    try:
+        assert _outside_until(service, node, 2) == 2  # its own group is not counted
+        with pytest.raises(NotEnoughGpusError):
+            service.ask(
+                Place(
+                    Deployment(name="crowded-later", model="m", gpus=2),
+                    PlacementConstraints(gpu_nodes=(node,)),
+                ),
+                timeout=TIMEOUT,
+            )
+    finally:
+        on_ray.remove_group(other)
+    assert _outside_until(service, node, 0) == 0
+    service.ask(Release("mine-beside"), timeout=TIMEOUT)
+    # Its group going away is not taken for someone else's GPUs coming back.
+    time.sleep(1.5)
+    assert _outside_until(service, node, 0, timeout_s=0) == 0
+    service.stop(timeout=TIMEOUT)
 
 
 OTHER_NAMESPACE = """

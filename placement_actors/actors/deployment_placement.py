@@ -30,6 +30,7 @@ from placement_actors.actors.messages import (
     GetPlacementFailure,
     GetReplicaGroups,
     GpuHolding,
+    GpusInUse,
     GroupRescheduling,
     MoveReplica,
     NodeJoined,
@@ -119,6 +120,11 @@ message, and its work is bounded before any of it is done."""
 
 _INDEX_DIGITS = 9
 """The most digits of a replica index in a group name Ray reports (more: no group of ours)."""
+
+LEAVING_REMEMBERED = 4096
+"""Released deployments whose groups still count as the service's in `GpusInUse` until Ray's
+table no longer shows them (the latest released): Ray gives a removed group's GPUs back a
+moment after it says the group is gone."""
 
 _CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica})
 """The commands whose handlers catch up themselves (`_catch_up`)."""
@@ -383,6 +389,12 @@ class DeploymentPlacementActor(KeepServingActor):
         # GPUs of groups Ray would not remove: an undone Place's (see _unplan) or a failed
         # replica's (see _on_replica_failed); held until a removal succeeds (_catch_up).
         self._stranded: dict[str, tuple[NodeAssignment, ...]] = {}
+        # GPUs other Ray users hold: how many the ledger holds for them on each node, how many
+        # more they hold there than it could (taken as soon as they are free: `_top_up_outside`),
+        # and the released deployments whose groups Ray may still show (see `GpusInUse`).
+        self._outside_held: dict[str, int] = {}
+        self._outside_short: dict[str, int] = {}
+        self._leaving: dict[str, None] = {}
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
@@ -409,6 +421,7 @@ class DeploymentPlacementActor(KeepServingActor):
             NodeJoined: self._on_node_joined,
             NodeLost: self._on_node_lost,
             GroupRescheduling: self._on_group_rescheduling,
+            GpusInUse: self._on_gpus_in_use,
             BundleGpusKnown: self._on_bundle_gpus_known,
         }
 
@@ -420,6 +433,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 taken = min(count, self._gpus.free_count(node_id))
                 if taken:
                     self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
+                    self._outside_held[node_id] = self._outside_held.get(node_id, 0) + taken
 
     def on_stop(self) -> None:
         """Stop the planner too, when it was started for this actor alone."""
@@ -649,6 +663,8 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._rewrite(message.deployment)
                 raise
         self._failures.pop(message.deployment, None)
+        if is_deployment_name(message.deployment) and (placed is None or placed.egress_key is None):
+            self._leave(message.deployment)
         stranded = self._stranded.pop(message.deployment, ())  # its groups went with the rest
         self._free(message.deployment, stranded, None)
         adopted = self._held.pop(message.deployment, ())
@@ -727,6 +743,8 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._retry_degraded()
                 raise
         self._gpus.release(source.node, source.gpus, name)
+        if self._outside_short and source.node in self._outside_short:
+            self._top_up_outside(source.node)
         now = replace(
             placed.result, assignments=(moved,), replicas=() if placement is None else (placement,)
         )
@@ -1081,6 +1099,8 @@ class DeploymentPlacementActor(KeepServingActor):
             return
         if node_id in self._gpus:
             self._gpus.remove_node(node_id)
+        self._outside_held.pop(node_id, None)  # what others held there went with the node
+        self._outside_short.pop(node_id, None)
         self._egress.remove_node(node_id)
         self._lost.add(node_id)
         self._known = (
@@ -1104,16 +1124,11 @@ class DeploymentPlacementActor(KeepServingActor):
     @admits(GroupRescheduling)
     def _on_group_rescheduling(self, event: GroupRescheduling) -> None:
         """Ray moves a group that was ready (a node under it died): the replica is lost."""
-        prefix, _, index = event.group_name.rpartition(":r")
-        name = prefix.removeprefix(GROUP_NAME_ROOT)
-        placed = self._placed.get(name)
-        if (
-            placed is None
-            or not (index.isascii() and index.isdecimal() and len(index) <= _INDEX_DIGITS)
-            or not prefix.startswith(GROUP_NAME_ROOT)
-        ):
+        found = _replica_of(event.group_name)
+        placed = None if found is None else self._placed.get(found[0])
+        if found is None or placed is None:
             return
-        replica = int(index)
+        name, replica = found
         if any(
             r.replica_index == replica and r.group_id == event.group_id
             for r in placed.result.replicas
@@ -1125,6 +1140,82 @@ class DeploymentPlacementActor(KeepServingActor):
             )
             self._lose_replicas(name, [replica], None, suspect=suspect)
             self._retry_degraded(avoid=suspect)  # its GPUs elsewhere are free again
+
+    @admits(GpusInUse)
+    def _on_gpus_in_use(self, event: GpusInUse) -> None:
+        """Ray's GPUs in use, settled: hold what other users took, offer what they gave back.
+
+        On each node, the GPUs in use that no group of the service holds are someone else's:
+        the ledger holds that many for them (``outside``), as far as it has them free; the rest
+        it takes as soon as the service frees them. A group counts as the service's by its name:
+        one of a deployment it holds, or released lately and still shown by Ray.
+        """
+        ours: dict[str, int] = {}
+        shown: set[str] = set()
+        for group, node, gpus in event.groups:
+            found = _replica_of(group)
+            if found is None:
+                continue
+            name = found[0]
+            shown.add(name)
+            if self._holds_groups_of(name):
+                ours[node] = ours.get(node, 0) + gpus
+        for name in [n for n in self._leaving if n not in shown]:  # gone from Ray's table too
+            del self._leaving[name]
+        in_use = dict(event.in_use)
+        freed = False
+        self._outside_short = {}
+        for node in sorted({*in_use, *self._outside_held}):
+            if node not in self._gpus:
+                continue
+            wanted = max(0, in_use.get(node, 0) - ours.get(node, 0))
+            held = self._outside_held.get(node, 0)
+            if wanted < held:
+                ordinals = [o for o, h in self._gpus.holders(node).items() if h == OUTSIDE_HOLDER]
+                self._gpus.release(node, ordinals[wanted:], OUTSIDE_HOLDER)
+                self._set_outside(node, min(wanted, len(ordinals)))
+                freed = True
+            elif wanted > held:
+                self._outside_short[node] = wanted - held
+                self._top_up_outside(node)
+        if freed:
+            logger.info("GPUs held outside the service were given back")
+            self._retry_degraded()  # what others gave back may hold what was lost
+
+    def _holds_groups_of(self, name: str) -> bool:
+        """Whether groups named for deployment ``name`` are the service's own."""
+        return (
+            name in self._placed
+            or name in self._held
+            or name in self._stranded
+            or name in self._losing
+            or name in self._leaving
+        )
+
+    def _leave(self, name: str) -> None:
+        """Count ``name``'s groups as the service's until Ray's table shows none (`GpusInUse`)."""
+        self._leaving.pop(name, None)
+        self._leaving[name] = None
+        while len(self._leaving) > LEAVING_REMEMBERED:
+            del self._leaving[next(iter(self._leaving))]
+
+    def _set_outside(self, node: str, held: int) -> None:
+        if held:
+            self._outside_held[node] = held
+        else:
+            self._outside_held.pop(node, None)
+
+    def _top_up_outside(self, node: str) -> None:
+        """Hold for other users the GPUs of ``node`` they hold but the ledger had not free."""
+        short = self._outside_short.get(node, 0)
+        taken = min(short, self._gpus.free_count(node)) if node in self._gpus else 0
+        if taken:
+            self._gpus.reserve(node, taken, OUTSIDE_HOLDER)
+            self._set_outside(node, self._outside_held.get(node, 0) + taken)
+        if short - taken > 0:
+            self._outside_short[node] = short - taken
+        else:
+            self._outside_short.pop(node, None)
 
     def _lose_replicas(
         self,
@@ -1575,6 +1666,26 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._gpus.release(assignment.node, mine, name)
             if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
+            if self._outside_short and assignment.node in self._outside_short:
+                self._top_up_outside(assignment.node)
+
+
+def _replica_of(group_name: str) -> tuple[str, int] | None:
+    """The deployment and replica of a group named ``placement-actors:<deployment>:r<replica>``.
+
+    ``None`` for any other name: not one of the service's groups.
+    """
+    prefix, _, index = group_name.rpartition(":r")
+    name = prefix.removeprefix(GROUP_NAME_ROOT)
+    if not (
+        name
+        and prefix.startswith(GROUP_NAME_ROOT)
+        and index.isascii()
+        and index.isdecimal()
+        and len(index) <= _INDEX_DIGITS
+    ):
+        return None
+    return name, int(index)
 
 
 def _without_frames(error: PlacementError) -> PlacementError:

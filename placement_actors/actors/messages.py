@@ -46,6 +46,7 @@ _NAME = 1024
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_GROUP_SHARES",
     "PROMPT_QUERIES",
     "AnswerNow",
     "BundleGpusKnown",
@@ -59,6 +60,7 @@ __all__ = [
     "GetPlacementFailure",
     "GetReplicaGroups",
     "GpuHolding",
+    "GpusInUse",
     "GroupRescheduling",
     "GroupState",
     "MoveReplica",
@@ -782,6 +784,63 @@ class GroupRescheduling:
         """Check the group's name and id."""
         check_text(self.group_name, "group_name", longest=_NAME)
         check_text(self.group_id, "group_id", longest=_NAME)
+
+
+MAX_GROUP_SHARES = MAX_NODES * 16
+"""(group, node) entries one `GpusInUse` may carry: each holds a GPU, so a cluster of
+`MAX_NODES` nodes has at most this many unless its nodes average more than 16 GPUs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpusInUse:
+    """Event (from the cluster watcher): the GPUs Ray has handed out, node by node, settled.
+
+    Attributes:
+        in_use: (node id, GPUs) for each alive node where Ray has handed out GPUs, to anyone:
+            tasks, actors and placement groups.
+        groups: (group name, node id, GPUs) for each node where a live group named like the
+            service's groups (``placement-actors:<deployment>:r<replica>``) holds GPUs.
+
+    The service takes GPUs in use that none of its own groups holds as held by someone else
+    (``outside``): it holds more of them off the market when other users take more, and offers
+    them again when those users give them back.
+    """
+
+    in_use: tuple[tuple[str, int], ...] = ()
+    groups: tuple[tuple[str, str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        """Check the sizes and every entry: node ids, names and counts of GPUs."""
+        if not isinstance(self.in_use, tuple) or not isinstance(self.groups, tuple):
+            msg = "GpusInUse needs tuples of (node, gpus) and (group, node, gpus)"
+            raise InvalidSpecError(msg, field="in_use")
+        if len(self.in_use) > MAX_NODES or len(self.groups) > MAX_GROUP_SHARES:
+            msg = (
+                f"GpusInUse may name at most {MAX_NODES} nodes and {MAX_GROUP_SHARES} group "
+                f"shares, got {len(self.in_use)} and {len(self.groups)}"
+            )
+            raise InvalidSpecError(msg, field="in_use")
+        for entry in self.in_use:
+            if not isinstance(entry, tuple) or len(entry) != 2:  # noqa: PLR2004 - a pair
+                msg = f"not a (node, gpus) pair: {entry!r:.80}"
+                raise InvalidSpecError(msg, field="in_use")
+            check_text(entry[0], "node_id", longest=MAX_NODE_ID)
+            _check_gpus(entry[1])
+        for share in self.groups:
+            if not isinstance(share, tuple) or len(share) != 3:  # noqa: PLR2004 - a triple
+                msg = f"not a (group, node, gpus) triple: {share!r:.80}"
+                raise InvalidSpecError(msg, field="groups")
+            check_text(share[0], "group_name", longest=_NAME)
+            check_text(share[1], "node_id", longest=MAX_NODE_ID)
+            _check_gpus(share[2])
+
+
+def _check_gpus(value: object) -> None:
+    """GPUs of one node: 1 to `MAX_NODE_GPUS`, else an `InvalidSpecError`."""
+    check_count(value, "gpus", minimum=1)
+    if value > MAX_NODE_GPUS:  # type: ignore[operator]
+        msg = f"gpus must be at most {MAX_NODE_GPUS}, got {value}"
+        raise InvalidSpecError(msg, field="gpus")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

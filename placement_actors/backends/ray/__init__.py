@@ -11,7 +11,7 @@ to the `placement_actors.domain` values (`GroupStatus`, the `PlacementError` tre
 - `engines`: options that run a controller's engine in a replica's bundle (`bundle_options`).
 - `backend`: `RayBackend`, what the actors use (every method returns at once).
 - `checkpoints`: `GcsCheckpoints`, the service's records in Ray's GCS key-value store.
-- `membership`: `ClusterWatcher`, nodes that join or die and groups Ray reschedules.
+- `membership`: `ClusterWatcher`, nodes that join or die, groups Ray reschedules, GPUs in use.
 - `hosting`: a service object in a named, detached Ray actor, and calls to it.
 - `local`: `LocalCluster`, several raylets with logical GPUs on one machine.
 - `port_agents`: one long-lived actor per node that finds free ports there (no task per bundle).
@@ -41,6 +41,7 @@ from placement_actors.backends.ray.cluster import (
     get_cluster_topology,
     get_egress_nodes,
     gpus_held_outside,
+    gpus_in_use,
     is_egress,
     node_names,
     node_topology,
@@ -60,6 +61,7 @@ from placement_actors.backends.ray.groups import (
     find_group,
     find_group_by_id,
     get_held_groups,
+    group_gpus,
     group_states,
     groups_in,
     live_groups,
@@ -69,7 +71,7 @@ from placement_actors.backends.ray.groups import (
 )
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
-from placement_actors.backends.ray.membership import ClusterWatcher
+from placement_actors.backends.ray.membership import ClusterWatcher, GpuUse
 from placement_actors.backends.ray.port_agents import (
     AGENT_NAME_ROOT,
     AGENT_TIMEOUT_S,
@@ -91,6 +93,7 @@ __all__ = [
     "RAY_WORKER_PORTS",
     "ClusterWatcher",
     "GcsCheckpoints",
+    "GpuUse",
     "LocalCluster",
     "RayBackend",
     "RayEventual",
@@ -114,6 +117,8 @@ __all__ = [
     "get_free_port_in_bundle",
     "get_held_groups",
     "gpus_held_outside",
+    "gpus_in_use",
+    "group_gpus",
     "group_states",
     "groups_in",
     "is_egress",

@@ -23,6 +23,7 @@ __all__ = [
     "get_cluster_topology",
     "get_egress_nodes",
     "gpus_held_outside",
+    "gpus_in_use",
     "is_egress",
     "node_names",
     "node_topology",
@@ -132,16 +133,29 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
     for assignments in held.values():
         for assignment in assignments:
             ours[assignment.node] = ours.get(assignment.node, 0) + len(assignment.gpus)
-    available = _settled_availability()
     outside: dict[str, int] = {}
+    for node_id, used in gpus_in_use(_settled_availability()).items():
+        if used > ours.get(node_id, 0):
+            outside[node_id] = used - ours.get(node_id, 0)
+    return outside
+
+
+def gpus_in_use(available: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, int]:
+    """Node id -> GPUs Ray has handed out there (to anyone), for each alive node that has some.
+
+    ``available`` is Ray's free resources per node (read now by default).
+    """
+    if available is None:
+        # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+        available = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    used: dict[str, int] = {}
     for node_id, record in alive_nodes().items():
         total = int((record.get("Resources") or {}).get("GPU", 0))
         # Ray leaves a resource with nothing free out of a node's free resources altogether.
         free = int(available[node_id].get("GPU", 0)) if node_id in available else total
-        in_use = max(0, total - free - ours.get(node_id, 0))
-        if in_use:
-            outside[node_id] = in_use
-    return outside
+        if total > free:
+            used[node_id] = total - free
+    return used
 
 
 def _settled_availability(

@@ -41,6 +41,7 @@ __all__ = [
     "find_group",
     "find_group_by_id",
     "get_held_groups",
+    "group_gpus",
     "group_states",
     "groups_in",
     "live_groups",
@@ -267,6 +268,26 @@ def bundle_nodes(prefix: str = "") -> dict[str, dict[int, str]]:
         name = str(info.get("name") or "")
         if name.startswith(prefix) and _status_from(info) is GroupStatus.CREATED:
             found[name] = {int(i): str(n) for i, n in info["bundles_to_node_id"].items()}
+    return found
+
+
+def group_gpus(prefix: str = "") -> dict[str, dict[str, int]]:
+    """Name -> {node id: GPUs} that each live group named ``prefix...`` holds, by Ray's table.
+
+    The bundles Ray has placed (of a created group, or one it reschedules), of every namespace;
+    a group that holds no GPU is left out.
+    """
+    found: dict[str, dict[str, int]] = {}
+    for info in placement_group_table().values():
+        name = str(info.get("name") or "")
+        if not name.startswith(prefix) or _status_from(info) is GroupStatus.REMOVED:
+            continue
+        bundles = info.get("bundles") or {}
+        for index, node in (info.get("bundles_to_node_id") or {}).items():
+            gpus = int((bundles.get(index) or {}).get("GPU", 0))
+            if gpus and node:
+                held = found.setdefault(name, {})
+                held[str(node)] = held.get(str(node), 0) + gpus
     return found
 
 

@@ -1,30 +1,46 @@
-"""Following the cluster as it changes: nodes that join or die, groups Ray reschedules.
+"""Following the cluster as it changes: nodes that join or die, groups Ray reschedules, GPUs in use.
 
 A `ClusterWatcher` polls Ray's node table and the placement-group table from a thread of its own
 and reports each change once, through callbacks (the wiring turns them into messages to the
 DeploymentPlacementActor, so the actor's mailbox never waits on Ray). Measured on Ray 2.60: a
 node removed gracefully is marked dead within ~0.05 s, a crashed one after the health check
 (~16 s); a group pinned to a dead node goes to ``RESCHEDULING`` at once and never becomes ready
-again by itself.
+again by itself. Ray gives a removed group's GPUs back in its free resources about 0.1 s after its
+table says the group is gone: GPUs in use are reported only once a reading has held for
+`SETTLE_S`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from placement_actors.backends.ray.cluster import alive_nodes, is_egress, node_topology
-from placement_actors.backends.ray.groups import groups_in
+from placement_actors.backends.ray.cluster import alive_nodes, gpus_in_use, is_egress, node_topology
+from placement_actors.backends.ray.groups import group_gpus, groups_in
 from placement_actors.domain.deployments import GROUP_NAME_ROOT
 from placement_actors.domain.errors import PlacementError
 from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["ClusterWatcher"]
+__all__ = ["SETTLE_S", "ClusterWatcher", "GpuUse"]
 
 logger = logging.getLogger(__name__)
+
+SETTLE_S = 0.5
+"""How long a reading of the GPUs in use must stay the same before it is reported."""
+
+GpuUse = tuple[dict[str, int], dict[str, dict[str, int]]]
+"""GPUs in use by node id, and the GPUs each of the service's groups holds by node id."""
+
+
+def _read_gpu_use() -> GpuUse:
+    # Ray's free resources first, then its groups: a group made in between is then counted as
+    # the service's without its GPUs showing as taken yet (too little held for others, never
+    # too much), and a reading that moves is not reported until it settles.
+    return gpus_in_use(), group_gpus(GROUP_NAME_ROOT)
 
 
 class ClusterWatcher:
@@ -42,6 +58,12 @@ class ClusterWatcher:
         nodes: reads the alive nodes' ``ray.nodes()`` records by node id (Ray's, by default).
         rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
             (Ray's, by default).
+        on_gpu_use: called with the GPUs in use on each node and those each group named like
+            the service's holds (`GpuUse`), once a reading has stayed the same for
+            ``settle_s`` and differs from the one reported last; ``None``: not read.
+        gpu_use: reads them (Ray's free resources and placement-group table, by default).
+        settle_s: how long a reading of the GPUs in use must hold before it is reported.
+        clock: the monotonic clock ``settle_s`` is measured on.
     """
 
     def __init__(
@@ -57,6 +79,10 @@ class ClusterWatcher:
         rescheduling: Callable[[], Mapping[str, str]] = lambda: groups_in(
             GroupStatus.RESCHEDULING, GROUP_NAME_ROOT
         ),
+        on_gpu_use: Callable[[GpuUse], None] | None = None,
+        gpu_use: Callable[[], GpuUse] = _read_gpu_use,
+        settle_s: float = SETTLE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Remember the known nodes; nothing is polled until `start`."""
         self._known = set(known)
@@ -69,6 +95,12 @@ class ClusterWatcher:
         self._nodes = nodes
         self._rescheduling = rescheduling
         self._reported: set[str] = set()
+        self._on_gpu_use = on_gpu_use
+        self._gpu_use = gpu_use
+        self._settle_s = settle_s
+        self._clock = clock
+        self._use_seen: tuple[GpuUse, float] | None = None  # the latest reading, and since when
+        self._use_told: GpuUse | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="placement-actors-cluster-watcher", daemon=True
@@ -108,6 +140,17 @@ class ClusterWatcher:
         for group_id in sorted(set(moving) - self._reported):
             self._on_rescheduling(moving[group_id], group_id)
         self._reported = set(moving)
+        if self._on_gpu_use is not None:
+            self._follow_gpu_use(self._on_gpu_use)
+
+    def _follow_gpu_use(self, report: Callable[[GpuUse], None]) -> None:
+        """Read the GPUs in use; report a reading that has held for ``settle_s``, once."""
+        reading, now = self._gpu_use(), self._clock()
+        if self._use_seen is None or self._use_seen[0] != reading:
+            self._use_seen = (reading, now)
+        if now - self._use_seen[1] >= self._settle_s and reading != self._use_told:
+            report(reading)
+            self._use_told = reading
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

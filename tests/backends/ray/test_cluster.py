@@ -87,3 +87,80 @@ def test_a_node_whose_gpus_another_ray_user_holds_all_of_counts_them_outside(
         assert on_ray.gpus_held_outside({}).get(node) == 4
     finally:
         on_ray.remove_group(other)
+
+
+class Readings:
+    """GPUs in use as a watcher reads them, one reading per poll, on a clock the test moves."""
+
+    def __init__(self, *readings: on_ray.GpuUse) -> None:
+        self.readings = list(readings)
+        self.now = 0.0
+
+    def read(self) -> on_ray.GpuUse:
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+
+def test_gpus_in_use_are_reported_once_a_reading_has_settled_and_once_per_change() -> None:
+    taken: on_ray.GpuUse = ({"n": 2}, {})
+    mine: on_ray.GpuUse = ({"n": 2}, {"placement-actors:d:r0": {"n": 2}})
+    lagging: on_ray.GpuUse = ({"n": 2}, {})  # the group is gone, its GPUs not yet given back
+    readings = Readings(taken, taken, taken, taken, mine, lagging, ({}, {}), ({}, {}), ({}, {}))
+    told: list[on_ray.GpuUse] = []
+    watcher = on_ray.ClusterWatcher(
+        known=[],
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=dict,
+        rescheduling=dict,
+        on_gpu_use=told.append,
+        gpu_use=readings.read,
+        settle_s=0.5,
+        clock=lambda: readings.now,
+    )
+    steps = []
+    for _ in range(9):
+        watcher.poll()
+        steps.append(len(told))
+        readings.now += 0.25
+    # taken from 0.0, told at 0.5 only; "mine" and "lagging" never hold 0.5 s; empty from 1.5.
+    assert steps == [0, 0, 1, 1, 1, 1, 1, 1, 2]
+    assert told == [taken, ({}, {})]
+
+
+def test_a_watcher_given_no_listener_for_gpus_in_use_never_reads_them() -> None:
+    def refuse() -> on_ray.GpuUse:
+        msg = "read although nobody listens"
+        raise AssertionError(msg)
+
+    watcher = on_ray.ClusterWatcher(
+        known=[],
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=dict,
+        rescheduling=dict,
+        gpu_use=refuse,
+    )
+    watcher.poll()
+
+
+def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
+    ray_nodes: dict[str, str],
+) -> None:
+    node = ray_nodes["gpu-b"]
+    other = on_ray.build_pg(
+        [{"GPU": 1}, {"GPU": 2}],
+        "STRICT_PACK",
+        name="placement-actors:gpu-use-probe:r3",
+        bundle_label_selector=[{NODE_ID_LABEL: node}] * 2,
+        ready_timeout_s=30,
+    )
+    try:
+        assert on_ray.gpus_in_use().get(node) == 3
+        assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {
+            "placement-actors:gpu-use-probe:r3": {node: 3}
+        }
+    finally:
+        on_ray.remove_group(other)
+    assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {}

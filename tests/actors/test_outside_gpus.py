@@ -1,0 +1,172 @@
+"""GPUs other Ray users take and give back after the service started (`GpusInUse`, no Ray)."""
+
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ClusterView,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    InvalidSpecError,
+    NodeTopology,
+    NotEnoughGpusError,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    Release,
+    group_name,
+)
+from placement_actors.actors.messages import GpusInUse, NodeJoined, NodeLost
+
+TIMEOUT = 5
+TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
+
+Ref = pykka.ActorRef[DeploymentPlacementActor]
+
+
+@pytest.fixture
+def actor() -> Iterator[Ref]:
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY)
+    yield ref
+    ref.stop(timeout=TIMEOUT)
+
+
+def view(ref: Ref) -> ClusterView:
+    shown = ref.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(shown, ClusterView)
+    return shown
+
+
+def outside_and_free(ref: Ref, node: str) -> tuple[int, int]:
+    shown = view(ref).node(node)
+    return shown.outside, len(shown.free_gpus)
+
+
+def place_on(ref: Ref, name: str, gpus: int, node: str) -> PlacementResult:
+    result = ref.ask(
+        Place(
+            Deployment(name=name, model="m", gpus=gpus),
+            PlacementConstraints(gpu_nodes=(node,)),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(result, PlacementResult)
+    return result
+
+
+def tell_in_use(ref: Ref, **use: object) -> None:
+    ref.ask(GpusInUse(**use), timeout=TIMEOUT)  # type: ignore[arg-type]
+
+
+def test_gpus_another_user_takes_after_the_start_are_held_off_the_market(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("a", 3),))
+    assert outside_and_free(actor, "a") == (3, 1)
+    assert outside_and_free(actor, "b") == (0, 4)
+    with pytest.raises(NotEnoughGpusError):
+        place_on(actor, "crowded", 2, "a")
+
+
+def test_gpus_held_by_another_user_at_the_start_are_offered_again_once_given_back() -> None:
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, outside={"a": 3})
+    try:
+        assert outside_and_free(ref, "a") == (3, 1)
+        tell_in_use(ref, in_use=())
+        assert outside_and_free(ref, "a") == (0, 4)
+        assert place_on(ref, "whole", 4, "a").total_gpus() == 4
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_only_what_another_user_gives_back_is_offered_again(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("a", 3),))
+    tell_in_use(actor, in_use=(("a", 1),))
+    assert outside_and_free(actor, "a") == (1, 3)
+
+
+def test_the_services_own_groups_are_not_taken_for_another_users(actor: Ref) -> None:
+    place_on(actor, "mine", 2, "a")
+    tell_in_use(actor, in_use=(("a", 3),), groups=((group_name("mine", 0), "a", 2),))
+    assert outside_and_free(actor, "a") == (1, 1)
+
+
+def test_a_group_named_unlike_the_services_is_another_users(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("a", 2),), groups=(("someone-elses:r0", "a", 2),))
+    assert outside_and_free(actor, "a") == (2, 2)
+
+
+def test_a_released_deployments_group_that_ray_still_shows_is_not_taken_for_another_users(
+    actor: Ref,
+) -> None:
+    place_on(actor, "leaving", 2, "a")
+    actor.ask(Release("leaving"), timeout=TIMEOUT)
+    tell_in_use(actor, in_use=(("a", 2),), groups=((group_name("leaving", 0), "a", 2),))
+    assert outside_and_free(actor, "a") == (0, 4)
+
+
+def test_a_released_name_counts_as_the_services_only_until_ray_shows_its_groups_gone(
+    actor: Ref,
+) -> None:
+    place_on(actor, "gone", 2, "a")
+    actor.ask(Release("gone"), timeout=TIMEOUT)
+    tell_in_use(actor, in_use=())  # Ray's table no longer shows it
+    # A group of that name seen later is someone else's (another service of the namespace).
+    tell_in_use(actor, in_use=(("a", 2),), groups=((group_name("gone", 0), "a", 2),))
+    assert outside_and_free(actor, "a") == (2, 2)
+
+
+def test_gpus_another_user_took_from_under_a_pending_group_are_held_once_the_service_frees_them(
+    actor: Ref,
+) -> None:
+    place_on(actor, "pending", 4, "a")  # reserved, its group not made yet
+    tell_in_use(actor, in_use=(("a", 2),))  # someone else got there first
+    assert outside_and_free(actor, "a") == (0, 0)
+    actor.ask(Release("pending"), timeout=TIMEOUT)
+    assert outside_and_free(actor, "a") == (2, 2)
+
+
+def test_a_node_that_left_and_joined_again_holds_nothing_for_others_until_the_next_reading(
+    actor: Ref,
+) -> None:
+    tell_in_use(actor, in_use=(("a", 3),))
+    actor.ask(NodeLost(node_id="a"), timeout=TIMEOUT)
+    actor.ask(NodeJoined(node=TOPOLOGY[0]), timeout=TIMEOUT)
+    assert outside_and_free(actor, "a") == (0, 4)
+    tell_in_use(actor, in_use=(("a", 1),))
+    assert outside_and_free(actor, "a") == (1, 3)
+
+
+def test_gpus_in_use_on_a_node_the_service_does_not_know_change_nothing(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("stranger", 3),), groups=((group_name("x", 0), "stranger", 3),))
+    assert [(n.node_id, n.outside) for n in view(actor).nodes] == [("a", 0), ("b", 0)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"in_use": [("a", 1)]}, "tuples"),
+        ({"in_use": (("a",),)}, "pair"),
+        ({"in_use": (("a", 0),)}, "gpus must be an integer >= 1"),
+        ({"in_use": (("a", 10**6),)}, "at most"),
+        ({"in_use": ((7, 1),)}, "node_id"),
+        ({"groups": (("g", "a"),)}, "triple"),
+        ({"groups": (("g", "a", True),)}, "gpus"),
+    ],
+)
+def test_a_malformed_reading_is_refused_with_a_typed_error(
+    fields: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(InvalidSpecError, match=complaint):
+        GpusInUse(**fields)  # type: ignore[arg-type]
+
+
+def test_a_forged_reading_is_refused_and_the_actor_keeps_its_picture(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("a", 1),))
+    forged = object.__new__(GpusInUse)
+    object.__setattr__(forged, "in_use", (("a", -3),))  # built around the constructor's checks
+    object.__setattr__(forged, "groups", ())
+    with pytest.raises(InvalidSpecError):
+        actor.ask(forged, timeout=TIMEOUT)
+    assert outside_and_free(actor, "a") == (1, 3)
