@@ -3,7 +3,9 @@
 Starts a local Ray cluster (head + 2 raylets of 4 logical GPUs) and the service on it, then, three
 times: a raylet joins (until the service has it); a replica is placed on it and the raylet leaves
 (until the loss is told, the replica placed again, and its new master resolved); the service is
-stopped and started again (until it has taken the deployment back with the same endpoint).
+stopped and started again (until it has taken the deployment back with the same endpoint);
+another Ray user takes 2 GPUs of a node with a group of its own (until the service holds them
+as ``outside``) and gives them back (until it offers them again).
 Prints the median of each; ``--check`` exits 1 when a join or a loss takes more than 2 seconds.
 
     .venv/bin/python bench/live_cluster.py [--check]
@@ -87,10 +89,42 @@ def one_round(cluster: Any, figures: dict[str, list[float]]) -> None:  # noqa: A
     after = now.result.replicas[0].master.port.get(timeout=TIMEOUT)
     figures["a restart: every endpoint back"].append(time.perf_counter() - restarted)
     assert after == before, "a restart must give the same port back"
+    other_user(service, fallback, figures)
     service.ask(Release("bench-mover"), timeout=TIMEOUT)
     view: Any = service.ask(GetClusterView(), timeout=TIMEOUT)
     assert view.deployments == ()
     service.stop(timeout=TIMEOUT)
+
+
+def outside_becomes(service: Any, node: str, count: int) -> float:  # noqa: ANN401
+    """When the service's view shows ``count`` GPUs of ``node`` held by other users."""
+    deadline = time.perf_counter() + TIMEOUT
+    while time.perf_counter() < deadline:
+        view: Any = service.ask(GetClusterView(), timeout=TIMEOUT)
+        if view.node(node).outside == count:
+            return time.perf_counter()
+        time.sleep(0.02)
+    msg = f"the service never showed {count} GPUs of {node} held outside it"
+    raise TimeoutError(msg)
+
+
+def other_user(service: Any, node: str, figures: dict[str, list[float]]) -> None:  # noqa: ANN401
+    """Another Ray user takes 2 GPUs of ``node`` with a group of its own, then gives them back."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
+    from placement_actors.policies.bundle_shapes import NODE_ID_LABEL  # noqa: PLC0415
+
+    group = on_ray.build_pg(
+        [{"GPU": 2}],
+        "STRICT_PACK",
+        name="bench-another-user",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=TIMEOUT,
+    )
+    taken = time.perf_counter()
+    figures["another user takes GPUs: held"].append(outside_becomes(service, node, 2) - taken)
+    on_ray.remove_group(group)
+    given = time.perf_counter()
+    figures["... gives them back: offered"].append(outside_becomes(service, node, 0) - given)
 
 
 def main() -> int:
@@ -107,6 +141,8 @@ def main() -> int:
         "... the replica is placed again",
         "... its new master is resolved",
         "a restart: every endpoint back",
+        "another user takes GPUs: held",
+        "... gives them back: offered",
     )
     for key in keys:
         figures[key] = []

@@ -149,7 +149,7 @@ def start_on_ray(
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
             ),
-            on_gpu_use=lambda use: _tell(service, _gpus_in_use(*use)),
+            on_gpu_use=lambda use, unsettled: _tell(service, _gpus_in_use(*use, unsettled)),
             alive=service.is_alive,
             interval_s=watch_s,
         ).start()
@@ -211,13 +211,18 @@ def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:
     _tell(service, NodeLost(node_id=node_id))
 
 
-def _gpus_in_use(in_use: Mapping[str, int], groups: Mapping[str, Mapping[str, int]]) -> GpusInUse:
+def _gpus_in_use(
+    in_use: Mapping[str, int],
+    groups: Mapping[str, Mapping[str, int]],
+    unsettled: AbstractSet[str],
+) -> GpusInUse:
     """The watcher's reading of the GPUs in use, as the message the service takes."""
     return GpusInUse(
         in_use=tuple(sorted(in_use.items())),
         groups=tuple(
             (name, node, gpus) for name in sorted(groups) for node, gpus in groups[name].items()
         ),
+        unsettled=tuple(sorted(unsettled)),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
@@ -63,7 +64,7 @@ from placement_actors.domain.checkpoints import (
     encode,
 )
 from placement_actors.domain.constraints import EgressKey, GpuStrategy, PlacementConstraints
-from placement_actors.domain.deployments import GROUP_NAME_ROOT, is_deployment_name
+from placement_actors.domain.deployments import is_deployment_name, replica_of_group
 from placement_actors.domain.errors import (
     BackendError,
     CapacityError,
@@ -117,9 +118,6 @@ BATCH_REMOTE_LIMITS = 10
 """A `PlaceMany` may ask for at most this many times ``max_remote_replicas`` remote replicas in
 all (100,000 by default), counting those within the limit of one deployment: a batch is one
 message, and its work is bounded before any of it is done."""
-
-_INDEX_DIGITS = 9
-"""The most digits of a replica index in a group name Ray reports (more: no group of ours)."""
 
 LEAVING_REMEMBERED = 4096
 """Released deployments whose groups still count as the service's in `GpusInUse` until Ray's
@@ -1124,7 +1122,7 @@ class DeploymentPlacementActor(KeepServingActor):
     @admits(GroupRescheduling)
     def _on_group_rescheduling(self, event: GroupRescheduling) -> None:
         """Ray moves a group that was ready (a node under it died): the replica is lost."""
-        found = _replica_of(event.group_name)
+        found = replica_of_group(event.group_name)
         placed = None if found is None else self._placed.get(found[0])
         if found is None or placed is None:
             return
@@ -1145,42 +1143,65 @@ class DeploymentPlacementActor(KeepServingActor):
     def _on_gpus_in_use(self, event: GpusInUse) -> None:
         """Ray's GPUs in use, settled: hold what other users took, offer what they gave back.
 
-        On each node, the GPUs in use that no group of the service holds are someone else's:
-        the ledger holds that many for them (``outside``), as far as it has them free; the rest
-        it takes as soon as the service frees them. A group counts as the service's by its name:
-        one of a deployment it holds, or released lately and still shown by Ray.
+        On each node whose reading has settled, the GPUs in use that no group of the service
+        holds are someone else's: the ledger holds that many for them (``outside``), as far as
+        it has them free; the rest it takes as soon as the service frees them. A group is the
+        service's by its name (one of a deployment it holds, or released lately and still shown
+        by Ray), for no more GPUs on a node than the ledger holds for that deployment there: a
+        group of the same name that another namespace made is someone else's beyond that.
+        Nodes whose reading still moves (``unsettled``) are left as they are.
         """
-        ours: dict[str, int] = {}
-        shown: set[str] = set()
-        for group, node, gpus in event.groups:
-            found = _replica_of(group)
-            if found is None:
-                continue
-            name = found[0]
-            shown.add(name)
-            if self._holds_groups_of(name):
-                ours[node] = ours.get(node, 0) + gpus
-        for name in [n for n in self._leaving if n not in shown]:  # gone from Ray's table too
-            del self._leaving[name]
+        unsettled = frozenset(event.unsettled)
+        ours = self._own_gpus_in_use(event.groups, pruning=not unsettled)
         in_use = dict(event.in_use)
         freed = False
-        self._outside_short = {}
-        for node in sorted({*in_use, *self._outside_held}):
-            if node not in self._gpus:
-                continue
-            wanted = max(0, in_use.get(node, 0) - ours.get(node, 0))
-            held = self._outside_held.get(node, 0)
-            if wanted < held:
-                ordinals = [o for o, h in self._gpus.holders(node).items() if h == OUTSIDE_HOLDER]
-                self._gpus.release(node, ordinals[wanted:], OUTSIDE_HOLDER)
-                self._set_outside(node, min(wanted, len(ordinals)))
-                freed = True
-            elif wanted > held:
-                self._outside_short[node] = wanted - held
-                self._top_up_outside(node)
+        for node in sorted({*in_use, *self._outside_held, *self._outside_short} - unsettled):
+            self._outside_short.pop(node, None)
+            if node in self._gpus:
+                freed |= self._hold_outside(node, max(0, in_use.get(node, 0) - ours.get(node, 0)))
         if freed:
             logger.info("GPUs held outside the service were given back")
             self._retry_degraded()  # what others gave back may hold what was lost
+
+    def _own_gpus_in_use(
+        self, groups: Iterable[tuple[str, str, int]], *, pruning: bool
+    ) -> dict[str, int]:
+        """Node id -> GPUs the service's own groups hold there, of Ray's (group, node, GPUs).
+
+        With ``pruning``, released names no group in ``groups`` has any more are forgotten.
+        """
+        shares: dict[tuple[str, str], int] = {}
+        for group, node, gpus in groups:
+            found = replica_of_group(group)
+            if found is not None:
+                shares[found[0], node] = shares.get((found[0], node), 0) + gpus
+        ours: dict[str, int] = {}
+        holding: dict[str, Counter[str]] = {}
+        for (name, node), gpus in shares.items():
+            if name in self._leaving:  # its groups and a new one's may both stand a moment
+                ours[node] = ours.get(node, 0) + gpus
+            elif self._holds_groups_of(name) and node in self._gpus:
+                if node not in holding:
+                    holding[node] = Counter(self._gpus.holders(node).values())
+                ours[node] = ours.get(node, 0) + min(gpus, holding[node][name])
+        if pruning:
+            shown = {name for name, _ in shares}
+            for name in [n for n in self._leaving if n not in shown]:
+                del self._leaving[name]
+        return ours
+
+    def _hold_outside(self, node: str, wanted: int) -> bool:
+        """Hold ``wanted`` GPUs of ``node`` for other users; whether some were given back."""
+        held = self._outside_held.get(node, 0)
+        if wanted < held:
+            ordinals = [o for o, h in self._gpus.holders(node).items() if h == OUTSIDE_HOLDER]
+            self._gpus.release(node, ordinals[wanted:], OUTSIDE_HOLDER)
+            self._set_outside(node, min(wanted, len(ordinals)))
+            return True
+        if wanted > held:
+            self._outside_short[node] = wanted - held
+            self._top_up_outside(node)
+        return False
 
     def _holds_groups_of(self, name: str) -> bool:
         """Whether groups named for deployment ``name`` are the service's own."""
@@ -1397,6 +1418,8 @@ class DeploymentPlacementActor(KeepServingActor):
             except PlacementError:
                 break  # Ray still refuses: the rest waits for the next message
             del self._stranded[name]
+            if name not in self._placed:
+                self._leave(name)
             self._free(name, stranded, None)
             freed = True
         if freed:  # a failed replica's GPUs are back: it (or another) may be placed again
@@ -1600,6 +1623,7 @@ class DeploymentPlacementActor(KeepServingActor):
             logger.warning("could not remove the groups of an undone Place of %s: %s", name, exc)
             self._stranded[name] = (*self._stranded.get(name, ()), *assignments)
             return False
+        self._leave(name)  # a reading taken before the removal may still show the groups
         return True
 
     def _plan(self, name: str, assignments: list[NodeAssignment]) -> tuple[ReplicaPlacement, ...]:
@@ -1668,24 +1692,6 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._egress.remove(assignment.node, key)
             if self._outside_short and assignment.node in self._outside_short:
                 self._top_up_outside(assignment.node)
-
-
-def _replica_of(group_name: str) -> tuple[str, int] | None:
-    """The deployment and replica of a group named ``placement-actors:<deployment>:r<replica>``.
-
-    ``None`` for any other name: not one of the service's groups.
-    """
-    prefix, _, index = group_name.rpartition(":r")
-    name = prefix.removeprefix(GROUP_NAME_ROOT)
-    if not (
-        name
-        and prefix.startswith(GROUP_NAME_ROOT)
-        and index.isascii()
-        and index.isdecimal()
-        and len(index) <= _INDEX_DIGITS
-    ):
-        return None
-    return name, int(index)
 
 
 def _without_frames(error: PlacementError) -> PlacementError:

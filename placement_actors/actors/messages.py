@@ -800,6 +800,8 @@ class GpusInUse:
             tasks, actors and placement groups.
         groups: (group name, node id, GPUs) for each node where a live group named like the
             service's groups (``placement-actors:<deployment>:r<replica>``) holds GPUs.
+        unsettled: nodes whose reading still moves: what they hold is not said (the other
+            fields leave them out), and the service leaves them as they are.
 
     The service takes GPUs in use that none of its own groups holds as held by someone else
     (``outside``): it holds more of them off the market when other users take more, and offers
@@ -808,18 +810,25 @@ class GpusInUse:
 
     in_use: tuple[tuple[str, int], ...] = ()
     groups: tuple[tuple[str, str, int], ...] = ()
+    unsettled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the sizes and every entry: node ids, names and counts of GPUs."""
-        if not isinstance(self.in_use, tuple) or not isinstance(self.groups, tuple):
-            msg = "GpusInUse needs tuples of (node, gpus) and (group, node, gpus)"
+        if not all(isinstance(f, tuple) for f in (self.in_use, self.groups, self.unsettled)):
+            msg = "GpusInUse needs tuples of (node, gpus), (group, node, gpus) and node ids"
             raise InvalidSpecError(msg, field="in_use")
-        if len(self.in_use) > MAX_NODES or len(self.groups) > MAX_GROUP_SHARES:
+        if (
+            len(self.in_use) > MAX_NODES
+            or len(self.unsettled) > MAX_NODES
+            or len(self.groups) > MAX_GROUP_SHARES
+        ):
             msg = (
                 f"GpusInUse may name at most {MAX_NODES} nodes and {MAX_GROUP_SHARES} group "
-                f"shares, got {len(self.in_use)} and {len(self.groups)}"
+                f"shares, got {len(self.in_use)} + {len(self.unsettled)} and {len(self.groups)}"
             )
             raise InvalidSpecError(msg, field="in_use")
+        for node in self.unsettled:
+            check_text(node, "node_id", longest=MAX_NODE_ID)
         for entry in self.in_use:
             if not isinstance(entry, tuple) or len(entry) != 2:  # noqa: PLR2004 - a pair
                 msg = f"not a (node, gpus) pair: {entry!r:.80}"

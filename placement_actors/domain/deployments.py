@@ -28,6 +28,7 @@ __all__ = [
     "group_prefix",
     "infer_runtime",
     "is_deployment_name",
+    "replica_of_group",
 ]
 
 GROUP_NAME_ROOT = "placement-actors:"
@@ -321,3 +322,22 @@ def group_prefix(deployment: str) -> str:
 def group_name(deployment: str, replica_index: int) -> str:
     """The placement-group name of one replica of ``deployment``."""
     return f"{group_prefix(deployment)}r{replica_index}"
+
+
+_INDEX_DIGITS = 9
+"""The most digits of a replica index in a group name read back (more: no group of ours)."""
+
+
+def replica_of_group(name: object) -> tuple[str, int] | None:
+    """The deployment and replica index a `group_name` names; ``None`` for any other name."""
+    if not isinstance(name, str) or not name.startswith(GROUP_NAME_ROOT):
+        return None
+    deployment, _, index = name[len(GROUP_NAME_ROOT) :].rpartition(":r")
+    if not (
+        is_deployment_name(deployment)
+        and index.isascii()
+        and index.isdecimal()
+        and len(index) <= _INDEX_DIGITS
+    ):
+        return None
+    return deployment, int(index)

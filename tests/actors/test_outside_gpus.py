@@ -6,6 +6,9 @@ import pykka
 import pytest
 
 from placement_actors import (
+    BackendError,
+    BundleEndpoint,
+    BundleStrategy,
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
@@ -16,10 +19,16 @@ from placement_actors import (
     Place,
     PlacementConstraints,
     PlacementResult,
+    PlanReplica,
     Release,
+    RemoveReplicaGroups,
+    ReplicaBundleSpec,
+    ReplicaGroupsRemoved,
+    ReplicaPlacement,
     group_name,
 )
 from placement_actors.actors.messages import GpusInUse, NodeJoined, NodeLost
+from placement_actors.domain.results import Known
 
 TIMEOUT = 5
 TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
@@ -170,3 +179,71 @@ def test_a_forged_reading_is_refused_and_the_actor_keeps_its_picture(actor: Ref)
     with pytest.raises(InvalidSpecError):
         actor.ask(forged, timeout=TIMEOUT)
     assert outside_and_free(actor, "a") == (1, 3)
+
+
+def test_a_node_whose_reading_still_moves_keeps_what_it_holds_for_others(actor: Ref) -> None:
+    tell_in_use(actor, in_use=(("a", 3), ("b", 1)))
+    tell_in_use(actor, in_use=(("b", 2),), unsettled=("a",))
+    assert outside_and_free(actor, "a") == (3, 1)
+    assert outside_and_free(actor, "b") == (2, 2)
+
+
+def test_a_group_of_the_services_name_holding_more_than_the_service_gave_it_is_partly_others(
+    actor: Ref,
+) -> None:
+    place_on(actor, "llama", 1, "a")
+    # Another namespace's group of the same name holds 2 more GPUs of a, and b's.
+    tell_in_use(
+        actor,
+        in_use=(("a", 3), ("b", 2)),
+        groups=((group_name("llama", 0), "a", 3), (group_name("llama", 0), "b", 2)),
+    )
+    assert outside_and_free(actor, "a") == (2, 1)
+    assert outside_and_free(actor, "b") == (2, 2)
+
+
+class HalfPlanner(pykka.ThreadingActor):
+    """Plans replica 0, refuses replica 1 (Ray refused its group); removes groups on request."""
+
+    def on_receive(self, message: object) -> object:
+        if isinstance(message, RemoveReplicaGroups):
+            return ReplicaGroupsRemoved(deployment=message.deployment, removed=1)
+        assert isinstance(message, PlanReplica)
+        if message.replica_index:
+            msg = "cannot create placement group (injected)"
+            raise BackendError(msg, operation="create placement group")
+        return ReplicaPlacement(
+            deployment=message.deployment,
+            replica_index=0,
+            group_name=group_name(message.deployment, 0),
+            spec=ReplicaBundleSpec(
+                bundles=({"GPU": 1},),
+                strategy=BundleStrategy.STRICT_PACK,
+                nnodes=1,
+                per_node_gpus=1,
+            ),
+            bundles=(BundleEndpoint(node="a", node_ip=Known("10.0.0.1"), port=Known(9000)),),
+            attempt=1,
+            group_id="group-1",
+        )
+
+
+def test_the_groups_of_an_undone_place_that_a_reading_still_shows_are_not_taken_for_others() -> (
+    None
+):
+    planner = HalfPlanner.start()
+    ref = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner, stops_planner=True)
+    try:
+        with pytest.raises(BackendError):
+            ref.ask(
+                Place(
+                    Deployment(name="undone", model="m", gpus=1, replicas=2),
+                    PlacementConstraints(gpu_nodes=("a",)),
+                ),
+                timeout=TIMEOUT,
+            )
+        # Read while replica 0's group stood, told after the Place was undone.
+        tell_in_use(ref, in_use=(("a", 1),), groups=((group_name("undone", 0), "a", 1),))
+        assert outside_and_free(ref, "a") == (0, 4)
+    finally:
+        ref.stop(timeout=TIMEOUT)

@@ -71,7 +71,7 @@ from placement_actors.backends.ray.groups import (
 )
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
-from placement_actors.backends.ray.membership import ClusterWatcher, GpuUse
+from placement_actors.backends.ray.membership import ClusterWatcher, GpuUse, read_gpu_use
 from placement_actors.backends.ray.port_agents import (
     AGENT_NAME_ROOT,
     AGENT_TIMEOUT_S,
@@ -128,6 +128,7 @@ __all__ = [
     "port_agent",
     "probe_bundle",
     "probe_with_agent",
+    "read_gpu_use",
     "release_ports",
     "remove_group",
     "remove_named_pgs_with_prefix",

@@ -140,16 +140,21 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
     return outside
 
 
-def gpus_in_use(available: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, int]:
+def gpus_in_use(
+    available: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    nodes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, int]:
     """Node id -> GPUs Ray has handed out there (to anyone), for each alive node that has some.
 
-    ``available`` is Ray's free resources per node (read now by default).
+    ``available`` is Ray's free resources per node, ``nodes`` the alive nodes' ``ray.nodes()``
+    records by node id (each read now by default).
     """
     if available is None:
         # A developer API of Ray (no stable one gives per-node availability without the dashboard).
         available = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
     used: dict[str, int] = {}
-    for node_id, record in alive_nodes().items():
+    for node_id, record in (alive_nodes() if nodes is None else nodes).items():
         total = int((record.get("Resources") or {}).get("GPU", 0))
         # Ray leaves a resource with nothing free out of a node's free resources altogether.
         free = int(available[node_id].get("GPU", 0)) if node_id in available else total

@@ -20,27 +20,52 @@ from typing import Any
 
 from placement_actors.backends.ray.cluster import alive_nodes, gpus_in_use, is_egress, node_topology
 from placement_actors.backends.ray.groups import group_gpus, groups_in
-from placement_actors.domain.deployments import GROUP_NAME_ROOT
+from placement_actors.domain.deployments import GROUP_NAME_ROOT, replica_of_group
 from placement_actors.domain.errors import PlacementError
 from placement_actors.domain.group_status import GroupStatus
+from placement_actors.domain.limits import MAX_NODE_GPUS
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["SETTLE_S", "ClusterWatcher", "GpuUse"]
+__all__ = ["SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
 
 logger = logging.getLogger(__name__)
 
 SETTLE_S = 0.5
-"""How long a reading of the GPUs in use must stay the same before it is reported."""
+"""How long a node's reading of the GPUs in use must stay the same before it is reported."""
 
 GpuUse = tuple[dict[str, int], dict[str, dict[str, int]]]
 """GPUs in use by node id, and the GPUs each of the service's groups holds by node id."""
 
+_NodeUse = tuple[int, tuple[tuple[str, int], ...]]
+"""One node's reading: GPUs in use there, and (group name, GPUs) of the service's groups."""
 
-def _read_gpu_use() -> GpuUse:
-    # Ray's free resources first, then its groups: a group made in between is then counted as
-    # the service's without its GPUs showing as taken yet (too little held for others, never
-    # too much), and a reading that moves is not reported until it settles.
-    return gpus_in_use(), group_gpus(GROUP_NAME_ROOT)
+_NOTHING: _NodeUse = (0, ())
+
+
+def read_gpu_use(nodes: Mapping[str, Mapping[str, Any]]) -> GpuUse:
+    """The GPUs in use on ``nodes`` (alive nodes' records) and those the service's groups hold."""
+    # Ray's free resources first, then its groups: a group made in between is counted as the
+    # service's before its GPUs show as taken. One removed in between shows its GPUs taken and
+    # no group: that reading, like one taken while Ray's free resources lag a removal (about
+    # 0.1 s), is gone before it has held for `SETTLE_S`.
+    in_use = {n: used for n, used in gpus_in_use(nodes=nodes).items() if used <= MAX_NODE_GPUS}
+    groups = {
+        name: {n: gpus for n, gpus in held.items() if gpus <= MAX_NODE_GPUS}
+        for name, held in group_gpus(GROUP_NAME_ROOT).items()
+        if replica_of_group(name) is not None  # a name the service could have given
+    }
+    return in_use, groups
+
+
+def _by_node(reading: GpuUse) -> dict[str, _NodeUse]:
+    """A reading, node by node."""
+    in_use, groups = reading
+    found: dict[str, _NodeUse] = {node: (count, ()) for node, count in in_use.items()}
+    for name in sorted(groups):
+        for node, gpus in groups[name].items():
+            count, shares = found.get(node, _NOTHING)
+            found[node] = (count, (*shares, (name, gpus)))
+    return found
 
 
 class ClusterWatcher:
@@ -59,10 +84,13 @@ class ClusterWatcher:
         rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
             (Ray's, by default).
         on_gpu_use: called with the GPUs in use on each node and those each group named like
-            the service's holds (`GpuUse`), once a reading has stayed the same for
-            ``settle_s`` and differs from the one reported last; ``None``: not read.
-        gpu_use: reads them (Ray's free resources and placement-group table, by default).
-        settle_s: how long a reading of the GPUs in use must hold before it is reported.
+            the service's holds there (`GpuUse`), and the nodes left out because their reading
+            still moves. Each node's reading is taken once it has stayed the same for
+            ``settle_s`` (a node whose tasks come and go does not hold up the others); the call
+            is made when what it would say changes. ``None``: not read.
+        gpu_use: reads them, given the alive nodes' records (Ray's free resources and
+            placement-group table, by default).
+        settle_s: how long a node's reading must hold before it is reported.
         clock: the monotonic clock ``settle_s`` is measured on.
     """
 
@@ -79,8 +107,8 @@ class ClusterWatcher:
         rescheduling: Callable[[], Mapping[str, str]] = lambda: groups_in(
             GroupStatus.RESCHEDULING, GROUP_NAME_ROOT
         ),
-        on_gpu_use: Callable[[GpuUse], None] | None = None,
-        gpu_use: Callable[[], GpuUse] = _read_gpu_use,
+        on_gpu_use: Callable[[GpuUse, frozenset[str]], None] | None = None,
+        gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] = read_gpu_use,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -99,8 +127,9 @@ class ClusterWatcher:
         self._gpu_use = gpu_use
         self._settle_s = settle_s
         self._clock = clock
-        self._use_seen: tuple[GpuUse, float] | None = None  # the latest reading, and since when
-        self._use_told: GpuUse | None = None
+        self._use_seen: dict[str, tuple[_NodeUse, float]] = {}  # each node's, and since when
+        self._use_settled: dict[str, _NodeUse] = {}
+        self._use_told: tuple[dict[str, _NodeUse], frozenset[str]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="placement-actors-cluster-watcher", daemon=True
@@ -141,16 +170,45 @@ class ClusterWatcher:
             self._on_rescheduling(moving[group_id], group_id)
         self._reported = set(moving)
         if self._on_gpu_use is not None:
-            self._follow_gpu_use(self._on_gpu_use)
+            self._follow_gpu_use(self._on_gpu_use, nodes)
 
-    def _follow_gpu_use(self, report: Callable[[GpuUse], None]) -> None:
-        """Read the GPUs in use; report a reading that has held for ``settle_s``, once."""
-        reading, now = self._gpu_use(), self._clock()
-        if self._use_seen is None or self._use_seen[0] != reading:
-            self._use_seen = (reading, now)
-        if now - self._use_seen[1] >= self._settle_s and reading != self._use_told:
-            report(reading)
-            self._use_told = reading
+    def _follow_gpu_use(
+        self,
+        report: Callable[[GpuUse, frozenset[str]], None],
+        nodes: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Read the GPUs in use; report the nodes' settled readings when they change."""
+        unsettled = self._settle(_by_node(self._gpu_use(nodes)), self._clock())
+        settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
+        told = (settled, unsettled)
+        if told == self._use_told:
+            return
+        self._use_told = told  # told once, even if the report fails (the round logs it)
+        in_use: dict[str, int] = {}
+        held: dict[str, dict[str, int]] = {}
+        for node, (count, shares) in settled.items():
+            if count:
+                in_use[node] = count
+            for name, gpus in shares:
+                held.setdefault(name, {})[node] = gpus
+        report((in_use, held), unsettled)
+
+    def _settle(self, current: Mapping[str, _NodeUse], now: float) -> frozenset[str]:
+        """Take in one reading, node by node; returns the nodes whose reading still moves."""
+        unsettled = set()
+        for node in {*self._use_seen, *current}:
+            value = current.get(node, _NOTHING)
+            seen = self._use_seen.get(node)
+            if seen is None or seen[0] != value:
+                self._use_seen[node] = seen = (value, now)
+            if now - seen[1] < self._settle_s:
+                unsettled.add(node)
+            elif value == _NOTHING:  # settled with nothing in use: nothing to remember
+                self._use_settled.pop(node, None)
+                del self._use_seen[node]
+            else:
+                self._use_settled[node] = value
+        return frozenset(unsettled)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

@@ -1,6 +1,8 @@
 """Reading the cluster: alive GPU nodes, the head, labels (real local Ray cluster)."""
 
+import contextlib
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -96,8 +98,41 @@ class Readings:
         self.readings = list(readings)
         self.now = 0.0
 
-    def read(self) -> on_ray.GpuUse:
+    def read(self, nodes: object) -> on_ray.GpuUse:
+        del nodes
         return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+
+Told = tuple[on_ray.GpuUse, frozenset[str]]
+
+
+def watching(
+    readings: Readings,
+    told: list[Told],
+    report: Callable[[on_ray.GpuUse, frozenset[str]], None] | None = None,
+) -> on_ray.ClusterWatcher:
+    return on_ray.ClusterWatcher(
+        known=[],
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=dict,
+        rescheduling=dict,
+        on_gpu_use=report or (lambda use, unsettled: told.append((use, unsettled))),
+        gpu_use=readings.read,
+        settle_s=0.5,
+        clock=lambda: readings.now,
+    )
+
+
+def poll(watcher: on_ray.ClusterWatcher, readings: Readings, told: list[Told], n: int) -> list[int]:
+    """Poll ``n`` times, 0.25 s apart; how many reports there were after each poll."""
+    steps = []
+    for _ in range(n):
+        watcher.poll()
+        steps.append(len(told))
+        readings.now += 0.25
+    return steps
 
 
 def test_gpus_in_use_are_reported_once_a_reading_has_settled_and_once_per_change() -> None:
@@ -105,32 +140,45 @@ def test_gpus_in_use_are_reported_once_a_reading_has_settled_and_once_per_change
     mine: on_ray.GpuUse = ({"n": 2}, {"placement-actors:d:r0": {"n": 2}})
     lagging: on_ray.GpuUse = ({"n": 2}, {})  # the group is gone, its GPUs not yet given back
     readings = Readings(taken, taken, taken, taken, mine, lagging, ({}, {}), ({}, {}), ({}, {}))
-    told: list[on_ray.GpuUse] = []
-    watcher = on_ray.ClusterWatcher(
-        known=[],
-        on_joined=lambda *_: None,
-        on_lost=lambda _: None,
-        on_rescheduling=lambda *_: None,
-        nodes=dict,
-        rescheduling=dict,
-        on_gpu_use=told.append,
-        gpu_use=readings.read,
-        settle_s=0.5,
-        clock=lambda: readings.now,
-    )
-    steps = []
-    for _ in range(9):
-        watcher.poll()
-        steps.append(len(told))
+    told: list[Told] = []
+    steps = poll(watching(readings, told), readings, told, 9)
+    # n unsettled at first (told so), settled at 0.5; moving from 1.0; empty and settled at 2.0.
+    assert steps == [1, 1, 2, 2, 3, 3, 3, 3, 4]
+    assert told == [
+        (({}, {}), frozenset({"n"})),
+        ((taken), frozenset()),
+        (({}, {}), frozenset({"n"})),
+        (({}, {}), frozenset()),
+    ]
+
+
+def test_a_node_whose_tasks_come_and_go_does_not_hold_up_the_others_readings() -> None:
+    readings = Readings(*(({"a": 3, "z": 1 + i % 2}, {}) for i in range(40)))
+    told: list[Told] = []
+    poll(watching(readings, told), readings, told, 40)
+    assert told[-1] == (({"a": 3}, {}), frozenset({"z"}))
+
+
+def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
+    readings = Readings(({"a": 3}, {}))
+    calls = []
+
+    def fail(use: on_ray.GpuUse, unsettled: frozenset[str]) -> None:
+        calls.append((use, unsettled))
+        msg = "the service cannot take it (injected)"
+        raise RuntimeError(msg)
+
+    watcher = watching(readings, [], fail)
+    for _ in range(6):
+        with contextlib.suppress(RuntimeError):
+            watcher.poll()
         readings.now += 0.25
-    # taken from 0.0, told at 0.5 only; "mine" and "lagging" never hold 0.5 s; empty from 1.5.
-    assert steps == [0, 0, 1, 1, 1, 1, 1, 1, 2]
-    assert told == [taken, ({}, {})]
+    assert calls == [(({}, {}), frozenset({"a"})), (({"a": 3}, {}), frozenset())]
 
 
 def test_a_watcher_given_no_listener_for_gpus_in_use_never_reads_them() -> None:
-    def refuse() -> on_ray.GpuUse:
-        msg = "read although nobody listens"
+    def refuse(nodes: object) -> on_ray.GpuUse:
+        msg = f"read {nodes!r:.20} although nobody listens"
         raise AssertionError(msg)
 
     watcher = on_ray.ClusterWatcher(
@@ -156,11 +204,23 @@ def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
         bundle_label_selector=[{NODE_ID_LABEL: node}] * 2,
         ready_timeout_s=30,
     )
+    odd = on_ray.build_pg(  # named like the service's groups, but no deployment has that name
+        [{"GPU": 1}],
+        "STRICT_PACK",
+        name="placement-actors:not a deployment:r0",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=30,
+    )
     try:
-        assert on_ray.gpus_in_use().get(node) == 3
+        assert on_ray.gpus_in_use().get(node) == 4
         assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {
             "placement-actors:gpu-use-probe:r3": {node: 3}
         }
+        in_use, groups = on_ray.read_gpu_use(on_ray.alive_nodes())
+        assert in_use[node] == 4
+        assert groups["placement-actors:gpu-use-probe:r3"] == {node: 3}
+        assert "placement-actors:not a deployment:r0" not in groups  # the service's are read
     finally:
         on_ray.remove_group(other)
+        on_ray.remove_group(odd)
     assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {}
