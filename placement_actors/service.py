@@ -46,6 +46,7 @@ from placement_actors.actors.messages import (
     ClusterView,
     GetClusterView,
     GetPlacement,
+    GpusInUse,
     GroupRescheduling,
     NodeJoined,
     NodeLost,
@@ -138,6 +139,7 @@ _INTERNAL_EVENTS = (
     NodeJoined,
     NodeLost,
     GroupRescheduling,
+    GpusInUse,
 )
 """Events the service raises itself (its actors, its cluster watcher): never taken from a client."""
 _SUBSCRIPTIONS = (Subscribe, Unsubscribe)
@@ -661,8 +663,8 @@ class PlacementHost:
 
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
         Nor are the events the service raises itself (`ReplicaFailed`, the planner's group and
-        probe events, the cluster watcher's `NodeJoined`, `NodeLost` and `GroupRescheduling`):
-        from a client they could only make the ledger disagree with Ray. `Subscribe` and
+        probe events, the cluster watcher's `NodeJoined`, `NodeLost`, `GroupRescheduling` and
+        `GpusInUse`): from a client they could only make the ledger disagree with Ray. `Subscribe` and
         `Unsubscribe` need an actor in the service's process: clients use `events` instead.
         """
         try:

@@ -51,6 +51,7 @@ from placement_actors import (
 from placement_actors.actors.messages import (
     BundleGpusKnown,
     GetPlacement,
+    GpusInUse,
     GroupRescheduling,
     NodeJoined,
     NodeLost,
@@ -146,6 +147,7 @@ def test_the_events_between_the_services_own_actors_are_refused_from_a_client(
         NodeLost(node_id="a-live-node"),
         GroupRescheduling(group_name="g", group_id="id"),
         BundleGpusKnown(deployment="d", replica_index=0, attempt=1, node="n", gpu_ids=(0,)),
+        GpusInUse(),  # a client would give GPUs others hold back to the market
     ):
         with pytest.raises(InvalidSpecError, match="event between the service's own actors"):
             client.ask(event)

@@ -60,11 +60,13 @@ from placement_actors import (
     ReplicaMoved,
     RuntimeKind,
     deployment_placement_proxy,
+    group_name,
 )
 from placement_actors.actors.messages import (
     BundleProbed,
     BundleProbeFailed,
     GetPlacement,
+    GpusInUse,
     NodeJoined,
     NodeLost,
     Placement,
@@ -178,7 +180,27 @@ class Generator:
             return tuple(self.rng.sample(NODES, self.rng.randint(0, 3)))
         return ("gpu-z",)  # unknown to the service
 
+    def gpus_in_use(self) -> object:
+        """A settled reading of Ray's GPUs in use: others' and the service's own groups."""
+        taken = self.rng.sample((*NODES, "gpu-new"), self.rng.randint(0, 3))
+        groups = [
+            (group_name(name, a.replica_index), a.node, len(a.gpus))
+            for name, result in self.placed().items()
+            for a in result.assignments
+            if a.gpus and self.rng.random() < 0.5
+        ]
+        fields: dict[str, object] = {
+            "in_use": tuple((node, self.pick((1, 2, 4, 8, 16))) for node in taken),
+            "groups": tuple(groups[:5]),
+            "unsettled": self.pick(((), (), (), tuple(self.rng.sample(NODES, 1)))),
+        }
+        if self.rng.random() < 0.2:
+            fields[self.pick(tuple(fields))] = self.pick((*WRONG, (("gpu-a", 0),), (("x",),)))
+        return self.build(GpusInUse, fields)
+
     def cluster_change(self) -> object:
+        if self.rng.random() < 0.4:
+            return self.gpus_in_use()
         node_id = self.pick((*NODES, "gpu-new", "edge-new"))
         if self.rng.random() < 0.5:
             return NodeLost(node_id=node_id)
@@ -360,7 +382,7 @@ class Model:
             held = {h.ordinal: h.deployment for h in node.held}
             assert held == expected.get(node.node_id, {})
             assert not set(node.free_gpus) & set(held)
-            assert len(node.free_gpus) + len(held) == node.capacity
+            assert len(node.free_gpus) + len(held) + node.outside == node.capacity
 
 
 @pytest.fixture
@@ -385,7 +407,7 @@ def deliver(
     actor: pykka.ActorRef[DeploymentPlacementActor], model: Model, message: object, how: str
 ) -> str:
     """Send ``message`` the way ``how`` says; the outcome's name; the model follows the reply."""
-    if isinstance(message, NodeJoined | NodeLost) or (
+    if isinstance(message, NodeJoined | NodeLost | GpusInUse) or (
         how == "tell" and isinstance(message, MoveReplica)  # told: no reply says what moved
     ):
         actor.tell(message)
@@ -477,6 +499,7 @@ def test_ten_thousand_generated_messages_never_break_the_actor_or_its_ledger(
         released = actor.ask(Release(name), timeout=TIMEOUT)
         assert isinstance(released, Released)
         assert released.was_placed
+    actor.ask(GpusInUse(), timeout=TIMEOUT)  # every other user gave its GPUs back
     final = view_of(actor)
     assert final.deployments == ()
     assert all(len(n.free_gpus) == n.capacity and not n.held for n in final.nodes)
