@@ -664,8 +664,9 @@ class PlacementHost:
         `PlanReplica` is not served: replicas are planned by `Place`, whose ledger decides first.
         Nor are the events the service raises itself (`ReplicaFailed`, the planner's group and
         probe events, the cluster watcher's `NodeJoined`, `NodeLost`, `GroupRescheduling` and
-        `GpusInUse`): from a client they could only make the ledger disagree with Ray. `Subscribe` and
-        `Unsubscribe` need an actor in the service's process: clients use `events` instead.
+        `GpusInUse`): from a client they could only make the ledger disagree with Ray.
+        `Subscribe` and `Unsubscribe` need an actor in the service's process: clients use
+        `events` instead.
         """
         try:
             ClientOrder.check(client, seq, after)

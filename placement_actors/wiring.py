@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -149,7 +150,9 @@ def start_on_ray(
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
             ),
-            on_gpu_use=lambda use, unsettled: _tell(service, _gpus_in_use(*use, unsettled)),
+            on_gpu_use=lambda use, unsettled: _tell(
+                service, _gpus_in_use(*use, unsettled, read_at=time.monotonic())
+            ),
             alive=service.is_alive,
             interval_s=watch_s,
         ).start()
@@ -215,6 +218,8 @@ def _gpus_in_use(
     in_use: Mapping[str, int],
     groups: Mapping[str, Mapping[str, int]],
     unsettled: AbstractSet[str],
+    *,
+    read_at: float,
 ) -> GpusInUse:
     """The watcher's reading of the GPUs in use, as the message the service takes."""
     return GpusInUse(
@@ -223,6 +228,7 @@ def _gpus_in_use(
             (name, node, gpus) for name in sorted(groups) for node, gpus in groups[name].items()
         ),
         unsettled=tuple(sorted(unsettled)),
+        read_at=read_at,
     )
 
 

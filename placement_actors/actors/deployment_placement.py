@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -120,9 +121,9 @@ all (100,000 by default), counting those within the limit of one deployment: a b
 message, and its work is bounded before any of it is done."""
 
 LEAVING_REMEMBERED = 4096
-"""Released deployments whose groups still count as the service's in `GpusInUse` until Ray's
-table no longer shows them (the latest released): Ray gives a removed group's GPUs back a
-moment after it says the group is gone."""
+"""(deployment, node) pairs whose freed GPUs still count as the service's own groups' in a
+`GpusInUse` read before they were freed (the latest freed): such a reading may arrive after
+the removal of the groups it shows."""
 
 _CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica})
 """The commands whose handlers catch up themselves (`_catch_up`)."""
@@ -389,10 +390,10 @@ class DeploymentPlacementActor(KeepServingActor):
         self._stranded: dict[str, tuple[NodeAssignment, ...]] = {}
         # GPUs other Ray users hold: how many the ledger holds for them on each node, how many
         # more they hold there than it could (taken as soon as they are free: `_top_up_outside`),
-        # and the released deployments whose groups Ray may still show (see `GpusInUse`).
+        # and the GPUs the service freed whose groups Ray may still show (see `GpusInUse`).
         self._outside_held: dict[str, int] = {}
         self._outside_short: dict[str, int] = {}
-        self._leaving: dict[str, None] = {}
+        self._leaving: dict[tuple[str, str], tuple[int, float]] = {}  # (GPUs, freed at)
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
@@ -661,8 +662,6 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._rewrite(message.deployment)
                 raise
         self._failures.pop(message.deployment, None)
-        if is_deployment_name(message.deployment) and (placed is None or placed.egress_key is None):
-            self._leave(message.deployment)
         stranded = self._stranded.pop(message.deployment, ())  # its groups went with the rest
         self._free(message.deployment, stranded, None)
         adopted = self._held.pop(message.deployment, ())
@@ -741,6 +740,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._retry_degraded()
                 raise
         self._gpus.release(source.node, source.gpus, name)
+        self._leave(name, source.node, len(source.gpus))
         if self._outside_short and source.node in self._outside_short:
             self._top_up_outside(source.node)
         now = replace(
@@ -1146,13 +1146,15 @@ class DeploymentPlacementActor(KeepServingActor):
         On each node whose reading has settled, the GPUs in use that no group of the service
         holds are someone else's: the ledger holds that many for them (``outside``), as far as
         it has them free; the rest it takes as soon as the service frees them. A group is the
-        service's by its name (one of a deployment it holds, or released lately and still shown
-        by Ray), for no more GPUs on a node than the ledger holds for that deployment there: a
-        group of the same name that another namespace made is someone else's beyond that.
-        Nodes whose reading still moves (``unsettled``) are left as they are.
+        service's by its name, for no more GPUs on a node than the ledger holds for that
+        deployment there, and what it freed there after the reading was taken (a reading may
+        arrive after a removal): a group of the same name that another namespace made is
+        someone else's beyond that. Nodes whose reading still moves (``unsettled``) are left as
+        they are.
         """
         unsettled = frozenset(event.unsettled)
-        ours = self._own_gpus_in_use(event.groups, pruning=not unsettled)
+        read_at = time.monotonic() if event.read_at is None else event.read_at
+        ours = self._own_gpus_in_use(event.groups, unsettled, read_at)
         in_use = dict(event.in_use)
         freed = False
         for node in sorted({*in_use, *self._outside_held, *self._outside_short} - unsettled):
@@ -1164,30 +1166,35 @@ class DeploymentPlacementActor(KeepServingActor):
             self._retry_degraded()  # what others gave back may hold what was lost
 
     def _own_gpus_in_use(
-        self, groups: Iterable[tuple[str, str, int]], *, pruning: bool
+        self, groups: Iterable[tuple[str, str, int]], unsettled: AbstractSet[str], read_at: float
     ) -> dict[str, int]:
         """Node id -> GPUs the service's own groups hold there, of Ray's (group, node, GPUs).
 
-        With ``pruning``, released names no group in ``groups`` has any more are forgotten.
+        GPUs freed on a node before a settled reading of it was taken are forgotten: the reading
+        no longer shows their groups (Ray's table says a group is gone as its removal returns,
+        and a node's reading settles only half a second after its last change).
         """
         shares: dict[tuple[str, str], int] = {}
         for group, node, gpus in groups:
             found = replica_of_group(group)
             if found is not None:
                 shares[found[0], node] = shares.get((found[0], node), 0) + gpus
-        ours: dict[str, int] = {}
         holding: dict[str, Counter[str]] = {}
+
+        def held(name: str, node: str) -> int:
+            if node not in holding:
+                holding[node] = Counter(
+                    self._gpus.holders(node).values() if node in self._gpus else ()
+                )
+            return holding[node][name]
+
+        for key in [k for k, (_, at) in self._leaving.items() if at < read_at]:
+            if key[1] not in unsettled:
+                del self._leaving[key]
+        ours: dict[str, int] = {}
         for (name, node), gpus in shares.items():
-            if name in self._leaving:  # its groups and a new one's may both stand a moment
-                ours[node] = ours.get(node, 0) + gpus
-            elif self._holds_groups_of(name) and node in self._gpus:
-                if node not in holding:
-                    holding[node] = Counter(self._gpus.holders(node).values())
-                ours[node] = ours.get(node, 0) + min(gpus, holding[node][name])
-        if pruning:
-            shown = {name for name, _ in shares}
-            for name in [n for n in self._leaving if n not in shown]:
-                del self._leaving[name]
+            allowed = held(name, node) + self._leaving.get((name, node), (0, 0.0))[0]
+            ours[node] = ours.get(node, 0) + min(gpus, allowed)
         return ours
 
     def _hold_outside(self, node: str, wanted: int) -> bool:
@@ -1203,20 +1210,11 @@ class DeploymentPlacementActor(KeepServingActor):
             self._top_up_outside(node)
         return False
 
-    def _holds_groups_of(self, name: str) -> bool:
-        """Whether groups named for deployment ``name`` are the service's own."""
-        return (
-            name in self._placed
-            or name in self._held
-            or name in self._stranded
-            or name in self._losing
-            or name in self._leaving
-        )
-
-    def _leave(self, name: str) -> None:
-        """Count ``name``'s groups as the service's until Ray's table shows none (`GpusInUse`)."""
-        self._leaving.pop(name, None)
-        self._leaving[name] = None
+    def _leave(self, name: str, node: str, gpus: int) -> None:
+        """Count ``gpus`` freed of ``name`` on ``node`` as its groups' in older readings."""
+        key = (name, node)
+        earlier, _ = self._leaving.pop(key, (0, 0.0))
+        self._leaving[key] = (earlier + gpus, time.monotonic())
         while len(self._leaving) > LEAVING_REMEMBERED:
             del self._leaving[next(iter(self._leaving))]
 
@@ -1418,8 +1416,6 @@ class DeploymentPlacementActor(KeepServingActor):
             except PlacementError:
                 break  # Ray still refuses: the rest waits for the next message
             del self._stranded[name]
-            if name not in self._placed:
-                self._leave(name)
             self._free(name, stranded, None)
             freed = True
         if freed:  # a failed replica's GPUs are back: it (or another) may be placed again
@@ -1623,7 +1619,6 @@ class DeploymentPlacementActor(KeepServingActor):
             logger.warning("could not remove the groups of an undone Place of %s: %s", name, exc)
             self._stranded[name] = (*self._stranded.get(name, ()), *assignments)
             return False
-        self._leave(name)  # a reading taken before the removal may still show the groups
         return True
 
     def _plan(self, name: str, assignments: list[NodeAssignment]) -> tuple[ReplicaPlacement, ...]:
@@ -1690,6 +1685,8 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._gpus.release(assignment.node, mine, name)
             if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
+            if assignment.gpus:
+                self._leave(name, assignment.node, len(assignment.gpus))
             if self._outside_short and assignment.node in self._outside_short:
                 self._top_up_outside(assignment.node)
 

@@ -17,6 +17,7 @@ subclasses; the actor keeps serving after each.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
@@ -802,6 +803,9 @@ class GpusInUse:
             service's groups (``placement-actors:<deployment>:r<replica>``) holds GPUs.
         unsettled: nodes whose reading still moves: what they hold is not said (the other
             fields leave them out), and the service leaves them as they are.
+        read_at: when the reading was taken, on this process's ``time.monotonic()`` clock
+            (``None``: as it arrives). GPUs the service freed after it still count as its own
+            groups' in it.
 
     The service takes GPUs in use that none of its own groups holds as held by someone else
     (``outside``): it holds more of them off the market when other users take more, and offers
@@ -811,9 +815,17 @@ class GpusInUse:
     in_use: tuple[tuple[str, int], ...] = ()
     groups: tuple[tuple[str, str, int], ...] = ()
     unsettled: tuple[str, ...] = ()
+    read_at: float | None = None
 
     def __post_init__(self) -> None:
         """Check the sizes and every entry: node ids, names and counts of GPUs."""
+        if self.read_at is not None and (
+            isinstance(self.read_at, bool)
+            or not isinstance(self.read_at, int | float)
+            or not math.isfinite(self.read_at)
+        ):
+            msg = "read_at must be a finite number of seconds, or None"
+            raise InvalidSpecError(msg, field="read_at")
         if not all(isinstance(f, tuple) for f in (self.in_use, self.groups, self.unsettled)):
             msg = "GpusInUse needs tuples of (node, gpus), (group, node, gpus) and node ids"
             raise InvalidSpecError(msg, field="in_use")

@@ -1,5 +1,6 @@
 """GPUs other Ray users take and give back after the service started (`GpusInUse`, no Ray)."""
 
+import time
 from collections.abc import Iterator
 
 import pykka
@@ -14,6 +15,7 @@ from placement_actors import (
     DeploymentPlacementActor,
     GetClusterView,
     InvalidSpecError,
+    MoveReplica,
     NodeTopology,
     NotEnoughGpusError,
     Place,
@@ -24,6 +26,7 @@ from placement_actors import (
     RemoveReplicaGroups,
     ReplicaBundleSpec,
     ReplicaGroupsRemoved,
+    ReplicaMoved,
     ReplicaPlacement,
     group_name,
 )
@@ -106,24 +109,52 @@ def test_a_group_named_unlike_the_services_is_another_users(actor: Ref) -> None:
     assert outside_and_free(actor, "a") == (2, 2)
 
 
-def test_a_released_deployments_group_that_ray_still_shows_is_not_taken_for_another_users(
+def test_a_reading_taken_before_a_release_does_not_take_the_released_group_for_another_users(
     actor: Ref,
 ) -> None:
     place_on(actor, "leaving", 2, "a")
+    read_at = time.monotonic()
     actor.ask(Release("leaving"), timeout=TIMEOUT)
-    tell_in_use(actor, in_use=(("a", 2),), groups=((group_name("leaving", 0), "a", 2),))
+    shown = ((group_name("leaving", 0), "a", 2),)
+    tell_in_use(actor, in_use=(("a", 2),), groups=shown, read_at=read_at)
     assert outside_and_free(actor, "a") == (0, 4)
 
 
-def test_a_released_name_counts_as_the_services_only_until_ray_shows_its_groups_gone(
+def test_a_group_of_a_released_name_in_a_reading_taken_after_the_release_is_another_users(
     actor: Ref,
 ) -> None:
     place_on(actor, "gone", 2, "a")
     actor.ask(Release("gone"), timeout=TIMEOUT)
-    tell_in_use(actor, in_use=())  # Ray's table no longer shows it
-    # A group of that name seen later is someone else's (another service of the namespace).
+    # Another namespace's group of that name, read after the release: someone else's.
     tell_in_use(actor, in_use=(("a", 2),), groups=((group_name("gone", 0), "a", 2),))
     assert outside_and_free(actor, "a") == (2, 2)
+
+
+def test_a_name_placed_again_counts_only_its_new_gpus_as_the_services(actor: Ref) -> None:
+    place_on(actor, "llama", 1, "a")
+    actor.ask(Release("llama"), timeout=TIMEOUT)
+    place_on(actor, "llama", 1, "a")
+    # Its new group, and another namespace's group of that name with 2 more GPUs of a.
+    tell_in_use(actor, in_use=(("a", 3),), groups=((group_name("llama", 0), "a", 3),))
+    assert outside_and_free(actor, "a") == (2, 1)
+
+
+def test_a_reading_taken_before_a_move_does_not_take_the_moved_replicas_old_group_for_others(
+    actor: Ref,
+) -> None:
+    actor.ask(
+        Place(
+            Deployment(name="mover", model="m", gpus=2),
+            PlacementConstraints(gpu_nodes=("a", "b")),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert outside_and_free(actor, "a") == (0, 2)  # placed on a (ties go by node id)
+    read_at = time.monotonic()
+    assert isinstance(actor.ask(MoveReplica("mover", 0, "b"), timeout=TIMEOUT), ReplicaMoved)
+    shown = ((group_name("mover", 0), "a", 2),)
+    tell_in_use(actor, in_use=(("a", 2),), groups=shown, read_at=read_at)
+    assert outside_and_free(actor, "a") == (0, 4)
 
 
 def test_gpus_another_user_took_from_under_a_pending_group_are_held_once_the_service_frees_them(
@@ -162,6 +193,9 @@ def test_gpus_in_use_on_a_node_the_service_does_not_know_change_nothing(actor: R
         ({"in_use": ((7, 1),)}, "node_id"),
         ({"groups": (("g", "a"),)}, "triple"),
         ({"groups": (("g", "a", True),)}, "gpus"),
+        ({"unsettled": ("a", 7)}, "node_id"),
+        ({"read_at": float("nan")}, "read_at"),
+        ({"read_at": "now"}, "read_at"),
     ],
 )
 def test_a_malformed_reading_is_refused_with_a_typed_error(
@@ -234,6 +268,7 @@ def test_the_groups_of_an_undone_place_that_a_reading_still_shows_are_not_taken_
     planner = HalfPlanner.start()
     ref = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner, stops_planner=True)
     try:
+        read_at = time.monotonic()
         with pytest.raises(BackendError):
             ref.ask(
                 Place(
@@ -243,7 +278,8 @@ def test_the_groups_of_an_undone_place_that_a_reading_still_shows_are_not_taken_
                 timeout=TIMEOUT,
             )
         # Read while replica 0's group stood, told after the Place was undone.
-        tell_in_use(ref, in_use=(("a", 1),), groups=((group_name("undone", 0), "a", 1),))
+        shown = ((group_name("undone", 0), "a", 1),)
+        tell_in_use(ref, in_use=(("a", 1),), groups=shown, read_at=read_at)
         assert outside_and_free(ref, "a") == (0, 4)
     finally:
         ref.stop(timeout=TIMEOUT)

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from placement_actors.backends.ray.cluster import alive_nodes, gpus_in_use, is_egress, node_topology
@@ -178,7 +179,7 @@ class ClusterWatcher:
         nodes: Mapping[str, Mapping[str, Any]],
     ) -> None:
         """Read the GPUs in use; report the nodes' settled readings when they change."""
-        unsettled = self._settle(_by_node(self._gpu_use(nodes)), self._clock())
+        unsettled = self._settle(_by_node(self._gpu_use(nodes)), set(nodes), self._clock())
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
         if told == self._use_told:
@@ -193,21 +194,29 @@ class ClusterWatcher:
                 held.setdefault(name, {})[node] = gpus
         report((in_use, held), unsettled)
 
-    def _settle(self, current: Mapping[str, _NodeUse], now: float) -> frozenset[str]:
-        """Take in one reading, node by node; returns the nodes whose reading still moves."""
+    def _settle(
+        self, current: Mapping[str, _NodeUse], alive: AbstractSet[str], now: float
+    ) -> frozenset[str]:
+        """Take in one reading, node by node; returns the nodes whose reading still moves.
+
+        A node first seen (the first reading, or a node that joined) is unsettled for
+        ``settle_s`` too, even with nothing in use: one early reading does not give back what
+        the service found held when it started.
+        """
         unsettled = set()
-        for node in {*self._use_seen, *current}:
+        for node in {*self._use_seen, *current, *alive}:
             value = current.get(node, _NOTHING)
             seen = self._use_seen.get(node)
             if seen is None or seen[0] != value:
                 self._use_seen[node] = seen = (value, now)
             if now - seen[1] < self._settle_s:
                 unsettled.add(node)
-            elif value == _NOTHING:  # settled with nothing in use: nothing to remember
-                self._use_settled.pop(node, None)
-                del self._use_seen[node]
-            else:
+            elif value != _NOTHING:
                 self._use_settled[node] = value
+            else:  # settled with nothing in use: remembered only while the node is alive
+                self._use_settled.pop(node, None)
+                if node not in alive:
+                    del self._use_seen[node]
         return frozenset(unsettled)
 
     def _run(self) -> None:

@@ -110,13 +110,14 @@ def watching(
     readings: Readings,
     told: list[Told],
     report: Callable[[on_ray.GpuUse, frozenset[str]], None] | None = None,
+    alive: tuple[str, ...] = (),
 ) -> on_ray.ClusterWatcher:
     return on_ray.ClusterWatcher(
-        known=[],
+        known=alive,
         on_joined=lambda *_: None,
         on_lost=lambda _: None,
         on_rescheduling=lambda *_: None,
-        nodes=dict,
+        nodes=lambda: {node: {"NodeID": node} for node in alive},
         rescheduling=dict,
         on_gpu_use=report or (lambda use, unsettled: told.append((use, unsettled))),
         gpu_use=readings.read,
@@ -157,6 +158,14 @@ def test_a_node_whose_tasks_come_and_go_does_not_hold_up_the_others_readings() -
     told: list[Told] = []
     poll(watching(readings, told), readings, told, 40)
     assert told[-1] == (({"a": 3}, {}), frozenset({"z"}))
+
+
+def test_a_node_with_nothing_in_use_at_the_first_reading_is_unsettled_for_a_while_too() -> None:
+    readings = Readings(({}, {}))  # Ray's free resources left the node out for a moment
+    told: list[Told] = []
+    steps = poll(watching(readings, told, alive=("a",)), readings, told, 6)
+    assert steps == [1, 1, 2, 2, 2, 2]
+    assert told == [(({}, {}), frozenset({"a"})), (({}, {}), frozenset())]
 
 
 def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
