@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -150,8 +149,8 @@ def start_on_ray(
             on_rescheduling=lambda name, group_id: _tell(
                 service, GroupRescheduling(group_name=name, group_id=group_id)
             ),
-            on_gpu_use=lambda use, unsettled: _tell(
-                service, _gpus_in_use(*use, unsettled, read_at=time.monotonic())
+            on_gpu_use=lambda use, unsettled, began: _tell(
+                service, _gpus_in_use(*use, unsettled, read_at=began)
             ),
             alive=service.is_alive,
             interval_s=watch_s,

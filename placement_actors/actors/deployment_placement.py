@@ -11,7 +11,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
@@ -120,7 +120,7 @@ BATCH_REMOTE_LIMITS = 10
 all (100,000 by default), counting those within the limit of one deployment: a batch is one
 message, and its work is bounded before any of it is done."""
 
-LEAVING_REMEMBERED = 4096
+LEAVING_REMEMBERED = 65_536
 """(deployment, node) pairs whose freed GPUs still count as the service's own groups' in a
 `GpusInUse` read before they were freed (the latest freed): such a reading may arrive after
 the removal of the groups it shows."""
@@ -393,7 +393,8 @@ class DeploymentPlacementActor(KeepServingActor):
         # and the GPUs the service freed whose groups Ray may still show (see `GpusInUse`).
         self._outside_held: dict[str, int] = {}
         self._outside_short: dict[str, int] = {}
-        self._leaving: dict[tuple[str, str], tuple[int, float]] = {}  # (GPUs, freed at)
+        # (deployment, node) -> (GPUs, freed at), oldest first
+        self._leaving: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         for name, assignments in (held or {}).items():
             self._hold(name, assignments)
         for earlier in recovered:
@@ -1211,12 +1212,17 @@ class DeploymentPlacementActor(KeepServingActor):
         return False
 
     def _leave(self, name: str, node: str, gpus: int) -> None:
-        """Count ``gpus`` freed of ``name`` on ``node`` as its groups' in older readings."""
+        """Count ``gpus`` freed of ``name`` on ``node`` as its groups' in older readings.
+
+        Only with a planner: without one the service makes no groups for readings to show.
+        """
+        if self._planner is None:
+            return
         key = (name, node)
         earlier, _ = self._leaving.pop(key, (0, 0.0))
         self._leaving[key] = (earlier + gpus, time.monotonic())
-        while len(self._leaving) > LEAVING_REMEMBERED:
-            del self._leaving[next(iter(self._leaving))]
+        if len(self._leaving) > LEAVING_REMEMBERED:
+            self._leaving.popitem(last=False)
 
     def _set_outside(self, node: str, held: int) -> None:
         if held:

@@ -39,9 +39,41 @@ TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num
 Ref = pykka.ActorRef[DeploymentPlacementActor]
 
 
+class Planner(pykka.ThreadingActor):
+    """Plans every replica (a group per replica, as Ray would hold it) and removes groups."""
+
+    def on_receive(self, message: object) -> object:
+        if isinstance(message, RemoveReplicaGroups):
+            return ReplicaGroupsRemoved(deployment=message.deployment, removed=1)
+        assert isinstance(message, PlanReplica)
+        return planned(message)
+
+
+def planned(message: PlanReplica) -> ReplicaPlacement:
+    (assignment,) = message.assignments
+    return ReplicaPlacement(
+        deployment=message.deployment,
+        replica_index=message.replica_index,
+        group_name=group_name(message.deployment, message.replica_index),
+        spec=ReplicaBundleSpec(
+            bundles=({"GPU": len(assignment.gpus)},),
+            strategy=BundleStrategy.STRICT_PACK,
+            nnodes=1,
+            per_node_gpus=len(assignment.gpus),
+        ),
+        bundles=(
+            BundleEndpoint(node=assignment.node, node_ip=Known("10.0.0.1"), port=Known(9000)),
+        ),
+        attempt=1,
+        group_id=f"group-{message.deployment}-{message.replica_index}",
+    )
+
+
 @pytest.fixture
 def actor() -> Iterator[Ref]:
-    ref = DeploymentPlacementActor.start(topology=TOPOLOGY)
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, planner=Planner.start(), stops_planner=True
+    )
     yield ref
     ref.stop(timeout=TIMEOUT)
 
@@ -246,20 +278,7 @@ class HalfPlanner(pykka.ThreadingActor):
         if message.replica_index:
             msg = "cannot create placement group (injected)"
             raise BackendError(msg, operation="create placement group")
-        return ReplicaPlacement(
-            deployment=message.deployment,
-            replica_index=0,
-            group_name=group_name(message.deployment, 0),
-            spec=ReplicaBundleSpec(
-                bundles=({"GPU": 1},),
-                strategy=BundleStrategy.STRICT_PACK,
-                nnodes=1,
-                per_node_gpus=1,
-            ),
-            bundles=(BundleEndpoint(node="a", node_ip=Known("10.0.0.1"), port=Known(9000)),),
-            attempt=1,
-            group_id="group-1",
-        )
+        return planned(message)
 
 
 def test_the_groups_of_an_undone_place_that_a_reading_still_shows_are_not_taken_for_others() -> (

@@ -85,14 +85,16 @@ class ClusterWatcher:
         rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
             (Ray's, by default).
         on_gpu_use: called with the GPUs in use on each node and those each group named like
-            the service's holds there (`GpuUse`), and the nodes left out because their reading
-            still moves. Each node's reading is taken once it has stayed the same for
-            ``settle_s`` (a node whose tasks come and go does not hold up the others); the call
-            is made when what it would say changes. ``None``: not read.
+            the service's holds there (`GpuUse`), the nodes left out because their reading
+            still moves, and when the reading began (on ``clock``, before Ray was read). Each
+            node's reading is taken once it has stayed the same for ``settle_s`` (a node whose
+            tasks come and go does not hold up the others); the call is made when what it
+            would say changes. ``None``: not read.
         gpu_use: reads them, given the alive nodes' records (Ray's free resources and
             placement-group table, by default).
         settle_s: how long a node's reading must hold before it is reported.
-        clock: the monotonic clock ``settle_s`` is measured on.
+        clock: the monotonic clock ``settle_s`` is measured on (``time.monotonic``, the clock
+            the service stamps what it frees with).
     """
 
     def __init__(
@@ -108,7 +110,7 @@ class ClusterWatcher:
         rescheduling: Callable[[], Mapping[str, str]] = lambda: groups_in(
             GroupStatus.RESCHEDULING, GROUP_NAME_ROOT
         ),
-        on_gpu_use: Callable[[GpuUse, frozenset[str]], None] | None = None,
+        on_gpu_use: Callable[[GpuUse, frozenset[str], float], None] | None = None,
         gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] = read_gpu_use,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
@@ -130,6 +132,7 @@ class ClusterWatcher:
         self._clock = clock
         self._use_seen: dict[str, tuple[_NodeUse, float]] = {}  # each node's, and since when
         self._use_settled: dict[str, _NodeUse] = {}
+        self._quiet: set[str] = set()  # alive nodes settled with nothing in use
         self._use_told: tuple[dict[str, _NodeUse], frozenset[str]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -175,11 +178,12 @@ class ClusterWatcher:
 
     def _follow_gpu_use(
         self,
-        report: Callable[[GpuUse, frozenset[str]], None],
+        report: Callable[[GpuUse, frozenset[str], float], None],
         nodes: Mapping[str, Mapping[str, Any]],
     ) -> None:
         """Read the GPUs in use; report the nodes' settled readings when they change."""
-        unsettled = self._settle(_by_node(self._gpu_use(nodes)), set(nodes), self._clock())
+        began = self._clock()  # what the service frees from now on may still show in the reading
+        unsettled = self._settle(_by_node(self._gpu_use(nodes)), set(nodes), began)
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
         if told == self._use_told:
@@ -192,7 +196,7 @@ class ClusterWatcher:
                 in_use[node] = count
             for name, gpus in shares:
                 held.setdefault(name, {})[node] = gpus
-        report((in_use, held), unsettled)
+        report((in_use, held), unsettled, began)
 
     def _settle(
         self, current: Mapping[str, _NodeUse], alive: AbstractSet[str], now: float
@@ -204,18 +208,25 @@ class ClusterWatcher:
         the service found held when it started.
         """
         unsettled = set()
-        for node in {*self._use_seen, *current, *alive}:
+        for node in self._quiet - alive:  # gone with nothing in use
+            del self._use_seen[node]
+        self._quiet &= alive
+        seen_nodes = self._use_seen.keys()
+        for node in (seen_nodes - self._quiet) | current.keys() | (alive - seen_nodes):
             value = current.get(node, _NOTHING)
             seen = self._use_seen.get(node)
             if seen is None or seen[0] != value:
                 self._use_seen[node] = seen = (value, now)
+                self._quiet.discard(node)
             if now - seen[1] < self._settle_s:
                 unsettled.add(node)
             elif value != _NOTHING:
                 self._use_settled[node] = value
-            else:  # settled with nothing in use: remembered only while the node is alive
+            else:  # settled with nothing in use: looked at again only when that changes
                 self._use_settled.pop(node, None)
-                if node not in alive:
+                if node in alive:
+                    self._quiet.add(node)
+                else:
                     del self._use_seen[node]
         return frozenset(unsettled)
 

@@ -109,7 +109,7 @@ Told = tuple[on_ray.GpuUse, frozenset[str]]
 def watching(
     readings: Readings,
     told: list[Told],
-    report: Callable[[on_ray.GpuUse, frozenset[str]], None] | None = None,
+    report: Callable[[on_ray.GpuUse, frozenset[str], float], None] | None = None,
     alive: tuple[str, ...] = (),
 ) -> on_ray.ClusterWatcher:
     return on_ray.ClusterWatcher(
@@ -119,7 +119,7 @@ def watching(
         on_rescheduling=lambda *_: None,
         nodes=lambda: {node: {"NodeID": node} for node in alive},
         rescheduling=dict,
-        on_gpu_use=report or (lambda use, unsettled: told.append((use, unsettled))),
+        on_gpu_use=report or (lambda use, unsettled, _began: told.append((use, unsettled))),
         gpu_use=readings.read,
         settle_s=0.5,
         clock=lambda: readings.now,
@@ -172,7 +172,8 @@ def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
     readings = Readings(({"a": 3}, {}))
     calls = []
 
-    def fail(use: on_ray.GpuUse, unsettled: frozenset[str]) -> None:
+    def fail(use: on_ray.GpuUse, unsettled: frozenset[str], began: float) -> None:
+        del began
         calls.append((use, unsettled))
         msg = "the service cannot take it (injected)"
         raise RuntimeError(msg)
@@ -183,6 +184,34 @@ def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
             watcher.poll()
         readings.now += 0.25
     assert calls == [(({}, {}), frozenset({"a"})), (({"a": 3}, {}), frozenset())]
+
+
+def test_a_report_says_when_its_reading_began_before_ray_was_read() -> None:
+    readings = Readings(({"a": 1}, {}))
+    began: list[float] = []
+
+    def slow_read(nodes: object) -> on_ray.GpuUse:
+        reading = readings.read(nodes)
+        readings.now += 0.1  # Ray's tables take a while to read
+        return reading
+
+    watcher = on_ray.ClusterWatcher(
+        known=[],
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=dict,
+        rescheduling=dict,
+        on_gpu_use=lambda _use, _unsettled, at: began.append(at),
+        gpu_use=slow_read,
+        settle_s=0.5,
+        clock=lambda: readings.now,
+    )
+    for _ in range(5):
+        readings.now = round(readings.now + 0.25, 2)
+        watcher.poll()
+    # Polls began at 0.25, 0.6, 0.95, 1.3, 1.65; reports at the first (unsettled) and at 0.95.
+    assert began == [0.25, 0.95]
 
 
 def test_a_watcher_given_no_listener_for_gpus_in_use_never_reads_them() -> None:
