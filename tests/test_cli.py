@@ -753,6 +753,22 @@ def test_status_shows_no_outside_column_when_no_node_has_outside_gpus() -> None:
     assert "Degraded" not in printed.getvalue()
 
 
+def test_status_shows_gpus_others_took_from_under_the_services_waiting_groups() -> None:
+    waiting = dataclasses.replace(
+        lost_and_outside_view().nodes[0],
+        free_gpus=(),
+        held=(GpuHolding(ordinal=0, deployment="kept"), GpuHolding(ordinal=3, deployment="late")),
+        outside=0,
+        outside_waiting=1,
+    )
+    view = dataclasses.replace(lost_and_outside_view(), nodes=(waiting,), degraded=())
+    data = render.view_data(view, {})
+    assert data["nodes"][0]["outside_waiting"] == 1
+    printed = io.StringIO()
+    render.print_cluster(Console(file=printed, width=120), data)
+    assert re.search(r"│ gpu-a +│ alive +│ 0/4 +│ .* +│ 0 \+1 waiting ", printed.getvalue())
+
+
 AT = 1_763_800_000.25  # 2025-11-22T08:26:40.250+00:00
 REPLACED = ReplicaReplaced(
     deployment="llama",

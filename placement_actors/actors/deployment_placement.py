@@ -1576,6 +1576,7 @@ class DeploymentPlacementActor(KeepServingActor):
                         if d != OUTSIDE_HOLDER
                     ),
                     outside=sum(1 for d in holders.values() if d == OUTSIDE_HOLDER),
+                    outside_waiting=self._outside_short.get(node_id, 0),
                     is_head=node_id in self._heads,
                     egress=node_id in self._egress,
                     remote_replicas=self._egress.load(node_id) if node_id in self._egress else 0,

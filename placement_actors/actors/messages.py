@@ -410,8 +410,11 @@ class NodeView:
         egress: whether remote deployments may run here.
         remote_replicas: remote replicas running here.
         state: whether the node is alive, or was lost (a lost node holds nothing).
-        outside: GPUs that something other than the service held when it started (other Ray
-            users); never offered, not among ``free_gpus`` nor ``held``.
+        outside: GPUs other Ray users hold (held when the service started, or taken since):
+            not offered until they are given back, not among ``free_gpus`` nor ``held``.
+        outside_waiting: GPUs other Ray users took that the service had already promised to
+            groups of its own Ray has not made yet (among ``held``): those groups wait for them
+            and time out; the GPUs are held as ``outside`` as soon as the service frees them.
         labels: the node's labels, as a ``label_selector`` reads them (empty for a node whose
             labels the service does not know, and for a lost node).
     """
@@ -426,6 +429,7 @@ class NodeView:
     state: NodeState = NodeState.ALIVE
     outside: int = 0
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    outside_waiting: int = 0
 
     def __post_init__(self) -> None:
         """Keep a read-only copy of ``labels``."""

@@ -223,6 +223,7 @@ def view_data(view: ClusterView, names: Mapping[str, str]) -> dict[str, Any]:
                 "free": list(node.free_gpus),
                 "held": held,
                 "outside": int(getattr(node, "outside", 0)),
+                "outside_waiting": int(getattr(node, "outside_waiting", 0)),
                 "egress": node.egress,
                 "remote_replicas": node.remote_replicas,
                 "labels": dict(getattr(node, "labels", {})),
@@ -431,10 +432,11 @@ def _own_labels(node: Mapping[str, Any]) -> dict[str, str]:
 def print_cluster(console: Console, view: dict[str, Any]) -> None:
     """A row per node: state, free and total GPUs, holders, egress; then degraded deployments.
 
-    The ``outside`` column (GPUs other Ray users hold) is shown only when some node has any, and
-    the ``labels`` column only when some node has labels of its own.
+    The ``outside`` column (GPUs other Ray users hold; ``+N waiting``: N more they took from
+    under groups of the service's not made yet) is shown only when some node has any, and the
+    ``labels`` column only when some node has labels of its own.
     """
-    outside = any(node.get("outside") for node in view["nodes"])
+    outside = any(node.get("outside") or node.get("outside_waiting") for node in view["nodes"])
     labelled = any(_own_labels(node) for node in view["nodes"])
     columns = ["node", "state", "free GPUs", "held by"]
     columns += ["outside"] if outside else []
@@ -448,7 +450,9 @@ def print_cluster(console: Console, view: dict[str, Any]) -> None:
             Text("; ".join(f"{d} [{_ordinals(o)}]" for d, o in node["held"].items()) or "-"),
         ]
         if outside:
-            row.append(Text(str(node.get("outside") or "-")))
+            waiting = node.get("outside_waiting") or 0
+            shown = str(node.get("outside") or ("0" if waiting else "-"))
+            row.append(Text(shown + (f" +{waiting} waiting" if waiting else "")))
         row += [
             Text("yes" if node["egress"] else "-"),
             Text(str(node["remote_replicas"]) if node["egress"] else "-"),

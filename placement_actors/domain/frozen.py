@@ -27,6 +27,21 @@ def _construct(cls: type[Any], kwargs: dict[str, object]) -> object:
 
 
 def reduce_frozen(value: object) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
-    """``__reduce__`` for a frozen dataclass: rebuild it from plain copies of its fields."""
-    kwargs = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+    """``__reduce__`` for a frozen dataclass: rebuild it from plain copies of its fields.
+
+    A field that holds its plain default is left out: a process running the version before the
+    field was added can still read the value (a service newer than its clients, say).
+    """
+    kwargs = {
+        f.name: _plain(getattr(value, f.name))
+        for f in dataclasses.fields(value)  # type: ignore[arg-type]
+        if not _at_default(f, getattr(value, f.name))
+    }
     return _construct, (type(value), kwargs)
+
+
+def _at_default(field: dataclasses.Field[Any], value: object) -> bool:
+    default = field.default
+    if default is dataclasses.MISSING or type(value) is not type(default):
+        return False
+    return bool(value == default)

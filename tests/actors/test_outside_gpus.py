@@ -195,8 +195,10 @@ def test_gpus_another_user_took_from_under_a_pending_group_are_held_once_the_ser
     place_on(actor, "pending", 4, "a")  # reserved, its group not made yet
     tell_in_use(actor, in_use=(("a", 2),))  # someone else got there first
     assert outside_and_free(actor, "a") == (0, 0)
+    assert view(actor).node("a").outside_waiting == 2  # the operator sees why it will wait
     actor.ask(Release("pending"), timeout=TIMEOUT)
     assert outside_and_free(actor, "a") == (2, 2)
+    assert view(actor).node("a").outside_waiting == 0
 
 
 def test_a_node_that_left_and_joined_again_holds_nothing_for_others_until_the_next_reading(

@@ -20,6 +20,7 @@ __all__ = [
     "HEAD_RESOURCE",
     "NAME_LABEL",
     "alive_nodes",
+    "free_resources",
     "get_cluster_topology",
     "get_egress_nodes",
     "gpus_held_outside",
@@ -151,8 +152,7 @@ def gpus_in_use(
     records by node id (each read now by default).
     """
     if available is None:
-        # A developer API of Ray (no stable one gives per-node availability without the dashboard).
-        available = ray_state.available_resources_per_node()  # type: ignore[no-untyped-call]
+        available = free_resources()
     used: dict[str, int] = {}
     for node_id, record in (alive_nodes() if nodes is None else nodes).items():
         total = int((record.get("Resources") or {}).get("GPU", 0))
@@ -161,6 +161,12 @@ def gpus_in_use(
         if total > free:
             used[node_id] = total - free
     return used
+
+
+def free_resources() -> Mapping[str, Mapping[str, float]]:
+    """Ray's free resources, by node id (a node with none of a resource free lacks its key)."""
+    # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+    return ray_state.available_resources_per_node()  # type: ignore[no-any-return,no-untyped-call]
 
 
 def _settled_availability(

@@ -9,7 +9,8 @@ by name sees only the caller's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ray
 from ray import PlacementGroupID
@@ -34,6 +35,7 @@ from placement_actors.domain.results import BundleStrategy, NodeAssignment, Repl
 from placement_actors.domain.validation import check_timeout
 
 __all__ = [
+    "GroupTable",
     "build_pg",
     "build_replica_pg",
     "bundle_nodes",
@@ -43,6 +45,7 @@ __all__ = [
     "get_held_groups",
     "group_gpus",
     "group_states",
+    "group_table",
     "groups_in",
     "live_groups",
     "remove_group",
@@ -249,11 +252,25 @@ def group_states(prefix: str = "") -> dict[str, GroupStatus]:
     return states
 
 
-def groups_in(status: GroupStatus, prefix: str = "") -> dict[str, str]:
-    """Ray's id (hex) -> name of the groups named ``prefix...`` in ``status`` now."""
+GroupTable = Iterable[Mapping[str, Any]]
+"""The records of ``placement_group_table()``, read once for several readers."""
+
+
+def group_table() -> list[Mapping[str, Any]]:
+    """Every record of Ray's placement-group table (every namespace, removed groups too)."""
+    return list(placement_group_table().values())
+
+
+def groups_in(
+    status: GroupStatus, prefix: str = "", table: GroupTable | None = None
+) -> dict[str, str]:
+    """Ray's id (hex) -> name of the groups named ``prefix...`` in ``status`` now.
+
+    ``table``: the records to read (`group_table`, read now by default).
+    """
     return {
         str(info.get("placement_group_id")): str(info.get("name"))
-        for info in placement_group_table().values()
+        for info in (group_table() if table is None else table)
         if str(info.get("name") or "").startswith(prefix) and _status_from(info) is status
     }
 
@@ -271,14 +288,14 @@ def bundle_nodes(prefix: str = "") -> dict[str, dict[int, str]]:
     return found
 
 
-def group_gpus(prefix: str = "") -> dict[str, dict[str, int]]:
+def group_gpus(prefix: str = "", table: GroupTable | None = None) -> dict[str, dict[str, int]]:
     """Name -> {node id: GPUs} that each live group named ``prefix...`` holds, by Ray's table.
 
     The bundles Ray has placed (of a created group, or one it reschedules), of every namespace;
-    a group that holds no GPU is left out.
+    a group that holds no GPU is left out. ``table``: as for `groups_in`.
     """
     found: dict[str, dict[str, int]] = {}
-    for info in placement_group_table().values():
+    for info in group_table() if table is None else table:
         name = str(info.get("name") or "")
         if not name.startswith(prefix) or _status_from(info) is GroupStatus.REMOVED:
             continue

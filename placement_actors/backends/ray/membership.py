@@ -17,10 +17,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, cast
 
-from placement_actors.backends.ray.cluster import alive_nodes, gpus_in_use, is_egress, node_topology
-from placement_actors.backends.ray.groups import group_gpus, groups_in
+from placement_actors.backends.ray.cluster import (
+    alive_nodes,
+    free_resources,
+    gpus_in_use,
+    is_egress,
+    node_topology,
+)
+from placement_actors.backends.ray.groups import GroupTable, group_gpus, group_table, groups_in
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, replica_of_group
 from placement_actors.domain.errors import PlacementError
 from placement_actors.domain.group_status import GroupStatus
@@ -43,19 +49,49 @@ _NodeUse = tuple[int, tuple[tuple[str, int], ...]]
 _NOTHING: _NodeUse = (0, ())
 
 
-def read_gpu_use(nodes: Mapping[str, Mapping[str, Any]]) -> GpuUse:
-    """The GPUs in use on ``nodes`` (alive nodes' records) and those the service's groups hold."""
+def read_gpu_use(
+    nodes: Mapping[str, Mapping[str, Any]],
+    *,
+    available: Mapping[str, Mapping[str, float]] | None = None,
+    table: GroupTable | None = None,
+) -> GpuUse:
+    """The GPUs in use on ``nodes`` (alive nodes' records) and those the service's groups hold.
+
+    ``available`` (Ray's free resources by node) and ``table`` (`group_table`) are read now
+    unless given; given, ``available`` must have been read before ``table``.
+    """
     # Ray's free resources first, then its groups: a group made in between is counted as the
     # service's before its GPUs show as taken. One removed in between shows its GPUs taken and
     # no group: that reading, like one taken while Ray's free resources lag a removal (about
     # 0.1 s), is gone before it has held for `SETTLE_S`.
-    in_use = {n: used for n, used in gpus_in_use(nodes=nodes).items() if used <= MAX_NODE_GPUS}
+    used = gpus_in_use(available, nodes=nodes)
+    in_use = {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
     groups = {
         name: {n: gpus for n, gpus in held.items() if gpus <= MAX_NODE_GPUS}
-        for name, held in group_gpus(GROUP_NAME_ROOT).items()
+        for name, held in group_gpus(GROUP_NAME_ROOT, table).items()
         if replica_of_group(name) is not None  # a name the service could have given
     }
     return in_use, groups
+
+
+class _RayRound:
+    """What Ray says in one round of the watcher, each table read once for all its readers.
+
+    Ray's free resources are read before its group table (see `read_gpu_use`), and only when
+    the GPUs in use are followed.
+    """
+
+    def __init__(self, nodes: Mapping[str, Mapping[str, Any]], *, gpus: bool) -> None:
+        self._nodes = nodes
+        # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+        self._available = free_resources() if gpus else None
+        self._table = group_table()
+
+    def rescheduling(self) -> dict[str, str]:
+        return groups_in(GroupStatus.RESCHEDULING, GROUP_NAME_ROOT, self._table)
+
+    def gpu_use(self, nodes: Mapping[str, Mapping[str, Any]]) -> GpuUse:
+        return read_gpu_use(nodes, available=self._available, table=self._table)
 
 
 def _by_node(reading: GpuUse) -> dict[str, _NodeUse]:
@@ -83,15 +119,15 @@ class ClusterWatcher:
         interval_s: seconds between two rounds.
         nodes: reads the alive nodes' ``ray.nodes()`` records by node id (Ray's, by default).
         rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
-            (Ray's, by default).
+            (``None``: Ray's, from the group table read once a round for both readers).
         on_gpu_use: called with the GPUs in use on each node and those each group named like
             the service's holds there (`GpuUse`), the nodes left out because their reading
             still moves, and when the reading began (on ``clock``, before Ray was read). Each
             node's reading is taken once it has stayed the same for ``settle_s`` (a node whose
             tasks come and go does not hold up the others); the call is made when what it
             would say changes. ``None``: not read.
-        gpu_use: reads them, given the alive nodes' records (Ray's free resources and
-            placement-group table, by default).
+        gpu_use: reads them, given the alive nodes' records (``None``: Ray's free resources
+            and placement-group table).
         settle_s: how long a node's reading must hold before it is reported.
         clock: the monotonic clock ``settle_s`` is measured on (``time.monotonic``, the clock
             the service stamps what it frees with).
@@ -107,11 +143,9 @@ class ClusterWatcher:
         alive: Callable[[], bool] = lambda: True,
         interval_s: float = 0.25,
         nodes: Callable[[], Mapping[str, Mapping[str, Any]]] = alive_nodes,
-        rescheduling: Callable[[], Mapping[str, str]] = lambda: groups_in(
-            GroupStatus.RESCHEDULING, GROUP_NAME_ROOT
-        ),
+        rescheduling: Callable[[], Mapping[str, str]] | None = None,
         on_gpu_use: Callable[[GpuUse, frozenset[str], float], None] | None = None,
-        gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] = read_gpu_use,
+        gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] | None = None,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -169,21 +203,31 @@ class ClusterWatcher:
             self._on_lost(node_id)
         self._known = (self._known & set(nodes)) | joined
         self._refused &= set(nodes)
-        moving = self._rescheduling()
+        began = self._clock()  # what the service frees from now on may still show in a reading
+        following = self._on_gpu_use is not None
+        ray_round = (
+            _RayRound(nodes, gpus=following and self._gpu_use is None)
+            if self._rescheduling is None or (following and self._gpu_use is None)
+            else None
+        )
+        read_moving = self._rescheduling or cast("_RayRound", ray_round).rescheduling
+        moving = read_moving()
         for group_id in sorted(set(moving) - self._reported):
             self._on_rescheduling(moving[group_id], group_id)
         self._reported = set(moving)
         if self._on_gpu_use is not None:
-            self._follow_gpu_use(self._on_gpu_use, nodes)
+            read_use = self._gpu_use or cast("_RayRound", ray_round).gpu_use
+            self._follow_gpu_use(self._on_gpu_use, read_use(nodes), nodes, began)
 
     def _follow_gpu_use(
         self,
         report: Callable[[GpuUse, frozenset[str], float], None],
+        reading: GpuUse,
         nodes: Mapping[str, Mapping[str, Any]],
+        began: float,
     ) -> None:
-        """Read the GPUs in use; report the nodes' settled readings when they change."""
-        began = self._clock()  # what the service frees from now on may still show in the reading
-        unsettled = self._settle(_by_node(self._gpu_use(nodes)), set(nodes), began)
+        """Take in a reading of the GPUs in use; report the nodes' settled ones when they change."""
+        unsettled = self._settle(_by_node(reading), set(nodes), began)
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
         if told == self._use_told:

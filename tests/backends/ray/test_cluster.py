@@ -3,6 +3,7 @@
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,30 @@ def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
         on_ray.remove_group(other)
         on_ray.remove_group(odd)
     assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {}
+
+
+def test_one_round_of_the_watcher_reads_rays_group_table_once_for_both_its_readers(
+    ray_nodes: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from placement_actors.backends.ray import groups, membership  # noqa: PLC0415
+
+    reads = []
+    real = on_ray.group_table
+
+    def counted() -> list[Any]:
+        reads.append(1)
+        return real()
+
+    for module in (groups, membership):  # wherever the table is read
+        monkeypatch.setattr(module, "group_table", counted)
+    told: list[Told] = []
+    watcher = on_ray.ClusterWatcher(
+        known=list(on_ray.alive_nodes()),
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        on_gpu_use=lambda use, unsettled, _began: told.append((use, unsettled)),
+    )
+    watcher.poll()
+    assert len(reads) == 1
+    assert told[0][1] == frozenset(ray_nodes.values())  # every node is new: not settled yet
