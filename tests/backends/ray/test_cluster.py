@@ -95,12 +95,14 @@ def test_a_node_whose_gpus_another_ray_user_holds_all_of_counts_them_outside(
 class Readings:
     """GPUs in use as a watcher reads them, one reading per poll, on a clock the test moves."""
 
-    def __init__(self, *readings: on_ray.GpuUse) -> None:
+    def __init__(self, *readings: on_ray.GpuUse, lag: float = 0.0) -> None:
         self.readings = list(readings)
         self.now = 0.0
+        self.lag = lag  # how long Ray's tables take to read
 
     def read(self, nodes: object) -> on_ray.GpuUse:
         del nodes
+        self.now = round(self.now + self.lag, 2)
         return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
 
@@ -188,26 +190,9 @@ def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
 
 
 def test_a_report_says_when_its_reading_began_before_ray_was_read() -> None:
-    readings = Readings(({"a": 1}, {}))
+    readings = Readings(({"a": 1}, {}), lag=0.1)
     began: list[float] = []
-
-    def slow_read(nodes: object) -> on_ray.GpuUse:
-        reading = readings.read(nodes)
-        readings.now += 0.1  # Ray's tables take a while to read
-        return reading
-
-    watcher = on_ray.ClusterWatcher(
-        known=[],
-        on_joined=lambda *_: None,
-        on_lost=lambda _: None,
-        on_rescheduling=lambda *_: None,
-        nodes=dict,
-        rescheduling=dict,
-        on_gpu_use=lambda _use, _unsettled, at: began.append(at),
-        gpu_use=slow_read,
-        settle_s=0.5,
-        clock=lambda: readings.now,
-    )
+    watcher = watching(readings, [], lambda _use, _unsettled, at: began.append(at))
     for _ in range(5):
         readings.now = round(readings.now + 0.25, 2)
         watcher.poll()
