@@ -57,7 +57,7 @@ def test_the_planners_messages_need_a_planner() -> None:
         ref.ask(GetReplicaGroups(), timeout=TIMEOUT)
 
 
-def test_gpus_another_ray_user_holds_are_never_offered(
+def test_gpus_another_ray_user_holds_at_the_start_are_not_offered(
     ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray tests only

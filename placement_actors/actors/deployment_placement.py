@@ -317,8 +317,9 @@ class DeploymentPlacementActor(KeepServingActor):
             ask for as many as the allowed nodes could ever hold).
         stops_planner: stop the planner when this actor stops (it was started for this actor
             alone, as `placement_actors.start_on_ray` does).
-        outside: GPUs per node that something other than the service holds (other Ray users):
-            they are never offered, and `GetClusterView` counts them as ``outside``.
+        outside: GPUs per node that something other than the service holds (other Ray users)
+            at its start: they are not offered until a `GpusInUse` says they were given back,
+            and `GetClusterView` counts them as ``outside``.
         checkpoints: where every accepted `Place` is written down (a `DeploymentCheckpoint`,
             rewritten when its replicas move, deleted on `Release`); ``None``: nothing is.
         recovered: deployments of an earlier run to take back (from
@@ -434,6 +435,8 @@ class DeploymentPlacementActor(KeepServingActor):
                 if taken:
                     self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
                     self._outside_held[node_id] = self._outside_held.get(node_id, 0) + taken
+                if count > taken:  # promised to groups of an earlier run not made yet
+                    self._outside_short[node_id] = count - taken
 
     def on_stop(self) -> None:
         """Stop the planner too, when it was started for this actor alone."""
@@ -1148,7 +1151,7 @@ class DeploymentPlacementActor(KeepServingActor):
         holds are someone else's: the ledger holds that many for them (``outside``), as far as
         it has them free; the rest it takes as soon as the service frees them. A group is the
         service's by its name, for no more GPUs on a node than the ledger holds for that
-        deployment there, and what it freed there after the reading was taken (a reading may
+        deployment there, and what it freed there after the reading began (a reading may
         arrive after a removal): a group of the same name that another namespace made is
         someone else's beyond that. Nodes whose reading still moves (``unsettled``) are left as
         they are.
@@ -1171,7 +1174,7 @@ class DeploymentPlacementActor(KeepServingActor):
     ) -> dict[str, int]:
         """Node id -> GPUs the service's own groups hold there, of Ray's (group, node, GPUs).
 
-        GPUs freed on a node before a settled reading of it was taken are forgotten: the reading
+        GPUs freed on a node before a settled reading of it began are forgotten: the reading
         no longer shows their groups (Ray's table says a group is gone as its removal returns,
         and a node's reading settles only half a second after its last change).
         """

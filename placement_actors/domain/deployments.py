@@ -338,6 +338,7 @@ def replica_of_group(name: object) -> tuple[str, int] | None:
         and index.isascii()
         and index.isdecimal()
         and len(index) <= _INDEX_DIGITS
+        and str(int(index)) == index  # as `group_name` writes it: no leading zero
     ):
         return None
     return deployment, int(index)

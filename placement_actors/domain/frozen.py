@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 __all__ = ["reduce_frozen"]
@@ -26,16 +27,21 @@ def _construct(cls: type[Any], kwargs: dict[str, object]) -> object:
     return cls(**kwargs)
 
 
-def reduce_frozen(value: object) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
+def reduce_frozen(
+    value: object, *, added: AbstractSet[str] = frozenset()
+) -> tuple[Any, tuple[type[Any], dict[str, object]]]:
     """``__reduce__`` for a frozen dataclass: rebuild it from plain copies of its fields.
 
-    A field that holds its plain default is left out: a process running the version before the
-    field was added can still read the value (a service newer than its clients, say).
+    The fields named in ``added`` (fields added to a reply in a later version) are left out
+    while they hold their plain default, so that a process running the version before can
+    still read the value (a service newer than its clients, say): it cannot read one that
+    holds anything else. Every other field is always written, so that a value written down
+    (a checkpoint) does not take on a default that a later version changed.
     """
     kwargs = {
         f.name: _plain(getattr(value, f.name))
         for f in dataclasses.fields(value)  # type: ignore[arg-type]
-        if not _at_default(f, getattr(value, f.name))
+        if f.name not in added or not _at_default(f, getattr(value, f.name))
     }
     return _construct, (type(value), kwargs)
 

@@ -16,6 +16,7 @@ from placement_actors import (
     GetClusterView,
     InvalidSpecError,
     MoveReplica,
+    NodeAssignment,
     NodeTopology,
     NotEnoughGpusError,
     Place,
@@ -25,6 +26,7 @@ from placement_actors import (
     Release,
     RemoveReplicaGroups,
     ReplicaBundleSpec,
+    ReplicaFailed,
     ReplicaGroupsRemoved,
     ReplicaMoved,
     ReplicaPlacement,
@@ -244,7 +246,9 @@ def test_a_forged_reading_is_refused_and_the_actor_keeps_its_picture(actor: Ref)
     forged = object.__new__(GpusInUse)
     object.__setattr__(forged, "in_use", (("a", -3),))  # built around the constructor's checks
     object.__setattr__(forged, "groups", ())
-    with pytest.raises(InvalidSpecError):
+    object.__setattr__(forged, "unsettled", ())
+    object.__setattr__(forged, "read_at", None)
+    with pytest.raises(InvalidSpecError, match="gpus must be an integer >= 1"):
         actor.ask(forged, timeout=TIMEOUT)
     assert outside_and_free(actor, "a") == (1, 3)
 
@@ -302,5 +306,63 @@ def test_the_groups_of_an_undone_place_that_a_reading_still_shows_are_not_taken_
         shown = ((group_name("undone", 0), "a", 1),)
         tell_in_use(ref, in_use=(("a", 1),), groups=shown, read_at=read_at)
         assert outside_and_free(ref, "a") == (0, 4)
+    finally:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_a_deployment_a_lost_node_left_short_is_placed_again_once_others_give_gpus_back(
+    actor: Ref,
+) -> None:
+    actor.ask(
+        Place(
+            Deployment(name="kept", model="m", gpus=4),
+            PlacementConstraints(gpu_nodes=("a", "b")),
+        ),
+        timeout=TIMEOUT,
+    )  # on a (ties go by node id)
+    tell_in_use(actor, in_use=(("b", 4),), groups=((group_name("kept", 0), "a", 4),))
+    actor.ask(NodeLost(node_id="a"), timeout=TIMEOUT)
+    assert view(actor).degraded == ("kept",)  # b is all someone else's
+    tell_in_use(actor, in_use=())  # they gave it back
+    assert view(actor).degraded == ()
+    assert [h.deployment for h in view(actor).node("b").held] == ["kept"] * 4
+
+
+def test_a_reading_made_again_later_holds_gpus_the_service_freed_under_a_same_named_group(
+    actor: Ref,
+) -> None:
+    placed = place_on(actor, "llama", 2, "a")
+    read_at = time.monotonic()
+    # Another namespace's group of the same name holds 2 GPUs of a: the service's own waits.
+    reading = {"in_use": (("a", 2),), "groups": ((group_name("llama", 0), "a", 2),)}
+    tell_in_use(actor, **reading, read_at=read_at)
+    assert outside_and_free(actor, "a") == (0, 2)  # taken for the service's own group
+    actor.ask(
+        ReplicaFailed(
+            deployment="llama",
+            replica_index=0,
+            group_name=placed.replicas[0].group_name,
+            attempt=placed.replicas[0].attempt,
+            error=BackendError("timed out (injected)", operation="wait for placement group"),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert outside_and_free(actor, "a") == (0, 4)  # the reading may predate the removal
+    tell_in_use(actor, **reading)  # the same reading, made again after it (see RESEND_S)
+    assert outside_and_free(actor, "a") == (2, 2)
+
+
+def test_gpus_promised_to_an_earlier_runs_groups_that_others_took_show_as_waiting_at_start() -> (
+    None
+):
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY,
+        held={"earlier": (NodeAssignment(replica_index=0, node="a", gpus=(0, 1, 2, 3)),)},
+        outside={"a": 2},
+    )
+    try:
+        assert view(ref).node("a").outside_waiting == 2
+        ref.ask(Release("earlier"), timeout=TIMEOUT)
+        assert outside_and_free(ref, "a") == (2, 2)
     finally:
         ref.stop(timeout=TIMEOUT)

@@ -13,6 +13,7 @@ from placement_actors import (
     RuntimeKind,
     infer_runtime,
 )
+from placement_actors.domain.deployments import group_name, replica_of_group
 
 
 @pytest.mark.parametrize(
@@ -155,3 +156,27 @@ def test_deployment_is_frozen() -> None:
     deployment = Deployment(name="d", model="m")
     with pytest.raises(AttributeError):
         deployment.replicas = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "found"),
+    [
+        ("placement-actors:llama:r0", ("llama", 0)),
+        ("placement-actors:llama-3.1_8b:r12", ("llama-3.1_8b", 12)),
+        ("placement-actors:a:rb:r3", None),  # ':' is never in a deployment name
+        ("placement-actors:llama:r01", None),  # group_name writes no leading zero
+        ("placement-actors:llama:r", None),
+        ("placement-actors::r0", None),
+        ("placement-actors:not a name:r0", None),
+        ("placement-actors:llama:r1234567890", None),  # more digits than a replica index has
+        ("placement-actors:llama:r٣", None),  # a digit, but not an ASCII one
+        ("someone-elses:r0", None),
+        (7, None),
+    ],
+)
+def test_a_group_name_is_read_back_only_as_group_name_writes_it(
+    name: object, found: object
+) -> None:
+    assert replica_of_group(name) == found
+    if found is not None:
+        assert group_name(*found) == name

@@ -80,7 +80,9 @@ def test_errors_pickle_with_their_fields(error: PlacementError) -> None:
     assert vars(copy) == vars(error)
 
 
-def test_a_field_at_its_default_is_left_out_so_a_reader_of_the_version_before_can_read_it() -> None:
+def test_an_added_field_at_its_default_is_left_out_so_a_reader_of_the_version_before_reads_it() -> (
+    None
+):
     view = NodeView(
         node_id="a", capacity=4, free_gpus=(0,), held=(), is_head=False, egress=False,
         remote_replicas=0,
@@ -88,9 +90,14 @@ def test_a_field_at_its_default_is_left_out_so_a_reader_of_the_version_before_ca
     _, (cls, fields) = view.__reduce__()
     assert cls is NodeView
     assert "outside_waiting" not in fields  # a field added later, at its default
-    assert "state" not in fields
+    assert fields["state"] is NodeState.ALIVE  # any other field is written, default or not
     assert pickle.loads(pickle.dumps(view)) == view  # noqa: S301 - our own bytes
     busy = dataclasses.replace(view, outside_waiting=2, state=NodeState.LOST)
     _, (_, fields) = busy.__reduce__()
     assert (fields["outside_waiting"], fields["state"]) == (2, NodeState.LOST)
     assert pickle.loads(pickle.dumps(busy)) == busy  # noqa: S301 - our own bytes
+
+
+def test_a_value_written_down_keeps_every_field_even_at_its_default() -> None:
+    _, (_, fields) = PlacementConstraints().__reduce__()  # as a checkpoint holds it
+    assert {"strategy", "replace_lost", "keep_whole", "movable"} <= set(fields)

@@ -38,6 +38,7 @@ from placement_actors.backends.ray.cluster import (
     HEAD_RESOURCE,
     NAME_LABEL,
     alive_nodes,
+    free_resources,
     get_cluster_topology,
     get_egress_nodes,
     gpus_held_outside,
@@ -54,6 +55,7 @@ from placement_actors.backends.ray.connection import (
 )
 from placement_actors.backends.ray.engines import bundle_options, replica_group
 from placement_actors.backends.ray.groups import (
+    GroupTable,
     build_pg,
     build_replica_pg,
     bundle_nodes,
@@ -72,7 +74,13 @@ from placement_actors.backends.ray.groups import (
 )
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
-from placement_actors.backends.ray.membership import ClusterWatcher, GpuUse, read_gpu_use
+from placement_actors.backends.ray.membership import (
+    RESEND_S,
+    SETTLE_S,
+    ClusterWatcher,
+    GpuUse,
+    read_gpu_use,
+)
 from placement_actors.backends.ray.port_agents import (
     AGENT_NAME_ROOT,
     AGENT_TIMEOUT_S,
@@ -92,9 +100,12 @@ __all__ = [
     "NAME_LABEL",
     "PROCESS_PORTS",
     "RAY_WORKER_PORTS",
+    "RESEND_S",
+    "SETTLE_S",
     "ClusterWatcher",
     "GcsCheckpoints",
     "GpuUse",
+    "GroupTable",
     "LocalCluster",
     "RayBackend",
     "RayEventual",
@@ -112,6 +123,7 @@ __all__ = [
     "find_group_by_id",
     "find_host",
     "forget_port_agent",
+    "free_resources",
     "get_bundle_node_ip",
     "get_cluster_topology",
     "get_egress_nodes",

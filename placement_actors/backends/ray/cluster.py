@@ -128,7 +128,8 @@ def gpus_held_outside(held: Mapping[str, Sequence[NodeAssignment]]) -> dict[str,
 
     What Ray says is in use on each alive node, less what the service's own groups of an earlier
     run hold (``held``, from `placement_actors.backends.ray.groups.get_held_groups`): other Ray
-    users' tasks, actors and placement groups. Read once, when the service builds its picture.
+    users' tasks, actors and placement groups. Read when the service builds its picture (its
+    cluster watcher follows what changes after that: `gpus_in_use`).
     """
     ours: dict[str, int] = {}
     for assignments in held.values():

@@ -33,12 +33,16 @@ from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.limits import MAX_NODE_GPUS
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
+__all__ = ["RESEND_S", "SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
 
 logger = logging.getLogger(__name__)
 
 SETTLE_S = 0.5
 """How long a node's reading of the GPUs in use must stay the same before it is reported."""
+
+RESEND_S = 5.0
+"""A report is made again after this long even when nothing changed: the service reads a
+reading against its own ledger at the time, which may have changed since (GPUs it freed)."""
 
 GpuUse = tuple[dict[str, int], dict[str, dict[str, int]]]
 """GPUs in use by node id, and the GPUs each of the service's groups holds by node id."""
@@ -81,9 +85,7 @@ class _RayRound:
     the GPUs in use are followed.
     """
 
-    def __init__(self, nodes: Mapping[str, Mapping[str, Any]], *, gpus: bool) -> None:
-        self._nodes = nodes
-        # A developer API of Ray (no stable one gives per-node availability without the dashboard).
+    def __init__(self, *, gpus: bool) -> None:
         self._available = free_resources() if gpus else None
         self._table = group_table()
 
@@ -123,9 +125,9 @@ class ClusterWatcher:
         on_gpu_use: called with the GPUs in use on each node and those each group named like
             the service's holds there (`GpuUse`), the nodes left out because their reading
             still moves, and when the reading began (on ``clock``, before Ray was read). Each
-            node's reading is taken once it has stayed the same for ``settle_s`` (a node whose
+            node's reading counts once it has stayed the same for ``settle_s`` (a node whose
             tasks come and go does not hold up the others); the call is made when what it
-            would say changes. ``None``: not read.
+            would say changes, and every `RESEND_S` anyway. ``None``: not read.
         gpu_use: reads them, given the alive nodes' records (``None``: Ray's free resources
             and placement-group table).
         settle_s: how long a node's reading must hold before it is reported.
@@ -168,6 +170,7 @@ class ClusterWatcher:
         self._use_settled: dict[str, _NodeUse] = {}
         self._quiet: set[str] = set()  # alive nodes settled with nothing in use
         self._use_told: tuple[dict[str, _NodeUse], frozenset[str]] | None = None
+        self._use_told_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="placement-actors-cluster-watcher", daemon=True
@@ -206,7 +209,7 @@ class ClusterWatcher:
         began = self._clock()  # what the service frees from now on may still show in a reading
         following = self._on_gpu_use is not None
         ray_round = (
-            _RayRound(nodes, gpus=following and self._gpu_use is None)
+            _RayRound(gpus=following and self._gpu_use is None)
             if self._rescheduling is None or (following and self._gpu_use is None)
             else None
         )
@@ -230,9 +233,10 @@ class ClusterWatcher:
         unsettled = self._settle(_by_node(reading), set(nodes), began)
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
-        if told == self._use_told:
+        if told == self._use_told and began - self._use_told_at < RESEND_S:
             return
-        self._use_told = told  # told once, even if the report fails (the round logs it)
+        # Told once (until RESEND_S), even if the report fails: the round logs it.
+        self._use_told, self._use_told_at = told, began
         in_use: dict[str, int] = {}
         held: dict[str, dict[str, int]] = {}
         for node, (count, shares) in settled.items():

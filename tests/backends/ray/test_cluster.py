@@ -1,8 +1,6 @@
 """Reading the cluster: alive GPU nodes, the head, labels (real local Ray cluster)."""
 
-import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,22 +57,6 @@ def test_labels_a_node_may_carry_but_placement_cannot_read_are_left_out_not_the_
     assert len(node.labels) == 64
 
 
-def test_a_joined_node_the_service_cannot_take_in_hides_no_other_change() -> None:
-    old, odd = "o" * 56, "d" * 56
-    told: list[tuple[str, str]] = []
-    watcher = on_ray.ClusterWatcher(
-        known=[old],
-        on_joined=lambda node, _: told.append(("joined", node.node_id)),
-        on_lost=lambda node_id: told.append(("lost", node_id)),
-        on_rescheduling=lambda name, _: told.append(("rescheduling", name)),
-        nodes=lambda: {odd: {"NodeID": odd, "Alive": True, "Resources": {"GPU": 10.0**6}}},
-        rescheduling=lambda: {"g1": "placement-actors:d:r0"},
-    )
-    for _ in range(3):  # the odd node (a million GPUs) is refused each round, told once
-        watcher.poll()
-    assert told == [("lost", old), ("rescheduling", "placement-actors:d:r0")]
-
-
 def test_a_node_whose_gpus_another_ray_user_holds_all_of_counts_them_outside(
     ray_nodes: dict[str, str],
 ) -> None:
@@ -90,131 +72,6 @@ def test_a_node_whose_gpus_another_ray_user_holds_all_of_counts_them_outside(
         assert on_ray.gpus_held_outside({}).get(node) == 4
     finally:
         on_ray.remove_group(other)
-
-
-class Readings:
-    """GPUs in use as a watcher reads them, one reading per poll, on a clock the test moves."""
-
-    def __init__(self, *readings: on_ray.GpuUse, lag: float = 0.0) -> None:
-        self.readings = list(readings)
-        self.now = 0.0
-        self.lag = lag  # how long Ray's tables take to read
-
-    def read(self, nodes: object) -> on_ray.GpuUse:
-        del nodes
-        self.now = round(self.now + self.lag, 2)
-        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
-
-
-Told = tuple[on_ray.GpuUse, frozenset[str]]
-
-
-def watching(
-    readings: Readings,
-    told: list[Told],
-    report: Callable[[on_ray.GpuUse, frozenset[str], float], None] | None = None,
-    alive: tuple[str, ...] = (),
-) -> on_ray.ClusterWatcher:
-    return on_ray.ClusterWatcher(
-        known=alive,
-        on_joined=lambda *_: None,
-        on_lost=lambda _: None,
-        on_rescheduling=lambda *_: None,
-        nodes=lambda: {node: {"NodeID": node} for node in alive},
-        rescheduling=dict,
-        on_gpu_use=report or (lambda use, unsettled, _began: told.append((use, unsettled))),
-        gpu_use=readings.read,
-        settle_s=0.5,
-        clock=lambda: readings.now,
-    )
-
-
-def poll(watcher: on_ray.ClusterWatcher, readings: Readings, told: list[Told], n: int) -> list[int]:
-    """Poll ``n`` times, 0.25 s apart; how many reports there were after each poll."""
-    steps = []
-    for _ in range(n):
-        watcher.poll()
-        steps.append(len(told))
-        readings.now += 0.25
-    return steps
-
-
-def test_gpus_in_use_are_reported_once_a_reading_has_settled_and_once_per_change() -> None:
-    taken: on_ray.GpuUse = ({"n": 2}, {})
-    mine: on_ray.GpuUse = ({"n": 2}, {"placement-actors:d:r0": {"n": 2}})
-    lagging: on_ray.GpuUse = ({"n": 2}, {})  # the group is gone, its GPUs not yet given back
-    readings = Readings(taken, taken, taken, taken, mine, lagging, ({}, {}), ({}, {}), ({}, {}))
-    told: list[Told] = []
-    steps = poll(watching(readings, told), readings, told, 9)
-    # n unsettled at first (told so), settled at 0.5; moving from 1.0; empty and settled at 2.0.
-    assert steps == [1, 1, 2, 2, 3, 3, 3, 3, 4]
-    assert told == [
-        (({}, {}), frozenset({"n"})),
-        ((taken), frozenset()),
-        (({}, {}), frozenset({"n"})),
-        (({}, {}), frozenset()),
-    ]
-
-
-def test_a_node_whose_tasks_come_and_go_does_not_hold_up_the_others_readings() -> None:
-    readings = Readings(*(({"a": 3, "z": 1 + i % 2}, {}) for i in range(40)))
-    told: list[Told] = []
-    poll(watching(readings, told), readings, told, 40)
-    assert told[-1] == (({"a": 3}, {}), frozenset({"z"}))
-
-
-def test_a_node_with_nothing_in_use_at_the_first_reading_is_unsettled_for_a_while_too() -> None:
-    readings = Readings(({}, {}))  # Ray's free resources left the node out for a moment
-    told: list[Told] = []
-    steps = poll(watching(readings, told, alive=("a",)), readings, told, 6)
-    assert steps == [1, 1, 2, 2, 2, 2]
-    assert told == [(({}, {}), frozenset({"a"})), (({}, {}), frozenset())]
-
-
-def test_a_report_that_fails_is_not_made_again_for_the_same_reading() -> None:
-    readings = Readings(({"a": 3}, {}))
-    calls = []
-
-    def fail(use: on_ray.GpuUse, unsettled: frozenset[str], began: float) -> None:
-        del began
-        calls.append((use, unsettled))
-        msg = "the service cannot take it (injected)"
-        raise RuntimeError(msg)
-
-    watcher = watching(readings, [], fail)
-    for _ in range(6):
-        with contextlib.suppress(RuntimeError):
-            watcher.poll()
-        readings.now += 0.25
-    assert calls == [(({}, {}), frozenset({"a"})), (({"a": 3}, {}), frozenset())]
-
-
-def test_a_report_says_when_its_reading_began_before_ray_was_read() -> None:
-    readings = Readings(({"a": 1}, {}), lag=0.1)
-    began: list[float] = []
-    watcher = watching(readings, [], lambda _use, _unsettled, at: began.append(at))
-    for _ in range(5):
-        readings.now = round(readings.now + 0.25, 2)
-        watcher.poll()
-    # Polls began at 0.25, 0.6, 0.95, 1.3, 1.65; reports at the first (unsettled) and at 0.95.
-    assert began == [0.25, 0.95]
-
-
-def test_a_watcher_given_no_listener_for_gpus_in_use_never_reads_them() -> None:
-    def refuse(nodes: object) -> on_ray.GpuUse:
-        msg = f"read {nodes!r:.20} although nobody listens"
-        raise AssertionError(msg)
-
-    watcher = on_ray.ClusterWatcher(
-        known=[],
-        on_joined=lambda *_: None,
-        on_lost=lambda _: None,
-        on_rescheduling=lambda *_: None,
-        nodes=dict,
-        rescheduling=dict,
-        gpu_use=refuse,
-    )
-    watcher.poll()
 
 
 def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
@@ -264,7 +121,7 @@ def test_one_round_of_the_watcher_reads_rays_group_table_once_for_both_its_reade
 
     for module in (groups, membership):  # wherever the table is read
         monkeypatch.setattr(module, "group_table", counted)
-    told: list[Told] = []
+    told: list[tuple[on_ray.GpuUse, frozenset[str]]] = []
     watcher = on_ray.ClusterWatcher(
         known=list(on_ray.alive_nodes()),
         on_joined=lambda *_: None,
