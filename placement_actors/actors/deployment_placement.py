@@ -430,13 +430,8 @@ class DeploymentPlacementActor(KeepServingActor):
         """Keep GPUs that other Ray users hold off the market (as far as the ledger has them)."""
         for node_id, count in outside.items():
             check_count(count, "outside")
-            if node_id in self._gpus and count:
-                taken = min(count, self._gpus.free_count(node_id))
-                if taken:
-                    self._gpus.reserve(node_id, taken, OUTSIDE_HOLDER)
-                    self._outside_held[node_id] = self._outside_held.get(node_id, 0) + taken
-                if count > taken:  # promised to groups of an earlier run not made yet
-                    self._outside_short[node_id] = count - taken
+            if node_id in self._gpus and count:  # beyond the free: promised to earlier groups
+                self._hold_outside(node_id, count)
 
     def on_stop(self) -> None:
         """Stop the planner too, when it was started for this actor alone."""
@@ -744,9 +739,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._retry_degraded()
                 raise
         self._gpus.release(source.node, source.gpus, name)
-        self._leave(name, source.node, len(source.gpus))
-        if self._outside_short and source.node in self._outside_short:
-            self._top_up_outside(source.node)
+        self._given_back(name, source.node, len(source.gpus))
         now = replace(
             placed.result, assignments=(moved,), replicas=() if placement is None else (placement,)
         )
@@ -1213,6 +1206,12 @@ class DeploymentPlacementActor(KeepServingActor):
             self._outside_short[node] = wanted - held
             self._top_up_outside(node)
         return False
+
+    def _given_back(self, name: str, node: str, gpus: int) -> None:
+        """``name`` gave back ``gpus`` GPUs of ``node`` on the ledger: what it means for others."""
+        self._leave(name, node, gpus)
+        if self._outside_short and node in self._outside_short:
+            self._top_up_outside(node)
 
     def _leave(self, name: str, node: str, gpus: int) -> None:
         """Count ``gpus`` freed of ``name`` on ``node`` as its groups' in older readings.
@@ -1696,9 +1695,7 @@ class DeploymentPlacementActor(KeepServingActor):
             if key is not None and assignment.node in self._egress:
                 self._egress.remove(assignment.node, key)
             if assignment.gpus:
-                self._leave(name, assignment.node, len(assignment.gpus))
-            if self._outside_short and assignment.node in self._outside_short:
-                self._top_up_outside(assignment.node)
+                self._given_back(name, assignment.node, len(assignment.gpus))
 
 
 def _without_frames(error: PlacementError) -> PlacementError:

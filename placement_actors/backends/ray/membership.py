@@ -207,12 +207,8 @@ class ClusterWatcher:
         self._known = (self._known & set(nodes)) | joined
         self._refused &= set(nodes)
         began = self._clock()  # what the service frees from now on may still show in a reading
-        following = self._on_gpu_use is not None
-        ray_round = (
-            _RayRound(gpus=following and self._gpu_use is None)
-            if self._rescheduling is None or (following and self._gpu_use is None)
-            else None
-        )
+        ray_gpus = self._on_gpu_use is not None and self._gpu_use is None
+        ray_round = _RayRound(gpus=ray_gpus) if self._rescheduling is None or ray_gpus else None
         read_moving = self._rescheduling or cast("_RayRound", ray_round).rescheduling
         moving = read_moving()
         for group_id in sorted(set(moving) - self._reported):
