@@ -30,7 +30,7 @@ docs: $(INSTALLED)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/ledger_decisions.py && $(BIN)/python bench/decision_paths.py && $(BIN)/python bench/hostile_requests.py && $(BIN)/python bench/plan_replicas.py && $(BIN)/python bench/live_cluster.py && $(BIN)/python bench/remote_place.py && $(BIN)/python bench/resolution.py && $(BIN)/python bench/packing.py
+	$(BIN)/python bench/ledger_decisions.py && $(BIN)/python bench/decision_paths.py && $(BIN)/python bench/hostile_requests.py && $(BIN)/python bench/plan_replicas.py && $(BIN)/python bench/live_cluster.py && $(BIN)/python bench/watcher_cost.py && $(BIN)/python bench/remote_place.py && $(BIN)/python bench/resolution.py && $(BIN)/python bench/packing.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site

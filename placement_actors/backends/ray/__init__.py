@@ -75,6 +75,7 @@ from placement_actors.backends.ray.groups import (
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
 from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import (
+    LOSS_WATCH_S,
     RESEND_S,
     SETTLE_S,
     ClusterWatcher,
@@ -96,6 +97,7 @@ __all__ = [
     "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
+    "LOSS_WATCH_S",
     "NAMESPACE",
     "NAME_LABEL",
     "PROCESS_PORTS",

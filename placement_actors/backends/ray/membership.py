@@ -1,23 +1,26 @@
 """Following the cluster as it changes: nodes that join or die, groups Ray reschedules, GPUs in use.
 
-A `ClusterWatcher` polls Ray's node table and the placement-group table from a thread of its own
-and reports each change once, through callbacks (the wiring turns them into messages to the
-DeploymentPlacementActor, so the actor's mailbox never waits on Ray). Measured on Ray 2.60: a
-node removed gracefully is marked dead within ~0.05 s, a crashed one after the health check
-(~16 s); a group pinned to a dead node goes to ``RESCHEDULING`` at once and never becomes ready
-again by itself. Ray gives a removed group's GPUs back in its free resources about 0.1 s after its
-table says the group is gone: GPUs in use are reported only once a reading has held for
-`SETTLE_S`.
+A `ClusterWatcher` polls Ray's node table and free resources, and its placement-group table when
+they show it may have changed, from a thread of its own. It reports each change once, through
+callbacks (the wiring turns them into messages to the DeploymentPlacementActor, so the actor's
+mailbox never waits on Ray).
+
+Measured on Ray 2.60: a node removed gracefully is marked dead within ~0.05 s, a crashed one
+after the health check (~16 s); a group pinned to a dead node goes to ``RESCHEDULING`` at once
+and never becomes ready again by itself. Ray gives a removed group's GPUs back in its free
+resources about 0.1 s after its table says the group is gone: GPUs in use are reported only
+once a reading has held for `SETTLE_S`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, cast
+from typing import Any
 
 from placement_actors.backends.ray.cluster import (
     alive_nodes,
@@ -33,7 +36,7 @@ from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.limits import MAX_NODE_GPUS
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["RESEND_S", "SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
+__all__ = ["LOSS_WATCH_S", "RESEND_S", "SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +81,65 @@ def read_gpu_use(
     return in_use, groups
 
 
-class _RayRound:
-    """What Ray says in one round of the watcher, each table read once for all its readers.
+LOSS_WATCH_S = 2.0
+"""After a node is lost, Ray's group table is read every round for this long: Ray marks the
+groups on the node rescheduling as it marks the node dead, not necessarily before its node
+table says so."""
 
-    Ray's free resources are read before its group table (see `read_gpu_use`), and only when
-    the GPUs in use are followed.
+_Layout = frozenset[tuple[str, str, float | None]]
+
+
+def _layout(available: Mapping[str, Mapping[str, float]]) -> _Layout:
+    """Each node's free GPUs and which bundles are placed on it, from Ray's free resources.
+
+    What of them moves when a group is made, removed or rescheduled, or GPUs are taken or given
+    back; not how much of a bundle tasks use.
+    """
+    return frozenset(
+        (node, key, value if key == "GPU" else None)
+        for node, free in available.items()
+        for key, value in free.items()
+        if key == "GPU" or key.startswith("bundle_group_")
+    )
+
+
+class _RayTables:
+    """Ray's free resources, read every round, and its group table, read when it may have moved.
+
+    The group table lists every group Ray has made, removed ones too (reading it took 20 to 60 ms
+    per 1,000 groups here), so a service that has made many would spend a core reading it four
+    times a second. It is read again when the free GPUs or the bundles placed on some node
+    moved, every round for `LOSS_WATCH_S` after a node was lost, and at least every
+    `RESEND_S`. Ray's free resources are read before its group table (see `read_gpu_use`).
     """
 
-    def __init__(self, *, gpus: bool) -> None:
-        self._available = free_resources() if gpus else None
-        self._table = group_table()
+    def __init__(
+        self,
+        free: Callable[[], Mapping[str, Mapping[str, float]]],
+        table: Callable[[], GroupTable],
+    ) -> None:
+        self._free = free
+        self._read_table = table
+        self._layout: _Layout | None = None
+        self._table: GroupTable = ()
+        self._read_at = -math.inf
+        self._watch_until = -math.inf
+        self._available: Mapping[str, Mapping[str, float]] = {}
+
+    def read(self, now: float, *, lost: bool) -> float:
+        """Read Ray for a round begun at ``now``; returns when the table in use began to be read.
+
+        A table kept from an earlier round was read while the free GPUs and bundles were as
+        they are now: a reading made of both is the one that round made, and bears its time.
+        """
+        self._available = self._free()
+        layout = _layout(self._available)
+        if lost:
+            self._watch_until = now + LOSS_WATCH_S
+        if layout != self._layout or now < self._watch_until or now - self._read_at >= RESEND_S:
+            self._table = list(self._read_table())
+            self._layout, self._read_at = layout, now
+        return self._read_at
 
     def rescheduling(self) -> dict[str, str]:
         return groups_in(GroupStatus.RESCHEDULING, GROUP_NAME_ROOT, self._table)
@@ -121,15 +173,20 @@ class ClusterWatcher:
         interval_s: seconds between two rounds.
         nodes: reads the alive nodes' ``ray.nodes()`` records by node id (Ray's, by default).
         rescheduling: reads the service's groups Ray is rescheduling, name by Ray's group id
-            (``None``: Ray's, from the group table read once a round for both readers).
+            (``None``: Ray's, from its group table; see ``table``).
         on_gpu_use: called with the GPUs in use on each node and those each group named like
             the service's holds there (`GpuUse`), the nodes left out because their reading
             still moves, and when the reading began (on ``clock``, before Ray was read). Each
             node's reading counts once it has stayed the same for ``settle_s`` (a node whose
             tasks come and go does not hold up the others); the call is made when what it
             would say changes, and every `RESEND_S` anyway. ``None``: not read.
-        gpu_use: reads them, given the alive nodes' records (``None``: Ray's free resources
-            and placement-group table).
+        gpu_use: reads them, given the alive nodes' records (``None``: Ray's, from its free
+            resources and group table).
+        free: reads Ray's free resources by node id, each round Ray is read.
+        table: reads Ray's placement-group table, once for both readers, and only when it may
+            have changed: when some node's free GPUs or placed bundles moved, for
+            `LOSS_WATCH_S` after a node was lost, and every `RESEND_S`. A reading made with a
+            table kept from an earlier round bears that round's time.
         settle_s: how long a node's reading must hold before it is reported.
         clock: the monotonic clock ``settle_s`` is measured on (``time.monotonic``, the clock
             the service stamps what it frees with).
@@ -148,6 +205,8 @@ class ClusterWatcher:
         rescheduling: Callable[[], Mapping[str, str]] | None = None,
         on_gpu_use: Callable[[GpuUse, frozenset[str], float], None] | None = None,
         gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] | None = None,
+        free: Callable[[], Mapping[str, Mapping[str, float]]] = free_resources,
+        table: Callable[[], GroupTable] = group_table,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -164,6 +223,7 @@ class ClusterWatcher:
         self._reported: set[str] = set()
         self._on_gpu_use = on_gpu_use
         self._gpu_use = gpu_use
+        self._ray = _RayTables(free, table)
         self._settle_s = settle_s
         self._clock = clock
         self._use_seen: dict[str, tuple[_NodeUse, float]] = {}  # each node's, and since when
@@ -202,21 +262,25 @@ class ClusterWatcher:
                 continue
             self._on_joined(topology, is_egress(record))
             joined.add(node_id)
-        for node_id in sorted(self._known - set(nodes)):
+        lost = sorted(self._known - set(nodes))
+        for node_id in lost:
             self._on_lost(node_id)
         self._known = (self._known & set(nodes)) | joined
         self._refused &= set(nodes)
         began = self._clock()  # what the service frees from now on may still show in a reading
-        ray_gpus = self._on_gpu_use is not None and self._gpu_use is None
-        ray_round = _RayRound(gpus=ray_gpus) if self._rescheduling is None or ray_gpus else None
-        read_moving = self._rescheduling or cast("_RayRound", ray_round).rescheduling
-        moving = read_moving()
+        read_at = began
+        if self._rescheduling is None or (self._on_gpu_use is not None and self._gpu_use is None):
+            read_at = self._ray.read(began, lost=bool(lost))
+        moving = (self._rescheduling or self._ray.rescheduling)()
         for group_id in sorted(set(moving) - self._reported):
             self._on_rescheduling(moving[group_id], group_id)
         self._reported = set(moving)
         if self._on_gpu_use is not None:
-            read_use = self._gpu_use or cast("_RayRound", ray_round).gpu_use
-            self._follow_gpu_use(self._on_gpu_use, read_use(nodes), nodes, began)
+            if self._gpu_use is not None:
+                reading, read_at = self._gpu_use(nodes), began
+            else:
+                reading = self._ray.gpu_use(nodes)
+            self._follow_gpu_use(self._on_gpu_use, reading, nodes, began, read_at)
 
     def _follow_gpu_use(
         self,
@@ -224,8 +288,13 @@ class ClusterWatcher:
         reading: GpuUse,
         nodes: Mapping[str, Mapping[str, Any]],
         began: float,
+        read_at: float,
     ) -> None:
-        """Take in a reading of the GPUs in use; report the nodes' settled ones when they change."""
+        """Take in a reading of the GPUs in use; report the nodes' settled ones when they change.
+
+        ``began``: when this round began; ``read_at``: when the Ray tables it was made of
+        began to be read (the time the report bears).
+        """
         unsettled = self._settle(_by_node(reading), set(nodes), began)
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
@@ -240,7 +309,7 @@ class ClusterWatcher:
                 in_use[node] = count
             for name, gpus in shares:
                 held.setdefault(name, {})[node] = gpus
-        report((in_use, held), unsettled, began)
+        report((in_use, held), unsettled, read_at)
 
     def _settle(
         self, current: Mapping[str, _NodeUse], alive: AbstractSet[str], now: float

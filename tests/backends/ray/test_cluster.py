@@ -107,20 +107,15 @@ def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
     assert on_ray.group_gpus("placement-actors:gpu-use-probe:") == {}
 
 
-def test_one_round_of_the_watcher_reads_rays_group_table_once_for_both_its_readers(
-    ray_nodes: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_the_watcher_reads_rays_group_table_once_a_round_and_again_only_when_groups_move(
+    ray_nodes: dict[str, str],
 ) -> None:
-    from placement_actors.backends.ray import groups, membership  # noqa: PLC0415
-
     reads = []
-    real = on_ray.group_table
 
     def counted() -> list[Any]:
         reads.append(1)
-        return real()
+        return on_ray.group_table()
 
-    for module in (groups, membership):  # wherever the table is read
-        monkeypatch.setattr(module, "group_table", counted)
     told: list[tuple[on_ray.GpuUse, frozenset[str]]] = []
     watcher = on_ray.ClusterWatcher(
         known=list(on_ray.alive_nodes()),
@@ -128,7 +123,44 @@ def test_one_round_of_the_watcher_reads_rays_group_table_once_for_both_its_reade
         on_lost=lambda _: None,
         on_rescheduling=lambda *_: None,
         on_gpu_use=lambda use, unsettled, _began: told.append((use, unsettled)),
+        table=counted,
     )
     watcher.poll()
-    assert len(reads) == 1
+    assert len(reads) == 1  # for both readers
     assert told[0][1] == frozenset(ray_nodes.values())  # every node is new: not settled yet
+
+    def quiet() -> int:
+        """Poll until a round reads no table (what earlier tests removed is given back)."""
+        for _ in range(40):
+            before = len(reads)
+            watcher.poll()
+            if len(reads) == before:
+                return before
+            time.sleep(0.1)
+        pytest.fail("Ray's free resources kept moving")
+
+    quiet()
+    start = len(told)
+    node = ray_nodes["gpu-c"]
+    group = on_ray.build_pg(
+        [{"GPU": 2}],
+        "STRICT_PACK",
+        name="placement-actors:table-probe:r0",
+        bundle_label_selector=[{NODE_ID_LABEL: node}],
+        ready_timeout_s=30,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not any(use[1].get("placement-actors:table-probe:r0") for use, _ in told):
+            assert time.monotonic() < deadline, told[-1]
+            watcher.poll()
+            time.sleep(0.1)
+        # The first reading that shows the group's GPUs taken was made with a table that has it.
+        (in_use, groups), _ = next(t for t in told[start:] if t[0][0].get(node))
+        assert (in_use[node], groups) == (2, {"placement-actors:table-probe:r0": {node: 2}})
+        settled = quiet()
+        for _ in range(4):
+            watcher.poll()
+        assert len(reads) == settled  # nothing moved: the table is not read again
+    finally:
+        on_ray.remove_group(group)

@@ -155,3 +155,143 @@ def test_a_settled_reading_is_reported_again_after_a_while_even_unchanged() -> N
     assert steps[:4] == [1, 1, 2, 2]  # unsettled, then settled at 0.5 s
     assert steps[-1] == 3  # and once more, RESEND_S after that
     assert told[1] == told[2] == (({"a": 2}, {}), frozenset())
+
+
+class RayTables:
+    """Ray's free resources and group table as a watcher reads them, counting table reads."""
+
+    GROUP = "placement-actors:d:r0"
+
+    def __init__(self, *nodes: str) -> None:
+        self.free: dict[str, dict[str, float]] = {n: {"GPU": 8.0, "CPU": 4.0} for n in nodes}
+        self.table: list[dict[str, object]] = []
+        self.reads = 0
+        self.fail = False
+
+    def read_free(self) -> dict[str, dict[str, float]]:
+        return {node: dict(free) for node, free in self.free.items()}
+
+    def read_table(self) -> list[dict[str, object]]:
+        self.reads += 1
+        if self.fail:
+            msg = "the GCS did not answer (injected)"
+            raise RuntimeError(msg)
+        return list(self.table)
+
+    def place(self, node: str, gpus: int, state: str = "CREATED") -> None:
+        """The service's group takes ``gpus`` of ``node``: a bundle there, its GPUs gone."""
+        group_id = "ab" * 14
+        self.table = [
+            {
+                "placement_group_id": group_id,
+                "name": self.GROUP,
+                "state": state,
+                "bundles": {0: {"GPU": float(gpus)}},
+                "bundles_to_node_id": {0: node},
+            }
+        ]
+        self.free[node]["GPU"] -= gpus
+        self.free[node][f"bundle_group_0_{group_id}"] = 1000.0
+        self.free[node][f"bundle_group_{group_id}"] = 1000.0
+
+
+def watching_ray(
+    ray: RayTables,
+    clock: list[float],
+    alive: list[str],
+    *,
+    on_rescheduling: Callable[[str, str], None] = lambda *_: None,
+    on_gpu_use: Callable[[on_ray.GpuUse, frozenset[str], float], None] | None = None,
+) -> on_ray.ClusterWatcher:
+    return on_ray.ClusterWatcher(
+        known=list(alive),
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=on_rescheduling,
+        nodes=lambda: {n: {"NodeID": n, "Resources": {"GPU": 8.0}} for n in alive},
+        on_gpu_use=on_gpu_use or (lambda *_: None),
+        free=ray.read_free,
+        table=ray.read_table,
+        clock=lambda: clock[0],
+    )
+
+
+def test_rays_group_table_is_read_again_only_once_the_bundles_or_free_gpus_of_a_node_move() -> None:
+    ray, clock = RayTables("a", "b"), [0.0]
+    watcher = watching_ray(ray, clock, ["a", "b"])
+    reads = []
+
+    def round_(then: Callable[[], object] = lambda: None) -> None:
+        then()
+        watcher.poll()
+        reads.append(ray.reads)
+        clock[0] += 0.25
+
+    round_()
+    round_()
+    round_(lambda: ray.free["a"].update(CPU=1.0, memory=2.0**30))  # tasks come and go
+    round_(lambda: ray.place("b", 2))  # a group is placed on b
+    round_()
+    round_(lambda: ray.free["b"].update({f"bundle_group_{'ab' * 14}": 999.999}))  # a task in it
+    round_(lambda: ray.free["a"].update(GPU=7.0))  # a task outside any group takes a GPU of a
+    round_()
+    assert reads == [1, 1, 1, 2, 2, 2, 3, 3]
+
+
+def test_rays_group_table_is_read_again_every_resend_s_even_when_nothing_moved() -> None:
+    ray, clock = RayTables("a"), [0.0]
+    watcher = watching_ray(ray, clock, ["a"])
+    for _ in range(int(on_ray.RESEND_S / 0.25) + 1):
+        watcher.poll()
+        clock[0] += 0.25
+    assert ray.reads == 2
+
+
+def test_a_group_ray_reschedules_a_little_after_its_node_is_lost_is_still_reported() -> None:
+    ray, clock, alive = RayTables("a", "b"), [0.0], ["a", "b"]
+    ray.place("b", 2)
+    moving: list[str] = []
+    watcher = watching_ray(ray, clock, alive, on_rescheduling=lambda name, _: moving.append(name))
+    watcher.poll()
+    alive.remove("b")  # b is dead; Ray marks the group rescheduling a moment later
+    del ray.free["b"]
+    for round_ in range(int(on_ray.LOSS_WATCH_S / 0.25) + 4):
+        clock[0] += 0.25
+        if round_ == 3:
+            ray.table[0]["state"] = "RESCHEDULING"
+        watcher.poll()
+    assert moving == [RayTables.GROUP]
+    # Read every round while the loss is fresh (from the round that saw it), then no more.
+    assert ray.reads == 1 + int(on_ray.LOSS_WATCH_S / 0.25)
+
+
+def test_a_reading_made_with_a_table_kept_from_an_earlier_round_bears_that_rounds_time() -> None:
+    ray, clock = RayTables("a"), [0.0]
+    ray.place("a", 3)
+    stamps: list[tuple[float, on_ray.GpuUse]] = []
+    watcher = watching_ray(
+        ray, clock, ["a"], on_gpu_use=lambda use, _, at: stamps.append((at, use))
+    )
+    for _ in range(4):
+        watcher.poll()
+        clock[0] += 0.25
+    # Unsettled at 0; settled at 0.5 with the table read at 0: the GPUs are the group's.
+    assert stamps == [
+        (0.0, ({}, {})),
+        (0.0, ({"a": 3}, {RayTables.GROUP: {"a": 3}})),
+    ]
+    assert ray.reads == 1
+
+
+def test_a_table_that_could_not_be_read_is_read_again_the_next_round() -> None:
+    ray, clock = RayTables("a"), [0.0]
+    watcher = watching_ray(ray, clock, ["a"])
+    ray.fail = True
+    with contextlib.suppress(RuntimeError):
+        watcher.poll()
+    ray.fail = False
+    clock[0] += 0.25
+    watcher.poll()
+    clock[0] += 0.25
+    watcher.poll()
+    assert ray.reads == 2
