@@ -2,7 +2,8 @@
 
 Ray keeps every placement group it has made in its group table, removed ones too, so the table
 grows with the service's age. Starts a local Ray cluster (head + 2 raylets of 8 logical GPUs),
-makes and removes ``--groups`` groups (2,000 by default), then times, in one run:
+makes and removes ``--groups`` groups named as the service names its own (2,000 by default),
+then times, in one run:
 
 1. a quiet round of the cluster watcher (nothing moved: Ray's node table and free resources
    are read, its group table is not);
@@ -44,12 +45,13 @@ def main() -> int:
         parser.error(f"--groups must be between 0 and {MAX_GROUPS:,}")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
+    from placement_actors.domain.deployments import group_name  # noqa: PLC0415
 
     with on_ray.LocalCluster(head_gpus=0, worker_gpus=(8, 8), cpus_per_node=4):
         made = time.perf_counter()
         for start in range(0, args.groups, 500):
             groups = [
-                on_ray.create_group([{"GPU": 1}], "PACK", name=f"bench-churn-{i}")
+                on_ray.create_group([{"GPU": 1}], "PACK", name=group_name(f"churn-{i}", 0))
                 for i in range(start, min(start + 500, args.groups))
             ]
             for group in groups:

@@ -807,9 +807,9 @@ class GpusInUse:
             service's groups (``placement-actors:<deployment>:r<replica>``) holds GPUs.
         unsettled: nodes whose reading still moves: what they hold is not said (the other
             fields leave them out), and the service leaves them as they are.
-        read_at: when the reading began (before Ray was read), on this process's
-            ``time.monotonic()`` clock (``None``: as it arrives). GPUs the service freed after
-            it still count as its own groups' in it.
+        read_at: when the reading began (before Ray's group table it was made of was read),
+            on this process's ``time.monotonic()`` clock (``None``: as it arrives). GPUs the
+            service freed after it still count as its own groups' in it.
 
     The service takes GPUs in use that none of its own groups holds as held by someone else
     (``outside``): it holds more of them off the market when other users take more, and offers

@@ -73,12 +73,16 @@ def read_gpu_use(
     # 0.1 s), is gone before it has held for `SETTLE_S`.
     used = gpus_in_use(available, nodes=nodes)
     in_use = {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
-    groups = {
+    return in_use, _service_groups(table)
+
+
+def _service_groups(table: GroupTable | None) -> dict[str, dict[str, int]]:
+    """Name -> {node id: GPUs} of each live group named as the service names its groups."""
+    return {
         name: {n: gpus for n, gpus in held.items() if gpus <= MAX_NODE_GPUS}
         for name, held in group_gpus(GROUP_NAME_ROOT, table).items()
         if replica_of_group(name) is not None  # a name the service could have given
     }
-    return in_use, groups
 
 
 LOSS_WATCH_S = 2.0
@@ -110,7 +114,10 @@ class _RayTables:
     per 1,000 groups here), so a service that has made many would spend a core reading it four
     times a second. It is read again when the free GPUs or the bundles placed on some node
     moved, every round for `LOSS_WATCH_S` after a node was lost, and at least every
-    `RESEND_S`. Ray's free resources are read before its group table (see `read_gpu_use`).
+    `RESEND_S`; what the rounds need of it (the service's groups Ray reschedules, and the GPUs
+    the service's groups hold) is drawn from it once per read, so a round that keeps it does
+    not go through it again. Ray's free resources are read before its group table (see
+    `read_gpu_use`).
     """
 
     def __init__(
@@ -121,7 +128,8 @@ class _RayTables:
         self._free = free
         self._read_table = table
         self._layout: _Layout | None = None
-        self._table: GroupTable = ()
+        self._moving: dict[str, str] = {}
+        self._groups: dict[str, dict[str, int]] = {}
         self._read_at = -math.inf
         self._watch_until = -math.inf
         self._available: Mapping[str, Mapping[str, float]] = {}
@@ -132,20 +140,24 @@ class _RayTables:
         A table kept from an earlier round was read while the free GPUs and bundles were as
         they are now: a reading made of both is the one that round made, and bears its time.
         """
+        if lost:  # first: a round whose reads fail still watches after the loss
+            self._watch_until = now + LOSS_WATCH_S
         self._available = self._free()
         layout = _layout(self._available)
-        if lost:
-            self._watch_until = now + LOSS_WATCH_S
         if layout != self._layout or now < self._watch_until or now - self._read_at >= RESEND_S:
-            self._table = list(self._read_table())
+            table = list(self._read_table())
+            self._moving = groups_in(GroupStatus.RESCHEDULING, GROUP_NAME_ROOT, table)
+            self._groups = _service_groups(table)
             self._layout, self._read_at = layout, now
         return self._read_at
 
     def rescheduling(self) -> dict[str, str]:
-        return groups_in(GroupStatus.RESCHEDULING, GROUP_NAME_ROOT, self._table)
+        return dict(self._moving)
 
     def gpu_use(self, nodes: Mapping[str, Mapping[str, Any]]) -> GpuUse:
-        return read_gpu_use(nodes, available=self._available, table=self._table)
+        used = gpus_in_use(self._available, nodes=nodes)
+        in_use = {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
+        return in_use, {name: dict(held) for name, held in self._groups.items()}
 
 
 def _by_node(reading: GpuUse) -> dict[str, _NodeUse]:
@@ -176,7 +188,8 @@ class ClusterWatcher:
             (``None``: Ray's, from its group table; see ``table``).
         on_gpu_use: called with the GPUs in use on each node and those each group named like
             the service's holds there (`GpuUse`), the nodes left out because their reading
-            still moves, and when the reading began (on ``clock``, before Ray was read). Each
+            still moves, and when the reading began (on ``clock``, before Ray's group table it
+            was made of was read; see ``table``). Each
             node's reading counts once it has stayed the same for ``settle_s`` (a node whose
             tasks come and go does not hold up the others); the call is made when what it
             would say changes, and every `RESEND_S` anyway. ``None``: not read.

@@ -108,13 +108,24 @@ def test_gpus_in_use_count_every_user_and_the_groups_say_which_are_the_services(
 
 
 def test_the_watcher_reads_rays_group_table_once_a_round_and_again_only_when_groups_move(
-    ray_nodes: dict[str, str],
+    ray_nodes: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from placement_actors.backends.ray import groups as group_module  # noqa: PLC0415
+    from placement_actors.backends.ray import membership  # noqa: PLC0415
+
+    real = on_ray.group_table
+
+    def elsewhere() -> list[Any]:
+        msg = "the table was read other than through the watcher's reader"
+        raise AssertionError(msg)
+
+    for module in (group_module, membership):
+        monkeypatch.setattr(module, "group_table", elsewhere)
     reads = []
 
     def counted() -> list[Any]:
         reads.append(1)
-        return on_ray.group_table()
+        return real()
 
     told: list[tuple[on_ray.GpuUse, frozenset[str]]] = []
     watcher = on_ray.ClusterWatcher(
@@ -160,6 +171,7 @@ def test_the_watcher_reads_rays_group_table_once_a_round_and_again_only_when_gro
         assert (in_use[node], groups) == (2, {"placement-actors:table-probe:r0": {node: 2}})
         settled = quiet()
         for _ in range(4):
+            time.sleep(0.25)
             watcher.poll()
         assert len(reads) == settled  # nothing moved: the table is not read again
     finally:

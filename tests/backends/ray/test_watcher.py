@@ -1,6 +1,7 @@
 """The cluster watcher's rounds, on readings a test hands it (no Ray cluster needed)."""
 
 import contextlib
+import copy
 from collections.abc import Callable
 
 from placement_actors.backends import ray as on_ray
@@ -166,17 +167,21 @@ class RayTables:
         self.free: dict[str, dict[str, float]] = {n: {"GPU": 8.0, "CPU": 4.0} for n in nodes}
         self.table: list[dict[str, object]] = []
         self.reads = 0
-        self.fail = False
+        self.fail = False  # Ray does not answer
+        self.fail_table = False  # Ray does not answer for its group table
 
     def read_free(self) -> dict[str, dict[str, float]]:
+        if self.fail:
+            msg = "the GCS did not answer (injected)"
+            raise RuntimeError(msg)
         return {node: dict(free) for node, free in self.free.items()}
 
     def read_table(self) -> list[dict[str, object]]:
         self.reads += 1
-        if self.fail:
+        if self.fail or self.fail_table:
             msg = "the GCS did not answer (injected)"
             raise RuntimeError(msg)
-        return list(self.table)
+        return copy.deepcopy(self.table)  # what changes later is not seen without a read
 
     def place(self, node: str, gpus: int, state: str = "CREATED") -> None:
         """The service's group takes ``gpus`` of ``node``: a bundle there, its GPUs gone."""
@@ -235,16 +240,18 @@ def test_rays_group_table_is_read_again_only_once_the_bundles_or_free_gpus_of_a_
     round_(lambda: ray.free["b"].update({f"bundle_group_{'ab' * 14}": 999.999}))  # a task in it
     round_(lambda: ray.free["a"].update(GPU=7.0))  # a task outside any group takes a GPU of a
     round_()
-    assert reads == [1, 1, 1, 2, 2, 2, 3, 3]
+    round_(lambda: ray.free["a"].update({"bundle_group_0_" + "cd" * 14: 1000.0}))  # no GPU
+    round_()
+    assert reads == [1, 1, 1, 2, 2, 2, 3, 3, 4, 4]
 
 
 def test_rays_group_table_is_read_again_every_resend_s_even_when_nothing_moved() -> None:
     ray, clock = RayTables("a"), [0.0]
     watcher = watching_ray(ray, clock, ["a"])
-    for _ in range(int(on_ray.RESEND_S / 0.25) + 1):
+    for _ in range(int(2 * on_ray.RESEND_S / 0.25) + 1):
         watcher.poll()
         clock[0] += 0.25
-    assert ray.reads == 2
+    assert ray.reads == 3  # at 0, RESEND_S and twice that
 
 
 def test_a_group_ray_reschedules_a_little_after_its_node_is_lost_is_still_reported() -> None:
@@ -258,7 +265,7 @@ def test_a_group_ray_reschedules_a_little_after_its_node_is_lost_is_still_report
     for round_ in range(int(on_ray.LOSS_WATCH_S / 0.25) + 4):
         clock[0] += 0.25
         if round_ == 3:
-            ray.table[0]["state"] = "RESCHEDULING"
+            ray.table = [{**ray.table[0], "state": "RESCHEDULING"}]
         watcher.poll()
     assert moving == [RayTables.GROUP]
     # Read every round while the loss is fresh (from the round that saw it), then no more.
@@ -286,12 +293,48 @@ def test_a_reading_made_with_a_table_kept_from_an_earlier_round_bears_that_round
 def test_a_table_that_could_not_be_read_is_read_again_the_next_round() -> None:
     ray, clock = RayTables("a"), [0.0]
     watcher = watching_ray(ray, clock, ["a"])
-    ray.fail = True
+    ray.fail_table = True
     with contextlib.suppress(RuntimeError):
         watcher.poll()
-    ray.fail = False
+    ray.fail_table = False
     clock[0] += 0.25
     watcher.poll()
     clock[0] += 0.25
     watcher.poll()
     assert ray.reads == 2
+
+
+def test_a_reading_made_after_the_bundles_moved_bears_the_time_of_the_round_that_read_again() -> (
+    None
+):
+    ray, clock = RayTables("a", "b"), [0.0]
+    stamps: list[float] = []
+    watcher = watching_ray(ray, clock, ["a", "b"], on_gpu_use=lambda _u, _n, at: stamps.append(at))
+    for round_ in range(8):
+        if round_ == 3:
+            ray.place("b", 1)
+        watcher.poll()
+        clock[0] += 0.25
+    # Unsettled at 0, settled at 0.5 (table of 0); b moved at 0.75 (told unsettled) and settled
+    # at 1.25: both with the table read at 0.75.
+    assert stamps == [0.0, 0.0, 0.75, 0.75]
+
+
+def test_a_loss_seen_in_a_round_where_ray_did_not_answer_is_still_watched_for_a_while() -> None:
+    ray, clock, alive = RayTables("a", "b"), [0.0], ["a", "b"]
+    ray.place("b", 2)
+    moving: list[str] = []
+    watcher = watching_ray(ray, clock, alive, on_rescheduling=lambda name, _: moving.append(name))
+    watcher.poll()
+    alive.remove("b")
+    del ray.free["b"]
+    ray.fail = True  # the round that sees the loss reads nothing more of Ray
+    with contextlib.suppress(RuntimeError):
+        watcher.poll()
+    ray.fail = False
+    for round_ in range(int(on_ray.LOSS_WATCH_S / 0.25) - 1):
+        clock[0] += 0.25
+        if round_ == 2:
+            ray.table = [{**ray.table[0], "state": "RESCHEDULING"}]
+        watcher.poll()
+    assert moving == [RayTables.GROUP]  # seen within LOSS_WATCH_S, not RESEND_S, of the loss
