@@ -83,6 +83,7 @@ from placement_actors.domain.errors import (
     PlacementCancelledError,
     PlacementError,
     PlacementGroupTimeoutError,
+    ServiceRunningError,
     StalePlacementError,
     UnknownMessageError,
 )
@@ -179,6 +180,7 @@ __all__ = [
     "ReplicaReplaced",
     "Runtime",
     "RuntimeKind",
+    "ServiceRunningError",
     "StalePlacementError",
     "Subscribe",
     "TransportKind",

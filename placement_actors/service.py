@@ -69,6 +69,7 @@ from placement_actors.domain.errors import (
     BackendError,
     InvalidSpecError,
     PlacementError,
+    ServiceRunningError,
     StalePlacementError,
 )
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
@@ -872,11 +873,24 @@ class PlacementClient:
         the ids Ray gave its bundles, at the price of a probe task per bundle. With
         ``ignore_head_node`` ``None``, ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` in *this* process
         decides (the service's Ray worker does not see the caller's environment).
+
+        One service per Ray namespace: while another runs (a host of another name, or a service
+        a driver started with `start_on_ray`), this one is refused.
+
+        Raises:
+            ServiceRunningError: another service runs in the namespace.
+            BackendError: the cluster cannot be reached, or the service did not start.
         """
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
 
         on_ray.connect(address)
         on_ray.check_namespace()  # the host, and the groups it makes, are named in this one
+        try:
+            on_ray.find_host(name)  # it runs: found, not started
+        except BackendError:
+            holder = on_ray.lease_holder()
+            if holder is not None:  # refused here, not by a host that fails to start
+                raise ServiceRunningError(holder=holder, namespace=on_ray.NAMESPACE) from None
         factory = functools.partial(
             PlacementHost,
             ready_timeout_s=ready_timeout_s,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from collections.abc import Set as AbstractSet
 
+    from placement_actors.backends.ray import ServiceLease
     from placement_actors.domain.checkpoints import LiveGroup
 
 __all__ = ["start_on_ray"]
@@ -71,8 +72,12 @@ def start_on_ray(
     service's namespace) and deleted on `Release`. A service that starts where an earlier one
     ran takes its deployments back (`placement_actors.policies.recovery`): replicas whose groups
     live are kept, with the same ports; groups still pending are counted; missing replicas are
-    placed again; groups with no record are removed. One service per Ray namespace: two at once
-    would take each other's deployments.
+    placed again; groups with no record are removed.
+
+    One service per Ray namespace: two at once would take each other's deployments. The service
+    holds the namespace's lease (a named Ray actor its process owns) from before it reads
+    anything until it stops; a second service is refused while the first holds it, whether the
+    first runs in a driver or a service host. Ray ends the lease with the process that holds it.
 
     Args:
         address: the Ray cluster's address.
@@ -90,6 +95,7 @@ def start_on_ray(
             ports, without a task per bundle, and ``gpu_ids`` resolve to ``()``.
 
     Raises:
+        ServiceRunningError: another service runs in the namespace (nothing was read or changed).
         BackendError: Ray could not be reached or read.
         InvalidSpecError: a setting is out of range.
     """
@@ -97,6 +103,36 @@ def start_on_ray(
 
     on_ray.connect(address)
     on_ray.check_namespace()
+    # Before anything is read: a second service in the namespace would take this one's deployments.
+    lease = on_ray.take_service_lease()
+    try:
+        return _start(
+            lease,
+            ready_timeout_s=ready_timeout_s,
+            ignore_head_node=ignore_head_node,
+            max_remote_replicas=max_remote_replicas,
+            planner_timeout_s=planner_timeout_s,
+            watch_s=watch_s,
+            learn_gpu_ids=learn_gpu_ids,
+        )
+    except BaseException:
+        lease.release()  # once the service stopped, a second time does nothing
+        raise
+
+
+def _start(
+    lease: ServiceLease,
+    *,
+    ready_timeout_s: float,
+    ignore_head_node: bool | None,
+    max_remote_replicas: int,
+    planner_timeout_s: float,
+    watch_s: float | None,
+    learn_gpu_ids: bool,
+) -> pykka.ActorRef[DeploymentPlacementActor]:
+    """`start_on_ray`, once the lease is held: stopping the service it returns ends the lease."""
+    from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only here
+
     known = on_ray.alive_nodes()
     store = on_ray.GcsCheckpoints()
     live = on_ray.live_groups()
@@ -122,7 +158,7 @@ def start_on_ray(
         learn_gpu_ids=learn_gpu_ids,
     )
     try:
-        service = DeploymentPlacementActor.start(
+        started = DeploymentPlacementActor.start(
             topology=topology,
             egress_nodes=[
                 on_ray.node_topology(known[n]) for n in on_ray.get_egress_nodes(known.values())
@@ -135,27 +171,33 @@ def start_on_ray(
             stops_planner=True,
             checkpoints=store,
             recovered=plan.deployments,
+            on_stopped=lease.release,
         )
     except BaseException:
         planner.stop()
         raise
     if watch_s is not None:
-        on_ray.ClusterWatcher(
+        watcher = on_ray.ClusterWatcher(
             known=known,
             on_joined=lambda node, egress: _joined(
-                service, node, egress=egress, agent=not learn_gpu_ids
+                started, node, egress=egress, agent=not learn_gpu_ids
             ),
-            on_lost=lambda node_id: _lost(service, node_id),
+            on_lost=lambda node_id: _lost(started, node_id),
             on_rescheduling=lambda name, group_id: _tell(
-                service, GroupRescheduling(group_name=name, group_id=group_id)
+                started, GroupRescheduling(group_name=name, group_id=group_id)
             ),
-            on_gpu_use=lambda use, unsettled, began: _tell(
-                service, _gpus_in_use(*use, unsettled, read_at=began)
+            on_gpu_use=lambda use, unsettled, read_at: _tell(
+                started, _gpus_in_use(*use, unsettled, read_at=read_at)
             ),
-            alive=service.is_alive,
+            alive=started.is_alive,
             interval_s=watch_s,
-        ).start()
-    return service
+        )
+        try:
+            watcher.start()
+        except BaseException:
+            started.stop()  # which ends the lease
+            raise
+    return started
 
 
 def _recovery(

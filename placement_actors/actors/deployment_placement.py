@@ -15,6 +15,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import pykka
@@ -326,6 +327,9 @@ class DeploymentPlacementActor(KeepServingActor):
             `placement_actors.policies.recovery.plan_recovery`): their kept replicas are
             reserved again first, with their groups (the planner adopts them), then their
             missing replicas are placed again. Re-sending their `Place` answers their result.
+        on_stopped: called once when this actor stops or fails, after the planner it stops
+            (`placement_actors.start_on_ray` ends the service's lease on Ray with it, so that
+            another service may start).
 
     With a planner, this actor is the service's one front door: `GetReplicaGroups` and
     `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back. While a
@@ -348,6 +352,7 @@ class DeploymentPlacementActor(KeepServingActor):
         outside: Mapping[str, int] | None = None,
         checkpoints: CheckpointStore | None = None,
         recovered: Sequence[RecoveredDeployment] = (),
+        on_stopped: Callable[[], None] | None = None,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
@@ -370,6 +375,7 @@ class DeploymentPlacementActor(KeepServingActor):
         self._rules = PlacementRules(avoid=self._avoid, max_remote_replicas=max_remote_replicas)
         self._planner = planner
         self._stops_planner = stops_planner
+        self._on_stopped = on_stopped
         self._planner_timeout_s = planner_timeout_s
         self._egress = EgressLedger(egress, egress_labels)
         self._known = frozenset(self._gpus.node_ids()) | frozenset(self._egress.node_ids())
@@ -434,11 +440,26 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._hold_outside(node_id, count)
 
     def on_stop(self) -> None:
-        """Stop the planner too, when it was started for this actor alone."""
-        if self._stops_planner and self._planner is not None:
-            # Blocking is safe: the planner never waits on this actor.
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                self._planner.stop(timeout=self._planner_timeout_s)
+        """Stop the planner too, when it was started for this actor alone; then `on_stopped`."""
+        try:
+            if self._stops_planner and self._planner is not None:
+                # Blocking is safe: the planner never waits on this actor.
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    self._planner.stop(timeout=self._planner_timeout_s)
+        finally:
+            stopped, self._on_stopped = self._on_stopped, None
+            if stopped is not None:
+                stopped()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """An error no handler caught stops this actor: it stops what it would on `on_stop`."""
+        del exception_type, exception_value, traceback  # pykka has logged them
+        self.on_stop()
 
     def ask_planner(
         self, message: GetReplicaGroups | RemoveReplicaGroups

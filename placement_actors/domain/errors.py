@@ -15,6 +15,7 @@ caller would naturally catch, and carries structured fields, not only text::
     ├── PlacementCancelledError              a replica was released before its group was ready
     ├── NodeLostError                        a node under a replica left the cluster
     └── BackendError (RuntimeError)          the cluster backend (Ray) failed
+        └── ServiceRunningError              another service runs in the namespace
 
 `CapacityError.retryable` separates "no room now" (capacity is held by others; retry after a
 release) from "never fits" (no allowed node is big enough, whatever is released).
@@ -45,6 +46,7 @@ __all__ = [
     "PlacementCancelledError",
     "PlacementError",
     "PlacementGroupTimeoutError",
+    "ServiceRunningError",
     "StalePlacementError",
     "UnknownMessageError",
 ]
@@ -307,6 +309,27 @@ class BackendError(PlacementError, RuntimeError):
         """Create the error for a failed ``operation``."""
         super().__init__(message)
         self.operation = operation
+
+
+class ServiceRunningError(BackendError):
+    """Another placement service runs in the namespace: a second would take its deployments.
+
+    Attributes:
+        holder: who holds the namespace's service lease (a service host's name, or a driver's
+            process id and node).
+        namespace: the Ray namespace.
+    """
+
+    def __init__(self, *, holder: str, namespace: str) -> None:
+        """Create the error for the service ``holder`` runs."""
+        super().__init__(
+            f"a placement service already runs in Ray namespace {namespace!r}, held by "
+            f"{holder}: one service per namespace (two would take each other's deployments); "
+            "stop it first, or send your messages to it (a service host: PlacementClient.connect)",
+            operation="take service lease",
+        )
+        self.holder = holder
+        self.namespace = namespace
 
 
 class PlacementCancelledError(PlacementError):

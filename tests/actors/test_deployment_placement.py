@@ -692,3 +692,20 @@ def test_the_cluster_view_shows_each_nodes_labels_egress_nodes_included() -> Non
         assert pickle.loads(pickle.dumps(view)) == view  # noqa: S301 - our own bytes
     finally:
         ref.stop(timeout=TIMEOUT)
+
+
+def test_a_service_told_whom_to_tell_when_it_stops_tells_once_after_its_planner_stopped() -> None:
+    order: list[str] = []
+
+    class Planner(pykka.ThreadingActor):
+        def on_stop(self) -> None:
+            order.append("planner stopped")
+
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY,
+        planner=Planner.start(),
+        stops_planner=True,
+        on_stopped=lambda: order.append("told"),
+    )
+    ref.stop()
+    assert order == ["planner stopped", "told"]

@@ -73,6 +73,12 @@ from placement_actors.backends.ray.groups import (
     status_of,
 )
 from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_host, start_host
+from placement_actors.backends.ray.lease import (
+    LEASE_NAME,
+    ServiceLease,
+    lease_holder,
+    take_service_lease,
+)
 from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import (
     LOSS_WATCH_S,
@@ -97,6 +103,7 @@ __all__ = [
     "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
+    "LEASE_NAME",
     "LOSS_WATCH_S",
     "NAMESPACE",
     "NAME_LABEL",
@@ -112,6 +119,7 @@ __all__ = [
     "RayBackend",
     "RayEventual",
     "RemoteHost",
+    "ServiceLease",
     "alive_nodes",
     "build_pg",
     "build_replica_pg",
@@ -138,6 +146,7 @@ __all__ = [
     "group_table",
     "groups_in",
     "is_egress",
+    "lease_holder",
     "live_groups",
     "node_names",
     "node_topology",
@@ -154,4 +163,5 @@ __all__ = [
     "start_port_agents",
     "status_of",
     "submit_in_bundle",
+    "take_service_lease",
 ]

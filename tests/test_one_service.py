@@ -1,0 +1,149 @@
+"""One service per namespace: a second is refused while the first runs (real Ray test cluster).
+
+Two services in one namespace would take each other's deployments (the same records, each
+reaping the groups the other has no record of) and hand out the same ports. The running service
+holds a lease on Ray that its process owns; these tests start services in this driver and as
+service hosts, and check who is refused, that nothing the first placed is touched, and that the
+namespace is free again once the first stops.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from placement_actors import (
+    ClusterView,
+    Deployment,
+    DeploymentPlacementActor,
+    GetClusterView,
+    InvalidSpecError,
+    Place,
+    PlacementConstraints,
+    PlacementResult,
+    Release,
+    ServiceRunningError,
+    start_on_ray,
+)
+from placement_actors.domain.deployments import group_name
+from placement_actors.service import PlacementClient
+
+TIMEOUT = 60
+
+pytestmark = pytest.mark.usefixtures("ray_nodes")
+
+
+def on_ray() -> Any:
+    from placement_actors.backends import ray as backend  # noqa: PLC0415 - Ray tests only
+
+    return backend
+
+
+@pytest.fixture
+def services() -> Iterator[list[pykka.ActorRef[DeploymentPlacementActor]]]:
+    """Services a test starts in this driver; each still running releases what it holds."""
+    started: list[pykka.ActorRef[DeploymentPlacementActor]] = []
+    yield started
+    for ref in started:
+        if ref.is_alive():
+            view = ref.ask(GetClusterView(), timeout=TIMEOUT)
+            assert isinstance(view, ClusterView)
+            for name in view.deployments:
+                ref.ask(Release(name), timeout=TIMEOUT)
+            ref.stop(timeout=TIMEOUT)
+
+
+def test_a_second_service_is_refused_while_the_first_runs_and_takes_nothing_of_it(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]], ray_nodes: dict[str, str]
+) -> None:
+    first = start_on_ray(ready_timeout_s=30)
+    services.append(first)
+    placed = first.ask(
+        Place(
+            Deployment(name="first-only", model="m", gpus=1),
+            PlacementConstraints(gpu_nodes=(ray_nodes["gpu-a"],)),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert isinstance(placed, PlacementResult)
+    placed.replicas[0].master.port.get(timeout=TIMEOUT)  # its group's record is written by then
+    records = sorted(on_ray().GcsCheckpoints().load(""))
+
+    with pytest.raises(ServiceRunningError) as refused:
+        start_on_ray(ready_timeout_s=30)
+
+    assert f"pid {os.getpid()}" in refused.value.holder  # this driver's first service holds it
+    assert refused.value.namespace == on_ray().NAMESPACE
+    assert sorted(on_ray().GcsCheckpoints().load("")) == records  # nothing read was changed
+    assert set(on_ray().live_groups()) == {group_name("first-only", 0)}
+    view = first.ask(GetClusterView(), timeout=TIMEOUT)  # the first goes on serving
+    assert isinstance(view, ClusterView)
+    assert set(view.deployments) == {"first-only"}
+
+
+def test_once_the_first_service_stops_the_next_one_starts_and_takes_its_deployments_back(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]], ray_nodes: dict[str, str]
+) -> None:
+    first = start_on_ray(ready_timeout_s=30)
+    first.ask(
+        Place(
+            Deployment(name="handed-on", model="m", gpus=1),
+            PlacementConstraints(gpu_nodes=(ray_nodes["gpu-b"],)),
+        ),
+        timeout=TIMEOUT,
+    )
+    first.stop(timeout=TIMEOUT)
+    assert on_ray().lease_holder() is None
+
+    second = start_on_ray(ready_timeout_s=30)
+    services.append(second)
+    view = second.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
+    assert set(view.deployments) == {"handed-on"}
+
+
+def test_a_service_that_fails_to_start_leaves_the_namespace_free(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]],
+) -> None:
+    with pytest.raises(InvalidSpecError):
+        start_on_ray(planner_timeout_s=-1)  # refused after the lease was taken
+    assert on_ray().lease_holder() is None
+    services.append(start_on_ray(ready_timeout_s=30))
+
+
+def test_a_service_host_and_a_service_in_a_driver_refuse_each_other(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]], ray_cluster: Any
+) -> None:
+    name = f"one-service-{uuid.uuid4().hex[:8]}"
+    client = PlacementClient.serve(ray_cluster.address, name=name)
+    try:
+        assert f"service host {name!r}" in str(on_ray().lease_holder())
+        with pytest.raises(ServiceRunningError, match=name):
+            start_on_ray(ready_timeout_s=30)
+        with pytest.raises(ServiceRunningError, match=name):
+            PlacementClient.serve(ray_cluster.address, name=f"{name}-other")
+        again = PlacementClient.serve(ray_cluster.address, name=name)  # the one running: found
+        assert isinstance(again.ask(GetClusterView(), timeout=TIMEOUT), ClusterView)
+    finally:
+        client.stop_service()
+    driven = start_on_ray(ready_timeout_s=30)  # waits for Ray to end the killed host's lease
+    services.append(driven)
+    assert f"pid {os.getpid()}" in str(on_ray().lease_holder())
+    with pytest.raises(ServiceRunningError, match=f"pid {os.getpid()}"):
+        PlacementClient.serve(ray_cluster.address, name=name)
+
+
+def test_a_service_host_that_ray_restarts_takes_the_lease_of_its_earlier_process(
+    ray_cluster: Any,
+) -> None:
+    name = f"one-service-{uuid.uuid4().hex[:8]}"
+    client = PlacementClient.serve(ray_cluster.address, name=name)
+    try:
+        client.restart_service(timeout_s=TIMEOUT)
+        assert isinstance(client.ask(GetClusterView(), timeout=TIMEOUT), ClusterView)
+        assert f"service host {name!r}" in str(on_ray().lease_holder())
+    finally:
+        client.stop_service()
