@@ -440,14 +440,18 @@ def test_watch_exits_with_a_backend_failure_when_the_service_goes_away(
 SANDBOX_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
 
 
-def start_sandbox() -> subprocess.Popen[str]:
-    """``placement-actors --json sandbox`` in a process of its own, as in another terminal."""
+def start_sandbox(*, session: bool = False) -> subprocess.Popen[str]:
+    """``placement-actors --json sandbox`` in a process of its own, as in another terminal.
+
+    ``session``: in a session (and process group) of its own, as a supervisor starts it.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "placement_actors", "--json", "sandbox"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=SANDBOX_ENV,
+        start_new_session=session,
     )
 
 
@@ -514,4 +518,22 @@ def test_a_sandbox_told_to_terminate_stops_everything_as_ctrl_c_does(stop: signa
         _, err = sandbox.communicate(timeout=120)
     assert sandbox.returncode == cli.EXIT_OK, err[-2000:]
     assert "Stopping the service and the local cluster" in err
+    assert "Local Ray cluster stopped." in err
+
+
+def test_a_sandbox_whose_whole_process_group_is_terminated_stops_without_waiting_on_ray() -> None:
+    sandbox = start_sandbox(session=True)
+    try:
+        assert first_line(sandbox)["address"]
+    finally:
+        # As GNU timeout and many supervisors do: Ray's processes, in the group, get it too,
+        # and Ray's GCS stops answering. Waiting on it would take Ray's minute, then its abort.
+        os.killpg(sandbox.pid, signal.SIGTERM)
+        try:
+            _, err = sandbox.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(sandbox.pid, signal.SIGKILL)  # leave nothing running for later tests
+            raise
+    assert sandbox.returncode == cli.EXIT_OK, err[-2000:]
+    assert "Ray's GCS no longer answers" in err
     assert "Local Ray cluster stopped." in err

@@ -438,25 +438,28 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
                 learn_gpu_ids=args.learn_gpu_ids,
             )
         out.stream = True  # it runs: one line (one JSON object), then only its end on stderr
-        out.line(
-            {
-                "address": cluster.address,
-                "service": client.name,
-                "gpus": dict(DEMO_WORKERS),
-                "egress": ["head", *DEMO_EGRESS],
-            },
-            f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
-            f"another terminal: placement-actors place examples/deployments.yaml --address "
-            f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",
-        )
-        try:
+        try:  # from the line on: a stop the moment it is printed still stops the service
+            out.line(
+                {
+                    "address": cluster.address,
+                    "service": client.name,
+                    "gpus": dict(DEMO_WORKERS),
+                    "egress": ["head", *DEMO_EGRESS],
+                },
+                f"Ray runs at {cluster.address} with the service ({client.name}) on it. In "
+                f"another terminal: placement-actors place examples/deployments.yaml --address "
+                f"{cluster.address}, then status, show, why, move... Ctrl-C stops both.",
+            )
             threading.Event().wait()  # until Ctrl-C: the cluster serves the other terminal
         except KeyboardInterrupt:
             out.note("Stopping the service and the local cluster (their groups go with them).")
         finally:
             # A second Ctrl-C must not cut the clean-up short and leave raylets running.
             with _no_interrupts():
-                _stop_for_good(client)
+                if cluster.gcs_answers():
+                    _stop_for_good(client)
+                else:  # a signal to this process's whole group reached Ray's processes too
+                    out.note("Ray's GCS no longer answers; stopping what is left of the cluster.")
     return EXIT_OK
 
 

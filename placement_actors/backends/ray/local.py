@@ -125,6 +125,23 @@ class LocalCluster:
         """The node ids of the worker raylets running now."""
         return tuple(self._workers)
 
+    def gcs_answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether this cluster's GCS answers this driver within ``timeout_s``.
+
+        A GCS sent SIGTERM (a supervisor that signals this process's whole group reaches Ray's
+        processes too) stops answering at once and lingers; a driver's call would then wait a
+        minute, until Ray ends the process with its own error. Clean-up that can do without
+        the GCS asks this first.
+        """
+        if not ray.is_initialized():
+            return False
+        client = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]  # noqa: SLF001
+        try:
+            client.internal_kv_get(b"placement-actors:probe", namespace=None, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - any failure to answer is an answer
+            return False
+        return True
+
     @property
     def address(self) -> str:
         """The cluster's GCS address, for other drivers."""
