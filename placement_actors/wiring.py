@@ -75,9 +75,10 @@ def start_on_ray(
     placed again; groups with no record are removed.
 
     One service per Ray namespace: two at once would take each other's deployments. The service
-    holds the namespace's lease (a named Ray actor its process owns) from before it reads
-    anything until it stops; a second service is refused while the first holds it, whether the
-    first runs in a driver or a service host. Ray ends the lease with the process that holds it.
+    holds the namespace's lease (a named Ray actor) from before it reads anything until it
+    stops; a second service is refused while the first holds it, whether the first runs in a
+    driver or a service host. A driver's lease ends with its process too; a service host's
+    outlives Ray's restarts of it (`placement_actors.backends.ray.lease`).
 
     Args:
         address: the Ray cluster's address.
@@ -177,23 +178,22 @@ def _start(
         planner.stop()
         raise
     if watch_s is not None:
-        watcher = on_ray.ClusterWatcher(
-            known=known,
-            on_joined=lambda node, egress: _joined(
-                started, node, egress=egress, agent=not learn_gpu_ids
-            ),
-            on_lost=lambda node_id: _lost(started, node_id),
-            on_rescheduling=lambda name, group_id: _tell(
-                started, GroupRescheduling(group_name=name, group_id=group_id)
-            ),
-            on_gpu_use=lambda use, unsettled, read_at: _tell(
-                started, _gpus_in_use(*use, unsettled, read_at=read_at)
-            ),
-            alive=started.is_alive,
-            interval_s=watch_s,
-        )
         try:
-            watcher.start()
+            on_ray.ClusterWatcher(
+                known=known,
+                on_joined=lambda node, egress: _joined(
+                    started, node, egress=egress, agent=not learn_gpu_ids
+                ),
+                on_lost=lambda node_id: _lost(started, node_id),
+                on_rescheduling=lambda name, group_id: _tell(
+                    started, GroupRescheduling(group_name=name, group_id=group_id)
+                ),
+                on_gpu_use=lambda use, unsettled, read_at: _tell(
+                    started, _gpus_in_use(*use, unsettled, read_at=read_at)
+                ),
+                alive=started.is_alive,
+                interval_s=watch_s,
+            ).start()
         except BaseException:
             started.stop()  # which ends the lease
             raise

@@ -88,6 +88,7 @@ def test_once_the_first_service_stops_the_next_one_starts_and_takes_its_deployme
     services: list[pykka.ActorRef[DeploymentPlacementActor]], ray_nodes: dict[str, str]
 ) -> None:
     first = start_on_ray(ready_timeout_s=30)
+    services.append(first)
     first.ask(
         Place(
             Deployment(name="handed-on", model="m", gpus=1),
@@ -136,14 +137,27 @@ def test_a_service_host_and_a_service_in_a_driver_refuse_each_other(
         PlacementClient.serve(ray_cluster.address, name=name)
 
 
-def test_a_service_host_that_ray_restarts_takes_the_lease_of_its_earlier_process(
+def test_a_service_host_keeps_the_namespace_while_ray_restarts_it_and_frees_it_when_stopped(
     ray_cluster: Any,
 ) -> None:
+    import ray  # noqa: PLC0415 - to crash the host's process as a failure would
+
     name = f"one-service-{uuid.uuid4().hex[:8]}"
     client = PlacementClient.serve(ray_cluster.address, name=name)
+
+    def lease_actor() -> str:
+        return str(ray.get_actor(on_ray().LEASE_NAME, namespace=on_ray().NAMESPACE)._actor_id)
+
     try:
-        client.restart_service(timeout_s=TIMEOUT)
+        before = lease_actor()
+        ray.kill(ray.get_actor(name, namespace=on_ray().NAMESPACE), no_restart=False)
+        with pytest.raises(ServiceRunningError, match=name):  # not while it comes back
+            start_on_ray(ready_timeout_s=30)
         assert isinstance(client.ask(GetClusterView(), timeout=TIMEOUT), ClusterView)
         assert f"service host {name!r}" in str(on_ray().lease_holder())
+        client.restart_service(timeout_s=TIMEOUT)  # once more, waiting until it is back
+        assert lease_actor() == before  # the same lease all along: nothing could start between
     finally:
         client.stop_service()
+    # Ended with the host (its lease is detached, to outlive a restart), not left to the next.
+    assert on_ray().LEASE_NAME not in ray.util.list_named_actors()

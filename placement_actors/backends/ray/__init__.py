@@ -76,6 +76,7 @@ from placement_actors.backends.ray.hosting import RayEventual, RemoteHost, find_
 from placement_actors.backends.ray.lease import (
     LEASE_NAME,
     ServiceLease,
+    end_lease_of,
     lease_holder,
     take_service_lease,
 )
@@ -129,6 +130,7 @@ __all__ = [
     "connect",
     "connected",
     "create_group",
+    "end_lease_of",
     "find_group",
     "find_group_by_id",
     "find_host",

@@ -15,6 +15,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from placement_actors.backends.ray.cluster import HEAD_RESOURCE
 from placement_actors.backends.ray.connection import NAMESPACE
+from placement_actors.backends.ray.lease import end_lease_of
 from placement_actors.domain.errors import BackendError, InvalidSpecError
 
 __all__ = ["RayEventual", "RemoteHost", "find_host", "start_host"]
@@ -379,8 +380,9 @@ class RemoteHost:
 
         The one running now: if the host this handle first found was stopped and another of its
         name started since, that one is stopped (as calls go to it too). Its detached placement
-        groups stay. Ray kills asynchronously: without the wait, starting a host of the same name
-        at once could find the dying actor.
+        groups stay, and its service's lease is ended (it is detached, to outlive the host's
+        process while Ray restarts it). Ray kills asynchronously: without the wait, starting a
+        host of the same name at once could find the dying actor.
         """
         running = self._running()
         if running is None:
@@ -395,7 +397,10 @@ class RemoteHost:
         while time.monotonic() < deadline:
             named = self._running()
             if named is None or named._actor_id != running._actor_id:  # noqa: SLF001 - identity
-                return  # gone (or its name is another actor's already)
+                # Gone (or its name is another actor's already): so is its service's lease.
+                gone = running._actor_id.hex()  # noqa: SLF001 - identity
+                end_lease_of(gone, timeout_s=max(0.1, deadline - time.monotonic()))
+                return
             time.sleep(0.05)
         msg = f"the service {self.name} did not stop within {timeout_s:g}s"
         raise BackendError(msg, operation="stop service")
