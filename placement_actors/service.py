@@ -899,7 +899,13 @@ class PlacementClient:
             event_buffer=event_buffer,
             learn_gpu_ids=learn_gpu_ids,
         )
-        return cls(on_ray.start_host(name, factory))
+        try:
+            return cls(on_ray.start_host(name, factory))
+        except BackendError as exc:  # another service won a race to start: say so, typed
+            holder = on_ray.lease_holder()
+            if holder is not None and f"service host {name!r}" not in holder:
+                raise ServiceRunningError(holder=holder, namespace=on_ray.NAMESPACE) from exc
+            raise
 
     @property
     def name(self) -> str:

@@ -161,3 +161,24 @@ def test_a_service_host_keeps_the_namespace_while_ray_restarts_it_and_frees_it_w
         client.stop_service()
     # Ended with the host (its lease is detached, to outlive a restart), not left to the next.
     assert on_ray().LEASE_NAME not in ray.util.list_named_actors()
+
+
+def test_a_host_that_loses_a_race_to_start_is_refused_with_the_winner_named(
+    ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = on_ray()
+    real = backend.lease_holder
+    looks = []
+
+    def too_early() -> str | None:  # the first look came before the winner took the lease
+        looks.append(1)
+        return None if len(looks) == 1 else real()
+
+    monkeypatch.setattr(backend, "lease_holder", too_early)
+    won = backend.take_service_lease()
+    try:
+        with pytest.raises(ServiceRunningError, match=f"pid {os.getpid()}"):
+            PlacementClient.serve(ray_cluster.address, name=f"one-service-{uuid.uuid4().hex[:8]}")
+    finally:
+        won.release()
+    assert len(looks) == 2
