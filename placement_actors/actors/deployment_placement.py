@@ -444,8 +444,15 @@ class DeploymentPlacementActor(KeepServingActor):
         try:
             if self._stops_planner and self._planner is not None:
                 # Blocking is safe: the planner never waits on this actor.
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                try:
                     self._planner.stop(timeout=self._planner_timeout_s)
+                except pykka.ActorDeadError:
+                    pass
+                except pykka.Timeout:  # in a call to Ray: it stops once that call returns
+                    logger.warning(
+                        "the planner did not stop within %gs; it stops after its call to Ray",
+                        self._planner_timeout_s,
+                    )
         finally:
             stopped, self._on_stopped = self._on_stopped, None
             if stopped is not None:

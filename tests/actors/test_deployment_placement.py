@@ -1,5 +1,6 @@
 import logging
 import pickle
+import threading
 from collections.abc import Iterator
 
 import pykka
@@ -709,3 +710,30 @@ def test_a_service_told_whom_to_tell_when_it_stops_tells_once_after_its_planner_
     )
     ref.stop()
     assert order == ["planner stopped", "told"]
+
+
+def test_a_planner_that_does_not_stop_in_time_is_said_so_and_the_service_stops_anyway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    busy = threading.Event()
+
+    class Planner(pykka.ThreadingActor):
+        def on_receive(self, message: object) -> None:
+            del message
+            busy.wait(10)  # a call to Ray that does not return yet
+
+    planner = Planner.start()
+    planner.tell("a call to Ray")
+    told: list[str] = []
+    ref = DeploymentPlacementActor.start(
+        topology=TOPOLOGY,
+        planner=planner,
+        stops_planner=True,
+        planner_timeout_s=0.2,
+        on_stopped=lambda: told.append("told"),
+    )
+    with caplog.at_level(logging.WARNING):
+        ref.stop(timeout=10)
+    busy.set()
+    assert told == ["told"]
+    assert "the planner did not stop within 0.2s" in caplog.text
