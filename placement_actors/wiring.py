@@ -193,6 +193,7 @@ def _start(
                 ),
                 alive=started.is_alive,
                 interval_s=watch_s,
+                lease=lease,
             ).start()
         except BaseException:
             started.stop()  # which ends the lease

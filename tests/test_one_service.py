@@ -7,7 +7,9 @@ service hosts, and check who is refused, that nothing the first placed is touche
 namespace is free again once the first stops.
 """
 
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -182,3 +184,47 @@ def test_a_host_that_loses_a_race_to_start_is_refused_with_the_winner_named(
     finally:
         won.release()
     assert len(looks) == 2
+
+
+def lease_actor_id() -> str:
+    import ray  # noqa: PLC0415
+
+    return str(ray.get_actor(on_ray().LEASE_NAME, namespace=on_ray().NAMESPACE)._actor_id)
+
+
+def end_the_lease_from_outside() -> None:
+    import ray  # noqa: PLC0415 - as `ray kill` or the dashboard would
+
+    ray.kill(ray.get_actor(on_ray().LEASE_NAME, namespace=on_ray().NAMESPACE))
+
+
+def test_a_lease_ended_from_outside_is_taken_again_by_the_service_that_runs(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]],
+) -> None:
+    services.append(start_on_ray(ready_timeout_s=30))
+    ended = lease_actor_id()
+    end_the_lease_from_outside()
+    deadline = time.monotonic() + on_ray().RESEND_S + 10
+    while on_ray().lease_holder() is None or lease_actor_id() == ended:
+        assert time.monotonic() < deadline, "the running service did not take its lease again"
+        time.sleep(0.2)
+    with pytest.raises(ServiceRunningError, match=f"pid {os.getpid()}"):
+        start_on_ray(ready_timeout_s=30)
+
+
+def test_a_service_whose_lease_another_took_meanwhile_says_two_services_run(
+    services: list[pykka.ActorRef[DeploymentPlacementActor]], caplog: pytest.LogCaptureFixture
+) -> None:
+    services.append(start_on_ray(ready_timeout_s=30))
+    with caplog.at_level(logging.ERROR, logger="placement_actors.backends.ray.lease"):
+        end_the_lease_from_outside()
+        other = on_ray().take_service_lease()  # as a second service starting at that moment
+        try:
+            deadline = time.monotonic() + on_ray().RESEND_S + 10
+            while "two services run in the namespace" not in caplog.text:
+                assert time.monotonic() < deadline, "the first service never said so"
+                time.sleep(0.2)
+            time.sleep(on_ray().RESEND_S + 1)  # it looks again meanwhile
+        finally:
+            other.release()
+    assert caplog.text.count("two services run") == 1  # said once, not every look

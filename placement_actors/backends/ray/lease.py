@@ -56,6 +56,7 @@ does not answer yet (its actor is starting) before it gives up."""
 
 _HEAD_SHARE = 0.001
 _RETRY_S = 0.05
+_KEEP_WAIT_S = 2.0
 _MAX_WORDS = 200
 _OPERATION = "take service lease"
 _GONE_STATES = frozenset({"DEAD", ""})  # "" : Ray has no record of the actor
@@ -142,6 +143,7 @@ class ServiceLease:
         self.holder = holder
         self._lock = threading.Lock()
         self._released = False
+        self._told_of: str | None = None  # the other holder `keep` last logged
 
     def release(self) -> None:
         """End the lease and wait until another service may start. Quiet when it has ended."""
@@ -149,8 +151,9 @@ class ServiceLease:
             if self._released:
                 return
             self._released = True
+            handle = self._handle
         try:
-            _end(self._handle, LEASE_WAIT_S)
+            _end(handle, LEASE_WAIT_S)
         except Exception:  # the Ray boundary: a driver's lease ends with its process anyway
             logger.exception("could not end the service's lease")
 
@@ -158,6 +161,40 @@ class ServiceLease:
     def released(self) -> bool:
         """Whether `release` was called."""
         return self._released
+
+    def keep(self) -> bool:
+        """Make sure this process still holds the lease; take it again if it was ended.
+
+        Someone may end the lease actor from outside (``ray kill``, the dashboard): the
+        service would run on while a second could start. Returns whether the lease is held;
+        ``False`` (logged) when another service holds it now, or it was released.
+        """
+        if self._released:
+            return False
+        try:
+            found = _find_lease()
+            if found is not None and found._actor_id == self._handle._actor_id:  # noqa: SLF001
+                return True
+            taken = take_service_lease(wait_s=_KEEP_WAIT_S)
+        except ServiceRunningError as exc:
+            if exc.holder != self._told_of:  # once per other holder
+                self._told_of = exc.holder
+                logger.error(  # noqa: TRY400 - the refusal is the message, not a failure here
+                    "this service's lease was ended from outside and %s holds it now: two "
+                    "services run in the namespace; stop this one",
+                    exc.holder,
+                )
+            return False
+        except BackendError:
+            logger.exception("could not make sure the service still holds its lease")
+            return True  # not known to be lost: asked again on the next look
+        with self._lock:
+            if self._released:  # released meanwhile: end what was just taken
+                _end(taken._handle, LEASE_WAIT_S)  # noqa: SLF001
+                return False
+            self._handle = taken._handle  # noqa: SLF001
+        logger.warning("this service's lease was ended from outside; it holds it again")
+        return True
 
 
 def _this_process() -> _Holder:

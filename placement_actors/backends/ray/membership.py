@@ -30,6 +30,7 @@ from placement_actors.backends.ray.cluster import (
     node_topology,
 )
 from placement_actors.backends.ray.groups import GroupTable, group_gpus, group_table, groups_in
+from placement_actors.backends.ray.lease import ServiceLease
 from placement_actors.domain.deployments import GROUP_NAME_ROOT, replica_of_group
 from placement_actors.domain.errors import PlacementError
 from placement_actors.domain.group_status import GroupStatus
@@ -200,6 +201,8 @@ class ClusterWatcher:
             have changed: when some node's free GPUs or placed bundles moved, for
             `LOSS_WATCH_S` after a node was lost, and every `RESEND_S`. A reading made with a
             table kept from an earlier round bears that round's time.
+        lease: the service's lease, made sure of every `RESEND_S` (`ServiceLease.keep`: taken
+            again if someone ended it from outside).
         settle_s: how long a node's reading must hold before it is reported.
         clock: the monotonic clock ``settle_s`` is measured on (``time.monotonic``, the clock
             the service stamps what it frees with).
@@ -220,6 +223,7 @@ class ClusterWatcher:
         gpu_use: Callable[[Mapping[str, Mapping[str, Any]]], GpuUse] | None = None,
         free: Callable[[], Mapping[str, Mapping[str, float]]] = free_resources,
         table: Callable[[], GroupTable] = group_table,
+        lease: ServiceLease | None = None,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -237,6 +241,8 @@ class ClusterWatcher:
         self._on_gpu_use = on_gpu_use
         self._gpu_use = gpu_use
         self._ray = _RayTables(free, table)
+        self._lease = lease
+        self._lease_kept_at = -math.inf
         self._settle_s = settle_s
         self._clock = clock
         self._use_seen: dict[str, tuple[_NodeUse, float]] = {}  # each node's, and since when
@@ -294,6 +300,9 @@ class ClusterWatcher:
             else:
                 reading = self._ray.gpu_use(nodes)
             self._follow_gpu_use(self._on_gpu_use, reading, nodes, began, read_at)
+        if self._lease is not None and began - self._lease_kept_at >= RESEND_S:
+            self._lease_kept_at = began
+            self._lease.keep()
 
     def _follow_gpu_use(
         self,
