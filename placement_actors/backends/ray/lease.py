@@ -225,6 +225,11 @@ def _find_lease() -> Any:  # noqa: ANN401 - a Ray actor handle
         return None
 
 
+def _holder_of(found: Any, timeout_s: float) -> _Holder:  # noqa: ANN401 - a Ray actor handle
+    """Ask the lease actor ``found`` who holds it (waiting up to ``timeout_s``)."""
+    return _Holder.of(ray.get(found.holder.remote(), timeout=timeout_s))
+
+
 def take_service_lease(*, wait_s: float = LEASE_WAIT_S) -> ServiceLease:
     """Take the namespace's service lease for this process (a host keeps its own).
 
@@ -275,9 +280,7 @@ def _meet_holder(me: _Holder, deadline: float, wait_s: float) -> ServiceLease | 
     try:
         found = _find_lease()
         if found is not None:
-            other = _Holder.of(
-                ray.get(found.holder.remote(), timeout=max(0.0, deadline - time.monotonic()))
-            )
+            other = _holder_of(found, max(0.0, deadline - time.monotonic()))
             if me.actor_id is not None and other.actor_id == me.actor_id:
                 return ServiceLease(found, me.words)  # this host's, from before Ray restarted it
             if other.gone():
@@ -311,7 +314,7 @@ def lease_holder(*, timeout_s: float = LEASE_WAIT_S) -> str | None:
         found = _find_lease()
         if found is None:
             return None
-        holder = _Holder.of(ray.get(found.holder.remote(), timeout=timeout_s))
+        holder = _holder_of(found, timeout_s)
         return None if holder.gone() else holder.words
     except RayActorError:
         return None
@@ -335,7 +338,7 @@ def end_lease_of(actor_id: str, *, timeout_s: float = LEASE_WAIT_S) -> bool:
         found = _find_lease()
         if found is None:
             return False
-        holder = _Holder.of(ray.get(found.holder.remote(), timeout=timeout_s))
+        holder = _holder_of(found, timeout_s)
         if holder.actor_id != actor_id:
             return False
         _end(found, timeout_s)

@@ -72,9 +72,15 @@ def read_gpu_use(
     # service's before its GPUs show as taken. One removed in between shows its GPUs taken and
     # no group: that reading, like one taken while Ray's free resources lag a removal (about
     # 0.1 s), is gone before it has held for `SETTLE_S`.
+    return _in_use(available, nodes), _service_groups(table)
+
+
+def _in_use(
+    available: Mapping[str, Mapping[str, float]] | None, nodes: Mapping[str, Mapping[str, Any]]
+) -> dict[str, int]:
+    """GPUs in use by alive node, as Ray's free resources say (``None``: read now)."""
     used = gpus_in_use(available, nodes=nodes)
-    in_use = {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
-    return in_use, _service_groups(table)
+    return {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
 
 
 def _service_groups(table: GroupTable | None) -> dict[str, dict[str, int]]:
@@ -156,9 +162,7 @@ class _RayTables:
         return dict(self._moving)
 
     def gpu_use(self, nodes: Mapping[str, Mapping[str, Any]]) -> GpuUse:
-        used = gpus_in_use(self._available, nodes=nodes)
-        in_use = {n: count for n, count in used.items() if count <= MAX_NODE_GPUS}
-        return in_use, {name: dict(held) for name, held in self._groups.items()}
+        return _in_use(self._available, nodes), {n: dict(h) for n, h in self._groups.items()}
 
 
 def _by_node(reading: GpuUse) -> dict[str, _NodeUse]:
