@@ -1,7 +1,8 @@
 """How fast the service follows a live Ray cluster: nodes that join and leave, and restarts.
 
 Starts a local Ray cluster (head + 2 raylets of 4 logical GPUs) and the service on it, then, three
-times: a raylet joins (until the service has it); a replica is placed on it and the raylet leaves
+times: a raylet joins (until Ray's node table shows it alive, and from then until the service
+has it); a replica is placed on it and the raylet leaves
 (until the loss is told, the replica placed again, and its new master resolved); the service is
 stopped and started again (until it has taken the deployment back with the same endpoint);
 another Ray user takes 2 GPUs of a node with a group of its own (until the service holds them
@@ -18,6 +19,7 @@ import os
 import queue
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -55,15 +57,50 @@ def next_event(found: queue.Queue[tuple[float, object]], kind: type) -> tuple[fl
             return at, event
 
 
+class Sighting(threading.Thread):
+    """Reads Ray's node table every 10 ms: when each node not alive at the start was first seen."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads here
+
+        self._read = on_ray.alive_nodes
+        self._before = set(self._read())
+        self._seen: dict[str, float] = {}
+        self._done = threading.Event()
+
+    def start(self) -> Sighting:  # type: ignore[override]
+        super().start()
+        return self
+
+    def run(self) -> None:
+        while not self._done.wait(0.01):
+            now = time.perf_counter()
+            for node in set(self._read()) - self._before - self._seen.keys():
+                self._seen[node] = now
+
+    def at(self, node: str) -> float:
+        """When ``node`` was first seen alive (its sighting stops)."""
+        deadline = time.perf_counter() + TIMEOUT
+        while node not in self._seen and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        self._done.set()
+        self.join()
+        return self._seen[node]
+
+
 def one_round(cluster: Any, figures: dict[str, list[float]]) -> None:  # noqa: ANN401
     service = start(ready_timeout_s=30)
     found: queue.Queue[tuple[float, object]] = queue.Queue()
     listener = Listener.start(found)
     service.ask(Subscribe(listener), timeout=TIMEOUT)
     started = time.perf_counter()
+    shown = Sighting().start()
     node = cluster.add_worker(gpus=1)
     joined, _ = next_event(found, NodeJoined)
-    figures["a node joins: the service has it"].append(joined - started)
+    registered = shown.at(node)
+    figures["a node starts: Ray shows it alive"].append(registered - started)
+    figures["a node joins: the service has it"].append(joined - registered)
     fallback = next(n for n in cluster.worker_ids if n != node)
     place = Place(
         Deployment(name="bench-mover", model="m"),
@@ -136,6 +173,7 @@ def main() -> int:
 
     figures: dict[str, list[float]] = {}
     keys = (
+        "a node starts: Ray shows it alive",
         "a node joins: the service has it",
         "a node leaves: the loss is told",
         "... the replica is placed again",
@@ -152,7 +190,7 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}; median of {ROUNDS} rounds, local Ray cluster")
     for key in keys:
         print(f"{key:<36}{statistics.median(figures[key]):>8.2f} s")
-    bounded = keys[:2]
+    bounded = keys[1:3]  # the service's part: Ray's own start of a raylet is not bounded
     misses = [k for k in bounded if statistics.median(figures[k]) > BOUND_S]
     if misses:
         print(f"over {BOUND_S:g} s: {', '.join(misses)}")

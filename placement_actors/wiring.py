@@ -181,8 +181,8 @@ def _start(
         try:
             on_ray.ClusterWatcher(
                 known=known,
-                on_joined=lambda node, egress: _joined(
-                    started, node, egress=egress, agent=not learn_gpu_ids
+                on_joined=lambda node, egress, in_use: _joined(
+                    started, node, egress=egress, in_use=in_use, agent=not learn_gpu_ids
                 ),
                 on_lost=lambda node_id: _lost(started, node_id),
                 on_rescheduling=lambda name, group_id: _tell(
@@ -236,7 +236,9 @@ def _recovery(
     return plan
 
 
-def _joined(service: pykka.ActorRef[Any], node: NodeTopology, *, egress: bool, agent: bool) -> None:
+def _joined(
+    service: pykka.ActorRef[Any], node: NodeTopology, *, egress: bool, in_use: int, agent: bool
+) -> None:
     """A node joined: start its port agent (a GPU node's), then tell the service."""
     if agent and node.num_gpus:
         from placement_actors.backends import ray as on_ray  # noqa: PLC0415
@@ -245,7 +247,7 @@ def _joined(service: pykka.ActorRef[Any], node: NodeTopology, *, egress: bool, a
             on_ray.start_port_agents([node.node_id])
         except PlacementError as exc:  # its first probe starts one, or fails as a probe does
             logger.warning("no port agent on node %s yet: %s", node.node_id, exc)
-    _tell(service, NodeJoined(node=node, egress=egress))
+    _tell(service, NodeJoined(node=node, egress=egress, in_use=in_use))
 
 
 def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:

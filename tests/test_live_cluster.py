@@ -37,6 +37,7 @@ from placement_actors.actors.messages import (
     ReplicaReplaced,
     Subscribe,
 )
+from placement_actors.backends import ray as on_ray
 
 TIMEOUT = 60
 LIVENESS_S = 30
@@ -121,6 +122,34 @@ def test_a_node_that_joins_is_placeable_and_a_place_that_did_not_fit_now_fits(
         service.ask(Release("needs-two-bulks"), timeout=TIMEOUT)
     finally:
         ray_cluster.remove_worker(node_id)
+    wait_for(events, NodeLost)
+
+
+def test_a_node_that_joins_under_another_users_waiting_group_is_told_with_those_gpus_in_use(
+    ray_cluster: Any,
+    service: pykka.ActorRef[DeploymentPlacementActor],
+    events: "queue.Queue[tuple[float, object]]",
+) -> None:
+    # Another Ray user's group waits for a node named gpu-awaited (as for an autoscaler's node).
+    waiting = on_ray.create_group(
+        [{"GPU": 3}],
+        "STRICT_PACK",
+        name="another-user-waiting",
+        bundle_label_selector=[{on_ray.NAME_LABEL: "gpu-awaited"}],
+    )
+    node_id = None
+    try:
+        node_id = ray_cluster.add_worker(gpus=4, name="gpu-awaited")
+        _, joined = wait_for(events, NodeJoined)
+        assert joined.node.node_id == node_id
+        assert joined.in_use == 3  # the group took them before the service was told
+        view = service.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(view, ClusterView)
+        assert (view.node(node_id).outside, len(view.node(node_id).free_gpus)) == (3, 1)
+    finally:
+        on_ray.remove_group(waiting)
+        if node_id is not None:
+            ray_cluster.remove_worker(node_id)
     wait_for(events, NodeLost)
 
 

@@ -1080,6 +1080,9 @@ class DeploymentPlacementActor(KeepServingActor):
         if node.num_gpus > 0 and node.node_id not in self._gpus:
             self._gpus.add_node(node)
             self._hold_standing(node.node_id)
+            own = len(self._gpus.holders(node.node_id))  # the standing groups', if any
+            if event.in_use > own:  # someone else's, before a degraded deployment takes them
+                self._hold_outside(node.node_id, event.in_use - own)
         if node.is_head and node.node_id not in self._heads:  # shown as the head, GPUs or not
             self._heads |= {node.node_id}
             if self._exclude_heads:

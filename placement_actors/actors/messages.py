@@ -751,16 +751,25 @@ class NodeJoined:
     Attributes:
         node: the node, with its GPUs, head flag and labels.
         egress: whether it may run remote deployments.
+        in_use: the GPUs Ray showed in use on it, by anyone, in its first settled reading (the
+            watcher tells a GPU node's joining once that reading has settled): those no group
+            of the service holds there are held for other users before anything is placed
+            on the node, until a later `GpusInUse` says otherwise.
     """
 
     node: NodeTopology
     egress: bool = False
+    in_use: int = 0
 
     def __post_init__(self) -> None:
-        """Check the fields' types."""
+        """Check the fields' types, and that no more GPUs are in use than the node has."""
         if not isinstance(self.node, NodeTopology) or not isinstance(self.egress, bool):
             msg = "NodeJoined needs a NodeTopology and an egress flag"
             raise InvalidSpecError(msg, field="node")
+        check_count(self.in_use, "in_use")
+        if self.in_use > self.node.num_gpus:
+            msg = f"in_use must be at most the node's {self.node.num_gpus} GPUs, got {self.in_use}"
+            raise InvalidSpecError(msg, field="in_use")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -214,6 +214,36 @@ def test_a_node_that_left_and_joined_again_holds_nothing_for_others_until_the_ne
     assert outside_and_free(actor, "a") == (1, 3)
 
 
+def test_a_node_that_joins_with_gpus_in_use_holds_them_for_others_before_anything_is_placed_there(
+    actor: Ref,
+) -> None:
+    for name in ("kept", "other"):  # kept on a, other on b (ties go by node id)
+        assert isinstance(
+            actor.ask(Place(Deployment(name=name, model="m", gpus=4)), timeout=TIMEOUT),
+            PlacementResult,
+        )
+    actor.ask(NodeLost(node_id="a"), timeout=TIMEOUT)
+    assert view(actor).degraded == ("kept",)
+    joined = NodeTopology(node_id="c", num_gpus=4)
+    actor.ask(NodeJoined(node=joined, in_use=1), timeout=TIMEOUT)
+    assert outside_and_free(actor, "c") == (1, 3)
+    assert view(actor).degraded == ("kept",)  # not placed on the GPU someone else holds there
+    tell_in_use(actor, in_use=())  # c's next settled reading: given back
+    assert view(actor).degraded == ()
+    assert [h.deployment for h in view(actor).node("c").held] == ["kept"] * 4
+
+
+@pytest.mark.parametrize(
+    ("in_use", "complaint"),
+    [(-1, "in_use"), (True, "in_use"), (1.0, "in_use"), (5, "at most the node's 4 GPUs")],
+)
+def test_a_joined_node_said_to_have_more_gpus_in_use_than_it_has_is_refused(
+    in_use: object, complaint: str
+) -> None:
+    with pytest.raises(InvalidSpecError, match=complaint):
+        NodeJoined(node=NodeTopology(node_id="c", num_gpus=4), in_use=in_use)  # type: ignore[arg-type]
+
+
 def test_gpus_in_use_on_a_node_the_service_does_not_know_change_nothing(actor: Ref) -> None:
     tell_in_use(actor, in_use=(("stranger", 3),), groups=((group_name("x", 0), "stranger", 3),))
     assert [(n.node_id, n.outside) for n in view(actor).nodes] == [("a", 0), ("b", 0)]

@@ -209,7 +209,14 @@ class Generator:
         node = NodeTopology(
             node_id=node_id, num_gpus=gpus, is_head=node_id == "head", labels=labels
         )
-        return NodeJoined(node=node, egress=self.rng.random() < 0.3)
+        fields = {
+            "node": node,
+            "egress": self.rng.random() < 0.3,
+            "in_use": self.pick((0, 0, 0, min(gpus, 3))),  # another user's, held as outside
+        }
+        if self.rng.random() < 0.1:
+            fields["in_use"] = self.pick((gpus + 1, -1, True, "2"))
+        return self.build(NodeJoined, fields)
 
     def build(self, cls: type[Any], fields: dict[str, object]) -> Any:
         """The value made properly when its fields allow, else forged past its constructor."""

@@ -82,6 +82,7 @@ from placement_actors.backends.ray.lease import (
 )
 from placement_actors.backends.ray.local import LocalCluster
 from placement_actors.backends.ray.membership import (
+    JOIN_WAIT_S,
     LOSS_WATCH_S,
     RESEND_S,
     SETTLE_S,
@@ -104,6 +105,7 @@ __all__ = [
     "CHECKPOINT_ROOT",
     "EGRESS_LABEL",
     "HEAD_RESOURCE",
+    "JOIN_WAIT_S",
     "LEASE_NAME",
     "LOSS_WATCH_S",
     "NAMESPACE",

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
 from placement_actors.backends.ray.cluster import (
@@ -37,12 +38,24 @@ from placement_actors.domain.group_status import GroupStatus
 from placement_actors.domain.limits import MAX_NODE_GPUS
 from placement_actors.domain.topology import NodeTopology
 
-__all__ = ["LOSS_WATCH_S", "RESEND_S", "SETTLE_S", "ClusterWatcher", "GpuUse", "read_gpu_use"]
+__all__ = [
+    "JOIN_WAIT_S",
+    "LOSS_WATCH_S",
+    "RESEND_S",
+    "SETTLE_S",
+    "ClusterWatcher",
+    "GpuUse",
+    "read_gpu_use",
+]
 
 logger = logging.getLogger(__name__)
 
 SETTLE_S = 0.5
 """How long a node's reading of the GPUs in use must stay the same before it is reported."""
+
+JOIN_WAIT_S = 1.0
+"""The longest a GPU node that joined waits for its first reading to settle before it is told
+(with the most its readings showed in use meanwhile)."""
 
 RESEND_S = 5.0
 """A report is made again after this long even when nothing changed: the service reads a
@@ -165,6 +178,16 @@ class _RayTables:
         return _in_use(self._available, nodes), {n: dict(h) for n, h in self._groups.items()}
 
 
+@dataclass(slots=True)
+class _Joining:
+    """A GPU node that joined, not told yet: since when, and the most its readings showed."""
+
+    node: NodeTopology
+    egress: bool
+    since: float
+    most: int = 0
+
+
 def _by_node(reading: GpuUse) -> dict[str, _NodeUse]:
     """A reading, node by node."""
     in_use, groups = reading
@@ -181,7 +204,14 @@ class ClusterWatcher:
 
     Args:
         known: the node ids the service already knows (alive when it started).
-        on_joined: called with a node that joined and whether it is an egress node.
+        on_joined: called with a node that joined, whether it is an egress node, and the GPUs
+            in use there by anyone. Work of other Ray users that waited for room lands on a
+            new node as it registers, and must not be offered to the service meanwhile: with
+            ``on_gpu_use``, a GPU node is told once its first reading has settled
+            (``settle_s``), with that reading's count, or after `JOIN_WAIT_S` if its reading
+            keeps moving, with the most it showed in use. A node gone before that is never
+            told; a node without GPUs (and every node, without ``on_gpu_use``) is told at
+            once, with 0.
         on_lost: called with the id of a node that died or left.
         on_rescheduling: called with the name and Ray's id of one of the service's groups that
             Ray is rescheduling (it was ready, and a node under it is gone).
@@ -216,7 +246,7 @@ class ClusterWatcher:
         self,
         *,
         known: Iterable[str],
-        on_joined: Callable[[NodeTopology, bool], None],
+        on_joined: Callable[[NodeTopology, bool, int], None],
         on_lost: Callable[[str], None],
         on_rescheduling: Callable[[str, str], None],
         alive: Callable[[], bool] = lambda: True,
@@ -234,6 +264,7 @@ class ClusterWatcher:
         """Remember the known nodes; nothing is polled until `start`."""
         self._known = set(known)
         self._refused: set[str] = set()  # joined nodes the service cannot take in (told once)
+        self._joining: dict[str, _Joining] = {}  # GPU nodes told once their reading settled
         self._on_joined = on_joined
         self._on_lost = on_lost
         self._on_rescheduling = on_rescheduling
@@ -273,22 +304,11 @@ class ClusterWatcher:
     def poll(self) -> None:
         """One round: compare Ray's tables with what was seen, and report each change once."""
         nodes = self._nodes()
-        joined = set()
-        for node_id in sorted(set(nodes) - self._known):
-            record = nodes[node_id]
-            try:
-                topology = node_topology(record)
-            except PlacementError as exc:  # one odd node must not hide the others' changes
-                if node_id not in self._refused:
-                    logger.warning("node %s cannot be placed on: %s", node_id, exc)
-                    self._refused.add(node_id)
-                continue
-            self._on_joined(topology, is_egress(record))
-            joined.add(node_id)
+        self._take_in(nodes, self._clock())
         lost = sorted(self._known - set(nodes))
         for node_id in lost:
             self._on_lost(node_id)
-        self._known = (self._known & set(nodes)) | joined
+        self._known &= set(nodes)
         self._refused &= set(nodes)
         began = self._clock()  # what the service frees from now on may still show in a reading
         read_at = began
@@ -308,6 +328,43 @@ class ClusterWatcher:
             self._lease_kept_at = began
             self._lease.keep()
 
+    def _take_in(self, nodes: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Find the nodes that joined: tell each at once, or wait for its reading to settle.
+
+        A GPU node, with GPUs in use followed, waits in ``_joining`` (see ``on_joined``); it
+        is told by `_follow_gpu_use`, after this round's reading.
+        """
+        self._joining = {n: j for n, j in self._joining.items() if n in nodes}
+        for node_id in sorted(nodes.keys() - self._known - self._joining.keys()):
+            record = nodes[node_id]
+            try:
+                topology = node_topology(record)
+            except PlacementError as exc:  # one odd node must not hide the others' changes
+                if node_id not in self._refused:
+                    logger.warning("node %s cannot be placed on: %s", node_id, exc)
+                    self._refused.add(node_id)
+                continue
+            if self._on_gpu_use is not None and topology.num_gpus:
+                self._joining[node_id] = _Joining(topology, is_egress(record), now)
+            else:
+                self._on_joined(topology, is_egress(record), 0)
+                self._known.add(node_id)
+
+    def _tell_joined(
+        self, current: Mapping[str, _NodeUse], unsettled: AbstractSet[str], now: float
+    ) -> None:
+        """Tell the joining nodes whose first reading settled, or that waited `JOIN_WAIT_S`."""
+        for node_id in sorted(self._joining):
+            joining = self._joining[node_id]
+            joining.most = max(joining.most, current.get(node_id, _NOTHING)[0])
+            if node_id in unsettled and now - joining.since < JOIN_WAIT_S:
+                continue
+            settled = self._use_settled.get(node_id, _NOTHING)[0]
+            count = joining.most if node_id in unsettled else settled
+            del self._joining[node_id]
+            self._on_joined(joining.node, joining.egress, min(count, joining.node.num_gpus))
+            self._known.add(node_id)
+
     def _follow_gpu_use(
         self,
         report: Callable[[GpuUse, frozenset[str], float], None],
@@ -321,7 +378,9 @@ class ClusterWatcher:
         ``began``: when this round began; ``read_at``: when the Ray tables it was made of
         began to be read (the time the report bears).
         """
-        unsettled = self._settle(_by_node(reading), set(nodes), began)
+        current = _by_node(reading)
+        unsettled = self._settle(current, set(nodes), began)
+        self._tell_joined(current, unsettled, began)
         settled = {n: v for n, v in self._use_settled.items() if n not in unsettled}
         told = (settled, unsettled)
         if told == self._use_told and began - self._use_told_at < RESEND_S:

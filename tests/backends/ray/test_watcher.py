@@ -12,7 +12,7 @@ def test_a_joined_node_the_service_cannot_take_in_hides_no_other_change() -> Non
     told: list[tuple[str, str]] = []
     watcher = on_ray.ClusterWatcher(
         known=[old],
-        on_joined=lambda node, _: told.append(("joined", node.node_id)),
+        on_joined=lambda node, *_: told.append(("joined", node.node_id)),
         on_lost=lambda node_id: told.append(("lost", node_id)),
         on_rescheduling=lambda name, _: told.append(("rescheduling", name)),
         nodes=lambda: {odd: {"NodeID": odd, "Alive": True, "Resources": {"GPU": 10.0**6}}},
@@ -338,3 +338,82 @@ def test_a_loss_seen_in_a_round_where_ray_did_not_answer_is_still_watched_for_a_
             ray.table = [{**ray.table[0], "state": "RESCHEDULING"}]
         watcher.poll()
     assert moving == [RayTables.GROUP]  # seen within LOSS_WATCH_S, not RESEND_S, of the loss
+
+
+class Joining:
+    """A cluster whose nodes the test adds and removes, watched with GPUs in use followed."""
+
+    def __init__(self, readings: Readings) -> None:
+        self.nodes: dict[str, dict[str, object]] = {}
+        self.told: list[tuple[str, str, int]] = []
+        self.readings = readings
+        self.watcher = on_ray.ClusterWatcher(
+            known=(),
+            on_joined=lambda node, _egress, in_use: self.told.append(
+                ("joined", node.node_id, in_use)
+            ),
+            on_lost=lambda node_id: self.told.append(("lost", node_id, 0)),
+            on_rescheduling=lambda *_: None,
+            nodes=lambda: self.nodes,
+            rescheduling=dict,
+            on_gpu_use=lambda *_: None,
+            gpu_use=readings.read,
+            settle_s=0.5,
+            clock=lambda: readings.now,
+        )
+
+    def add(self, node_id: str, gpus: int) -> None:
+        self.nodes[node_id] = {"NodeID": node_id, "Resources": {"GPU": float(gpus)}}
+
+    def poll(self, n: int) -> list[int]:
+        """Poll ``n`` times, 0.25 s apart; how many nodes were told of after each poll."""
+        steps = []
+        for _ in range(n):
+            self.watcher.poll()
+            steps.append(len(self.told))
+            self.readings.now += 0.25
+        return steps
+
+
+def test_a_gpu_node_that_joins_is_told_once_its_reading_settled_with_its_gpus_in_use() -> None:
+    # Another user's work that waited for room lands on the new node a moment after it joined.
+    cluster = Joining(Readings(({}, {}), ({"new": 3}, {})))
+    cluster.add("new", 8)
+    assert cluster.poll(5) == [0, 0, 0, 1, 1]  # 3 in use from 0.25 s, settled at 0.75 s
+    assert cluster.told == [("joined", "new", 3)]
+
+
+def test_a_node_without_gpus_is_told_at_once_and_one_gone_before_it_settled_is_never_told() -> None:
+    cluster = Joining(Readings(({}, {})))
+    cluster.add("cpu", 0)
+    cluster.add("brief", 4)
+    assert cluster.poll(1) == [1]
+    del cluster.nodes["brief"]
+    cluster.poll(4)
+    cluster.add("brief", 4)  # back again: a new wait for its reading to settle
+    assert cluster.poll(3) == [1, 1, 2]
+    assert cluster.told == [("joined", "cpu", 0), ("joined", "brief", 0)]
+
+
+def test_a_node_whose_reading_keeps_moving_is_told_after_a_wait_with_the_most_it_showed() -> None:
+    # One to three GPUs in use, changing every round: the reading never settles.
+    cluster = Joining(Readings(*(({"busy": 1 + i % 3}, {}) for i in range(12))))
+    cluster.add("busy", 4)
+    steps = cluster.poll(8)
+    told_at = steps.index(1) * 0.25
+    assert told_at == on_ray.JOIN_WAIT_S
+    assert cluster.told == [("joined", "busy", 3)]
+
+
+def test_without_gpus_in_use_followed_a_node_that_joins_is_told_at_once_with_none_in_use() -> None:
+    told: list[tuple[str, int]] = []
+    watcher = on_ray.ClusterWatcher(
+        known=(),
+        on_joined=lambda node, _egress, in_use: told.append((node.node_id, in_use)),
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=lambda: {"g": {"NodeID": "g", "Resources": {"GPU": 4.0}}},
+        rescheduling=dict,
+    )
+    watcher.poll()
+    assert told == [("g", 0)]
