@@ -482,22 +482,30 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
     budget: int,
     reads: _Reads,
 ) -> tuple[_Overlay, list[ReplicaMove]] | None:
-    """The moves (at most ``budget``) that leave ``source`` with ``room.gpus`` free, or ``None``."""
+    """The moves (at most ``budget``) that leave ``source`` with ``room.gpus`` free, or ``None``.
+
+    Its replicas are tried largest first; one that may not move, or has nowhere to go, stays,
+    and the smaller ones may still free enough around it.
+    """
     target = room.gpus
     trial = overlay.copy()
     planned: list[ReplicaMove] = []
-    for resident in sorted(residents.on(source), key=lambda r: -r.gpus):
+    on_source = sorted(residents.on(source), key=lambda r: -r.gpus)
+    left = sum(r.gpus for r in on_source)  # what the replicas not tried yet could still free
+    for resident in on_source:
         if trial.free(source) >= target:
             break
-        if len(planned) >= budget or not trial.may_move(resident):
+        if len(planned) >= budget or reads.left <= 0 or trial.free(source) + left < target:
             return None
+        left -= resident.gpus
+        if not trial.may_move(resident):
+            continue
         goes = _destination(
             ledger, residents, trial, resident, {*shut, source}, keep=room, reads=reads
         )
-        if goes is None:
-            return None
-        planned.append(_move(resident, source, goes))
-        trial.apply(planned[-1])
+        if goes is not None:
+            planned.append(_move(resident, source, goes))
+            trial.apply(planned[-1])
     return (trial, planned) if trial.free(source) >= target else None
 
 
@@ -512,8 +520,9 @@ def plan_defragmentation(
 ) -> DefragmentationPlan:
     """Moves that would leave nodes with ``gpus`` free (whole nodes by default), fewest first.
 
-    The nodes closest to that are emptied first, each only if every replica it must give up has
-    somewhere to go (best fit, never onto a node the plan frees or moves from). At most
+    The nodes closest to that are emptied first, each only if the replicas it gives up have
+    somewhere to go (best fit, never onto a node the plan frees or moves from); a replica that
+    cannot move stays, when the others free enough around it. At most
     ``max_moves`` moves; at most `MAX_READ` nodes are read to find the nodes to free, and
     `PLAN_READS` to find where their replicas would go. With no GPU node, the plan is empty
     (``gpus`` 0).

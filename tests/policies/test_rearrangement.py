@@ -255,6 +255,19 @@ def test_a_defragmentation_plan_frees_the_nodes_closest_to_empty() -> None:
     assert all(cluster.ledger.free_count(n) == 8 for n in plan.freed_nodes)
 
 
+def test_a_plan_frees_a_node_around_a_replica_that_cannot_move_by_moving_the_others() -> None:
+    cluster = Running(8, 8, barred={"d0": {"n1"}})
+    cluster.run("n0", 4)  # d0: may use n0 alone
+    cluster.run("n0", 2)
+    cluster.run("n0", 2)
+    cluster.run("n1", 4)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=4, allowed=frozenset({"n0"}))
+    assert plan.freed_nodes == ("n0",)
+    assert sorted(m.deployment for m in plan.moves) == ["d1", "d2"]
+    cluster.carry_out(plan.moves)
+    assert cluster.ledger.free_count("n0") == 4
+
+
 @pytest.mark.parametrize(("gpus", "max_moves"), [(0, 4), (8, 0), (8, 10**6), (True, 4)])
 def test_a_defragmentation_plan_refuses_counts_out_of_range(gpus: int, max_moves: int) -> None:
     cluster = Running(8)
