@@ -752,9 +752,10 @@ class NodeJoined:
         node: the node, with its GPUs, head flag and labels.
         egress: whether it may run remote deployments.
         in_use: the GPUs Ray showed in use on it, by anyone, in its first settled reading (the
-            watcher tells a GPU node's joining once that reading has settled): those no group
-            of the service holds there are held for other users before anything is placed
-            on the node, until a later `GpusInUse` says otherwise.
+            watcher tells a GPU node's joining once that reading has settled, or after
+            ``JOIN_WAIT_S`` with the most its readings showed): those no group of the service
+            holds there are held for other users before anything is placed on the node, until
+            a later settled `GpusInUse` says otherwise.
     """
 
     node: NodeTopology

@@ -327,7 +327,8 @@ def test_a_node_back_under_its_id_keeps_the_gpus_of_groups_ray_has_not_removed_y
                 )
             )
             actor.tell(NodeLost(node_id="a"))
-        actor.tell(NodeJoined(node=NodeTopology(node_id="a", num_gpus=4)))
+        # Ray shows x's standing group's 4 GPUs in use there: the service's own, not others'.
+        actor.tell(NodeJoined(node=NodeTopology(node_id="a", num_gpus=4), in_use=4))
         assert held_by(actor, "a") == ["x"] * 4  # not offered to another deployment
         with pytest.raises(NotEnoughGpusError):
             actor.ask(Place(local("y"), PlacementConstraints(gpu_nodes=("a",))), timeout=TIMEOUT)
@@ -335,6 +336,7 @@ def test_a_node_back_under_its_id_keeps_the_gpus_of_groups_ray_has_not_removed_y
         assert isinstance(view(actor), ClusterView)  # not "x does not hold GPUs ..."
         actor.ask(Release("x"), timeout=TIMEOUT)
         assert held_by(actor, "a") == []
+        assert (view(actor).node("a").outside, len(view(actor).node("a").free_gpus)) == (0, 4)
         assert view(actor).deployments == ()
     finally:
         actor.stop(timeout=TIMEOUT)

@@ -311,9 +311,22 @@ class ClusterWatcher:
         self._known &= set(nodes)
         self._refused &= set(nodes)
         began = self._clock()  # what the service frees from now on may still show in a reading
+        try:
+            self._read_ray(nodes, began, lost=bool(lost))
+        except Exception:
+            self._tell_overdue(began)  # a join waits for a reading, but not for ever
+            raise
+        if self._lease is not None and began - self._lease_kept_at >= RESEND_S:
+            self._lease_kept_at = began
+            self._lease.keep()
+
+    def _read_ray(
+        self, nodes: Mapping[str, Mapping[str, Any]], began: float, *, lost: bool
+    ) -> None:
+        """The round's reading of Ray's tables: groups Ray reschedules, GPUs in use."""
         read_at = began
         if self._rescheduling is None or (self._on_gpu_use is not None and self._gpu_use is None):
-            read_at = self._ray.read(began, lost=bool(lost))
+            read_at = self._ray.read(began, lost=lost)
         moving = (self._rescheduling or self._ray.rescheduling)()
         for group_id in sorted(set(moving) - self._reported):
             self._on_rescheduling(moving[group_id], group_id)
@@ -324,9 +337,6 @@ class ClusterWatcher:
             else:
                 reading = self._ray.gpu_use(nodes)
             self._follow_gpu_use(self._on_gpu_use, reading, nodes, began, read_at)
-        if self._lease is not None and began - self._lease_kept_at >= RESEND_S:
-            self._lease_kept_at = began
-            self._lease.keep()
 
     def _take_in(self, nodes: Mapping[str, Mapping[str, Any]], now: float) -> None:
         """Find the nodes that joined: tell each at once, or wait for its reading to settle.
@@ -357,13 +367,31 @@ class ClusterWatcher:
         for node_id in sorted(self._joining):
             joining = self._joining[node_id]
             joining.most = max(joining.most, current.get(node_id, _NOTHING)[0])
-            if node_id in unsettled and now - joining.since < JOIN_WAIT_S:
-                continue
-            settled = self._use_settled.get(node_id, _NOTHING)[0]
-            count = joining.most if node_id in unsettled else settled
-            del self._joining[node_id]
-            self._on_joined(joining.node, joining.egress, min(count, joining.node.num_gpus))
-            self._known.add(node_id)
+            waited = now - joining.since
+            if waited >= JOIN_WAIT_S and node_id in unsettled:
+                self._admit(node_id, joining.most)
+            elif waited >= self._settle_s and node_id not in unsettled:
+                self._admit(node_id, self._use_settled.get(node_id, _NOTHING)[0])
+
+    def _tell_overdue(self, now: float) -> None:
+        """Tell the joining nodes that waited `JOIN_WAIT_S`, in a round Ray could not be read."""
+        for node_id in sorted(self._joining):
+            joining = self._joining[node_id]
+            if now - joining.since >= JOIN_WAIT_S:
+                logger.warning(
+                    "node %s joined, and its GPUs in use cannot be read: taken in with the "
+                    "most read before (%d)",
+                    node_id,
+                    joining.most,
+                )
+                self._admit(node_id, joining.most)
+
+    def _admit(self, node_id: str, in_use: int) -> None:
+        """Tell a joining node, with ``in_use`` GPUs in use (it waits on if that fails)."""
+        joining = self._joining[node_id]
+        self._on_joined(joining.node, joining.egress, min(in_use, joining.node.num_gpus))
+        del self._joining[node_id]
+        self._known.add(node_id)
 
     def _follow_gpu_use(
         self,

@@ -4,7 +4,10 @@ import contextlib
 import copy
 from collections.abc import Callable
 
+import pytest
+
 from placement_actors.backends import ray as on_ray
+from placement_actors.domain.topology import NodeTopology
 
 
 def test_a_joined_node_the_service_cannot_take_in_hides_no_other_change() -> None:
@@ -347,11 +350,10 @@ class Joining:
         self.nodes: dict[str, dict[str, object]] = {}
         self.told: list[tuple[str, str, int]] = []
         self.readings = readings
+        self.refusals = 0  # how many joins the service fails to take in before it takes them
         self.watcher = on_ray.ClusterWatcher(
             known=(),
-            on_joined=lambda node, _egress, in_use: self.told.append(
-                ("joined", node.node_id, in_use)
-            ),
+            on_joined=self.joined,
             on_lost=lambda node_id: self.told.append(("lost", node_id, 0)),
             on_rescheduling=lambda *_: None,
             nodes=lambda: self.nodes,
@@ -362,14 +364,26 @@ class Joining:
             clock=lambda: readings.now,
         )
 
+    def joined(self, node: NodeTopology, egress: bool, in_use: int) -> None:  # noqa: FBT001 - as the watcher calls it
+        del egress
+        if self.refusals:
+            self.refusals -= 1
+            msg = "the service cannot take it in (injected)"
+            raise RuntimeError(msg)
+        self.told.append(("joined", node.node_id, in_use))
+
     def add(self, node_id: str, gpus: int) -> None:
         self.nodes[node_id] = {"NodeID": node_id, "Resources": {"GPU": float(gpus)}}
 
     def poll(self, n: int) -> list[int]:
-        """Poll ``n`` times, 0.25 s apart; how many nodes were told of after each poll."""
+        """Poll ``n`` times, 0.25 s apart; how many nodes were told of after each poll.
+
+        A round that fails (as the watcher's thread would log it) is taken as polled.
+        """
         steps = []
         for _ in range(n):
-            self.watcher.poll()
+            with contextlib.suppress(RuntimeError):
+                self.watcher.poll()
             steps.append(len(self.told))
             self.readings.now += 0.25
         return steps
@@ -389,10 +403,42 @@ def test_a_node_without_gpus_is_told_at_once_and_one_gone_before_it_settled_is_n
     cluster.add("brief", 4)
     assert cluster.poll(1) == [1]
     del cluster.nodes["brief"]
-    cluster.poll(4)
-    cluster.add("brief", 4)  # back again: a new wait for its reading to settle
+    cluster.poll(1)
+    cluster.add("brief", 4)  # back at 0.5 s: a new wait for its reading to settle
     assert cluster.poll(3) == [1, 1, 2]
     assert cluster.told == [("joined", "cpu", 0), ("joined", "brief", 0)]
+
+
+def test_a_join_the_service_failed_to_take_in_is_told_again_the_next_round() -> None:
+    cluster = Joining(Readings(({}, {}), ({"new": 3}, {})))
+    cluster.refusals = 1
+    cluster.add("new", 8)
+    assert cluster.poll(5) == [0, 0, 0, 0, 1]  # settled at 0.75 s, refused; told at 1 s
+    assert cluster.told == [("joined", "new", 3)]
+
+
+def test_a_gpu_node_that_joins_while_ray_cannot_be_read_is_told_after_a_wait_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readings = Readings(({"new": 2}, {}))
+    cluster = Joining(readings)
+    read = readings.read
+    calls = 0
+
+    def failing_after_one(nodes: object) -> on_ray.GpuUse:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            msg = "Ray does not answer (injected)"
+            raise RuntimeError(msg)
+        return read(nodes)
+
+    cluster.watcher._gpu_use = failing_after_one
+    cluster.add("new", 8)
+    steps = cluster.poll(6)
+    assert steps.index(1) * 0.25 == on_ray.JOIN_WAIT_S
+    assert cluster.told == [("joined", "new", 2)]  # the most read before Ray stopped answering
+    assert "cannot be read" in caplog.text
 
 
 def test_a_node_whose_reading_keeps_moving_is_told_after_a_wait_with_the_most_it_showed() -> None:
