@@ -115,10 +115,10 @@ class PlacementConstraints(Checked):
             such node has the GPUs free, the `Place` is refused (retryable, with the move set
             that would make room, when one exists) instead of split over nodes. Replicas larger
             than every node are split evenly all the same. Default ``False``: split when needed.
-        movable: the service may move this deployment's replicas (each held whole on one node)
-            to make room for another deployment's `Place` that it would otherwise refuse (or
-            for replicas it places again after their node was lost)
-            although the requested nodes have GPUs enough free in all (scattered): one or two
+        movable: the service may move this deployment's replicas (each held whole on one node) to
+            make room for another deployment's `Place` that it would otherwise refuse (or for
+            replicas it places again after their node was lost) although the cluster has GPUs enough
+            free (scattered, or off the requested nodes): one or two
             moves (a refusal's move set) or up to `ROOM_PLAN_MOVES` (a defragmentation plan of
             the requested nodes), each to a node this deployment's own constraints allow (a
             SPREAD one never onto a node holding another of its replicas), never more than

@@ -212,9 +212,10 @@ class NotEnoughGpusError(CapacityError):
         requested: GPUs one replica needs.
         available: the most free GPUs any allowed node had when the decision was made.
         largest_node: the most GPUs any allowed node has in total.
-        moves: when enough GPUs are free in all but scattered over nodes, at most two moves of
-            running replicas after which the request would fit (`ReplicaMove`: which replica,
-            from which node, to which); empty when none was found or none is needed.
+        moves: when enough GPUs are free in the cluster (scattered over nodes, or on nodes the
+            request may not use), at most two moves of running replicas after which it would fit
+            (`ReplicaMove`: which replica, from which node, to which); empty when none was found or
+            none is needed.
         refusing_by_free: every allowed node that turned a replica down (head nodes aside,
             which are named first), counted by its free GPUs: ``((free, nodes), ...)``, fewest
             free first. The whole picture however large the cluster, while ``rejections`` names

@@ -157,7 +157,7 @@ def decide_placement(
         if (
             residents is None
             or not refused.retryable
-            or gpus.total_free(allowed, rules.avoid) < request.gpus * replicas  # moves free none
+            or gpus.total_free() < request.gpus * replicas  # no move frees enough, anywhere
         ):
             raise
         room = Room(

@@ -422,13 +422,13 @@ def find_move_set(
 ) -> tuple[ReplicaMove, ...]:
     """At most ``max_moves`` moves after which ``room`` fits the ledger; ``()`` when none is found.
 
-    Only refusals the free GPUs could cover are looked at (enough GPUs are free in all, just
-    scattered). For each layout the room could take (one node; each even split, fewest nodes
-    first), the nodes closest to the layout's share are looked at: which one or two of their
-    replicas, moved out, would give them that share. Sets are tried cheapest first (one move
-    before two, fewer GPUs moved first); two moves either empty one node or give two nodes a
-    share each. Each moved replica goes to the best-fit node its deployment may use, never to a
-    node a move of the set empties.
+    Only refusals the cluster's free GPUs could cover are looked at: enough are free, but scattered,
+    or on nodes the request may not use, where a replica moved off its nodes may go. For each layout
+    the room could take (one node; each even split, fewest nodes first), the nodes closest to the
+    layout's share are looked at: which one or two of their replicas, moved out, would give them
+    that share. Sets are tried cheapest first (one move before two, fewer GPUs moved first); two
+    moves either empty one node or give two nodes a share each. Each moved replica goes to the
+    best-fit node its deployment may use, never to a node a move of the set empties.
 
     Raises:
         InvalidSpecError: ``max_moves`` is not 1 or 2.
@@ -438,9 +438,8 @@ def find_move_set(
         raise InvalidSpecError(msg, field="max_moves")
     room, largest = _as_laid_out(ledger, room)
     base = ledger.free_histogram(room.allowed, room.avoid)
-    free = sum(k * count for k, count in enumerate(base))
     if (
-        free < room.gpus * room.replicas
+        ledger.total_free() < room.gpus * room.replicas  # no move frees enough, anywhere
         or _fits(base, room)
         or _out_of_reach(base, room, max_moves, largest)
     ):
@@ -578,16 +577,17 @@ def room_moves(
 ) -> tuple[ReplicaMove, ...]:
     """The moves that make ``room`` fit, to be carried out in order; ``()`` when none is found.
 
-    A move set of one or two (`find_move_set`) first; else, when GPUs enough are free on the
-    room's nodes (scattered), a defragmentation plan of those nodes (`plan_defragmentation`, at
-    most ``max_plan_moves`` moves) for one node's worth of the replica, cut after the first
-    node it frees with which the room fits. Either is returned only if the room fits once it is
-    made (`moves_make_room`), so no move is made in vain; a room that fits already needs none.
+    A move set of one or two (`find_move_set`) first; else, when GPUs enough are free in the cluster
+    (scattered, or off the room's nodes), a defragmentation plan of the room's nodes
+    (`plan_defragmentation`, at most ``max_plan_moves`` moves) for one node's worth of the replica,
+    cut after the first node it frees with which the room fits. Either is returned only if the room
+    fits once it is made (`moves_make_room`), so no move is made in vain; a room that fits already
+    needs none.
     """
     if moves_make_room(ledger, (), room):
         return ()
     moves = find_move_set(ledger, residents, room)
-    if not moves and ledger.total_free(room.allowed, room.avoid) >= room.gpus * room.replicas:
+    if not moves and ledger.total_free() >= room.gpus * room.replicas:
         largest = ledger.max_capacity(room.allowed, room.avoid)
         size = min(room.gpus, largest)
         base = ledger.free_histogram(room.allowed, room.avoid)

@@ -109,6 +109,21 @@ def test_a_refusals_move_set_carried_out_makes_the_refused_place_fit(actor: Ref)
     assert len(where(actor, "wide")[0]) == 1  # whole, on the node the move emptied
 
 
+def test_a_pinned_place_refused_on_its_full_node_is_told_which_replica_to_move_off_it(
+    actor: Ref,
+) -> None:
+    place(actor, "neighbour", 2)  # on gpu-a (ties go by node id); may go to any node
+    place(actor, "pinned", 1, gpu_nodes=("gpu-a",))
+    place(actor, "elsewhere", 3, gpu_nodes=("gpu-b", "gpu-c", "gpu-d"))  # sure to leave room
+    with pytest.raises(NotEnoughGpusError) as caught:
+        place(actor, "wide", 3, gpu_nodes=("gpu-a",))  # 1 free on gpu-a
+    assert [(m.deployment, m.from_node) for m in caught.value.moves] == [("neighbour", "gpu-a")]
+    for move in caught.value.moves:
+        assert isinstance(actor.ask(MoveReplica.of(move), timeout=TIMEOUT), ReplicaMoved)
+    place(actor, "wide", 3, gpu_nodes=("gpu-a",))
+    assert where(actor, "wide")[0][0][0] == "gpu-a"
+
+
 def test_a_defragmentation_plan_carried_out_frees_the_nodes_it_names(actor: Ref) -> None:
     scatter(actor)
     plan = actor.ask(GetDefragmentationPlan(gpus=4), timeout=TIMEOUT)

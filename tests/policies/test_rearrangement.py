@@ -104,6 +104,27 @@ def test_no_move_set_when_the_free_gpus_could_not_cover_the_request() -> None:
     assert find_move_set(cluster.ledger, cluster, Room(gpus=4, split=False)) == ()
 
 
+def test_a_request_whose_own_nodes_lack_free_gpus_in_all_gets_room_by_moving_one_out() -> None:
+    cluster = Running(8, 8, barred={"d1": {"n1"}})
+    cluster.run("n0", 2)  # d0: may go anywhere
+    cluster.run("n0", 4)  # d1: may use n0 alone
+    cluster.run("n1", 2)
+    room = Room(gpus=4, split=False, allowed=frozenset({"n0"}))  # 2 free there: short by 2
+    moves = find_move_set(cluster.ledger, cluster, room)
+    assert [(m.deployment, m.from_node, m.to_node) for m in moves] == [("d0", "n0", "n1")]
+    assert room_moves(cluster.ledger, cluster, room) == moves
+    cluster.carry_out(moves)
+    assert cluster.ledger.free_count("n0") == 4
+
+
+def test_no_move_set_when_the_whole_cluster_lacks_the_free_gpus() -> None:
+    cluster = Running(8, 4)
+    cluster.run("n0", 2)
+    cluster.run("n0", 4)
+    cluster.run("n1", 3)  # 2 + 1 free in all: no move frees the 4 asked for
+    assert find_move_set(cluster.ledger, cluster, Room(gpus=4, allowed=frozenset({"n0"}))) == ()
+
+
 def test_a_request_that_fits_already_needs_no_moves() -> None:
     cluster = Running(4, 4)
     cluster.run("n0", 2)
