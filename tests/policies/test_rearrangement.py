@@ -117,12 +117,25 @@ def test_a_request_whose_own_nodes_lack_free_gpus_in_all_gets_room_by_moving_one
     assert cluster.ledger.free_count("n0") == 4
 
 
-def test_no_move_set_when_the_whole_cluster_lacks_the_free_gpus() -> None:
-    cluster = Running(8, 4)
+def test_a_room_the_whole_cluster_lacks_free_gpus_for_is_refused_without_reading_a_replica() -> (
+    None
+):
+    read: list[str] = []
+
+    class Watched(Running):
+        def on(self, node: str) -> Sequence[Resident]:
+            read.append(node)
+            return super().on(node)
+
+    cluster = Watched(8, 4, 4)
     cluster.run("n0", 2)
     cluster.run("n0", 4)
-    cluster.run("n1", 3)  # 2 + 1 free in all: no move frees the 4 asked for
-    assert find_move_set(cluster.ledger, cluster, Room(gpus=4, allowed=frozenset({"n0"}))) == ()
+    cluster.run("n1", 4)
+    cluster.run("n2", 3)  # 2 + 1 free in all: no move frees the 4 asked for on n0
+    room = Room(gpus=4, allowed=frozenset({"n0"}))
+    assert find_move_set(cluster.ledger, cluster, room) == ()
+    assert room_moves(cluster.ledger, cluster, room) == ()
+    assert read == []
 
 
 def test_a_request_that_fits_already_needs_no_moves() -> None:
