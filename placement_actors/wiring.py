@@ -194,6 +194,7 @@ def _start(
                 alive=started.is_alive,
                 interval_s=watch_s,
                 lease=lease,
+                on_lease_lost=lambda holder: _step_down(started, holder),
             ).start()
         except BaseException:
             started.stop()  # which ends the lease
@@ -248,6 +249,21 @@ def _joined(
         except PlacementError as exc:  # its first probe starts one, or fails as a probe does
             logger.warning("no port agent on node %s yet: %s", node.node_id, exc)
     _tell(service, NodeJoined(node=node, egress=egress, in_use=in_use))
+
+
+def _step_down(service: pykka.ActorRef[Any], holder: str) -> None:
+    """Another service took the namespace's lease: this one stops, and leaves Ray as it is.
+
+    Its deployments' records and groups stay on Ray for the service that holds the lease now
+    (it took them back as it started); this one serving on would hand out the same GPUs and
+    ports twice.
+    """
+    logger.error(
+        "%s took this namespace's lease after it was ended from outside: this service stops, "
+        "and leaves its deployments to it",
+        holder,
+    )
+    service.stop(block=False)
 
 
 def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:

@@ -212,19 +212,28 @@ def test_a_lease_ended_from_outside_is_taken_again_by_the_service_that_runs(
         start_on_ray(ready_timeout_s=30)
 
 
-def test_a_service_whose_lease_another_took_meanwhile_says_two_services_run(
+def test_a_service_whose_lease_another_took_meanwhile_stops_and_leaves_its_deployments_to_it(
     services: list[pykka.ActorRef[DeploymentPlacementActor]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    services.append(start_on_ray(ready_timeout_s=30))
-    with caplog.at_level(logging.ERROR, logger="placement_actors.backends.ray.lease"):
+    first = start_on_ray(ready_timeout_s=30)
+    services.append(first)
+    placed = first.ask(Place(Deployment(name="left-behind", model="m")), timeout=TIMEOUT)
+    assert isinstance(placed, PlacementResult)
+    with caplog.at_level(logging.ERROR):
         end_the_lease_from_outside()
         other = on_ray().take_service_lease()  # as a second service starting at that moment
         try:
             deadline = time.monotonic() + on_ray().RESEND_S + 10
-            while "two services run in the namespace" not in caplog.text:
-                assert time.monotonic() < deadline, "the first service never said so"
+            while first.is_alive():
+                assert time.monotonic() < deadline, "the first service did not stop"
                 time.sleep(0.2)
-            time.sleep(on_ray().RESEND_S + 1)  # it looks again meanwhile
+            assert on_ray().lease_holder() == other.holder  # its stop left the other's lease
         finally:
             other.release()
-    assert caplog.text.count("two services run") == 1  # said once, not every look
+    assert caplog.text.count("two services run") == 1
+    assert "this service stops" in caplog.text
+    successor = start_on_ray(ready_timeout_s=30)  # as the other would have: nothing was lost
+    services.append(successor)
+    view = successor.ask(GetClusterView(), timeout=TIMEOUT)
+    assert isinstance(view, ClusterView)
+    assert view.deployments == ("left-behind",)

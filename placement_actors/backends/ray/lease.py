@@ -135,6 +135,8 @@ class ServiceLease:
 
     Attributes:
         holder: who holds it, in words.
+        lost_to: who took the lease after it was ended from outside (`keep` found it), in
+            words; ``None`` while this process holds it.
     """
 
     def __init__(self, handle: Any, holder: str) -> None:  # noqa: ANN401 - a Ray actor handle
@@ -143,7 +145,7 @@ class ServiceLease:
         self.holder = holder
         self._lock = threading.Lock()
         self._released = False
-        self._told_of: str | None = None  # the other holder `keep` last logged
+        self.lost_to: str | None = None  # the other holder `keep` last found
 
     def release(self) -> None:
         """End the lease and wait until another service may start. Quiet when it has ended."""
@@ -177,11 +179,11 @@ class ServiceLease:
                 return True
             taken = take_service_lease(wait_s=_KEEP_WAIT_S)
         except ServiceRunningError as exc:
-            if exc.holder != self._told_of:  # once per other holder
-                self._told_of = exc.holder
+            if exc.holder != self.lost_to:  # once per other holder
+                self.lost_to = exc.holder
                 logger.error(  # noqa: TRY400 - the refusal is the message, not a failure here
                     "this service's lease was ended from outside and %s holds it now: two "
-                    "services run in the namespace; stop this one",
+                    "services run in the namespace",
                     exc.holder,
                 )
             return False

@@ -235,6 +235,9 @@ class ClusterWatcher:
             have changed: when some node's free GPUs or placed bundles moved, for
             `LOSS_WATCH_S` after a node was lost, and every `RESEND_S`. A reading made with a
             table kept from an earlier round bears that round's time.
+        on_lease_lost: called once, with who holds it now, when another service took the
+            lease after it was ended from outside (the service should stop: two would take
+            each other's deployments).
         lease: the service's lease, made sure of every `RESEND_S` (`ServiceLease.keep`: taken
             again if someone ended it from outside).
         settle_s: how long a node's reading must hold before it is reported.
@@ -258,6 +261,7 @@ class ClusterWatcher:
         free: Callable[[], Mapping[str, Mapping[str, float]]] = free_resources,
         table: Callable[[], GroupTable] = group_table,
         lease: ServiceLease | None = None,
+        on_lease_lost: Callable[[str], None] | None = None,
         settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -277,6 +281,7 @@ class ClusterWatcher:
         self._gpu_use = gpu_use
         self._ray = _RayTables(free, table)
         self._lease = lease
+        self._on_lease_lost = on_lease_lost
         self._lease_kept_at = -math.inf
         self._settle_s = settle_s
         self._clock = clock
@@ -318,7 +323,9 @@ class ClusterWatcher:
             raise
         if self._lease is not None and began - self._lease_kept_at >= RESEND_S:
             self._lease_kept_at = began
-            self._lease.keep()
+            if not self._lease.keep() and self._lease.lost_to and self._on_lease_lost:
+                told, self._on_lease_lost = self._on_lease_lost, None  # once
+                told(self._lease.lost_to)
 
     def _read_ray(
         self, nodes: Mapping[str, Mapping[str, Any]], began: float, *, lost: bool

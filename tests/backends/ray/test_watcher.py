@@ -463,3 +463,38 @@ def test_without_gpus_in_use_followed_a_node_that_joins_is_told_at_once_with_non
     )
     watcher.poll()
     assert told == [("g", 0)]
+
+
+class LostLease:
+    """A lease another service took: `keep` says it is not held, `lost_to` says who has it."""
+
+    lost_to = "a driver (pid 1 on 10.0.0.2, job 02000000)"
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def keep(self) -> bool:
+        self.looks += 1
+        return False
+
+
+def test_a_lease_another_service_took_is_told_once_however_often_the_watcher_looks() -> None:
+    lease = LostLease()
+    now = [0.0]
+    told: list[str] = []
+    watcher = on_ray.ClusterWatcher(
+        known=(),
+        on_joined=lambda *_: None,
+        on_lost=lambda _: None,
+        on_rescheduling=lambda *_: None,
+        nodes=dict,
+        rescheduling=dict,
+        lease=lease,  # type: ignore[arg-type]
+        on_lease_lost=told.append,
+        clock=lambda: now[0],
+    )
+    for _ in range(3):  # three looks, RESEND_S apart
+        watcher.poll()
+        now[0] += on_ray.RESEND_S
+    assert lease.looks == 3
+    assert told == [LostLease.lost_to]
