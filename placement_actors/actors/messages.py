@@ -103,8 +103,9 @@ class Place(Checked):
     for a name that is already placed with a different deployment or constraints is an
     `InvalidSpecError` until that name is released.
 
-    A new `Place` that would be refused on scattered GPUs may first move replicas of deployments
-    placed ``movable`` (`PlacementConstraints.movable`); their subscribers are told `ReplicaMoved`.
+    A new `Place` that would be refused although the cluster has the GPUs free (scattered, or off
+    the nodes it may use) may first move replicas of deployments placed ``movable``
+    (`PlacementConstraints.movable`); their subscribers are told `ReplicaMoved`.
 
     Reply: `PlacementResult`. Errors: `InvalidSpecError`, `NoGpuNodesError`, `NoEgressNodesError`,
     `NotEnoughGpusError`, and `BackendError` when Ray fails to reserve the replicas.
@@ -256,8 +257,9 @@ class GetPlacementFailure(Checked):
 class GetDefragmentationPlan(Checked):
     """Query: moves of running replicas that would free nodes. Reply: `DefragmentationPlan`.
 
-    Nodes closest to empty are freed first, each only if every replica it must give up has a
-    node to go to (best fit, within its deployment's constraints). Nothing moves until each move
+    Nodes closest to empty are freed first, each only if the replicas it gives up have a node to
+    go to (best fit, within their deployments' constraints); a replica that cannot move stays,
+    when the others free enough around it. Nothing moves until each move
     is sent as a `MoveReplica`, in the plan's order.
 
     Attributes:

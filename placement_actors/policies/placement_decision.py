@@ -157,7 +157,7 @@ def decide_placement(
         if (
             residents is None
             or not refused.retryable
-            or gpus.total_free() < request.gpus * replicas  # no move frees enough, anywhere
+            or gpus.total_free(None, rules.avoid) < request.gpus * replicas  # no move helps
         ):
             raise
         room = Room(

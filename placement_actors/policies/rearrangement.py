@@ -61,8 +61,9 @@ MAX_READ = MAX_SOURCE_NODES * 64
 """Nodes read while looking for the nodes to move from."""
 
 PLAN_READS = MAX_READ * 4
-"""Nodes one defragmentation plan reads in all, looking where its moved replicas would go
-(those tried, and those passed over as nodes with the free GPUs asked for already)."""
+"""Nodes and replicas one defragmentation plan reads in all: the replicas it tries to move off
+a node, and the nodes it reads looking where they would go (those tried, and those passed over
+as nodes with the free GPUs asked for already)."""
 
 
 @dataclass(slots=True)
@@ -228,13 +229,21 @@ def _as_laid_out(ledger: GpuLedger, room: Room) -> tuple[Room, int]:
     return room, largest
 
 
-def _out_of_reach(base: list[int], room: Room, moves: int, largest: int) -> bool:
-    """Whether ``moves`` moves could not make a room of whole replicas fit, however chosen.
+def _out_of_reach(ledger: GpuLedger, base: list[int], room: Room, moves: int, largest: int) -> bool:
+    """Whether ``moves`` moves could not make ``room`` fit, however chosen.
 
-    Each move gives GPUs back on one node only, which can then hold at most ``largest //
-    gpus`` more replicas: a room short by more than that many per move is out of reach, and no
-    search is needed to say so (a refusal of thousands of replicas costs no more than one).
+    A move takes as many GPUs on one node as it gives back on another: the cluster (less the
+    room's avoided nodes, where no replica is moved) must have the room's GPUs free. It gives
+    back at most one node's worth (``largest``) on the room's nodes. And a room of whole
+    replicas gains at most ``largest // gpus`` replicas per move. A room short by more is out
+    of reach, and no search is needed to say so (a refusal of thousands of replicas costs no
+    more than one).
     """
+    need = room.gpus * room.replicas
+    if ledger.total_free(None, room.avoid) < need:
+        return True
+    if sum(k * count for k, count in enumerate(base)) + moves * largest < need:
+        return True
     if room.split or room.gpus > largest:
         return False
     now = sum(base[k] * (k // room.gpus) for k in range(room.gpus, len(base)))
@@ -438,11 +447,7 @@ def find_move_set(
         raise InvalidSpecError(msg, field="max_moves")
     room, largest = _as_laid_out(ledger, room)
     base = ledger.free_histogram(room.allowed, room.avoid)
-    if (
-        ledger.total_free() < room.gpus * room.replicas  # no move frees enough, anywhere
-        or _fits(base, room)
-        or _out_of_reach(base, room, max_moves, largest)
-    ):
+    if _fits(base, room) or _out_of_reach(ledger, base, room, max_moves, largest):
         return ()
     search = _Search(ledger, residents, room, base)
     ones, twos = search.options(largest)
@@ -491,13 +496,14 @@ def _empty(  # noqa: PLR0917 - one step of the plan, with the plan's state
     planned: list[ReplicaMove] = []
     on_source = sorted(residents.on(source), key=lambda r: -r.gpus)
     left = sum(r.gpus for r in on_source)  # what the replicas not tried yet could still free
+    roomiest = ledger.max_free()  # no node (but the plan's sources, shut) has more free
     for resident in on_source:
         if trial.free(source) >= target:
             break
-        if len(planned) >= budget or reads.left <= 0 or trial.free(source) + left < target:
-            return None
+        if len(planned) >= budget or trial.free(source) + left < target or not reads.take():
+            return None  # each replica tried counts against the plan's reads, as a node does
         left -= resident.gpus
-        if not trial.may_move(resident):
+        if resident.gpus > roomiest or not trial.may_move(resident):
             continue
         goes = _destination(
             ledger, residents, trial, resident, {*shut, source}, keep=room, reads=reads
@@ -587,11 +593,11 @@ def room_moves(
     if moves_make_room(ledger, (), room):
         return ()
     moves = find_move_set(ledger, residents, room)
-    if not moves and ledger.total_free() >= room.gpus * room.replicas:
+    if not moves:
         largest = ledger.max_capacity(room.allowed, room.avoid)
         size = min(room.gpus, largest)
         base = ledger.free_histogram(room.allowed, room.avoid)
-        if size == 0 or _out_of_reach(base, room, max_plan_moves, largest):
+        if size == 0 or _out_of_reach(ledger, base, room, max_plan_moves, largest):
             return ()
         plan = plan_defragmentation(
             ledger,

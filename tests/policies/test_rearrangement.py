@@ -302,6 +302,57 @@ def test_a_plan_frees_a_node_around_a_replica_that_cannot_move_by_moving_the_oth
     assert cluster.ledger.free_count("n0") == 4
 
 
+def test_a_plan_frees_a_node_around_a_replica_whose_deployment_may_not_move_another() -> None:
+    on_n0 = [Resident("d", 0, 3, replicas=2), Resident("d", 1, 3, replicas=2), Resident("e", 0, 2)]
+
+    class TwoOfD(Running):
+        def on(self, node: str) -> Sequence[Resident]:
+            return on_n0 if node == "n0" else []
+
+    cluster = TwoOfD(8, 8)
+    for resident in on_n0:
+        cluster.ledger.reserve(
+            "n0", resident.gpus, resident.deployment + str(resident.replica_index)
+        )
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=5, allowed=frozenset({"n0"}))
+    # One of d's two replicas may move (the other keeps serving): d0 and e go.
+    assert [(m.deployment, m.replica_index) for m in plan.moves] == [("d", 0), ("e", 0)]
+    assert plan.freed_nodes == ("n0",)
+
+
+def test_a_plan_over_nodes_full_of_replicas_that_cannot_go_anywhere_stops_at_its_read_budget() -> (
+    None
+):
+    read: list[str] = []
+
+    class Watched(Running):
+        def on(self, node: str) -> Sequence[Resident]:
+            read.append(node)
+            return super().on(node)
+
+    cluster = Watched(*([64] * 300))
+    for i in range(300):  # every GPU taken: no replica has anywhere to go
+        for _ in range(64):
+            cluster.run(f"n{i}", 1)
+    plan = plan_defragmentation(cluster.ledger, cluster, gpus=8)
+    assert plan.moves == ()
+    tried_per_node = 64 - 7  # then the 7 left could not free 8
+    assert len(read) <= PLAN_READS // tried_per_node + 1  # not every node it may try (256)
+
+
+def test_room_is_made_by_a_plan_that_moves_replicas_off_the_requests_only_node() -> None:
+    cluster = Running(8, 8)
+    for _ in range(7):
+        cluster.run("n0", 1)
+    cluster.run("n1", 2)
+    room = Room(gpus=4, split=False, allowed=frozenset({"n0"}))  # 1 free there, 7 on n1
+    moves = room_moves(cluster.ledger, cluster, room)
+    assert len(moves) == 3
+    assert {(m.from_node, m.to_node) for m in moves} == {("n0", "n1")}
+    cluster.carry_out(moves)
+    assert cluster.ledger.free_count("n0") == 4
+
+
 @pytest.mark.parametrize(("gpus", "max_moves"), [(0, 4), (8, 0), (8, 10**6), (True, 4)])
 def test_a_defragmentation_plan_refuses_counts_out_of_range(gpus: int, max_moves: int) -> None:
     cluster = Running(8)
