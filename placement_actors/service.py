@@ -675,29 +675,38 @@ class PlacementHost:
             return "error", exc
         async with self._order.turn(client, seq, after):
             refused = _refusal(message)
-            pending = None if refused is not None else self._placement.ask(message, block=False)
+            try:
+                pending = None if refused is not None else self._placement.ask(message, block=False)
+            except pykka.ActorDeadError:
+                return "error", _service_stopped()
         if pending is None:
             return "error", refused
         try:
             reply = await pending
         except PlacementError as exc:
             return "error", exc
+        except pykka.ActorDeadError:
+            return "error", _service_stopped()
+        if isinstance(message, Release) and is_deployment_name(message.deployment):
+            self._replicas.forget(message.deployment)  # its endpoints are no longer resolvable
+        return "ok", self._portable_reply(reply)
+
+    def _portable_reply(self, reply: object) -> object:
+        """``reply`` with its results' futures made resolvable from another process."""
         if isinstance(reply, PlacementResult):
-            reply = self._portable_result(reply)
-        elif isinstance(reply, Placement) and reply.result is not None:
-            reply = dataclasses.replace(reply, result=self._portable_result(reply.result))
-        elif isinstance(reply, ReplicaMoved) and reply.placement is not None:
-            reply = dataclasses.replace(reply, placement=self._portable(reply.placement))
-        elif isinstance(reply, PlacedMany):
-            reply = PlacedMany(
+            return self._portable_result(reply)
+        if isinstance(reply, Placement) and reply.result is not None:
+            return dataclasses.replace(reply, result=self._portable_result(reply.result))
+        if isinstance(reply, ReplicaMoved) and reply.placement is not None:
+            return dataclasses.replace(reply, placement=self._portable(reply.placement))
+        if isinstance(reply, PlacedMany):
+            return PlacedMany(
                 outcomes=tuple(
                     self._portable_result(o) if isinstance(o, PlacementResult) else o
                     for o in reply.outcomes
                 )
             )
-        if isinstance(message, Release) and is_deployment_name(message.deployment):
-            self._replicas.forget(message.deployment)  # its endpoints are no longer resolvable
-        return "ok", reply
+        return reply
 
     async def endpoint(
         self, group_name: str, attempt: int, bundle_index: int, group_id: str = ""
@@ -783,6 +792,16 @@ def _stand_ins(replica: ReplicaPlacement) -> ReplicaPlacement:
             dataclasses.replace(bundle, node_ip=stand_in, port=stand_in, gpu_ids=stand_in)
         )
     return dataclasses.replace(replica, bundles=tuple(bundles))
+
+
+def _service_stopped() -> BackendError:
+    """What a host whose service stopped while the host runs on answers its clients."""
+    msg = (
+        "the service in this host has stopped: another service took the namespace's lease "
+        "(its log says which), or it failed; stop this host (serve --stop) and use the "
+        "service that runs"
+    )
+    return BackendError(msg, operation="call service")
 
 
 def _refusal(message: object) -> InvalidSpecError | None:

@@ -9,6 +9,7 @@ namespace is free again once the first stops.
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pykka
 import pytest
 
 from placement_actors import (
+    BackendError,
     ClusterView,
     Deployment,
     DeploymentPlacementActor,
@@ -213,8 +215,18 @@ def test_a_lease_ended_from_outside_is_taken_again_by_the_service_that_runs(
 
 
 def test_a_service_whose_lease_another_took_meanwhile_stops_and_leaves_its_deployments_to_it(
-    services: list[pykka.ActorRef[DeploymentPlacementActor]], caplog: pytest.LogCaptureFixture
+    services: list[pykka.ActorRef[DeploymentPlacementActor]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    released = threading.Event()
+    release = on_ray().ServiceLease.release
+
+    def watched(lease: Any) -> None:
+        release(lease)
+        released.set()
+
+    monkeypatch.setattr(on_ray().ServiceLease, "release", watched)
     first = start_on_ray(ready_timeout_s=30)
     services.append(first)
     placed = first.ask(Place(Deployment(name="left-behind", model="m")), timeout=TIMEOUT)
@@ -223,11 +235,11 @@ def test_a_service_whose_lease_another_took_meanwhile_stops_and_leaves_its_deplo
         end_the_lease_from_outside()
         other = on_ray().take_service_lease()  # as a second service starting at that moment
         try:
-            deadline = time.monotonic() + on_ray().RESEND_S + 10
-            while first.is_alive():
-                assert time.monotonic() < deadline, "the first service did not stop"
-                time.sleep(0.2)
-            assert on_ray().lease_holder() == other.holder  # its stop left the other's lease
+            assert released.wait(on_ray().RESEND_S + 30), "the first service did not stop"
+            assert not first.is_alive()
+            assert lease_actor_id() == str(other._handle._actor_id)  # its stop left it alone
+            (group,) = placed.replicas
+            assert on_ray().live_groups()[group.group_name].group_id == group.group_id
         finally:
             other.release()
     assert caplog.text.count("two services run") == 1
@@ -237,3 +249,33 @@ def test_a_service_whose_lease_another_took_meanwhile_stops_and_leaves_its_deplo
     view = successor.ask(GetClusterView(), timeout=TIMEOUT)
     assert isinstance(view, ClusterView)
     assert view.deployments == ("left-behind",)
+
+
+def test_a_service_host_whose_lease_another_took_answers_its_clients_that_it_stopped(
+    ray_cluster: Any,
+) -> None:
+    name = f"one-service-{uuid.uuid4().hex[:8]}"
+    client = PlacementClient.serve(ray_cluster.address, name=name)
+    try:
+        end_the_lease_from_outside()
+        other = on_ray().take_service_lease()
+        try:
+            failed = first_failure(lambda: client.ask(GetClusterView(), timeout=TIMEOUT))
+            assert "has stopped" in str(failed)
+        finally:
+            other.release()
+    finally:
+        client.stop_service()
+
+
+def first_failure(call: Any) -> BackendError:
+    """The error ``call`` raises once the service has stopped (it is made until then)."""
+    deadline = time.monotonic() + on_ray().RESEND_S + 30
+    while time.monotonic() < deadline:
+        try:
+            call()
+        except BackendError as exc:
+            return exc
+        time.sleep(0.2)
+    msg = "the service did not stop"
+    raise AssertionError(msg)

@@ -136,7 +136,7 @@ class ServiceLease:
     Attributes:
         holder: who holds it, in words.
         lost_to: who took the lease after it was ended from outside (`keep` found it), in
-            words; ``None`` while this process holds it.
+            words; ``None`` while this process holds it (or took it back).
     """
 
     def __init__(self, handle: Any, holder: str) -> None:  # noqa: ANN401 - a Ray actor handle
@@ -179,14 +179,7 @@ class ServiceLease:
                 return True
             taken = take_service_lease(wait_s=_KEEP_WAIT_S)
         except ServiceRunningError as exc:
-            if exc.holder != self.lost_to:  # once per other holder
-                self.lost_to = exc.holder
-                logger.error(  # noqa: TRY400 - the refusal is the message, not a failure here
-                    "this service's lease was ended from outside and %s holds it now: two "
-                    "services run in the namespace",
-                    exc.holder,
-                )
-            return False
+            return self._refused(exc.holder)
         except BackendError:
             logger.exception("could not make sure the service still holds its lease")
             return True  # not known to be lost: asked again on the next look
@@ -195,8 +188,30 @@ class ServiceLease:
                 _end(taken._handle, LEASE_WAIT_S)  # noqa: SLF001
                 return False
             self._handle = taken._handle  # noqa: SLF001
+            self.lost_to = None
         logger.warning("this service's lease was ended from outside; it holds it again")
         return True
+
+    def _refused(self, holder: str) -> bool:
+        """`keep` could not take the lease again: whether it is held all the same."""
+        if self._released or self._holds_it():  # stopped meanwhile, or a look that missed it
+            return not self._released
+        if holder != self.lost_to:  # once per other holder
+            self.lost_to = holder
+            logger.error(
+                "this service's lease was ended from outside and %s holds it now: two "
+                "services run in the namespace",
+                holder,
+            )
+        return False
+
+    def _holds_it(self) -> bool:
+        """Whether the namespace's lease is this one's (looked up again)."""
+        try:
+            found = _find_lease()
+        except Exception:  # noqa: BLE001 - the Ray boundary: not known to be this one's
+            return False
+        return found is not None and found._actor_id == self._handle._actor_id  # noqa: SLF001
 
 
 def _this_process() -> _Holder:

@@ -323,9 +323,11 @@ class ClusterWatcher:
             raise
         if self._lease is not None and began - self._lease_kept_at >= RESEND_S:
             self._lease_kept_at = began
-            if not self._lease.keep() and self._lease.lost_to and self._on_lease_lost:
+            held = self._lease.keep()
+            taken_by = self._lease.lost_to
+            if not held and taken_by and self._on_lease_lost and self._alive():
                 told, self._on_lease_lost = self._on_lease_lost, None  # once
-                told(self._lease.lost_to)
+                told(taken_by)
 
     def _read_ray(
         self, nodes: Mapping[str, Mapping[str, Any]], began: float, *, lost: bool

@@ -466,20 +466,22 @@ def test_without_gpus_in_use_followed_a_node_that_joins_is_told_at_once_with_non
 
 
 class LostLease:
-    """A lease another service took: `keep` says it is not held, `lost_to` says who has it."""
+    """A lease as `keep` finds it: by default, another service took it (`lost_to` says who)."""
 
-    lost_to = "a driver (pid 1 on 10.0.0.2, job 02000000)"
-
-    def __init__(self) -> None:
+    def __init__(
+        self, *, held: bool = False, lost_to: str | None = "a driver (pid 1, job 02000000)"
+    ) -> None:
         self.looks = 0
+        self.held = held
+        self.lost_to = lost_to
 
     def keep(self) -> bool:
         self.looks += 1
-        return False
+        return self.held
 
 
-def test_a_lease_another_service_took_is_told_once_however_often_the_watcher_looks() -> None:
-    lease = LostLease()
+def looked_at(lease: LostLease) -> list[str]:
+    """What the watcher tells of ``lease`` over three looks, `RESEND_S` apart."""
     now = [0.0]
     told: list[str] = []
     watcher = on_ray.ClusterWatcher(
@@ -493,8 +495,17 @@ def test_a_lease_another_service_took_is_told_once_however_often_the_watcher_loo
         on_lease_lost=told.append,
         clock=lambda: now[0],
     )
-    for _ in range(3):  # three looks, RESEND_S apart
+    for _ in range(3):
         watcher.poll()
         now[0] += on_ray.RESEND_S
     assert lease.looks == 3
-    assert told == [LostLease.lost_to]
+    return told
+
+
+def test_a_lease_another_service_took_is_told_once_however_often_the_watcher_looks() -> None:
+    assert looked_at(LostLease()) == ["a driver (pid 1, job 02000000)"]
+
+
+def test_a_lease_released_or_taken_back_is_not_told_as_taken() -> None:
+    assert looked_at(LostLease(lost_to=None)) == []  # released: the service stops anyway
+    assert looked_at(LostLease(held=True)) == []  # taken back since: held
