@@ -78,7 +78,9 @@ def start_on_ray(
     holds the namespace's lease (a named Ray actor) from before it reads anything until it
     stops; a second service is refused while the first holds it, whether the first runs in a
     driver or a service host. A driver's lease ends with its process too; a service host's
-    outlives Ray's restarts of it (`placement_actors.backends.ray.lease`).
+    outlives Ray's restarts of it (`placement_actors.backends.ray.lease`). Should someone end
+    the lease from outside and another service take it before this one takes it back, the
+    actor returned stops by itself (logged), and leaves its deployments to that service.
 
     Args:
         address: the Ray cluster's address.
