@@ -64,6 +64,18 @@ class Running:
             self.where[move.deployment] = (move.to_node, taken)
 
 
+class Watched(Running):
+    """`Running`, noting each node whose replicas are read (``read``)."""
+
+    def __init__(self, *capacities: int) -> None:
+        super().__init__(*capacities)
+        self.read: list[str] = []
+
+    def on(self, node: str) -> Sequence[Resident]:
+        self.read.append(node)
+        return super().on(node)
+
+
 def test_two_scattered_halves_are_joined_by_moving_one_replica() -> None:
     cluster = Running(4, 4)
     cluster.run("n0", 2)
@@ -120,13 +132,6 @@ def test_a_request_whose_own_nodes_lack_free_gpus_in_all_gets_room_by_moving_one
 def test_a_room_the_whole_cluster_lacks_free_gpus_for_is_refused_without_reading_a_replica() -> (
     None
 ):
-    read: list[str] = []
-
-    class Watched(Running):
-        def on(self, node: str) -> Sequence[Resident]:
-            read.append(node)
-            return super().on(node)
-
     cluster = Watched(8, 4, 4)
     cluster.run("n0", 2)
     cluster.run("n0", 4)
@@ -135,7 +140,7 @@ def test_a_room_the_whole_cluster_lacks_free_gpus_for_is_refused_without_reading
     room = Room(gpus=4, allowed=frozenset({"n0"}))
     assert find_move_set(cluster.ledger, cluster, room) == ()
     assert room_moves(cluster.ledger, cluster, room) == ()
-    assert read == []
+    assert cluster.read == []
 
 
 def test_a_request_that_fits_already_needs_no_moves() -> None:
@@ -323,13 +328,6 @@ def test_a_plan_frees_a_node_around_a_replica_whose_deployment_may_not_move_anot
 def test_a_plan_over_nodes_full_of_replicas_that_cannot_go_anywhere_stops_at_its_read_budget() -> (
     None
 ):
-    read: list[str] = []
-
-    class Watched(Running):
-        def on(self, node: str) -> Sequence[Resident]:
-            read.append(node)
-            return super().on(node)
-
     cluster = Watched(*([64] * 300))
     for i in range(300):  # every GPU taken: no replica has anywhere to go
         for _ in range(64):
@@ -337,7 +335,7 @@ def test_a_plan_over_nodes_full_of_replicas_that_cannot_go_anywhere_stops_at_its
     plan = plan_defragmentation(cluster.ledger, cluster, gpus=8)
     assert plan.moves == ()
     tried_per_node = 64 - 7  # then the 7 left could not free 8
-    assert len(read) <= PLAN_READS // tried_per_node + 1  # not every node it may try (256)
+    assert len(cluster.read) <= PLAN_READS // tried_per_node + 1  # not every node it may try (256)
 
 
 def test_room_is_made_by_a_plan_that_moves_replicas_off_the_requests_only_node() -> None:
