@@ -456,9 +456,8 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
         finally:
             # A second Ctrl-C must not cut the clean-up short and leave raylets running.
             with _no_interrupts():
-                if cluster.gcs_answers():
-                    _stop_for_good(client)
-                else:  # a signal to this process's whole group reached Ray's processes too
+                time.sleep(_SIGNAL_S)  # a signal to the whole group reaches Ray's processes too
+                if not cluster.gcs_answers() or not _stop_for_good(client):
                     out.note("Ray's GCS no longer answers; stopping what is left of the cluster.")
     return EXIT_OK
 
@@ -466,16 +465,38 @@ def sandbox(args: argparse.Namespace, out: Output) -> int:
 _GRACE_S = 2.0
 """How long clients (a `watch`) get to see the service gone before the cluster goes too."""
 
+_SIGNAL_S = 0.5
+"""How long the clean-up lets a signal sent to the whole process group act on Ray's processes
+before it asks whether Ray's GCS answers: one still stopping may answer, then not."""
 
-def _stop_for_good(client: Any) -> None:  # noqa: ANN401 - a PlacementClient
+_STOP_WAIT_S = 20.0
+"""The longest the clean-up waits for the service to stop (Ray's GCS may stop meanwhile)."""
+
+
+def _stop_for_good(client: Any) -> bool:  # noqa: ANN401 - a PlacementClient
     """Stop the service running now (served again since, maybe), then give its clients a moment.
 
     A client whose call is in flight learns the service is gone and ends (exit 5) while Ray still
     answers: once the cluster is gone, Ray would end it only after a minute, with its own error.
+    Returns ``False`` when that did not end within `_STOP_WAIT_S` (it is left to a thread of its
+    own: Ray's GCS stopped during it, and each call to it would wait Ray's minute).
     """
-    with contextlib.suppress(PlacementError):
-        client.stop_service()
-        time.sleep(_GRACE_S)
+    failed: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            with contextlib.suppress(PlacementError):
+                client.stop_service()
+                time.sleep(_GRACE_S)
+        except BaseException as exc:  # raised again in the caller's thread  # noqa: BLE001
+            failed.append(exc)
+
+    stopping = threading.Thread(target=stop, name="placement-actors-sandbox-stop", daemon=True)
+    stopping.start()
+    stopping.join(_STOP_WAIT_S)
+    if failed:
+        raise failed[0]
+    return not stopping.is_alive()
 
 
 def _a_node_leaves(
