@@ -116,6 +116,11 @@ def _lease_class() -> Any:  # noqa: ANN401 - a Ray ActorClass
     return ray.remote(num_cpus=0, max_restarts=-1)(ServiceLeaseActor)
 
 
+def _same(found: Any, handle: Any) -> bool:  # noqa: ANN401 - Ray actor handles
+    """Whether the lease actor ``found`` (``None``: none) is the one ``handle`` names."""
+    return found is not None and found._actor_id == handle._actor_id  # noqa: SLF001 - identity
+
+
 def _end(handle: Any, wait_s: float) -> None:  # noqa: ANN401 - a Ray actor handle
     """Kill the lease actor ``handle`` and wait (up to ``wait_s``) until its name is free.
 
@@ -125,7 +130,7 @@ def _end(handle: Any, wait_s: float) -> None:  # noqa: ANN401 - a Ray actor hand
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         found = _find_lease()
-        if found is None or found._actor_id != handle._actor_id:  # noqa: SLF001 - identity
+        if not _same(found, handle):
             return
         time.sleep(_RETRY_S)
 
@@ -175,7 +180,7 @@ class ServiceLease:
             return False
         try:
             found = _find_lease()
-            if found is not None and found._actor_id == self._handle._actor_id:  # noqa: SLF001
+            if _same(found, self._handle):
                 return True
             taken = take_service_lease(wait_s=_KEEP_WAIT_S)
         except ServiceRunningError as exc:
@@ -211,7 +216,7 @@ class ServiceLease:
             found = _find_lease()
         except Exception:  # noqa: BLE001 - the Ray boundary: not known to be this one's
             return False
-        return found is not None and found._actor_id == self._handle._actor_id  # noqa: SLF001
+        return _same(found, self._handle)
 
 
 def _this_process() -> _Holder:
