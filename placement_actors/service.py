@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pykka
 
-from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.mailbox import KeepServingActor, why_stopped
 from placement_actors.actors.messages import (
     PROMPT_QUERIES,
     AnswerNow,
@@ -678,7 +678,7 @@ class PlacementHost:
             try:
                 pending = None if refused is not None else self._placement.ask(message, block=False)
             except pykka.ActorDeadError:
-                return "error", _service_stopped()
+                return "error", _service_stopped(why_stopped(self._placement))
         if pending is None:
             return "error", refused
         try:
@@ -686,7 +686,7 @@ class PlacementHost:
         except PlacementError as exc:
             return "error", exc
         except pykka.ActorDeadError:
-            return "error", _service_stopped()
+            return "error", _service_stopped(why_stopped(self._placement))
         if isinstance(message, Release) and is_deployment_name(message.deployment):
             self._replicas.forget(message.deployment)  # its endpoints are no longer resolvable
         return "ok", self._portable_reply(reply)
@@ -794,12 +794,12 @@ def _stand_ins(replica: ReplicaPlacement) -> ReplicaPlacement:
     return dataclasses.replace(replica, bundles=tuple(bundles))
 
 
-def _service_stopped() -> BackendError:
-    """What a host whose service stopped while the host runs on answers its clients."""
+def _service_stopped(why: str) -> BackendError:
+    """What a host whose service stopped (``why``, if known) while the host runs on answers."""
+    cause = why or ("another service took the namespace's lease (its log says which), or it failed")
     msg = (
-        "the service in this host has stopped: another service took the namespace's lease "
-        "(its log says which), or it failed; stop this host (serve --stop) and use the "
-        "service that runs"
+        f"the service in this host has stopped: {cause}; stop this host (serve --stop) and "
+        "use the service that runs"
     )
     return BackendError(msg, operation="call service")
 

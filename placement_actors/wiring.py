@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from placement_actors.actors.deployment_placement import DeploymentPlacementActor
+from placement_actors.actors.mailbox import stop_first
 from placement_actors.actors.messages import GpusInUse, GroupRescheduling, NodeJoined, NodeLost
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends.protocol import CheckpointStore
@@ -258,14 +259,16 @@ def _step_down(service: pykka.ActorRef[Any], holder: str) -> None:
 
     Its deployments' records and groups stay on Ray for the service that holds the lease now
     (it took them back as it started); this one serving on would hand out the same GPUs and
-    ports twice.
+    ports twice, and its `Release` would remove groups the other has taken back. So it stops
+    before any message waiting in its mailbox: the one it is handling ends, and the others are
+    answered that it stepped down (`pykka.ActorDeadError`).
     """
     logger.error(
         "%s took this namespace's lease after it was ended from outside: this service stops, "
         "and leaves its deployments to it",
         holder,
     )
-    service.stop(block=False)
+    stop_first(service, f"this service stepped down: {holder} holds the namespace's lease")
 
 
 def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:

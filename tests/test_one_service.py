@@ -32,6 +32,7 @@ from placement_actors import (
     ServiceRunningError,
     start_on_ray,
 )
+from placement_actors.actors.mailbox import why_stopped
 from placement_actors.domain.deployments import group_name
 from placement_actors.service import PlacementClient
 
@@ -237,6 +238,9 @@ def test_a_service_whose_lease_another_took_meanwhile_stops_and_leaves_its_deplo
         try:
             assert released.wait(on_ray().RESEND_S + 30), "the first service did not stop"
             assert not first.is_alive()
+            assert why_stopped(first) == (
+                f"this service stepped down: {other.holder} holds the namespace's lease"
+            )
             assert lease_actor_id() == str(other._handle._actor_id)  # its stop left it alone
             (group,) = placed.replicas
             assert on_ray().live_groups()[group.group_name].group_id == group.group_id
@@ -261,7 +265,8 @@ def test_a_service_host_whose_lease_another_took_answers_its_clients_that_it_sto
         other = on_ray().take_service_lease()
         try:
             failed = first_failure(lambda: client.ask(GetClusterView(), timeout=TIMEOUT))
-            assert "has stopped" in str(failed)
+            assert "has stopped: this service stepped down" in str(failed)
+            assert other.holder in str(failed)
         finally:
             other.release()
     finally:

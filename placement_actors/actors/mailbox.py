@@ -39,7 +39,7 @@ from placement_actors.domain.validation import revalidated
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
 
-__all__ = ["KeepServingActor", "admits"]
+__all__ = ["KeepServingActor", "admits", "stop_first", "why_stopped"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,18 +124,39 @@ class _KeepServingInbox:
     """pykka's actor inbox (``put``, ``get``, ``empty``) on a `queue.SimpleQueue`.
 
     Senders put envelopes on the C queue. Only the actor's own thread gets from the inbox, and
-    only it puts envelopes back (`put_back`), into a front queue read first. Once the actor has
-    stopped (`close`), every ask still in the inbox, or put after (pykka's ``ask`` checks that
-    the actor lives, then sends: a stop can come in between), is answered `pykka.ActorDeadError`
-    instead of waiting for good.
+    only it puts envelopes back (`put_back`), into a front queue read first. A stop sent with
+    `put_stop_first` (from any thread) is read before both. Once the actor has stopped
+    (`close`), every ask still in the inbox, or put after (pykka's ``ask`` checks that the actor
+    lives, then sends: a stop can come in between), is answered `pykka.ActorDeadError` instead
+    of waiting for good.
     """
 
-    __slots__ = ("_closed", "_front", "_queue")
+    __slots__ = ("_closed", "_first", "_front", "_queue", "_why_first")
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
         self._front: collections.deque[Envelope[Any]] = collections.deque()
+        self._first: collections.deque[Envelope[Any]] = collections.deque()  # stops sent first
+        self._why_first = ""  # why the first stop sent first was sent
         self._closed = ""  # why the actor stopped, once it has
+
+    @property
+    def why_first(self) -> str:
+        """Why a stop was sent first (`put_stop_first`); empty if none was."""
+        return self._why_first
+
+    def put_stop_first(self, envelope: Envelope[Any], why: str) -> None:
+        """Send a stop ``envelope`` ahead of every message waiting in the inbox.
+
+        The messages it passes are answered `pykka.ActorDeadError` with ``why`` (the first
+        ``why`` given, if several such stops are sent), as are all that come after.
+        """
+        if not self._why_first:
+            self._why_first = why
+        self._first.append(envelope)
+        self.put(Envelope(_WAKE))  # wakes a `get` that waits on the queue
+        if self._closed:  # stopped already, maybe after its last look at `_first`
+            self._turn_away_first()
 
     def put(self, envelope: Envelope[Any], /) -> None:
         """Send ``envelope``; to an actor that has stopped, it is answered at once."""
@@ -152,31 +173,51 @@ class _KeepServingInbox:
         Raises:
             queue.Empty: nothing came within ``timeout`` seconds (or at once, if not ``block``).
         """
-        envelope = self._front.popleft() if self._front else self._queue.get(block, timeout)
+        if self._first:
+            envelope = self._first.popleft()
+        elif self._front:
+            envelope = self._front.popleft()
+        else:
+            envelope = self._queue.get(block, timeout)
         if envelope.reply_to is None:
             envelope.reply_to = _ToldReply(envelope.message)
         return envelope
 
     def empty(self) -> bool:
         """Whether no envelope is waiting."""
-        return not self._front and self._queue.empty()
+        return not self._first and not self._front and self._queue.empty()
 
     def put_back(self, envelopes: Sequence[Envelope[Any]]) -> None:
         """Put ``envelopes`` back at the head of the inbox, in their order (before later ones).
 
+        A stop sent first among them goes back ahead of the rest, and is read first again.
         Called from the actor's own thread only, as `get` is.
         """
-        self._front.extendleft(reversed(envelopes))
+        first: list[Envelope[Any]] = []
+        rest: list[Envelope[Any]] = []
+        for envelope in envelopes:
+            (first if isinstance(envelope.message, _FirstStop) else rest).append(envelope)
+        self._first.extendleft(reversed(first))
+        self._front.extendleft(reversed(rest))
 
     def close(self, why: str) -> None:
         """The actor has stopped (``why`` says so): answer what waits, and all that comes later.
 
         Called from the actor's own thread, at its end; senders answer what they put after.
         """
-        self._closed = why
+        self._closed = why = self._why_first or why
+        self._turn_away_first()
         while self._front:
             _turn_away(self._front.popleft(), why)
         self._turn_away()
+
+    def _turn_away_first(self) -> None:
+        while True:  # a sender of a stop and the actor may both be at it
+            try:
+                envelope = self._first.popleft()
+            except IndexError:
+                return
+            _turn_away(envelope, self._closed)
 
     def _turn_away(self) -> None:
         while True:
@@ -185,6 +226,37 @@ class _KeepServingInbox:
             except queue.Empty:
                 return
             _turn_away(envelope, self._closed)
+
+
+class _FirstStop(_ActorStop):
+    """A stop sent ahead of the messages in the inbox (`stop_first`); pykka stops on it."""
+
+
+def stop_first(ref: pykka.ActorRef[Any], why: str) -> pykka.Future[Any]:
+    """Stop the actor ``ref`` before it handles any message waiting in its mailbox.
+
+    ``ref.stop()`` queues the stop behind every message sent before it; this one is read next.
+    A message the actor is handling when it comes runs to its end (a waiting handler included:
+    its wait holds the stop back with the other messages, and it is read first after). Every
+    message it passes, and every one sent after, is answered `pykka.ActorDeadError` with
+    ``why``. For an actor with another mailbox than `KeepServingActor`'s, this is
+    ``ref.stop(block=False)``.
+
+    Returns:
+        A future that settles once the actor has stopped.
+    """
+    inbox = ref.actor_inbox
+    if not isinstance(inbox, _KeepServingInbox):
+        return ref.stop(block=False)
+    stopped: pykka.Future[Any] = CallbackFuture()
+    inbox.put_stop_first(Envelope(_FirstStop(), reply_to=stopped), why)
+    return stopped
+
+
+def why_stopped(ref: pykka.ActorRef[Any]) -> str:
+    """The ``why`` of the `stop_first` sent to the actor ``ref``; empty if none was sent."""
+    inbox = ref.actor_inbox
+    return inbox.why_first if isinstance(inbox, _KeepServingInbox) else ""
 
 
 def _turn_away(envelope: Envelope[Any], why: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from pykka._envelope import Envelope
 
 from placement_actors.actors.futures import CallbackFuture
-from placement_actors.actors.mailbox import KeepServingActor
+from placement_actors.actors.mailbox import KeepServingActor, stop_first, why_stopped
 from placement_actors.domain.errors import InvalidSpecError
 
 TIMEOUT = 5
@@ -174,11 +174,12 @@ class Waiter(KeepServingActor):
         wait_s: float = TIMEOUT,
         held: threading.Event | None = None,
         more: tuple[CallbackFuture[str], ...] = (),
+        log: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.replies = (reply, *more)
         self.wait_s = wait_s
-        self.log: list[str] = []
+        self.log: list[str] = [] if log is None else log  # a list of the test's outlives it
         self.answered = 0
         self.held = held or threading.Event()
         self._handlers = {Query: self.query, SlowQuery: self.slow_query, str: self.command}
@@ -353,3 +354,72 @@ def test_a_failing_query_during_a_wait_goes_to_its_asker_and_the_wait_goes_on() 
         assert waiting.get(timeout=TIMEOUT) == "waited"
     finally:
         ref.stop(timeout=TIMEOUT)
+
+
+def turned_away(reply: pykka.Future[object]) -> str:
+    """The `pykka.ActorDeadError` ``reply`` was answered with, in words."""
+    with pytest.raises(pykka.ActorDeadError) as caught:
+        reply.get(timeout=TIMEOUT)
+    return str(caught.value)
+
+
+def test_a_stop_sent_first_passes_the_waiting_messages_and_each_is_told_why() -> None:
+    log: list[str] = []
+    held = threading.Event()
+    ref = Waiter.start(CallbackFuture(), held=held, log=log)
+    holding = ref.ask("hold", block=False)  # the actor is busy while the mailbox fills
+    waiting = [ref.ask(f"sent before {i}", block=False) for i in range(3)]
+    ref.tell("told before")
+    stopped = stop_first(ref, "stepped down: another holds the lease")
+    late = ref.ask("sent after", block=False)
+    held.set()
+    assert holding.get(timeout=TIMEOUT) == "hold"  # the message in hand runs to its end
+    stopped.get(timeout=TIMEOUT)
+    assert not ref.is_alive()
+    for reply in (*waiting, late):
+        assert turned_away(reply) == "stepped down: another holds the lease"
+    assert log == ["hold"]
+    assert why_stopped(ref) == "stepped down: another holds the lease"
+    assert_no_thread_left("Waiter")
+
+
+def test_a_stop_sent_first_during_a_wait_comes_before_the_messages_the_wait_held() -> None:
+    log: list[str] = []
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Waiter.start(reply, log=log)
+    waiting = started_waiting(ref)
+    held = ref.ask("held by the wait", block=False)
+    stopped = stop_first(ref, "stepped down")
+    assert ref.ask(Query(), timeout=TIMEOUT) == ("waiting",)  # queries are still answered
+    reply.set("the reply")
+    assert waiting.get(timeout=TIMEOUT) == "waited"
+    stopped.get(timeout=TIMEOUT)
+    assert turned_away(held) == "stepped down"
+    assert log == ["waiting", "got the reply"]
+
+
+def test_a_stop_sent_first_to_a_stopped_actor_is_answered_at_once() -> None:
+    ref = Echo.start()
+    ref.stop(timeout=TIMEOUT)
+    stop_first(ref, "too late").get(timeout=TIMEOUT)
+    assert why_stopped(ref) == "too late"
+
+
+def test_an_actor_stopped_the_usual_way_has_no_reason_given() -> None:
+    ref = Echo.start()
+    last = ref.ask("last", block=False)
+    ref.stop(timeout=TIMEOUT)
+    assert last.get(timeout=TIMEOUT) == "last"  # a plain stop waits its turn
+    assert why_stopped(ref) == ""
+
+
+def test_a_stop_sent_first_to_a_stock_pykka_actor_waits_its_turn() -> None:
+    class Stock(pykka.ThreadingActor):
+        def on_receive(self, message: object) -> object:
+            return message
+
+    ref = Stock.start()
+    waiting = ref.ask("before", block=False)
+    stop_first(ref, "ignored").get(timeout=TIMEOUT)
+    assert waiting.get(timeout=TIMEOUT) == "before"
+    assert why_stopped(ref) == ""
