@@ -1524,7 +1524,11 @@ class DeploymentPlacementActor(KeepServingActor):
             except PlacementError as exc:
                 index = message.replica_index
                 logger.info("replica %d of %s is placed again: %s", index, name, exc)
-                self._free(name, message.assignments, None)
+                # Its group goes first: a planner that answered too late may adopt it yet, and
+                # it would stand, holding GPUs the ledger gives to others, and in the way of the
+                # new group's name. Until Ray removes it, its GPUs stay held (`_unplan`).
+                if self._unplan(name, message.assignments):
+                    self._free(name, message.assignments, None)
                 assignments = [a for a in assignments if a.replica_index != message.replica_index]
         result = PlacementResult(
             deployment=deployment, assignments=tuple(assignments), replicas=tuple(replicas)

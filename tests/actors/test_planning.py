@@ -62,8 +62,9 @@ from placement_actors import (
 from placement_actors.actors.messages import BundleGpusKnown, GroupRescheduling, NodeLost
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import BundleProbe, MemoryCheckpoints
-from placement_actors.domain.checkpoints import GroupCheckpoint, decode
+from placement_actors.domain.checkpoints import DeploymentCheckpoint, GroupCheckpoint, decode
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
+from placement_actors.policies.recovery import AdoptedReplica, RecoveredDeployment
 
 TIMEOUT = 30
 
@@ -1113,10 +1114,12 @@ class LookupFailsOnce(on_ray.RayBackend):
 
 
 def a_group_left_by_an_earlier_run(
-    assignments: tuple[NodeAssignment, ...], deployment: str = "adopted"
+    assignments: tuple[NodeAssignment, ...],
+    deployment: str = "adopted",
+    store: MemoryCheckpoints | None = None,
 ) -> tuple[MemoryCheckpoints, GroupCheckpoint]:
-    """A group an earlier planner made and left on Ray (stopped), and its record."""
-    store = MemoryCheckpoints()
+    """A group an earlier planner made and left on Ray (stopped), and its record (in ``store``)."""
+    store = MemoryCheckpoints() if store is None else store
     earlier = PlanningActor.start(backend=on_ray.RayBackend(), checkpoints=store)
     placed = earlier.ask(
         PlanReplica(deployment=deployment, replica_index=0, assignments=assignments),
@@ -1125,7 +1128,11 @@ def a_group_left_by_an_earlier_run(
     assert isinstance(placed, ReplicaPlacement)
     assert all(b.port.get(timeout=TIMEOUT) > 0 for b in placed.bundles)
     earlier.stop(timeout=TIMEOUT)
-    (record,) = (decode(v, GroupCheckpoint) for v in store.load("").values())
+    (record,) = (
+        decode(v, GroupCheckpoint)
+        for k, v in store.load("").items()
+        if k.endswith(group_name(deployment, 0))
+    )
     return store, record
 
 
@@ -1153,6 +1160,89 @@ def test_a_group_whose_adoption_failed_is_removed_so_its_replica_can_be_placed_a
     finally:
         later.ask(RemoveReplicaGroups("adopted"), timeout=TIMEOUT)
         later.stop(timeout=TIMEOUT)
+
+
+class SlowLookups(on_ray.RayBackend):
+    """Ray, answering look-ups of groups only once ``gate`` opens (a GCS slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def find_group(self, name: str, group_id: str) -> object | None:
+        assert self.gate.wait(TIMEOUT)
+        return super().find_group(name, group_id)
+
+
+def recovered(
+    name: str, record: GroupCheckpoint, assignments: tuple[NodeAssignment, ...]
+) -> RecoveredDeployment:
+    """A deployment of an earlier run, as a restarted service takes it back: kept whole."""
+    node = assignments[0].node
+    return RecoveredDeployment(
+        checkpoint=DeploymentCheckpoint(
+            deployment=llama(name),
+            constraints=PlacementConstraints(gpu_nodes=(node,)),
+            assignments=assignments,
+        ),
+        adopted=(AdoptedReplica(replica_index=0, assignments=assignments, group=record),),
+    )
+
+
+def test_a_group_whose_adoption_the_planner_answered_too_late_goes_before_its_replica_is_placed(
+    ray_nodes: dict[str, str],
+) -> None:
+    node = ray_nodes["gpu-a"]
+    first = (NodeAssignment(replica_index=0, node=node, gpus=(0,)),)
+    second = (NodeAssignment(replica_index=0, node=node, gpus=(1,)),)
+    store, late = a_group_left_by_an_earlier_run(first, "answered-late")
+    _, kept = a_group_left_by_an_earlier_run(second, "kept", store)
+    backend = SlowLookups()
+    planner = PlanningActor.start(backend=backend, checkpoints=store)
+    threading.Timer(1.5, backend.gate.set).start()  # after the first adoption's 1 s timeout
+    placement = DeploymentPlacementActor.start(
+        topology=on_ray.get_cluster_topology(),
+        planner=planner,
+        planner_timeout_s=1.0,
+        stops_planner=True,
+        recovered=(recovered("answered-late", late, first), recovered("kept", kept, second)),
+    )
+    try:
+        # The late one's GPU was freed (the kept one may have taken it) and it was placed
+        # again; the group the planner adopted after the timeout did not stay behind.
+        again = placed_again(placement, "answered-late")
+        (replica,) = again.replicas
+        assert replica.group_id != late.group_id
+        assert on_ray.find_group(group_name("answered-late", 0), late.group_id) is None
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+        view = placement.ask(GetReplicaGroups(), timeout=TIMEOUT)
+        assert isinstance(view, ReplicaGroupsView)
+        assert [g.group_name for g in view.groups] == [
+            group_name("answered-late", 0),
+            group_name("kept", 0),
+        ]
+        live = on_ray.live_groups()
+        assert live[group_name("answered-late", 0)].group_id == replica.group_id
+        assert live[group_name("kept", 0)].group_id == kept.group_id
+        ledger = placement.ask(GetClusterView(), timeout=TIMEOUT)
+        assert isinstance(ledger, ClusterView)
+        assert sorted(h.deployment for h in ledger.node(node).held) == ["answered-late", "kept"]
+    finally:
+        for name in ("answered-late", "kept"):
+            placement.ask(Release(name), timeout=TIMEOUT)
+        placement.stop(timeout=TIMEOUT)
+
+
+def placed_again(placement: pykka.ActorRef[Any], name: str) -> PlacementResult:
+    """``name``'s result once no replica of it is missing (a stranded group goes first)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        now = placement.ask(GetPlacement(name), timeout=TIMEOUT)
+        assert isinstance(now, Placement)
+        if now.result is not None and not now.missing:
+            return now.result
+        assert time.monotonic() < deadline, f"{name} was not placed again: {now}"
+        time.sleep(0.1)
 
 
 class ProbesOffer(on_ray.RayBackend):
