@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from placement_actors.actors.mailbox import KeepServingActor, admits
+from placement_actors.actors.mailbox import KeepServingActor, admits, stop_first, why_stopped
 from placement_actors.actors.messages import (
     AnswerNow,
     BundleGpusKnown,
@@ -440,12 +440,20 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._hold_outside(node_id, count)
 
     def on_stop(self) -> None:
-        """Stop the planner too, when it was started for this actor alone; then `on_stopped`."""
+        """Stop the planner too, when it was started for this actor alone; then `on_stopped`.
+
+        This actor stopped ahead of its mailbox (`stop_first`, as a service that stepped down
+        is): so does the planner, whose waiting messages are not carried out on Ray either.
+        """
         try:
             if self._stops_planner and self._planner is not None:
                 # Blocking is safe: the planner never waits on this actor.
                 try:
-                    self._planner.stop(timeout=self._planner_timeout_s)
+                    why = why_stopped(self.actor_ref)
+                    if why:
+                        stop_first(self._planner, why).get(timeout=self._planner_timeout_s)
+                    else:
+                        self._planner.stop(timeout=self._planner_timeout_s)
                 except pykka.ActorDeadError:
                     pass
                 except pykka.Timeout:  # in a call to Ray: it stops once that call returns

@@ -12,7 +12,8 @@ handled afterwards, in the order they came. An ask that reaches the mailbox afte
 stopped is answered `pykka.ActorDeadError` (pykka's would wait for good).
 
 This leans on pykka 4 internals (``_create_actor_inbox``, ``_create_future``,
-``_actor_loop_teardown``, the envelope's ``reply_to`` and ``pykka.messages._ActorStop``);
+``_handle_receive``, ``_actor_loop_teardown``, the envelope's ``reply_to`` and
+``pykka.messages._ActorStop``);
 pyproject pins ``pykka<5`` and ``tests/actors/test_mailbox.py`` fails if they change.
 """
 
@@ -142,8 +143,12 @@ class _KeepServingInbox:
 
     @property
     def why_first(self) -> str:
-        """Why a stop was sent first (`put_stop_first`); empty if none was."""
-        return self._why_first
+        """Why a stop was sent first (`put_stop_first`), if the actor stops or stopped for it.
+
+        Empty if none was sent, or if the actor had stopped otherwise before it came.
+        """
+        closed = self._closed
+        return self._why_first if not closed or closed == self._why_first else ""
 
     def put_stop_first(self, envelope: Envelope[Any], why: str) -> None:
         """Send a stop ``envelope`` ahead of every message waiting in the inbox.
@@ -168,7 +173,7 @@ class _KeepServingInbox:
         """The next envelope; a told message gets a reply slot that logs instead of raising.
 
         A wake-up that arrives after its wait ended is handed out too (and ignored by
-        `KeepServingActor.on_receive`).
+        `KeepServingActor._handle_receive`).
 
         Raises:
             queue.Empty: nothing came within ``timeout`` seconds (or at once, if not ``block``).
@@ -179,6 +184,10 @@ class _KeepServingInbox:
             envelope = self._front.popleft()
         else:
             envelope = self._queue.get(block, timeout)
+            if self._first:  # a stop sent first woke this get: it goes before what was taken
+                if envelope.message is not _WAKE:
+                    self._front.appendleft(envelope)
+                envelope = self._first.popleft()
         if envelope.reply_to is None:
             envelope.reply_to = _ToldReply(envelope.message)
         return envelope
@@ -240,10 +249,11 @@ def stop_first(ref: pykka.ActorRef[Any], why: str) -> pykka.Future[Any]:
     its wait holds the stop back with the other messages, and it is read first after). Every
     message it passes, and every one sent after, is answered `pykka.ActorDeadError` with
     ``why``. For an actor with another mailbox than `KeepServingActor`'s, this is
-    ``ref.stop(block=False)``.
+    ``ref.stop(block=False)``, which waits its turn.
 
     Returns:
-        A future that settles once the actor has stopped.
+        A future that settles (``None``) once the actor has stopped; for another mailbox,
+        pykka's future of ``ref.stop(block=False)``.
     """
     inbox = ref.actor_inbox
     if not isinstance(inbox, _KeepServingInbox):
@@ -314,12 +324,19 @@ class KeepServingActor(pykka.ThreadingActor):
             super()._actor_loop_teardown()
         self._loop_thread = None  # thread ids are reused: a later thread is not this actor's
 
+    def _handle_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
+        """Dispatch as pykka does, less wake-ups that came after their wait (or with a stop).
+
+        They are the mailbox's own: no subclass's `on_receive` sees them.
+        """
+        if message is _WAKE:
+            return None
+        return super()._handle_receive(message)
+
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive in a mailbox
         """Dispatch a plain message to its handler; an unknown type is an `UnknownMessageError`."""
         handler = self._handlers.get(type(message))
         if handler is None:
-            if message is _WAKE:  # a wake-up that came after its wait ended
-                return None
             raise UnknownMessageError(type(self).__name__, message)
         return handler(message)
 

@@ -36,6 +36,7 @@ from placement_actors import (
     UnknownMessageError,
     deployment_placement_proxy,
 )
+from placement_actors.actors.mailbox import KeepServingActor, stop_first
 from placement_actors.actors.messages import NodeJoined
 from placement_actors.domain.limits import MAX_FAILURES_KEPT
 
@@ -737,3 +738,40 @@ def test_a_planner_that_does_not_stop_in_time_is_said_so_and_the_service_stops_a
     busy.set()
     assert told == ["told"]
     assert "the planner did not stop within 0.2s" in caplog.text
+
+
+class BusyPlanner(KeepServingActor):
+    """Stands in for a planner: holds on "hold" until let go, and logs what it handles."""
+
+    def __init__(self, log: list[str], holding: threading.Event, go: threading.Event) -> None:
+        super().__init__()
+        self.log, self.holding, self.go = log, holding, go
+        self._handlers = {str: self.handle}
+
+    def handle(self, message: str) -> str:
+        if message == "hold":
+            self.holding.set()
+            assert self.go.wait(TIMEOUT)
+        self.log.append(message)
+        return message
+
+
+def test_a_service_stopped_ahead_of_its_mailbox_stops_its_planner_the_same_way() -> None:
+    log: list[str] = []
+    holding, go = threading.Event(), threading.Event()
+    planner = BusyPlanner.start(log, holding, go)
+    service = DeploymentPlacementActor.start(
+        topology=[NodeTopology(node_id="gpu-a", num_gpus=8)],
+        planner=planner,
+        stops_planner=True,
+    )
+    in_hand = planner.ask("hold", block=False)
+    assert holding.wait(TIMEOUT)
+    queued = planner.ask("queued on Ray's side", block=False)
+    threading.Timer(0.2, go.set).start()
+    stop_first(service, "stepped down").get(timeout=TIMEOUT)
+    assert in_hand.get(timeout=TIMEOUT) == "hold"
+    with pytest.raises(pykka.ActorDeadError, match="stepped down"):
+        queued.get(timeout=TIMEOUT)
+    assert log == ["hold"]
+    assert not planner.is_alive()

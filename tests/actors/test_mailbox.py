@@ -3,6 +3,7 @@
 import logging
 import threading
 import time
+from typing import Any
 
 import pykka
 import pytest
@@ -182,6 +183,7 @@ class Waiter(KeepServingActor):
         self.log: list[str] = [] if log is None else log  # a list of the test's outlives it
         self.answered = 0
         self.held = held or threading.Event()
+        self.holding = threading.Event()  # set as "hold" starts
         self._handlers = {Query: self.query, SlowQuery: self.slow_query, str: self.command}
 
     def query(self, _: Query) -> tuple[str, ...]:
@@ -204,12 +206,13 @@ class Waiter(KeepServingActor):
             self.log.append("got " + ", ".join(r.get(timeout=0) for r in self.replies))
             return "waited"
         if message == "hold":
+            self.holding.set()
             assert self.held.wait(TIMEOUT)
         self.log.append(message)
         return message
 
 
-def started_waiting(ref: pykka.ActorRef[Waiter]) -> pykka.Future[object]:
+def started_waiting(ref: pykka.ActorRef[Any]) -> pykka.Future[object]:
     waiting = ref.ask("wait", block=False)
     deadline = time.monotonic() + TIMEOUT
     while "waiting" not in ref.ask(Query(), timeout=TIMEOUT):
@@ -363,24 +366,83 @@ def turned_away(reply: pykka.Future[object]) -> str:
     return str(caught.value)
 
 
+class Logged(KeepServingActor):
+    """Logs every message that reaches its `on_receive` (before any dispatch)."""
+
+    def __init__(self, log: list[object], holding: threading.Event, held: threading.Event) -> None:
+        super().__init__()
+        self.log, self.holding, self.held = log, holding, held
+
+    def on_receive(self, message: object) -> object:
+        self.log.append(message)
+        if message == "hold":
+            self.holding.set()
+            assert self.held.wait(TIMEOUT)
+        return message
+
+
+def logged() -> tuple[pykka.ActorRef[Logged], list[object], threading.Event, threading.Event]:
+    log: list[object] = []
+    holding, held = threading.Event(), threading.Event()
+    return Logged.start(log, holding, held), log, holding, held
+
+
 def test_a_stop_sent_first_passes_the_waiting_messages_and_each_is_told_why() -> None:
-    log: list[str] = []
-    held = threading.Event()
-    ref = Waiter.start(CallbackFuture(), held=held, log=log)
-    holding = ref.ask("hold", block=False)  # the actor is busy while the mailbox fills
+    ref, log, holding, held = logged()
+    in_hand = ref.ask("hold", block=False)
+    assert holding.wait(TIMEOUT)  # the actor is busy while the mailbox fills
     waiting = [ref.ask(f"sent before {i}", block=False) for i in range(3)]
     ref.tell("told before")
     stopped = stop_first(ref, "stepped down: another holds the lease")
     late = ref.ask("sent after", block=False)
     held.set()
-    assert holding.get(timeout=TIMEOUT) == "hold"  # the message in hand runs to its end
+    assert in_hand.get(timeout=TIMEOUT) == "hold"  # the message in hand runs to its end
     stopped.get(timeout=TIMEOUT)
     assert not ref.is_alive()
     for reply in (*waiting, late):
         assert turned_away(reply) == "stepped down: another holds the lease"
     assert log == ["hold"]
     assert why_stopped(ref) == "stepped down: another holds the lease"
-    assert_no_thread_left("Waiter")
+    assert_no_thread_left("Logged")
+
+
+def test_a_stop_sent_first_to_an_idle_actor_stops_it_and_nothing_else_reaches_it() -> None:
+    ref, log, _, _ = logged()
+    assert ref.ask("first", timeout=TIMEOUT) == "first"
+    time.sleep(0.05)  # the actor waits on its empty mailbox
+    stop_first(ref, "stepped down").get(timeout=TIMEOUT)
+    assert not ref.is_alive()
+    assert log == ["first"]  # not even the wake-up that came with the stop
+    assert_no_thread_left("Logged")
+
+
+def test_every_stop_sent_first_is_answered_and_the_first_reason_is_kept() -> None:
+    ref, log, holding, held = logged()
+    in_hand = ref.ask("hold", block=False)
+    assert holding.wait(TIMEOUT)
+    stops = [stop_first(ref, f"reason {i}") for i in range(3)]
+    waiting = ref.ask("waiting", block=False)
+    held.set()
+    in_hand.get(timeout=TIMEOUT)
+    for stopped in stops:
+        stopped.get(timeout=TIMEOUT)
+    assert turned_away(waiting) == "reason 0"
+    assert why_stopped(ref) == "reason 0"
+    assert log == ["hold"]
+
+
+def test_a_stop_sent_first_while_the_actor_stops_is_answered() -> None:
+    ref, _, holding, held = logged()
+    in_hand = ref.ask("hold", block=False)
+    assert holding.wait(TIMEOUT)
+    plain = ref.stop(block=False)  # queued: the actor stops on it
+    racing = [stop_first(ref, "late") for _ in range(50)]
+    held.set()
+    in_hand.get(timeout=TIMEOUT)
+    plain.get(timeout=TIMEOUT)
+    for stopped in racing:
+        stopped.get(timeout=TIMEOUT)
+    assert not ref.is_alive()
 
 
 def test_a_stop_sent_first_during_a_wait_comes_before_the_messages_the_wait_held() -> None:
@@ -394,15 +456,17 @@ def test_a_stop_sent_first_during_a_wait_comes_before_the_messages_the_wait_held
     reply.set("the reply")
     assert waiting.get(timeout=TIMEOUT) == "waited"
     stopped.get(timeout=TIMEOUT)
+    assert not ref.is_alive()
     assert turned_away(held) == "stepped down"
     assert log == ["waiting", "got the reply"]
+    assert_no_thread_left("Waiter")
 
 
-def test_a_stop_sent_first_to_a_stopped_actor_is_answered_at_once() -> None:
+def test_a_stop_sent_first_to_a_stopped_actor_is_answered_and_gives_no_reason() -> None:
     ref = Echo.start()
     ref.stop(timeout=TIMEOUT)
     stop_first(ref, "too late").get(timeout=TIMEOUT)
-    assert why_stopped(ref) == "too late"
+    assert why_stopped(ref) == ""  # it had stopped the usual way
 
 
 def test_an_actor_stopped_the_usual_way_has_no_reason_given() -> None:
@@ -423,3 +487,24 @@ def test_a_stop_sent_first_to_a_stock_pykka_actor_waits_its_turn() -> None:
     stop_first(ref, "ignored").get(timeout=TIMEOUT)
     assert waiting.get(timeout=TIMEOUT) == "before"
     assert why_stopped(ref) == ""
+
+
+def test_a_late_wake_up_reaches_no_handler() -> None:
+    seen: list[str] = []
+
+    class Seeing(Waiter):
+        def on_receive(self, message: object) -> object:
+            seen.append(type(message).__name__)
+            return super().on_receive(message)
+
+    reply: CallbackFuture[str] = CallbackFuture()
+    ref = Seeing.start(reply, wait_s=0.2)
+    try:
+        with pytest.raises(pykka.Timeout):
+            started_waiting(ref).get(timeout=TIMEOUT)
+        reply.set("too late")  # its wake-up arrives after the wait ended
+        assert ref.ask("after", timeout=TIMEOUT) == "after"
+    finally:
+        ref.stop(timeout=TIMEOUT)
+    assert "_Wake" not in seen
+    assert seen[-1] == "str"
