@@ -32,7 +32,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import pykka
 
@@ -45,18 +45,25 @@ from placement_actors.actors.messages import (
     BundleProbeFailed,
     ClusterView,
     GetClusterView,
+    GetDefragmentationPlan,
     GetPlacement,
+    GetPlacementFailure,
+    GetReplicaGroups,
     GpusInUse,
     GroupRescheduling,
+    MoveReplica,
     NodeJoined,
     NodeLost,
+    Place,
     PlacedMany,
+    PlaceMany,
     Placement,
     PlacementGroupFailed,
     PlacementGroupReady,
     PlacementGroupTimedOut,
     PlanReplica,
     Release,
+    RemoveReplicaGroups,
     ReplicaFailed,
     ReplicaLost,
     ReplicaMoved,
@@ -71,6 +78,7 @@ from placement_actors.domain.errors import (
     PlacementError,
     ServiceRunningError,
     StalePlacementError,
+    UnknownMessageError,
 )
 from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import (
@@ -87,6 +95,7 @@ if TYPE_CHECKING:
     from placement_actors.backends.ray import RemoteHost
 
 __all__ = [
+    "CLIENT_MESSAGES",
     "EVENT_BUFFER",
     "MAX_CLIENT_SEQ",
     "MAX_EVENT_BATCH",
@@ -144,6 +153,20 @@ _INTERNAL_EVENTS = (
 )
 """Events the service raises itself (its actors, its cluster watcher): never taken from a client."""
 _SUBSCRIPTIONS = (Subscribe, Unsubscribe)
+CLIENT_MESSAGES = (
+    Place,
+    PlaceMany,
+    Release,
+    MoveReplica,
+    RemoveReplicaGroups,
+    GetClusterView,
+    GetPlacement,
+    GetPlacementFailure,
+    GetDefragmentationPlan,
+    GetReplicaGroups,
+    AnswerNow,
+)
+"""What a client may send the service (`PlacementClient.ask`): its commands and queries."""
 _REPLY_PAD_S = 30.0
 """How much longer than its own wait a client waits for an `events` reply."""
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
@@ -602,6 +625,9 @@ class _EventListener(KeepServingActor):
 class PlacementHost:
     """What runs inside the service's Ray actor: the two actors, and the futures they handed out.
 
+    Clients call `handle`, `endpoint`, `events` and `last_event` (``HOSTED_METHODS``), nothing
+    else.
+
     It subscribes a listener of its own to the placement actor and keeps the cluster's events
     for clients (`events`).
 
@@ -612,6 +638,10 @@ class PlacementHost:
         event_buffer: how many of the latest events are kept for clients.
         learn_gpu_ids: probe bundles from inside, so that ``gpu_ids`` are Ray's (`start_on_ray`).
     """
+
+    HOSTED_METHODS: ClassVar[frozenset[str]] = frozenset(
+        {"handle", "endpoint", "events", "last_event"}
+    )
 
     def __init__(
         self,
@@ -804,8 +834,13 @@ def _service_stopped(why: str) -> BackendError:
     return BackendError(msg, operation="call service")
 
 
-def _refusal(message: object) -> InvalidSpecError | None:
-    """Why the service does not take ``message`` from a client, or ``None`` when it does."""
+def _refusal(message: object) -> PlacementError | None:
+    """Why the service does not take ``message`` from a client, or ``None`` when it does.
+
+    A client sends the service's commands and queries (`CLIENT_MESSAGES`), nothing else: not
+    the events between its own actors, nor pykka's own messages (a stop, a proxy's call or
+    attribute), which would reach the placement actor past its handlers.
+    """
     if isinstance(message, PlanReplica):
         msg = "the service plans replicas through Place; send Place, not PlanReplica"
         return InvalidSpecError(msg, field="message")
@@ -818,6 +853,8 @@ def _refusal(message: object) -> InvalidSpecError | None:
             "another process, follow the events with PlacementClient.watch or .events"
         )
         return InvalidSpecError(msg, field="message")
+    if type(message) not in CLIENT_MESSAGES:
+        return UnknownMessageError("the placement service", message)
     return None
 
 

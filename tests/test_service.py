@@ -10,12 +10,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pykka
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
 from placement_actors import (
     BackendError,
@@ -55,6 +56,7 @@ from placement_actors.actors.messages import (
     GroupRescheduling,
     NodeJoined,
     NodeLost,
+    NodeState,
     Placement,
     ReplicaLost,
     ReplicaReplaced,
@@ -151,6 +153,34 @@ def test_the_events_between_the_services_own_actors_are_refused_from_a_client(
     ):
         with pytest.raises(InvalidSpecError, match="event between the service's own actors"):
             client.ask(event)
+
+
+def test_pykkas_own_messages_from_a_client_are_refused_and_the_service_serves_on(
+    client: PlacementClient, ray_nodes: dict[str, str]
+) -> None:
+    node = ray_nodes["gpu-a"]
+    for message in (
+        _ActorStop(),  # would stop the placement actor past its handlers
+        ProxyCall(attr_path=("_on_node_lost",), args=(NodeLost(node_id=node),), kwargs={}),
+        ProxyGetAttr(attr_path=("_placed",)),
+        ProxySetAttr(attr_path=("_handlers",), value={}),
+        "a plain string",
+    ):
+        with pytest.raises(UnknownMessageError, match="service does not handle messages of type"):
+            client.ask(message)
+    view = client.ask(GetClusterView())
+    assert isinstance(view, ClusterView)
+    assert view.node(node).state is NodeState.ALIVE  # no event got in
+    placed = client.ask(Place(Deployment(name="after-pykka", model="m")))  # handlers intact
+    assert isinstance(placed, PlacementResult)
+
+
+def test_a_service_host_calls_only_the_methods_its_object_serves(client: PlacementClient) -> None:
+    host = hosting.find_host(client.name)
+    for method in ("stop", "_record", "__init__", "_placement"):
+        with pytest.raises(BackendError, match="answers calls of endpoint, events, handle"):
+            host.later(method, transform=lambda r: r).get(timeout=TIMEOUT)
+    assert client.ask(GetClusterView()).deployments == ()  # it was not stopped
 
 
 def test_subscribing_through_a_client_is_refused_with_a_pointer_to_watch(
@@ -727,6 +757,8 @@ class Recorder:
     """A hosted object that answers each call with its arguments; a "hang" call, if told to,
     never (as a stopped host leaves calls unanswered)."""
 
+    HOSTED_METHODS: ClassVar[frozenset[str]] = frozenset({"handle"})
+
     def __init__(self, *, hang: bool) -> None:
         self._hang = hang
 
@@ -762,6 +794,8 @@ def test_calls_sent_again_to_a_successor_name_the_one_sent_again_before_them() -
 
 class EarlierRecorder:
     """A hosted object of an earlier version: its method takes no number to follow."""
+
+    HOSTED_METHODS: ClassVar[frozenset[str]] = frozenset({"handle", "seen"})
 
     def __init__(self) -> None:
         self.handled: list[int] = []

@@ -69,8 +69,23 @@ class _Host:
         return await _invoke(self._target, method, args)
 
 
-async def _invoke(target: object, method: str, args: tuple[object, ...]) -> object:
-    """``target.method(*args)``, awaited if it is a coroutine."""
+async def _invoke(target: object, method: object, args: tuple[object, ...]) -> object:
+    """``target.method(*args)``, awaited if it is a coroutine.
+
+    Only a method ``target``'s class names in its ``HOSTED_METHODS`` is called: the host is
+    reachable from any process on the cluster, and the object's other methods and attributes
+    (its actors, its state) are its own.
+
+    Raises:
+        InvalidSpecError: ``method`` is not one of them.
+    """
+    served: frozenset[str] = getattr(type(target), "HOSTED_METHODS", frozenset())
+    if not isinstance(method, str) or method not in served:
+        msg = (
+            f"the service host answers calls of {', '.join(sorted(served)) or 'no method'}, "
+            f"not {method!r:.80}"
+        )
+        raise InvalidSpecError(msg, field="method")
     result = getattr(target, method)(*args)
     if inspect.isawaitable(result):
         result = await result
@@ -453,8 +468,9 @@ def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 1
     """Start (or find, if it runs already) the named, detached host actor of ``factory()``.
 
     ``factory`` must be picklable (a class, or a ``functools.partial`` of one): it runs in the
-    host's own process. The host lives in `NAMESPACE`, on the head node, and outlives the driver
-    that started it; Ray restarts it if its process dies.
+    host's own process. Its class names the methods the host calls for others in a
+    ``HOSTED_METHODS`` frozenset; no other is called. The host lives in `NAMESPACE`, on the
+    head node, and outlives the driver that started it; Ray restarts it if its process dies.
     """
     handle = _Host.options(  # type: ignore[attr-defined]
         name=name,
@@ -467,7 +483,7 @@ def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 1
     ).remote(factory)
     host = RemoteHost(handle, name)
     try:
-        ray.get(handle.call.remote("__repr__"), timeout=timeout_s)
+        ray.get(handle.incarnation.remote(), timeout=timeout_s)  # once ``factory()`` ran
     except Exception as exc:  # the Ray error-mapping boundary
         msg = f"the service {name} did not start: {exc}"
         raise BackendError(msg, operation="start service") from exc
