@@ -733,6 +733,9 @@ class DeploymentPlacementActor(KeepServingActor):
         """Move one running replica, whole, to another node; see `MoveReplica`."""
         if self._behind():  # also for proxy calls, which do not pass through on_receive
             self._catch_up()
+        again = self._moved_already(message)
+        if again is not None:
+            return again
         placed, source = self._movable(message)
         self._check_move_target(placed, source, message.to_node)
         done = self._carry_out(placed, source, message.to_node)
@@ -740,6 +743,32 @@ class DeploymentPlacementActor(KeepServingActor):
         # no other replica is moved for it: the caller may be carrying out a plan move by move.
         self._retry_degraded(make_room=False)
         return done
+
+    def _moved_already(self, message: MoveReplica) -> ReplicaMoved | None:
+        """The reply to a move from ``from_node`` whose replica runs on ``to_node`` already.
+
+        Such a move was carried out before (a call sent again: Ray sends a restarted service
+        host the calls that were on their way), or its end holds anyway: it is answered as done,
+        with the replica's group now, and nothing moves. ``None`` for any other move.
+        """
+        name, index, target = message.deployment, message.replica_index, message.to_node
+        placed = self._placed.get(name)
+        if message.from_node in (None, target) or placed is None or placed.egress_key is not None:
+            return None
+        held = tuple(a for a in placed.result.assignments if a.replica_index == index)
+        if len(held) != 1 or held[0].node != target:
+            return None
+        if message.gpus is not None and message.gpus != len(held[0].gpus):
+            return None
+        placement = next((r for r in placed.result.replicas if r.replica_index == index), None)
+        return ReplicaMoved(
+            deployment=name,
+            replica_index=index,
+            from_node=message.from_node,
+            to_node=target,
+            placement=placement,
+            assignments=held,
+        )
 
     def _carry_out(self, placed: _Placed, source: NodeAssignment, target: str) -> ReplicaMoved:
         """Move the replica ``source`` holds to ``target`` (checked already); see `MoveReplica`."""

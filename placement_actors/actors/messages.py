@@ -308,6 +308,12 @@ class MoveReplica(Checked):
     lost: subscribers are told `ReplicaLost`, and it is placed again if its `Place` allows. As
     with any group, a moved replica whose new group then fails is lost the same way.
 
+    A move that names ``from_node`` and finds the replica on ``to_node`` already (the same move
+    sent again after it was carried out, as Ray sends a restarted service host the calls that
+    were on their way) is answered as done: the same `ReplicaMoved`, with the replica's group
+    now; nothing moves and no subscriber is told. Without ``from_node``, a move to where the
+    replica runs is an `InvalidSpecError`.
+
     Attributes:
         deployment: the deployment's name.
         replica_index: the replica.

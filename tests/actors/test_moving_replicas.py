@@ -162,6 +162,28 @@ def test_subscribers_are_told_each_move(actor: Ref) -> None:
         listener.stop()
 
 
+def test_a_move_sent_again_after_it_was_carried_out_is_answered_as_done_and_moves_nothing(
+    actor: Ref,
+) -> None:
+    events: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(events)
+    try:
+        actor.ask(Subscribe(listener), timeout=TIMEOUT)
+        place(actor, "twice", 1, gpu_nodes=("gpu-a", "gpu-b"))  # on gpu-a
+        move = MoveReplica("twice", 0, "gpu-b", from_node="gpu-a", gpus=1)
+        done = actor.ask(move, timeout=TIMEOUT)
+        assert events.get(timeout=TIMEOUT) == done
+        after = view(actor)
+        assert actor.ask(move, timeout=TIMEOUT) == done  # as a restarted host receives it
+        assert view(actor) == after
+        listener.ask("flush", timeout=TIMEOUT)  # behind anything the second move told it
+        assert events.get(timeout=TIMEOUT) == "flush"  # nobody was told of a move not made
+        with pytest.raises(StalePlacementError):  # a move that is not the one carried out
+            actor.ask(MoveReplica("twice", 0, "gpu-b", from_node="gpu-a", gpus=2), timeout=TIMEOUT)
+    finally:
+        listener.stop()
+
+
 def test_a_move_to_where_the_replica_is_not_allowed_is_refused_and_changes_nothing(
     actor: Ref,
 ) -> None:

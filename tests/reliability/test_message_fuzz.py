@@ -344,6 +344,10 @@ class Model:
             assert isinstance(message, MoveReplica)
             result = self.placed[reply.deployment]
             held = [a for a in result.assignments if a.replica_index == reply.replica_index]
+            if [a.node for a in held] == [message.to_node]:  # there already: answered as done
+                assert message.from_node == reply.from_node != message.to_node
+                assert reply.assignments == tuple(held)
+                return
             assert [a.node for a in held] == [reply.from_node] != [message.to_node]
             assert [a.node for a in reply.assignments] == [message.to_node]
             assert sum(len(a.gpus) for a in reply.assignments) == len(held[0].gpus)
