@@ -697,6 +697,7 @@ class DeploymentPlacementActor(KeepServingActor):
                     self._rewrite(message.deployment)
                 raise
         self._failures.pop(message.deployment, None)
+        self._losing.pop(message.deployment, None)  # its groups went: a loss is carried out
         stranded = self._stranded.pop(message.deployment, ())  # its groups went with the rest
         self._free(message.deployment, stranded, None)
         adopted = self._held.pop(message.deployment, ())
@@ -1001,6 +1002,7 @@ class DeploymentPlacementActor(KeepServingActor):
         else:
             self._stranded[event.deployment] = (*self._stranded.get(event.deployment, ()), *lost)
         placed.result = self._without(placed.result, {event.replica_index})
+        self._not_losing(event.deployment, event.replica_index)  # its group is seen to already
         logger.warning(
             "replica %d of %s failed and is missing: %s",
             event.replica_index,
@@ -1311,6 +1313,21 @@ class DeploymentPlacementActor(KeepServingActor):
             self._outside_short[node] = short - taken
         else:
             self._outside_short.pop(node, None)
+
+    def _not_losing(self, name: str, index: int) -> None:
+        """Drop replica ``index`` of ``name`` from the losses waiting for Ray (`_losing`).
+
+        Its group is dealt with otherwise (it failed, or the deployment was released): a loss
+        carried out later would take the replica placed in its stead.
+        """
+        losing = self._losing.get(name)
+        if losing is None:
+            return
+        indexes, node_id, suspect = losing
+        if indexes - {index}:
+            self._losing[name] = (indexes - {index}, node_id, suspect)
+        else:
+            del self._losing[name]
 
     def _lose_replicas(
         self,

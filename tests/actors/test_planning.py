@@ -59,7 +59,13 @@ from placement_actors import (
     ReplicaPlacement,
     group_name,
 )
-from placement_actors.actors.messages import BundleGpusKnown, GroupRescheduling, NodeLost
+from placement_actors.actors.messages import (
+    BundleGpusKnown,
+    GroupRescheduling,
+    NodeLost,
+    ReplicaLost,
+    Subscribe,
+)
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import BundleProbe, MemoryCheckpoints
 from placement_actors.domain.checkpoints import DeploymentCheckpoint, GroupCheckpoint, decode
@@ -915,6 +921,74 @@ def test_a_lost_replica_whose_group_ray_will_not_remove_keeps_its_gpus_until_ray
         assert found.missing == (0,)  # 8 GPUs no longer fit gpu-b alone: degraded
         assert service.view().node(b).held == ()
         assert status(group_name("halves", 0)) is GroupStatus.REMOVED
+
+
+def test_a_lost_replica_whose_group_then_failed_is_placed_again_once_and_left_running(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    told = Told.start()
+    with served(backend) as service:
+        service.placement.ask(Subscribe(told), timeout=TIMEOUT)
+        placed = service.place(llama("lost-then-failed"), gpu_nodes=(a, b))
+        (replica,) = placed.replicas
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+        source, _ = other_of(placed, (a, b))
+        backend.refuse_remove = 1_000  # Ray is out for a while
+        service.placement.ask(NodeLost(node_id=source), timeout=TIMEOUT)  # the loss waits
+        failed = ReplicaFailed(
+            deployment="lost-then-failed",
+            replica_index=0,
+            group_name=replica.group_name,
+            attempt=replica.attempt,
+            error=PlacementError("its group failed"),
+            group_removed=False,
+        )
+        service.placement.ask(failed, timeout=TIMEOUT)  # the same group, seen failed meanwhile
+        backend.refuse_remove = 0  # Ray is back: the next message catches up
+        again = service.placement.ask(GetPlacement("lost-then-failed"), timeout=TIMEOUT)
+        assert isinstance(again, Placement)
+        assert again.missing == ()  # placed again, on the other node
+        (placed_again,) = again.result.replicas if again.result else ()
+        assert placed_again.master.port.get(timeout=TIMEOUT) > 0
+        service.placement.ask(GetPlacement("lost-then-failed"), timeout=TIMEOUT)
+        kinds = [type(m).__name__ for m in told.proxy().seen.get(timeout=TIMEOUT)]
+        assert kinds.count("ReplicaLost") == 0, kinds  # the failure was its end: not lost twice
+        now = service.placement.ask(GetPlacement("lost-then-failed"), timeout=TIMEOUT)
+        assert isinstance(now, Placement)
+        assert now.result is not None
+        assert [r.group_id for r in now.result.replicas] == [placed_again.group_id]
+    told.stop()
+
+
+def test_a_deployment_released_while_its_loss_waited_for_ray_is_placed_again_untouched(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = RefusingBackend()
+    a, b = ray_nodes["gpu-a"], ray_nodes["gpu-b"]
+    told = Told.start()
+    with served(backend) as service:
+        service.place(llama("a-stuck"), gpu_nodes=(a,))
+        first = service.place(llama("b-again"), gpu_nodes=(a, b))  # best fit: on gpu-a too
+        assert {x.node for x in first.assignments} == {a}
+        backend.refuse_remove = 1_000
+        service.placement.ask(NodeLost(node_id=a), timeout=TIMEOUT)  # both losses wait
+        backend.refuse_remove, backend.refuse_remove_of = 0, "a-stuck"  # a-stuck's still waits
+        service.placement.ask(Release("b-again"), timeout=TIMEOUT)
+        again = service.place(llama("b-again"), gpu_nodes=(b,))  # gpu-a is lost
+        (replica,) = again.replicas
+        assert replica.master.port.get(timeout=TIMEOUT) > 0
+        service.placement.ask(Subscribe(told), timeout=TIMEOUT)
+        backend.refuse_remove_of = ""  # Ray is back: the next message carries a-stuck's loss out
+        service.placement.ask(GetPlacement("b-again"), timeout=TIMEOUT)
+        now = service.placement.ask(GetPlacement("b-again"), timeout=TIMEOUT)
+        assert isinstance(now, Placement)
+        assert now.result is not None
+        assert [r.group_id for r in now.result.replicas] == [replica.group_id]  # left running
+        lost = [m for m in told.proxy().seen.get(timeout=TIMEOUT) if isinstance(m, ReplicaLost)]
+        assert [m.deployment for m in lost] == ["a-stuck"]
+    told.stop()
 
 
 def test_a_rescheduled_replica_is_placed_off_its_node_and_no_room_is_made_on_that_node(
