@@ -138,6 +138,11 @@ Every other message, plain queries included, waits for the command, in the order
 """
 
 
+def _no_answer(exc: PlacementError) -> bool:
+    """Whether ``exc`` says the planner did not answer (it may yet carry the request out)."""
+    return isinstance(exc.__cause__, pykka.Timeout | pykka.ActorDeadError)
+
+
 @dataclass(slots=True, kw_only=True)
 class _Placed:
     """A placed deployment (mutable: owned by the actor thread)."""
@@ -782,7 +787,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._ask_planner([RemoveReplicaGroups(name, (index,))])
             except PlacementError as exc:
                 self._gpus.release(target, ordinals, name)
-                if isinstance(exc.__cause__, pykka.Timeout | pykka.ActorDeadError):
+                if _no_answer(exc):
                     # No answer: the planner may still remove the group. Taken as lost (and
                     # placed again, if its Place allows), never as still running.
                     self._lose_replicas(name, [index], None)
@@ -799,8 +804,11 @@ class DeploymentPlacementActor(KeepServingActor):
                         )
                     ]
                 )
-            except PlacementError:  # the old group is gone, no new one stands: it is lost
-                self._gpus.release(target, ordinals, name)
+            except PlacementError as exc:  # the old group is gone: the replica is lost
+                # No new group stands, unless the planner did not answer: it may make it yet,
+                # so it is removed first, and its GPUs stay held until Ray has (`_unplan`).
+                if not _no_answer(exc) or self._unplan(name, (moved,)):
+                    self._gpus.release(target, ordinals, name)
                 self._lose_replicas(name, [index], None)
                 self._retry_degraded()
                 raise

@@ -69,6 +69,7 @@ from placement_actors.actors.messages import (
 from placement_actors.backends import ray as on_ray
 from placement_actors.backends.protocol import BundleProbe, MemoryCheckpoints
 from placement_actors.domain.checkpoints import DeploymentCheckpoint, GroupCheckpoint, decode
+from placement_actors.domain.deployments import group_prefix
 from placement_actors.policies.bundle_shapes import NODE_ID_LABEL
 from placement_actors.policies.recovery import AdoptedReplica, RecoveredDeployment
 
@@ -667,11 +668,14 @@ class RefusingBackend(on_ray.RayBackend):
 
 
 @contextlib.contextmanager
-def served(backend: on_ray.RayBackend) -> Iterator[Service]:
+def served(backend: on_ray.RayBackend, planner_timeout_s: float = 30.0) -> Iterator[Service]:
     """Both actors on ``backend``; afterwards every deployment released and both stopped."""
     planner = PlanningActor.start(backend=backend)
     placement = DeploymentPlacementActor.start(
-        topology=on_ray.get_cluster_topology(), planner=planner, ignore_head_node=True
+        topology=on_ray.get_cluster_topology(),
+        planner=planner,
+        ignore_head_node=True,
+        planner_timeout_s=planner_timeout_s,
     )
     service = Service(placement=placement, planner=planner)
     try:
@@ -687,6 +691,84 @@ def other_of(placed: PlacementResult, nodes: tuple[str, str]) -> tuple[str, str]
     """The node of a one-node replica among ``nodes``, and the other one."""
     (source,) = {x.node for x in placed.assignments}
     return source, nodes[1] if source == nodes[0] else nodes[0]
+
+
+class SlowThenRefusing(RefusingBackend):
+    """Ray, slow to make groups while ``gate`` is shut, refusing every removal after the first
+    ``removals_allowed`` while ``refusing`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.refusing = False
+        self.removals_allowed = 0
+
+    def create_group(self, spec: Any, *, name: str) -> object:
+        assert self.gate.wait(TIMEOUT)
+        return super().create_group(spec, name=name)
+
+    def remove_group(self, group: object) -> None:
+        if self.refusing and self.removals_allowed <= 0:
+            msg = "Ray refused to remove the group (injected)"
+            raise BackendError(msg, operation="remove placement group")
+        self.removals_allowed -= 1
+        super().remove_group(group)
+
+
+def held_by(service: Service, name: str) -> dict[str, int]:
+    """GPUs the ledger holds for ``name``, by node."""
+    held: dict[str, int] = {}
+    for node in service.view().nodes:
+        count = sum(h.deployment == name for h in node.held)
+        if count:
+            held[node.node_id] = count
+    return held
+
+
+def on_ray_for(name: str) -> dict[str, int]:
+    """Bundles Ray's live groups of ``name`` have, by node (one GPU each here)."""
+    found: dict[str, int] = {}
+    for bundles in on_ray.bundle_nodes(group_prefix(name)).values():
+        for node in bundles.values():
+            found[node] = found.get(node, 0) + 1
+    return found
+
+
+def test_a_move_whose_new_group_the_planner_makes_too_late_keeps_its_gpus_held_until_it_goes(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = SlowThenRefusing()
+    both = (ray_nodes["gpu-a"], ray_nodes["gpu-b"])
+    with served(backend, planner_timeout_s=1.0) as service:
+        placed = service.place(llama("late-move"), gpu_nodes=both)
+        _, target = other_of(placed, both)
+        backend.gate.clear()  # the new group is made after the planner's 1 s
+        backend.refusing, backend.removals_allowed = True, 1  # the old group's removal only
+        threading.Timer(1.5, backend.gate.set).start()
+        with pytest.raises(BackendError, match="did not answer"):
+            service.placement.ask(MoveReplica("late-move", 0, target), timeout=TIMEOUT)
+        # The new group stands on Ray (made late) and will not go for now: its GPU stays held
+        # on the ledger, so it cannot be promised to another deployment.
+        assert eventually(lambda: on_ray_for("late-move") == {target: 1})
+        assert held_by(service, "late-move").get(target) == 1
+        backend.refusing = False  # Ray is back: the next message removes it; the replica is
+        service.placement.ask(GetPlacement("late-move"), timeout=TIMEOUT)  # placed again
+        found = service.placement.ask(GetPlacement("late-move"), timeout=TIMEOUT)
+        assert isinstance(found, Placement)
+        assert found.missing == ()
+        assert eventually(lambda: held_by(service, "late-move") == on_ray_for("late-move"))
+        assert sum(held_by(service, "late-move").values()) == 1
+
+
+def eventually(check: Callable[[], bool]) -> bool:
+    """Whether ``check`` holds within the test's timeout (Ray's table follows its calls)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_again(
