@@ -697,7 +697,14 @@ class DeploymentPlacementActor(KeepServingActor):
             # An unknown name is sent too, to reap groups an earlier run of the service left.
             try:
                 self._ask_planner([RemoveReplicaGroups(message.deployment)])
-            except PlacementError:
+            except PlacementError as exc:
+                if placed is not None and _no_answer(exc):  # it may remove them yet
+                    self._release_in_doubt(message.deployment, placed)
+                    msg = (
+                        f"{exc}: {message.deployment} is released, and its GPUs stay held "
+                        "until Ray has removed its groups (tried again with the next messages)"
+                    )
+                    raise BackendError(msg, operation="remove placement group") from exc
                 if placed is not None:  # still placed: write it down again before saying so
                     self._rewrite(message.deployment)
                 raise
@@ -733,6 +740,21 @@ class DeploymentPlacementActor(KeepServingActor):
             gpus_freed=placed.result.total_gpus() + sum(len(a.gpus) for a in stranded),
             replicas_freed=len({a.replica_index for a in assignments}),
         )
+
+    def _release_in_doubt(self, name: str, placed: _Placed) -> None:
+        """A `Release` whose removal the planner did not answer: it may carry it out yet.
+
+        The deployment goes (its record went first); its GPUs stay held (``_stranded``) until
+        a removal of its groups succeeds (`_catch_up`, or a `Release` sent again), so they are
+        promised to no one while its groups may stand. A deployment left placed would keep a
+        result whose groups the planner may have removed, and nothing would place it again.
+        """
+        del self._placed[name]
+        self._movable_names.discard(name)
+        self._degraded.discard(name)
+        self._losing.pop(name, None)
+        self._failures.pop(name, None)
+        self._stranded[name] = (*self._stranded.get(name, ()), *placed.result.assignments)
 
     @admits(MoveReplica)
     def move_replica(self, message: MoveReplica) -> ReplicaMoved:

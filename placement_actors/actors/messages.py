@@ -200,7 +200,10 @@ class PlacedMany:
 class Release(Checked):
     """Command: free everything the named deployment holds. Idempotent.
 
-    Reply: `Released`.
+    Reply: `Released`. `BackendError` when Ray refuses to remove the deployment's groups: it
+    stays placed, and the release may be sent again. When the planner does not answer in time,
+    the `BackendError` says the deployment is released all the same; its GPUs stay held until
+    Ray has removed its groups.
     """
 
     deployment: str

@@ -761,6 +761,41 @@ def test_a_move_whose_new_group_the_planner_makes_too_late_keeps_its_gpus_held_u
         assert sum(held_by(service, "late-move").values()) == 1
 
 
+class SlowRemovals(on_ray.RayBackend):
+    """Ray, removing a deployment's groups only once ``gate`` opens (a GCS slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def remove_groups_with_prefix(self, prefix: str) -> int:
+        assert self.gate.wait(TIMEOUT)
+        return super().remove_groups_with_prefix(prefix)
+
+
+def test_a_release_the_planner_answers_too_late_is_carried_out_and_its_gpus_held_till_then(
+    ray_nodes: dict[str, str],
+) -> None:
+    backend = SlowRemovals()
+    node = ray_nodes["gpu-b"]
+    with served(backend, planner_timeout_s=1.0) as service:
+        placed = service.place(llama("late-release", gpus=2), gpu_nodes=(node,))
+        assert placed.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+        backend.gate.clear()
+        threading.Timer(1.5, backend.gate.set).start()
+        with pytest.raises(BackendError, match="late-release is released, and its GPUs stay held"):
+            service.placement.ask(Release("late-release"), timeout=TIMEOUT)
+        gone = service.placement.ask(GetPlacement("late-release"), timeout=TIMEOUT)
+        assert isinstance(gone, Placement)
+        assert gone.result is None  # released: not a result whose groups may be gone
+        # The planner removed its group after all; the next messages give its GPUs back.
+        assert eventually(lambda: on_ray_for("late-release") == {})
+        assert eventually(lambda: held_by(service, "late-release") == {})
+        again = service.place(llama("late-release", gpus=2), gpu_nodes=(node,))
+        assert again.replicas[0].master.port.get(timeout=TIMEOUT) > 0
+
+
 def eventually(check: Callable[[], bool]) -> bool:
     """Whether ``check`` holds within the test's timeout (Ray's table follows its calls)."""
     deadline = time.monotonic() + TIMEOUT
