@@ -711,15 +711,30 @@ class PlacementHost:
                 return "error", _service_stopped(why_stopped(self._placement))
         if pending is None:
             return "error", refused
+        released = (
+            message.deployment
+            if isinstance(message, Release) and is_deployment_name(message.deployment)
+            else None
+        )
         try:
             reply = await pending
         except PlacementError as exc:
+            if released is not None and not await self._placed(released):  # went all the same
+                self._replicas.forget(released)
             return "error", exc
         except pykka.ActorDeadError:
             return "error", _service_stopped(why_stopped(self._placement))
-        if isinstance(message, Release) and is_deployment_name(message.deployment):
-            self._replicas.forget(message.deployment)  # its endpoints are no longer resolvable
+        if released is not None:
+            self._replicas.forget(released)  # its endpoints are no longer resolvable
         return "ok", self._portable_reply(reply)
+
+    async def _placed(self, deployment: str) -> bool:
+        """Whether ``deployment`` is placed (a `Release` that failed may have gone through)."""
+        try:
+            found = await self._placement.ask(AnswerNow(GetPlacement(deployment)), block=False)
+        except (PlacementError, pykka.ActorDeadError):
+            return True  # not known to be gone: its endpoints stay
+        return not isinstance(found, Placement) or found.result is not None
 
     def _portable_reply(self, reply: object) -> object:
         """``reply`` with its results' futures made resolvable from another process."""

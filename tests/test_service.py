@@ -1014,8 +1014,14 @@ def test_a_moved_replica_gets_a_group_on_its_new_node_and_keeps_it_across_a_rest
     assert sorted(landed.values(), key=str) == [{0: a}, {0: b}]  # the old group is gone
     view = client.ask(GetClusterView())
     assert len(view.node(a).held) == len(view.node(b).held) == 2
-    with pytest.raises(StalePlacementError, match="stale"):  # the same move again: it moved
-        client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))
+    again_moved = client.ask(MoveReplica("mover", 1, b, from_node=a, gpus=2))  # sent again
+    assert isinstance(again_moved, ReplicaMoved)  # answered as done: nothing moved
+    assert again_moved.placement is not None
+    assert again_moved.placement.attempt == moved.placement.attempt
+    assert again_moved.placement.master.port.get(timeout=TIMEOUT) == port
+    assert on_ray.bundle_nodes(group_prefix("mover")) == landed
+    with pytest.raises(StalePlacementError, match="stale"):  # back, from where it no longer is
+        client.ask(MoveReplica("mover", 1, a, from_node=a, gpus=2))
     client.restart_service()  # as a crash would: the record and the new group are taken back
     again = client.ask(GetPlacement("mover"))
     assert again.result is not None

@@ -786,6 +786,8 @@ class DeploymentPlacementActor(KeepServingActor):
         held = tuple(a for a in placed.result.assignments if a.replica_index == index)
         if len(held) != 1 or held[0].node != target:
             return None
+        if name in self._losing and index in self._losing[name][0]:
+            return None  # being lost: `_movable` says so
         if message.gpus is not None and message.gpus != len(held[0].gpus):
             return None
         placement = next((r for r in placed.result.replicas if r.replica_index == index), None)

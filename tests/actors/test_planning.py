@@ -783,12 +783,18 @@ def test_a_release_the_planner_answers_too_late_is_carried_out_and_its_gpus_held
         placed = service.place(llama("late-release", gpus=2), gpu_nodes=(node,))
         assert placed.replicas[0].master.port.get(timeout=TIMEOUT) > 0
         backend.gate.clear()
-        threading.Timer(1.5, backend.gate.set).start()
-        with pytest.raises(BackendError, match="late-release is released, and its GPUs stay held"):
-            service.placement.ask(Release("late-release"), timeout=TIMEOUT)
-        gone = service.placement.ask(GetPlacement("late-release"), timeout=TIMEOUT)
-        assert isinstance(gone, Placement)
-        assert gone.result is None  # released: not a result whose groups may be gone
+        try:
+            with pytest.raises(BackendError, match="late-release is released, and its GPUs"):
+                service.placement.ask(Release("late-release"), timeout=TIMEOUT)
+            gone = service.placement.ask(GetPlacement("late-release"), timeout=TIMEOUT)
+            assert isinstance(gone, Placement)
+            assert gone.result is None  # released: not a result whose groups may be gone
+            # While the planner has not removed its group, its GPUs are promised to no one.
+            assert held_by(service, "late-release") == {node: 2}
+            with pytest.raises(BackendError, match="still stand"):
+                service.place(llama("late-release", gpus=2), gpu_nodes=(node,))
+        finally:
+            backend.gate.set()
         # The planner removed its group after all; the next messages give its GPUs back.
         assert eventually(lambda: on_ray_for("late-release") == {})
         assert eventually(lambda: held_by(service, "late-release") == {})
