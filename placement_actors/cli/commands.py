@@ -914,7 +914,19 @@ def move(args: argparse.Namespace, out: Output) -> int:
     by_name = {name: node for node, name in names.items()}
     # A name status shows, else the text as given: the service refuses a node it does not know.
     target = args.to if args.to in names else by_name.get(args.to, args.to)
-    moved = client.ask(MoveReplica(args.name, args.replica, target), timeout=_REPLY_TIMEOUT_S)
+    # Where it runs now goes with the move: sent again (as Ray sends a restarted service the
+    # calls on their way), a move carried out already is answered as done.
+    now = client.ask(GetPlacement(args.name), timeout=_REPLY_TIMEOUT_S)
+    held = (
+        [a for a in now.result.assignments if a.replica_index == args.replica]
+        if isinstance(now, Placement) and now.result is not None
+        else []
+    )
+    source, gpus = (held[0].node, len(held[0].gpus)) if len(held) == 1 else (None, None)
+    moved = client.ask(
+        MoveReplica(args.name, args.replica, target, from_node=source, gpus=gpus),
+        timeout=_REPLY_TIMEOUT_S,
+    )
     assert isinstance(moved, ReplicaMoved)  # noqa: S101 - the service's reply type
     _wait_moved(moved, out)
     data = {
