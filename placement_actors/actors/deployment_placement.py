@@ -708,8 +708,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 if placed is not None:  # still placed: write it down again before saying so
                     self._rewrite(message.deployment)
                 raise
-        self._failures.pop(message.deployment, None)
-        self._losing.pop(message.deployment, None)  # its groups went: a loss is carried out
+        self._forget(message.deployment)  # its groups went: no loss or refusal is left
         stranded = self._stranded.pop(message.deployment, ())  # its groups went with the rest
         self._free(message.deployment, stranded, None)
         adopted = self._held.pop(message.deployment, ())
@@ -728,9 +727,6 @@ class DeploymentPlacementActor(KeepServingActor):
                 gpus_freed=sum(len(a.gpus) for a in stranded),
                 replicas_freed=0,
             )
-        del self._placed[message.deployment]
-        self._movable_names.discard(message.deployment)
-        self._degraded.discard(message.deployment)
         assignments = placed.result.assignments
         self._free(message.deployment, assignments, placed.egress_key)
         self._retry_degraded()  # the freed capacity may hold what was lost elsewhere
@@ -749,12 +745,16 @@ class DeploymentPlacementActor(KeepServingActor):
         promised to no one while its groups may stand. A deployment left placed would keep a
         result whose groups the planner may have removed, and nothing would place it again.
         """
-        del self._placed[name]
+        self._forget(name)
+        self._stranded[name] = (*self._stranded.get(name, ()), *placed.result.assignments)
+
+    def _forget(self, name: str) -> None:
+        """Drop all this actor keeps of deployment ``name`` but its GPUs (and `_stranded`)."""
+        self._placed.pop(name, None)
         self._movable_names.discard(name)
         self._degraded.discard(name)
         self._losing.pop(name, None)
         self._failures.pop(name, None)
-        self._stranded[name] = (*self._stranded.get(name, ()), *placed.result.assignments)
 
     @admits(MoveReplica)
     def move_replica(self, message: MoveReplica) -> ReplicaMoved:
