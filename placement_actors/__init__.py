@@ -102,6 +102,7 @@ from placement_actors.domain.results import (
 )
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.bundle_shapes import plan_replica_bundle_shape
+from placement_actors.policies.retries import RetryBackoff
 from placement_actors.wiring import start_on_ray
 
 __all__ = [
@@ -178,6 +179,7 @@ __all__ = [
     "ReplicaMoved",
     "ReplicaPlacement",
     "ReplicaReplaced",
+    "RetryBackoff",
     "Runtime",
     "RuntimeKind",
     "ServiceRunningError",

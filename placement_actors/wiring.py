@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from placement_actors.actors.deployment_placement import DeploymentPlacementActor
+from placement_actors.actors.deployment_placement import DEFAULT_RETRY, DeploymentPlacementActor
 from placement_actors.actors.mailbox import stop_first
 from placement_actors.actors.messages import GpusInUse, GroupRescheduling, NodeJoined, NodeLost
 from placement_actors.actors.planning import PlanningActor
@@ -32,6 +32,7 @@ from placement_actors.domain.limits import DEFAULT_MAX_REMOTE_REPLICAS
 from placement_actors.domain.results import NodeAssignment
 from placement_actors.domain.topology import NodeTopology
 from placement_actors.policies.recovery import RecoveryPlan, plan_recovery
+from placement_actors.policies.retries import RetryBackoff
 from placement_actors.settings import head_exclusion
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def start_on_ray(
     planner_timeout_s: float = 30.0,
     watch_s: float | None = 0.25,
     learn_gpu_ids: bool = False,
+    retry: RetryBackoff | None = DEFAULT_RETRY,
 ) -> pykka.ActorRef[DeploymentPlacementActor]:
     """Start the placement service on Ray in this process; returns its front door.
 
@@ -97,6 +99,9 @@ def start_on_ray(
             replica's ``gpu_ids`` are the ids Ray gave it (see `PlanningActor`). Default: each
             GPU node's port agent (started here, and when a node joins) gives bundles their
             ports, without a task per bundle, and ``gpu_ids`` resolve to ``()``.
+        retry: how long the service waits before it tries again a replica whose group failed
+            or that found no room, and a removal Ray refused (`RetryBackoff`: 5 s, doubling
+            to 300 s, per deployment); ``None``: they wait for a message.
 
     Raises:
         ServiceRunningError: another service runs in the namespace (nothing was read or changed).
@@ -118,6 +123,7 @@ def start_on_ray(
             planner_timeout_s=planner_timeout_s,
             watch_s=watch_s,
             learn_gpu_ids=learn_gpu_ids,
+            retry=retry,
         )
     except BaseException:
         lease.release()  # once the service stopped, a second time does nothing
@@ -133,6 +139,7 @@ def _start(
     planner_timeout_s: float,
     watch_s: float | None,
     learn_gpu_ids: bool,
+    retry: RetryBackoff | None,
 ) -> pykka.ActorRef[DeploymentPlacementActor]:
     """`start_on_ray`, once the lease is held: stopping the service it returns ends the lease."""
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415 - Ray loads only here
@@ -176,6 +183,7 @@ def _start(
             checkpoints=store,
             recovered=plan.deployments,
             on_stopped=lease.release,
+            retry=retry,
         )
     except BaseException:
         planner.stop()

@@ -59,6 +59,7 @@ from placement_actors.actors.messages import (
     Unsubscribe,
 )
 from placement_actors.backends.protocol import CheckpointStore
+from placement_actors.backends.timers import Deadline, Deadlines
 from placement_actors.domain.checkpoints import (
     DeploymentCheckpoint,
     ReplicaGroup,
@@ -100,8 +101,10 @@ from placement_actors.policies.rearrangement import (
     room_moves,
 )
 from placement_actors.policies.recovery import RecoveredDeployment
+from placement_actors.policies.retries import RetryBackoff
 
 __all__ = [
+    "DEFAULT_RETRY",
     "OUTSIDE_HOLDER",
     "SERVED_WHILE_WAITING",
     "DeploymentPlacementActor",
@@ -126,6 +129,9 @@ LEAVING_REMEMBERED = 65_536
 `GpusInUse` read before they were freed (the latest freed): such a reading may arrive after
 the removal of the groups it shows."""
 
+DEFAULT_RETRY = RetryBackoff()
+"""How long a `DeploymentPlacementActor` waits to try again (5 s, doubling, at most 300 s)."""
+
 _CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica})
 """The commands whose handlers catch up themselves (`_catch_up`)."""
 
@@ -136,6 +142,11 @@ An `AnswerNow` query reads the state as the waiting command has left it so far: 
 already reserved on the ledger, and the deployment shows as placed once the command is done.
 Every other message, plain queries included, waits for the command, in the order it came.
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _RetryDue:
+    """A try again is due (told by this actor's own timer): see `RetryBackoff`."""
 
 
 def _no_answer(exc: PlacementError) -> bool:
@@ -335,6 +346,12 @@ class DeploymentPlacementActor(KeepServingActor):
         on_stopped: called once when this actor stops or fails, after the planner it stops
             (`placement_actors.start_on_ray` ends the service's lease on Ray with it, so that
             another service may start).
+        retry: how long to wait before trying again, on a timer of this actor's own, what
+            waits: the missing replicas of a deployment whose ``replace_lost`` allows it (a
+            replica whose group failed, or that found no room when its node was lost), and
+            the removals and records Ray or the store refused. Each deployment backs off on
+            its own. ``None``: they wait for a message (capacity that appears, a re-sent
+            `Place`, any message for the catch-up), as they always do besides.
 
     With a planner, this actor is the service's one front door: `GetReplicaGroups` and
     `RemoveReplicaGroups` sent here are passed to the planner and its reply comes back. While a
@@ -358,12 +375,14 @@ class DeploymentPlacementActor(KeepServingActor):
         checkpoints: CheckpointStore | None = None,
         recovered: Sequence[RecoveredDeployment] = (),
         on_stopped: Callable[[], None] | None = None,
+        retry: RetryBackoff | None = DEFAULT_RETRY,
     ) -> None:
         """Build the ledgers; raises `InvalidSpecError` for a malformed topology or setting."""
         super().__init__()
         check_timeout(planner_timeout_s, "planner_timeout_s")
         check_count(max_remote_replicas, "max_remote_replicas", minimum=1)
         self._max_remote_replicas = max_remote_replicas
+        self._init_retry(retry)
         nodes = list(topology)
         for node in nodes:
             if not isinstance(node, NodeTopology):
@@ -435,7 +454,24 @@ class DeploymentPlacementActor(KeepServingActor):
             GroupRescheduling: self._on_group_rescheduling,
             GpusInUse: self._on_gpus_in_use,
             BundleGpusKnown: self._on_bundle_gpus_known,
+            _RetryDue: self._on_retry_due,
         }
+
+    def _init_retry(self, retry: RetryBackoff | None) -> None:
+        """Nothing to try again yet, and no timer (see `_schedule_retry`)."""
+        if retry is not None and not isinstance(retry, RetryBackoff):
+            msg = f"retry must be a RetryBackoff or None, got {type(retry).__name__}"
+            raise InvalidSpecError(msg, field="retry")
+        self._retry = retry
+        # Deployments with replicas to try again: failures in a row, and when the latest was
+        # (a failure long after the one before starts the backoff again); when the next try is.
+        self._retry_failures: dict[str, tuple[int, float]] = {}
+        self._retry_due: dict[str, float] = {}
+        self._catch_up_failures = 0
+        self._catch_up_due: float | None = None
+        self._timers: Deadlines | None = None  # started with the first wait
+        self._timer: Deadline | None = None
+        self._timer_at = 0.0
 
     def _reserve_outside(self, outside: Mapping[str, int]) -> None:
         """Keep GPUs that other Ray users hold off the market (as far as the ledger has them)."""
@@ -450,6 +486,8 @@ class DeploymentPlacementActor(KeepServingActor):
         This actor stopped ahead of its mailbox (`stop_first`, as a service that stepped down
         is): so does the planner, whose waiting messages are not carried out on Ray either.
         """
+        if self._timers is not None:
+            self._timers.stop()
         try:
             if self._stops_planner and self._planner is not None:
                 # Blocking is safe: the planner never waits on this actor.
@@ -516,6 +554,18 @@ class DeploymentPlacementActor(KeepServingActor):
     def place(self, message: Place) -> PlacementResult:
         """Place every replica of a deployment, or none; see `Place`."""
         return self._place_checked(message)
+
+    def on_start(self) -> None:
+        """Start the timer for what the constructor left to try again (a recovered replica)."""
+        self._arm_retry()
+
+    def _handle_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
+        """Handle ``message`` (a proxy call too); then set the timer for what is left to retry."""
+        try:
+            return super()._handle_receive(message)
+        finally:
+            if self._retry is not None and not self.actor_stopped.is_set():
+                self._arm_retry()
 
     def on_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
         """Carry out what was refused before (`_catch_up`), then handle ``message``.
@@ -751,6 +801,8 @@ class DeploymentPlacementActor(KeepServingActor):
     def _forget(self, name: str) -> None:
         """Drop all this actor keeps of deployment ``name`` but its GPUs (and `_stranded`)."""
         self._placed.pop(name, None)
+        self._retry_due.pop(name, None)
+        self._retry_failures.pop(name, None)
         self._movable_names.discard(name)
         self._degraded.discard(name)
         self._losing.pop(name, None)
@@ -1042,8 +1094,10 @@ class DeploymentPlacementActor(KeepServingActor):
             event.error,
         )
         # Missing now: placed again by a re-sent Place, or (like a lost replica) when capacity
-        # appears, if its Place allows.
+        # appears or its backoff is over, if its Place allows. Not at once: its group just
+        # failed where the ledger had room, and would likely fail again there.
         self._degraded.add(event.deployment)
+        self._schedule_retry(event.deployment)
         self._rewrite(event.deployment)
 
     @admits(BundleGpusKnown)
@@ -1418,6 +1472,7 @@ class DeploymentPlacementActor(KeepServingActor):
             self._degraded.discard(name)
             return
         if name in self._stranded:  # a failed group of it still stands: placed again once gone
+            self._schedule_retry(name)
             return
         try:
             more = (
@@ -1432,6 +1487,7 @@ class DeploymentPlacementActor(KeepServingActor):
             )
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
+            self._schedule_retry(name)
             return
         self._degraded.discard(name)
         for index in missing:
@@ -1484,6 +1540,77 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._degraded.discard(name)
             elif placed.place.constraints.replace_lost:
                 self._replace_missing(name, avoid=avoid, make_room=make_room)
+
+    # -- trying again, on a timer ----------------------------------------------------------------
+
+    def _schedule_retry(self, name: str) -> None:
+        """Try ``name``'s missing replicas again after its backoff, unless a try is due already.
+
+        Each call that finds no try due counts one more failure in a row (the wait doubles);
+        a failure ``reset_after_s`` after the one before counts as the first.
+        """
+        placed = self._placed.get(name)
+        if (
+            self._retry is None
+            or name in self._retry_due
+            or placed is None
+            or not placed.place.constraints.replace_lost
+        ):
+            return
+        now = time.monotonic()
+        failures, latest = self._retry_failures.get(name, (0, now))
+        failures = 1 if now - latest > self._retry.reset_after_s else failures + 1
+        self._retry_failures[name] = (failures, now)
+        self._retry_due[name] = now + self._retry.delay_s(failures)
+
+    def _arm_retry(self) -> None:
+        """Set the timer for the earliest try due: a deployment's, or the catch-up's.
+
+        The catch-up (`_catch_up`) runs with any message: while something is behind, the timer
+        sends one after the catch-up's own backoff, in case no other message comes.
+        """
+        retry = self._retry
+        if retry is None:
+            return
+        if self._behind():
+            if self._catch_up_due is None:
+                self._catch_up_failures += 1
+                delay = retry.delay_s(self._catch_up_failures)
+                self._catch_up_due = time.monotonic() + delay
+        else:
+            self._catch_up_failures, self._catch_up_due = 0, None
+        due = self._catch_up_due
+        if self._retry_due:
+            first = min(self._retry_due.values())
+            due = first if due is None else min(due, first)
+        if due is None or (self._timer is not None and self._timer_at <= due):
+            return  # nothing to try, or the timer rings for it already
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._timers is None:
+            self._timers = Deadlines("placement retries")
+        ref = self.actor_ref
+        self._timer_at = due
+        self._timer = self._timers.call_later(
+            max(due - time.monotonic(), 0.0), lambda: _tell_quietly(ref, _RetryDue())
+        )
+
+    @admits(_RetryDue)
+    def _on_retry_due(self, message: _RetryDue) -> None:
+        """The timer rang: try again each deployment whose try is due (the catch-up has run).
+
+        A deployment placed whole again since, or released, is simply dropped; one that still
+        does not fit is given its next, longer wait (`_replace_missing`).
+        """
+        del message
+        self._timer = None
+        now = time.monotonic()
+        if self._catch_up_due is not None and self._catch_up_due <= now:
+            self._catch_up_due = None  # caught up in on_receive; still behind: the next wait
+        for name in sorted(n for n, due in self._retry_due.items() if due <= now):
+            del self._retry_due[name]
+            if name in self._degraded and name in self._placed:
+                self._replace_missing(name)
 
     # -- what a restart must not lose ------------------------------------------------------------
 
@@ -1817,6 +1944,12 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._egress.remove(assignment.node, key)
             if assignment.gpus:
                 self._given_back(name, assignment.node, len(assignment.gpus))
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
+    """Tell ``ref`` a message of its own timer; an actor that stopped since needs none."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 def _without_frames(error: PlacementError) -> PlacementError:

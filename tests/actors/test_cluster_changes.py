@@ -3,6 +3,7 @@
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -47,6 +48,7 @@ from placement_actors.actors.messages import (
     Unsubscribe,
 )
 from placement_actors.domain.results import Known
+from placement_actors.policies.retries import RetryBackoff
 
 TIMEOUT = 5
 TOPOLOGY = (NodeTopology(node_id="a", num_gpus=4), NodeTopology(node_id="b", num_gpus=4))
@@ -267,9 +269,12 @@ def test_a_subscriber_that_fails_to_be_told_is_dropped_and_the_loss_is_carried_o
 class Planner(pykka.ThreadingActor):
     """Plans every replica at once; refuses removals while ``refusing`` is set (Ray down)."""
 
-    def __init__(self, refusing: threading.Event) -> None:
+    def __init__(
+        self, refusing: threading.Event, removed: "queue.Queue[str] | None" = None
+    ) -> None:
         super().__init__()
         self.refusing = refusing
+        self.removed = removed  # where each removal carried out is told, by deployment
         self.attempts = itertools.count(1)
 
     def on_receive(self, message: Any) -> Any:
@@ -277,6 +282,8 @@ class Planner(pykka.ThreadingActor):
             if self.refusing.is_set():
                 msg = "Ray is down (injected)"
                 raise BackendError(msg, operation="remove placement group")
+            if self.removed is not None:
+                self.removed.put(message.deployment)
             return ReplicaGroupsRemoved(deployment=message.deployment, removed=1)
         assert isinstance(message, PlanReplica)
         attempt = next(self.attempts)
@@ -471,3 +478,175 @@ def test_a_rescheduling_event_with_a_strange_replica_index_is_ignored(
         timeout=TIMEOUT,
     )
     assert view(actor) == before
+
+
+# -- trying again on a timer -------------------------------------------------------------------
+
+
+def failed(result: PlacementResult, *, removed: bool = True) -> ReplicaFailed:
+    """Ray's word that the latest group of ``result``'s replica 0 failed."""
+    replica = result.replicas[0]
+    return ReplicaFailed(
+        deployment=result.deployment.name,
+        replica_index=0,
+        group_name=replica.group_name,
+        attempt=replica.attempt,
+        error=BackendError("failed (injected)", operation="create placement group"),
+        group_removed=removed,
+    )
+
+
+def replaced(events: "queue.Queue[object]", wait_s: float = TIMEOUT) -> ReplicaReplaced:
+    """The next `ReplicaReplaced` told (other events are passed over)."""
+    while True:
+        event = events.get(timeout=wait_s)
+        if isinstance(event, ReplicaReplaced):
+            return event
+
+
+@pytest.fixture
+def planner() -> Iterator[tuple[pykka.ActorRef[Planner], threading.Event]]:
+    refusing = threading.Event()
+    ref = Planner.start(refusing)
+    yield ref, refusing
+    ref.stop()
+
+
+def retrying(
+    planner: pykka.ActorRef[Planner], backoff: RetryBackoff | None
+) -> tuple[Ref, "queue.Queue[object]", pykka.ActorRef[Listener]]:
+    actor = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner, retry=backoff)
+    found: queue.Queue[object] = queue.Queue()
+    listener = Listener.start(found)
+    actor.ask(Subscribe(listener), timeout=TIMEOUT)
+    return actor, found, listener
+
+
+def test_a_replica_whose_group_failed_is_placed_again_after_its_backoff_with_no_message_sent(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    actor, events, listener = retrying(planner[0], RetryBackoff(first_s=0.05, longest_s=0.1))
+    try:
+        first = place(actor, local("x"))
+        actor.tell(failed(first))
+        again = replaced(events)  # nothing else was sent: the actor's own timer did it
+        assert again.deployment == "x"
+        assert again.placement is not None
+        assert again.placement.attempt > first.replicas[0].attempt
+        assert view(actor).degraded == ()
+        assert current(actor, "x").missing == ()
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+
+
+def test_a_replica_whose_group_failed_is_not_placed_again_at_once(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    actor, _, listener = retrying(planner[0], RetryBackoff(first_s=60, longest_s=60))
+    try:
+        actor.tell(failed(place(actor, local("x"))))
+        # Its group failed where the ledger had room: it waits out its backoff.
+        assert view(actor).degraded == ("x",)
+        assert current(actor, "x").missing == (0,)
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+
+
+def test_the_wait_before_each_try_doubles_while_the_replica_keeps_failing(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    backoff = RetryBackoff(first_s=0.05, longest_s=0.2)
+    actor, events, listener = retrying(planner[0], backoff)
+    try:
+        result = place(actor, local("x"))
+        waits = []
+        for _ in range(4):
+            told = time.monotonic()
+            actor.tell(failed(result))
+            placement = replaced(events).placement
+            waits.append(time.monotonic() - told)
+            assert placement is not None
+            result = replace(result, replicas=(placement,))
+        # A timer never rings early: each try came after its whole wait (0.05, 0.1, 0.2, 0.2).
+        for failures, waited in enumerate(waits, start=1):
+            assert waited >= backoff.delay_s(failures)
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+
+
+def test_a_removal_ray_refused_is_tried_again_with_no_message_sent(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    ref, refusing = planner
+    actor, events, listener = retrying(ref, RetryBackoff(first_s=0.05, longest_s=0.1))
+    try:
+        first = place(actor, local("x"), gpu_nodes=("a",))
+        refusing.set()  # Ray will not remove the failed group: its GPUs stay held
+        actor.tell(failed(first, removed=False))
+        assert held_by(actor, "a") == ["x"] * 4
+        refusing.clear()  # Ray is back; no client sends anything
+        again = replaced(events)  # removed on the timer, then placed again on what it freed
+        assert [a.node for a in again.assignments] == ["a"]
+        assert view(actor).degraded == ()
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+
+
+def test_without_a_backoff_a_failed_replica_waits_for_a_message(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    actor, events, listener = retrying(planner[0], None)
+    try:
+        first = place(actor, local("x"))
+        actor.tell(failed(first))
+        with pytest.raises(queue.Empty):
+            replaced(events, wait_s=0.5)
+        assert current(actor, "x").missing == (0,)
+        again = place(actor, local("x"))  # the same Place sent again places it
+        assert [r.replica_index for r in again.replicas] == [0]
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+
+
+def test_a_stopped_actor_leaves_no_timer_behind(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    before = set(threading.enumerate())
+    actor, _, listener = retrying(planner[0], RetryBackoff(first_s=60, longest_s=60))
+    try:
+        actor.tell(failed(place(actor, local("x"))))
+        assert view(actor).degraded == ("x",)  # a try is due in a minute: the timer runs
+        timers = [t for t in set(threading.enumerate()) - before if t.name == "placement retries"]
+        assert len(timers) == 1
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+    timers[0].join(timeout=TIMEOUT)
+    assert not timers[0].is_alive()
+
+
+def test_a_removal_ray_refused_of_a_replica_not_to_be_replaced_is_tried_again_on_the_timer() -> (
+    None
+):
+    refusing, removals = threading.Event(), queue.Queue[str]()
+    planner = Planner.start(refusing, removals)
+    actor = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, planner=planner, retry=RetryBackoff(first_s=0.05, longest_s=0.1)
+    )
+    try:
+        first = place(actor, local("x"), gpu_nodes=("a",), replace_lost=False)
+        refusing.set()
+        actor.tell(failed(first, removed=False))
+        assert held_by(actor, "a") == ["x"] * 4  # its group stands: so do its GPUs
+        refusing.clear()  # Ray is back; no client sends anything, nothing is to be re-placed
+        assert removals.get(timeout=TIMEOUT) == "x"  # the catch-up ran on the timer
+        assert held_by(actor, "a") == []
+        assert current(actor, "x").missing == (0,)  # and stays missing: replace_lost is off
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        planner.stop()
