@@ -328,7 +328,8 @@ class DeploymentPlacementActor(KeepServingActor):
         held: GPUs that placement groups of an earlier run still hold, by deployment name (from
             `placement_actors.backends.ray.groups.get_held_groups`). They are reserved on the
             ledger at start, so nothing is double-booked; such a name must be released before it
-            is placed again. For a service wired by hand without records of its earlier run;
+            is placed again (a `RemoveReplicaGroups` of its groups frees their GPUs too). For a
+            service wired by hand without records of its earlier run;
             `placement_actors.start_on_ray` takes deployments back whole (``recovered``).
         max_remote_replicas: the most replicas one remote deployment may ask for (a local one may
             ask for as many as the allowed nodes could ever hold).
@@ -546,7 +547,22 @@ class DeploymentPlacementActor(KeepServingActor):
             msg = f"{type(message).__name__} needs a planner, and this service has none"
             raise InvalidSpecError(msg, field="message")
         reply: ReplicaGroupsView | ReplicaGroupsRemoved = self._ask_planner([message])[0]
+        if isinstance(message, RemoveReplicaGroups) and message.deployment in self._held:
+            self._let_go(message.deployment, message.replica_indexes)
         return reply
+
+    def _let_go(self, name: str, indexes: tuple[int, ...] | None) -> None:
+        """Free what an earlier run's groups held (``held``) once Ray removed them.
+
+        Those of the replicas ``indexes`` names (``None``: all), as a `Release` of the name would.
+        """
+        adopted = self._held.pop(name, ())
+        gone = [a for a in adopted if indexes is None or a.replica_index in indexes]
+        kept = tuple(a for a in adopted if indexes is not None and a.replica_index not in indexes)
+        self._free(name, gone, None)
+        if kept:
+            self._held[name] = kept
+        self._retry_degraded()  # the freed capacity may hold what was lost elsewhere
 
     # -- commands ----------------------------------------------------------------------------
 

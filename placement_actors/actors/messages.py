@@ -545,7 +545,8 @@ class RemoveReplicaGroups:
     `NodeLostError` when ``lost_node`` is given (``""``: Ray rescheduled the group, node unknown);
     their ports are forgotten.
     Sent to the `DeploymentPlacementActor` (or the service), it is passed to the planner only
-    for a deployment it has not placed (leftovers); a placed one's groups go with its `Release`
+    for a deployment it has not placed (leftovers: GPUs it holds for an earlier run's groups,
+    given as ``held``, are freed once Ray removed them); a placed one's groups go with its `Release`
     (else an `InvalidSpecError`: its GPUs would stay held on the ledger for groups that are gone).
     Reply: `ReplicaGroupsRemoved`.
     """

@@ -21,6 +21,7 @@ from placement_actors import (
     DeploymentPlacementActor,
     GetClusterView,
     InvalidSpecError,
+    NodeAssignment,
     NodeTopology,
     NotEnoughGpusError,
     Place,
@@ -650,3 +651,41 @@ def test_a_removal_ray_refused_of_a_replica_not_to_be_replaced_is_tried_again_on
     finally:
         actor.stop(timeout=TIMEOUT)
         planner.stop()
+
+
+def test_removing_an_earlier_runs_groups_frees_the_gpus_they_held_replica_by_replica(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    earlier = (
+        NodeAssignment(replica_index=0, node="a", gpus=(0, 1)),
+        NodeAssignment(replica_index=1, node="b", gpus=(0, 1)),
+    )
+    actor = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, planner=planner[0], held={"old": earlier}
+    )
+    try:
+        assert (held_by(actor, "a"), held_by(actor, "b")) == (["old"] * 2, ["old"] * 2)
+        actor.ask(RemoveReplicaGroups("old", (0,)), timeout=TIMEOUT)
+        assert (held_by(actor, "a"), held_by(actor, "b")) == ([], ["old"] * 2)
+        assert view(actor).deployments == ("old",)  # replica 1's group still stands
+        actor.ask(RemoveReplicaGroups("old"), timeout=TIMEOUT)
+        assert (held_by(actor, "a"), held_by(actor, "b")) == ([], [])
+        assert view(actor).deployments == ()
+        assert place(actor, local("old")).total_gpus() == 4  # the name is free again
+    finally:
+        actor.stop(timeout=TIMEOUT)
+
+
+def test_a_removal_of_an_earlier_runs_groups_that_ray_refused_keeps_their_gpus_held(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    ref, refusing = planner
+    held = {"old": (NodeAssignment(replica_index=0, node="a", gpus=(0, 1)),)}
+    actor = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=ref, held=held)
+    try:
+        refusing.set()
+        with pytest.raises(BackendError):
+            actor.ask(RemoveReplicaGroups("old"), timeout=TIMEOUT)
+        assert held_by(actor, "a") == ["old"] * 2  # Ray keeps the group: so does the ledger
+    finally:
+        actor.stop(timeout=TIMEOUT)
