@@ -132,8 +132,16 @@ the removal of the groups it shows."""
 DEFAULT_RETRY = RetryBackoff()
 """How long a `DeploymentPlacementActor` waits to try again (5 s, doubling, at most 300 s)."""
 
-_CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica})
-"""The commands whose handlers catch up themselves (`_catch_up`)."""
+
+@dataclass(frozen=True, slots=True)
+class _RetryDue:
+    """A try again is due, told by this actor's timer number ``timer`` (see `RetryBackoff`)."""
+
+    timer: int
+
+
+_CATCHING_UP: frozenset[type[Any]] = frozenset({Place, PlaceMany, MoveReplica, _RetryDue})
+"""The messages whose handlers catch up themselves (`_catch_up`)."""
 
 SERVED_WHILE_WAITING: frozenset[type[Any]] = frozenset({AnswerNow})
 """Answered while a command waits for the planner (its Ray work can take a while).
@@ -142,11 +150,6 @@ An `AnswerNow` query reads the state as the waiting command has left it so far: 
 already reserved on the ledger, and the deployment shows as placed once the command is done.
 Every other message, plain queries included, waits for the command, in the order it came.
 """
-
-
-@dataclass(frozen=True, slots=True)
-class _RetryDue:
-    """A try again is due (told by this actor's own timer): see `RetryBackoff`."""
 
 
 def _no_answer(exc: PlacementError) -> bool:
@@ -468,10 +471,12 @@ class DeploymentPlacementActor(KeepServingActor):
         # (a failure long after the one before starts the backoff again); when the next try is.
         self._retry_failures: dict[str, tuple[int, float]] = {}
         self._retry_due: dict[str, float] = {}
+        self._retry_next: float | None = None  # at most the earliest of them (maybe earlier)
         self._catch_up_failures = 0
         self._catch_up_due: float | None = None
         self._timers: Deadlines | None = None  # started with the first wait
-        self._timer: Deadline | None = None
+        self._timer: Deadline | None = None  # the pending one: its number, and when it rings
+        self._timer_number = 0
         self._timer_at = 0.0
 
     def _reserve_outside(self, outside: Mapping[str, int]) -> None:
@@ -576,7 +581,13 @@ class DeploymentPlacementActor(KeepServingActor):
         self._arm_retry()
 
     def _handle_receive(self, message: Any) -> Any:  # noqa: ANN401 - any value may arrive
-        """Handle ``message`` (a proxy call too); then set the timer for what is left to retry."""
+        """Handle ``message`` (a proxy call too); then set the timer for what is left to retry.
+
+        The pending timer is done with once its message arrives, before anything else: should
+        handling it fail, the next timer is still set.
+        """
+        if type(message) is _RetryDue and message.timer == self._timer_number:
+            self._timer = None
         try:
             return super()._handle_receive(message)
         finally:
@@ -697,7 +708,7 @@ class DeploymentPlacementActor(KeepServingActor):
                 raise InvalidSpecError(msg, field="name")
             if earlier.missing_replicas():  # lost or failed replicas: place those again
                 self._place_missing(earlier)
-                self._degraded.discard(deployment.name)
+                self._healed(deployment.name)
             return earlier.result
         assignments = self._decide(message)
         key = egress_key(deployment)
@@ -1485,7 +1496,7 @@ class DeploymentPlacementActor(KeepServingActor):
         placed = self._placed[name]
         missing = placed.missing_replicas()
         if not missing:
-            self._degraded.discard(name)
+            self._healed(name)
             return
         if name in self._stranded:  # a failed group of it still stands: placed again once gone
             self._schedule_retry(name)
@@ -1505,7 +1516,7 @@ class DeploymentPlacementActor(KeepServingActor):
             logger.info("%s stays degraded: %s", name, exc)
             self._schedule_retry(name)
             return
-        self._degraded.discard(name)
+        self._healed(name)
         for index in missing:
             self._notify(
                 ReplicaReplaced(
@@ -1559,74 +1570,97 @@ class DeploymentPlacementActor(KeepServingActor):
 
     # -- trying again, on a timer ----------------------------------------------------------------
 
+    def _healed(self, name: str) -> None:
+        """``name`` has every replica placed again: no try of it is due any more."""
+        self._degraded.discard(name)
+        self._retry_due.pop(name, None)
+
     def _schedule_retry(self, name: str) -> None:
         """Try ``name``'s missing replicas again after its backoff, unless a try is due already.
 
         Each call that finds no try due counts one more failure in a row (the wait doubles);
-        a failure ``reset_after_s`` after the one before counts as the first.
+        a failure ``reset_after_s`` after the latest try counts as the first of a new run.
         """
         placed = self._placed.get(name)
+        retry = self._retry
         if (
-            self._retry is None
+            retry is None
             or name in self._retry_due
             or placed is None
             or not placed.place.constraints.replace_lost
         ):
             return
         now = time.monotonic()
-        failures, latest = self._retry_failures.get(name, (0, now))
-        failures = 1 if now - latest > self._retry.reset_after_s else failures + 1
-        self._retry_failures[name] = (failures, now)
-        self._retry_due[name] = now + self._retry.delay_s(failures)
+        failures, latest_try = self._retry_failures.get(name, (0, None))
+        failures = retry.failures_now(failures, latest_try, now)
+        due = now + retry.delay_s(failures)
+        self._retry_failures[name] = (failures, due)
+        self._retry_due[name] = due
+        if self._retry_next is None or due < self._retry_next:
+            self._retry_next = due
 
     def _arm_retry(self) -> None:
         """Set the timer for the earliest try due: a deployment's, or the catch-up's.
 
         The catch-up (`_catch_up`) runs with any message: while something is behind, the timer
-        sends one after the catch-up's own backoff, in case no other message comes.
+        sends one after the catch-up's own backoff, in case no other message comes. A timer
+        that has rung already is left alone (its message is on the way), so only one is ever
+        pending. Never raises: it runs after each message, whose reply must stand.
         """
         retry = self._retry
         if retry is None:
             return
-        if self._behind():
-            if self._catch_up_due is None:
-                self._catch_up_failures += 1
-                delay = retry.delay_s(self._catch_up_failures)
-                self._catch_up_due = time.monotonic() + delay
-        else:
-            self._catch_up_failures, self._catch_up_due = 0, None
-        due = self._catch_up_due
-        if self._retry_due:
-            first = min(self._retry_due.values())
-            due = first if due is None else min(due, first)
-        if due is None or (self._timer is not None and self._timer_at <= due):
-            return  # nothing to try, or the timer rings for it already
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._timers is None:
-            self._timers = Deadlines("placement retries")
-        ref = self.actor_ref
-        self._timer_at = due
-        self._timer = self._timers.call_later(
-            max(due - time.monotonic(), 0.0), lambda: _tell_quietly(ref, _RetryDue())
-        )
+        try:
+            now = time.monotonic()
+            if self._behind():
+                if self._catch_up_due is None:
+                    self._catch_up_failures += 1
+                    self._catch_up_due = now + retry.delay_s(self._catch_up_failures)
+            else:
+                self._catch_up_failures, self._catch_up_due = 0, None
+            due = self._retry_next
+            if self._catch_up_due is not None and (due is None or self._catch_up_due < due):
+                due = self._catch_up_due
+            timer = self._timer
+            if due is None or (
+                timer is not None and (self._timer_at <= due or self._timer_at <= now)
+            ):
+                return  # nothing to try, or a timer rings (or rang) for it already
+            if timer is not None:
+                timer.cancel()
+            if self._timers is None:
+                self._timers = Deadlines("placement retries")
+            ref, self._timer_number = self.actor_ref, self._timer_number + 1
+            ring = _RetryDue(self._timer_number)
+            self._timer_at = due
+            self._timer = self._timers.call_later(
+                max(due - now, 0.0), lambda: _tell_quietly(ref, ring)
+            )
+        except Exception:  # a broken timer must not take a handled message's reply with it
+            logger.exception("could not set the retry timer; what waits is tried with messages")
 
     @admits(_RetryDue)
     def _on_retry_due(self, message: _RetryDue) -> None:
-        """The timer rang: try again each deployment whose try is due (the catch-up has run).
+        """The timer rang: catch up, then try again each deployment whose try is due.
 
         A deployment placed whole again since, or released, is simply dropped; one that still
         does not fit is given its next, longer wait (`_replace_missing`).
         """
-        del message
-        self._timer = None
+        del message  # a timer that was replaced, and rang anyway, counts the same
         now = time.monotonic()
-        if self._catch_up_due is not None and self._catch_up_due <= now:
-            self._catch_up_due = None  # caught up in on_receive; still behind: the next wait
-        for name in sorted(n for n, due in self._retry_due.items() if due <= now):
+        due = sorted(n for n, at in self._retry_due.items() if at <= now)
+        for name in due:
             del self._retry_due[name]
-            if name in self._degraded and name in self._placed:
-                self._replace_missing(name)
+        self._retry_next = min(self._retry_due.values(), default=None)
+        if self._catch_up_due is not None and self._catch_up_due <= now:
+            self._catch_up_due = None  # still behind after this: the next, longer wait
+        try:
+            if self._behind():
+                self._catch_up()
+        finally:
+            for name in due:
+                if name in self._degraded and name in self._placed:
+                    self._replace_missing(name)
 
     # -- what a restart must not lose ------------------------------------------------------------
 

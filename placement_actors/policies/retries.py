@@ -2,8 +2,9 @@
 
 A pure schedule. A replica whose placement group failed, or that could not be placed again
 after its node was lost, is tried again after `RetryBackoff.delay_s` of its run of failures:
-``first_s``, then twice that, and so on up to ``longest_s``. A deployment that has gone
-``reset_after_s`` without failing starts again from ``first_s``. The same schedule paces the
+``first_s``, then twice that, and so on up to ``longest_s``. A failure ``reset_after_s`` after
+the latest try (the time a try takes to fail, a group's ready timeout, is not quiet time
+before it) starts again from ``first_s``. The same schedule paces the
 service's catch-up (removals Ray refused, records the store refused) when no message arrives
 to carry it.
 """
@@ -28,7 +29,7 @@ class RetryBackoff:
     Attributes:
         first_s: the wait before the first try again.
         longest_s: the longest wait, however many tries failed.
-        reset_after_s: a failure this long after the one before starts again from ``first_s``.
+        reset_after_s: a failure this long after the latest try starts again from ``first_s``.
 
     Raises:
         InvalidSpecError: a value is not a number of seconds in (0, one day], or ``first_s`` is
@@ -54,3 +55,13 @@ class RetryBackoff:
         """The wait before the next try, after ``failures`` tries in a row failed (at least 1)."""
         doublings = min(max(failures, 1) - 1, _MAX_DOUBLINGS)
         return min(self.first_s * 2.0**doublings, self.longest_s)
+
+    def failures_now(self, failures: int, latest_try_s: float | None, now_s: float) -> int:
+        """Failures in a row, this one counted: ``failures`` before it, and one more.
+
+        ``latest_try_s`` is when the latest try was due (``None``: none yet); a failure more
+        than ``reset_after_s`` after it is the first of a new run.
+        """
+        if latest_try_s is None or now_s - latest_try_s > self.reset_after_s:
+            return 1
+        return failures + 1

@@ -271,15 +271,23 @@ class Planner(pykka.ThreadingActor):
     """Plans every replica at once; refuses removals while ``refusing`` is set (Ray down)."""
 
     def __init__(
-        self, refusing: threading.Event, removed: "queue.Queue[str] | None" = None
+        self,
+        refusing: threading.Event,
+        removed: "queue.Queue[str] | None" = None,
+        broken: threading.Event | None = None,
     ) -> None:
         super().__init__()
         self.refusing = refusing
         self.removed = removed  # where each removal carried out is told, by deployment
+        self.broken = broken  # set: the next removal fails with an error no one expects
         self.attempts = itertools.count(1)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RemoveReplicaGroups):
+            if self.broken is not None and self.broken.is_set():
+                self.broken.clear()
+                msg = "a bug in the planner (injected)"
+                raise RuntimeError(msg)
             if self.refusing.is_set():
                 msg = "Ray is down (injected)"
                 raise BackendError(msg, operation="remove placement group")
@@ -619,10 +627,11 @@ def test_a_stopped_actor_leaves_no_timer_behind(
 ) -> None:
     before = set(threading.enumerate())
     actor, _, listener = retrying(planner[0], RetryBackoff(first_s=60, longest_s=60))
+    timers: list[threading.Thread] = []
     try:
         actor.tell(failed(place(actor, local("x"))))
         assert view(actor).degraded == ("x",)  # a try is due in a minute: the timer runs
-        timers = [t for t in set(threading.enumerate()) - before if t.name == "placement retries"]
+        timers += [t for t in set(threading.enumerate()) - before if t.name == "placement retries"]
         assert len(timers) == 1
     finally:
         actor.stop(timeout=TIMEOUT)
@@ -689,3 +698,45 @@ def test_a_removal_of_an_earlier_runs_groups_that_ray_refused_keeps_their_gpus_h
         assert held_by(actor, "a") == ["old"] * 2  # Ray keeps the group: so does the ledger
     finally:
         actor.stop(timeout=TIMEOUT)
+
+
+def test_a_try_that_fails_unexpectedly_leaves_the_timer_running() -> None:
+    refusing, broken = threading.Event(), threading.Event()
+    planner = Planner.start(refusing, broken=broken)
+    actor, events, listener = retrying(planner, RetryBackoff(first_s=0.05, longest_s=0.1))
+    try:
+        first = place(actor, local("x"), gpu_nodes=("a",))
+        refusing.set()
+        actor.tell(failed(first, removed=False))  # its group stands: removed on the timer
+        assert held_by(actor, "a") == ["x"] * 4
+        broken.set()  # the timer's next removal fails with a RuntimeError
+        refusing.clear()
+        again = replaced(events)  # the timer rang again, and carried the removal out
+        assert not broken.is_set()  # the broken removal was tried, and did fail
+        assert [a.node for a in again.assignments] == ["a"]
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
+        planner.stop()
+
+
+def test_a_replica_placed_again_by_other_means_fails_anew_with_a_longer_wait(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    backoff = RetryBackoff(first_s=0.3, longest_s=5)
+    actor, events, listener = retrying(planner[0], backoff)
+    try:
+        place(actor, local("other", gpus=4), gpu_nodes=("b",))
+        first = place(actor, local("x"), gpu_nodes=("a",))
+        actor.tell(failed(first))  # a try is due in 0.3 s
+        actor.ask(Release("other"), timeout=TIMEOUT)  # freed capacity places it again at once
+        healed = replaced(events)
+        assert healed.placement is not None
+        told = time.monotonic()
+        actor.tell(failed(replace(first, replicas=(healed.placement,))))  # and it fails again
+        replaced(events)
+        # The second failure in a row waits 0.6 s, not what was left of the first wait.
+        assert time.monotonic() - told >= backoff.delay_s(2)
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()

@@ -56,3 +56,32 @@ def test_a_backoff_out_of_range_is_refused_naming_its_field(
     with pytest.raises(InvalidSpecError) as caught:
         RetryBackoff(**settings)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("failures", "latest_try_s", "now_s", "counted"),
+    [
+        (0, None, 100.0, 1),  # the first failure
+        (3, 90.0, 100.0, 4),  # soon after the latest try: one more in the run
+        (3, 90.0, 690.0, 4),  # exactly reset_after_s later: still the same run
+        (3, 90.0, 690.5, 1),  # quiet for longer: a new run
+        (8, 1_000.0, 700.0, 9),  # the try is not due yet: the run goes on
+    ],
+)
+def test_a_failure_long_after_the_latest_try_starts_a_new_run(
+    failures: int, latest_try_s: float | None, now_s: float, counted: int
+) -> None:
+    backoff = RetryBackoff(first_s=5, longest_s=300, reset_after_s=600)
+    assert backoff.failures_now(failures, latest_try_s, now_s) == counted
+
+
+def test_a_try_that_takes_its_whole_ready_timeout_to_fail_keeps_the_run_going() -> None:
+    """Tries that each fail 300 s after they were made reach the cap and stay there."""
+    backoff = RetryBackoff(first_s=5, longest_s=900, reset_after_s=600)
+    failures, due, now, waits = 0, None, 0.0, []
+    for _ in range(10):
+        failures = backoff.failures_now(failures, due, now)
+        waits.append(backoff.delay_s(failures))
+        due = now + waits[-1]
+        now = due + 300  # the try's group fails after a 300 s ready timeout
+    assert waits == [5, 10, 20, 40, 80, 160, 320, 640, 900, 900]
