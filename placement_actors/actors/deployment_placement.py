@@ -387,6 +387,8 @@ class DeploymentPlacementActor(KeepServingActor):
         check_count(max_remote_replicas, "max_remote_replicas", minimum=1)
         self._max_remote_replicas = max_remote_replicas
         self._init_retry(retry)
+        # Requests the planner did not answer in time, while it may still be busy with them.
+        self._unanswered: list[pykka.Future[Any]] = []
         nodes = list(topology)
         for node in nodes:
             if not isinstance(node, NodeTopology):
@@ -1708,8 +1710,14 @@ class DeploymentPlacementActor(KeepServingActor):
 
         Each kind stops at its first refusal (Ray or the store is likely still down), without
         holding up the others: GPUs freed are offered to degraded deployments, and records are
-        written even while a removal waits.
+        written even while a removal waits. While a removal sent before is still unanswered
+        (the planner is stuck in a call to Ray), no removal is sent again: each message would
+        otherwise wait ``planner_timeout_s`` for it, and queue one more removal behind it.
         """
+        if self._planner_stuck():
+            if self._unwritten:
+                self._write_unwritten()
+            return
         freed = False
         for name, stranded in sorted(self._stranded.items()):
             replicas = tuple(sorted({a.replica_index for a in stranded}))
@@ -1952,11 +1960,18 @@ class DeploymentPlacementActor(KeepServingActor):
             self._wait_serving(futures, self._planner_timeout_s, serve=SERVED_WHILE_WAITING)
             return [f.get(timeout=0) for f in futures]
         except pykka.Timeout as exc:
+            self._unanswered = [f for f in (*self._unanswered, *futures) if not _settled(f)]
             msg = f"the planner did not answer within {self._planner_timeout_s:g}s"
             raise BackendError(msg, operation="plan") from exc
         except pykka.ActorDeadError as exc:
             msg = "the planner has stopped"
             raise BackendError(msg, operation="plan") from exc
+
+    def _planner_stuck(self) -> bool:
+        """Whether a request the planner did not answer in time is still unanswered."""
+        if self._unanswered:
+            self._unanswered = [f for f in self._unanswered if not _settled(f)]
+        return bool(self._unanswered)
 
     @staticmethod
     def _without(result: PlacementResult, indexes: AbstractSet[int]) -> PlacementResult:
@@ -1994,6 +2009,17 @@ class DeploymentPlacementActor(KeepServingActor):
                 self._egress.remove(assignment.node, key)
             if assignment.gpus:
                 self._given_back(name, assignment.node, len(assignment.gpus))
+
+
+def _settled(future: pykka.Future[Any]) -> bool:
+    """Whether ``future`` has its value or its error (without waiting)."""
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    except Exception:  # noqa: BLE001 - an error is a settled answer too
+        return True
+    return True
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:

@@ -740,3 +740,44 @@ def test_a_replica_placed_again_by_other_means_fails_anew_with_a_longer_wait(
     finally:
         actor.stop(timeout=TIMEOUT)
         listener.stop()
+
+
+class StallingPlanner(Planner):
+    """A `Planner` whose removals hang while ``stalled`` is set (a call to Ray that hangs)."""
+
+    def __init__(self, refusing: threading.Event, stalled: threading.Event) -> None:
+        super().__init__(refusing)
+        self.stalled = stalled
+        self.removals = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "ping":
+            return "pong"
+        if isinstance(message, RemoveReplicaGroups):
+            self.removals += 1
+            while self.stalled.is_set():
+                time.sleep(0.01)
+        return super().on_receive(message)
+
+
+def test_a_removal_the_planner_has_not_answered_is_not_sent_again_with_each_message() -> None:
+    refusing, stalled = threading.Event(), threading.Event()
+    planner = StallingPlanner.start(refusing, stalled)
+    actor = DeploymentPlacementActor.start(
+        topology=TOPOLOGY, planner=planner, planner_timeout_s=0.3, retry=None
+    )
+    try:
+        first = place(actor, local("x"), gpu_nodes=("a",), replace_lost=False)
+        refusing.set()
+        actor.tell(failed(first, removed=False))  # its group stands: removed with later messages
+        stalled.set()  # the next removal hangs in the planner
+        refusing.clear()
+        for _ in range(3):  # each is answered; only the first sends the removal
+            assert held_by(actor, "a") == ["x"] * 4
+        stalled.clear()
+        assert planner.ask("ping", timeout=TIMEOUT) == "pong"  # it has worked through its mailbox
+        assert planner.proxy().removals.get(timeout=TIMEOUT) == 1
+        assert held_by(actor, "a") == []  # once answered, the next message removes it again
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        planner.stop()
