@@ -473,6 +473,7 @@ class DeploymentPlacementActor(KeepServingActor):
         # (a failure long after the one before starts the backoff again); when the next try is.
         self._retry_failures: dict[str, tuple[int, float]] = {}
         self._retry_due: dict[str, float] = {}
+        self._retry_avoid: dict[str, frozenset[str]] = {}
         self._retry_next: float | None = None  # at most the earliest of them (maybe earlier)
         self._catch_up_failures = 0
         self._catch_up_due: float | None = None
@@ -831,6 +832,7 @@ class DeploymentPlacementActor(KeepServingActor):
         """Drop all this actor keeps of deployment ``name`` but its GPUs (and `_stranded`)."""
         self._placed.pop(name, None)
         self._retry_due.pop(name, None)
+        self._retry_avoid.pop(name, None)
         self._retry_failures.pop(name, None)
         self._movable_names.discard(name)
         self._degraded.discard(name)
@@ -1501,7 +1503,7 @@ class DeploymentPlacementActor(KeepServingActor):
             self._healed(name)
             return
         if name in self._stranded:  # a failed group of it still stands: placed again once gone
-            self._schedule_retry(name)
+            self._schedule_retry(name, avoid)
             return
         try:
             more = (
@@ -1516,7 +1518,7 @@ class DeploymentPlacementActor(KeepServingActor):
             )
         except PlacementError as exc:
             logger.info("%s stays degraded: %s", name, exc)
-            self._schedule_retry(name)
+            self._schedule_retry(name, avoid)
             return
         self._healed(name)
         for index in missing:
@@ -1576,12 +1578,15 @@ class DeploymentPlacementActor(KeepServingActor):
         """``name`` has every replica placed again: no try of it is due any more."""
         self._degraded.discard(name)
         self._retry_due.pop(name, None)
+        self._retry_avoid.pop(name, None)
 
-    def _schedule_retry(self, name: str) -> None:
+    def _schedule_retry(self, name: str, avoid: frozenset[str] = frozenset()) -> None:
         """Try ``name``'s missing replicas again after its backoff, unless a try is due already.
 
         Each call that finds no try due counts one more failure in a row (the wait doubles);
         a failure ``reset_after_s`` after the latest try counts as the first of a new run.
+        ``avoid``: nodes the tries keep off (those under a group Ray rescheduled, which the node
+        table may not show dead yet), until the deployment is whole again.
         """
         placed = self._placed.get(name)
         retry = self._retry
@@ -1598,6 +1603,8 @@ class DeploymentPlacementActor(KeepServingActor):
         due = now + retry.delay_s(failures)
         self._retry_failures[name] = (failures, due)
         self._retry_due[name] = due
+        if avoid:
+            self._retry_avoid[name] = avoid
         if self._retry_next is None or due < self._retry_next:
             self._retry_next = due
 
@@ -1662,7 +1669,7 @@ class DeploymentPlacementActor(KeepServingActor):
         finally:
             for name in due:
                 if name in self._degraded and name in self._placed:
-                    self._replace_missing(name)
+                    self._replace_missing(name, avoid=self._retry_avoid.pop(name, frozenset()))
 
     # -- what a restart must not lose ------------------------------------------------------------
 

@@ -781,3 +781,23 @@ def test_a_removal_the_planner_has_not_answered_is_not_sent_again_with_each_mess
     finally:
         actor.stop(timeout=TIMEOUT)
         planner.stop()
+
+
+def test_tries_on_the_timer_keep_off_the_nodes_under_a_group_ray_rescheduled(
+    planner: tuple[pykka.ActorRef[Planner], threading.Event],
+) -> None:
+    actor, events, listener = retrying(planner[0], RetryBackoff(first_s=0.02, longest_s=0.05))
+    try:
+        x = place(actor, local("x"), gpu_nodes=("a", "b"))
+        place(actor, local("other"), gpu_nodes=("b",))  # no room left but under x's group
+        replica = x.replicas[0]
+        actor.tell(GroupRescheduling(group_name=replica.group_name, group_id=replica.group_id))
+        time.sleep(0.5)  # a dozen tries on the timer: none goes back onto node a
+        assert current(actor, "x").missing == (0,)
+        assert held_by(actor, "a") == []
+        actor.ask(Release("other"), timeout=TIMEOUT)  # capacity that appears places it at once
+        assert replaced(events).deployment == "x"
+        assert current(actor, "x").missing == ()
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
