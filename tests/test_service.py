@@ -852,6 +852,28 @@ def test_asking_which_host_runs_sends_the_calls_cut_off_to_the_successor_unread(
         assert [c.get(timeout=TIMEOUT) for c in cut_off] == [("c:hang", 0, -1), ("c:hang", 1, 0)]
 
 
+def test_an_awaited_call_finds_the_successor_of_its_stopped_host_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[threading.Thread] = []
+    real = hosting.RemoteHost.forward
+
+    def forward(host: hosting.RemoteHost, *args: Any) -> bool:
+        threads.append(threading.current_thread())  # Ray is asked for the successor here
+        return real(host, *args)
+
+    monkeypatch.setattr(hosting.RemoteHost, "forward", forward)
+
+    async def read(call: hosting.RayEventual[Any]) -> tuple[object, threading.Thread]:
+        return await call, threading.current_thread()
+
+    with calls_cut_off_then(functools.partial(Recorder, hang=False)) as (_, (first, _second)):
+        answer, loop_thread = asyncio.run(read(first))
+    assert answer == ("c:hang", 0, -1)  # it reached the successor
+    assert threads  # the host's death was seen while awaiting
+    assert loop_thread not in threads
+
+
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(
     client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
@@ -153,7 +154,8 @@ class RayEventual(Generic[_T]):
             try:
                 return self._settle(await ref)
             except RayError as exc:
-                self._failed(exc, ref)
+                # Finding the host's successor asks Ray (blocking calls): not on the caller's loop.
+                await asyncio.to_thread(self._failed, exc, ref)
         return self._done[0]
 
     def _failed(self, exc: RayError, ref: ray.ObjectRef[Any]) -> None:
