@@ -1068,7 +1068,7 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=True)
         return self._host.later(
-            "events", after, wait_s, limit, self._run, transform=self._event_reply, waits=True
+            "events", after, wait_s, limit, self._run, transform=self._event_reply, polls=True
         )
 
     def _silent(self, wait_s: float) -> BackendError:

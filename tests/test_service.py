@@ -874,6 +874,31 @@ def test_an_awaited_call_finds_the_successor_of_its_stopped_host_off_the_event_l
     assert loop_thread not in threads
 
 
+class Poller:
+    """A hosted object whose event polls never end, and whose endpoints are known at once."""
+
+    HOSTED_METHODS: ClassVar[frozenset[str]] = frozenset({"events", "endpoint"})
+
+    async def events(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def endpoint(self) -> int:
+        return 9000
+
+
+def test_clients_following_events_leave_room_for_a_controller_waiting_for_an_endpoint() -> None:
+    name = f"test-polls-{uuid.uuid4().hex[:8]}"
+    host = hosting.start_host(name, Poller, timeout_s=TIMEOUT, waiting_calls=2, polling_calls=2)
+    try:
+        polls = [host.later("events", transform=lambda r: r, polls=True) for _ in range(3)]
+        # Every poll slot is taken (and one more poll waits): an endpoint is still answered.
+        endpoint = host.later("endpoint", transform=lambda r: r, waits=True)
+        assert endpoint.get(timeout=TIMEOUT) == 9000
+        assert host.unanswered(polls) == polls  # the polls were running all along
+    finally:
+        host.kill()
+
+
 def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later(
     client: PlacementClient, ray_cluster: Any, ray_nodes: dict[str, str]
 ) -> None:
@@ -892,7 +917,7 @@ def test_a_call_told_failed_while_no_service_ran_is_not_sent_to_one_served_later
 
 def test_clients_waiting_for_events_never_hold_up_another_clients_command() -> None:
     name = f"test-waits-{uuid.uuid4().hex[:8]}"
-    handle = hosting._Host.options(  # type: ignore[attr-defined]  # two at a time but waits
+    handle = hosting._Host.options(  # two at a time but waits
         name=name, namespace=NAMESPACE, lifetime="detached", max_concurrency=2
     ).remote(functools.partial(PlacementHost, ready_timeout_s=60))
     client = PlacementClient(hosting.RemoteHost(handle, name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import time
@@ -28,18 +29,16 @@ _HEAD_SHARE = 0.001
 
 
 WAITING_CALLS = 10_000
-"""Calls that wait (long polls, endpoints not known yet) the host runs at once, beside the
+"""Calls that wait for a replica (endpoints not known yet) the host runs at once, beside the
 1,000 of every other kind (Ray's default for an asyncio actor): waiting calls never hold up
 commands and queries, however many clients wait."""
 
+POLLING_CALLS = 10_000
+"""Long polls of the service's events the host runs at once, apart from the waiting calls: any
+number of clients following events never hold up a controller waiting for an endpoint."""
 
-@ray.remote(  # type: ignore[call-overload]  # Ray's stubs leave concurrency_groups out
-    num_cpus=0,
-    max_restarts=-1,
-    max_task_retries=-1,
-    concurrency_groups={"waits": WAITING_CALLS},
-)
-class _Host:
+
+class _HostActor:
     """A named, detached Ray actor that holds one service object and calls its methods.
 
     Methods of the object may be coroutines: the actor is an asyncio actor, so a call that waits
@@ -68,6 +67,28 @@ class _Host:
     async def wait(self, method: str, *args: object) -> object:
         """As `call`, for a call that may wait long: in a concurrency group (a loop) of its own."""
         return await _invoke(self._target, method, args)
+
+    @ray.method(concurrency_group="polls")
+    async def poll(self, method: str, *args: object) -> object:
+        """As `wait`, for a long poll of events: in a concurrency group of its own again."""
+        return await _invoke(self._target, method, args)
+
+
+@functools.cache
+def _host_class(waiting_calls: int, polling_calls: int) -> Any:  # noqa: ANN401 - a Ray actor class
+    """The host's Ray actor class, with room for that many waiting calls and long polls.
+
+    Ray takes concurrency groups only where the class is made remote, not in ``.options()``.
+    """
+    return ray.remote(  # type: ignore[call-overload]  # Ray's stubs leave concurrency_groups out
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        concurrency_groups={"waits": waiting_calls, "polls": polling_calls},
+    )(_HostActor)
+
+
+_Host = _host_class(WAITING_CALLS, POLLING_CALLS)
 
 
 async def _invoke(target: object, method: object, args: tuple[object, ...]) -> object:
@@ -236,22 +257,26 @@ class RemoteHost:
         *args: object,
         transform: Callable[[Any], _T],
         waits: bool = False,
+        polls: bool = False,
         ordered: bool = False,
     ) -> RayEventual[_T]:
         """Call ``method(*args)`` on the hosted object; the result arrives later.
 
         Ray restarts a host whose process died and sends it the calls on their way; if the host
         was stopped and another of its name started since, the call goes to that one instead.
-        ``waits``: a call that may wait long (a long poll), run apart from the others
-        (`WAITING_CALLS`). ``ordered``: the last two of ``args`` are a client's id and the
-        call's number in that client's order; sent to a successor, the call gets one more
-        argument, the number of the client's call sent there before it (-1: none), so that the
-        successor does not wait for the calls the stopped host answered.
+        ``waits``: a call that may wait long for a replica, run apart from the others
+        (`WAITING_CALLS`); ``polls``: a long poll of events, apart from both (`POLLING_CALLS`).
+        ``ordered``: the last two of ``args`` are a client's id and the call's number in that
+        client's order; sent to a successor, the call gets one more argument, the number of the
+        client's call sent there before it (-1: none), so that the successor does not wait for
+        the calls the stopped host answered.
         """
-        runs = "wait" if waits else "call"
+        runs = "poll" if polls else "wait" if waits else "call"
         with self._lock:
             sent_to = self._handle
             try:
+                if not hasattr(sent_to, runs):  # a host of an earlier version: no group of polls
+                    runs = "wait"
                 ref = getattr(sent_to, runs).remote(method, *args)
             except (TypeError, ValueError) as exc:  # Ray could not serialise the arguments
                 msg = f"cannot send this to the service {self.name}: {exc}"
@@ -439,6 +464,8 @@ def _send_again(call: RayEventual[Any], handle: Any, args: tuple[object, ...]) -
     Whether Ray took it; if not, ``call`` keeps the reference that failed.
     """
     runs, method, _, _ = call._call  # noqa: SLF001 - this module's own class
+    if not hasattr(handle, runs):  # a successor of an earlier version: no group of polls
+        runs = "wait"
     try:
         call._ref = getattr(handle, runs).remote(method, *args)  # noqa: SLF001
     except RayError:
@@ -466,23 +493,36 @@ def _died_on(ref: ray.ObjectRef[Any]) -> bool:
     return False
 
 
-def start_host(name: str, factory: Callable[[], object], *, timeout_s: float = 120.0) -> RemoteHost:
+def start_host(
+    name: str,
+    factory: Callable[[], object],
+    *,
+    timeout_s: float = 120.0,
+    waiting_calls: int = WAITING_CALLS,
+    polling_calls: int = POLLING_CALLS,
+) -> RemoteHost:
     """Start (or find, if it runs already) the named, detached host actor of ``factory()``.
 
     ``factory`` must be picklable (a class, or a ``functools.partial`` of one): it runs in the
     host's own process. Its class names the methods the host calls for others in a
     ``HOSTED_METHODS`` frozenset; no other is called. The host lives in `NAMESPACE`, on the
     head node, and outlives the driver that started it; Ray restarts it if its process dies.
+    ``waiting_calls`` and ``polling_calls``: the most calls waiting for a replica, and long
+    polls of events, it runs at once (each kind apart from the other, and from the rest).
     """
-    handle = _Host.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        # On the head node, as Ray's own controllers are: a worker node that leaves (a spot
-        # reclaim, a scale-down) must not take the service with it.
-        resources={HEAD_RESOURCE: _HEAD_SHARE},
-    ).remote(factory)
+    handle = (
+        _host_class(waiting_calls, polling_calls)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            # On the head node, as Ray's own controllers are: a worker node that leaves (a spot
+            # reclaim, a scale-down) must not take the service with it.
+            resources={HEAD_RESOURCE: _HEAD_SHARE},
+        )
+        .remote(factory)
+    )
     host = RemoteHost(handle, name)
     try:
         ray.get(handle.incarnation.remote(), timeout=timeout_s)  # once ``factory()`` ran
