@@ -1,9 +1,10 @@
 """NeMo Curator's placement functions, by the same names, over this package's Ray backend.
 
 Code written against ``nemo_curator.core.serve.placement`` runs unchanged after importing these
-names from ``placement_actors.ray_placement`` instead: plan a replica's bundle shape from the live
-cluster, reserve it as a detached, named placement group, ask a bundle's node for its IP and a free
-port, and remove groups by name prefix. The functions block; they are meant for drivers and
+names from ``placement_actors.ray_placement`` instead (``_get_gpu_topology`` and
+``PLACEMENT_GROUP_READY_TIMEOUT_S``, which Curator's own backends import, too): plan a replica's
+bundle shape from the live cluster, reserve it as a detached, named placement group, ask a
+bundle's node for its IP and a free port, and remove groups by name prefix. The functions block; they are meant for drivers and
 scripts. Controllers that must not block use the actors (`placement_actors.wiring.start_on_ray`).
 
 Each function except `plan_replica_bundle_shape` *is* the one implementation in
@@ -18,15 +19,17 @@ Where this is deliberately stricter or different from Curator:
   `NoGpuNodesError` or `NotEnoughGpusError`, both `RuntimeError` (through `CapacityError`); a
   group not ready in time raises `PlacementGroupTimeoutError`, a `TimeoutError` telling
   "infeasible" from "capacity in use", after removing the group; other Ray failures raise
-  `BackendError`, a `RuntimeError`. ``except ValueError`` / ``except RuntimeError`` keep working.
+  `BackendError`, a `RuntimeError`. ``except ValueError`` / ``except RuntimeError`` /
+  ``except TimeoutError`` keep working; ``except GetTimeoutError`` / ``except RayError`` (Ray's
+  own types, which Curator lets through) do not.
 - **An empty prefix is refused.** ``remove_named_pgs_with_prefix("")`` would remove every named
   group of the namespace; it raises `InvalidSpecError` instead.
 - **A default ready timeout.** ``build_pg`` and ``build_replica_pg`` wait at most 180 s (as
   Curator does) unless told otherwise; ``bundle_label_selector`` defaults to ``None``.
 - **Head exclusion by node id.** ``CURATOR_IGNORE_RAY_HEAD_NODE`` is honoured as well as
   ``PLACEMENT_ACTORS_IGNORE_HEAD_NODE`` (either one set to ``1``, ``true`` or ``yes`` turns it on).
-  Curator selects ``ray.io/node-type: worker``, a label open-source Ray never sets, so its bundles
-  could never be placed; here each bundle gets a ``ray.io/node-id`` ``!in(<head ids>)`` selector,
+  Curator selects ``ray.io/node-type: worker``, a label open-source Ray sets only when each worker
+  is started with it; here each bundle gets a ``ray.io/node-id`` ``!in(<head ids>)`` selector,
   which every Ray node can match.
 - **Ports.** Without a ``start_port`` (optional here, required by Curator) the port comes from the
   kernel's ephemeral range and lies outside Ray's worker-port range. A port is never handed out
@@ -40,11 +43,13 @@ Where this is deliberately stricter or different from Curator:
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from placement_actors.backends.ray import (
+    READY_TIMEOUT_S,
     build_pg,
     build_replica_pg,
     get_bundle_node_ip,
@@ -60,7 +65,9 @@ from placement_actors.settings import IGNORE_HEAD_NODE_ENV, head_exclusion
 
 __all__ = [
     "CURATOR_IGNORE_HEAD_NODE_ENV",
+    "PLACEMENT_GROUP_READY_TIMEOUT_S",
     "ReplicaBundleSpec",
+    "_get_gpu_topology",
     "build_pg",
     "build_replica_pg",
     "get_bundle_node_ip",
@@ -71,6 +78,9 @@ __all__ = [
 
 CURATOR_IGNORE_HEAD_NODE_ENV = "CURATOR_IGNORE_RAY_HEAD_NODE"
 """NeMo Curator's head-exclusion variable, honoured with the same values as ours."""
+
+PLACEMENT_GROUP_READY_TIMEOUT_S = READY_TIMEOUT_S
+"""How long `build_pg` and `build_replica_pg` wait for a group by default (180 s, as Curator's)."""
 
 _TopologyEntry = Mapping[str, Any] | NodeTopology
 
@@ -99,6 +109,34 @@ def _node(entry: _TopologyEntry, head_node_id: str | None) -> NodeTopology:
     return NodeTopology(node_id=node_id, num_gpus=gpus, is_head=is_head)
 
 
+def _get_gpu_topology(
+    head_node_id: str | None = None, nodes: Iterable[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The alive GPU nodes as Curator's ``{"node_id", "num_gpus", "is_head"}`` dicts.
+
+    From total resources (the cluster's shape, not what is free now), by node id. ``nodes``:
+    ``ray.nodes()``-shaped records to read instead of asking Ray (none or empty: Ray is asked);
+    ``head_node_id``: the head's id, by default the node holding Ray's head resource. The
+    result can be given to `plan_replica_bundle_shape` as ``_topology``.
+    """
+    return [
+        {"node_id": n.node_id, "num_gpus": n.num_gpus, "is_head": n.is_head}
+        for n in get_cluster_topology(head_node_id, nodes or None)
+    ]
+
+
+def _tp_size(tp_size: object) -> object:
+    """A whole number given as a NumPy integer or a float (``4.0``) as an ``int``; else as is."""
+    if isinstance(tp_size, bool):
+        return tp_size  # refused by the policy, not read as 1
+    if isinstance(tp_size, float) and tp_size.is_integer():
+        return int(tp_size)
+    try:
+        return operator.index(tp_size)  # type: ignore[arg-type]
+    except TypeError:
+        return tp_size
+
+
 def _gpu_nodes(
     head_node_id: str | None,
     topology: Iterable[_TopologyEntry] | None,
@@ -106,7 +144,7 @@ def _gpu_nodes(
 ) -> Iterator[NodeTopology]:
     """The GPU nodes, read only when the policy first asks (after it has checked ``tp_size``)."""
     if topology is None:
-        yield from get_cluster_topology(head_node_id, nodes)
+        yield from get_cluster_topology(head_node_id, nodes or None)
         return
     for entry in topology:
         node = _node(entry, head_node_id)
@@ -148,7 +186,7 @@ def plan_replica_bundle_shape(
         NotEnoughGpusError: no node and no even split can hold ``tp_size`` (a `RuntimeError`).
     """
     return bundle_shapes.plan_replica_bundle_shape(
-        tp_size,
+        _tp_size(tp_size),  # type: ignore[arg-type]  # anything else is refused there
         topology=_gpu_nodes(head_node_id, _topology, _nodes),
         ignore_head_node=_ignore_head_node(),
     )

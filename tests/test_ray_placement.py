@@ -36,7 +36,9 @@ from placement_actors.ray_placement import (
 from placement_actors.settings import IGNORE_HEAD_NODE_ENV
 
 CURATOR_NAMES = {
+    "PLACEMENT_GROUP_READY_TIMEOUT_S",
     "ReplicaBundleSpec",
+    "_get_gpu_topology",
     "build_pg",
     "build_replica_pg",
     "get_bundle_node_ip",
@@ -44,7 +46,8 @@ CURATOR_NAMES = {
     "plan_replica_bundle_shape",
     "remove_named_pgs_with_prefix",
 }
-"""The public names of ``nemo_curator.core.serve.placement``."""
+"""The names code imports from ``nemo_curator.core.serve.placement`` (Curator's own Dynamo
+backend imports ``_get_gpu_topology`` too)."""
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +100,7 @@ def test_the_spec_is_ours_re_exported() -> None:
 def test_build_functions_wait_as_long_as_curators_by_default_and_select_no_labels() -> None:
     build = inspect.signature(build_pg).parameters
     assert build["ready_timeout_s"].default == 180.0  # Curator's PLACEMENT_GROUP_READY_TIMEOUT_S
+    assert rp.PLACEMENT_GROUP_READY_TIMEOUT_S == 180.0
     assert build["bundle_label_selector"].default is None
     assert inspect.signature(build_replica_pg).parameters["ready_timeout_s"].default == 180.0
 
@@ -498,3 +502,62 @@ def test_head_node_id_names_the_head_to_exclude_among_ray_nodes_records(
     spec = plan_replica_bundle_shape(2, head_node_id=ray_nodes["gpu-c"], _nodes=alive_records())
     assert spec.bundle_label_selector is not None
     assert dict(spec.bundle_label_selector[0]) == {NODE_ID_LABEL: f"!in({ray_nodes['gpu-c']})"}
+
+
+# --- what Curator's own callers use --------------------------------------------------------------
+
+
+def test_the_gpu_topology_reads_as_curators_dicts_and_plans_as_it_is(
+    ray_nodes: dict[str, str],
+) -> None:
+    topology = rp._get_gpu_topology()
+    assert all(set(entry) == {"node_id", "num_gpus", "is_head"} for entry in topology)
+    by_id = {entry["node_id"]: entry for entry in topology}
+    assert by_id[ray_nodes["gpu-a"]] == {
+        "node_id": ray_nodes["gpu-a"],
+        "num_gpus": 4,
+        "is_head": False,
+    }
+    assert by_id[ray_nodes["head"]]["is_head"]
+    assert (
+        rp._get_gpu_topology(nodes=[]) == topology
+    )  # no records given: Ray is asked, as Curator does
+    spec = plan_replica_bundle_shape(16, _topology=topology)  # as Curator's backends pass it
+    assert (spec.strategy, spec.nnodes) == ("STRICT_PACK", 1)  # the bulk node holds 16
+
+
+class Int64:
+    """An integer type of another library (as NumPy's ``int64``), read through ``__index__``."""
+
+    def __index__(self) -> int:
+        return 4
+
+
+@pytest.mark.parametrize("tp_size", [Int64(), 4.0])
+def test_a_tp_size_read_from_a_config_as_a_numpy_integer_or_a_whole_float_plans(
+    tp_size: object,
+) -> None:
+    spec = plan_replica_bundle_shape(tp_size, _topology=curator_topology(4, 4))  # type: ignore[arg-type]
+    assert (spec.nnodes, spec.per_node_gpus) == (1, 4)
+    assert type(spec.per_node_gpus) is int
+
+
+@pytest.mark.parametrize("tp_size", [4.5, True, "4"])
+def test_a_tp_size_that_is_not_a_whole_number_is_still_a_value_error(tp_size: object) -> None:
+    with pytest.raises(ValueError, match="tp_size"):
+        plan_replica_bundle_shape(tp_size, _topology=curator_topology(4, 4))  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("ray_nodes")
+def test_a_ready_timeout_of_none_waits_as_long_as_ray_takes() -> None:
+    pg = build_pg(
+        [{"CPU": 1, "GPU": 1}],
+        "STRICT_PACK",
+        name="curator-t-no-timeout",
+        bundle_label_selector=None,
+        ready_timeout_s=None,
+    )
+    try:
+        assert groups.status_of(pg) is GroupStatus.CREATED
+    finally:
+        remove_named_pgs_with_prefix("curator-t-no-timeout")

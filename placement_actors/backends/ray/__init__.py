@@ -55,6 +55,7 @@ from placement_actors.backends.ray.connection import (
 )
 from placement_actors.backends.ray.engines import bundle_options, replica_group
 from placement_actors.backends.ray.groups import (
+    READY_TIMEOUT_S,
     GroupTable,
     build_pg,
     build_replica_pg,
@@ -112,6 +113,7 @@ __all__ = [
     "NAME_LABEL",
     "PROCESS_PORTS",
     "RAY_WORKER_PORTS",
+    "READY_TIMEOUT_S",
     "RESEND_S",
     "SETTLE_S",
     "ClusterWatcher",

@@ -177,12 +177,13 @@ def build_pg(
     *,
     name: str,
     bundle_label_selector: Sequence[Mapping[str, str]] | None = None,
-    ready_timeout_s: float = READY_TIMEOUT_S,
+    ready_timeout_s: float | None = READY_TIMEOUT_S,
 ) -> PlacementGroup:
     """Create a detached, named placement group and wait until it is ready (blocking).
 
     The group lives in the namespace this driver connected with. ``strategy`` is a
-    `BundleStrategy` or its name (``"STRICT_PACK"``, ``"STRICT_SPREAD"``).
+    `BundleStrategy` or its name (``"STRICT_PACK"``, ``"STRICT_SPREAD"``). ``ready_timeout_s``
+    ``None`` waits as long as Ray takes (as ``ray.get`` without a timeout does).
 
     Raises:
         PlacementGroupTimeoutError: not ready in time; the group was removed. Its
@@ -190,7 +191,8 @@ def build_pg(
         InvalidSpecError: Ray rejected the bundles or selectors as malformed.
         BackendError: any other Ray failure (a duplicate name, a lost connection...).
     """
-    check_timeout(ready_timeout_s, "ready_timeout_s")
+    if ready_timeout_s is not None:
+        check_timeout(ready_timeout_s, "ready_timeout_s")
     pg = create_group(bundles, strategy, name=name, bundle_label_selector=bundle_label_selector)
     try:
         ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
@@ -210,8 +212,8 @@ def build_pg(
     except BaseException as exc:  # interrupted while waiting: the group must not outlive the call
         _remove_failed(pg, exc)
         raise
-    timed_out = PlacementGroupTimeoutError(
-        group=name, timeout_s=ready_timeout_s, scheduling_state=state
+    timed_out = PlacementGroupTimeoutError(  # only with a timeout: without, the wait ends ready
+        group=name, timeout_s=ready_timeout_s or 0.0, scheduling_state=state
     )
     _remove_failed(pg, timed_out)
     raise timed_out
@@ -226,7 +228,7 @@ def _remove_failed(pg: PlacementGroup, error: BaseException) -> None:
 
 
 def build_replica_pg(
-    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float = READY_TIMEOUT_S
+    spec: ReplicaBundleSpec, *, name: str, ready_timeout_s: float | None = READY_TIMEOUT_S
 ) -> PlacementGroup:
     """`build_pg` for one replica's `ReplicaBundleSpec`."""
     return build_pg(
