@@ -5,7 +5,8 @@ names from ``placement_actors.ray_placement`` instead (``_get_gpu_topology`` and
 ``PLACEMENT_GROUP_READY_TIMEOUT_S``, which Curator's own backends import, too): plan a replica's
 bundle shape from the live cluster, reserve it as a detached, named placement group, ask a
 bundle's node for its IP and a free port, and remove groups by name prefix. The functions block;
-they are meant for drivers and scripts. Controllers that must not block use the actors (`placement_actors.wiring.start_on_ray`).
+they are meant for drivers and scripts. Controllers that must not block use the actors
+(`placement_actors.wiring.start_on_ray`).
 
 Each function except `plan_replica_bundle_shape` *is* the one implementation in
 `placement_actors.backends.ray` (the same function object, not a copy);
