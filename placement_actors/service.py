@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
@@ -169,7 +169,10 @@ CLIENT_MESSAGES = (
 """What a client may send the service (`PlacementClient.ask`): its commands and queries."""
 _REPLY_PAD_S = 30.0
 """How much longer than its own wait a client waits for an `events` reply."""
+_LATEST_WAIT_S = 60.0
+"""How long a watch that starts from now waits for the service's latest event number."""
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
+_Polled = tuple[tuple["ServiceEvent", ...], int, str]  # events, the next position, their run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +237,12 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _wake_all(waiters: Mapping[asyncio.Future[None], asyncio.AbstractEventLoop]) -> None:
+    for waiter, loop in waiters.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there
+            loop.call_soon_threadsafe(_wake, waiter)
+
+
 class EventBuffer:
     """The last ``capacity`` events, numbered from 1, for askers that long-poll.
 
@@ -252,7 +261,9 @@ class EventBuffer:
         self._last = 0
         self.run = uuid.uuid4().hex
         """Which run of the service numbers these events (a new one for each buffer)."""
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Each waiting asker's future, and its loop: one removed in O(1) when its wait ends.
+        self._waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop] = {}
+        self._closed = False
 
     @property
     def last(self) -> int:
@@ -266,11 +277,16 @@ class EventBuffer:
             self._last += 1
             kept = ServiceEvent(sequence=self._last, at=time.time(), event=event)
             self._kept.append(kept)
-            waiters, self._waiters = self._waiters, []
-        for loop, waiter in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there
-                loop.call_soon_threadsafe(_wake, waiter)
+            waiters, self._waiters = self._waiters, {}
+        _wake_all(waiters)
         return kept
+
+    def close(self) -> None:
+        """No event will come: wake every waiting asker, and let later ones wait no more."""
+        with self._lock:
+            self._closed = True
+            waiters, self._waiters = self._waiters, {}
+        _wake_all(waiters)
 
     def after(
         self, after: int, limit: int = MAX_EVENT_BATCH, *, run: str = ""
@@ -308,17 +324,17 @@ class EventBuffer:
             with self._lock:
                 found = self._after(after, limit, run)
                 remaining = deadline - loop.time()
-                if found[0] or remaining <= 0:
+                if found[0] or remaining <= 0 or self._closed:
                     return found
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((loop, waiter))
+                self._waiters[waiter] = loop
             try:
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
                 pass  # one more look, then the deadline ends the loop
             finally:
                 with self._lock:
-                    self._waiters = [(lp, w) for lp, w in self._waiters if w is not waiter]
+                    self._waiters.pop(waiter, None)
 
     def _after(self, after: int, limit: int, run: str) -> tuple[tuple[ServiceEvent, ...], int]:
         oldest = self._kept[0].sequence if self._kept else self._last + 1
@@ -330,7 +346,12 @@ class EventBuffer:
             marker = self._marker(after, oldest - 1 - after, oldest)
             after = oldest - 1
         start = after - oldest + 1
-        found = tuple(itertools.islice(self._kept, start, start + limit))
+        end = min(start + limit, len(self._kept))
+        if start > len(self._kept) // 2:  # the newest (a reader keeping up): read from that end
+            newest = itertools.islice(reversed(self._kept), len(self._kept) - end, None)
+            found = tuple(reversed(tuple(itertools.islice(newest, max(end - start, 0)))))
+        else:
+            found = tuple(itertools.islice(self._kept, start, end))
         if marker is not None:
             found = (marker, *found)
         return found, (found[-1].sequence if found else after)
@@ -670,6 +691,19 @@ class PlacementHost:
             self._listener.stop()
             self._placement.stop(timeout=30)
             raise
+        threading.Thread(  # once the service stops, long polls are told so, not left waiting
+            target=self._close_events_when_stopped, name="placement host: events", daemon=True
+        ).start()
+
+    def _close_events_when_stopped(self) -> None:
+        self._placement.actor_stopped.wait()
+        self._events.close()
+
+    def _stopped(self) -> _Outcome | None:
+        """The error a client gets once the service in this host has stopped; else ``None``."""
+        if self._placement.is_alive():
+            return None
+        return "error", _service_stopped(why_stopped(self._placement))
 
     def _register_recovered(self) -> None:
         """Make the endpoints of deployments an earlier run placed resolvable again.
@@ -760,7 +794,12 @@ class PlacementHost:
 
         Only the current group of each name is kept: an earlier attempt, or another Ray group
         (``group_id``, which tells groups apart across restarts too), is a `StalePlacementError`.
+        Once the service has stopped (it stepped down), every endpoint is an error: the service
+        that runs now may have moved or removed the group.
         """
+        stopped = self._stopped()
+        if stopped is not None:
+            return stopped
         replica = self._replicas.get(group_name)
         if replica is not None and (
             replica.attempt != attempt or (group_id and replica.group_id != group_id)
@@ -780,9 +819,10 @@ class PlacementHost:
             return "error", InvalidSpecError(msg, field="bundle_index")
         bundle = replica.bundles[bundle_index]
         try:
-            return "ok", (await bundle.node_ip, await bundle.port, await bundle.gpu_ids)
+            found = (await bundle.node_ip, await bundle.port, await bundle.gpu_ids)
         except PlacementError as exc:
             return "error", exc
+        return self._stopped() or ("ok", found)
 
     async def events(
         self, after: int, wait_s: float, limit: int = MAX_EVENT_BATCH, run: str = ""
@@ -791,17 +831,20 @@ class PlacementHost:
 
         ``run``: the run of the service that numbered ``after``, as the asker last heard it.
         The reply is the events, the number to go on from, and this run. Never blocks the
-        host's event loop; errors travel as values, as in `handle`.
+        host's event loop; errors travel as values, as in `handle`. Once the service has
+        stopped, the events it raised before are still given; then the reply is its error.
         """
         try:
             found, position = await self._events.wait(after, wait_s, limit, run=run)
         except InvalidSpecError as exc:
             return "error", exc
+        if not found and (stopped := self._stopped()) is not None:
+            return stopped
         return "ok", (found, position, self._events.run)
 
     def last_event(self) -> _Outcome:
         """The sequence number of the latest event (0 before the first), and this run."""
-        return "ok", (self._events.last, self._events.run)
+        return self._stopped() or ("ok", (self._events.last, self._events.run))
 
     def _record(
         self, event: NodeJoined | NodeLost | ReplicaLost | ReplicaReplaced | ReplicaMoved
@@ -1072,13 +1115,41 @@ class PlacementClient:
         )
 
     def _silent(self, wait_s: float) -> BackendError:
-        msg = f"the service {self.name} did not answer within {wait_s + _REPLY_PAD_S:g}s"
+        return self._no_answer(wait_s + _REPLY_PAD_S)
+
+    def _no_answer(self, seconds: float) -> BackendError:
+        msg = f"the service {self.name} did not answer within {seconds:g}s"
         return BackendError(msg, operation="read events")
 
     def last_event(self, *, timeout: float = 60.0) -> int:
-        """The sequence number of the service's latest event (0 before the first)."""
-        number, self._run = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
-        return int(number)
+        """The sequence number of the service's latest event (0 before the first).
+
+        Raises:
+            BackendError: the service did not answer within ``timeout``, or has stopped.
+        """
+        number, self._run = self._latest(timeout)
+        return number
+
+    def _latest(self, timeout: float) -> tuple[int, str]:
+        """The latest event's number, and the run that numbered it."""
+        try:
+            number, run = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
+        except pykka.Timeout as exc:
+            raise self._no_answer(timeout) from exc
+        return int(number), str(run)
+
+    def _poll(self, after: int, run: str, wait_s: float) -> Eventual[_Polled]:
+        """One long poll of a watch, which keeps its own position and the run that numbered it.
+
+        Not the client's run: two watches of one client may stand on either side of a restart.
+        """
+        return self._host.later(
+            "events", after, wait_s, MAX_EVENT_BATCH, run, transform=self._polled, polls=True
+        )
+
+    def _polled(self, outcome: _Outcome) -> _Polled:
+        found, position, run = _unwrap(outcome)
+        return tuple(self._resolvable_event(e) for e in found), position, run
 
     def watch(
         self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
@@ -1120,15 +1191,20 @@ class PlacementClient:
     async def _awatch(
         self, after: int | None, wait_s: float, timeout_s: float | None
     ) -> AsyncIterator[ServiceEvent]:
+        position, run = after or 0, self._run
         if after is None:
             latest = self._host.later("last_event", transform=_unwrap)
-            number, self._run = await asyncio.wait_for(_awaited(latest), 60.0)
-            after = int(number)
-        position = after
-        for wait in _poll_waits(wait_s, timeout_s):
-            pending = self.events_later(position, wait_s=wait)
             try:
-                found, position = await asyncio.wait_for(_awaited(pending), wait + _REPLY_PAD_S)
+                number, run = await asyncio.wait_for(_awaited(latest), _LATEST_WAIT_S)
+            except TimeoutError as exc:
+                raise self._no_answer(_LATEST_WAIT_S) from exc
+            position = int(number)
+        for wait in _poll_waits(wait_s, timeout_s):
+            pending = self._poll(position, run, wait)
+            try:
+                found, position, run = await asyncio.wait_for(
+                    _awaited(pending), wait + _REPLY_PAD_S
+                )
             except TimeoutError as exc:
                 raise self._silent(wait) from exc
             for item in found:
@@ -1137,9 +1213,14 @@ class PlacementClient:
     def _watch(
         self, after: int | None, wait_s: float, timeout_s: float | None
     ) -> Generator[ServiceEvent, None, None]:
-        position = self.last_event() if after is None else after
+        position, run = self._latest(_LATEST_WAIT_S) if after is None else (after, self._run)
         for wait in _poll_waits(wait_s, timeout_s):
-            found, position = self.events(position, wait_s=wait)
+            try:
+                found, position, run = self._poll(position, run, wait).get(
+                    timeout=wait + _REPLY_PAD_S
+                )
+            except pykka.Timeout as exc:
+                raise self._silent(wait) from exc
             yield from found
 
     def stop_service(self) -> None:

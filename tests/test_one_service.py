@@ -260,6 +260,17 @@ def test_a_service_host_whose_lease_another_took_answers_its_clients_that_it_sto
 ) -> None:
     name = f"one-service-{uuid.uuid4().hex[:8]}"
     client = PlacementClient.serve(ray_cluster.address, name=name)
+    watched: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            for _ in client.watch(after=None, wait_s=30.0, timeout_s=120):
+                pass
+        except BackendError as exc:
+            watched.append(exc)
+
+    follower = threading.Thread(target=watch, daemon=True)
+    follower.start()
     try:
         end_the_lease_from_outside()
         other = on_ray().take_service_lease()
@@ -267,6 +278,14 @@ def test_a_service_host_whose_lease_another_took_answers_its_clients_that_it_sto
             failed = first_failure(lambda: client.ask(GetClusterView(), timeout=TIMEOUT))
             assert "has stopped: this service stepped down" in str(failed)
             assert other.holder in str(failed)
+            # A client following events is told too, at once, not left long-polling for ever.
+            follower.join(timeout=TIMEOUT)
+            assert [type(e) for e in watched] == [BackendError]
+            assert "has stopped" in str(watched[0])
+            with pytest.raises(BackendError, match="has stopped"):
+                client.last_event(timeout=TIMEOUT)
+            with pytest.raises(BackendError, match="has stopped"):
+                client.events(0, wait_s=5.0)
         finally:
             other.release()
     finally:

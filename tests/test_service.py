@@ -392,6 +392,79 @@ async def test_a_waiting_reader_wakes_on_an_event_from_another_thread_and_the_lo
     assert time.monotonic() - started >= 0.2
 
 
+async def test_a_closed_buffer_wakes_its_waiting_readers_and_lets_no_one_wait_again() -> None:
+    buffer = EventBuffer()
+    buffer.append(NodeLost(node_id="before"))
+    threading.Timer(0.2, buffer.close).start()
+    assert await asyncio.wait_for(buffer.wait(1, wait_s=30), 5) == ((), 1)  # woken, not timed out
+    assert await asyncio.wait_for(buffer.wait(1, wait_s=30), 5) == ((), 1)  # no wait at all
+    assert [e.sequence for e in (await buffer.wait(0, wait_s=30))[0]] == [1]  # kept events stay
+
+
+def test_a_reader_keeping_up_and_one_far_behind_read_the_same_events() -> None:
+    buffer = EventBuffer(100)
+    for index in range(250):
+        buffer.append(NodeLost(node_id=f"n{index}"))
+    for after in (150, 151, 199, 200, 240, 249, 250):  # the newest half is read from its end
+        found, last = buffer.after(after, limit=7)
+        assert [e.sequence for e in found] == list(range(after + 1, min(after + 7, 250) + 1))
+        assert last == (found[-1].sequence if found else after)
+
+
+class _Now:
+    """A hosted call's reply, there already."""
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def get(self, *, timeout: float | None = None) -> object:
+        del timeout
+        return self._value
+
+
+class _BufferHost:
+    """A stand-in for the service host that answers event calls from one `EventBuffer`."""
+
+    name = "buffer-host"
+
+    def __init__(self) -> None:
+        self.buffer = EventBuffer()
+
+    def later(self, method: str, *args: Any, transform: Callable[[Any], Any], **_: Any) -> _Now:
+        if method == "events":
+            after, _wait_s, limit, run = args
+            found, position = self.buffer.after(after, limit, run=run)
+            return _Now(transform(("ok", (found, position, self.buffer.run))))
+        assert method == "last_event"
+        return _Now(transform(("ok", (self.buffer.last, self.buffer.run))))
+
+
+@pytest.mark.parametrize("meanwhile", ["another watch", "last_event", "events"])
+def test_a_watch_tells_a_restart_of_the_service_whatever_else_reads_events_on_its_client(
+    meanwhile: str,
+) -> None:
+    host = _BufferHost()
+    client = PlacementClient(host)  # type: ignore[arg-type]
+    for index in range(120):
+        host.buffer.append(NodeLost(node_id=f"old{index}"))
+    first = client.watch(after=0, wait_s=1.0, timeout_s=30)
+    assert [next(first).sequence for _ in range(120)][-1] == 120
+    second = client.watch(after=0, wait_s=1.0, timeout_s=30)
+    assert [next(second).sequence for _ in range(120)][-1] == 120
+    host.buffer = EventBuffer()  # the service restarted: a new run, numbered from 1 again
+    for index in range(130):
+        host.buffer.append(NodeLost(node_id=f"new{index}"))
+    if meanwhile == "another watch":
+        assert next(second).event == EventsMissed(after=120, missed=None)
+    elif meanwhile == "last_event":
+        assert client.last_event() == 130
+    else:
+        client.events(0)
+    marker = next(first)  # not new event 121: events 1 to 120 of the new run would be lost
+    assert marker.event == EventsMissed(after=120, missed=None)
+    assert next(first).event == NodeLost(node_id="new0")
+
+
 # -- the endpoints the service resolves, without Ray -------------------------------------------
 
 

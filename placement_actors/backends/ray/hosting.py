@@ -303,10 +303,15 @@ class RemoteHost:
             if call._ref is not failed:  # noqa: SLF001 - sent again already, with the others
                 return True
             dead = next((h for c, h in self._sent if c is call), None)
-            try:
-                handle = ray.get_actor(self.name, namespace=NAMESPACE)
-            except ValueError:
-                handle = None  # stopped, and nothing runs under its name
+        # Asking Ray which host runs now is a round trip to its GCS: not with the lock held, or
+        # every send of this host's other callers (an event loop's too) would wait for it.
+        try:
+            handle = None if dead is None else ray.get_actor(self.name, namespace=NAMESPACE)
+        except ValueError:
+            handle = None  # stopped, and nothing runs under its name
+        with self._lock:
+            if call._ref is not failed:  # noqa: SLF001 - another reader sent it again meanwhile
+                return True
             if dead is None or handle is None or handle._actor_id == dead._actor_id:  # noqa: SLF001
                 # No successor: ``call`` fails for good (its caller is told so), and is not sent
                 # to one that starts later; the others cut off wait for their own turn.
