@@ -1,8 +1,8 @@
 """NeMo Curator's placement functions, by the same names, over this package's Ray backend.
 
 Code written against ``nemo_curator.core.serve.placement`` runs unchanged after importing these
-names from ``placement_actors.ray_placement`` instead (``_get_gpu_topology`` and
-``PLACEMENT_GROUP_READY_TIMEOUT_S``, which Curator's own backends import, too): plan a replica's
+names from ``placement_actors.ray_placement`` instead (``_get_gpu_topology`` too, which
+Curator's own backends import, and ``PLACEMENT_GROUP_READY_TIMEOUT_S``): plan a replica's
 bundle shape from the live cluster, reserve it as a detached, named placement group, ask a
 bundle's node for its IP and a free port, and remove groups by name prefix. The functions block;
 they are meant for drivers and scripts. Controllers that must not block use the actors
@@ -44,6 +44,8 @@ Where this is deliberately stricter or different from Curator:
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -127,15 +129,22 @@ def _get_gpu_topology(
 
 
 def _tp_size(tp_size: object) -> object:
-    """A whole number given as a NumPy integer or a float (``4.0``) as an ``int``; else as is."""
+    """A whole number of another type (a NumPy integer or float, ``4.0``) as an ``int``.
+
+    Anything else is passed on as it is, for the policy to refuse (a ``bool`` too: ``True`` is
+    not read as 1).
+    """
     if isinstance(tp_size, bool):
-        return tp_size  # refused by the policy, not read as 1
-    if isinstance(tp_size, float) and tp_size.is_integer():
-        return int(tp_size)
+        return tp_size
     try:
         return operator.index(tp_size)  # type: ignore[arg-type]
     except TypeError:
-        return tp_size
+        pass
+    if isinstance(tp_size, numbers.Real):
+        value = float(tp_size)
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+    return tp_size
 
 
 def _gpu_nodes(

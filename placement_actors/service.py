@@ -821,7 +821,7 @@ class PlacementHost:
         try:
             found = (await bundle.node_ip, await bundle.port, await bundle.gpu_ids)
         except PlacementError as exc:
-            return "error", exc
+            return self._stopped() or ("error", exc)
         return self._stopped() or ("ok", found)
 
     async def events(
@@ -1127,16 +1127,17 @@ class PlacementClient:
         Raises:
             BackendError: the service did not answer within ``timeout``, or has stopped.
         """
-        number, self._run = self._latest(timeout)
+        number, _ = self._latest(timeout)
         return number
 
     def _latest(self, timeout: float) -> tuple[int, str]:
-        """The latest event's number, and the run that numbered it."""
+        """The latest event's number, and the run that numbered it (the client's run now)."""
         try:
             number, run = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
         except pykka.Timeout as exc:
             raise self._no_answer(timeout) from exc
-        return int(number), str(run)
+        self._run = str(run)
+        return int(number), self._run
 
     def _poll(self, after: int, run: str, wait_s: float) -> Eventual[_Polled]:
         """One long poll of a watch, which keeps its own position and the run that numbered it.
@@ -1149,6 +1150,7 @@ class PlacementClient:
 
     def _polled(self, outcome: _Outcome) -> _Polled:
         found, position, run = _unwrap(outcome)
+        self._run = run  # for `events` callers: the run last heard, whoever asked
         return tuple(self._resolvable_event(e) for e in found), position, run
 
     def watch(
@@ -1173,7 +1175,7 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=False)
         _check_total(timeout_s)
-        return self._watch(after, wait_s, timeout_s)
+        return self._watch(after, self._run, wait_s, timeout_s)
 
     def awatch(
         self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
@@ -1186,19 +1188,20 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=False)
         _check_total(timeout_s)
-        return self._awatch(after, wait_s, timeout_s)
+        return self._awatch(after, self._run, wait_s, timeout_s)
 
     async def _awatch(
-        self, after: int | None, wait_s: float, timeout_s: float | None
+        self, after: int | None, run: str, wait_s: float, timeout_s: float | None
     ) -> AsyncIterator[ServiceEvent]:
-        position, run = after or 0, self._run
+        """`awatch`: ``run`` numbered ``after`` (the client's run when the watch was made)."""
+        position = after or 0
         if after is None:
             latest = self._host.later("last_event", transform=_unwrap)
             try:
                 number, run = await asyncio.wait_for(_awaited(latest), _LATEST_WAIT_S)
             except TimeoutError as exc:
                 raise self._no_answer(_LATEST_WAIT_S) from exc
-            position = int(number)
+            position, self._run = int(number), str(run)
         for wait in _poll_waits(wait_s, timeout_s):
             pending = self._poll(position, run, wait)
             try:
@@ -1211,9 +1214,10 @@ class PlacementClient:
                 yield item
 
     def _watch(
-        self, after: int | None, wait_s: float, timeout_s: float | None
+        self, after: int | None, run: str, wait_s: float, timeout_s: float | None
     ) -> Generator[ServiceEvent, None, None]:
-        position, run = self._latest(_LATEST_WAIT_S) if after is None else (after, self._run)
+        """`watch`: ``run`` numbered ``after`` (the client's run when the watch was made)."""
+        position, run = self._latest(_LATEST_WAIT_S) if after is None else (after, run)
         for wait in _poll_waits(wait_s, timeout_s):
             try:
                 found, position, run = self._poll(position, run, wait).get(

@@ -2,6 +2,7 @@
 
 import _thread
 import inspect
+import numbers
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -533,7 +534,15 @@ class Int64:
         return 4
 
 
-@pytest.mark.parametrize("tp_size", [Int64(), 4.0])
+@numbers.Real.register
+class Float32:
+    """A float type of another library (as NumPy's ``float32``): a real number, not a float."""
+
+    def __float__(self) -> float:
+        return 4.0
+
+
+@pytest.mark.parametrize("tp_size", [Int64(), 4.0, Float32()])
 def test_a_tp_size_read_from_a_config_as_a_numpy_integer_or_a_whole_float_plans(
     tp_size: object,
 ) -> None:

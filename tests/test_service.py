@@ -465,6 +465,22 @@ def test_a_watch_tells_a_restart_of_the_service_whatever_else_reads_events_on_it
     assert next(first).event == NodeLost(node_id="new0")
 
 
+def test_events_read_after_a_watch_go_on_from_the_run_the_watch_last_heard() -> None:
+    host = _BufferHost()
+    client = PlacementClient(host)  # type: ignore[arg-type]
+    for index in range(5):
+        host.buffer.append(NodeLost(node_id=f"old{index}"))
+    assert client.events(0)[1] == 5
+    host.buffer = EventBuffer()  # the service restarted
+    for index in range(3):
+        host.buffer.append(NodeLost(node_id=f"new{index}"))
+    watch = client.watch(after=5, wait_s=1.0, timeout_s=30)
+    assert next(watch).event == EventsMissed(after=5, missed=None)
+    assert [next(watch).sequence for _ in range(3)] == [1, 2, 3]
+    watch.close()
+    assert client.events(3) == ((), 3)  # the new run's 3: nothing again, and no false marker
+
+
 # -- the endpoints the service resolves, without Ray -------------------------------------------
 
 

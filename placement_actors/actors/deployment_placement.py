@@ -1619,9 +1619,13 @@ class DeploymentPlacementActor(KeepServingActor):
         retry = self._retry
         if retry is None:
             return
+        behind = self._behind()
+        if not behind and self._retry_next is None and self._catch_up_due is None:
+            self._catch_up_failures = 0
+            return  # nothing waits: the common case, after each message
         try:
             now = time.monotonic()
-            if self._behind():
+            if behind:
                 if self._catch_up_due is None:
                     self._catch_up_failures += 1
                     self._catch_up_due = now + retry.delay_s(self._catch_up_failures)

@@ -209,6 +209,28 @@ class RayEventual(Generic[_T]):
         return self._resolve().__await__()
 
 
+class _Lookup:
+    """One question to Ray: which host of a name runs after the one that stopped (``dead``)."""
+
+    def __init__(self, dead: object) -> None:
+        self.dead = dead
+        self._lock = threading.Lock()
+        self._handle: Any = None
+
+    def successor(self, name: str) -> Any:  # noqa: ANN401 - a Ray ActorHandle, or None
+        """The running host named ``name``, or ``None``: none runs (asked again next time).
+
+        A successor found is asked for once, by the first caller: the others wait for it here.
+        """
+        with self._lock:
+            if self._handle is None:
+                try:
+                    self._handle = ray.get_actor(name, namespace=NAMESPACE)
+                except ValueError:
+                    return None  # stopped, and nothing runs under its name (yet)
+            return self._handle
+
+
 _KEPT_CALLS = 64
 """Calls a `RemoteHost` keeps for sending again before it looks which were answered."""
 
@@ -223,6 +245,7 @@ class RemoteHost:
         self._lock = threading.Lock()  # sending, and sending again, in one order
         self._sent: list[tuple[RayEventual[Any], Any]] = []  # (call, the handle it went to)
         self._look_at = _KEPT_CALLS
+        self._lookup: _Lookup | None = None  # of the host after the latest one found stopped
 
     def __reduce__(self) -> tuple[type[RemoteHost], tuple[Any, str]]:
         """Pickled as its Ray handle and name (its calls stay with the process that made them)."""
@@ -303,15 +326,19 @@ class RemoteHost:
             if call._ref is not failed:  # noqa: SLF001 - sent again already, with the others
                 return True
             dead = next((h for c, h in self._sent if c is call), None)
+            lookup = None if dead is None else self._lookup_of(dead)
         # Asking Ray which host runs now is a round trip to its GCS: not with the lock held, or
-        # every send of this host's other callers (an event loop's too) would wait for it.
-        try:
-            handle = None if dead is None else ray.get_actor(self.name, namespace=NAMESPACE)
-        except ValueError:
-            handle = None  # stopped, and nothing runs under its name
+        # every send of this host's other callers (an event loop's too) would wait for it. One
+        # reader asks; the others cut off by the same stop wait for its answer.
+        handle = None if lookup is None else lookup.successor(self.name)
         with self._lock:
             if call._ref is not failed:  # noqa: SLF001 - another reader sent it again meanwhile
                 return True
+            if dead is not None and self._handle._actor_id not in {  # noqa: SLF001
+                dead._actor_id,  # noqa: SLF001
+                getattr(handle, "_actor_id", None),
+            }:
+                handle = self._handle  # moved on since, past the one looked up: not back to it
             if dead is None or handle is None or handle._actor_id == dead._actor_id:  # noqa: SLF001
                 # No successor: ``call`` fails for good (its caller is told so), and is not sent
                 # to one that starts later; the others cut off wait for their own turn.
@@ -319,6 +346,16 @@ class RemoteHost:
                 return False
             self._move_to(handle, dead, call)
             return call._ref is not failed  # noqa: SLF001
+
+    def _lookup_of(self, dead: Any) -> _Lookup:  # noqa: ANN401 - a Ray ActorHandle
+        """The one lookup of the host that runs after ``dead`` (made now if none is under way).
+
+        Called with the lock held. A lookup is kept until a newer stop needs one.
+        """
+        key = dead._actor_id  # noqa: SLF001 - Ray's handle has no public id
+        if self._lookup is None or self._lookup.dead != key:
+            self._lookup = _Lookup(key)
+        return self._lookup
 
     def _move_to(self, handle: Any, dead: Any, call: RayEventual[Any] | None = None) -> None:  # noqa: ANN401 - Ray ActorHandles
         """Send later calls to ``handle``, and to it now every call ``dead`` did not answer.
