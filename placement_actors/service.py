@@ -663,6 +663,8 @@ class PlacementHost:
     HOSTED_METHODS: ClassVar[frozenset[str]] = frozenset(
         {"handle", "endpoint", "events", "last_event"}
     )
+    DEFAULT_LOOP_METHODS: ClassVar[frozenset[str]] = frozenset({"handle"})
+    """Served only on the host's default loop: `ClientOrder`'s waits belong to that loop."""
 
     def __init__(
         self,

@@ -183,6 +183,19 @@ def test_a_service_host_calls_only_the_methods_its_object_serves(client: Placeme
     assert client.ask(GetClusterView()).deployments == ()  # it was not stopped
 
 
+def test_a_service_host_orders_client_messages_only_among_its_other_calls(
+    client: PlacementClient,
+) -> None:
+    host = hosting.find_host(client.name)
+    for kind in ("waits", "polls"):  # another loop would use the order's waits from its thread
+        sent = host.later(
+            "handle", GetClusterView(), "stray", 0, transform=lambda r: r, **{kind: True}
+        )
+        with pytest.raises(BackendError, match="not among those that wait"):
+            sent.get(timeout=TIMEOUT)
+    assert isinstance(client.ask(GetClusterView()), ClusterView)
+
+
 def test_subscribing_through_a_client_is_refused_with_a_pointer_to_watch(
     client: PlacementClient,
 ) -> None:

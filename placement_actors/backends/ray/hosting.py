@@ -61,7 +61,7 @@ class _HostActor:
         return str(ray.get_runtime_context().get_node_id())
 
     async def call(self, method: str, *args: object) -> object:
-        return await _invoke(self._target, method, args)
+        return await _invoke(self._target, method, args, default_loop=True)
 
     @ray.method(concurrency_group="waits")
     async def wait(self, method: str, *args: object) -> object:
@@ -91,15 +91,18 @@ def _host_class(waiting_calls: int, polling_calls: int) -> Any:  # noqa: ANN401 
 _Host = _host_class(WAITING_CALLS, POLLING_CALLS)
 
 
-async def _invoke(target: object, method: object, args: tuple[object, ...]) -> object:
+async def _invoke(
+    target: object, method: object, args: tuple[object, ...], *, default_loop: bool = False
+) -> object:
     """``target.method(*args)``, awaited if it is a coroutine.
 
     Only a method ``target``'s class names in its ``HOSTED_METHODS`` is called: the host is
     reachable from any process on the cluster, and the object's other methods and attributes
-    (its actors, its state) are its own.
+    (its actors, its state) are its own. A method it also names in ``DEFAULT_LOOP_METHODS``
+    (one whose asyncio state belongs to the host's default loop) is called only through `call`.
 
     Raises:
-        InvalidSpecError: ``method`` is not one of them.
+        InvalidSpecError: ``method`` is not one of them, or not one served where it was sent.
     """
     served: frozenset[str] = getattr(type(target), "HOSTED_METHODS", frozenset())
     if not isinstance(method, str) or method not in served:
@@ -107,6 +110,9 @@ async def _invoke(target: object, method: object, args: tuple[object, ...]) -> o
             f"the service host answers calls of {', '.join(sorted(served)) or 'no method'}, "
             f"not {method!r:.80}"
         )
+        raise InvalidSpecError(msg, field="method")
+    if not default_loop and method in getattr(type(target), "DEFAULT_LOOP_METHODS", frozenset()):
+        msg = f"the service host answers {method} among its other calls, not among those that wait"
         raise InvalidSpecError(msg, field="method")
     result = getattr(target, method)(*args)
     if inspect.isawaitable(result):
@@ -153,13 +159,18 @@ class RayEventual(Generic[_T]):
             return self._done[0]
 
     def get(self, *, timeout: float | None = None) -> _T:
-        """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures)."""
+        """Wait up to ``timeout`` seconds (``pykka.Timeout`` after that, as for local futures).
+
+        In all: a call sent again to the host's successor waits only what is left of it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._done is None:
             if self._error is not None:
                 raise self._error
             ref = self._ref
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                return self._settle(ray.get(ref, timeout=timeout))
+                return self._settle(ray.get(ref, timeout=left))
             except GetTimeoutError as exc:
                 msg = f"{timeout} seconds"
                 raise pykka.Timeout(msg) from exc
