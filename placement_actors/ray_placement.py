@@ -35,7 +35,8 @@ Where this is deliberately stricter or different from Curator:
 - **Ports.** Without a ``start_port`` (optional here, required by Curator) the port comes from the
   kernel's ephemeral range and lies outside Ray's worker-port range. A port is never handed out
   twice on one host while it is held: this process holds it until `remove_named_pgs_with_prefix`
-  removes its group (Ray's own ``remove_placement_group`` does not release it).
+  removes its group (or, once a call finds every port it may take held, one read of Ray's group
+  table shows it gone: Ray's own ``remove_placement_group`` does not tell this process).
 - **A frozen spec.** `ReplicaBundleSpec` is immutable: ``bundles`` is a tuple of read-only
   mappings (index, ``len``, iterate and ``dict(b)`` work; ``spec.bundles == [...]`` is false, and
   Ray's own ``placement_group`` needs ``[dict(b) for b in spec.bundles]``), and ``strategy`` is a

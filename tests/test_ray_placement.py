@@ -570,3 +570,20 @@ def test_a_ready_timeout_of_none_waits_as_long_as_ray_takes() -> None:
         assert groups.status_of(pg) is GroupStatus.CREATED
     finally:
         remove_named_pgs_with_prefix("curator-t-no-timeout")
+
+
+@pytest.mark.usefixtures("ray_nodes")
+def test_ports_of_a_group_removed_with_rays_own_call_are_given_again_once_asked_for() -> None:
+    bundles, port = [{"CPU": 1, "GPU": 1}], 41_000
+    first = build_pg(bundles, "STRICT_PACK", name="curator-t-rays-remove-1")
+    given = get_free_port_in_bundle(first, 0, port, False)  # noqa: FBT003 - Curator's call
+    assert given == port
+    ray.util.remove_placement_group(first)  # as Curator's teardown does: this process is not told
+    second = build_pg(bundles, "STRICT_PACK", name="curator-t-rays-remove-2")
+    try:
+        assert get_free_port_in_bundle(second, 0, port, False) == port  # noqa: FBT003
+        assert first.id.hex() not in on_ray.PROCESS_PORTS.holders()
+        with pytest.raises(BackendError):  # held by a group that lives: never given twice
+            get_free_port_in_bundle(second, 0, port, False)  # noqa: FBT003
+    finally:
+        remove_named_pgs_with_prefix("curator-t-rays-remove")

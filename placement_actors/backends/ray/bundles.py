@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import GetTimeoutError
 from ray.remote_function import RemoteFunction
-from ray.util.placement_group import PlacementGroup
+from ray.util.placement_group import PlacementGroup, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from placement_actors.backends.protocol import BundleProbe, ProbeCallback
@@ -267,19 +267,63 @@ def get_free_port_in_bundle(
     ports = PROCESS_PORTS if book is None else book
     scan = _SCAN if get_next_free_port else 1
     _, free_port = _node_tasks()
-    probes = 0
+    probes, purged = 0, not shared
     while True:
         probes += 1
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             exclude = ports.given()
         args = probe_args(exclude, start_port or 0, scan)
-        ip, port, _ = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
+        try:
+            ip, port, _ = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
+        except BackendError:
+            if not purged and _forget_removed_groups():  # the ports asked for were held by them
+                purged = True
+                continue
+            raise
         with _PROCESS_LOCK if shared else contextlib.nullcontext():
             verdict = judge_probe(ports, str(ip), int(port), owner, probes_made=probes)
         if verdict is ProbeVerdict.CLAIMED:
             return int(port)
         if verdict is ProbeVerdict.GIVE_UP:
+            if not purged and _forget_removed_groups():
+                purged, probes = True, 0
+                continue
             raise no_port_error(str(ip))
+
+
+_GROUP_ID_HEX = 36
+"""Characters in a placement group id's hex form (the default holder of a port here)."""
+
+
+def _forget_removed_groups() -> int:
+    """Release the ports of `PROCESS_PORTS` holders that are groups Ray no longer has.
+
+    A group removed with Ray's own ``remove_placement_group`` (not `remove_group`) keeps its
+    ports held here, as this process cannot see the removal: once the ports a caller asks for
+    are all held, one read of Ray's group table finds such holders. Holders that are not group
+    ids (given as ``holder``) are left. Returns how many ports were released.
+    """
+    with _PROCESS_LOCK:
+        groups = {h for h in PROCESS_PORTS.holders() if _is_group_id(h)}
+    if not groups:
+        return 0
+    try:
+        table = placement_group_table()
+    except Exception:  # noqa: BLE001 - the Ray error-mapping boundary: nothing is released
+        return 0
+    live = {str(key) for key, info in table.items() if info.get("state") != "REMOVED"}
+    with _PROCESS_LOCK:
+        return sum(PROCESS_PORTS.release(holder) for holder in groups - live)
+
+
+def _is_group_id(holder: str) -> bool:
+    if len(holder) != _GROUP_ID_HEX:
+        return False
+    try:
+        bytes.fromhex(holder)
+    except ValueError:
+        return False
+    return True
 
 
 def release_ports(holder: str, book: PortBook | None = None) -> int:
