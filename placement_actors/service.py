@@ -32,7 +32,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self, TypeVar
 
 import pykka
 
@@ -106,6 +106,7 @@ __all__ = [
     "SERVICE_NAME",
     "ClientOrder",
     "EventBuffer",
+    "EventNumber",
     "EventsMissed",
     "PlacementClient",
     "PlacementHost",
@@ -172,7 +173,7 @@ _REPLY_PAD_S = 30.0
 _LATEST_WAIT_S = 60.0
 """How long a watch that starts from now waits for the service's latest event number."""
 _Outcome = tuple[str, Any]  # ("ok", reply) or ("error", PlacementError)
-_Polled = tuple[tuple["ServiceEvent", ...], int, str]  # events, the next position, their run
+_Polled = tuple[tuple["ServiceEvent", ...], "EventNumber"]  # events, and the next position
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +231,39 @@ class ServiceEvent:
     sequence: int
     at: float
     event: object
+
+
+class EventNumber(int):
+    """An event's sequence number that remembers the run of the service that numbered it.
+
+    What a client hands out (`PlacementClient.events`' positions, the ``sequence`` of the events
+    it returns and a watch yields, `PlacementClient.last_event`) is one: passed back as
+    ``after``, it tells its own run, whatever else the client read since, so a restart of the
+    service is never taken for more of the same run. It is an ``int`` in every other way; a plain
+    ``int`` is taken as numbered by the run the client last heard from `events`.
+    """
+
+    run: str
+
+    def __new__(cls, value: int, run: str) -> Self:
+        """``value``, numbered by ``run``."""
+        number = super().__new__(cls, value)
+        number.run = run
+        return number
+
+    def __reduce__(self) -> tuple[type[EventNumber], tuple[int, str]]:
+        """Pickled with its run."""
+        return (EventNumber, (int(self), self.run))
+
+
+def _numbered(
+    found: tuple[ServiceEvent, ...], position: int, run: str
+) -> tuple[tuple[ServiceEvent, ...], EventNumber]:
+    """``found`` and ``position`` with their numbers as `EventNumber` values of ``run``."""
+    return (
+        tuple(dataclasses.replace(e, sequence=EventNumber(e.sequence, run)) for e in found),
+        EventNumber(position, run),
+    )
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -361,6 +395,11 @@ class EventBuffer:
         return ServiceEvent(
             sequence=oldest - 1, at=time.time(), event=EventsMissed(after=after, missed=missed)
         )
+
+
+def _plain_number(after: object) -> object:
+    """``after`` as the plain ``int`` the host checks (an `EventNumber` sends its run apart)."""
+    return int(after) if isinstance(after, EventNumber) else after
 
 
 def _check_after(after: object, limit: object, run: object = "") -> None:
@@ -1076,9 +1115,10 @@ class PlacementClient:
         keeps). A client more than that behind gets an `EventsMissed` marker first, then the
         oldest events still kept; so does a client whose ``after`` comes from an earlier run of
         the service (the marker's ``missed`` is then ``None``, and the new run's events follow).
-        The client remembers which run numbered the events it was last given, so it tells that
-        whatever the numbers; a number from elsewhere (another client, a command line) is known
-        to be another run's only while it is above the new run's last number.
+        The numbers it returns are `EventNumber` values, which remember their run: passed back,
+        they tell it whatever the numbers. A plain ``int`` is taken as numbered by the run this
+        client's `events` calls last heard; one from elsewhere (another client, a command line)
+        is known to be another run's only while it is above the new run's last number.
         A `ReplicaReplaced`'s placement resolves through the service, as a result's does.
 
         Args:
@@ -1113,8 +1153,18 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=True)
         return self._host.later(
-            "events", after, wait_s, limit, self._run, transform=self._event_reply, polls=True
+            "events",
+            _plain_number(after),
+            wait_s,
+            limit,
+            self._run_of(after),
+            transform=self._event_reply,
+            polls=True,
         )
+
+    def _run_of(self, after: object) -> str:
+        """The run that numbered ``after``: its own, or the one this client last heard."""
+        return after.run if isinstance(after, EventNumber) else self._run
 
     def _silent(self, wait_s: float) -> BackendError:
         return self._no_answer(wait_s + _REPLY_PAD_S)
@@ -1123,37 +1173,42 @@ class PlacementClient:
         msg = f"the service {self.name} did not answer within {seconds:g}s"
         return BackendError(msg, operation="read events")
 
-    def last_event(self, *, timeout: float = 60.0) -> int:
+    def last_event(self, *, timeout: float = 60.0) -> EventNumber:
         """The sequence number of the service's latest event (0 before the first).
 
         Raises:
             BackendError: the service did not answer within ``timeout``, or has stopped.
         """
-        number, _ = self._latest(timeout)
-        return number
+        return self._latest(timeout)
 
-    def _latest(self, timeout: float) -> tuple[int, str]:
-        """The latest event's number, and the run that numbered it (the client's run now)."""
+    def _latest(self, timeout: float) -> EventNumber:
+        """The latest event's number, with its run (the run this client last heard, now)."""
         try:
             number, run = self._host.later("last_event", transform=_unwrap).get(timeout=timeout)
         except pykka.Timeout as exc:
             raise self._no_answer(timeout) from exc
         self._run = str(run)
-        return int(number), self._run
+        return EventNumber(number, self._run)
 
-    def _poll(self, after: int, run: str, wait_s: float) -> Eventual[_Polled]:
+    def _poll(self, after: EventNumber, wait_s: float) -> Eventual[_Polled]:
         """One long poll of a watch, which keeps its own position and the run that numbered it.
 
         Not the client's run: two watches of one client may stand on either side of a restart.
         """
         return self._host.later(
-            "events", after, wait_s, MAX_EVENT_BATCH, run, transform=self._polled, polls=True
+            "events",
+            int(after),
+            wait_s,
+            MAX_EVENT_BATCH,
+            after.run,
+            transform=self._polled,
+            polls=True,
         )
 
     def _polled(self, outcome: _Outcome) -> _Polled:
         found, position, run = _unwrap(outcome)
-        self._run = run  # for `events` callers: the run last heard, whoever asked
-        return tuple(self._resolvable_event(e) for e in found), position, run
+        found, after = _numbered(found, position, run)
+        return tuple(self._resolvable_event(e) for e in found), after
 
     def watch(
         self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
@@ -1177,7 +1232,7 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=False)
         _check_total(timeout_s)
-        return self._watch(after, self._run, wait_s, timeout_s)
+        return self._watch(self._start_of(after), wait_s, timeout_s)
 
     def awatch(
         self, after: int | None = 0, *, wait_s: float = 10.0, timeout_s: float | None = None
@@ -1190,41 +1245,45 @@ class PlacementClient:
         """
         _check_wait(wait_s, zero=False)
         _check_total(timeout_s)
-        return self._awatch(after, self._run, wait_s, timeout_s)
+        return self._awatch(self._start_of(after), wait_s, timeout_s)
+
+    def _start_of(self, after: int | None) -> EventNumber | None:
+        """Where a watch starts (``None``: from now), with its run as the watch is made."""
+        if after is None:
+            return None
+        check_count(after, "after")
+        return EventNumber(after, self._run_of(after))
 
     async def _awatch(
-        self, after: int | None, run: str, wait_s: float, timeout_s: float | None
+        self, after: EventNumber | None, wait_s: float, timeout_s: float | None
     ) -> AsyncIterator[ServiceEvent]:
-        """`awatch`: ``run`` numbered ``after`` (the client's run when the watch was made)."""
-        position = after or 0
+        """`awatch`, from ``after`` (with its run, fixed when the watch was made)."""
         if after is None:
             latest = self._host.later("last_event", transform=_unwrap)
             try:
                 number, run = await asyncio.wait_for(_awaited(latest), _LATEST_WAIT_S)
             except TimeoutError as exc:
                 raise self._no_answer(_LATEST_WAIT_S) from exc
-            position, self._run = int(number), str(run)
+            self._run = str(run)
+            after = EventNumber(number, self._run)
+        position = after
         for wait in _poll_waits(wait_s, timeout_s):
-            pending = self._poll(position, run, wait)
+            pending = self._poll(position, wait)
             try:
-                found, position, run = await asyncio.wait_for(
-                    _awaited(pending), wait + _REPLY_PAD_S
-                )
+                found, position = await asyncio.wait_for(_awaited(pending), wait + _REPLY_PAD_S)
             except TimeoutError as exc:
                 raise self._silent(wait) from exc
             for item in found:
                 yield item
 
     def _watch(
-        self, after: int | None, run: str, wait_s: float, timeout_s: float | None
+        self, after: EventNumber | None, wait_s: float, timeout_s: float | None
     ) -> Generator[ServiceEvent, None, None]:
-        """`watch`: ``run`` numbered ``after`` (the client's run when the watch was made)."""
-        position, run = self._latest(_LATEST_WAIT_S) if after is None else (after, run)
+        """`watch`, from ``after`` (with its run, fixed when the watch was made)."""
+        position = self._latest(_LATEST_WAIT_S) if after is None else after
         for wait in _poll_waits(wait_s, timeout_s):
             try:
-                found, position, run = self._poll(position, run, wait).get(
-                    timeout=wait + _REPLY_PAD_S
-                )
+                found, position = self._poll(position, wait).get(timeout=wait + _REPLY_PAD_S)
             except pykka.Timeout as exc:
                 raise self._silent(wait) from exc
             yield from found
@@ -1258,9 +1317,10 @@ class PlacementClient:
             )
         return reply
 
-    def _event_reply(self, outcome: _Outcome) -> tuple[tuple[ServiceEvent, ...], int]:
-        found, position, self._run = _unwrap(outcome)  # numbers from now on are that run's
-        return tuple(self._resolvable_event(e) for e in found), position
+    def _event_reply(self, outcome: _Outcome) -> tuple[tuple[ServiceEvent, ...], EventNumber]:
+        found, position, self._run = _unwrap(outcome)  # plain numbers from now on are that run's
+        found, after = _numbered(found, position, self._run)
+        return tuple(self._resolvable_event(e) for e in found), after
 
     def _resolvable_event(self, item: ServiceEvent) -> ServiceEvent:
         event = item.event

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import functools
+import json
 import pickle
 import subprocess
 import sys
@@ -69,6 +70,7 @@ from placement_actors.domain.results import Known
 from placement_actors.service import (
     ClientOrder,
     EventBuffer,
+    EventNumber,
     EventsMissed,
     PlacementClient,
     PlacementHost,
@@ -489,9 +491,39 @@ def test_events_read_after_a_watch_go_on_from_the_run_the_watch_last_heard() -> 
         host.buffer.append(NodeLost(node_id=f"new{index}"))
     watch = client.watch(after=5, wait_s=1.0, timeout_s=30)
     assert next(watch).event == EventsMissed(after=5, missed=None)
-    assert [next(watch).sequence for _ in range(3)] == [1, 2, 3]
+    seen = [next(watch) for _ in range(3)]
+    assert [e.sequence for e in seen] == [1, 2, 3]
     watch.close()
-    assert client.events(3) == ((), 3)  # the new run's 3: nothing again, and no false marker
+    # The number the watch gave carries the new run: nothing again, and no false marker.
+    assert client.events(seen[-1].sequence) == ((), 3)
+
+
+def test_an_events_reader_is_told_of_a_restart_whatever_a_watch_of_its_client_read() -> None:
+    host = _BufferHost()
+    client = PlacementClient(host)  # type: ignore[arg-type]
+    for index in range(120):
+        host.buffer.append(NodeLost(node_id=f"old{index}"))
+    _, position = client.events(0)
+    assert position == 120
+    watch = client.watch(after=position, wait_s=1.0, timeout_s=30)
+    host.buffer = EventBuffer()  # the service restarted: a new run, numbered from 1 again
+    for index in range(130):
+        host.buffer.append(NodeLost(node_id=f"new{index}"))
+    assert next(watch).event == EventsMissed(after=120, missed=None)  # the watch heard the run
+    assert next(watch).event == NodeLost(node_id="new0")
+    # A plain number is the run this client's events calls last heard (not its watch's).
+    assert client.events(120)[0][0].event == EventsMissed(after=120, missed=None)
+    found, _ = client.events(position)  # not new event 121: the position says its own run
+    assert found[0].event == EventsMissed(after=120, missed=None)
+    assert found[1].event == NodeLost(node_id="new0")
+
+
+def test_an_event_number_is_an_int_that_keeps_its_run_across_a_pickle() -> None:
+    number = EventNumber(7, "run-a")
+    again = pickle.loads(pickle.dumps(number))  # noqa: S301 - our own bytes
+    assert (again, again.run, type(again)) == (7, "run-a", EventNumber)
+    assert number + 1 == 8
+    assert json.dumps({"after": number}) == '{"after": 7}'
 
 
 # -- the endpoints the service resolves, without Ray -------------------------------------------

@@ -275,8 +275,9 @@ def get_free_port_in_bundle(
         args = probe_args(exclude, start_port or 0, scan)
         try:
             ip, port, _ = run_in_bundle(pg, bundle_index, free_port, *args, timeout_s=timeout_s)
-        except BackendError:
-            if not purged and _forget_removed_groups():  # the ports asked for were held by them
+        except BackendError as exc:
+            timed_out = isinstance(exc.__cause__, GetTimeoutError)  # not a port question: no retry
+            if not timed_out and not purged and _forget_removed_groups():  # they held the ports
                 purged = True
                 continue
             raise
@@ -317,13 +318,8 @@ def _forget_removed_groups() -> int:
 
 
 def _is_group_id(holder: str) -> bool:
-    if len(holder) != _GROUP_ID_HEX:
-        return False
-    try:
-        bytes.fromhex(holder)
-    except ValueError:
-        return False
-    return True
+    """Whether ``holder`` is a group id as Ray writes it (36 lowercase hex characters)."""
+    return len(holder) == _GROUP_ID_HEX and all(c in "0123456789abcdef" for c in holder)
 
 
 def release_ports(holder: str, book: PortBook | None = None) -> int:

@@ -236,9 +236,12 @@ class _Lookup:
         with self._lock:
             if self._handle is None:
                 try:
-                    self._handle = ray.get_actor(name, namespace=NAMESPACE)
+                    handle = ray.get_actor(name, namespace=NAMESPACE)
                 except ValueError:
                     return None  # stopped, and nothing runs under its name (yet)
+                if handle._actor_id == self.dead:  # noqa: SLF001 - Ray still names the stopped one
+                    return handle
+                self._handle = handle
             return self._handle
 
 
