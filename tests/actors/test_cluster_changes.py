@@ -1,5 +1,6 @@
 """Nodes that join and leave, told to a DeploymentPlacementActor as messages (no Ray)."""
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -521,21 +522,26 @@ def planner() -> Iterator[tuple[pykka.ActorRef[Planner], threading.Event]]:
     ref.stop()
 
 
+@contextlib.contextmanager
 def retrying(
     planner: pykka.ActorRef[Planner], backoff: RetryBackoff | None
-) -> tuple[Ref, "queue.Queue[object]", pykka.ActorRef[Listener]]:
+) -> Iterator[tuple[Ref, "queue.Queue[object]"]]:
+    """A placement actor trying again after ``backoff``, and the events it tells; both stop."""
     actor = DeploymentPlacementActor.start(topology=TOPOLOGY, planner=planner, retry=backoff)
     found: queue.Queue[object] = queue.Queue()
     listener = Listener.start(found)
-    actor.ask(Subscribe(listener), timeout=TIMEOUT)
-    return actor, found, listener
+    try:
+        actor.ask(Subscribe(listener), timeout=TIMEOUT)
+        yield actor, found
+    finally:
+        actor.stop(timeout=TIMEOUT)
+        listener.stop()
 
 
 def test_a_replica_whose_group_failed_is_placed_again_after_its_backoff_with_no_message_sent(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
-    actor, events, listener = retrying(planner[0], RetryBackoff(first_s=0.05, longest_s=0.1))
-    try:
+    with retrying(planner[0], RetryBackoff(first_s=0.05, longest_s=0.1)) as (actor, events):
         first = place(actor, local("x"))
         actor.tell(failed(first))
         again = replaced(events)  # nothing else was sent: the actor's own timer did it
@@ -544,31 +550,23 @@ def test_a_replica_whose_group_failed_is_placed_again_after_its_backoff_with_no_
         assert again.placement.attempt > first.replicas[0].attempt
         assert view(actor).degraded == ()
         assert current(actor, "x").missing == ()
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 def test_a_replica_whose_group_failed_is_not_placed_again_at_once(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
-    actor, _, listener = retrying(planner[0], RetryBackoff(first_s=60, longest_s=60))
-    try:
+    with retrying(planner[0], RetryBackoff(first_s=60, longest_s=60)) as (actor, _):
         actor.tell(failed(place(actor, local("x"))))
         # Its group failed where the ledger had room: it waits out its backoff.
         assert view(actor).degraded == ("x",)
         assert current(actor, "x").missing == (0,)
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 def test_the_wait_before_each_try_doubles_while_the_replica_keeps_failing(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
     backoff = RetryBackoff(first_s=0.05, longest_s=0.2)
-    actor, events, listener = retrying(planner[0], backoff)
-    try:
+    with retrying(planner[0], backoff) as (actor, events):
         result = place(actor, local("x"))
         waits = []
         for _ in range(4):
@@ -581,17 +579,13 @@ def test_the_wait_before_each_try_doubles_while_the_replica_keeps_failing(
         # A timer never rings early: each try came after its whole wait (0.05, 0.1, 0.2, 0.2).
         for failures, waited in enumerate(waits, start=1):
             assert waited >= backoff.delay_s(failures)
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 def test_a_removal_ray_refused_is_tried_again_with_no_message_sent(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
     ref, refusing = planner
-    actor, events, listener = retrying(ref, RetryBackoff(first_s=0.05, longest_s=0.1))
-    try:
+    with retrying(ref, RetryBackoff(first_s=0.05, longest_s=0.1)) as (actor, events):
         first = place(actor, local("x"), gpu_nodes=("a",))
         refusing.set()  # Ray will not remove the failed group: its GPUs stay held
         actor.tell(failed(first, removed=False))
@@ -600,16 +594,12 @@ def test_a_removal_ray_refused_is_tried_again_with_no_message_sent(
         again = replaced(events)  # removed on the timer, then placed again on what it freed
         assert [a.node for a in again.assignments] == ["a"]
         assert view(actor).degraded == ()
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 def test_without_a_backoff_a_failed_replica_waits_for_a_message(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
-    actor, events, listener = retrying(planner[0], None)
-    try:
+    with retrying(planner[0], None) as (actor, events):
         first = place(actor, local("x"))
         actor.tell(failed(first))
         with pytest.raises(queue.Empty):
@@ -617,25 +607,18 @@ def test_without_a_backoff_a_failed_replica_waits_for_a_message(
         assert current(actor, "x").missing == (0,)
         again = place(actor, local("x"))  # the same Place sent again places it
         assert [r.replica_index for r in again.replicas] == [0]
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 def test_a_stopped_actor_leaves_no_timer_behind(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
     before = set(threading.enumerate())
-    actor, _, listener = retrying(planner[0], RetryBackoff(first_s=60, longest_s=60))
     timers: list[threading.Thread] = []
-    try:
+    with retrying(planner[0], RetryBackoff(first_s=60, longest_s=60)) as (actor, _):
         actor.tell(failed(place(actor, local("x"))))
         assert view(actor).degraded == ("x",)  # a try is due in a minute: the timer runs
         timers += [t for t in set(threading.enumerate()) - before if t.name == "placement retries"]
         assert len(timers) == 1
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
     timers[0].join(timeout=TIMEOUT)
     assert not timers[0].is_alive()
 
@@ -703,20 +686,18 @@ def test_a_removal_of_an_earlier_runs_groups_that_ray_refused_keeps_their_gpus_h
 def test_a_try_that_fails_unexpectedly_leaves_the_timer_running() -> None:
     refusing, broken = threading.Event(), threading.Event()
     planner = Planner.start(refusing, broken=broken)
-    actor, events, listener = retrying(planner, RetryBackoff(first_s=0.05, longest_s=0.1))
     try:
-        first = place(actor, local("x"), gpu_nodes=("a",))
-        refusing.set()
-        actor.tell(failed(first, removed=False))  # its group stands: removed on the timer
-        assert held_by(actor, "a") == ["x"] * 4
-        broken.set()  # the timer's next removal fails with a RuntimeError
-        refusing.clear()
-        again = replaced(events)  # the timer rang again, and carried the removal out
-        assert not broken.is_set()  # the broken removal was tried, and did fail
-        assert [a.node for a in again.assignments] == ["a"]
+        with retrying(planner, RetryBackoff(first_s=0.05, longest_s=0.1)) as (actor, events):
+            first = place(actor, local("x"), gpu_nodes=("a",))
+            refusing.set()
+            actor.tell(failed(first, removed=False))  # its group stands: removed on the timer
+            assert held_by(actor, "a") == ["x"] * 4
+            broken.set()  # the timer's next removal fails with a RuntimeError
+            refusing.clear()
+            again = replaced(events)  # the timer rang again, and carried the removal out
+            assert not broken.is_set()  # the broken removal was tried, and did fail
+            assert [a.node for a in again.assignments] == ["a"]
     finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
         planner.stop()
 
 
@@ -724,8 +705,7 @@ def test_a_replica_placed_again_by_other_means_fails_anew_with_a_longer_wait(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
     backoff = RetryBackoff(first_s=0.3, longest_s=5)
-    actor, events, listener = retrying(planner[0], backoff)
-    try:
+    with retrying(planner[0], backoff) as (actor, events):
         place(actor, local("other", gpus=4), gpu_nodes=("b",))
         first = place(actor, local("x"), gpu_nodes=("a",))
         actor.tell(failed(first))  # a try is due in 0.3 s
@@ -737,9 +717,6 @@ def test_a_replica_placed_again_by_other_means_fails_anew_with_a_longer_wait(
         replaced(events)
         # The second failure in a row waits 0.6 s, not what was left of the first wait.
         assert time.monotonic() - told >= backoff.delay_s(2)
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
 
 
 class StallingPlanner(Planner):
@@ -786,8 +763,7 @@ def test_a_removal_the_planner_has_not_answered_is_not_sent_again_with_each_mess
 def test_tries_on_the_timer_keep_off_the_nodes_under_a_group_ray_rescheduled(
     planner: tuple[pykka.ActorRef[Planner], threading.Event],
 ) -> None:
-    actor, events, listener = retrying(planner[0], RetryBackoff(first_s=0.02, longest_s=0.05))
-    try:
+    with retrying(planner[0], RetryBackoff(first_s=0.02, longest_s=0.05)) as (actor, events):
         x = place(actor, local("x"), gpu_nodes=("a", "b"))
         place(actor, local("other"), gpu_nodes=("b",))  # no room left but under x's group
         replica = x.replicas[0]
@@ -798,6 +774,3 @@ def test_tries_on_the_timer_keep_off_the_nodes_under_a_group_ray_rescheduled(
         actor.ask(Release("other"), timeout=TIMEOUT)  # capacity that appears places it at once
         assert replaced(events).deployment == "x"
         assert current(actor, "x").missing == ()
-    finally:
-        actor.stop(timeout=TIMEOUT)
-        listener.stop()
