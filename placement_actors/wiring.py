@@ -6,14 +6,13 @@ this way, so they are wired the same everywhere. Ray is imported only when it is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from placement_actors.actors.deployment_placement import DEFAULT_RETRY, DeploymentPlacementActor
-from placement_actors.actors.mailbox import stop_first
+from placement_actors.actors.mailbox import stop_first, tell_if_alive
 from placement_actors.actors.messages import GpusInUse, GroupRescheduling, NodeJoined, NodeLost
 from placement_actors.actors.planning import PlanningActor
 from placement_actors.backends.protocol import CheckpointStore
@@ -196,10 +195,10 @@ def _start(
                     started, node, egress=egress, in_use=in_use, agent=not learn_gpu_ids
                 ),
                 on_lost=lambda node_id: _lost(started, node_id),
-                on_rescheduling=lambda name, group_id: _tell(
+                on_rescheduling=lambda name, group_id: tell_if_alive(
                     started, GroupRescheduling(group_name=name, group_id=group_id)
                 ),
-                on_gpu_use=lambda use, unsettled, read_at: _tell(
+                on_gpu_use=lambda use, unsettled, read_at: tell_if_alive(
                     started, _gpus_in_use(*use, unsettled, read_at=read_at)
                 ),
                 alive=started.is_alive,
@@ -259,7 +258,7 @@ def _joined(
             on_ray.start_port_agents([node.node_id])
         except PlacementError as exc:  # its first probe starts one, or fails as a probe does
             logger.warning("no port agent on node %s yet: %s", node.node_id, exc)
-    _tell(service, NodeJoined(node=node, egress=egress, in_use=in_use))
+    tell_if_alive(service, NodeJoined(node=node, egress=egress, in_use=in_use))
 
 
 def _step_down(service: pykka.ActorRef[Any], holder: str) -> None:
@@ -284,7 +283,7 @@ def _lost(service: pykka.ActorRef[Any], node_id: str) -> None:
     from placement_actors.backends import ray as on_ray  # noqa: PLC0415
 
     on_ray.forget_port_agent(node_id)
-    _tell(service, NodeLost(node_id=node_id))
+    tell_if_alive(service, NodeLost(node_id=node_id))
 
 
 def _gpus_in_use(
@@ -303,8 +302,3 @@ def _gpus_in_use(
         unsettled=tuple(sorted(unsettled)),
         read_at=read_at,
     )
-
-
-def _tell(ref: pykka.ActorRef[Any], event: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):  # stopped: the watcher stops next round
-        ref.tell(event)

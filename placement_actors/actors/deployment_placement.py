@@ -21,7 +21,13 @@ from typing import Any, TypeVar, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from placement_actors.actors.mailbox import KeepServingActor, admits, stop_first, why_stopped
+from placement_actors.actors.mailbox import (
+    KeepServingActor,
+    admits,
+    stop_first,
+    tell_if_alive,
+    why_stopped,
+)
 from placement_actors.actors.messages import (
     AnswerNow,
     BundleGpusKnown,
@@ -1647,7 +1653,7 @@ class DeploymentPlacementActor(KeepServingActor):
             ring = _RetryDue(self._timer_number)
             self._timer_at = due
             self._timer = self._timers.call_later(
-                max(due - now, 0.0), lambda: _tell_quietly(ref, ring)
+                max(due - now, 0.0), lambda: tell_if_alive(ref, ring)
             )
         except Exception:  # a broken timer must not take a handled message's reply with it
             logger.exception("could not set the retry timer; what waits is tried with messages")
@@ -2031,12 +2037,6 @@ def _settled(future: pykka.Future[Any]) -> bool:
     except Exception:  # noqa: BLE001 - an error is a settled answer too
         return True
     return True
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
-    """Tell ``ref`` a message of its own timer; an actor that stopped since needs none."""
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
 
 
 def _without_frames(error: PlacementError) -> PlacementError:

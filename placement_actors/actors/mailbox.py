@@ -40,7 +40,7 @@ from placement_actors.domain.validation import revalidated
 if TYPE_CHECKING:
     from pykka._types import OptExcInfo
 
-__all__ = ["KeepServingActor", "admits", "stop_first", "why_stopped"]
+__all__ = ["KeepServingActor", "admits", "stop_first", "tell_if_alive", "why_stopped"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ logger = logging.getLogger(__name__)
 _S = TypeVar("_S")
 _M = TypeVar("_M")
 _R = TypeVar("_R")
+
+
+def tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
+    """Tell ``ref`` ``message`` from a callback or timer thread; a stopped actor needs none."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        logger.debug("dropped %s: the actor has stopped", type(message).__name__)
 
 
 def admits(message_type: type[_M]) -> Callable[[Callable[[_S, _M], _R]], Callable[[_S, _M], _R]]:

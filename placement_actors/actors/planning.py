@@ -19,7 +19,7 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from placement_actors.actors.futures import CallbackFuture
-from placement_actors.actors.mailbox import KeepServingActor, admits
+from placement_actors.actors.mailbox import KeepServingActor, admits, tell_if_alive
 from placement_actors.actors.messages import (
     BundleGpusKnown,
     BundleProbed,
@@ -74,14 +74,6 @@ from placement_actors.policies.port_book import (
 __all__ = ["PlanningActor", "PlanningProxy", "planning_proxy"]
 
 logger = logging.getLogger(__name__)
-
-
-def _tell(ref: pykka.ActorRef[Any], message: object) -> None:
-    """Send from a callback thread; a stopped actor has nothing left to learn."""
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        logger.debug("dropped %s: the actor has stopped", type(message).__name__)
 
 
 def _fail_future(future: pykka.Future[Any], error: BaseException) -> None:
@@ -231,7 +223,7 @@ class PlanningActor(KeepServingActor):
         try:
             self._backend.when_ready(
                 handle,
-                lambda error: _tell(
+                lambda error: tell_if_alive(
                     me,
                     PlacementGroupReady(group_name=name, attempt=attempt)
                     if error is None
@@ -523,7 +515,7 @@ class PlanningActor(KeepServingActor):
         group.gpu_ids[index].set(endpoint.gpu_ids)
         assignment = group.assignments[index]
         if group.notify is not None and endpoint.gpu_ids and endpoint.gpu_ids != assignment.gpus:
-            _tell(
+            tell_if_alive(
                 group.notify,
                 BundleGpusKnown(
                     deployment=group.placement.deployment,
@@ -580,7 +572,7 @@ class PlanningActor(KeepServingActor):
 
         def report(outcome: BundleProbe | BaseException) -> None:
             if isinstance(outcome, BundleProbe):
-                _tell(
+                tell_if_alive(
                     me,
                     BundleProbed(
                         group_name=name,
@@ -592,7 +584,7 @@ class PlanningActor(KeepServingActor):
                     ),
                 )
             else:
-                _tell(
+                tell_if_alive(
                     me,
                     BundleProbeFailed(
                         group_name=name, attempt=attempt, bundle_index=index, error=outcome
@@ -618,7 +610,7 @@ class PlanningActor(KeepServingActor):
         event = PlacementGroupTimedOut(group_name=group.name, attempt=group.attempt)
         me = self.actor_ref
         group.deadline_at = time.monotonic() + group.timeout_s
-        group.timer = self._deadlines.call_later(group.timeout_s, lambda: _tell(me, event))
+        group.timer = self._deadlines.call_later(group.timeout_s, lambda: tell_if_alive(me, event))
 
     def _fail(self, group: _Group, error: PlacementError) -> None:
         """Remove the group, tell whoever asked to be told, then fail the futures.
@@ -642,7 +634,7 @@ class PlanningActor(KeepServingActor):
             logger.warning("could not remove failed placement group %s", group.name, exc_info=True)
         finally:
             if group.notify is not None:
-                _tell(
+                tell_if_alive(
                     group.notify,
                     ReplicaFailed(
                         deployment=group.placement.deployment,

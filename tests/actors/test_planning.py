@@ -750,14 +750,16 @@ def test_a_move_whose_new_group_the_planner_makes_too_late_keeps_its_gpus_held_u
             service.placement.ask(MoveReplica("late-move", 0, target), timeout=TIMEOUT)
         # The new group stands on Ray (made late) and will not go for now: its GPU stays held
         # on the ledger, so it cannot be promised to another deployment.
-        assert eventually(lambda: on_ray_for("late-move") == {target: 1})
+        assert _eventually(lambda: on_ray_for("late-move") == {target: 1}, TIMEOUT)
         assert held_by(service, "late-move").get(target) == 1
         backend.refusing = False  # Ray is back: the next message removes it; the replica is
         service.placement.ask(GetPlacement("late-move"), timeout=TIMEOUT)  # placed again
         found = service.placement.ask(GetPlacement("late-move"), timeout=TIMEOUT)
         assert isinstance(found, Placement)
         assert found.missing == ()
-        assert eventually(lambda: held_by(service, "late-move") == on_ray_for("late-move"))
+        assert _eventually(
+            lambda: held_by(service, "late-move") == on_ray_for("late-move"), TIMEOUT
+        )
         assert sum(held_by(service, "late-move").values()) == 1
 
 
@@ -796,20 +798,10 @@ def test_a_release_the_planner_answers_too_late_is_carried_out_and_its_gpus_held
         finally:
             backend.gate.set()
         # The planner removed its group after all; the next messages give its GPUs back.
-        assert eventually(lambda: on_ray_for("late-release") == {})
-        assert eventually(lambda: held_by(service, "late-release") == {})
+        assert _eventually(lambda: on_ray_for("late-release") == {}, TIMEOUT)
+        assert _eventually(lambda: held_by(service, "late-release") == {}, TIMEOUT)
         again = service.place(llama("late-release", gpus=2), gpu_nodes=(node,))
         assert again.replicas[0].master.port.get(timeout=TIMEOUT) > 0
-
-
-def eventually(check: Callable[[], bool]) -> bool:
-    """Whether ``check`` holds within the test's timeout (Ray's table follows its calls)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_a_move_whose_new_group_ray_refuses_loses_the_replica_and_places_it_again(
